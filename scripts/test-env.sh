@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# envkit's test environment, for a fresh Debian 12 machine. Run as root; idempotent.
+#
+# It provides what the end-to-end tests need and nothing else:
+#   - the Debian packages the tests and the independent checkers use (podman, skopeo, umoci, ...)
+#   - an unprivileged user ($ENVKIT_TEST_USER, default envkit-test) with /etc/subuid and /etc/subgid
+#   - a Docker registry (Debian's docker-registry) on 127.0.0.1:$ENVKIT_TEST_PORT (default 5000)
+#   - base images built offline from the host's own apt mirror, pushed to that registry:
+#       library/debian:bookworm      debootstrap --variant=minbase
+#       library/python:3.11-slim     minbase + python3, pip, python-is-python3, ca-certificates;
+#                                    pip may install globally (no PEP 668 marker), like the official image
+#       library/busybox:latest       busybox-static
+# Built root filesystems and OCI layouts are cached under $ENVKIT_TEST_ROOT, so a re-run takes seconds.
+# On success the last lines are shell assignments: ENVKIT_TEST_REGISTRY=... ENVKIT_TEST_USER=...
+set -euo pipefail
+
+CACHE=${ENVKIT_TEST_ROOT:-/var/tmp/envkit-test}
+PORT=${ENVKIT_TEST_PORT:-5000}
+TUSER=${ENVKIT_TEST_USER:-envkit-test}
+REGISTRY=127.0.0.1:$PORT
+LOGS=$CACHE/logs
+mkdir -p "$CACHE" "$LOGS"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test-env.sh sets up users, packages and a registry: run it as root" >&2
+  exit 1
+fi
+
+say() { printf '[test-env] %s\n' "$*" >&2; }
+
+# --- packages --------------------------------------------------------------------------------
+packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
+          jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git)
+absent=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
+if ((${#absent[@]})); then
+  say "installing ${absent[*]}"
+  apt-get update -qq >"$LOGS/apt.log" 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${absent[@]}" \
+    >>"$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log" >&2; exit 1; }
+fi
+
+# --- the unprivileged user -------------------------------------------------------------------
+if ! id "$TUSER" >/dev/null 2>&1; then
+  say "creating user $TUSER"
+  useradd --create-home --shell /bin/bash "$TUSER"
+fi
+for f in /etc/subuid /etc/subgid; do
+  grep -q "^$TUSER:" "$f" 2>/dev/null || echo "$TUSER:300000:65536" >>"$f"
+done
+# podman keeps runtime state here; without systemd-logind nobody creates it for us.
+uid=$(id -u "$TUSER")
+install -d -o "$TUSER" -g "$TUSER" -m 0700 "/tmp/envkit-run-$uid"
+
+# --- the registry ----------------------------------------------------------------------------
+mkdir -p "$CACHE/registry"
+cat >"$CACHE/registry/config.yml" <<CFG
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $CACHE/registry/data}, delete: {enabled: true}}
+http: {addr: $REGISTRY}
+CFG
+pid=$(cat "$CACHE/registry/pid" 2>/dev/null || true)
+if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+  if curl -fsS --noproxy '*' "http://$REGISTRY/v2/" >/dev/null 2>&1; then
+    say "a registry we did not start answers on $REGISTRY; using it"
+  else
+    say "starting docker-registry on $REGISTRY"
+    setsid nohup /usr/bin/docker-registry serve "$CACHE/registry/config.yml" \
+      >"$LOGS/registry.log" 2>&1 </dev/null &
+    echo $! >"$CACHE/registry/pid"
+    for _ in $(seq 100); do
+      curl -fsS --noproxy '*' "http://$REGISTRY/v2/" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  fi
+fi
+curl -fsS --noproxy '*' "http://$REGISTRY/v2/" >/dev/null || { say "registry did not start"; exit 1; }
+
+# --- base images -----------------------------------------------------------------------------
+# The mirror comes from the host's apt configuration: never a hard-coded host.
+mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+[ -n "$mirror" ] || { say "cannot find the host's apt mirror"; exit 1; }
+
+bootstrap() { # DIR EXTRA_PACKAGES
+  local dir=$1 extra=$2
+  [ -f "$dir.ok" ] && return 0
+  say "debootstrap $(basename "$dir") from $mirror (takes minutes, cached afterwards)"
+  rm -rf "$dir"
+  debootstrap --variant=minbase ${extra:+--include=$extra} bookworm "$dir" "$mirror" \
+    >"$LOGS/$(basename "$dir").log" 2>&1 || { tail -20 "$LOGS/$(basename "$dir").log" >&2; exit 1; }
+  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\n' "$mirror" "$mirror" \
+    >"$dir/etc/apt/sources.list"
+  rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/archives/*.deb "$dir"/dev/*
+  rm -f "$dir"/usr/lib/python3*/EXTERNALLY-MANAGED
+  # Options the host's (snapshot) mirror needs travel with the image, as in a site's own images.
+  for f in /etc/apt/apt.conf.d/*; do
+    [ -f "$f" ] && grep -q 'Check-\(Valid-Until\|Date\)' "$f" && cp "$f" "$dir/etc/apt/apt.conf.d/"
+  done
+  touch "$dir.ok"
+}
+
+publish() { # NAME TAG ROOTFS CMD
+  local name=$1 tag=$2 rootfs=$3 cmd=$4 layout=$CACHE/oci-$1
+  if [ ! -f "$layout/.ok-$tag" ]; then
+    rm -rf "$layout"
+    umoci init --layout "$layout"
+    umoci new --image "$layout:$tag"
+    umoci insert --image "$layout:$tag" "$rootfs" / >/dev/null
+    umoci config --image "$layout:$tag" --os linux --architecture amd64 \
+      --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --config.cmd "$cmd"
+    umoci gc --layout "$layout"
+    touch "$layout/.ok-$tag"
+  fi
+  skopeo copy -q --dest-tls-verify=false "oci:$layout:$tag" "docker://$REGISTRY/library/$name:$tag" >/dev/null
+}
+
+bootstrap "$CACHE/rootfs-debian" ""
+publish debian bookworm "$CACHE/rootfs-debian" bash
+bootstrap "$CACHE/rootfs-python" "python3,python3-pip,python-is-python3,ca-certificates"
+publish python 3.11-slim "$CACHE/rootfs-python" python3
+
+if [ ! -x "$CACHE/rootfs-busybox/bin/busybox" ]; then
+  rm -rf "$CACHE/rootfs-busybox"
+  mkdir -p "$CACHE/rootfs-busybox"/{bin,etc,tmp,root}
+  cp /bin/busybox "$CACHE/rootfs-busybox/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$CACHE/rootfs-busybox/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$CACHE/rootfs-busybox/etc/passwd"
+  printf 'root:x:0:\n' >"$CACHE/rootfs-busybox/etc/group"
+fi
+publish busybox latest "$CACHE/rootfs-busybox" sh
+
+echo "ENVKIT_TEST_REGISTRY=$REGISTRY"
+echo "ENVKIT_TEST_USER=$TUSER"

@@ -1,0 +1,20 @@
+//! envkit: builds envd environments (`build.envd`) into OCI images without a daemon, Docker or
+//! root. See ARCHITECTURE.md for the module map and the data flow.
+
+pub mod cli;
+pub mod config;
+pub mod content;
+pub mod export;
+pub mod frontend;
+pub mod image;
+pub mod ir;
+pub mod llb;
+pub mod lower;
+pub mod meta;
+pub mod ops;
+pub mod pb;
+pub mod progress;
+pub mod registry;
+pub mod snapshot;
+pub mod solver;
+pub mod worker;

@@ -1,0 +1,1 @@
+//! llb: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! Generated protobuf code for BuildKit's wire format (see proto/).

@@ -1,0 +1,1 @@
+//! progress: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! solver: see ARCHITECTURE.md.
