@@ -1,1 +1,12 @@
-fn main() {}
+//! The `envkit` command. The rootless helper (a hidden first argument) is dispatched before
+//! anything else runs, so that it is still single-threaded when it creates its namespace.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(envkit::worker::HELPER_ARG)) {
+        let code = rootless::helper_main();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    envkit::cli::main()
+}

@@ -1,1 +1,141 @@
-//! cli: see ARCHITECTURE.md.
+//! The command line: clap commands, the only place that prints and that uses `anyhow`.
+
+mod build;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "envkit", version, about = "Build envd environments into OCI images — no daemon, no Docker, no root")]
+pub struct Cli {
+    /// Store root (default $XDG_DATA_HOME/envkit).
+    #[arg(long, global = true, env = "ENVKIT_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Config file (default $XDG_CONFIG_HOME/envkit/config.toml).
+    #[arg(long, global = true, env = "ENVKIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an environment from a build.envd.
+    #[command(alias = "b")]
+    Build(BuildArgs),
+    /// List the images in envkit's image store.
+    #[command(alias = "image")]
+    Images,
+    /// Inspect what envkit would build.
+    Debug {
+        #[command(subcommand)]
+        what: DebugCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Print the LLB Definition a build.envd compiles to.
+    Llb(LlbArgs),
+}
+
+/// Where the build file is: like envd's `-p` and `-f`.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Build context directory.
+    #[arg(short = 'p', long = "path", default_value = ".")]
+    pub path: PathBuf,
+    /// Build file and function, `file[:func]`.
+    #[arg(short = 'f', long = "from", default_value = "build.envd:build")]
+    pub from: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Image name in envkit's store (default `<basename of path>:dev`).
+    #[arg(short = 't', long = "tag")]
+    pub tag: Option<String>,
+    /// Output, buildctl-style: `type=oci,dest=FILE[,name=REF]` or `type=image,name=REF`.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<String>,
+    /// Host CA bundle that build steps trust (overrides `[worker] ca-bundle`).
+    #[arg(long = "ca-bundle", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Progress output (only `plain` so far; `auto` means plain).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "plain"])]
+    pub progress: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LlbArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// One JSON object per op (the default).
+    #[arg(long, conflicts_with_all = ["dot", "pb"])]
+    pub json: bool,
+    /// A Graphviz graph.
+    #[arg(long, conflicts_with = "pb")]
+    pub dot: bool,
+    /// The Definition's protobuf bytes (for `buildctl build` or `envkit solve`).
+    #[arg(long)]
+    pub pb: bool,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug { "envkit=debug,info" } else { "warn" };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENVKIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("{}", render_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: <outermost>` then each cause on its own line. Frontend errors carry their own
+/// `file:line:col` and caret layout and are shown as they are.
+fn render_error(e: &anyhow::Error) -> String {
+    if let Some(fe) = e.downcast_ref::<crate::frontend::FrontendError>() {
+        return fe.to_string();
+    }
+    let mut out = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        out.push_str(&format!("\n  caused by: {cause}"));
+    }
+    out
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(ref args) => build::build(&cli, args).await,
+        Command::Images => build::images(&cli),
+        Command::Debug {
+            what: DebugCommand::Llb(ref args),
+        } => build::debug_llb(&cli, args).await,
+    }
+}

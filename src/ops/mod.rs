@@ -1,1 +1,201 @@
-//! ops: see ARCHITECTURE.md.
+//! LLB ops on top of the worker: each turns its inputs (snapshot chains) into an output chain.
+//!
+//! [`LlbRunner`] is the solver's [`OpRunner`] for a loaded Definition. Every op first computes
+//! its cache key (op digest + input keys + content checksums of local sources); a committed
+//! snapshot with that key is the cached result. Op kinds live in their own files.
+
+mod exec;
+mod file;
+mod source;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+use crate::pb;
+use crate::progress::Reporter;
+use crate::snapshot::{SnapRef, SnapshotError};
+use crate::solver::{BoxFuture, OpError, OpRunner, Outcome};
+use crate::worker::{Worker, WorkerError};
+
+#[derive(Debug, Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("{0} is not supported by envkit's engine yet")]
+    Unsupported(String),
+    #[error("invalid op: {0}")]
+    Invalid(String),
+    #[error("local source {name:?} was not provided to this build (known: {known})")]
+    UnknownLocal { name: String, known: String },
+    #[error("reading local source {path}: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "process \"{command}\" did not complete successfully: exit code: {code}\n--- last lines of output ---\n{tail}"
+    )]
+    ExecFailed {
+        command: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("{what}: {message}")]
+    Helper { what: String, message: String },
+}
+
+/// One vertex of a loaded Definition, as the ops need it.
+#[derive(Debug, Clone)]
+pub struct OpVertex {
+    /// `sha256:…` of the op's bytes.
+    pub digest: String,
+    pub op: pb::Op,
+    /// Solver indexes of the op's inputs, in `op.inputs` order.
+    pub inputs: Vec<usize>,
+    /// `OpMetadata.ignore_cache`.
+    pub ignore_cache: bool,
+}
+
+/// A vertex's result: the snapshot chain and the cache key that produced it.
+#[derive(Debug, Clone)]
+pub struct Res {
+    pub snap: SnapRef,
+    pub key: String,
+}
+
+/// Runs the ops of one Definition.
+pub struct LlbRunner {
+    pub worker: Arc<Worker>,
+    pub vertices: Arc<Vec<OpVertex>>,
+    /// Local sources by name (`context` → the build context dir).
+    pub locals: BTreeMap<String, PathBuf>,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+impl OpRunner<Res> for LlbRunner {
+    fn run(&self, vertex: usize, inputs: Vec<Res>) -> BoxFuture<Result<Outcome<Res>, OpError>> {
+        let ctx = Ctx {
+            worker: self.worker.clone(),
+            vertices: self.vertices.clone(),
+            locals: self.locals.clone(),
+            reporter: self.reporter.clone(),
+            vertex,
+        };
+        Box::pin(async move { ctx.run(inputs).await.map_err(|e| Box::new(e) as OpError) })
+    }
+}
+
+/// Everything one op execution needs.
+pub(crate) struct Ctx {
+    pub worker: Arc<Worker>,
+    pub vertices: Arc<Vec<OpVertex>>,
+    pub locals: BTreeMap<String, PathBuf>,
+    pub reporter: Arc<dyn Reporter>,
+    pub vertex: usize,
+}
+
+impl Ctx {
+    fn me(&self) -> &OpVertex {
+        &self.vertices[self.vertex]
+    }
+
+    async fn run(&self, inputs: Vec<Res>) -> Result<Outcome<Res>, OpsError> {
+        let v = self.me();
+        for inp in &v.op.inputs {
+            if inp.index != 0 {
+                return Err(OpsError::Unsupported(format!(
+                    "an input from output {} of an op",
+                    inp.index
+                )));
+            }
+        }
+        match &v.op.op {
+            Some(pb::op::Op::Source(src)) => source::run(self, src).await,
+            Some(pb::op::Op::Exec(exec)) => exec::run(self, exec, &inputs).await,
+            Some(pb::op::Op::File(file)) => file::run(self, file, &inputs).await,
+            Some(pb::op::Op::Merge(_)) => Err(OpsError::Unsupported("MergeOp".into())),
+            Some(pb::op::Op::Diff(_)) => Err(OpsError::Unsupported("DiffOp".into())),
+            Some(pb::op::Op::Build(_)) => Err(OpsError::Unsupported("BuildOp".into())),
+            None => Err(OpsError::Invalid(format!("op {} has no operation", v.digest))),
+        }
+    }
+
+    /// The cache key of this op given its inputs' keys and any extra content checksums.
+    pub fn cache_key(&self, inputs: &[Res], extra: &[&str]) -> String {
+        let mut h = Sha256::new();
+        h.update(b"envkit-cache-v1\0");
+        h.update(self.me().digest.as_bytes());
+        for i in inputs {
+            h.update(b"\0in:");
+            h.update(i.key.as_bytes());
+        }
+        for e in extra {
+            h.update(b"\0x:");
+            h.update(e.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// A cached result for `key`, unless the op asks to ignore the cache.
+    pub fn cached(&self, key: &str) -> Result<Option<Outcome<Res>>, OpsError> {
+        if self.me().ignore_cache {
+            return Ok(None);
+        }
+        Ok(self.worker.snapshots.lookup(key)?.map(|snap| Outcome {
+            value: Res {
+                snap,
+                key: key.to_string(),
+            },
+            cached: true,
+        }))
+    }
+
+    /// Commits a prepared snapshot under `key`; a concurrent winner's result is used instead.
+    pub async fn commit(
+        &self,
+        prepared: crate::snapshot::Prepared,
+        key: &str,
+        snap: SnapRef,
+    ) -> Result<Outcome<Res>, OpsError> {
+        let (snap, loser) = self.worker.snapshots.commit(prepared, key, &snap)?;
+        if let Some(dir) = loser {
+            self.worker.remove_tree(&dir).await?;
+        }
+        Ok(Outcome {
+            value: Res {
+                snap,
+                key: key.to_string(),
+            },
+            cached: false,
+        })
+    }
+
+    /// Drops a prepared snapshot after a failure, keeping the original error.
+    pub async fn discard(&self, prepared: crate::snapshot::Prepared) {
+        if let Err(e) = self.worker.remove_tree(&prepared.dir).await {
+            tracing::warn!("cannot remove {}: {e}", prepared.dir.display());
+        }
+    }
+
+    /// The result for the op input `i`.
+    pub fn input<'a>(&self, inputs: &'a [Res], i: i64) -> Result<&'a Res, OpsError> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| inputs.get(i))
+            .ok_or_else(|| OpsError::Invalid(format!("input index {i} out of range")))
+    }
+}
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}

@@ -1,1 +1,221 @@
-//! progress: see ARCHITECTURE.md.
+//! Progress events and their renderers.
+//!
+//! The solver and the ops report [`Event`]s to a [`Reporter`]; renderers decide what a person
+//! sees. Only the plain renderer exists so far (one line per event, good for CI logs); tty and
+//! rawjson (BuildKit `SolveStatus`-shaped) come later behind the same trait.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Something that happened to one vertex of a build graph.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started { vertex: usize, name: String },
+    Log { vertex: usize, data: Vec<u8> },
+    Completed { vertex: usize, cached: bool, elapsed: Duration },
+    Failed { vertex: usize, error: String },
+    /// A message that belongs to no vertex (e.g. "exporting to oci").
+    Note(String),
+}
+
+/// Receives progress events. Implementations must be cheap and never fail the build.
+pub trait Reporter: Send + Sync {
+    fn event(&self, event: Event);
+}
+
+/// Drops everything; for tests and `--quiet` paths.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&self, _event: Event) {}
+}
+
+/// Plain text, one line per event, to any writer (stderr in the CLI). Step output is prefixed
+/// with its vertex number, like `buildctl --progress plain`.
+pub struct Plain<W: Write + Send> {
+    out: Mutex<PlainState<W>>,
+}
+
+struct PlainState<W> {
+    out: W,
+    start: Instant,
+    /// Bytes of a started but unfinished output line, per vertex.
+    partial: Vec<(usize, Vec<u8>)>,
+}
+
+impl<W: Write + Send> Plain<W> {
+    pub fn new(out: W) -> Self {
+        Plain {
+            out: Mutex::new(PlainState {
+                out,
+                start: Instant::now(),
+                partial: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl<W: Write + Send> Reporter for Plain<W> {
+    fn event(&self, event: Event) {
+        let Ok(mut st) = self.out.lock() else {
+            return;
+        };
+        let at = st.start.elapsed().as_secs_f64();
+        let st = &mut *st;
+        // Write errors (closed stderr) are not the build's problem.
+        let _ = match event {
+            Event::Started { vertex, name } => writeln!(st.out, "#{} {}", vertex + 1, name),
+            Event::Log { vertex, data } => {
+                let mut buf = match st.partial.iter().position(|(v, _)| *v == vertex) {
+                    Some(i) => st.partial.swap_remove(i).1,
+                    None => Vec::new(),
+                };
+                buf.extend_from_slice(&data);
+                let mut res = Ok(());
+                let mut rest: &[u8] = &buf;
+                while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&rest[..nl]);
+                    res = res.and(writeln!(st.out, "#{} {:>6.2} {}", vertex + 1, at, line));
+                    rest = &rest[nl + 1..];
+                }
+                if !rest.is_empty() {
+                    st.partial.push((vertex, rest.to_vec()));
+                }
+                res
+            }
+            Event::Completed {
+                vertex,
+                cached,
+                elapsed,
+            } => {
+                flush_partial(st, vertex, at);
+                if cached {
+                    writeln!(st.out, "#{} CACHED", vertex + 1)
+                } else {
+                    writeln!(
+                        st.out,
+                        "#{} DONE {:.1}s",
+                        vertex + 1,
+                        elapsed.as_secs_f64()
+                    )
+                }
+            }
+            Event::Failed { vertex, error } => {
+                flush_partial(st, vertex, at);
+                writeln!(st.out, "#{} ERROR: {}", vertex + 1, error)
+            }
+            Event::Note(msg) => writeln!(st.out, "=> {msg}"),
+        };
+    }
+}
+
+fn flush_partial<W: Write>(st: &mut PlainState<W>, vertex: usize, at: f64) {
+    if let Some(i) = st.partial.iter().position(|(v, _)| *v == vertex) {
+        let (_, rest) = st.partial.swap_remove(i);
+        let _ = writeln!(
+            st.out,
+            "#{} {:>6.2} {}",
+            vertex + 1,
+            at,
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// Keeps the last `max` lines of a step's output for error messages.
+#[derive(Debug, Clone)]
+pub struct LogTail {
+    max: usize,
+    lines: std::collections::VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+impl LogTail {
+    pub fn new(max: usize) -> Self {
+        LogTail {
+            max,
+            lines: Default::default(),
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.partial.extend_from_slice(data);
+        while let Some(nl) = self.partial.iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&self.partial[..nl]).into_owned();
+            self.partial.drain(..=nl);
+            self.lines.push_back(line);
+            if self.lines.len() > self.max {
+                self.lines.pop_front();
+            }
+        }
+    }
+
+    /// The kept lines, including an unterminated last line.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.lines.iter().cloned().collect();
+        if !self.partial.is_empty() {
+            out.push(String::from_utf8_lossy(&self.partial).into_owned());
+            if out.len() > self.max {
+                out.remove(0);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_prefixes_lines_and_joins_partial_writes() {
+        let buf = Buf::default();
+        let p = Plain::new(buf.clone());
+        p.event(Event::Started {
+            vertex: 0,
+            name: "step".into(),
+        });
+        p.event(Event::Log {
+            vertex: 0,
+            data: b"hel".to_vec(),
+        });
+        p.event(Event::Log {
+            vertex: 0,
+            data: b"lo\nwor".to_vec(),
+        });
+        p.event(Event::Completed {
+            vertex: 0,
+            cached: false,
+            elapsed: Duration::from_millis(100),
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#1 step");
+        assert!(lines[1].starts_with("#1 ") && lines[1].ends_with(" hello"), "{text}");
+        assert!(lines[2].ends_with(" wor"), "{text}");
+        assert_eq!(lines[3], "#1 DONE 0.1s");
+    }
+
+    #[test]
+    fn log_tail_keeps_last_lines() {
+        let mut t = LogTail::new(2);
+        t.push(b"a\nb\nc\nd");
+        assert_eq!(t.lines(), vec!["c".to_string(), "d".to_string()]);
+        t.push(b"\n");
+        assert_eq!(t.lines(), vec!["c".to_string(), "d".to_string()]);
+    }
+}

@@ -1,1 +1,290 @@
-//! snapshot: see ARCHITECTURE.md.
+//! Snapshots: directories under `<root>/snapshots/`, stacked like overlay layers.
+//!
+//! A snapshot `<id>/fs` holds one layer's files: a flattened base image, a copy of a local
+//! source, or the overlay upper dir of one exec/file step (whiteouts in overlay's own form).
+//! A build result ([`SnapRef`]) is a chain of snapshot ids, bottom first; mounting it means an
+//! overlay with the chain's `fs` dirs as lowers. A snapshot is committed by writing its
+//! `ref.json` into a temporary directory and renaming that directory to `<id>` — atomic, so a
+//! crash leaves only `tmp-*` directories, which the next run deletes. Snapshot ids are derived
+//! from cache keys, so a committed snapshot *is* the cache entry for its step.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("snapshot store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot record {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid snapshot id {0:?}")]
+    BadId(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A blob of a base image's layer, as the registry described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBlob {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Where the bottom of a chain came from, when it is a pulled image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseImage {
+    /// Normalised reference, e.g. `docker.io/library/python:3.11-slim`.
+    pub reference: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// The image's own layers: the export reuses them as they are.
+    pub layers: Vec<LayerBlob>,
+}
+
+/// A build result: a stack of snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapRef {
+    /// Snapshot ids, bottom first. Empty = scratch.
+    pub chain: Vec<String>,
+    /// Set when `chain[0]` is a flattened pulled image.
+    pub base: Option<BaseImage>,
+}
+
+impl SnapRef {
+    pub fn scratch() -> Self {
+        SnapRef {
+            chain: Vec::new(),
+            base: None,
+        }
+    }
+
+    /// The snapshots this chain adds on top of its base image (or all of them).
+    pub fn own_layers(&self) -> &[String] {
+        match self.base {
+            Some(_) if !self.chain.is_empty() => &self.chain[1..],
+            _ => &self.chain,
+        }
+    }
+}
+
+/// A snapshot being written: `fs/` (overlay upper or plain dir) and `work/` (overlay workdir).
+#[derive(Debug)]
+pub struct Prepared {
+    pub dir: PathBuf,
+    pub fs: PathBuf,
+    pub work: PathBuf,
+}
+
+/// The snapshot directory of a store.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    root: PathBuf,
+}
+
+const RECORD: &str = "ref.json";
+
+impl Snapshots {
+    pub fn open(store_root: &Path) -> Result<Self, SnapshotError> {
+        let root = store_root.join("snapshots");
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        Ok(Snapshots { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn check_id(id: &str) -> Result<(), SnapshotError> {
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SnapshotError::BadId(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The files of a committed snapshot.
+    pub fn fs(&self, id: &str) -> PathBuf {
+        self.root.join(id).join("fs")
+    }
+
+    /// The directory of a committed snapshot (its `fs/`, record and cached layer live there).
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Overlay lowers for a chain: top first, as overlayfs wants them.
+    pub fn lowers(&self, r: &SnapRef) -> Vec<PathBuf> {
+        r.chain.iter().rev().map(|id| self.fs(id)).collect()
+    }
+
+    /// The committed result for `id`, if there is one.
+    pub fn lookup(&self, id: &str) -> Result<Option<SnapRef>, SnapshotError> {
+        Self::check_id(id)?;
+        let path = self.root.join(id).join(RECORD);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| SnapshotError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SnapshotError::Io { path, source: e }),
+        }
+    }
+
+    /// A fresh temporary snapshot directory.
+    pub fn prepare(&self) -> Result<Prepared, SnapshotError> {
+        let dir = tempfile::Builder::new()
+            .prefix("tmp-")
+            .tempdir_in(&self.root)
+            .map_err(io_err(&self.root))?
+            .keep();
+        let fs_dir = dir.join("fs");
+        let work = dir.join("work");
+        fs::create_dir(&fs_dir).map_err(io_err(&fs_dir))?;
+        fs::create_dir(&work).map_err(io_err(&work))?;
+        // Overlay's upper dir becomes the root of the merged view: it must be traversable.
+        set_mode(&fs_dir, 0o755)?;
+        Ok(Prepared {
+            dir,
+            fs: fs_dir,
+            work,
+        })
+    }
+
+    /// Makes a prepared snapshot the committed snapshot `id`, recording `r` (whose top must be
+    /// `id`). If another process committed `id` first, its record wins and ours is returned
+    /// for deletion as the second value.
+    pub fn commit(
+        &self,
+        prepared: Prepared,
+        id: &str,
+        r: &SnapRef,
+    ) -> Result<(SnapRef, Option<PathBuf>), SnapshotError> {
+        Self::check_id(id)?;
+        write_atomic(
+            &prepared.dir.join(RECORD),
+            &serde_json::to_vec_pretty(r).map_err(|source| SnapshotError::Corrupt {
+                path: prepared.dir.join(RECORD),
+                source,
+            })?,
+        )?;
+        let target = self.root.join(id);
+        // rename(2) of a directory onto an existing non-empty directory fails: the first
+        // committer wins.
+        match fs::rename(&prepared.dir, &target) {
+            Ok(()) => Ok((r.clone(), None)),
+            Err(e) => match self.lookup(id)? {
+                Some(existing) => Ok((existing, Some(prepared.dir))),
+                None => Err(SnapshotError::Io {
+                    path: target,
+                    source: e,
+                }),
+            },
+        }
+    }
+
+    /// Leftovers of interrupted steps (uncommitted `tmp-*` dirs), for deletion.
+    pub fn stale(&self) -> Result<Vec<PathBuf>, SnapshotError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let entry = entry.map_err(io_err(&self.root))?;
+            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+                out.push(entry.path());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// Writes a file through a temporary sibling and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(data).map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_then_lookup_and_first_committer_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshots::open(dir.path()).unwrap();
+        assert_eq!(s.lookup("abcd").unwrap(), None);
+        let r = SnapRef {
+            chain: vec!["abcd".into()],
+            base: None,
+        };
+        let p = s.prepare().unwrap();
+        fs::write(p.fs.join("x"), b"1").unwrap();
+        let (got, loser) = s.commit(p, "abcd", &r).unwrap();
+        assert_eq!(got, r);
+        assert!(loser.is_none());
+        assert_eq!(fs::read(s.fs("abcd").join("x")).unwrap(), b"1");
+        assert_eq!(s.lookup("abcd").unwrap(), Some(r.clone()));
+
+        let p2 = s.prepare().unwrap();
+        let other = SnapRef {
+            chain: vec!["ffff".into(), "abcd".into()],
+            base: None,
+        };
+        let (got, loser) = s.commit(p2, "abcd", &other).unwrap();
+        assert_eq!(got, r);
+        assert!(loser.unwrap().starts_with(s.root()));
+    }
+
+    #[test]
+    fn ids_are_checked_and_stale_dirs_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshots::open(dir.path()).unwrap();
+        assert!(matches!(s.lookup("../etc"), Err(SnapshotError::BadId(_))));
+        let _p = s.prepare().unwrap();
+        assert_eq!(s.stale().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn own_layers_skip_the_base_image() {
+        let r = SnapRef {
+            chain: vec!["a".into(), "b".into()],
+            base: Some(BaseImage {
+                reference: "x".into(),
+                manifest_digest: "m".into(),
+                config_digest: "c".into(),
+                layers: vec![],
+            }),
+        };
+        assert_eq!(r.own_layers(), &["b".to_string()]);
+        let s = Snapshots {
+            root: PathBuf::from("/s"),
+        };
+        assert_eq!(s.lowers(&r), vec![PathBuf::from("/s/b/fs"), PathBuf::from("/s/a/fs")]);
+    }
+}

@@ -1,1 +1,157 @@
-//! worker: see ARCHITECTURE.md.
+//! What ops call: the store (content, snapshots, cache mounts), the registry, and the rootless
+//! executor. Namespace work never happens in this (async, multi-threaded) process: every piece
+//! of it is a request to a freshly spawned helper process (`envkit __rootless-helper`, see the
+//! `rootless` crate), run on a blocking thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::content;
+use crate::progress::{Event, LogTail, Reporter};
+use crate::registry::Registry;
+use crate::snapshot::{SnapshotError, Snapshots};
+
+/// The hidden first argument that turns the envkit binary into the rootless helper.
+pub const HELPER_ARG: &str = "__rootless-helper";
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Content(#[from] content::ContentError),
+    #[error(transparent)]
+    Rootless(#[from] rootless::RootlessError),
+    #[error("cannot find the envkit executable to start the rootless helper: {0}")]
+    SelfExe(std::io::Error),
+    #[error("store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the rootless helper thread failed: {0}")]
+    Join(String),
+}
+
+/// Where step output goes while a helper runs.
+pub struct OutputSink {
+    pub reporter: Arc<dyn Reporter>,
+    pub vertex: usize,
+}
+
+/// Shared by every op of a build (and by concurrent builds in one process).
+pub struct Worker {
+    pub root: PathBuf,
+    pub snapshots: Snapshots,
+    pub content: content::Store,
+    pub registry: Registry,
+    pub config: Config,
+    /// Host CA bundle that build steps trust (`[worker] ca-bundle`, `--ca-bundle`).
+    pub ca_bundle: Option<PathBuf>,
+    helper_exe: PathBuf,
+    ids: rootless::IdMap,
+}
+
+impl Worker {
+    pub fn new(root: &Path, config: Config, ca_bundle: Option<PathBuf>) -> Result<Self, WorkerError> {
+        std::fs::create_dir_all(root).map_err(|source| WorkerError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let snapshots = Snapshots::open(root)?;
+        let content = content::Store::open(root)?;
+        let registry = Registry::new(&config);
+        let helper_exe = std::env::current_exe().map_err(WorkerError::SelfExe)?;
+        let ids = rootless::IdMap::for_current_user()?;
+        Ok(Worker {
+            root: root.to_path_buf(),
+            snapshots,
+            content,
+            registry,
+            config,
+            ca_bundle,
+            helper_exe,
+            ids,
+        })
+    }
+
+    /// Runs one request in a rootless helper process. Step output is streamed to `sink` and
+    /// its last lines are kept in `tail`.
+    pub async fn run_helper(
+        &self,
+        req: rootless::Request,
+        sink: Option<OutputSink>,
+        tail: Option<Arc<std::sync::Mutex<LogTail>>>,
+    ) -> Result<rootless::Response, WorkerError> {
+        let exe = self.helper_exe.clone();
+        let ids = self.ids.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut on_output = |data: &[u8]| {
+                if let Some(t) = &tail
+                    && let Ok(mut t) = t.lock()
+                {
+                    t.push(data);
+                }
+                if let Some(s) = &sink {
+                    s.reporter.event(Event::Log {
+                        vertex: s.vertex,
+                        data: data.to_vec(),
+                    });
+                }
+            };
+            rootless::run_helper(&exe, &[HELPER_ARG], &ids, &req, &mut on_output)
+        });
+        match job.await {
+            Ok(res) => Ok(res?),
+            Err(e) => Err(WorkerError::Join(e.to_string())),
+        }
+    }
+
+    /// Deletes a tree that may hold files of subordinate ids (only the namespace can).
+    pub async fn remove_tree(&self, path: &Path) -> Result<(), WorkerError> {
+        if !path.exists() {
+            return Ok(());
+        }
+        self.run_helper(
+            rootless::Request::RemoveAll {
+                path: path.to_path_buf(),
+            },
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes what interrupted builds left behind (uncommitted snapshots). Best effort.
+    pub async fn clean_stale(&self) {
+        if let Ok(stale) = self.snapshots.stale() {
+            for dir in stale {
+                if let Err(e) = self.remove_tree(&dir).await {
+                    tracing::warn!("cannot remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+
+    /// The persistent directory of a cache mount (`--mount=type=cache,id=…`).
+    pub fn cache_mount_dir(&self, id: &str) -> Result<PathBuf, WorkerError> {
+        // Ids are free text (envd uses paths): hash them into a safe name, keep a readable hint.
+        let hint: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(40)
+            .collect();
+        let name = format!("{}-{}", &crate::ops::sha256_hex(id.as_bytes())[..16], hint);
+        let dir = self.root.join("cache-mounts").join(name);
+        std::fs::create_dir_all(&dir).map_err(|source| WorkerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+}

@@ -1,0 +1,279 @@
+//! `envkit build`, `envkit images`, `envkit debug llb`: the pipeline from a build file to an
+//! exported image. Every build goes frontend → IR → lower → Definition bytes → `llb::load` →
+//! solver; the engine never sees the IR.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use super::{BuildArgs, Cli, LlbArgs, SourceArgs};
+use crate::config::{self, Config};
+use crate::export::{self, Output};
+use crate::frontend;
+use crate::image;
+use crate::llb;
+use crate::lower;
+use crate::meta;
+use crate::ops::{LlbRunner, OpVertex};
+use crate::progress::{Event, Plain, Reporter};
+use crate::registry::{Registry, Resolved};
+use crate::snapshot::{SnapRef, write_atomic};
+use crate::solver::{self, SolveOptions};
+use crate::worker::Worker;
+
+/// A build file compiled to LLB, with what the exporter needs to know.
+struct Compiled {
+    context_dir: PathBuf,
+    env_name: String,
+    lowered: lower::Lowered,
+}
+
+/// frontend → IR → (base image config from the registry) → lower.
+async fn compile(source: &SourceArgs, registry: &Registry) -> anyhow::Result<Compiled> {
+    let context_dir = std::fs::canonicalize(&source.path)
+        .with_context(|| format!("build context {}", source.path.display()))?;
+    if !context_dir.is_dir() {
+        bail!("build context {} is not a directory", context_dir.display());
+    }
+    let env_name = context_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "envkit".to_string());
+    let (file, func) = frontend::parse_from(&source.from)?;
+    let env = frontend::evaluate(&context_dir, &file, &func)?;
+    let base = registry.resolve(&env.image).await?;
+    let owner = env.owner.unwrap_or_else(|| {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        (uid, gid)
+    });
+    let opts = lower::LowerOptions {
+        context_dir: context_dir.clone(),
+        env_name: env_name.clone(),
+        owner,
+        platform: Default::default(),
+    };
+    let lowered = lower::lower(&env, &base_image(&base), &opts)?;
+    Ok(Compiled {
+        context_dir,
+        env_name,
+        lowered,
+    })
+}
+
+/// The parts of the base image's config that lowering needs.
+fn base_image(r: &Resolved) -> lower::BaseImage {
+    let cfg = r.config.config().as_ref();
+    lower::BaseImage {
+        env: cfg.and_then(|c| c.env().clone()).unwrap_or_default(),
+        entrypoint: cfg.and_then(|c| c.entrypoint().clone()),
+        cmd: cfg.and_then(|c| c.cmd().clone()),
+        user: cfg.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()),
+        working_dir: cfg.and_then(|c| c.working_dir().clone()).filter(|w| !w.is_empty()),
+    }
+}
+
+/// The solver's view and the ops' view of a loaded Definition.
+fn vertices(graph: &llb::LoadedGraph) -> (Vec<solver::Vertex>, Vec<OpVertex>, usize) {
+    let mut sv = Vec::new();
+    let mut ov = Vec::new();
+    for v in &graph.vertices {
+        sv.push(solver::Vertex {
+            id: v.digest.to_string(),
+            name: v.name(),
+            inputs: v.inputs.clone(),
+        });
+        ov.push(OpVertex {
+            digest: v.digest.to_string(),
+            op: v.op.clone(),
+            inputs: v.inputs.clone(),
+            ignore_cache: v.metadata.as_ref().is_some_and(|m| m.ignore_cache),
+        });
+    }
+    (sv, ov, graph.root)
+}
+
+pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let root = config::store_root(cli.root.as_deref());
+    let output = match &args.output {
+        Some(o) => Some(export::parse_output(o)?),
+        None => None,
+    };
+    let ca_bundle = args.ca_bundle.clone().or_else(|| cfg.worker.ca_bundle.clone());
+    if let Some(ca) = &ca_bundle
+        && !ca.is_file()
+    {
+        bail!("CA bundle {} does not exist", ca.display());
+    }
+    let worker = Arc::new(
+        Worker::new(&root, cfg, ca_bundle)
+            .with_context(|| format!("opening the store at {}", root.display()))?,
+    );
+    worker.clean_stale().await;
+    let reporter: Arc<dyn Reporter> = Arc::new(Plain::new(std::io::stderr()));
+    let started = std::time::Instant::now();
+
+    let compiled = compile(&args.source, &worker.registry).await?;
+    // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
+    let bytes = compiled.lowered.definition.to_bytes();
+    let graph = llb::load(&bytes).context("loading the compiled LLB")?;
+    let (sv, ov, root_v) = vertices(&graph);
+    let mut locals = BTreeMap::new();
+    locals.insert("context".to_string(), compiled.context_dir.clone());
+    let runner = Arc::new(LlbRunner {
+        worker: worker.clone(),
+        vertices: Arc::new(ov),
+        locals,
+        reporter: reporter.clone(),
+    });
+    let result = solver::solve(&sv, root_v, runner, reporter.clone(), &SolveOptions::default()).await?;
+
+    reporter.event(Event::Note("exporting layers".into()));
+    let name = args
+        .tag
+        .clone()
+        .unwrap_or_else(|| format!("{}:dev", compiled.env_name));
+    let assembled = export_image(&worker, &result.snap, &compiled.lowered.image).await?;
+    let db = meta::Db::open(&root)?;
+    db.put_image(&name, &assembled.manifest_digest, assembled.size)?;
+    match output {
+        None | Some(Output::Image { .. }) => {}
+        Some(Output::Oci { dest, name: oci_name }) => {
+            let ref_name = oci_name.unwrap_or_else(|| name.clone());
+            reporter.event(Event::Note(format!("writing OCI image layout to {}", dest.display())));
+            export::oci_tar(&dest, &assembled.manifest_descriptor(), &ref_name, &worker.content)?;
+        }
+    }
+    reporter.event(Event::Note(format!(
+        "built {name} ({}) in {:.1}s",
+        assembled.manifest_digest,
+        started.elapsed().as_secs_f64()
+    )));
+    Ok(())
+}
+
+/// Turns a result chain into an image: the base image's layers as they are, plus one layer per
+/// own snapshot (its diff as a gzip tar, cached next to the snapshot).
+async fn export_image(
+    worker: &Worker,
+    snap: &SnapRef,
+    spec: &crate::image::ImageSpec,
+) -> anyhow::Result<image::Assembled> {
+    let mut new_layers = Vec::new();
+    for id in snap.own_layers() {
+        if let Some(layer) = layer_for(worker, id).await? {
+            new_layers.push(layer);
+        }
+    }
+    let base_cfg = match &snap.base {
+        Some(b) => {
+            let bytes = worker.content.read_blob(&b.config_digest)?;
+            Some(serde_json::from_slice(&bytes).context("base image config")?)
+        }
+        None => None,
+    };
+    let base_layers: Vec<_> = snap
+        .base
+        .iter()
+        .flat_map(|b| b.layers.iter())
+        .map(|l| image::LayerDescriptor {
+            digest: l.digest.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        })
+        .collect();
+    let assembled = image::assemble(base_cfg.as_ref(), spec, &base_layers, &new_layers)?;
+    worker.content.write_blob(&assembled.config_bytes)?;
+    worker.content.write_blob(&assembled.manifest_bytes)?;
+    Ok(assembled)
+}
+
+/// The layer of one snapshot, or `None` when the step changed nothing.
+async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<export::NewLayer>> {
+    let record = worker.snapshots.dir(id).join("layer.json");
+    if let Ok(bytes) = std::fs::read(&record) {
+        if let Ok(layer) = serde_json::from_slice::<Option<export::NewLayer>>(&bytes) {
+            return Ok(layer);
+        }
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("tmp-layer-")
+        .tempfile_in(worker.snapshots.root())?;
+    let req = rootless::Request::DiffTar {
+        upper: worker.snapshots.fs(id),
+        out: tmp.path().to_path_buf(),
+    };
+    let resp = worker.run_helper(req, None, None).await?;
+    if let Some(e) = resp.error {
+        bail!("computing the layer of snapshot {id}: {e}");
+    }
+    let layer = if tar_is_empty(tmp.path())? {
+        None
+    } else {
+        Some(export::layer_from_tar(tmp.path(), &worker.content)?)
+    };
+    write_atomic(&record, &serde_json::to_vec(&layer)?)?;
+    Ok(layer)
+}
+
+/// An empty tar archive is nothing but zero blocks.
+fn tar_is_empty(path: &Path) -> anyhow::Result<bool> {
+    let md = std::fs::metadata(path)?;
+    if md.len() > 10240 {
+        return Ok(false);
+    }
+    Ok(std::fs::read(path)?.iter().all(|b| *b == 0))
+}
+
+pub(super) fn images(cli: &Cli) -> anyhow::Result<()> {
+    let root = config::store_root(cli.root.as_deref());
+    let db = meta::Db::open(&root)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<40} {:<20} {:>10} CREATED", "NAME", "DIGEST", "SIZE")?;
+    for img in db.list_images()? {
+        let short = img.digest.trim_start_matches("sha256:");
+        writeln!(
+            out,
+            "{:<40} {:<20} {:>10} {}",
+            img.name,
+            &short[..short.len().min(12)],
+            human_size(img.size),
+            img.created
+        )?;
+    }
+    Ok(())
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[u]) }
+}
+
+pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let registry = Registry::new(&cfg);
+    let compiled = compile(&args.source, &registry).await?;
+    let bytes = compiled.lowered.definition.to_bytes();
+    let mut out = std::io::stdout().lock();
+    if args.pb {
+        out.write_all(&bytes)?;
+        return Ok(());
+    }
+    let graph = llb::load(&bytes)?;
+    if args.dot {
+        out.write_all(llb::to_dot(&graph).as_bytes())?;
+    } else {
+        out.write_all(llb::to_json_lines(&graph)?.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! ExecOp: one process in a container whose root is an overlay of the input chain; the
+//! overlay's upper dir becomes the output snapshot.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::{Ctx, OpsError, Res};
+use crate::pb;
+use crate::progress::LogTail;
+use crate::snapshot::SnapRef;
+use crate::solver::Outcome;
+use crate::worker::OutputSink;
+
+/// `pb::MountType` values.
+const MOUNT_BIND: i32 = 0;
+const MOUNT_SECRET: i32 = 1;
+const MOUNT_SSH: i32 = 2;
+const MOUNT_CACHE: i32 = 3;
+const MOUNT_TMPFS: i32 = 4;
+/// `pb::NetMode::None`.
+const NET_NONE: i32 = 2;
+
+/// How many lines of output a failed step shows.
+const TAIL_LINES: usize = 20;
+
+pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<Outcome<Res>, OpsError> {
+    let meta = exec
+        .meta
+        .as_ref()
+        .ok_or_else(|| OpsError::Invalid("exec op without meta".into()))?;
+    if meta.args.is_empty() {
+        return Err(OpsError::Invalid("exec op with no arguments".into()));
+    }
+    if exec.network == NET_NONE {
+        return Err(OpsError::Unsupported("network mode none".into()));
+    }
+    let mut root: Option<&Res> = None;
+    let mut mounts = Vec::new();
+    let mut readonly_rootfs = false;
+    for m in &exec.mounts {
+        match m.mount_type {
+            MOUNT_BIND if m.dest == "/" => {
+                if m.output != 0 && m.output != -1 {
+                    return Err(OpsError::Unsupported(format!("root mount with output {}", m.output)));
+                }
+                if m.input >= 0 {
+                    root = Some(ctx.input(inputs, m.input)?);
+                }
+                readonly_rootfs = m.readonly;
+            }
+            MOUNT_BIND => {
+                if !m.readonly {
+                    return Err(OpsError::Unsupported(format!(
+                        "a writable bind mount of an input at {}",
+                        m.dest
+                    )));
+                }
+                let src = ctx.input(inputs, m.input)?;
+                let [id] = src.snap.chain.as_slice() else {
+                    return Err(OpsError::Unsupported(format!(
+                        "a bind mount of a multi-layer result at {}",
+                        m.dest
+                    )));
+                };
+                let mut source = ctx.worker.snapshots.fs(id);
+                let sel = m.selector.trim_start_matches('/');
+                if !sel.is_empty() {
+                    if sel.split('/').any(|c| c == "..") {
+                        return Err(OpsError::Invalid(format!("mount selector {:?}", m.selector)));
+                    }
+                    source = source.join(sel);
+                }
+                mounts.push(rootless::Mount {
+                    source,
+                    target: m.dest.clone(),
+                    kind: rootless::MountKind::Bind { readonly: true },
+                });
+            }
+            MOUNT_CACHE => {
+                let id = m
+                    .cache_opt
+                    .as_ref()
+                    .map(|c| c.id.clone())
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| m.dest.clone());
+                mounts.push(rootless::Mount {
+                    source: ctx.worker.cache_mount_dir(&id)?,
+                    target: m.dest.clone(),
+                    kind: rootless::MountKind::Bind { readonly: false },
+                });
+            }
+            MOUNT_TMPFS => mounts.push(rootless::Mount {
+                source: PathBuf::from("tmpfs"),
+                target: m.dest.clone(),
+                kind: rootless::MountKind::Tmpfs {
+                    size: m.tmpfs_opt.as_ref().map(|t| t.size).unwrap_or(0),
+                },
+            }),
+            MOUNT_SECRET => return Err(OpsError::Unsupported("secret mounts".into())),
+            MOUNT_SSH => return Err(OpsError::Unsupported("ssh mounts".into())),
+            other => return Err(OpsError::Invalid(format!("mount type {other}"))),
+        }
+    }
+    let base = root.map(|r| r.snap.clone()).unwrap_or_else(SnapRef::scratch);
+    let input_keys: Vec<Res> = inputs.to_vec();
+    let key = ctx.cache_key(&input_keys, &[]);
+    if let Some(hit) = ctx.cached(&key)? {
+        return Ok(hit);
+    }
+
+    let w = &ctx.worker;
+    let prepared = w.snapshots.prepare()?;
+    let req = rootless::Request::Exec(rootless::ExecRequest {
+        lowers: w.snapshots.lowers(&base),
+        upper: prepared.fs.clone(),
+        work: prepared.work.clone(),
+        args: meta.args.clone(),
+        env: meta.env.clone(),
+        cwd: if meta.cwd.is_empty() { "/".into() } else { meta.cwd.clone() },
+        user: meta.user.clone(),
+        mounts,
+        hostname: meta.hostname.clone(),
+        ca_bundle: w.ca_bundle.clone(),
+        readonly_rootfs,
+    });
+    let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
+    let sink = OutputSink {
+        reporter: ctx.reporter.clone(),
+        vertex: ctx.vertex,
+    };
+    let resp = match w.run_helper(req, Some(sink), Some(tail.clone())).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.discard(prepared).await;
+            return Err(e.into());
+        }
+    };
+    if let Some(message) = resp.error {
+        ctx.discard(prepared).await;
+        return Err(OpsError::Helper {
+            what: format!("running {}", command_line(&meta.args)),
+            message,
+        });
+    }
+    let code = resp.exit_code.unwrap_or(-1);
+    let valid = if meta.valid_exit_codes.is_empty() {
+        code == 0
+    } else {
+        meta.valid_exit_codes.contains(&code)
+    };
+    if !valid {
+        ctx.discard(prepared).await;
+        let tail = tail.lock().map(|t| t.lines().join("\n")).unwrap_or_default();
+        return Err(OpsError::ExecFailed {
+            command: command_line(&meta.args),
+            code,
+            tail,
+        });
+    }
+    let mut chain = base.chain.clone();
+    chain.push(key.clone());
+    let snap = SnapRef {
+        chain,
+        base: base.base.clone(),
+    };
+    ctx.commit(prepared, &key, snap).await
+}
+
+/// The argv as a person would type it.
+pub fn command_line(args: &[String]) -> String {
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_quotes_what_needs_it() {
+        let args = vec!["bash".to_string(), "-c".into(), "echo hi > /x".into()];
+        assert_eq!(command_line(&args), "bash -c 'echo hi > /x'");
+    }
+}

@@ -1,0 +1,140 @@
+//! FileOp: mkdir / mkfile / rm / copy actions, chained, performed by the rootless helper on an
+//! overlay of the base chain; the upper dir becomes the output snapshot.
+
+use super::{Ctx, OpsError, Res};
+use crate::pb;
+use crate::snapshot::SnapRef;
+use crate::solver::Outcome;
+
+pub(super) async fn run(ctx: &Ctx, op: &pb::FileOp, inputs: &[Res]) -> Result<Outcome<Res>, OpsError> {
+    let n_inputs = inputs.len() as i64;
+    if op.actions.is_empty() {
+        return Err(OpsError::Invalid("file op without actions".into()));
+    }
+    let w = &ctx.worker;
+    // The actions must form one chain: the first works on an op input (or scratch), each
+    // later one on the previous action's result; the last one is the op's only output.
+    let first = &op.actions[0];
+    let base = if first.input < 0 {
+        SnapRef::scratch()
+    } else if first.input < n_inputs {
+        ctx.input(inputs, first.input)?.snap.clone()
+    } else {
+        return Err(OpsError::Invalid("first file action reads an action result".into()));
+    };
+    let mut actions = Vec::with_capacity(op.actions.len());
+    for (i, a) in op.actions.iter().enumerate() {
+        if i > 0 && a.input != n_inputs + i as i64 - 1 {
+            return Err(OpsError::Unsupported(
+                "file actions that do not form a single chain".into(),
+            ));
+        }
+        let last = i + 1 == op.actions.len();
+        if (last && a.output != 0) || (!last && a.output >= 0) {
+            return Err(OpsError::Unsupported("file ops with several outputs".into()));
+        }
+        actions.push(action(ctx, a, inputs, n_inputs)?);
+    }
+    let key = ctx.cache_key(inputs, &[]);
+    if let Some(hit) = ctx.cached(&key)? {
+        return Ok(hit);
+    }
+    let prepared = w.snapshots.prepare()?;
+    let req = rootless::Request::FileActions {
+        lowers: w.snapshots.lowers(&base),
+        upper: prepared.fs.clone(),
+        work: prepared.work.clone(),
+        actions,
+    };
+    if let Err(e) = super::source::helper_ok(ctx, req, "file operation").await {
+        ctx.discard(prepared).await;
+        return Err(e);
+    }
+    let mut chain = base.chain.clone();
+    chain.push(key.clone());
+    ctx.commit(
+        prepared,
+        &key,
+        SnapRef {
+            chain,
+            base: base.base.clone(),
+        },
+    )
+    .await
+}
+
+fn action(
+    ctx: &Ctx,
+    a: &pb::FileAction,
+    inputs: &[Res],
+    n_inputs: i64,
+) -> Result<rootless::FileAction, OpsError> {
+    use pb::file_action::Action;
+    let mode = |m: i32| if m < 0 { None } else { Some(m as u32) };
+    Ok(match &a.action {
+        Some(Action::Mkdir(m)) => rootless::FileAction::Mkdir {
+            path: m.path.clone(),
+            mode: mode(m.mode).unwrap_or(0o755),
+            make_parents: m.make_parents,
+            owner: owner(m.owner.as_ref())?,
+        },
+        Some(Action::Mkfile(m)) => rootless::FileAction::Mkfile {
+            path: m.path.clone(),
+            mode: mode(m.mode).unwrap_or(0o644),
+            data: m.data.clone(),
+            owner: owner(m.owner.as_ref())?,
+        },
+        Some(Action::Rm(r)) => rootless::FileAction::Rm {
+            path: r.path.clone(),
+            allow_not_found: r.allow_not_found,
+            allow_wildcard: r.allow_wildcard,
+        },
+        Some(Action::Copy(c)) => {
+            if a.secondary_input < 0 || a.secondary_input >= n_inputs {
+                return Err(OpsError::Unsupported(
+                    "copy from scratch or from an earlier action".into(),
+                ));
+            }
+            if !c.include_patterns.is_empty() || !c.exclude_patterns.is_empty() {
+                return Err(OpsError::Unsupported("copy with include/exclude patterns".into()));
+            }
+            let from = &ctx.input(inputs, a.secondary_input)?.snap;
+            rootless::FileAction::Copy {
+                src_lowers: ctx.worker.snapshots.lowers(from),
+                src: c.src.clone(),
+                dest: c.dest.clone(),
+                owner: owner(c.owner.as_ref())?,
+                mode: mode(c.mode),
+                follow_symlinks: c.follow_symlink,
+                dir_copy_contents: c.dir_copy_contents,
+                create_dest_path: c.create_dest_path,
+                allow_wildcard: c.allow_wildcard,
+                allow_empty_wildcard: c.allow_empty_wildcard,
+            }
+        }
+        Some(Action::Symlink(_)) => return Err(OpsError::Unsupported("symlink file actions".into())),
+        None => return Err(OpsError::Invalid("file action without a kind".into())),
+    })
+}
+
+/// Numeric owners only for now; names need a lookup in the target's /etc/passwd.
+fn owner(o: Option<&pb::ChownOpt>) -> Result<Option<(u32, u32)>, OpsError> {
+    let Some(o) = o else { return Ok(None) };
+    let id = |u: Option<&pb::UserOpt>| -> Result<Option<u32>, OpsError> {
+        match u.and_then(|u| u.user.as_ref()) {
+            None => Ok(None),
+            Some(pb::user_opt::User::ById(id)) => Ok(Some(*id)),
+            Some(pb::user_opt::User::ByName(n)) => Err(OpsError::Unsupported(format!(
+                "chown by name ({:?})",
+                n.name
+            ))),
+        }
+    };
+    let uid = id(o.user.as_ref())?;
+    let gid = id(o.group.as_ref())?;
+    Ok(match (uid, gid) {
+        (None, None) => None,
+        (Some(u), g) => Some((u, g.unwrap_or(u))),
+        (None, Some(g)) => Some((0, g)),
+    })
+}

@@ -1,0 +1,250 @@
+//! SourceOp: `docker-image://` (pull + unpack in the namespace) and `local://` (the build
+//! context and other named dirs, copied into a snapshot and keyed by content).
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::{Ctx, OpsError, Res};
+use crate::pb;
+use crate::snapshot::{BaseImage, LayerBlob, SnapRef};
+use crate::solver::Outcome;
+
+pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
+    let id = src.identifier.as_str();
+    if let Some(reference) = id.strip_prefix("docker-image://") {
+        image(ctx, reference).await
+    } else if let Some(name) = id.strip_prefix("local://") {
+        local(ctx, name, src).await
+    } else {
+        let scheme = id.split("://").next().unwrap_or(id);
+        Err(OpsError::Unsupported(format!("source {scheme}://")))
+    }
+}
+
+async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
+    let w = &ctx.worker;
+    let resolved = w.registry.resolve(reference).await?;
+    let key = ctx.cache_key(&[], &[&resolved.manifest_digest]);
+    if let Some(hit) = ctx.cached(&key)? {
+        return Ok(hit);
+    }
+    w.registry.pull(&resolved, &w.content).await?;
+    let mut layers = Vec::new();
+    let mut files = Vec::new();
+    for l in &resolved.layers {
+        let media_type = l.media_type.clone();
+        let compression = if media_type.ends_with("gzip") {
+            rootless::Compression::Gzip
+        } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+            rootless::Compression::None
+        } else {
+            return Err(OpsError::Unsupported(format!("layer media type {media_type}")));
+        };
+        files.push(rootless::LayerFile {
+            path: w.content.path(&l.digest),
+            compression,
+        });
+        layers.push(LayerBlob {
+            digest: l.digest.clone(),
+            size: l.size,
+            media_type,
+        });
+    }
+    let prepared = w.snapshots.prepare()?;
+    let req = rootless::Request::Unpack {
+        layers: files,
+        dest: prepared.fs.clone(),
+    };
+    if let Err(e) = helper_ok(ctx, req, "unpacking image layers").await {
+        ctx.discard(prepared).await;
+        return Err(e);
+    }
+    let snap = SnapRef {
+        chain: vec![key.clone()],
+        base: Some(BaseImage {
+            reference: resolved.reference.clone(),
+            manifest_digest: resolved.manifest_digest.clone(),
+            config_digest: resolved.config_digest.clone(),
+            layers,
+        }),
+    };
+    ctx.commit(prepared, &key, snap).await
+}
+
+/// Runs a helper request that produces no step output; a failure becomes an error.
+pub(super) async fn helper_ok(
+    ctx: &Ctx,
+    req: rootless::Request,
+    what: &str,
+) -> Result<rootless::Response, OpsError> {
+    let resp = ctx.worker.run_helper(req, None, None).await?;
+    if let Some(message) = resp.error.clone() {
+        return Err(OpsError::Helper {
+            what: what.to_string(),
+            message,
+        });
+    }
+    Ok(resp)
+}
+
+async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
+    let Some(dir) = ctx.locals.get(name).cloned() else {
+        return Err(OpsError::UnknownLocal {
+            name: name.to_string(),
+            known: ctx.locals.keys().cloned().collect::<Vec<_>>().join(", "),
+        });
+    };
+    for attr in ["local.includepattern", "local.excludepatterns", "local.followpaths"] {
+        if src.attrs.get(attr).is_some_and(|v| !v.is_empty() && v != "[]") {
+            return Err(OpsError::Unsupported(format!("local source attribute {attr}")));
+        }
+    }
+    let checksum = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || tree_checksum(&dir))
+            .await
+            .map_err(|e| OpsError::Invalid(e.to_string()))??
+    };
+    let key = ctx.cache_key(&[], &[&checksum]);
+    if let Some(hit) = ctx.cached(&key)? {
+        return Ok(hit);
+    }
+    let prepared = ctx.worker.snapshots.prepare()?;
+    let dest = prepared.fs.clone();
+    let copied = tokio::task::spawn_blocking(move || copy_tree(&dir, &dest))
+        .await
+        .map_err(|e| OpsError::Invalid(e.to_string()))?;
+    if let Err(e) = copied {
+        ctx.discard(prepared).await;
+        return Err(e);
+    }
+    let snap = SnapRef {
+        chain: vec![key.clone()],
+        base: None,
+    };
+    ctx.commit(prepared, &key, snap).await
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
+    move |source| OpsError::Local {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Sorted relative paths of a tree (the root excluded), without following symlinks.
+fn walk(root: &Path) -> Result<Vec<PathBuf>, OpsError> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
+        let entry = entry.map_err(|e| OpsError::Local {
+            path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
+            source: e.into(),
+        })?;
+        if let Ok(rel) = entry.path().strip_prefix(root) {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+/// Content checksum of a directory: names, types, modes, file contents and link targets —
+/// what a copy out of it can observe. Owners and times are left out, like BuildKit.
+pub fn tree_checksum(root: &Path) -> Result<String, OpsError> {
+    let mut h = Sha256::new();
+    for rel in walk(root)? {
+        let path = root.join(&rel);
+        let md = fs::symlink_metadata(&path).map_err(local_err(&path))?;
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(md.mode().to_le_bytes());
+        if md.file_type().is_symlink() {
+            let target = fs::read_link(&path).map_err(local_err(&path))?;
+            h.update(target.as_os_str().as_encoded_bytes());
+        } else if md.is_file() {
+            let mut f = fs::File::open(&path).map_err(local_err(&path))?;
+            let mut fh = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf).map_err(local_err(&path))?;
+                if n == 0 {
+                    break;
+                }
+                fh.update(&buf[..n]);
+            }
+            h.update(fh.finalize());
+        }
+        h.update([0xff]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Copies a tree as the host user (inside the namespace the files then belong to uid 0).
+fn copy_tree(src: &Path, dest: &Path) -> Result<(), OpsError> {
+    for rel in walk(src)? {
+        let from = src.join(&rel);
+        let to = dest.join(&rel);
+        let md = fs::symlink_metadata(&from).map_err(local_err(&from))?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to).map_err(local_err(&to))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&from).map_err(local_err(&from))?;
+            std::os::unix::fs::symlink(target, &to).map_err(local_err(&to))?;
+            continue;
+        } else if ft.is_file() {
+            fs::copy(&from, &to).map_err(local_err(&to))?;
+        } else {
+            // Sockets, fifos and devices have no place in a build context.
+            continue;
+        }
+        fs::set_permissions(&to, fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(local_err(&to))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_sees_content_and_modes_but_not_times() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), b"1").unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("sub/b"), b"2").unwrap();
+        let c1 = tree_checksum(d.path()).unwrap();
+        let f = fs::File::options().write(true).open(d.path().join("a")).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(tree_checksum(d.path()).unwrap(), c1);
+        fs::write(d.path().join("sub/b"), b"3").unwrap();
+        let c2 = tree_checksum(d.path()).unwrap();
+        assert_ne!(c1, c2);
+        fs::set_permissions(d.path().join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(tree_checksum(d.path()).unwrap(), c2);
+    }
+
+    #[test]
+    fn copy_tree_keeps_files_links_and_modes() {
+        let s = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(s.path().join("dir")).unwrap();
+        fs::write(s.path().join("dir/x"), b"x").unwrap();
+        fs::set_permissions(s.path().join("dir/x"), fs::Permissions::from_mode(0o751)).unwrap();
+        std::os::unix::fs::symlink("dir/x", s.path().join("link")).unwrap();
+        copy_tree(s.path(), d.path()).unwrap();
+        assert_eq!(fs::read(d.path().join("dir/x")).unwrap(), b"x");
+        let mode = fs::metadata(d.path().join("dir/x")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o751);
+        assert_eq!(fs::read_link(d.path().join("link")).unwrap(), Path::new("dir/x"));
+        assert_eq!(tree_checksum(s.path()).unwrap(), tree_checksum(d.path()).unwrap());
+    }
+}

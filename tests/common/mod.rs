@@ -1,0 +1,201 @@
+//! Shared by the end-to-end tests: runs envkit (and podman) as the unprivileged test user.
+//!
+//! The tests need the environment that `scripts/test-env.sh` prepares (a registry on 127.0.0.1
+//! with offline base images, and an unprivileged user with subordinate ids); `scripts/test.sh`
+//! exports `ENVKIT_TEST_REGISTRY` and `ENVKIT_TEST_USER`. Without them a test fails and says so.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct TestEnv {
+    pub registry: String,
+    pub user: String,
+    /// A directory owned by the test user; removed at the end.
+    pub dir: PathBuf,
+    as_root: bool,
+}
+
+fn must_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: this end-to-end test needs the environment of scripts/test-env.sh; \
+             run the tests through `sudo bash scripts/test.sh`"
+        ),
+    }
+}
+
+impl TestEnv {
+    pub fn new(label: &str) -> TestEnv {
+        let registry = must_env("ENVKIT_TEST_REGISTRY");
+        let as_root = nix_is_root();
+        let user = if as_root {
+            must_env("ENVKIT_TEST_USER")
+        } else {
+            std::env::var("USER").unwrap_or_default()
+        };
+        let dir = std::env::temp_dir().join(format!("envkit-e2e-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let env = TestEnv {
+            registry,
+            user,
+            dir,
+            as_root,
+        };
+        env.chown(&env.dir);
+        std::fs::write(env.config_path(), env.config_text()).expect("write config");
+        env.chown(&env.config_path());
+        env
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    fn config_text(&self) -> String {
+        format!(
+            "[registry.\"docker.io\"]\nmirrors = [\"{r}\"]\n\n[registry.\"{r}\"]\nhttp = true\n\n\
+             [worker]\nca-bundle = \"/etc/ssl/certs/ca-certificates.crt\"\n",
+            r = self.registry
+        )
+    }
+
+    /// Hands a path (recursively) to the test user.
+    pub fn chown(&self, path: &Path) {
+        if self.as_root {
+            let st = Command::new("chown")
+                .args(["-R", &format!("{u}:{u}", u = self.user)])
+                .arg(path)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown {}", path.display());
+        }
+    }
+
+    /// Copies an example (or any dir) into the test dir, owned by the test user.
+    pub fn copy_context(&self, src: &Path, name: &str) -> PathBuf {
+        let dest = self.dir.join(name);
+        let st = Command::new("cp").arg("-r").arg(src).arg(&dest).status().expect("cp");
+        assert!(st.success());
+        self.chown(&dest);
+        dest
+    }
+
+    /// Writes a build context with one build.envd.
+    pub fn context_with(&self, name: &str, build_envd: &str) -> PathBuf {
+        let dest = self.dir.join(name);
+        std::fs::create_dir_all(&dest).expect("mkdir context");
+        std::fs::write(dest.join("build.envd"), build_envd).expect("write build.envd");
+        self.chown(&dest);
+        dest
+    }
+
+    /// A command that runs as the test user, with a clean, predictable environment.
+    pub fn user_command(&self, program: &str) -> Command {
+        let uid = self.uid();
+        let runtime_dir = format!("/tmp/envkit-run-{uid}");
+        let _ = std::fs::create_dir_all(&runtime_dir);
+        let mut cmd = if self.as_root {
+            let _ = Command::new("chown").args([&self.user, &runtime_dir]).status();
+            let mut c = Command::new("runuser");
+            c.args(["-u", &self.user, "--", program]);
+            c
+        } else {
+            Command::new(program)
+        };
+        cmd.current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &self.dir)
+            .env("USER", &self.user)
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
+            .env("ENVKIT_ROOT", self.store())
+            .env("ENVKIT_CONFIG", self.config_path());
+        cmd
+    }
+
+    pub fn uid(&self) -> u32 {
+        let out = Command::new("id").args(["-u", &self.user]).output().expect("id");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("uid")
+    }
+
+    /// Runs envkit as the test user.
+    pub fn envkit(&self, args: &[&str]) -> Output {
+        let out = self
+            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .args(args)
+            .output()
+            .expect("run envkit");
+        eprintln!(
+            "$ envkit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs podman as the test user with the options these hosts need (ROOTLESS.md).
+    pub fn podman(&self, args: &[&str]) -> Output {
+        let root = self.dir.join("podman-root");
+        let runroot = self.dir.join("podman-runroot");
+        let out = self
+            .user_command("podman")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(["--runtime", "runc", "--cgroup-manager=cgroupfs", "--events-backend=file"])
+            .args(args)
+            .output()
+            .expect("run podman");
+        eprintln!(
+            "$ podman {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::env::var_os("ENVKIT_KEEP_TEST_DIRS").is_some() {
+            return;
+        }
+        // The store and podman's storage hold files of subordinate ids: root removes them
+        // directly, an unprivileged user from inside its user namespace.
+        if !self.as_root {
+            let _ = self
+                .user_command("podman")
+                .args(["unshare", "rm", "-rf"])
+                .arg(&self.dir)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

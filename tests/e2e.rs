@@ -1,0 +1,141 @@
+//! End to end, as the unprivileged test user: `envkit build` of the example, checked with
+//! podman (an independent tool); the LLB it executed; errors for bad input.
+
+mod common;
+
+use common::{TestEnv, repo_path, stderr, stdout};
+use sha2::Digest as _;
+
+#[test]
+fn python_example_builds_and_runs_under_podman() {
+    let env = TestEnv::new("python");
+    let ctx = env.copy_context(&repo_path("examples/python-basic"), "python-basic");
+    let tar = env.dir.join("py.tar");
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+    assert!(tar.is_file());
+
+    // The image is in envkit's own store too.
+    let out = env.envkit(&["images"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("python-basic:dev"), "{}", stdout(&out));
+
+    // An independent tool loads and runs it.
+    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", stderr(&out));
+    let loaded = stdout(&out);
+    let image = loaded
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Loaded image: ")
+                .or_else(|| l.strip_prefix("Loaded image(s): "))
+        })
+        .map(|s| s.trim().split(',').next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no image name in podman's output: {loaded}"));
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "python3",
+        "-c",
+        "import six, os; print(open('/opt/hello.out').read().strip()); print(os.environ['GREETING'])",
+    ]);
+    assert!(out.status.success(), "podman run: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("hi from envkit (six "), "{text}");
+    assert!(text.contains("/usr/bin/curl"), "curl was not installed: {text}");
+    assert_eq!(text.lines().last(), Some("hi"), "{text}");
+
+    let out = env.podman(&["image", "inspect", "--format", "{{json .Config.Env}}", &image]);
+    assert!(stdout(&out).contains("GREETING=hi"), "{}", stdout(&out));
+
+    // A second build of the same file is served from the cache.
+    let out = env.envkit(&["build", "-p", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "warm build failed:\n{}", stderr(&out));
+    assert!(stderr(&out).contains("CACHED"), "{}", stderr(&out));
+}
+
+#[test]
+fn debug_llb_lists_every_op_with_the_digest_of_its_bytes() {
+    let env = TestEnv::new("llb");
+    let ctx = env.copy_context(&repo_path("examples/python-basic"), "python-basic");
+    let p = ctx.to_str().unwrap();
+    let json = env.envkit(&["debug", "llb", "-p", p, "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let pb = env.envkit(&["debug", "llb", "-p", p, "--pb"]);
+    assert!(pb.status.success(), "{}", stderr(&pb));
+
+    let def = envkit::llb::Definition::from_bytes(&pb.stdout).expect("decode Definition");
+    let digests: Vec<String> = def
+        .def
+        .iter()
+        .map(|op| format!("sha256:{}", hex::encode(sha2::Sha256::digest(op))))
+        .collect();
+    let lines: Vec<serde_json::Value> = stdout(&json)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), digests.len());
+    for line in &lines {
+        let d = line["Digest"].as_str().expect("Digest");
+        assert!(digests.iter().any(|x| x == d), "{d} is not the digest of any op's bytes");
+    }
+    // The ops the example needs are all there.
+    let text = stdout(&json);
+    for needle in ["docker-image://docker.io/library/python:3.11-slim", "local://context", "apt-get", "pip install", "/opt/hello.py"] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
+
+#[test]
+fn a_broken_build_file_reports_its_location_and_builds_nothing() {
+    let env = TestEnv::new("broken");
+    let ctx = env.context_with(
+        "broken",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\")\n    install.apt_packages(name=\"curl\", bogus=1)\n",
+    );
+    let out = env.envkit(&["build", "-p", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("build.envd:4:"), "no file:line:col in:\n{err}");
+    assert!(err.contains('^'), "no caret in:\n{err}");
+    let out = env.envkit(&["images"]);
+    assert!(!stdout(&out).contains("broken"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_failing_run_step_shows_command_exit_code_and_output() {
+    let env = TestEnv::new("failing");
+    let ctx = env.context_with(
+        "failing",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\")\n    run(commands=[\"echo about to fail\", \"exit 3\"])\n",
+    );
+    let out = env.envkit(&["build", "-p", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("exit code: 3"), "{err}");
+    assert!(err.contains("about to fail"), "{err}");
+    assert!(err.contains("bash -c"), "{err}");
+}
+
+#[test]
+fn an_unknown_image_names_the_reference_and_the_registry() {
+    let env = TestEnv::new("unknown");
+    let ctx = env.context_with(
+        "unknown",
+        "# syntax=v1\ndef build():\n    base(image=\"no-such-image:1\")\n",
+    );
+    let out = env.envkit(&["build", "-p", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no-such-image"), "{err}");
+    assert!(err.contains(&env.registry), "{err}");
+}
