@@ -264,3 +264,86 @@ fn clear_dir(dir: &Path, rel: &Path, keep: &HashSet<PathBuf>) -> std::io::Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
+        let uid = nix::unistd::getuid().as_raw() as u64;
+        let gid = nix::unistd::getgid().as_raw() as u64;
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, et, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*et);
+            h.set_mode(0o755);
+            h.set_uid(uid);
+            h.set_gid(gid);
+            h.set_size(0);
+            // write names raw so that hostile ones survive the builder's checks
+            {
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+                if let Some(l) = link {
+                    gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+                }
+            }
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn unpack_err(entries: &[(&str, tar::EntryType, Option<&str>)]) -> String {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("root");
+        std::fs::create_dir(&dest).unwrap();
+        let data = tar_with(entries);
+        let mut notes = Vec::new();
+        match unpack_one(&data[..], Path::new("layer.tar"), &dest, &mut notes) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn hostile_entries_are_rejected() {
+        use tar::EntryType as T;
+        let e = unpack_err(&[("../evil", T::Regular, None)]);
+        assert!(e.contains("../evil"), "{e}");
+        let e = unpack_err(&[("/etc/passwd", T::Regular, None)]);
+        assert!(e.contains("/etc/passwd") && e.contains("absolute"), "{e}");
+        let e = unpack_err(&[
+            ("up", T::Symlink, Some("../../..")),
+            ("up/x", T::Regular, None),
+        ]);
+        assert!(e.contains("up/x"), "{e}");
+        let e = unpack_err(&[("l", T::Link, Some("../../etc/passwd"))]);
+        assert!(e.contains("\"l\""), "{e}");
+        let e = unpack_err(&[("l", T::Link, Some("/etc/passwd"))]);
+        assert!(e.contains("\"l\""), "{e}");
+        let e = unpack_err(&[("a/.wh...", T::Regular, None)]);
+        assert!(e.contains("whiteout"), "{e}");
+        // absolute symlink in a parent is re-rooted, not followed out of dest
+        let e = unpack_err(&[("etc", T::Symlink, Some("/")), ("etc/x", T::Regular, None)]);
+        assert_eq!(e, "");
+    }
+
+    #[test]
+    fn write_does_not_follow_final_symlink() {
+        use tar::EntryType as T;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("root");
+        std::fs::create_dir(&dest).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        let data = tar_with(&[
+            ("f", T::Symlink, Some(outside.to_str().unwrap())),
+            ("f", T::Regular, None),
+        ]);
+        let mut notes = Vec::new();
+        unpack_one(&data[..], Path::new("l"), &dest, &mut notes).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert!(std::fs::symlink_metadata(dest.join("f")).unwrap().is_file());
+    }
+}

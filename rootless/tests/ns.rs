@@ -361,5 +361,110 @@ fn probe_overlay() {
     });
 }
 
-#[allow(dead_code)]
-fn _types(_: CopySource, _: FileAction) {}
+#[test]
+fn file_actions_copy_mkfile_owner() {
+    as_test_user("file_actions_copy_mkfile_owner", || {
+        let t = Tmp::new();
+        let ids = ids();
+        let rootfs = t.0.join("rootfs");
+        ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+        });
+        let ctx = t.0.join("ctx");
+        std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+        std::fs::write(ctx.join("hello.py"), "print('hi')").unwrap();
+        std::fs::write(ctx.join("a.txt"), "a").unwrap();
+        std::fs::write(ctx.join("b.txt"), "b").unwrap();
+        std::fs::write(ctx.join("dir/sub/f"), "f").unwrap();
+        let copy = |src: &str, dest: &str, contents: bool| FileAction::Copy {
+            src_root: CopySource::Dir(ctx.clone()),
+            src: src.into(),
+            dest: dest.into(),
+            owner: Some((1000, 1000)),
+            mode: None,
+            follow_symlinks: true,
+            dir_copy_contents: contents,
+            create_dest_path: true,
+            allow_wildcard: true,
+            allow_empty_wildcard: false,
+        };
+        let actions = vec![
+            copy("hello.py", "/opt/hello.py", false),
+            copy("*.txt", "/txt/", false),
+            copy("dir", "/d1", true),
+            copy("dir", "/d2/", false),
+            FileAction::Mkfile {
+                path: "/etc/motd".into(),
+                mode: 0o600,
+                data: b"hey".to_vec(),
+                owner: Some((42, 65534)),
+            },
+            FileAction::Mkdir {
+                path: "/a/b/c".into(),
+                mode: 0o750,
+                make_parents: true,
+                owner: None,
+            },
+            FileAction::Rm {
+                path: "/bin/ca*".into(),
+                allow_not_found: false,
+                allow_wildcard: true,
+            },
+            FileAction::Rm {
+                path: "/nope".into(),
+                allow_not_found: true,
+                allow_wildcard: false,
+            },
+        ];
+        let upper = t.0.join("fa/upper");
+        let (r, _) = ok(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: upper.clone(),
+            work: t.0.join("fa/work"),
+            actions,
+        });
+        assert_eq!(r, Response::Done);
+        let host1000 = ids.subuid_start + 999;
+        let md = std::fs::metadata(upper.join("opt/hello.py")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (host1000, ids.subgid_start + 999));
+        assert_eq!(
+            std::fs::read_to_string(upper.join("opt/hello.py")).unwrap(),
+            "print('hi')"
+        );
+        assert!(upper.join("txt/a.txt").is_file() && upper.join("txt/b.txt").is_file());
+        assert!(upper.join("d1/sub/f").is_file());
+        assert_eq!(
+            std::fs::metadata(upper.join("d1/sub")).unwrap().uid(),
+            host1000
+        );
+        assert!(upper.join("d2/dir/sub/f").is_file());
+        let motd = std::fs::metadata(upper.join("etc/motd")).unwrap();
+        assert_eq!(
+            (motd.uid(), motd.mode() & 0o777),
+            (ids.subuid_start + 41, 0o600)
+        );
+        assert!(upper.join("a/b/c").is_dir());
+        let wh = std::fs::symlink_metadata(upper.join("bin/cat")).unwrap();
+        assert!(wh.file_type().is_char_device());
+
+        // errors: missing source, escaping source path stays inside the source root
+        let (r, _) = helper(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: t.0.join("fb/upper"),
+            work: t.0.join("fb/work"),
+            actions: vec![copy("missing", "/x", false)],
+        });
+        assert!(r.is_err());
+        // `..` is clamped at the source root: the host's /etc/hostname is never reached.
+        let (r, _) = helper(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: t.0.join("fc/upper"),
+            work: t.0.join("fc/work"),
+            actions: vec![copy("../../../etc/hostname", "/h", false)],
+        });
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("not found"), "{e}");
+        assert!(!t.0.join("fc/upper/h").exists());
+    });
+}
