@@ -31,7 +31,13 @@ fn as_test_user(name: &str, body: impl FnOnce()) {
     let out = Command::new("runuser")
         .args(["-u", &user, "--"])
         .arg(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            name,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TMPDIR", "/tmp")
         .current_dir("/")
         .output()
@@ -466,5 +472,54 @@ fn file_actions_copy_mkfile_owner() {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("not found"), "{e}");
         assert!(!t.0.join("fc/upper/h").exists());
+    });
+}
+
+/// Manual check: `ENVKIT_DEBIAN_TAR=/tmp/debian-minbase.tar cargo test -p rootless --test ns
+/// apt_update_debian -- --ignored --nocapture` (a tar of the Debian minbase rootfs that
+/// scripts/test-env.sh builds). Needs the network (through the host's CA bundle).
+#[test]
+#[ignore]
+fn apt_update_debian() {
+    as_test_user("apt_update_debian", || {
+        let Ok(tar) = std::env::var("ENVKIT_DEBIAN_TAR") else {
+            panic!("set ENVKIT_DEBIAN_TAR to a tar of a Debian rootfs");
+        };
+        let t = Tmp::new();
+        let rootfs = t.0.join("rootfs");
+        let s = std::time::Instant::now();
+        let (r, _) = ok(&Request::Unpack {
+            layers: vec![LayerFile {
+                path: tar.into(),
+                compression: Compression::None,
+            }],
+            dest: rootfs.clone(),
+        });
+        eprintln!("unpack: {:?} {r:?}", s.elapsed());
+        let mut req = exec_req(
+            vec![rootfs],
+            &t.0,
+            &[
+                "sh",
+                "-c",
+                "apt-get --version | head -1 && apt-get update && apt-get install -y --no-install-recommends sl >/dev/null && ls -la /usr/games/sl",
+            ],
+        );
+        req.env = vec![];
+        req.ca_bundle = Some("/etc/ssl/certs/ca-certificates.crt".into());
+        let s = std::time::Instant::now();
+        let mut out = Vec::new();
+        let r = run_helper(
+            Path::new(HELPER),
+            &[],
+            &ids(),
+            &Request::Exec(req),
+            &mut |b: &[u8]| {
+                std::io::Write::write_all(&mut std::io::stderr(), b).unwrap();
+                out.extend_from_slice(b);
+            },
+        );
+        eprintln!("apt step: {:?} {r:?}", s.elapsed());
+        assert_eq!(r.unwrap(), Response::Exited(ExitStatus::Code(0)));
     });
 }
