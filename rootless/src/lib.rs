@@ -1,1 +1,28 @@
-pub fn placeholder() {}
+//! envkit's namespace code: user namespaces, mounts, one container step. Synchronous, no tokio.
+//!
+//! The async envkit process never calls namespace code itself: it spawns a helper (itself,
+//! re-executed with a hidden argument) with [`run_helper`]; the helper's `main` calls
+//! [`helper_main`] first thing, before any thread exists.
+
+mod difftar;
+mod error;
+mod exec;
+mod fileops;
+mod helper;
+mod idmap;
+mod overlay;
+mod parent;
+pub mod pathsafe;
+mod proto;
+mod unpack;
+pub mod userdb;
+
+pub use difftar::{UpperKind, classify};
+pub use error::{Result, RootlessError};
+pub use helper::helper_main;
+pub use idmap::IdMap;
+pub use parent::run_helper;
+pub use proto::{
+    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Compression, CopySource, ExecRequest, ExitStatus, FileAction,
+    LayerFile, Mount, MountKind, ProbeResult, Request, Response,
+};

@@ -1,0 +1,607 @@
+//! One container step: overlay + new mount/PID namespace + pivot_root + exec. Host networking.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use crate::error::{Result, RootlessError};
+use crate::overlay::{Overlay, remount_ro};
+use crate::pathsafe::{DotDot, resolve_in_root};
+use crate::proto::{CA_BUNDLE_ENV, CA_BUNDLE_PATH, ExecRequest, ExitStatus, MountKind};
+use crate::userdb::{ExecUser, resolve_user};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// What to mount, with targets already resolved to host paths under the rootfs.
+enum Plan {
+    Proc(PathBuf),
+    Dev(PathBuf),
+    Rbind(PathBuf, PathBuf),
+    BindRo(PathBuf, PathBuf),
+    Bind {
+        src: PathBuf,
+        dst: PathBuf,
+        ro: bool,
+    },
+    Tmpfs {
+        dst: PathBuf,
+        size: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// Creates mount points in the rootfs, remembering which ones it had to create.
+struct MountPoints<'a> {
+    root: &'a Path,
+    created: Vec<PathBuf>,
+}
+
+impl MountPoints<'_> {
+    fn ensure(&mut self, target: &str, kind: Kind) -> Result<PathBuf> {
+        let host = resolve_in_root(self.root, target, true, DotDot::Clamp)?;
+        if std::fs::metadata(&host).is_ok() {
+            return Ok(host);
+        }
+        let rel = host
+            .strip_prefix(self.root)
+            .map_err(|_| RootlessError::Invalid(format!("mount target {target} outside root")))?
+            .to_path_buf();
+        let mut cur = self.root.to_path_buf();
+        let comps: Vec<_> = rel.components().collect();
+        for (i, c) in comps.iter().enumerate() {
+            cur.push(c);
+            let last = i + 1 == comps.len();
+            if std::fs::symlink_metadata(&cur).is_ok() {
+                continue;
+            }
+            if last && kind == Kind::File {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&cur)
+                    .map_err(|e| RootlessError::io(&cur, e))?;
+            } else {
+                std::fs::create_dir(&cur).map_err(|e| RootlessError::io(&cur, e))?;
+            }
+            if let Ok(r) = cur.strip_prefix(self.root) {
+                self.created.push(r.to_path_buf());
+            }
+        }
+        Ok(host)
+    }
+}
+
+fn read_in_root(root: &Path, p: &str) -> String {
+    resolve_in_root(root, p, true, DotDot::Clamp)
+        .ok()
+        .and_then(|h| std::fs::read(h).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Find `arg0` in `path` inside the rootfs; returns the container path to exec.
+fn lookup(root: &Path, arg0: &str, path: &str) -> Option<String> {
+    if arg0.contains('/') {
+        return Some(arg0.to_string());
+    }
+    for dir in path.split(':') {
+        if dir.is_empty() {
+            continue;
+        }
+        let cand = format!("{}/{arg0}", dir.trim_end_matches('/'));
+        if let Ok(h) = resolve_in_root(root, &cand, true, DotDot::Clamp)
+            && let Ok(md) = std::fs::metadata(&h)
+            && md.is_file()
+            && md.permissions().mode() & 0o111 != 0
+        {
+            return Some(cand);
+        }
+    }
+    None
+}
+
+/// Run the step; returns how it ended. Setup failures are errors.
+pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
+    if r.args.is_empty() {
+        return Err(RootlessError::Invalid("exec: empty args".into()));
+    }
+    let ov = Overlay::mount(&r.lowers, Some((&r.upper, &r.work)))?;
+    let root = ov.merged.clone();
+    let mut mp = MountPoints {
+        root: &root,
+        created: Vec::new(),
+    };
+    let res = prepare_and_run(r, &root, &mut mp);
+    let created = std::mem::take(&mut mp.created);
+    drop(ov);
+    let lowers = r.lowers.clone();
+    // Mount points we created must not end up in the layer.
+    for rel in created.iter().rev() {
+        let p = r.upper.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {
+                let _ = std::fs::remove_dir(&p);
+            }
+            Ok(md) if md.is_file() && md.len() == 0 => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
+    // Existing parents were copied up only because we created a mount point in them: drop
+    // them again when they are empty and unchanged.
+    let mut parents: Vec<PathBuf> = created
+        .iter()
+        .filter_map(|c| c.parent().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty() && !created.contains(p))
+        .collect();
+    parents.sort();
+    parents.dedup();
+    for rel in parents.iter().rev() {
+        drop_unchanged_copy_up(&r.upper, &lowers, rel);
+    }
+    res
+}
+
+fn drop_unchanged_copy_up(upper: &Path, lowers: &[PathBuf], rel: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let up = upper.join(rel);
+    let Ok(md) = std::fs::symlink_metadata(&up) else {
+        return;
+    };
+    if !md.is_dir()
+        || std::fs::read_dir(&up)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return;
+    }
+    // Only overlay bookkeeping (impure, origin) may be there; opaque or user xattrs keep it.
+    let keep = xattr::list(&up)
+        .map(|l| {
+            l.into_iter().any(|n| {
+                let n = n.to_string_lossy();
+                !n.starts_with("user.overlay.") || n == "user.overlay.opaque"
+            })
+        })
+        .unwrap_or(true);
+    if keep {
+        return;
+    }
+    let lower = lowers
+        .iter()
+        .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok());
+    if let Some(lmd) = lower
+        && lmd.is_dir()
+        && lmd.mode() == md.mode()
+        && lmd.uid() == md.uid()
+        && lmd.gid() == md.gid()
+    {
+        let _ = std::fs::remove_dir(&up);
+    }
+}
+
+fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result<ExitStatus> {
+    let user = resolve_user(
+        &r.user,
+        &read_in_root(root, "/etc/passwd"),
+        &read_in_root(root, "/etc/group"),
+    )?;
+    let mut env = r.env.clone();
+    if env_get(&env, "PATH").is_none() {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if env_get(&env, "HOME").is_none() {
+        env.push(format!("HOME={}", user.home));
+    }
+    if !r.hostname.is_empty() && env_get(&env, "HOSTNAME").is_none() {
+        env.push(format!("HOSTNAME={}", r.hostname));
+    }
+    let mut plan = vec![
+        Plan::Proc(mp.ensure("/proc", Kind::Dir)?),
+        Plan::Dev(mp.ensure("/dev", Kind::Dir)?),
+        Plan::Rbind(PathBuf::from("/sys"), mp.ensure("/sys", Kind::Dir)?),
+    ];
+    for f in ["/etc/resolv.conf", "/etc/hosts"] {
+        if Path::new(f).exists() {
+            plan.push(Plan::BindRo(PathBuf::from(f), mp.ensure(f, Kind::File)?));
+        }
+    }
+    if let Some(ca) = &r.ca_bundle {
+        if !ca.is_file() {
+            return Err(RootlessError::Invalid(format!(
+                "CA bundle {} is not a file",
+                ca.display()
+            )));
+        }
+        plan.push(Plan::BindRo(
+            ca.clone(),
+            mp.ensure(CA_BUNDLE_PATH, Kind::File)?,
+        ));
+        for k in CA_BUNDLE_ENV {
+            if env_get(&env, k).is_none() {
+                env.push(format!("{k}={CA_BUNDLE_PATH}"));
+            }
+        }
+    }
+    let mut extra = r.mounts.clone();
+    extra.sort_by_key(|m| m.target.matches('/').count());
+    for m in &extra {
+        match &m.kind {
+            MountKind::Bind { readonly } => {
+                let md =
+                    std::fs::metadata(&m.source).map_err(|e| RootlessError::io(&m.source, e))?;
+                let kind = if md.is_dir() { Kind::Dir } else { Kind::File };
+                plan.push(Plan::Bind {
+                    src: m.source.clone(),
+                    dst: mp.ensure(&m.target, kind)?,
+                    ro: *readonly,
+                });
+            }
+            MountKind::Tmpfs { size } => plan.push(Plan::Tmpfs {
+                dst: mp.ensure(&m.target, Kind::Dir)?,
+                size: *size,
+            }),
+        }
+    }
+    // cwd: created if missing, and it persists.
+    let cwd = if r.cwd.is_empty() { "/" } else { &r.cwd };
+    let cwd_host = resolve_in_root(root, cwd, true, DotDot::Clamp)?;
+    std::fs::create_dir_all(&cwd_host).map_err(|e| RootlessError::io(&cwd_host, e))?;
+
+    let path_env = env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
+    let Some(exe) = lookup(root, &r.args[0], &path_env) else {
+        let mut err = std::io::stderr();
+        let _ = writeln!(
+            err,
+            "envkit: {:?}: executable file not found in $PATH ({path_env})",
+            r.args[0]
+        );
+        return Ok(ExitStatus::Code(127));
+    };
+    let cs = |s: &str, what: &str| {
+        CString::new(s).map_err(|_| RootlessError::Invalid(format!("{what} contains NUL: {s:?}")))
+    };
+    let exe_c = cs(&exe, "executable")?;
+    let args_c = r
+        .args
+        .iter()
+        .map(|a| cs(a, "argument"))
+        .collect::<Result<Vec<_>>>()?;
+    let env_c = env
+        .iter()
+        .map(|a| cs(a, "environment"))
+        .collect::<Result<Vec<_>>>()?;
+    let cwd_c = cs(cwd, "cwd")?;
+    let step = Step {
+        exe: exe_c,
+        args: args_c,
+        env: env_c,
+        cwd: cwd_c,
+        user,
+    };
+
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| RootlessError::sys("unshare(CLONE_NEWPID)", e))?;
+    let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RootlessError::sys("pipe2", e))?;
+    // SAFETY: the helper is single-threaded.
+    match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+        ForkResult::Child => {
+            drop(st_r);
+            pid1(root, &plan, r, &step, st_w)
+        }
+        ForkResult::Parent { child } => {
+            drop(st_w);
+            let mut msgs = Vec::new();
+            let _ = std::fs::File::from(st_r).read_to_end(&mut msgs);
+            let ws = loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    r => break r.map_err(|e| RootlessError::sys("waitpid", e))?,
+                }
+            };
+            let mut status = match ws {
+                WaitStatus::Exited(_, c) => ExitStatus::Code(c),
+                WaitStatus::Signaled(_, s, _) => ExitStatus::Signal(s as i32),
+                _ => ExitStatus::Code(125),
+            };
+            for rec in msgs.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+                let text = String::from_utf8_lossy(&rec[1..]).into_owned();
+                match rec[0] {
+                    b'F' => return Err(RootlessError::Helper(format!("step setup: {text}"))),
+                    b'X' => {
+                        let _ = writeln!(std::io::stderr(), "envkit: {text}");
+                    }
+                    b'E' => status = ExitStatus::Code(text.parse().unwrap_or(125)),
+                    b'S' => status = ExitStatus::Signal(text.parse().unwrap_or(9)),
+                    _ => {}
+                }
+            }
+            Ok(status)
+        }
+    }
+}
+
+struct Step {
+    exe: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    user: ExecUser,
+}
+
+fn send(fd: &OwnedFd, kind: u8, msg: &str) {
+    let mut v = Vec::with_capacity(msg.len() + 2);
+    v.push(kind);
+    v.extend_from_slice(msg.as_bytes());
+    v.push(0);
+    let _ = nix::unistd::write(fd, &v);
+}
+
+/// PID 1 of the step's PID namespace: mounts, pivot_root, runs the step, reaps, reports.
+fn pid1(root: &Path, plan: &[Plan], r: &ExecRequest, step: &Step, st: OwnedFd) -> ! {
+    let code = match pid1_inner(root, plan, r, step, &st) {
+        Ok(()) => 0,
+        Err(e) => {
+            send(&st, b'F', &e.to_string());
+            125
+        }
+    };
+    // SAFETY: plain process exit in a forked child.
+    unsafe { libc::_exit(code) }
+}
+
+fn m(
+    src: Option<&Path>,
+    dst: &Path,
+    fs: Option<&str>,
+    fl: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    nix::mount::mount(src, dst, fs, fl, data).map_err(|e| {
+        RootlessError::sys(
+            format!(
+                "mount {} on {} ({})",
+                src.map(|s| s.display().to_string()).unwrap_or_default(),
+                dst.display(),
+                fs.unwrap_or("bind")
+            ),
+            e,
+        )
+    })
+}
+
+fn setup_dev(dev: &Path) -> Result<()> {
+    let nosuid = MsFlags::MS_NOSUID;
+    m(
+        Some(Path::new("tmpfs")),
+        dev,
+        Some("tmpfs"),
+        nosuid | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for n in DEV_NODES {
+        let host = Path::new("/dev").join(n);
+        if !host.exists() {
+            continue;
+        }
+        let t = dev.join(n);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .open(&t)
+            .map_err(|e| RootlessError::io(&t, e))?;
+        m(Some(&host), &t, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(|e| RootlessError::io(&pts, e))?;
+    let fl = nosuid | MsFlags::MS_NOEXEC;
+    if m(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        fl,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .is_err()
+    {
+        m(
+            Some(Path::new("devpts")),
+            &pts,
+            Some("devpts"),
+            fl,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )?;
+    }
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(|e| RootlessError::io(&shm, e))?;
+    m(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        nosuid | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let l = dev.join(name);
+        std::os::unix::fs::symlink(target, &l).map_err(|e| RootlessError::io(&l, e))?;
+    }
+    Ok(())
+}
+
+fn pid1_inner(
+    root: &Path,
+    plan: &[Plan],
+    r: &ExecRequest,
+    step: &Step,
+    st: &OwnedFd,
+) -> Result<()> {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut ns = CloneFlags::CLONE_NEWNS;
+    if !r.hostname.is_empty() {
+        ns |= CloneFlags::CLONE_NEWUTS;
+    }
+    nix::sched::unshare(ns).map_err(|e| RootlessError::sys("unshare(CLONE_NEWNS)", e))?;
+    if !r.hostname.is_empty() {
+        nix::unistd::sethostname(&r.hostname).map_err(|e| RootlessError::sys("sethostname", e))?;
+    }
+    for p in plan {
+        match p {
+            Plan::Proc(t) => m(
+                Some(Path::new("proc")),
+                t,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None,
+            )?,
+            Plan::Dev(t) => setup_dev(t)?,
+            Plan::Rbind(s, t) => m(Some(s), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?,
+            Plan::BindRo(s, t) => {
+                m(Some(s), t, None, MsFlags::MS_BIND, None)?;
+                remount_ro(t)?;
+            }
+            Plan::Bind { src, dst, ro } => {
+                m(
+                    Some(src),
+                    dst,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                if *ro {
+                    remount_ro(dst)?;
+                }
+            }
+            Plan::Tmpfs { dst, size } => {
+                let mut o = String::from("mode=1777");
+                if let Some(s) = size {
+                    o.push_str(&format!(",size={s}"));
+                }
+                m(
+                    Some(Path::new("tmpfs")),
+                    dst,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(&o),
+                )?
+            }
+        }
+    }
+    if r.readonly_rootfs {
+        let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        m(
+            None,
+            root,
+            None,
+            fl | crate::overlay::locked_flags(root),
+            None,
+        )?;
+    }
+    nix::unistd::chdir(root).map_err(|e| RootlessError::sys("chdir rootfs", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| RootlessError::sys("pivot_root", e))?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)
+        .map_err(|e| RootlessError::sys("detaching the old root", e))?;
+    nix::unistd::chdir("/").map_err(|e| RootlessError::sys("chdir /", e))?;
+
+    // SAFETY: single-threaded.
+    let child = match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+        ForkResult::Child => {
+            let e = exec_step(step);
+            send(st, b'X', &e);
+            // SAFETY: forked child.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    reap(child, st);
+    Ok(())
+}
+
+/// Wait for the step, reaping orphans meanwhile; report its status.
+fn reap(step: Pid, st: &OwnedFd) {
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(p, c)) if p == step => {
+                send(st, b'E', &c.to_string());
+                return;
+            }
+            Ok(WaitStatus::Signaled(p, s, _)) if p == step => {
+                send(st, b'S', &(s as i32).to_string());
+                return;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// In the step's process: drop to the user and exec. Returns only on failure.
+fn exec_step(s: &Step) -> String {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Rust ignores SIGPIPE at start-up; a step must get the default.
+    // SAFETY: resetting dispositions in a single-threaded child.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    match std::fs::File::open("/dev/null") {
+        Ok(f) => {
+            // SAFETY: dup2 onto stdin.
+            unsafe { libc::dup2(f.as_raw_fd(), 0) };
+        }
+        Err(e) => return format!("open /dev/null: {e}"),
+    }
+    let groups: Vec<Gid> = s.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    if let Err(e) = nix::unistd::setgroups(&groups) {
+        return format!("setgroups {:?}: {e}", s.user.groups);
+    }
+    let g = Gid::from_raw(s.user.gid);
+    if let Err(e) = nix::unistd::setresgid(g, g, g) {
+        return format!("setgid {}: {e}", s.user.gid);
+    }
+    let u = Uid::from_raw(s.user.uid);
+    if let Err(e) = nix::unistd::setresuid(u, u, u) {
+        return format!("setuid {}: {e}", s.user.uid);
+    }
+    if let Err(e) = nix::unistd::chdir(s.cwd.as_c_str()) {
+        return format!("chdir {:?}: {e}", s.cwd);
+    }
+    match nix::unistd::execve(&s.exe, &s.args, &s.env) {
+        Err(e) => format!("exec {:?}: {e}", s.exe),
+        Ok(never) => match never {},
+    }
+}

@@ -1,0 +1,166 @@
+//! overlayfs (with `userxattr`) mounted in the helper's mount namespace.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::error::{Result, RootlessError};
+use crate::proto::ProbeResult;
+
+/// An overlay mounted on a private temp dir; unmounted and removed on drop.
+pub struct Overlay {
+    pub merged: PathBuf,
+    scratch: Vec<PathBuf>,
+}
+
+fn temp_dir(prefix: &str) -> Result<PathBuf> {
+    let t = std::env::temp_dir().join(format!("{prefix}-XXXXXX"));
+    nix::unistd::mkdtemp(&t).map_err(|e| RootlessError::sys(format!("mkdtemp {}", t.display()), e))
+}
+
+fn check_opt_path(p: &Path) -> Result<()> {
+    let b = p.as_os_str().as_bytes();
+    if b.iter().any(|c| matches!(c, b',' | b':' | b'\\' | b'\n')) {
+        return Err(RootlessError::Invalid(format!(
+            "overlay path {} contains ',', ':' or '\\'",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Overlay {
+    /// Mount `lowers` (top first) + `upper` (+ `work`) read-write; with `upper == None` a
+    /// read-only view of the lowers.
+    pub fn mount(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Overlay> {
+        let mut scratch = Vec::new();
+        let merged = temp_dir("envkit-merged")?;
+        scratch.push(merged.clone());
+        let mut ov = Overlay { merged, scratch };
+        let mut lowers: Vec<PathBuf> = lowers.to_vec();
+        // overlay needs one lower with an upper, two without.
+        let need = if upper.is_some() { 1 } else { 2 };
+        while lowers.len() < need {
+            let e = temp_dir("envkit-empty")?;
+            ov.scratch.push(e.clone());
+            lowers.push(e);
+        }
+        let mut opts = String::from("lowerdir=");
+        for (i, l) in lowers.iter().enumerate() {
+            let l = std::fs::canonicalize(l).map_err(|e| RootlessError::io(l, e))?;
+            check_opt_path(&l)?;
+            if i > 0 {
+                opts.push(':');
+            }
+            opts.push_str(&l.to_string_lossy());
+        }
+        if let Some((u, w)) = upper {
+            for d in [u, w] {
+                std::fs::create_dir_all(d).map_err(|e| RootlessError::io(d, e))?;
+            }
+            let u = std::fs::canonicalize(u).map_err(|e| RootlessError::io(u, e))?;
+            let w = std::fs::canonicalize(w).map_err(|e| RootlessError::io(w, e))?;
+            check_opt_path(&u)?;
+            check_opt_path(&w)?;
+            opts.push_str(&format!(
+                ",upperdir={},workdir={}",
+                u.display(),
+                w.display()
+            ));
+        }
+        opts.push_str(",userxattr");
+        if opts.len() >= 4000 {
+            return Err(RootlessError::Invalid(format!(
+                "overlay options too long ({} bytes, {} lowers)",
+                opts.len(),
+                lowers.len()
+            )));
+        }
+        let flags = if upper.is_some() {
+            MsFlags::empty()
+        } else {
+            MsFlags::MS_RDONLY
+        };
+        nix::mount::mount(
+            Some("overlay"),
+            &ov.merged,
+            Some("overlay"),
+            flags,
+            Some(opts.as_str()),
+        )
+        .map_err(|e| RootlessError::sys(format!("mount overlay ({opts})"), e))?;
+        Ok(ov)
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.merged, MntFlags::MNT_DETACH);
+        for d in self.scratch.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Mount flags that a bind remount must keep (they are locked in a user namespace).
+pub(crate) fn locked_flags(path: &Path) -> MsFlags {
+    let mut f = MsFlags::empty();
+    if let Ok(st) = nix::sys::statvfs::statvfs(path) {
+        use nix::sys::statvfs::FsFlags;
+        let m = st.flags();
+        for (a, b) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if m.contains(a) {
+                f |= b;
+            }
+        }
+    }
+    f
+}
+
+/// Remount an existing bind mount read-only, keeping its locked flags.
+pub(crate) fn remount_ro(path: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(path);
+    nix::mount::mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(|e| RootlessError::sys(format!("remount {} read-only", path.display()), e))
+}
+
+/// Does overlay with userxattr mount here, and does copy-up work?
+pub fn probe() -> ProbeResult {
+    match probe_inner() {
+        Ok(()) => ProbeResult {
+            overlay_userxattr: true,
+            detail: "overlay with userxattr works".into(),
+        },
+        Err(e) => ProbeResult {
+            overlay_userxattr: false,
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn probe_inner() -> Result<()> {
+    let base = temp_dir("envkit-probe")?;
+    let res = (|| {
+        let (l, u, w) = (base.join("l"), base.join("u"), base.join("w"));
+        for d in [&l, &u, &w] {
+            std::fs::create_dir(d).map_err(|e| RootlessError::io(d, e))?;
+        }
+        std::fs::write(l.join("f"), b"x").map_err(|e| RootlessError::io(l.join("f"), e))?;
+        let ov = Overlay::mount(std::slice::from_ref(&l), Some((&u, &w)))?;
+        let f = ov.merged.join("f");
+        std::fs::write(&f, b"y").map_err(|e| RootlessError::io(&f, e))?;
+        std::fs::remove_file(&f).map_err(|e| RootlessError::io(&f, e))?;
+        drop(ov);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&base);
+    res
+}

@@ -1,0 +1,178 @@
+//! Requests and responses exchanged with the helper (JSON over pipes).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Compression of one layer file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    Gzip,
+    None,
+}
+
+/// One layer blob on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerFile {
+    pub path: PathBuf,
+    pub compression: Compression,
+}
+
+/// Kind of an extra mount of an exec step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// Bind mount of a host path (recursive).
+    Bind { readonly: bool },
+    /// A fresh tmpfs; `size` in bytes (None: kernel default).
+    Tmpfs { size: Option<u64> },
+}
+
+/// An extra mount of an exec step. `target` is a path in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: String,
+    pub kind: MountKind,
+}
+
+/// One container step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Lower dirs, top first. May be empty.
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub args: Vec<String>,
+    /// `KEY=value` strings.
+    pub env: Vec<String>,
+    /// Working directory in the container (created if missing; it persists).
+    pub cwd: String,
+    /// `""`, `name`, `uid`, `uid:gid`, `name:group`.
+    pub user: String,
+    pub mounts: Vec<Mount>,
+    pub hostname: String,
+    /// A host CA bundle bound read-only at [`CA_BUNDLE_PATH`].
+    pub ca_bundle: Option<PathBuf>,
+    pub readonly_rootfs: bool,
+}
+
+/// Where the CA bundle of [`ExecRequest::ca_bundle`] appears inside the container.
+pub const CA_BUNDLE_PATH: &str = "/run/envkit/ca-certificates.crt";
+
+/// Environment variables that point tools at the CA bundle.
+pub const CA_BUNDLE_ENV: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+];
+
+/// Where the source side of a copy comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopySource {
+    /// A plain directory (e.g. a build context snapshot).
+    Dir(PathBuf),
+    /// A read-only overlay view of a snapshot chain, top first.
+    Lowers(Vec<PathBuf>),
+}
+
+/// One file operation, BuildKit's FileOp semantics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileAction {
+    Mkdir {
+        path: String,
+        mode: u32,
+        make_parents: bool,
+        owner: Option<(u32, u32)>,
+    },
+    Mkfile {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+        owner: Option<(u32, u32)>,
+    },
+    Rm {
+        path: String,
+        allow_not_found: bool,
+        allow_wildcard: bool,
+    },
+    Copy {
+        src_root: CopySource,
+        src: String,
+        dest: String,
+        owner: Option<(u32, u32)>,
+        mode: Option<u32>,
+        follow_symlinks: bool,
+        dir_copy_contents: bool,
+        create_dest_path: bool,
+        allow_wildcard: bool,
+        allow_empty_wildcard: bool,
+    },
+}
+
+/// A request to the helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Flatten layers, in order, into `dest` (created).
+    Unpack {
+        layers: Vec<LayerFile>,
+        dest: PathBuf,
+    },
+    /// Run one container step on an overlay.
+    Exec(ExecRequest),
+    /// Mount an overlay and apply file actions in order.
+    FileActions {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+        actions: Vec<FileAction>,
+    },
+    /// Write an uncompressed OCI layer tar of an overlay upper dir.
+    DiffTar { upper: PathBuf, out: PathBuf },
+    /// Delete a tree owned by subordinate ids.
+    RemoveAll { path: PathBuf },
+    /// Report what works here.
+    Probe,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Code(0))
+    }
+}
+
+/// What [`Request::Probe`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// overlay with `userxattr` mounts and copies up in the namespace.
+    pub overlay_userxattr: bool,
+    /// Human readable detail (the error when it does not work).
+    pub detail: String,
+}
+
+/// The helper's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Unpacked {
+        /// Entries skipped (device nodes, unsupported xattrs...).
+        notes: Vec<String>,
+    },
+    Exited(ExitStatus),
+    Done,
+    DiffWritten {
+        entries: u64,
+    },
+    Probe(ProbeResult),
+    Error {
+        message: String,
+    },
+}

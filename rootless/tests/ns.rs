@@ -1,0 +1,525 @@
+//! Integration tests that enter user namespaces. They run as the unprivileged test user: when
+//! the test process is root it re-runs itself (one test, exact name) as `$ENVKIT_TEST_USER`
+//! (default `envkit-test`) with runuser and checks the result.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rootless::{
+    Compression, CopySource, ExecRequest, ExitStatus, FileAction, IdMap, LayerFile, Request,
+    Response, run_helper,
+};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_rootless-helper");
+
+/// Run `body` as the unprivileged test user.
+fn as_test_user(name: &str, body: impl FnOnce()) {
+    if !nix::unistd::getuid().is_root() {
+        body();
+        return;
+    }
+    let user = std::env::var("ENVKIT_TEST_USER").unwrap_or_else(|_| "envkit-test".into());
+    match nix::unistd::User::from_name(&user) {
+        Ok(Some(_)) => {}
+        _ => panic!(
+            "test user {user:?} does not exist (set ENVKIT_TEST_USER or run scripts/test-env.sh \
+             to create it with /etc/subuid and /etc/subgid ranges)"
+        ),
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new("runuser")
+        .args(["-u", &user, "--"])
+        .arg(&exe)
+        .args([
+            name,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TMPDIR", "/tmp")
+        .current_dir("/")
+        .output()
+        .expect("running runuser");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- {name} as {user} ---\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{name} failed as {user}");
+    assert!(stdout.contains("1 passed"), "{name} did not run as {user}");
+}
+
+fn ids() -> IdMap {
+    IdMap::for_current_user().expect("subuid/subgid range for the test user")
+}
+
+fn helper(req: &Request) -> (Result<Response, rootless::RootlessError>, String) {
+    let mut out = Vec::new();
+    let r = run_helper(Path::new(HELPER), &[], &ids(), req, &mut |b: &[u8]| {
+        out.extend_from_slice(b)
+    });
+    (r, String::from_utf8_lossy(&out).into_owned())
+}
+
+fn ok(req: &Request) -> (Response, String) {
+    let (r, out) = helper(req);
+    match r {
+        Ok(r) => (r, out),
+        Err(e) => panic!("{e}\noutput: {out}"),
+    }
+}
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new() -> Tmp {
+        let d = tempfile::Builder::new()
+            .prefix("envkit-rootless-test")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        Tmp(d.keep())
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        // Files belong to subordinate ids: only the helper can remove them.
+        let _ = helper(&Request::RemoveAll {
+            path: self.0.clone(),
+        });
+    }
+}
+
+fn header(et: tar::EntryType, mode: u32, uid: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(et);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(uid);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    h
+}
+
+const APPLETS: [&str; 12] = [
+    "sh", "cat", "id", "touch", "rm", "echo", "ls", "true", "false", "stat", "mkdir", "sleep",
+];
+
+/// A busybox image: layer 1 = rootfs (gzip), layer 2 = whiteout + opaque + hardlink.
+fn busybox_layers(dir: &Path) -> Vec<LayerFile> {
+    let l1 = dir.join("l1.tar.gz");
+    {
+        let f = std::fs::File::create(&l1).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (d, mode) in [
+            ("bin/", 0o755),
+            ("etc/", 0o755),
+            ("tmp/", 0o1777),
+            ("root/", 0o700),
+            ("opq/", 0o755),
+            ("var/", 0o755),
+        ] {
+            let mut h = header(tar::EntryType::Directory, mode, 0);
+            b.append_data(&mut h, d, std::io::empty()).unwrap();
+        }
+        let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+        let mut h = header(tar::EntryType::Regular, 0o755, 0);
+        h.set_size(bb.len() as u64);
+        b.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
+        for a in APPLETS {
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            b.append_link(&mut h, format!("bin/{a}"), "busybox")
+                .unwrap();
+        }
+        let mut h = header(tar::EntryType::Directory, 0o755, 42);
+        b.append_data(&mut h, "var/lib42/", std::io::empty())
+            .unwrap();
+        let files: [(&str, &[u8], u64); 6] = [
+            ("var/lib42/f", b"x", 42),
+            (
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\n_apt:x:42:65534::/nonexistent:/bin/false\n",
+                0,
+            ),
+            ("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0),
+            ("opq/old", b"old", 0),
+            ("var/owned42", b"x", 42),
+            ("etc/gone", b"bye", 0),
+        ];
+        for (p, data, uid) in files {
+            let mut h = header(tar::EntryType::Regular, 0o644, uid);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, p, data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let l2 = dir.join("l2.tar");
+    {
+        let f = std::fs::File::create(&l2).unwrap();
+        let mut b = tar::Builder::new(f);
+        let mut h = header(tar::EntryType::Regular, 0o644, 0);
+        b.append_data(&mut h, "etc/.wh.gone", std::io::empty())
+            .unwrap();
+        let mut h = header(tar::EntryType::Directory, 0o755, 0);
+        b.append_data(&mut h, "opq/", std::io::empty()).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644, 0);
+        b.append_data(&mut h, "opq/.wh..wh..opq", std::io::empty())
+            .unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644, 0);
+        h.set_size(3);
+        b.append_data(&mut h, "opq/new", &b"new"[..]).unwrap();
+        let mut h = header(tar::EntryType::Link, 0o644, 0);
+        b.append_link(&mut h, "etc/passwd-link", "etc/passwd")
+            .unwrap();
+        let mut h = header(tar::EntryType::Char, 0o666, 0);
+        b.append_data(&mut h, "dev-null", std::io::empty()).unwrap();
+        b.finish().unwrap();
+    }
+    vec![
+        LayerFile {
+            path: l1,
+            compression: Compression::Gzip,
+        },
+        LayerFile {
+            path: l2,
+            compression: Compression::None,
+        },
+    ]
+}
+
+fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
+    ExecRequest {
+        lowers,
+        upper: base.join("upper"),
+        work: base.join("work"),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: String::new(),
+        mounts: vec![],
+        hostname: "envkit".into(),
+        ca_bundle: None,
+        readonly_rootfs: false,
+    }
+}
+
+fn tar_names(p: &Path) -> Vec<String> {
+    let mut ar = tar::Archive::new(std::fs::File::open(p).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn unpack_exec_difftar() {
+    as_test_user("unpack_exec_difftar", || {
+        let t = Tmp::new();
+        let ids = ids();
+        let rootfs = t.0.join("rootfs");
+        let (r, _) = ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+        });
+        let Response::Unpacked { notes } = r else {
+            panic!("{r:?}")
+        };
+        assert!(notes.iter().any(|n| n.contains("dev-null")), "{notes:?}");
+        // ownership lands in the subordinate range
+        let md = std::fs::metadata(rootfs.join("var/owned42")).unwrap();
+        assert_eq!(md.uid(), ids.subuid_start + 41);
+        assert_eq!(
+            std::fs::metadata(rootfs.join("bin/busybox")).unwrap().uid(),
+            ids.uid
+        );
+        assert!(!rootfs.join("etc/gone").exists(), "whiteout applied");
+        assert!(!rootfs.join("opq/old").exists(), "opaque dir cleared");
+        assert!(rootfs.join("opq/new").exists());
+        assert_eq!(
+            std::fs::metadata(rootfs.join("etc/passwd-link"))
+                .unwrap()
+                .nlink(),
+            2
+        );
+        assert!(!rootfs.join("dev-null").exists());
+
+        // Exec
+        let req = exec_req(
+            vec![rootfs.clone()],
+            &t.0,
+            &["sh", "-c", "echo hi; id -u; touch /new; rm /bin/cat"],
+        );
+        let start = std::time::Instant::now();
+        let (r, out) = ok(&Request::Exec(req));
+        eprintln!("exec step took {:?}", start.elapsed());
+        assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{out}");
+        assert_eq!(out, "hi\n0\n");
+        let upper = t.0.join("upper");
+        assert!(upper.join("new").is_file());
+        let wh = std::fs::symlink_metadata(upper.join("bin/cat")).unwrap();
+        assert!(
+            wh.file_type().is_char_device() && wh.rdev() == 0,
+            "whiteout for /bin/cat"
+        );
+        for mp in ["proc", "dev", "sys", "etc/resolv.conf", "etc/hosts"] {
+            assert!(
+                !upper.join(mp).exists(),
+                "mount point {mp} leaked into the upper dir"
+            );
+        }
+
+        // DiffTar
+        let out_tar = t.0.join("diff.tar");
+        let (r, _) = ok(&Request::DiffTar {
+            upper: upper.clone(),
+            out: out_tar.clone(),
+        });
+        assert!(matches!(r, Response::DiffWritten { .. }), "{r:?}");
+        let names = tar_names(&out_tar);
+        assert!(names.contains(&"new".to_string()), "{names:?}");
+        assert!(names.contains(&"bin/.wh.cat".to_string()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("etc")), "{names:?}");
+
+        // A failing command returns its exit code; a missing one 127.
+        let req = exec_req(
+            vec![upper.clone(), rootfs.clone()],
+            &t.0.join("s2"),
+            &["sh", "-c", "cat /new; echo err >&2; exit 3"],
+        );
+        let (r, out) = ok(&Request::Exec(req));
+        assert_eq!(r, Response::Exited(ExitStatus::Code(3)));
+        assert_eq!(out, "err\n");
+        let req = exec_req(vec![rootfs.clone()], &t.0.join("s3"), &["no-such-cmd"]);
+        let (r, out) = ok(&Request::Exec(req));
+        assert_eq!(r, Response::Exited(ExitStatus::Code(127)), "{out}");
+        assert!(out.contains("no-such-cmd"), "{out}");
+
+        // user, cwd, env, mounts, read-only rootfs
+        let ca = t.0.join("ca.crt");
+        std::fs::write(&ca, "CA").unwrap();
+        let mut req = exec_req(
+            vec![rootfs.clone()],
+            &t.0.join("s4"),
+            &[
+                "sh",
+                "-c",
+                "id -u; id -g; pwd; cat $SSL_CERT_FILE; echo; ls /mnt; touch /x 2>/dev/null || echo ro",
+            ],
+        );
+        req.user = "_apt".into();
+        req.cwd = "/work/dir".into();
+        req.ca_bundle = Some(ca.clone());
+        req.readonly_rootfs = true;
+        req.mounts.push(rootless::Mount {
+            source: t.0.join("rootfs/opq"),
+            target: "/mnt".into(),
+            kind: rootless::MountKind::Bind { readonly: true },
+        });
+        let (r, out) = ok(&Request::Exec(req));
+        assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{out}");
+        assert_eq!(out, "42\n65534\n/work/dir\nCA\nnew\nro\n");
+        let up4 = t.0.join("s4/upper");
+        assert!(up4.join("work/dir").is_dir(), "cwd persists");
+        assert!(!up4.join("run").exists() && !up4.join("mnt").exists());
+
+        // overhead of a trivial step
+        let mut times = Vec::new();
+        for i in 0..5 {
+            let req = exec_req(vec![rootfs.clone()], &t.0.join(format!("t{i}")), &["true"]);
+            let s = std::time::Instant::now();
+            let (r, _) = ok(&Request::Exec(req));
+            times.push(s.elapsed());
+            assert_eq!(r, Response::Exited(ExitStatus::Code(0)));
+        }
+        times.sort();
+        eprintln!("true step: median {:?} (min {:?})", times[2], times[0]);
+    });
+}
+
+#[test]
+fn remove_all_cleans_subordinate_files() {
+    as_test_user("remove_all_cleans_subordinate_files", || {
+        let t = Tmp::new();
+        let rootfs = t.0.join("rootfs");
+        ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+        });
+        assert!(
+            std::fs::remove_dir_all(&rootfs).is_err(),
+            "host user cannot remove it"
+        );
+        let (r, _) = ok(&Request::RemoveAll {
+            path: rootfs.clone(),
+        });
+        assert_eq!(r, Response::Done);
+        assert!(!rootfs.exists());
+    });
+}
+
+#[test]
+fn probe_overlay() {
+    as_test_user("probe_overlay", || {
+        let (r, _) = ok(&Request::Probe);
+        let Response::Probe(p) = r else {
+            panic!("{r:?}")
+        };
+        assert!(p.overlay_userxattr, "{}", p.detail);
+    });
+}
+
+#[test]
+fn file_actions_copy_mkfile_owner() {
+    as_test_user("file_actions_copy_mkfile_owner", || {
+        let t = Tmp::new();
+        let ids = ids();
+        let rootfs = t.0.join("rootfs");
+        ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+        });
+        let ctx = t.0.join("ctx");
+        std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+        std::fs::write(ctx.join("hello.py"), "print('hi')").unwrap();
+        std::fs::write(ctx.join("a.txt"), "a").unwrap();
+        std::fs::write(ctx.join("b.txt"), "b").unwrap();
+        std::fs::write(ctx.join("dir/sub/f"), "f").unwrap();
+        let copy = |src: &str, dest: &str, contents: bool| FileAction::Copy {
+            src_root: CopySource::Dir(ctx.clone()),
+            src: src.into(),
+            dest: dest.into(),
+            owner: Some((1000, 1000)),
+            mode: None,
+            follow_symlinks: true,
+            dir_copy_contents: contents,
+            create_dest_path: true,
+            allow_wildcard: true,
+            allow_empty_wildcard: false,
+        };
+        let actions = vec![
+            copy("hello.py", "/opt/hello.py", false),
+            copy("*.txt", "/txt/", false),
+            copy("dir", "/d1", true),
+            copy("dir", "/d2/", false),
+            FileAction::Mkfile {
+                path: "/etc/motd".into(),
+                mode: 0o600,
+                data: b"hey".to_vec(),
+                owner: Some((42, 65534)),
+            },
+            FileAction::Mkdir {
+                path: "/a/b/c".into(),
+                mode: 0o750,
+                make_parents: true,
+                owner: None,
+            },
+            FileAction::Rm {
+                path: "/bin/ca*".into(),
+                allow_not_found: false,
+                allow_wildcard: true,
+            },
+            FileAction::Rm {
+                path: "/nope".into(),
+                allow_not_found: true,
+                allow_wildcard: false,
+            },
+        ];
+        let upper = t.0.join("fa/upper");
+        let (r, _) = ok(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: upper.clone(),
+            work: t.0.join("fa/work"),
+            actions,
+        });
+        assert_eq!(r, Response::Done);
+        let host1000 = ids.subuid_start + 999;
+        let md = std::fs::metadata(upper.join("opt/hello.py")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (host1000, ids.subgid_start + 999));
+        assert_eq!(
+            std::fs::read_to_string(upper.join("opt/hello.py")).unwrap(),
+            "print('hi')"
+        );
+        assert!(upper.join("txt/a.txt").is_file() && upper.join("txt/b.txt").is_file());
+        assert!(upper.join("d1/sub/f").is_file());
+        assert_eq!(
+            std::fs::metadata(upper.join("d1/sub")).unwrap().uid(),
+            host1000
+        );
+        assert!(upper.join("d2/dir/sub/f").is_file());
+        let motd = std::fs::metadata(upper.join("etc/motd")).unwrap();
+        assert_eq!(
+            (motd.uid(), motd.mode() & 0o777),
+            (ids.subuid_start + 41, 0o600)
+        );
+        assert!(upper.join("a/b/c").is_dir());
+        let wh = std::fs::symlink_metadata(upper.join("bin/cat")).unwrap();
+        assert!(wh.file_type().is_char_device());
+
+        // errors: missing source, escaping source path stays inside the source root
+        let (r, _) = helper(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: t.0.join("fb/upper"),
+            work: t.0.join("fb/work"),
+            actions: vec![copy("missing", "/x", false)],
+        });
+        assert!(r.is_err());
+        // `..` is clamped at the source root: the host's /etc/hostname is never reached.
+        let (r, _) = helper(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: t.0.join("fc/upper"),
+            work: t.0.join("fc/work"),
+            actions: vec![copy("../../../etc/hostname", "/h", false)],
+        });
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("not found"), "{e}");
+        assert!(!t.0.join("fc/upper/h").exists());
+    });
+}
+
+/// Manual check: `ENVKIT_DEBIAN_TAR=/tmp/debian-minbase.tar cargo test -p rootless --test ns
+/// apt_update_debian -- --ignored --nocapture` (a tar of the Debian minbase rootfs that
+/// scripts/test-env.sh builds). Needs the network (through the host's CA bundle).
+#[test]
+#[ignore]
+fn apt_update_debian() {
+    as_test_user("apt_update_debian", || {
+        let Ok(tar) = std::env::var("ENVKIT_DEBIAN_TAR") else {
+            panic!("set ENVKIT_DEBIAN_TAR to a tar of a Debian rootfs");
+        };
+        let t = Tmp::new();
+        let rootfs = t.0.join("rootfs");
+        let s = std::time::Instant::now();
+        let (r, _) = ok(&Request::Unpack {
+            layers: vec![LayerFile {
+                path: tar.into(),
+                compression: Compression::None,
+            }],
+            dest: rootfs.clone(),
+        });
+        eprintln!("unpack: {:?} {r:?}", s.elapsed());
+        let mut req = exec_req(
+            vec![rootfs],
+            &t.0,
+            &[
+                "sh",
+                "-c",
+                "apt-get --version | head -1 && apt-get update && apt-get install -y --no-install-recommends sl >/dev/null && ls -la /usr/games/sl",
+            ],
+        );
+        req.env = vec![];
+        req.ca_bundle = Some("/etc/ssl/certs/ca-certificates.crt".into());
+        let s = std::time::Instant::now();
+        let mut out = Vec::new();
+        let r = run_helper(
+            Path::new(HELPER),
+            &[],
+            &ids(),
+            &Request::Exec(req),
+            &mut |b: &[u8]| {
+                std::io::Write::write_all(&mut std::io::stderr(), b).unwrap();
+                out.extend_from_slice(b);
+            },
+        );
+        eprintln!("apt step: {:?} {r:?}", s.elapsed());
+        assert_eq!(r.unwrap(), Response::Exited(ExitStatus::Code(0)));
+    });
+}
