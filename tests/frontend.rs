@@ -1,0 +1,537 @@
+//! The frontend through its public API: build files in a temporary build context, evaluated to
+//! the IR, and every kind of user mistake reported at the right `file:line:col` with a caret.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use envkit::frontend::FrontendError;
+use envkit::frontend::evaluate;
+use envkit::frontend::parse_from;
+use envkit::ir::Copy;
+use envkit::ir::Environment;
+use envkit::ir::RunGroup;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A build context holding `build.envd` with `source`.
+fn context(source: &str) -> Result<tempfile::TempDir, std::io::Error> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("build.envd"), source)?;
+    Ok(dir)
+}
+
+fn eval_src(source: &str) -> Result<Environment, FrontendError> {
+    let dir = context(source).map_err(|e| panic!("temp dir: {e}"))?;
+    evaluate(dir.path(), "build.envd", "build")
+}
+
+fn eval_err(source: &str) -> FrontendError {
+    match eval_src(source) {
+        Ok(env) => panic!("expected an error, got {env:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Checks the error's position, that the rendering names it, and that the caret line sits
+/// under the reported column with `caret` carets.
+fn assert_at(err: &FrontendError, line: usize, col: usize, caret: usize) {
+    let loc = err
+        .location()
+        .unwrap_or_else(|| panic!("no location in {err}"));
+    assert_eq!((loc.line, loc.col), (line, col), "{err}");
+    assert_eq!(loc.caret_len, caret, "{err}");
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("error: "), "{text}");
+    assert!(
+        lines[1].trim_start().starts_with("--> ")
+            && lines[1].ends_with(&format!("build.envd:{line}:{col}")),
+        "{text}"
+    );
+    assert_eq!(lines[3], format!("{line} | {}", loc.source_line), "{text}");
+    let gutter = line.to_string().len() + 3;
+    let expected = format!("{}{}", " ".repeat(col - 1), "^".repeat(caret));
+    assert_eq!(&lines[4][gutter..], expected, "{text}");
+}
+
+const EXAMPLE: &str = r#"# syntax=v1
+def build():
+    base(image="python:3.11-slim", dev=False)
+    install.apt_packages(name=["curl"])
+    install.python_packages(name=["six"])
+    io.copy(source="hello.py", target="/opt/hello.py")
+    runtime.environ(env={"GREETING": "hi"})
+    run(commands=["python3 /opt/hello.py > /opt/hello.out"])
+"#;
+
+#[test]
+fn example_evaluates_to_the_expected_ir() -> TestResult {
+    let env = eval_src(EXAMPLE)?;
+    let expected = Environment {
+        image: "python:3.11-slim".into(),
+        dev: false,
+        apt_packages: vec!["curl".into()],
+        python_packages: vec![vec!["six".into()]],
+        copies: vec![Copy {
+            source: "hello.py".into(),
+            target: "/opt/hello.py".into(),
+            image: None,
+        }],
+        environ: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        run: vec![RunGroup {
+            commands: vec!["python3 /opt/hello.py > /opt/hello.out".into()],
+            mount_host: false,
+        }],
+        ..Environment::default()
+    };
+    assert_eq!(env, expected);
+    Ok(())
+}
+
+#[test]
+fn from_spec_cases() -> TestResult {
+    let p = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(parse_from("build.envd:build")?, p("build.envd", "build"));
+    assert_eq!(parse_from("gpu.envd")?, p("gpu.envd", "build"));
+    assert_eq!(parse_from(":serving")?, p("build.envd", "serving"));
+    assert_eq!(parse_from("x.envd:")?, p("x.envd", "build"));
+    assert!(matches!(
+        parse_from("a.envd:b:c"),
+        Err(FrontendError::FromSpec(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn all_implemented_builtins_record() -> TestResult {
+    let env = eval_src(
+        r#"
+def build():
+    base("debian:bookworm", True)
+    install.apt_packages(["git"])
+    install.apt_packages(name=["vim", "make"])
+    install.python_packages(name=["numpy", "torch --extra-index-url https://x"])
+    install.python_packages(requirements="requirements.txt", local_wheels=["a.whl"])
+    install.python_packages(local_wheels=["b.whl"])
+    install.python_packages()
+    io.copy("src", "/opt/src", image="busybox")
+    runtime.environ(env={"A": "1", "B": "2"}, extra_path=["/opt/bin"])
+    runtime.environ(env={"A": "3"}, extra_path=["/x"])
+    run(["a", "b"], mount_host=True)
+    run(commands=[])
+    config.pip_index(url="https://pypi.example/simple", extra_url="https://e", trust=True)
+    config.apt_source(source="deb http://deb.example bookworm main\n")
+"#,
+    )?;
+    assert_eq!(env.image, "debian:bookworm");
+    assert!(env.dev);
+    assert_eq!(env.apt_packages, ["git", "vim", "make"]);
+    assert_eq!(
+        env.python_packages,
+        [vec!["numpy", "torch --extra-index-url https://x"]]
+    );
+    assert_eq!(env.requirements_file.as_deref(), Some("requirements.txt"));
+    assert_eq!(env.local_wheels, ["a.whl", "b.whl"]);
+    assert_eq!(env.copies[0].image.as_deref(), Some("busybox"));
+    assert_eq!(env.environ.get("A").map(String::as_str), Some("3"));
+    assert_eq!(env.environ.get("B").map(String::as_str), Some("2"));
+    assert_eq!(env.extra_path, ["/opt/bin", "/x"]);
+    assert_eq!(
+        env.run,
+        [RunGroup {
+            commands: vec!["a".into(), "b".into()],
+            mount_host: true
+        }]
+    );
+    let pip = env.pip_index.ok_or("no pip index")?;
+    assert_eq!(
+        (pip.url.as_str(), pip.extra_url.as_str(), pip.trust),
+        ("https://pypi.example/simple", "https://e", true)
+    );
+    assert_eq!(
+        env.apt_source.as_deref(),
+        Some("deb http://deb.example bookworm main\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn base_last_call_wins_and_resets_dev() -> TestResult {
+    let env = eval_src(
+        "def build():\n    base(image=\"a\", dev=True)\n    base(image=\"\")\n    config.entrypoint([\"x\"])\n    config.entrypoint(args=[\"y\"])\n",
+    )?;
+    assert_eq!(env.image, "a");
+    assert!(!env.dev);
+    assert_eq!(env.entrypoint, ["x", "y"]);
+    Ok(())
+}
+
+#[test]
+fn module_level_calls_are_recorded_before_the_entry() -> TestResult {
+    let env = eval_src(
+        "base(image=\"python:3.11-slim\")\ninstall.apt_packages(name=[\"curl\"])\n\ndef build():\n    install.apt_packages(name=[\"git\"])\n",
+    )?;
+    assert_eq!(env.image, "python:3.11-slim");
+    assert_eq!(env.apt_packages, ["curl", "git"]);
+    Ok(())
+}
+
+#[test]
+fn helpers_and_entries_call_each_other() -> TestResult {
+    let src = r#"
+def common(pkgs):
+    install.apt_packages(name=pkgs)
+
+def build():
+    base(image="python:3.11-slim")
+    common(["curl"])
+
+def build_gpu():
+    build()
+    common(["nvtop"])
+    runtime.environ(env={"GPU": "1"})
+
+def count(n):
+    return 0 if n == 0 else 1 + count(n - 1)
+
+def deep():
+    install.python_packages(name=["pkg%d" % count(5)])
+"#;
+    let dir = context(src)?;
+    let env = evaluate(dir.path(), "build.envd", "build_gpu")?;
+    assert_eq!(env.apt_packages, ["curl", "nvtop"]);
+    assert_eq!(env.image, "python:3.11-slim");
+    assert_eq!(env.environ.len(), 1);
+    let env = evaluate(dir.path(), "build.envd", "build")?;
+    assert_eq!(env.apt_packages, ["curl"]);
+    // Recursion is allowed, as in envd.
+    let env = evaluate(dir.path(), "build.envd", "deep")?;
+    assert_eq!(env.python_packages, [vec!["pkg5".to_string()]]);
+    Ok(())
+}
+
+#[test]
+fn predeclared_constants() -> TestResult {
+    let dir = context(
+        "def build():\n    run(commands=[_build_context_dir, data.path.huggingface, data.path.dgl])\n",
+    )?;
+    let env = evaluate(dir.path(), "build.envd", "build")?;
+    let abs = std::path::absolute(dir.path())?;
+    assert_eq!(
+        env.run[0].commands,
+        [
+            abs.display().to_string(),
+            "~/.cache/huggingface".into(),
+            "~/.dgl".into()
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn lambda_entry_is_a_function() -> TestResult {
+    let env = eval_src("build = lambda: base(image=\"x\")\n")?;
+    assert_eq!(env.image, "x");
+    Ok(())
+}
+
+#[test]
+fn file_outside_the_context_is_resolved_against_the_cwd() -> TestResult {
+    let ctx = tempfile::tempdir()?;
+    let other = context("def serving():\n    base(image=\"srv\")\n")?;
+    let file = other.path().join("build.envd");
+    let file = file.to_str().ok_or("path")?;
+    // An absolute path stands for "relative to the CWD" here: it is not under the context.
+    let env = evaluate(ctx.path(), file, "serving")?;
+    assert_eq!(env.image, "srv");
+    Ok(())
+}
+
+// ---- errors ----
+
+#[test]
+fn syntax_error_points_at_the_token() {
+    let err = eval_err("# syntax=v1\ndef build(:\n    pass\n");
+    assert!(matches!(err, FrontendError::Syntax(_)), "{err}");
+    assert_at(&err, 2, 11, 1);
+}
+
+#[test]
+fn unknown_name_points_at_the_name() {
+    let err = eval_err("def build():\n    bse(image=\"x\")\n");
+    assert!(matches!(err, FrontendError::Name(_)), "{err}");
+    assert!(err.message().contains("`bse`"), "{err}");
+    assert_at(&err, 2, 5, 3);
+}
+
+#[test]
+fn unknown_namespace_member_is_a_name_error() {
+    let err = eval_err("def build():\n    install.system_packages(name=[])\n");
+    assert!(matches!(err, FrontendError::Name(_)), "{err}");
+    assert_at(&err, 2, 5, "install.system_packages(name=[])".len());
+}
+
+#[test]
+fn wrong_argument_type_points_at_the_call() {
+    let err = eval_err("def build():\n    base(image=1)\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+    assert!(err.message().contains("`image`"), "{err}");
+    assert_at(&err, 2, 5, "base(image=1)".len());
+
+    let err = eval_err("def build():\n    install.apt_packages(name=(\"a\",))\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+
+    let err = eval_err("def build():\n    runtime.environ(env={\"A\": 1})\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+}
+
+#[test]
+fn unexpected_keyword_names_the_accepted_ones() {
+    // v0's `base(os=, language=)` is rejected in v1.
+    let err = eval_err("def build():\n    base(os=\"ubuntu20.04\", language=\"python3\")\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+    assert!(err.message().contains("`os`"), "{err}");
+    assert_eq!(
+        err.message(),
+        "unexpected keyword arguments `os`, `language` for `base`; it accepts: `image`, `dev`"
+    );
+    assert_at(&err, 2, 5, 42);
+
+    let err = eval_err("def build():\n    io.copy(host_path=\"a\", envd_path=\"/b\")\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+    assert!(
+        err.message()
+            .ends_with("for `io.copy`; it accepts: `source`, `target`, `image`"),
+        "{err}"
+    );
+    assert_at(
+        &err,
+        2,
+        5,
+        "io.copy(host_path=\"a\", envd_path=\"/b\")".len(),
+    );
+}
+
+#[test]
+fn missing_required_argument() {
+    let err = eval_err("def build():\n    run()\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+    assert!(err.message().contains("`commands`"), "{err}");
+    assert_at(&err, 2, 5, 5);
+}
+
+#[test]
+fn builtin_validation_points_at_the_call() {
+    let err = eval_err("def build():\n    config.apt_source(source=\"\")\n");
+    assert!(matches!(err, FrontendError::Invalid(_)), "{err}");
+    assert!(err.message().contains("source is required"), "{err}");
+    assert_at(&err, 2, 5, "config.apt_source(source=\"\")".len());
+
+    let err = eval_err("def build():\n    config.pip_index(url=\"\")\n");
+    assert!(matches!(err, FrontendError::Invalid(_)), "{err}");
+
+    let err = eval_err("def build():\n    io.copy(source=\"a\", target=\"opt/a\")\n");
+    assert!(matches!(err, FrontendError::Invalid(_)), "{err}");
+    assert_at(&err, 2, 5, "io.copy(source=\"a\", target=\"opt/a\")".len());
+}
+
+#[test]
+fn entrypoint_in_dev_mode_points_at_the_entrypoint_call() {
+    let err = eval_err("def build():\n    config.entrypoint([\"python3\"])\n    base(dev=True)\n");
+    assert!(matches!(err, FrontendError::Invalid(_)), "{err}");
+    assert!(err.message().contains("only for custom image"), "{err}");
+    assert_at(&err, 2, 5, "config.entrypoint([\"python3\"])".len());
+}
+
+#[test]
+fn error_inside_a_helper_points_at_the_builtin_call() {
+    let err = eval_err(
+        "def helper():\n    install.apt_packages(name=\"curl\")\n\ndef build():\n    helper()\n",
+    );
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+    assert_at(&err, 2, 5, "install.apt_packages(name=\"curl\")".len());
+}
+
+#[test]
+fn missing_entry_function() {
+    let err = eval_err("# syntax=v1\ndef build_gpu():\n    pass\n");
+    assert!(matches!(err, FrontendError::MissingEntry(_)), "{err}");
+    assert_eq!(err.message(), "build.envd doesn't have function `build`");
+    assert_at(&err, 1, 1, 1);
+}
+
+#[test]
+fn entry_that_is_not_a_function() {
+    let err = eval_err("# syntax=v1\nbuild = \"python\"\n");
+    assert!(matches!(err, FrontendError::NotAFunction(_)), "{err}");
+    assert!(
+        err.message().starts_with("`build` is not a function"),
+        "{err}"
+    );
+    assert_at(&err, 2, 1, 5);
+
+    let err = eval_err("build = base\n");
+    assert!(matches!(err, FrontendError::NotAFunction(_)), "{err}");
+    assert!(err.message().contains("builtin"), "{err}");
+}
+
+#[test]
+fn entry_with_parameters_is_refused_at_its_def() {
+    let err = eval_err("def build(gpu):\n    pass\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+    assert_at(&err, 1, 5, 5);
+}
+
+#[test]
+fn missing_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let err = match evaluate(dir.path(), "nope.envd", "build") {
+        Ok(_) => return Err("expected an error".into()),
+        Err(e) => e,
+    };
+    assert!(matches!(err, FrontendError::Read(_)), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("error: build file `nope.envd` not found")
+    );
+    assert!(err.location().is_none());
+    Ok(())
+}
+
+#[test]
+fn v0_header_is_refused() {
+    let err =
+        eval_err("# syntax=v0\ndef build():\n    base(os=\"ubuntu20.04\", language=\"python3\")\n");
+    assert!(matches!(err, FrontendError::UnsupportedVersion(_)), "{err}");
+    assert!(err.message().contains("v0 is"), "{err}");
+    assert_at(&err, 1, 1, "# syntax=v0".len());
+}
+
+#[test]
+fn no_header_is_v1() -> TestResult {
+    let env = eval_src("def build():\n    base(image=\"x\")\n")?;
+    assert_eq!(env.image, "x");
+    Ok(())
+}
+
+#[test]
+fn top_level_control_flow_is_refused() {
+    let err =
+        eval_err("for p in [\"a\"]:\n    install.apt_packages(name=[p])\ndef build():\n    pass\n");
+    assert!(matches!(err, FrontendError::Syntax(_)), "{err}");
+    assert_at(&err, 1, 1, "for p in [\"a\"]:".len());
+
+    let err = eval_err("x = 1\nif x:\n    base()\ndef build():\n    pass\n");
+    assert!(matches!(err, FrontendError::Syntax(_)), "{err}");
+    assert_eq!(err.line_col(), Some((2, 1)));
+}
+
+#[test]
+fn while_and_set_are_not_available() {
+    let err = eval_err("def build():\n    while True:\n        pass\n");
+    assert!(matches!(err, FrontendError::Syntax(_)), "{err}");
+    assert_at(&err, 2, 5, 5);
+    let err = eval_err("def build():\n    s = set([1])\n");
+    assert!(matches!(err, FrontendError::Name(_)), "{err}");
+    assert_at(&err, 2, 9, 3);
+}
+
+#[test]
+fn global_reassignment_is_refused() {
+    let err = eval_err("pkgs = [\"a\"]\npkgs = [\"b\"]\ndef build():\n    pass\n");
+    assert!(matches!(err, FrontendError::Syntax(_)), "{err}");
+    assert!(err.message().contains("`pkgs`"), "{err}");
+    assert_at(&err, 2, 1, 4);
+}
+
+#[test]
+fn fail_is_a_runtime_error() {
+    let err = eval_err("def build():\n    fail(\"boom\")\n");
+    assert!(matches!(err, FrontendError::Runtime(_)), "{err}");
+    assert_eq!(err.message(), "fail: boom");
+    assert_at(&err, 2, 5, "fail(\"boom\")".len());
+}
+
+#[test]
+fn full_rendering() {
+    let err = eval_err("# syntax=v1\ndef build():\n    bse(image=\"python:3.11-slim\")\n");
+    let file = err.location().map(|l| l.file.clone()).unwrap_or_default();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "error: Variable `bse` not found, did you mean `base`?\n --> {file}:3:5\n  |\n3 |     bse(image=\"python:3.11-slim\")\n  |     ^^^"
+        )
+    );
+}
+
+const NOT_IMPLEMENTED: &[&str] = &[
+    "shell",
+    "git_config",
+    "include",
+    "install.python",
+    "install.conda",
+    "install.uv",
+    "install.pixi",
+    "install.r_lang",
+    "install.julia",
+    "install.rust",
+    "install.go",
+    "install.nodejs",
+    "install.conda_packages",
+    "install.r_packages",
+    "install.julia_packages",
+    "install.cuda",
+    "install.vscode_extensions",
+    "install.codex",
+    "config.cran_mirror",
+    "config.julia_pkg_server",
+    "config.conda_channel",
+    "config.jupyter",
+    "config.rstudio_server",
+    "config.gpu",
+    "config.shm_size",
+    "config.repo",
+    "config.owner",
+    "io.http",
+    "runtime.command",
+    "runtime.daemon",
+    "runtime.expose",
+    "runtime.mount",
+    "runtime.init",
+    "data.envd",
+];
+
+#[test]
+fn every_other_builtin_is_not_implemented_at_its_call() -> TestResult {
+    for name in NOT_IMPLEMENTED {
+        let call = format!("{name}(\"x\", key=1)");
+        let err = eval_err(&format!("def build():\n    base()\n    {call}\n"));
+        assert!(matches!(err, FrontendError::NotImplemented(_)), "{err}");
+        assert_eq!(
+            err.message(),
+            format!("`{name}` is not implemented yet in envkit")
+        );
+        assert_at(&err, 3, 5, call.len());
+    }
+    // Module-level too, and nothing is returned.
+    let err = eval_err("git_config(name=\"a\")\ndef build():\n    pass\n");
+    assert!(matches!(err, FrontendError::NotImplemented(_)), "{err}");
+    assert_at(&err, 1, 1, "git_config(name=\"a\")".len());
+    Ok(())
+}
+
+#[test]
+fn context_dir_may_be_relative() -> TestResult {
+    let dir = tempfile::tempdir_in(".")?;
+    std::fs::write(
+        dir.path().join("build.envd"),
+        "def build():\n    run(commands=[_build_context_dir])\n",
+    )?;
+    let rel = dir
+        .path()
+        .strip_prefix(std::env::current_dir()?)
+        .unwrap_or(dir.path());
+    let env = evaluate(Path::new(rel), "build.envd", "build")?;
+    assert!(Path::new(&env.run[0].commands[0]).is_absolute());
+    Ok(())
+}
