@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(envkit::worker::HELPER_ARG)) {
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(envkit::worker::HELPER_ARG))
+    {
         let code = rootless::helper_main();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }

@@ -24,7 +24,11 @@ fn python_example_builds_and_runs_under_podman() {
     // The image is in envkit's own store too.
     let out = env.envkit(&["images"]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("python-basic:dev"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("python-basic:dev"),
+        "{}",
+        stdout(&out)
+    );
 
     // An independent tool loads and runs it.
     let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
@@ -51,10 +55,19 @@ fn python_example_builds_and_runs_under_podman() {
     assert!(out.status.success(), "podman run: {}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("hi from envkit (six "), "{text}");
-    assert!(text.contains("/usr/bin/curl"), "curl was not installed: {text}");
+    assert!(
+        text.contains("/usr/bin/curl"),
+        "curl was not installed: {text}"
+    );
     assert_eq!(text.lines().last(), Some("hi"), "{text}");
 
-    let out = env.podman(&["image", "inspect", "--format", "{{json .Config.Env}}", &image]);
+    let out = env.podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        &image,
+    ]);
     assert!(stdout(&out).contains("GREETING=hi"), "{}", stdout(&out));
 
     // A second build of the same file is served from the cache.
@@ -86,11 +99,20 @@ fn debug_llb_lists_every_op_with_the_digest_of_its_bytes() {
     assert_eq!(lines.len(), digests.len());
     for line in &lines {
         let d = line["Digest"].as_str().expect("Digest");
-        assert!(digests.iter().any(|x| x == d), "{d} is not the digest of any op's bytes");
+        assert!(
+            digests.iter().any(|x| x == d),
+            "{d} is not the digest of any op's bytes"
+        );
     }
     // The ops the example needs are all there.
     let text = stdout(&json);
-    for needle in ["docker-image://docker.io/library/python:3.11-slim", "local://context", "apt-get", "pip install", "/opt/hello.py"] {
+    for needle in [
+        "docker-image://docker.io/library/python:3.11-slim",
+        "local://context",
+        "apt-get",
+        "pip install",
+        "/opt/hello.py",
+    ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
 }

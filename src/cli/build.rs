@@ -72,7 +72,9 @@ fn base_image(r: &Resolved) -> lower::BaseImage {
         entrypoint: cfg.and_then(|c| c.entrypoint().clone()),
         cmd: cfg.and_then(|c| c.cmd().clone()),
         user: cfg.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()),
-        working_dir: cfg.and_then(|c| c.working_dir().clone()).filter(|w| !w.is_empty()),
+        working_dir: cfg
+            .and_then(|c| c.working_dir().clone())
+            .filter(|w| !w.is_empty()),
     }
 }
 
@@ -103,7 +105,10 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
         Some(o) => Some(export::parse_output(o)?),
         None => None,
     };
-    let ca_bundle = args.ca_bundle.clone().or_else(|| cfg.worker.ca_bundle.clone());
+    let ca_bundle = args
+        .ca_bundle
+        .clone()
+        .or_else(|| cfg.worker.ca_bundle.clone());
     if let Some(ca) = &ca_bundle
         && !ca.is_file()
     {
@@ -130,7 +135,14 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
         locals,
         reporter: reporter.clone(),
     });
-    let result = solver::solve(&sv, root_v, runner, reporter.clone(), &SolveOptions::default()).await?;
+    let result = solver::solve(
+        &sv,
+        root_v,
+        runner,
+        reporter.clone(),
+        &SolveOptions::default(),
+    )
+    .await?;
 
     reporter.event(Event::Note("exporting layers".into()));
     let name = args
@@ -142,10 +154,21 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     db.put_image(&name, &assembled.manifest_digest, assembled.size)?;
     match output {
         None | Some(Output::Image { .. }) => {}
-        Some(Output::Oci { dest, name: oci_name }) => {
+        Some(Output::Oci {
+            dest,
+            name: oci_name,
+        }) => {
             let ref_name = oci_name.unwrap_or_else(|| name.clone());
-            reporter.event(Event::Note(format!("writing OCI image layout to {}", dest.display())));
-            export::oci_tar(&dest, &assembled.manifest_descriptor(), &ref_name, &worker.content)?;
+            reporter.event(Event::Note(format!(
+                "writing OCI image layout to {}",
+                dest.display()
+            )));
+            export::oci_tar(
+                &dest,
+                &assembled.manifest_descriptor(),
+                &ref_name,
+                &worker.content,
+            )?;
         }
     }
     reporter.event(Event::Note(format!(
@@ -207,33 +230,30 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<export::N
         upper: worker.snapshots.fs(id),
         out: tmp.path().to_path_buf(),
     };
-    let resp = worker.run_helper(req, None, None).await?;
-    if let Some(e) = resp.error {
-        bail!("computing the layer of snapshot {id}: {e}");
-    }
-    let layer = if tar_is_empty(tmp.path())? {
-        None
-    } else {
-        Some(export::layer_from_tar(tmp.path(), &worker.content)?)
+    let resp = worker
+        .run_helper(req, None, None)
+        .await
+        .with_context(|| format!("computing the layer of snapshot {id}"))?;
+    let layer = match resp {
+        rootless::Response::DiffWritten { entries: 0 } => None,
+        rootless::Response::DiffWritten { .. } => {
+            Some(export::layer_from_tar(tmp.path(), &worker.content)?)
+        }
+        other => bail!("computing the layer of snapshot {id}: unexpected answer {other:?}"),
     };
     write_atomic(&record, &serde_json::to_vec(&layer)?)?;
     Ok(layer)
-}
-
-/// An empty tar archive is nothing but zero blocks.
-fn tar_is_empty(path: &Path) -> anyhow::Result<bool> {
-    let md = std::fs::metadata(path)?;
-    if md.len() > 10240 {
-        return Ok(false);
-    }
-    Ok(std::fs::read(path)?.iter().all(|b| *b == 0))
 }
 
 pub(super) fn images(cli: &Cli) -> anyhow::Result<()> {
     let root = config::store_root(cli.root.as_deref());
     let db = meta::Db::open(&root)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<40} {:<20} {:>10} CREATED", "NAME", "DIGEST", "SIZE")?;
+    writeln!(
+        out,
+        "{:<40} {:<20} {:>10} CREATED",
+        "NAME", "DIGEST", "SIZE"
+    )?;
     for img in db.list_images()? {
         let short = img.digest.trim_start_matches("sha256:");
         writeln!(
@@ -256,7 +276,11 @@ fn human_size(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[u]) }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
 }
 
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "envkit", version, about = "Build envd environments into OCI images — no daemon, no Docker, no root")]
+#[command(
+    name = "envkit",
+    version,
+    about = "Build envd environments into OCI images — no daemon, no Docker, no root"
+)]
 pub struct Cli {
     /// Store root (default $XDG_DATA_HOME/envkit).
     #[arg(long, global = true, env = "ENVKIT_ROOT", value_name = "DIR")]
@@ -92,7 +96,11 @@ pub struct LlbArgs {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.debug { "envkit=debug,info" } else { "warn" };
+    let filter = if cli.debug {
+        "envkit=debug,info"
+    } else {
+        "warn"
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENVKIT_LOG")
@@ -100,7 +108,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -155,6 +155,9 @@ mod tests {
             }],
             ..Environment::default()
         };
-        assert!(matches!(env.validate(), Err(IrError::RelativeCopyTarget(_))));
+        assert!(matches!(
+            env.validate(),
+            Err(IrError::RelativeCopyTarget(_))
+        ));
     }
 }

@@ -23,7 +23,11 @@ const NET_NONE: i32 = 2;
 /// How many lines of output a failed step shows.
 const TAIL_LINES: usize = 20;
 
-pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<Outcome<Res>, OpsError> {
+pub(super) async fn run(
+    ctx: &Ctx,
+    exec: &pb::ExecOp,
+    inputs: &[Res],
+) -> Result<Outcome<Res>, OpsError> {
     let meta = exec
         .meta
         .as_ref()
@@ -41,7 +45,10 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
         match m.mount_type {
             MOUNT_BIND if m.dest == "/" => {
                 if m.output != 0 && m.output != -1 {
-                    return Err(OpsError::Unsupported(format!("root mount with output {}", m.output)));
+                    return Err(OpsError::Unsupported(format!(
+                        "root mount with output {}",
+                        m.output
+                    )));
                 }
                 if m.input >= 0 {
                     root = Some(ctx.input(inputs, m.input)?);
@@ -66,7 +73,10 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
                 let sel = m.selector.trim_start_matches('/');
                 if !sel.is_empty() {
                     if sel.split('/').any(|c| c == "..") {
-                        return Err(OpsError::Invalid(format!("mount selector {:?}", m.selector)));
+                        return Err(OpsError::Invalid(format!(
+                            "mount selector {:?}",
+                            m.selector
+                        )));
                     }
                     source = source.join(sel);
                 }
@@ -93,7 +103,11 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
                 source: PathBuf::from("tmpfs"),
                 target: m.dest.clone(),
                 kind: rootless::MountKind::Tmpfs {
-                    size: m.tmpfs_opt.as_ref().map(|t| t.size).unwrap_or(0),
+                    size: m
+                        .tmpfs_opt
+                        .as_ref()
+                        .and_then(|t| u64::try_from(t.size).ok())
+                        .filter(|s| *s > 0),
                 },
             }),
             MOUNT_SECRET => return Err(OpsError::Unsupported("secret mounts".into())),
@@ -101,7 +115,9 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
             other => return Err(OpsError::Invalid(format!("mount type {other}"))),
         }
     }
-    let base = root.map(|r| r.snap.clone()).unwrap_or_else(SnapRef::scratch);
+    let base = root
+        .map(|r| r.snap.clone())
+        .unwrap_or_else(SnapRef::scratch);
     let input_keys: Vec<Res> = inputs.to_vec();
     let key = ctx.cache_key(&input_keys, &[]);
     if let Some(hit) = ctx.cached(&key)? {
@@ -116,7 +132,11 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
         work: prepared.work.clone(),
         args: meta.args.clone(),
         env: meta.env.clone(),
-        cwd: if meta.cwd.is_empty() { "/".into() } else { meta.cwd.clone() },
+        cwd: if meta.cwd.is_empty() {
+            "/".into()
+        } else {
+            meta.cwd.clone()
+        },
         user: meta.user.clone(),
         mounts,
         hostname: meta.hostname.clone(),
@@ -128,21 +148,28 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
         reporter: ctx.reporter.clone(),
         vertex: ctx.vertex,
     };
-    let resp = match w.run_helper(req, Some(sink), Some(tail.clone())).await {
-        Ok(r) => r,
+    let code = match w.run_helper(req, Some(sink), Some(tail.clone())).await {
+        Ok(rootless::Response::Exited(rootless::ExitStatus::Code(c))) => c,
+        // Like a shell: death by signal N reads as exit code 128+N.
+        Ok(rootless::Response::Exited(rootless::ExitStatus::Signal(s))) => 128 + s,
+        Ok(other) => {
+            ctx.discard(prepared).await;
+            return Err(OpsError::Invalid(format!(
+                "unexpected helper answer {other:?}"
+            )));
+        }
+        Err(crate::worker::WorkerError::Rootless(rootless::RootlessError::Helper(message))) => {
+            ctx.discard(prepared).await;
+            return Err(OpsError::Helper {
+                what: format!("running {}", command_line(&meta.args)),
+                message,
+            });
+        }
         Err(e) => {
             ctx.discard(prepared).await;
             return Err(e.into());
         }
     };
-    if let Some(message) = resp.error {
-        ctx.discard(prepared).await;
-        return Err(OpsError::Helper {
-            what: format!("running {}", command_line(&meta.args)),
-            message,
-        });
-    }
-    let code = resp.exit_code.unwrap_or(-1);
     let valid = if meta.valid_exit_codes.is_empty() {
         code == 0
     } else {
@@ -150,7 +177,10 @@ pub(super) async fn run(ctx: &Ctx, exec: &pb::ExecOp, inputs: &[Res]) -> Result<
     };
     if !valid {
         ctx.discard(prepared).await;
-        let tail = tail.lock().map(|t| t.lines().join("\n")).unwrap_or_default();
+        let tail = tail
+            .lock()
+            .map(|t| t.lines().join("\n"))
+            .unwrap_or_default();
         return Err(OpsError::ExecFailed {
             command: command_line(&meta.args),
             code,

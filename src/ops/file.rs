@@ -6,7 +6,11 @@ use crate::pb;
 use crate::snapshot::SnapRef;
 use crate::solver::Outcome;
 
-pub(super) async fn run(ctx: &Ctx, op: &pb::FileOp, inputs: &[Res]) -> Result<Outcome<Res>, OpsError> {
+pub(super) async fn run(
+    ctx: &Ctx,
+    op: &pb::FileOp,
+    inputs: &[Res],
+) -> Result<Outcome<Res>, OpsError> {
     let n_inputs = inputs.len() as i64;
     if op.actions.is_empty() {
         return Err(OpsError::Invalid("file op without actions".into()));
@@ -20,7 +24,9 @@ pub(super) async fn run(ctx: &Ctx, op: &pb::FileOp, inputs: &[Res]) -> Result<Ou
     } else if first.input < n_inputs {
         ctx.input(inputs, first.input)?.snap.clone()
     } else {
-        return Err(OpsError::Invalid("first file action reads an action result".into()));
+        return Err(OpsError::Invalid(
+            "first file action reads an action result".into(),
+        ));
     };
     let mut actions = Vec::with_capacity(op.actions.len());
     for (i, a) in op.actions.iter().enumerate() {
@@ -31,7 +37,9 @@ pub(super) async fn run(ctx: &Ctx, op: &pb::FileOp, inputs: &[Res]) -> Result<Ou
         }
         let last = i + 1 == op.actions.len();
         if (last && a.output != 0) || (!last && a.output >= 0) {
-            return Err(OpsError::Unsupported("file ops with several outputs".into()));
+            return Err(OpsError::Unsupported(
+                "file ops with several outputs".into(),
+            ));
         }
         actions.push(action(ctx, a, inputs, n_inputs)?);
     }
@@ -96,11 +104,13 @@ fn action(
                 ));
             }
             if !c.include_patterns.is_empty() || !c.exclude_patterns.is_empty() {
-                return Err(OpsError::Unsupported("copy with include/exclude patterns".into()));
+                return Err(OpsError::Unsupported(
+                    "copy with include/exclude patterns".into(),
+                ));
             }
             let from = &ctx.input(inputs, a.secondary_input)?.snap;
             rootless::FileAction::Copy {
-                src_lowers: ctx.worker.snapshots.lowers(from),
+                src_root: rootless::CopySource::Lowers(ctx.worker.snapshots.lowers(from)),
                 src: c.src.clone(),
                 dest: c.dest.clone(),
                 owner: owner(c.owner.as_ref())?,
@@ -112,7 +122,9 @@ fn action(
                 allow_empty_wildcard: c.allow_empty_wildcard,
             }
         }
-        Some(Action::Symlink(_)) => return Err(OpsError::Unsupported("symlink file actions".into())),
+        Some(Action::Symlink(_)) => {
+            return Err(OpsError::Unsupported("symlink file actions".into()));
+        }
         None => return Err(OpsError::Invalid("file action without a kind".into())),
     })
 }

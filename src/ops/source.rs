@@ -42,7 +42,9 @@ async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
         } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
             rootless::Compression::None
         } else {
-            return Err(OpsError::Unsupported(format!("layer media type {media_type}")));
+            return Err(OpsError::Unsupported(format!(
+                "layer media type {media_type}"
+            )));
         };
         files.push(rootless::LayerFile {
             path: w.content.path(&l.digest),
@@ -81,14 +83,16 @@ pub(super) async fn helper_ok(
     req: rootless::Request,
     what: &str,
 ) -> Result<rootless::Response, OpsError> {
-    let resp = ctx.worker.run_helper(req, None, None).await?;
-    if let Some(message) = resp.error.clone() {
-        return Err(OpsError::Helper {
-            what: what.to_string(),
-            message,
-        });
+    match ctx.worker.run_helper(req, None, None).await {
+        Ok(resp) => Ok(resp),
+        Err(crate::worker::WorkerError::Rootless(rootless::RootlessError::Helper(message))) => {
+            Err(OpsError::Helper {
+                what: what.to_string(),
+                message,
+            })
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(resp)
 }
 
 async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
@@ -98,9 +102,19 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
             known: ctx.locals.keys().cloned().collect::<Vec<_>>().join(", "),
         });
     };
-    for attr in ["local.includepattern", "local.excludepatterns", "local.followpaths"] {
-        if src.attrs.get(attr).is_some_and(|v| !v.is_empty() && v != "[]") {
-            return Err(OpsError::Unsupported(format!("local source attribute {attr}")));
+    for attr in [
+        "local.includepattern",
+        "local.excludepatterns",
+        "local.followpaths",
+    ] {
+        if src
+            .attrs
+            .get(attr)
+            .is_some_and(|v| !v.is_empty() && v != "[]")
+        {
+            return Err(OpsError::Unsupported(format!(
+                "local source attribute {attr}"
+            )));
         }
     }
     let checksum = {
@@ -145,7 +159,10 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, OpsError> {
         .min_depth(1)
     {
         let entry = entry.map_err(|e| OpsError::Local {
-            path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
+            path: e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.to_path_buf()),
             source: e.into(),
         })?;
         if let Ok(rel) = entry.path().strip_prefix(root) {
@@ -222,7 +239,10 @@ mod tests {
         fs::create_dir(d.path().join("sub")).unwrap();
         fs::write(d.path().join("sub/b"), b"2").unwrap();
         let c1 = tree_checksum(d.path()).unwrap();
-        let f = fs::File::options().write(true).open(d.path().join("a")).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(d.path().join("a"))
+            .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(tree_checksum(d.path()).unwrap(), c1);
         fs::write(d.path().join("sub/b"), b"3").unwrap();
@@ -244,7 +264,13 @@ mod tests {
         assert_eq!(fs::read(d.path().join("dir/x")).unwrap(), b"x");
         let mode = fs::metadata(d.path().join("dir/x")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o751);
-        assert_eq!(fs::read_link(d.path().join("link")).unwrap(), Path::new("dir/x"));
-        assert_eq!(tree_checksum(s.path()).unwrap(), tree_checksum(d.path()).unwrap());
+        assert_eq!(
+            fs::read_link(d.path().join("link")).unwrap(),
+            Path::new("dir/x")
+        );
+        assert_eq!(
+            tree_checksum(s.path()).unwrap(),
+            tree_checksum(d.path()).unwrap()
+        );
     }
 }

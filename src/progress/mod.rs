@@ -11,10 +11,23 @@ use std::time::{Duration, Instant};
 /// Something that happened to one vertex of a build graph.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started { vertex: usize, name: String },
-    Log { vertex: usize, data: Vec<u8> },
-    Completed { vertex: usize, cached: bool, elapsed: Duration },
-    Failed { vertex: usize, error: String },
+    Started {
+        vertex: usize,
+        name: String,
+    },
+    Log {
+        vertex: usize,
+        data: Vec<u8>,
+    },
+    Completed {
+        vertex: usize,
+        cached: bool,
+        elapsed: Duration,
+    },
+    Failed {
+        vertex: usize,
+        error: String,
+    },
     /// A message that belongs to no vertex (e.g. "exporting to oci").
     Note(String),
 }
@@ -93,12 +106,7 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 if cached {
                     writeln!(st.out, "#{} CACHED", vertex + 1)
                 } else {
-                    writeln!(
-                        st.out,
-                        "#{} DONE {:.1}s",
-                        vertex + 1,
-                        elapsed.as_secs_f64()
-                    )
+                    writeln!(st.out, "#{} DONE {:.1}s", vertex + 1, elapsed.as_secs_f64())
                 }
             }
             Event::Failed { vertex, error } => {
@@ -173,7 +181,10 @@ mod tests {
     struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(b);
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -205,7 +216,10 @@ mod tests {
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "#1 step");
-        assert!(lines[1].starts_with("#1 ") && lines[1].ends_with(" hello"), "{text}");
+        assert!(
+            lines[1].starts_with("#1 ") && lines[1].ends_with(" hello"),
+            "{text}"
+        );
         assert!(lines[2].ends_with(" wor"), "{text}");
         assert_eq!(lines[3], "#1 DONE 0.1s");
     }

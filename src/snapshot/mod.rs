@@ -285,6 +285,9 @@ mod tests {
         let s = Snapshots {
             root: PathBuf::from("/s"),
         };
-        assert_eq!(s.lowers(&r), vec![PathBuf::from("/s/b/fs"), PathBuf::from("/s/a/fs")]);
+        assert_eq!(
+            s.lowers(&r),
+            vec![PathBuf::from("/s/b/fs"), PathBuf::from("/s/a/fs")]
+        );
     }
 }

@@ -274,9 +274,15 @@ mod tests {
     async fn runs_in_dependency_order_and_passes_inputs() {
         let g = vec![vx("a", &[]), vx("b", &[0]), vx("c", &[1, 0])];
         let f = Fake::new(&["a", "b", "c"], 0, None);
-        let out = solve(&g, 2, Arc::new(Runner(f.clone())), Arc::new(Silent), &opts(4))
-            .await
-            .unwrap();
+        let out = solve(
+            &g,
+            2,
+            Arc::new(Runner(f.clone())),
+            Arc::new(Silent),
+            &opts(4),
+        )
+        .await
+        .unwrap();
         assert_eq!(out, "c(b(a()),a())");
         assert_eq!(*f.log.lock().unwrap(), vec![0, 1, 2]);
     }
@@ -284,11 +290,23 @@ mod tests {
     #[tokio::test]
     async fn shared_inputs_run_once_and_unneeded_vertices_not_at_all() {
         // d is not reachable from the root.
-        let g = vec![vx("a", &[]), vx("b", &[0]), vx("c", &[0]), vx("d", &[]), vx("e", &[1, 2])];
+        let g = vec![
+            vx("a", &[]),
+            vx("b", &[0]),
+            vx("c", &[0]),
+            vx("d", &[]),
+            vx("e", &[1, 2]),
+        ];
         let f = Fake::new(&["a", "b", "c", "d", "e"], 0, None);
-        solve(&g, 4, Arc::new(Runner(f.clone())), Arc::new(Silent), &opts(4))
-            .await
-            .unwrap();
+        solve(
+            &g,
+            4,
+            Arc::new(Runner(f.clone())),
+            Arc::new(Silent),
+            &opts(4),
+        )
+        .await
+        .unwrap();
         let mut log = f.log.lock().unwrap().clone();
         assert_eq!(log.iter().filter(|v| **v == 0).count(), 1);
         log.sort();
@@ -297,17 +315,35 @@ mod tests {
 
     #[tokio::test]
     async fn independent_vertices_run_concurrently_up_to_the_limit() {
-        let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[]), vx("d", &[]), vx("e", &[0, 1, 2, 3])];
+        let g = vec![
+            vx("a", &[]),
+            vx("b", &[]),
+            vx("c", &[]),
+            vx("d", &[]),
+            vx("e", &[0, 1, 2, 3]),
+        ];
         let f = Fake::new(&["a", "b", "c", "d", "e"], 50, None);
-        solve(&g, 4, Arc::new(Runner(f.clone())), Arc::new(Silent), &opts(2))
-            .await
-            .unwrap();
+        solve(
+            &g,
+            4,
+            Arc::new(Runner(f.clone())),
+            Arc::new(Silent),
+            &opts(2),
+        )
+        .await
+        .unwrap();
         assert_eq!(f.max_active.load(Ordering::SeqCst), 2);
 
         let f = Fake::new(&["a", "b", "c", "d", "e"], 50, None);
-        solve(&g, 4, Arc::new(Runner(f.clone())), Arc::new(Silent), &opts(1))
-            .await
-            .unwrap();
+        solve(
+            &g,
+            4,
+            Arc::new(Runner(f.clone())),
+            Arc::new(Silent),
+            &opts(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(f.max_active.load(Ordering::SeqCst), 1);
     }
 
@@ -315,9 +351,15 @@ mod tests {
     async fn a_failure_names_the_vertex_and_stops_its_consumers() {
         let g = vec![vx("a", &[]), vx("b", &[0]), vx("c", &[1])];
         let f = Fake::new(&["a", "b", "c"], 0, Some(1));
-        let err = solve(&g, 2, Arc::new(Runner(f.clone())), Arc::new(Silent), &opts(2))
-            .await
-            .unwrap_err();
+        let err = solve(
+            &g,
+            2,
+            Arc::new(Runner(f.clone())),
+            Arc::new(Silent),
+            &opts(2),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.to_string(), "b: boom");
         assert!(!f.log.lock().unwrap().contains(&2));
     }
@@ -326,10 +368,24 @@ mod tests {
     async fn bad_graphs_are_errors() {
         let f = Fake::new(&["a", "b"], 0, None);
         let cyc = vec![vx("a", &[1]), vx("b", &[0])];
-        let err = solve(&cyc, 1, Arc::new(Runner(f.clone())), Arc::new(Silent), &opts(1)).await;
+        let err = solve(
+            &cyc,
+            1,
+            Arc::new(Runner(f.clone())),
+            Arc::new(Silent),
+            &opts(1),
+        )
+        .await;
         assert!(matches!(err, Err(SolveError::Cycle(_))));
         let dangling = vec![vx("a", &[7])];
-        let err = solve(&dangling, 0, Arc::new(Runner(f)), Arc::new(Silent), &opts(1)).await;
+        let err = solve(
+            &dangling,
+            0,
+            Arc::new(Runner(f)),
+            Arc::new(Silent),
+            &opts(1),
+        )
+        .await;
         assert!(matches!(err, Err(SolveError::BadInput { .. })));
     }
 }

@@ -57,7 +57,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(root: &Path, config: Config, ca_bundle: Option<PathBuf>) -> Result<Self, WorkerError> {
+    pub fn new(
+        root: &Path,
+        config: Config,
+        ca_bundle: Option<PathBuf>,
+    ) -> Result<Self, WorkerError> {
         std::fs::create_dir_all(root).map_err(|source| WorkerError::Io {
             path: root.to_path_buf(),
             source,

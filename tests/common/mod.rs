@@ -81,7 +81,12 @@ impl TestEnv {
     /// Copies an example (or any dir) into the test dir, owned by the test user.
     pub fn copy_context(&self, src: &Path, name: &str) -> PathBuf {
         let dest = self.dir.join(name);
-        let st = Command::new("cp").arg("-r").arg(src).arg(&dest).status().expect("cp");
+        let st = Command::new("cp")
+            .arg("-r")
+            .arg(src)
+            .arg(&dest)
+            .status()
+            .expect("cp");
         assert!(st.success());
         self.chown(&dest);
         dest
@@ -102,7 +107,9 @@ impl TestEnv {
         let runtime_dir = format!("/tmp/envkit-run-{uid}");
         let _ = std::fs::create_dir_all(&runtime_dir);
         let mut cmd = if self.as_root {
-            let _ = Command::new("chown").args([&self.user, &runtime_dir]).status();
+            let _ = Command::new("chown")
+                .args([&self.user, &runtime_dir])
+                .status();
             let mut c = Command::new("runuser");
             c.args(["-u", &self.user, "--", program]);
             c
@@ -111,7 +118,10 @@ impl TestEnv {
         };
         cmd.current_dir(&self.dir)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", &self.dir)
             .env("USER", &self.user)
             .env("XDG_RUNTIME_DIR", &runtime_dir)
@@ -121,8 +131,14 @@ impl TestEnv {
     }
 
     pub fn uid(&self) -> u32 {
-        let out = Command::new("id").args(["-u", &self.user]).output().expect("id");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("uid")
+        let out = Command::new("id")
+            .args(["-u", &self.user])
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("uid")
     }
 
     /// Runs envkit as the test user.
@@ -151,7 +167,12 @@ impl TestEnv {
             .arg(&root)
             .arg("--runroot")
             .arg(&runroot)
-            .args(["--runtime", "runc", "--cgroup-manager=cgroupfs", "--events-backend=file"])
+            .args([
+                "--runtime",
+                "runc",
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+            ])
             .args(args)
             .output()
             .expect("run podman");
