@@ -1,1 +1,397 @@
-//! content: see ARCHITECTURE.md.
+//! The content-addressed blob store: `<root>/content/blobs/sha256/<hex>`.
+//!
+//! Every blob enters through a [`BlobWriter`]: bytes go to a temporary file under
+//! `<root>/content/ingest/` (same file system as the blobs) while their sha256 and length are
+//! computed; the digest and size are checked against what the caller expected **before** the
+//! file is synced and renamed into place. A failed check removes the temporary file, so a blob
+//! path either does not exist or holds exactly the bytes its name promises.
+//!
+//! Several processes may share one store: ingests never write to a final path, and renaming a
+//! blob over an existing one with the same name replaces identical content.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::{Digest, DigestAlgorithm};
+use sha2::{Digest as _, Sha256};
+use tempfile::NamedTempFile;
+use thiserror::Error;
+
+/// Errors of the content store.
+#[derive(Debug, Error)]
+pub enum ContentError {
+    #[error("content store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unsupported digest {0} (only sha256 is stored)")]
+    UnsupportedDigest(String),
+    #[error("invalid digest {0:?}")]
+    InvalidDigest(String),
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {0} is not in the content store")]
+    NotFound(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ContentError + '_ {
+    move |source| ContentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What was stored: the blob's digest and length in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// Computes `sha256:<hex>` of a byte slice.
+pub fn sha256_digest(bytes: &[u8]) -> Digest {
+    digest_from_hasher(Sha256::new_with_prefix(bytes))
+}
+
+fn digest_from_hasher(hasher: Sha256) -> Digest {
+    let hex = hex::encode(hasher.finalize());
+    // A lower-case 64-digit hex string is always a valid sha256 digest.
+    match Digest::from_str(&format!("sha256:{hex}")) {
+        Ok(d) => d,
+        Err(_) => unreachable!("sha256 hex is a valid digest"),
+    }
+}
+
+/// Parses `sha256:<hex>`; other algorithms are refused.
+pub fn parse_digest(s: &str) -> Result<Digest, ContentError> {
+    let d = Digest::from_str(s).map_err(|_| ContentError::InvalidDigest(s.to_string()))?;
+    if *d.algorithm() != DigestAlgorithm::Sha256 {
+        return Err(ContentError::UnsupportedDigest(s.to_string()));
+    }
+    Ok(d)
+}
+
+/// A content-addressed store rooted at `<root>/content`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    blobs: PathBuf,
+    ingest: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root` (the envkit store root).
+    pub fn open(root: &Path) -> Result<Store, ContentError> {
+        let content = root.join("content");
+        let blobs = content.join("blobs").join("sha256");
+        let ingest = content.join("ingest");
+        fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        fs::create_dir_all(&ingest).map_err(io_err(&ingest))?;
+        Ok(Store { blobs, ingest })
+    }
+
+    /// Where a blob lives (whether or not it is there).
+    pub fn path(&self, digest: &Digest) -> Result<PathBuf, ContentError> {
+        if *digest.algorithm() != DigestAlgorithm::Sha256 {
+            return Err(ContentError::UnsupportedDigest(digest.to_string()));
+        }
+        Ok(self.blobs.join(digest.digest()))
+    }
+
+    /// Whether the blob is present.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.path(digest).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    /// Size of a present blob.
+    pub fn size(&self, digest: &Digest) -> Result<u64, ContentError> {
+        let path = self.path(digest)?;
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ContentError::NotFound(digest.to_string()))
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Starts an ingest: write the bytes, then [`BlobWriter::commit`].
+    pub fn writer(&self) -> Result<BlobWriter, ContentError> {
+        let file =
+            NamedTempFile::with_prefix_in("ingest-", &self.ingest).map_err(io_err(&self.ingest))?;
+        Ok(BlobWriter {
+            blobs: self.blobs.clone(),
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Copies `reader` into the store. With `expected`, the digest and size must match or
+    /// nothing is stored.
+    pub fn ingest<R: Read>(
+        &self,
+        mut reader: R,
+        expected: Option<(&Digest, u64)>,
+    ) -> Result<BlobInfo, ContentError> {
+        let mut w = self.writer()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&self.ingest)(e)),
+            };
+            w.update(&buf[..n])?;
+        }
+        w.commit(expected)
+    }
+
+    /// Stores a small blob held in memory (configs, manifests).
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<BlobInfo, ContentError> {
+        let digest = sha256_digest(bytes);
+        if self.has(&digest) {
+            return Ok(BlobInfo {
+                digest,
+                size: bytes.len() as u64,
+            });
+        }
+        let mut w = self.writer()?;
+        w.update(bytes)?;
+        let size = bytes.len() as u64;
+        w.commit(Some((&digest, size)))
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, ContentError> {
+        let path = self.path(digest)?;
+        match File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ContentError::NotFound(digest.to_string()))
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Reads a whole blob and checks that its bytes still hash to its name.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
+        let path = self.path(digest)?;
+        let mut bytes = Vec::new();
+        self.open_blob(digest)?
+            .read_to_end(&mut bytes)
+            .map_err(io_err(&path))?;
+        let actual = sha256_digest(&bytes);
+        if actual != *digest {
+            return Err(ContentError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Re-hashes a stored blob (streaming) and fails if it no longer matches its name.
+    pub fn verify(&self, digest: &Digest) -> Result<u64, ContentError> {
+        let path = self.path(digest)?;
+        let mut f = self.open_blob(digest)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let actual = digest_from_hasher(hasher);
+        if actual != *digest {
+            return Err(ContentError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(size)
+    }
+}
+
+/// An ingest in progress. Dropping it without [`commit`](BlobWriter::commit) removes the
+/// temporary file.
+pub struct BlobWriter {
+    blobs: PathBuf,
+    file: NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), ContentError> {
+        self.file
+            .write_all(bytes)
+            .map_err(|source| ContentError::Io {
+                path: self.file.path().to_path_buf(),
+                source,
+            })?;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.size
+    }
+
+    /// Checks digest and size, then moves the blob into place.
+    pub fn commit(self, expected: Option<(&Digest, u64)>) -> Result<BlobInfo, ContentError> {
+        let BlobWriter {
+            blobs,
+            file,
+            hasher,
+            size,
+        } = self;
+        let digest = digest_from_hasher(hasher);
+        if let Some((want, want_size)) = expected {
+            if *want != digest {
+                return Err(ContentError::DigestMismatch {
+                    expected: want.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+            if want_size != size {
+                return Err(ContentError::SizeMismatch {
+                    digest: want.to_string(),
+                    expected: want_size,
+                    actual: size,
+                });
+            }
+        }
+        let tmp_path = file.path().to_path_buf();
+        file.as_file().sync_all().map_err(io_err(&tmp_path))?;
+        let dest = blobs.join(digest.digest());
+        file.persist(&dest).map_err(|e| ContentError::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok(BlobInfo { digest, size })
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.update(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    fn ingest_dir_is_empty(dir: &Path) -> bool {
+        fs::read_dir(dir.join("content/ingest")).unwrap().count() == 0
+    }
+
+    #[test]
+    fn write_and_read_back() {
+        let (dir, s) = store();
+        let info = s.write_blob(b"hello").unwrap();
+        assert_eq!(
+            info.digest.to_string(),
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(info.size, 5);
+        assert!(s.has(&info.digest));
+        assert_eq!(s.read_blob(&info.digest).unwrap(), b"hello");
+        assert_eq!(s.size(&info.digest).unwrap(), 5);
+        assert!(
+            dir.path()
+                .join("content/blobs/sha256")
+                .join(info.digest.digest())
+                .is_file()
+        );
+        assert!(ingest_dir_is_empty(dir.path()));
+        // Writing again is a no-op.
+        assert_eq!(s.write_blob(b"hello").unwrap(), info);
+    }
+
+    #[test]
+    fn ingest_verifies_digest_before_rename() {
+        let (dir, s) = store();
+        let wrong = sha256_digest(b"something else");
+        let err = s.ingest(&b"hello"[..], Some((&wrong, 5))).unwrap_err();
+        assert!(matches!(err, ContentError::DigestMismatch { .. }), "{err}");
+        assert!(!s.has(&wrong));
+        assert!(!s.has(&sha256_digest(b"hello")));
+        assert!(ingest_dir_is_empty(dir.path()));
+    }
+
+    #[test]
+    fn ingest_verifies_size() {
+        let (dir, s) = store();
+        let d = sha256_digest(b"hello");
+        let err = s.ingest(&b"hello"[..], Some((&d, 6))).unwrap_err();
+        assert!(matches!(err, ContentError::SizeMismatch { .. }), "{err}");
+        assert!(!s.has(&d));
+        assert!(ingest_dir_is_empty(dir.path()));
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let (dir, s) = store();
+        let mut w = s.writer().unwrap();
+        w.update(b"partial").unwrap();
+        drop(w);
+        assert!(ingest_dir_is_empty(dir.path()));
+    }
+
+    #[test]
+    fn read_blob_detects_corruption() {
+        let (_dir, s) = store();
+        let info = s.write_blob(b"hello").unwrap();
+        fs::write(s.path(&info.digest).unwrap(), b"jello").unwrap();
+        assert!(matches!(
+            s.read_blob(&info.digest),
+            Err(ContentError::DigestMismatch { .. })
+        ));
+        assert!(s.verify(&info.digest).is_err());
+    }
+
+    #[test]
+    fn missing_blob_and_bad_digests() {
+        let (_dir, s) = store();
+        let d = sha256_digest(b"nope");
+        assert!(matches!(s.read_blob(&d), Err(ContentError::NotFound(_))));
+        assert!(parse_digest("sha256:xyz").is_err());
+        assert!(matches!(
+            parse_digest(&format!("sha512:{}", "a".repeat(128))),
+            Err(ContentError::UnsupportedDigest(_))
+        ));
+        assert!(parse_digest("../../etc/passwd").is_err());
+    }
+}

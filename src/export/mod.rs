@@ -1,1 +1,444 @@
-//! export: see ARCHITECTURE.md.
+//! Exporters: turn a layer tar into a stored gzip layer, and write an image out.
+//!
+//! * [`layer_from_tar`]: an uncompressed layer tar → gzip blob in the content store, with its
+//!   diff_id (sha256 of the tar) computed in the same pass.
+//! * [`oci_tar`]: an OCI image-layout tarball (`oci-layout`, `index.json`, `blobs/sha256/…`)
+//!   that `podman load`, `skopeo copy oci-archive:` and `ctr import` read. Written to a
+//!   temporary file beside the destination, then renamed; `-` streams to stdout.
+//! * [`parse_output`]: the `-o type=…,dest=…` syntax of `buildctl`.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use oci_spec::image::{Descriptor, Digest, ImageManifest, MediaType};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+use crate::content::{self, ContentError, Store};
+use crate::image::{self, NewLayer};
+
+/// Errors of the exporters.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error("manifest {digest}: {message}")]
+    Manifest { digest: String, message: String },
+    #[error("invalid --output {spec:?}: {message}")]
+    Output { spec: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Gzip-compresses an uncompressed layer tar into the store.
+///
+/// Returns the layer with descriptor = the gzip blob (`application/vnd.oci.image.layer.v1.tar+gzip`)
+/// and `diff_id` = sha256 of the tar. The gzip header carries no name and no mtime, so equal tars
+/// give equal blobs.
+pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, ExportError> {
+    let mut input = File::open(tar_path).map_err(io_err(tar_path))?;
+    let writer = store.writer()?;
+    let mut gz = GzEncoder::new(writer, Compression::default());
+    let mut raw = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(tar_path)(e)),
+        };
+        raw.update(&buf[..n]);
+        gz.write_all(&buf[..n]).map_err(io_err(tar_path))?;
+    }
+    let writer = gz.finish().map_err(io_err(tar_path))?;
+    let info = writer.commit(None)?;
+    let diff_id = content::parse_digest(&format!("sha256:{}", hex::encode(raw.finalize())))?;
+    Ok(NewLayer {
+        descriptor: Descriptor::new(MediaType::ImageLayerGzip, info.size, info.digest),
+        diff_id,
+        created_by: None,
+    })
+}
+
+/// Where `-o` sends the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// `type=oci,dest=FILE[,name=REF]`: an OCI image-layout tarball; `dest=-` is stdout.
+    Oci { dest: PathBuf, name: Option<String> },
+    /// `type=image[,name=REF]`: envkit's own image store (the default).
+    Image { name: Option<String> },
+}
+
+/// Splits `a=b,c="d,e"` like a CSV record (double quotes group, `""` is a quote).
+fn split_csv(s: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
+/// Parses one `-o` / `--output` value the way `buildctl` does:
+/// `type=oci,dest=/tmp/x.tar[,name=…]` or `type=image[,name=…]`.
+pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
+    let err = |message: String| ExportError::Output {
+        spec: spec.to_string(),
+        message,
+    };
+    let mut typ = None;
+    let mut dest = None;
+    let mut name = None;
+    for field in split_csv(spec) {
+        let field = field.trim();
+        if field.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = field.split_once('=') else {
+            return Err(err(format!("{field:?} is not key=value")));
+        };
+        let v = v.to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "type" => typ = Some(v),
+            "dest" => dest = Some(v),
+            "name" => name = Some(v),
+            "output" | "out" | "path" | "file" => {
+                return Err(err(format!("unknown key {k:?} (did you mean dest=?)")));
+            }
+            other => {
+                return Err(err(format!(
+                    "unknown key {other:?} (known: type, dest, name)"
+                )));
+            }
+        }
+    }
+    let Some(typ) = typ else {
+        return Err(err("missing type= (e.g. type=oci,dest=image.tar)".into()));
+    };
+    match typ.as_str() {
+        "oci" => {
+            let Some(dest) = dest.filter(|d| !d.is_empty()) else {
+                return Err(err("type=oci needs dest=FILE (or dest=- for stdout)".into()));
+            };
+            Ok(Output::Oci {
+                dest: PathBuf::from(dest),
+                name: name.filter(|n| !n.is_empty()),
+            })
+        }
+        "image" => {
+            if dest.is_some() {
+                return Err(err(
+                    "type=image takes no dest= (use type=oci for a file)".into()
+                ));
+            }
+            Ok(Output::Image {
+                name: name.filter(|n| !n.is_empty()),
+            })
+        }
+        "docker" | "local" | "tar" | "registry" => Err(err(format!(
+            "output type {typ:?} is not implemented yet (supported: oci, image)"
+        ))),
+        other => Err(err(format!(
+            "unknown output type {other:?} (supported: oci, image)"
+        ))),
+    }
+}
+
+/// The tag part of a reference (`docker.io/library/x:1.0` → `1.0`), `latest` if none.
+fn tag_of(name: &str) -> String {
+    let without_digest = name.split('@').next().unwrap_or(name);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    match last.split_once(':') {
+        Some((_, tag)) if !tag.is_empty() => tag.to_string(),
+        _ => "latest".to_string(),
+    }
+}
+
+/// The `index.json` of a one-image layout named `name`.
+///
+/// `io.containerd.image.name` carries the full reference (what `ctr import` and
+/// `podman load` use); `org.opencontainers.image.ref.name` carries the tag, as the OCI layout
+/// spec and BuildKit's OCI exporter write it.
+pub fn layout_index(manifest: &Descriptor, name: &str) -> Vec<u8> {
+    let mut entry = json!({
+        "mediaType": manifest.media_type().to_string(),
+        "digest": manifest.digest().to_string(),
+        "size": manifest.size(),
+        "annotations": {
+            "io.containerd.image.name": name,
+            "org.opencontainers.image.ref.name": tag_of(name),
+        },
+    });
+    if let Some(p) = manifest.platform()
+        && let Some(obj) = entry.as_object_mut()
+    {
+        obj.insert(
+            "platform".into(),
+            json!({"architecture": p.architecture().to_string(), "os": p.os().to_string()}),
+        );
+    }
+    image::canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": image::MEDIA_TYPE_INDEX,
+        "manifests": [entry],
+    }))
+}
+
+fn tar_header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    // Paths here are short ASCII (`blobs/sha256/<64 hex>`), always valid in a ustar header.
+    let _ = h.set_path(path);
+    h.set_cksum();
+    h
+}
+
+fn write_layout<W: Write>(
+    out: W,
+    manifest: &Descriptor,
+    name: &str,
+    store: &Store,
+) -> Result<W, ExportError> {
+    let manifest_bytes = store.read_blob(manifest.digest())?;
+    let parsed: ImageManifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| ExportError::Manifest {
+            digest: manifest.digest().to_string(),
+            message: format!("not an image manifest: {e}"),
+        })?;
+    let mut blobs: Vec<Digest> = vec![manifest.digest().clone(), parsed.config().digest().clone()];
+    blobs.extend(parsed.layers().iter().map(|l| l.digest().clone()));
+    let mut seen = BTreeSet::new();
+    blobs.retain(|d| seen.insert(d.to_string()));
+    for d in &blobs {
+        if !store.has(d) {
+            return Err(ExportError::Manifest {
+                digest: manifest.digest().to_string(),
+                message: format!("blob {d} is not in the content store"),
+            });
+        }
+    }
+
+    let label = PathBuf::from("<oci tar>");
+    let mut tar = tar::Builder::new(out);
+    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    let index = layout_index(manifest, name);
+    for dir in ["blobs/", "blobs/sha256/"] {
+        let h = tar_header(dir, 0, 0o755, tar::EntryType::Directory);
+        tar.append(&h, io::empty()).map_err(io_err(&label))?;
+    }
+    for (path, bytes) in [("oci-layout", &layout[..]), ("index.json", &index[..])] {
+        let h = tar_header(path, bytes.len() as u64, 0o644, tar::EntryType::Regular);
+        tar.append(&h, bytes).map_err(io_err(&label))?;
+    }
+    for d in &blobs {
+        let size = store.size(d)?;
+        let f = store.open_blob(d)?;
+        let path = format!("blobs/sha256/{}", d.digest());
+        let h = tar_header(&path, size, 0o644, tar::EntryType::Regular);
+        tar.append(&h, f.take(size)).map_err(io_err(&label))?;
+    }
+    tar.into_inner().map_err(io_err(&label))
+}
+
+/// Writes an OCI image-layout tarball of the image whose manifest is `manifest`, naming it
+/// `name` (a full reference such as `docker.io/library/app:latest`). `dest` = `-` writes to
+/// stdout; otherwise the tar is written to a temporary file in `dest`'s directory and renamed.
+pub fn oci_tar(
+    dest: &Path,
+    manifest: &Descriptor,
+    name: &str,
+    store: &Store,
+) -> Result<(), ExportError> {
+    if dest == Path::new("-") {
+        let stdout = io::stdout();
+        let mut out = write_layout(BufWriter::new(stdout.lock()), manifest, name, store)?;
+        out.flush().map_err(io_err(dest))?;
+        return Ok(());
+    }
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".envkit-export-")
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
+    let (file, tmp_path) = tmp.into_parts();
+    let out = write_layout(BufWriter::new(file), manifest, name, store)?;
+    let file = out.into_inner().map_err(|e| io_err(dest)(e.into_error()))?;
+    file.sync_all().map_err(io_err(dest))?;
+    tmp_path.persist(dest).map_err(|e| ExportError::Io {
+        path: dest.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_outputs() {
+        assert_eq!(
+            parse_output("type=oci,dest=/tmp/x.tar").unwrap(),
+            Output::Oci {
+                dest: "/tmp/x.tar".into(),
+                name: None
+            }
+        );
+        assert_eq!(
+            parse_output("type=oci,dest=-,name=docker.io/library/a:1").unwrap(),
+            Output::Oci {
+                dest: "-".into(),
+                name: Some("docker.io/library/a:1".into())
+            }
+        );
+        assert_eq!(
+            parse_output("type=image,name=app").unwrap(),
+            Output::Image {
+                name: Some("app".into())
+            }
+        );
+        assert_eq!(
+            parse_output(r#"type=oci,"dest=/tmp/a,b.tar""#).unwrap(),
+            Output::Oci {
+                dest: "/tmp/a,b.tar".into(),
+                name: None
+            }
+        );
+    }
+
+    #[test]
+    fn output_errors_are_helpful() {
+        let msg = |s: &str| parse_output(s).unwrap_err().to_string();
+        assert!(msg("type=oci,output=/x").contains("did you mean dest="));
+        assert!(msg("type=oci").contains("needs dest="));
+        assert!(msg("type=foo,dest=x").contains("unknown output type \"foo\""));
+        assert!(msg("type=docker,dest=x").contains("not implemented yet"));
+        assert!(msg("dest=x").contains("missing type="));
+        assert!(msg("type=oci,dest=x,bogus=1").contains("unknown key \"bogus\""));
+        assert!(msg("type=oci,dest").contains("not key=value"));
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag_of("docker.io/library/a:1.0"), "1.0");
+        assert_eq!(tag_of("127.0.0.1:5000/a"), "latest");
+        assert_eq!(tag_of("a@sha256:abc"), "latest");
+    }
+
+    #[test]
+    fn layer_from_tar_is_deterministic_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let tar_path = dir.path().join("layer.tar");
+        let mut b = tar::Builder::new(Vec::new());
+        let data = b"hello\n";
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "opt/hello.txt", &data[..]).unwrap();
+        let tar_bytes = b.into_inner().unwrap();
+        std::fs::write(&tar_path, &tar_bytes).unwrap();
+
+        let a = layer_from_tar(&tar_path, &store).unwrap();
+        let again = layer_from_tar(&tar_path, &store).unwrap();
+        assert_eq!(a, again);
+        assert_eq!(a.diff_id, content::sha256_digest(&tar_bytes));
+        assert_eq!(a.descriptor.media_type(), &MediaType::ImageLayerGzip);
+        let gz = store.read_blob(a.descriptor.digest()).unwrap();
+        assert_eq!(gz.len() as u64, a.descriptor.size());
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, tar_bytes);
+    }
+
+    #[test]
+    fn index_names_the_image() {
+        let d = Descriptor::new(MediaType::ImageManifest, 3, content::sha256_digest(b"m"));
+        let idx: serde_json::Value =
+            serde_json::from_slice(&layout_index(&d, "docker.io/library/app:v1")).unwrap();
+        let a = &idx["manifests"][0]["annotations"];
+        assert_eq!(a["io.containerd.image.name"], "docker.io/library/app:v1");
+        assert_eq!(a["org.opencontainers.image.ref.name"], "v1");
+        assert_eq!(idx["manifests"][0]["digest"], d.digest().to_string());
+    }
+
+    #[test]
+    fn oci_tar_refuses_missing_blobs_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{}","size":2,"digest":"{}"}},"layers":[]}}"#,
+            image::MEDIA_TYPE_CONFIG,
+            content::sha256_digest(b"{}")
+        );
+        let info = store.write_blob(manifest.as_bytes()).unwrap();
+        let d = Descriptor::new(MediaType::ImageManifest, info.size, info.digest);
+        let dest = dir.path().join("out.tar");
+        let err = oci_tar(&dest, &d, "x:1", &store).unwrap_err();
+        assert!(
+            err.to_string().contains("not in the content store"),
+            "{err}"
+        );
+        assert!(!dest.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".envkit-export")
+            })
+            .collect();
+        assert!(leftovers.is_empty());
+
+        store.write_blob(b"{}").unwrap();
+        oci_tar(&dest, &d, "x:1", &store).unwrap();
+        let mut names = Vec::new();
+        let mut ar = tar::Archive::new(File::open(&dest).unwrap());
+        for e in ar.entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        assert!(names.contains(&"oci-layout".to_string()));
+        assert!(names.contains(&"index.json".to_string()));
+        assert!(names.contains(&format!("blobs/sha256/{}", d.digest().digest())));
+    }
+}

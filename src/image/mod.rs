@@ -5,6 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use oci_spec::image::{Descriptor, Digest, ImageConfiguration, MediaType};
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+
+use crate::content::{self, BlobInfo, ContentError, Store};
+
 /// The runtime part of an image config that a build decides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageSpec {
@@ -21,4 +27,453 @@ pub struct ImageSpec {
     pub labels: BTreeMap<String, String>,
     /// e.g. `2222/tcp`.
     pub exposed_ports: Vec<String>,
+}
+
+/// OCI image manifest media type.
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index media type.
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image config media type.
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI gzip-compressed layer media type.
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI uncompressed layer media type.
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Errors while assembling an image.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("base image config: {0}")]
+    BaseConfig(String),
+    #[error("base image has {layers} layers but its config lists {diff_ids} diff_ids")]
+    LayerCount { layers: usize, diff_ids: usize },
+    #[error("unsupported layer media type {0}")]
+    LayerMediaType(String),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+}
+
+/// A layer the build made: its compressed blob and the digest of its uncompressed tar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLayer {
+    /// Descriptor of the compressed blob (in the content store).
+    pub descriptor: Descriptor,
+    /// sha256 of the uncompressed tar (goes into `rootfs.diff_ids`).
+    pub diff_id: Digest,
+    /// What made the layer (history `created_by`), e.g. the step's command.
+    pub created_by: Option<String>,
+}
+
+/// The final image: config and manifest, as bytes with their digests.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    pub config_bytes: Vec<u8>,
+    pub config_digest: Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: Digest,
+    /// Descriptor of the manifest (OCI manifest media type, platform linux/amd64).
+    pub manifest_descriptor: Descriptor,
+    /// Layer descriptors in the manifest, base first.
+    pub layers: Vec<Descriptor>,
+}
+
+impl Assembled {
+    /// Writes the config and manifest into the content store (layers must already be there).
+    pub fn store(&self, store: &Store) -> Result<(BlobInfo, BlobInfo), ContentError> {
+        let c = store.write_blob(&self.config_bytes)?;
+        let m = store.write_blob(&self.manifest_bytes)?;
+        Ok((c, m))
+    }
+}
+
+/// JSON with object keys sorted at every level, no whitespace: the same input always gives the
+/// same bytes (oci-spec keeps labels in a `HashMap`).
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sort(&m[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    // Serialising a `Value` cannot fail (all keys are strings).
+    serde_json::to_vec(&sort(value)).unwrap_or_default()
+}
+
+/// Formats seconds since the Unix epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// The creation time to record: `$SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
+pub fn created_now() -> u64 {
+    if let Some(s) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return s;
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The OCI media type for a base layer (Docker v2 layer types map to their OCI equivalents).
+pub fn oci_layer_media_type(mt: &MediaType) -> Result<MediaType, ImageError> {
+    let s = mt.to_string();
+    let oci = match s.as_str() {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => MEDIA_TYPE_LAYER_GZIP,
+        "application/vnd.docker.image.rootfs.diff.tar" => MEDIA_TYPE_LAYER_TAR,
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.v1.tar+zstd" => return Ok(mt.clone()),
+        other => return Err(ImageError::LayerMediaType(other.to_string())),
+    };
+    Ok(MediaType::from(oci))
+}
+
+/// `KEY=value` list with `updates` applied: a key already present is replaced in place, new
+/// keys are appended in order.
+fn merge_env(base: &[String], updates: &[String]) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    let mut out: Vec<String> = base.to_vec();
+    for u in updates {
+        let k = key(u);
+        match out.iter_mut().find(|e| key(e) == k) {
+            Some(slot) => *slot = u.clone(),
+            None => out.push(u.clone()),
+        }
+    }
+    out
+}
+
+/// Builds the image config and manifest for `base` plus `new_layers`.
+///
+/// The runtime config starts from the base image's and takes from `spec` whatever it sets:
+/// env entries replace same-named ones or are appended; entrypoint / cmd / user / working dir
+/// replace the base's when set (setting an entrypoint without a cmd clears the base's cmd, as
+/// Docker does); labels are merged over the base's; exposed ports are added. `rootfs.diff_ids`
+/// are the base's followed by the new layers'; one history entry is added per new layer.
+/// The platform is linux/amd64. The JSON is canonical (sorted keys), so equal inputs give
+/// equal digests.
+pub fn assemble(
+    base: &ImageConfiguration,
+    spec: &ImageSpec,
+    base_layers: &[Descriptor],
+    new_layers: &[NewLayer],
+    created: u64,
+) -> Result<Assembled, ImageError> {
+    let created = rfc3339(created);
+    let mut cfg = serde_json::to_value(base).map_err(|e| ImageError::BaseConfig(e.to_string()))?;
+    let Some(obj) = cfg.as_object_mut() else {
+        return Err(ImageError::BaseConfig("not a JSON object".into()));
+    };
+
+    // Runtime config.
+    let mut rc = match obj.remove("config") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let env = merge_env(&strings(rc.get("Env")), &spec.env);
+    if !env.is_empty() {
+        rc.insert("Env".into(), json!(env));
+    }
+    if let Some(ep) = &spec.entrypoint {
+        rc.insert("Entrypoint".into(), json!(ep));
+        if spec.cmd.is_none() {
+            rc.remove("Cmd");
+        }
+    }
+    if let Some(cmd) = &spec.cmd {
+        rc.insert("Cmd".into(), json!(cmd));
+    }
+    if let Some(user) = spec.user.as_ref().filter(|u| !u.is_empty()) {
+        rc.insert("User".into(), json!(user));
+    }
+    if let Some(wd) = spec.working_dir.as_ref().filter(|w| !w.is_empty()) {
+        rc.insert("WorkingDir".into(), json!(wd));
+    }
+    if !spec.labels.is_empty() {
+        let mut labels = match rc.remove("Labels") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for (k, v) in &spec.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        rc.insert("Labels".into(), Value::Object(labels));
+    }
+    if !spec.exposed_ports.is_empty() {
+        let mut ports = match rc.remove("ExposedPorts") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for p in &spec.exposed_ports {
+            let p = if p.contains('/') {
+                p.clone()
+            } else {
+                format!("{p}/tcp")
+            };
+            ports.insert(p, json!({}));
+        }
+        rc.insert("ExposedPorts".into(), Value::Object(ports));
+    }
+    obj.insert("config".into(), Value::Object(rc));
+
+    // rootfs.
+    let base_diff_ids = base.rootfs().diff_ids();
+    if base_diff_ids.len() != base_layers.len() {
+        return Err(ImageError::LayerCount {
+            layers: base_layers.len(),
+            diff_ids: base_diff_ids.len(),
+        });
+    }
+    let mut diff_ids: Vec<Value> = base_diff_ids.iter().map(|d| json!(d)).collect();
+    diff_ids.extend(new_layers.iter().map(|l| json!(l.diff_id.to_string())));
+    obj.insert(
+        "rootfs".into(),
+        json!({"type": "layers", "diff_ids": diff_ids}),
+    );
+
+    // History: keep the base's; pad it so that its non-empty entries match the base layers.
+    let mut history: Vec<Value> = match obj.remove("history") {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let non_empty = history
+        .iter()
+        .filter(|h| h.get("empty_layer").and_then(Value::as_bool) != Some(true))
+        .count();
+    for _ in non_empty..base_layers.len() {
+        history.push(json!({"comment": "base layer (no history in the base image)"}));
+    }
+    for l in new_layers {
+        let mut h = Map::new();
+        h.insert("created".into(), json!(created));
+        if let Some(by) = &l.created_by {
+            h.insert("created_by".into(), json!(by));
+        }
+        h.insert("comment".into(), json!("envkit"));
+        history.push(Value::Object(h));
+    }
+    if !history.is_empty() {
+        obj.insert("history".into(), Value::Array(history));
+    }
+    obj.insert("created".into(), json!(created));
+    obj.insert("architecture".into(), json!("amd64"));
+    obj.insert("os".into(), json!("linux"));
+    obj.remove("variant");
+
+    let config_bytes = canonical_json(&cfg);
+    let config_digest = content::sha256_digest(&config_bytes);
+
+    let mut layers = Vec::with_capacity(base_layers.len() + new_layers.len());
+    for l in base_layers {
+        let mut d = l.clone();
+        d.set_media_type(oci_layer_media_type(l.media_type())?);
+        layers.push(d);
+    }
+    layers.extend(new_layers.iter().map(|l| l.descriptor.clone()));
+    let layer_values = layers
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ImageError::BaseConfig(e.to_string()))?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": {
+            "mediaType": MEDIA_TYPE_CONFIG,
+            "digest": config_digest.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": layer_values,
+    });
+    let manifest_bytes = canonical_json(&manifest);
+    let manifest_digest = content::sha256_digest(&manifest_bytes);
+    let mut manifest_descriptor = Descriptor::new(
+        MediaType::ImageManifest,
+        manifest_bytes.len() as u64,
+        manifest_digest.clone(),
+    );
+    manifest_descriptor.set_platform(Some(
+        oci_spec::image::PlatformBuilder::default()
+            .architecture(oci_spec::image::Arch::Amd64)
+            .os(oci_spec::image::Os::Linux)
+            .build()
+            .map_err(|e| ImageError::BaseConfig(e.to_string()))?,
+    ));
+    Ok(Assembled {
+        config_bytes,
+        config_digest,
+        manifest_bytes,
+        manifest_digest,
+        manifest_descriptor,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> (ImageConfiguration, Vec<Descriptor>) {
+        let cfg: ImageConfiguration = serde_json::from_str(&format!(
+            r#"{{"architecture":"amd64","os":"linux",
+            "config":{{"Env":["PATH=/usr/bin","LANG=C"],"Cmd":["sh"],"Labels":{{"a":"1"}}}},
+            "rootfs":{{"type":"layers","diff_ids":["sha256:{d}"]}},
+            "history":[{{"created_by":"base"}}]}}"#,
+            d = "d".repeat(64)
+        ))
+        .unwrap();
+        let layer = Descriptor::new(
+            MediaType::Other("application/vnd.docker.image.rootfs.diff.tar.gzip".into()),
+            10,
+            content::sha256_digest(b"base layer"),
+        );
+        (cfg, vec![layer])
+    }
+
+    fn new_layer() -> NewLayer {
+        NewLayer {
+            descriptor: Descriptor::new(
+                MediaType::ImageLayerGzip,
+                20,
+                content::sha256_digest(b"new gz"),
+            ),
+            diff_id: content::sha256_digest(b"new tar"),
+            created_by: Some("RUN echo hi".into()),
+        }
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn assembles_config_and_manifest() {
+        let (cfg, layers) = base();
+        let mut spec = ImageSpec {
+            env: vec!["LANG=C.UTF-8".into(), "GREETING=hi".into()],
+            entrypoint: Some(vec!["python3".into()]),
+            user: Some("envd".into()),
+            working_dir: Some("/home/envd".into()),
+            exposed_ports: vec!["2222".into()],
+            ..ImageSpec::default()
+        };
+        spec.labels.insert("b".into(), "2".into());
+        let a = assemble(&cfg, &spec, &layers, &[new_layer()], 1_700_000_000).unwrap();
+
+        let c: Value = serde_json::from_slice(&a.config_bytes).unwrap();
+        assert_eq!(
+            c["config"]["Env"],
+            json!(["PATH=/usr/bin", "LANG=C.UTF-8", "GREETING=hi"])
+        );
+        assert_eq!(c["config"]["Entrypoint"], json!(["python3"]));
+        assert!(
+            c["config"].get("Cmd").is_none(),
+            "entrypoint clears base cmd"
+        );
+        assert_eq!(c["config"]["User"], "envd");
+        assert_eq!(c["config"]["WorkingDir"], "/home/envd");
+        assert_eq!(c["config"]["Labels"], json!({"a": "1", "b": "2"}));
+        assert_eq!(c["config"]["ExposedPorts"], json!({"2222/tcp": {}}));
+        assert_eq!(c["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            c["rootfs"]["diff_ids"][1],
+            content::sha256_digest(b"new tar").to_string()
+        );
+        assert_eq!(c["history"].as_array().unwrap().len(), 2);
+        assert_eq!(c["history"][1]["created_by"], "RUN echo hi");
+        assert_eq!(c["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(c["architecture"], "amd64");
+        // The config parses back as an OCI config.
+        let _: ImageConfiguration = serde_json::from_slice(&a.config_bytes).unwrap();
+
+        let m: Value = serde_json::from_slice(&a.manifest_bytes).unwrap();
+        assert_eq!(m["mediaType"], MEDIA_TYPE_MANIFEST);
+        assert_eq!(m["config"]["digest"], a.config_digest.to_string());
+        assert_eq!(m["config"]["size"], a.config_bytes.len());
+        assert_eq!(m["layers"][0]["mediaType"], MEDIA_TYPE_LAYER_GZIP);
+        assert_eq!(
+            m["layers"][1]["digest"],
+            new_layer().descriptor.digest().to_string()
+        );
+        assert_eq!(a.manifest_digest, content::sha256_digest(&a.manifest_bytes));
+        assert_eq!(a.manifest_descriptor.size(), a.manifest_bytes.len() as u64);
+    }
+
+    #[test]
+    fn deterministic_and_keeps_base_when_unset() {
+        let (cfg, layers) = base();
+        let mut spec = ImageSpec::default();
+        for i in 0..20 {
+            spec.labels.insert(format!("k{i}"), format!("v{i}"));
+        }
+        let a = assemble(&cfg, &spec, &layers, &[new_layer()], 5).unwrap();
+        let b = assemble(&cfg, &spec, &layers, &[new_layer()], 5).unwrap();
+        assert_eq!(a.config_bytes, b.config_bytes);
+        assert_eq!(a.manifest_digest, b.manifest_digest);
+        let c: Value = serde_json::from_slice(&a.config_bytes).unwrap();
+        assert_eq!(c["config"]["Cmd"], json!(["sh"]));
+        assert_eq!(c["config"]["Env"], json!(["PATH=/usr/bin", "LANG=C"]));
+    }
+
+    #[test]
+    fn layer_count_mismatch_is_an_error() {
+        let (cfg, _) = base();
+        assert!(matches!(
+            assemble(&cfg, &ImageSpec::default(), &[], &[], 0),
+            Err(ImageError::LayerCount { .. })
+        ));
+    }
+
+    #[test]
+    fn history_is_padded_for_base_layers() {
+        let (cfg, layers) = base();
+        let mut v = serde_json::to_value(&cfg).unwrap();
+        v.as_object_mut().unwrap().remove("history");
+        let cfg: ImageConfiguration = serde_json::from_value(v).unwrap();
+        let a = assemble(&cfg, &ImageSpec::default(), &layers, &[new_layer()], 0).unwrap();
+        let c: Value = serde_json::from_slice(&a.config_bytes).unwrap();
+        assert_eq!(c["history"].as_array().unwrap().len(), 2);
+    }
 }

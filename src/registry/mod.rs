@@ -1,1 +1,699 @@
-//! registry: see ARCHITECTURE.md.
+//! Pulling images from OCI / Docker v2 registries.
+//!
+//! * References are normalised the way Docker does (`python:3.11-slim` →
+//!   `docker.io/library/python:3.11-slim`).
+//! * The hosts tried for a reference are the config's mirrors for its registry, in order, then
+//!   the registry itself (`docker.io` is reached as `registry-1.docker.io`). A host with
+//!   `http = true` is spoken to over plain http.
+//! * Manifests may be OCI or Docker v2 schema 2, images or indexes / manifest lists; from an
+//!   index the linux/amd64 entry is taken.
+//! * Blobs are streamed into the [`content::Store`](crate::content::Store), which checks digest
+//!   and size before they become visible.
+//!
+//! The HTTP, token-auth and TLS work is done by `oci-client`; one client per host, so that
+//! per-host TLS settings (`ca`, `insecure`) stay per host. Proxies come from the usual
+//! environment variables, and loopback addresses never go through a proxy.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use oci_spec::image::{
+    Arch, Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
+};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::content::{self, ContentError};
+
+/// OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index media type.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker v2 schema 2 manifest media type.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker v2 schema 2 manifest list media type.
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+const ACCEPTED: &[&str] = &[
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
+
+/// Largest image config accepted (they are a few KiB in practice).
+const MAX_CONFIG_SIZE: u64 = 64 << 20;
+
+/// One host tried while resolving, and why it did not answer with the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub url: String,
+    pub error: String,
+}
+
+/// Errors of the registry client.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("invalid image reference {reference:?}: {message}")]
+    InvalidReference { reference: String, message: String },
+    #[error("cannot resolve image {reference}: {}", Attempts(.attempts))]
+    Resolve {
+        reference: String,
+        attempts: Vec<Attempt>,
+    },
+    #[error("pulling {digest} of {reference} from {url}: {message}")]
+    Blob {
+        reference: String,
+        digest: String,
+        url: String,
+        message: String,
+    },
+    #[error("registry client for {host}: {message}")]
+    Client { host: String, message: String },
+    #[error(transparent)]
+    Content(#[from] ContentError),
+}
+
+struct Attempts<'a>(&'a [Attempt]);
+
+impl fmt::Display for Attempts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "no registry to try");
+        }
+        write!(f, "tried ")?;
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, "; ")?;
+            }
+            write!(f, "{} ({})", a.url, a.error)?;
+        }
+        Ok(())
+    }
+}
+
+/// A reference resolved to one platform image on one host.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The normalised reference, e.g. `docker.io/library/busybox:latest`.
+    pub reference: String,
+    /// The host that answered (a mirror or the registry itself), e.g. `127.0.0.1:5000`.
+    pub host: String,
+    /// The repository on that host, e.g. `library/busybox`.
+    pub repository: String,
+    /// The digest of the index / manifest list the reference named, if it named one.
+    pub index_digest: Option<Digest>,
+    /// Digest of the linux/amd64 image manifest.
+    pub manifest_digest: Digest,
+    /// Media type of that manifest (OCI or Docker v2 schema 2).
+    pub manifest_media_type: String,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: ImageManifest,
+    /// Config descriptor from the manifest.
+    pub config_descriptor: Descriptor,
+    pub config_bytes: Vec<u8>,
+    pub config: ImageConfiguration,
+    /// Layer descriptors, base first.
+    pub layers: Vec<Descriptor>,
+}
+
+impl Resolved {
+    /// Digest of the image config.
+    pub fn config_digest(&self) -> &Digest {
+        self.config_descriptor.digest()
+    }
+}
+
+/// Normalises a reference like Docker: adds `docker.io`, `library/` and `:latest` where
+/// missing. Returns the parsed reference.
+pub fn normalize(reference: &str) -> Result<Reference, RegistryError> {
+    Reference::from_str(reference.trim()).map_err(|e| RegistryError::InvalidReference {
+        reference: reference.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The host actually contacted for a registry name when no mirror is used.
+pub fn endpoint_for(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
+/// The config section whose TLS settings apply to a contacted host.
+fn section_for(host: &str) -> &str {
+    match host {
+        "registry-1.docker.io" => "docker.io",
+        other => other,
+    }
+}
+
+/// Renders an oci-client error for a user: the registry's own messages where it sent some.
+fn describe(e: &oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::RegistryError { envelope, .. } => {
+            let msgs: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|x| {
+                    if x.message.is_empty() {
+                        format!("{:?}", x.code)
+                    } else {
+                        x.message.clone()
+                    }
+                })
+                .collect();
+            msgs.join("; ")
+        }
+        E::ImageManifestNotFoundError(_) => "manifest unknown".to_string(),
+        E::ServerError { code, message, .. } => format!("HTTP {code}: {message}"),
+        E::UnauthorizedError { .. } => "unauthorized (credentials are not supported yet)".into(),
+        other => chain(other),
+    }
+}
+
+/// Renders an error and its sources as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+/// Proxy settings from the environment, with loopback always excluded.
+fn proxies_from_env() -> (Option<String>, Option<String>, Option<String>) {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .filter_map(|n| std::env::var(n).ok())
+            .find(|v| !v.is_empty())
+    };
+    let all = var(&["ALL_PROXY", "all_proxy"]);
+    let https = var(&["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone());
+    let http = var(&["HTTP_PROXY", "http_proxy"]).or(all);
+    let mut no_proxy = var(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    for local in ["127.0.0.1", "localhost", "::1"] {
+        if !no_proxy.split(',').any(|h| h.trim() == local) {
+            if !no_proxy.is_empty() {
+                no_proxy.push(',');
+            }
+            no_proxy.push_str(local);
+        }
+    }
+    (https, http, Some(no_proxy))
+}
+
+/// What a manifest fetch returned.
+enum Fetched {
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>, String),
+}
+
+fn classify(bytes: &[u8]) -> Result<Fetched, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
+    if schema != Some(2) {
+        return Err(format!(
+            "unsupported manifest schemaVersion {} (only schema 2 / OCI)",
+            schema.map_or("missing".to_string(), |s| s.to_string())
+        ));
+    }
+    let media_type = value
+        .get("mediaType")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let is_index = match media_type.as_deref() {
+        Some(OCI_INDEX) | Some(DOCKER_MANIFEST_LIST) => true,
+        Some(OCI_MANIFEST) | Some(DOCKER_MANIFEST) => false,
+        Some(other) => return Err(format!("unsupported manifest media type {other}")),
+        None => value.get("manifests").is_some(),
+    };
+    if is_index {
+        let index: ImageIndex =
+            serde_json::from_value(value).map_err(|e| format!("invalid image index: {e}"))?;
+        Ok(Fetched::Index(Box::new(index)))
+    } else {
+        let manifest: ImageManifest =
+            serde_json::from_value(value).map_err(|e| format!("invalid image manifest: {e}"))?;
+        Ok(Fetched::Manifest(
+            Box::new(manifest),
+            media_type.unwrap_or_else(|| OCI_MANIFEST.to_string()),
+        ))
+    }
+}
+
+/// Picks the linux/amd64 entry of an index.
+fn pick_platform(index: &ImageIndex) -> Result<&Descriptor, String> {
+    let found = index.manifests().iter().find(|d| {
+        d.platform()
+            .as_ref()
+            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+    });
+    found.ok_or_else(|| {
+        let have: Vec<String> = index
+            .manifests()
+            .iter()
+            .map(|d| match d.platform() {
+                Some(p) => format!("{}/{}", p.os(), p.architecture()),
+                None => "no platform".to_string(),
+            })
+            .collect();
+        format!(
+            "no linux/amd64 image in the index (has: {})",
+            have.join(", ")
+        )
+    })
+}
+
+/// Pulls images with the settings of a [`Config`].
+pub struct Registry {
+    config: Config,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl Registry {
+    pub fn new(config: &Config) -> Registry {
+        Registry {
+            config: config.clone(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn scheme(&self, host: &str) -> &'static str {
+        if self.config.is_plain_http(host) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    fn manifest_url(&self, host: &str, repo: &str, reference: &str) -> String {
+        format!(
+            "{}://{host}/v2/{repo}/manifests/{reference}",
+            self.scheme(host)
+        )
+    }
+
+    fn blob_url(&self, host: &str, repo: &str, digest: &str) -> String {
+        format!("{}://{host}/v2/{repo}/blobs/{digest}", self.scheme(host))
+    }
+
+    /// The client for one host. `section` is the config section whose TLS settings apply (the
+    /// registry name for `registry-1.docker.io`, else the host itself).
+    fn client(&self, host: &str, section: &str) -> Result<Client, RegistryError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(host) {
+            return Ok(c.clone());
+        }
+        let settings = self.config.registry(section);
+        let mut extra_root_certificates = Vec::new();
+        for path in &settings.ca {
+            let data = std::fs::read(path).map_err(|e| RegistryError::Client {
+                host: host.to_string(),
+                message: format!("reading CA file {}: {e}", path.display()),
+            })?;
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        let (https_proxy, http_proxy, no_proxy) = proxies_from_env();
+        let protocol = if self.config.is_plain_http(host) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let cc = ClientConfig {
+            protocol,
+            accept_invalid_certificates: settings.insecure,
+            extra_root_certificates,
+            https_proxy,
+            http_proxy,
+            no_proxy,
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            read_timeout: Some(std::time::Duration::from_secs(300)),
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(cc).map_err(|e| RegistryError::Client {
+            host: host.to_string(),
+            message: chain(&e),
+        })?;
+        clients.insert(host.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Resolves a reference to the linux/amd64 image manifest and its config, trying the
+    /// mirrors and then the registry itself. The error names every URL tried.
+    pub async fn resolve(&self, reference: &str) -> Result<Resolved, RegistryError> {
+        let norm = normalize(reference)?;
+        let whole = norm.whole();
+        let registry = norm.registry().to_string();
+        let mut attempts = Vec::new();
+        for host in self.config.hosts_for(&registry) {
+            // The registry itself may have a different endpoint (docker.io); mirrors do not.
+            let endpoint = if host == registry {
+                endpoint_for(&registry).to_string()
+            } else {
+                host.clone()
+            };
+            let section = if host == registry { &registry } else { &host };
+            match self.resolve_on(&norm, &endpoint, section).await {
+                Ok(r) => return Ok(r),
+                Err(a) => attempts.push(a),
+            }
+        }
+        Err(RegistryError::Resolve {
+            reference: whole,
+            attempts,
+        })
+    }
+
+    async fn resolve_on(
+        &self,
+        norm: &Reference,
+        host: &str,
+        section: &str,
+    ) -> Result<Resolved, Attempt> {
+        let repo = norm.repository().to_string();
+        let named = norm
+            .digest()
+            .map(str::to_string)
+            .unwrap_or_else(|| norm.tag().unwrap_or("latest").to_string());
+        let url = self.manifest_url(host, &repo, &named);
+        let fail = |url: &str, error: String| Attempt {
+            url: url.to_string(),
+            error,
+        };
+        let client = self
+            .client(host, section)
+            .map_err(|e| fail(&url, e.to_string()))?;
+        let on_host = match norm.digest() {
+            Some(d) => Reference::with_digest(host.to_string(), repo.clone(), d.to_string()),
+            None => Reference::with_tag(host.to_string(), repo.clone(), named.clone()),
+        };
+        client
+            .auth(&on_host, &RegistryAuth::Anonymous, RegistryOperation::Pull)
+            .await
+            .map_err(|e| fail(&url, describe(&e)))?;
+
+        let (bytes, digest) = self
+            .fetch_manifest(&client, &on_host)
+            .await
+            .map_err(|e| fail(&url, e))?;
+        let (index_digest, manifest_digest, bytes, manifest, media_type) = match classify(&bytes)
+            .map_err(|e| fail(&url, e))?
+        {
+            Fetched::Manifest(m, mt) => (None, digest, bytes, m, mt),
+            Fetched::Index(index) => {
+                let entry = pick_platform(&index).map_err(|e| fail(&url, e))?;
+                let child = entry.digest().clone();
+                let curl = self.manifest_url(host, &repo, child.as_ref());
+                let child_ref =
+                    Reference::with_digest(host.to_string(), repo.clone(), child.to_string());
+                let (cbytes, cdigest) = self
+                    .fetch_manifest(&client, &child_ref)
+                    .await
+                    .map_err(|e| fail(&curl, e))?;
+                match classify(&cbytes).map_err(|e| fail(&curl, e))? {
+                    Fetched::Manifest(m, mt) => (Some(digest), cdigest, cbytes, m, mt),
+                    Fetched::Index(_) => {
+                        return Err(fail(&curl, "nested image indexes are not supported".into()));
+                    }
+                }
+            }
+        };
+
+        let config_descriptor = manifest.config().clone();
+        let curl = self.blob_url(host, &repo, config_descriptor.digest().as_ref());
+        if config_descriptor.size() > MAX_CONFIG_SIZE {
+            return Err(fail(
+                &curl,
+                format!(
+                    "image config of {} bytes is too large",
+                    config_descriptor.size()
+                ),
+            ));
+        }
+        let mut config_bytes = Vec::new();
+        client
+            .pull_blob(
+                &on_host,
+                config_descriptor.digest().as_ref(),
+                &mut config_bytes,
+            )
+            .await
+            .map_err(|e| fail(&curl, describe(&e)))?;
+        let actual = content::sha256_digest(&config_bytes);
+        if actual != *config_descriptor.digest()
+            || config_bytes.len() as u64 != config_descriptor.size()
+        {
+            return Err(fail(
+                &curl,
+                format!(
+                    "image config does not match its descriptor: got {actual} ({} bytes), expected {} ({} bytes)",
+                    config_bytes.len(),
+                    config_descriptor.digest(),
+                    config_descriptor.size()
+                ),
+            ));
+        }
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+            .map_err(|e| fail(&curl, format!("invalid image config: {e}")))?;
+        Ok(Resolved {
+            reference: norm.whole(),
+            host: host.to_string(),
+            repository: repo,
+            index_digest,
+            manifest_digest,
+            manifest_media_type: media_type,
+            manifest_bytes: bytes,
+            layers: manifest.layers().clone(),
+            manifest: *manifest,
+            config_descriptor,
+            config_bytes,
+            config,
+        })
+    }
+
+    /// Fetches a manifest and checks its digest when the reference names one.
+    async fn fetch_manifest(
+        &self,
+        client: &Client,
+        on_host: &Reference,
+    ) -> Result<(Vec<u8>, Digest), String> {
+        let (bytes, _) = client
+            .pull_manifest_raw(on_host, &RegistryAuth::Anonymous, ACCEPTED)
+            .await
+            .map_err(|e| describe(&e))?;
+        let actual = content::sha256_digest(&bytes);
+        if let Some(want) = on_host.digest()
+            && want != actual.as_ref()
+        {
+            return Err(format!("manifest digest mismatch: got {actual}"));
+        }
+        Ok((bytes.to_vec(), actual))
+    }
+
+    /// Downloads the config and every layer of `resolved` that the store lacks. Each blob is
+    /// checked against its descriptor's digest and size before it enters the store.
+    pub async fn pull(
+        &self,
+        resolved: &Resolved,
+        store: &content::Store,
+    ) -> Result<(), RegistryError> {
+        if !store.has(resolved.config_digest()) {
+            store.ingest(
+                &resolved.config_bytes[..],
+                Some((resolved.config_digest(), resolved.config_descriptor.size())),
+            )?;
+        }
+        let client = self.client(&resolved.host, section_for(&resolved.host))?;
+        let on_host = Reference::with_digest(
+            resolved.host.clone(),
+            resolved.repository.clone(),
+            resolved.manifest_digest.to_string(),
+        );
+        for layer in &resolved.layers {
+            if store.has(layer.digest()) {
+                continue;
+            }
+            self.pull_blob(&client, &on_host, resolved, layer, store)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn pull_blob(
+        &self,
+        client: &Client,
+        on_host: &Reference,
+        resolved: &Resolved,
+        desc: &Descriptor,
+        store: &content::Store,
+    ) -> Result<(), RegistryError> {
+        let digest = desc.digest().to_string();
+        let url = self.blob_url(&resolved.host, &resolved.repository, &digest);
+        let blob_err = |message: String| RegistryError::Blob {
+            reference: resolved.reference.clone(),
+            digest: digest.clone(),
+            url: url.clone(),
+            message,
+        };
+        let mut stream = client
+            .pull_blob_stream(on_host, digest.as_str())
+            .await
+            .map_err(|e| blob_err(describe(&e)))?;
+        let mut writer = store.writer()?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| blob_err(chain(&e)))?;
+            writer.update(&chunk)?;
+            if writer.written() > desc.size() {
+                return Err(blob_err(format!(
+                    "registry sent more than the {} bytes the manifest lists",
+                    desc.size()
+                )));
+            }
+        }
+        writer
+            .commit(Some((desc.digest(), desc.size())))
+            .map_err(|e| blob_err(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Whether a descriptor's media type is one of the manifest kinds this module understands.
+pub fn is_manifest_media_type(mt: &MediaType) -> bool {
+    matches!(mt, MediaType::ImageManifest | MediaType::ImageIndex)
+        || matches!(mt, MediaType::Other(s) if s == DOCKER_MANIFEST || s == DOCKER_MANIFEST_LIST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_like_docker() {
+        let cases = [
+            ("python:3.11-slim", "docker.io/library/python:3.11-slim"),
+            ("busybox", "docker.io/library/busybox:latest"),
+            ("user/app:1", "docker.io/user/app:1"),
+            (
+                "127.0.0.1:5000/library/busybox",
+                "127.0.0.1:5000/library/busybox:latest",
+            ),
+            ("ghcr.io/o/r:t", "ghcr.io/o/r:t"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input).unwrap().whole(), want, "{input}");
+        }
+        let d = format!("busybox@sha256:{}", "a".repeat(64));
+        let r = normalize(&d).unwrap();
+        assert_eq!(r.registry(), "docker.io");
+        assert_eq!(r.repository(), "library/busybox");
+        assert_eq!(
+            r.digest(),
+            Some(format!("sha256:{}", "a".repeat(64)).as_str())
+        );
+        assert!(normalize("Busybox").is_err());
+        assert!(normalize("busybox:a b").is_err());
+        assert!(normalize("").is_err());
+    }
+
+    #[test]
+    fn docker_hub_endpoint() {
+        assert_eq!(endpoint_for("docker.io"), "registry-1.docker.io");
+        assert_eq!(endpoint_for("quay.io"), "quay.io");
+    }
+
+    #[test]
+    fn classifies_manifests_and_picks_amd64() {
+        let list = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST_LIST}","manifests":[
+            {{"mediaType":"{DOCKER_MANIFEST}","size":1,"digest":"sha256:{a}","platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}},
+            {{"mediaType":"{DOCKER_MANIFEST}","size":2,"digest":"sha256:{b}","platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            a = "a".repeat(64),
+            b = "b".repeat(64)
+        );
+        match classify(list.as_bytes()).unwrap() {
+            Fetched::Index(i) => {
+                let d = pick_platform(&i).unwrap();
+                assert_eq!(d.size(), 2);
+            }
+            Fetched::Manifest(..) => panic!("expected an index"),
+        }
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}",
+            "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":3,"digest":"sha256:{c}"}},
+            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":4,"digest":"sha256:{c}"}}]}}"#,
+            c = "c".repeat(64)
+        );
+        match classify(manifest.as_bytes()).unwrap() {
+            Fetched::Manifest(m, mt) => {
+                assert_eq!(mt, DOCKER_MANIFEST);
+                assert_eq!(m.layers().len(), 1);
+            }
+            Fetched::Index(_) => panic!("expected a manifest"),
+        }
+        let arm_only = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","size":1,"digest":"sha256:{a}","platform":{{"architecture":"arm64","os":"linux"}}}}]}}"#,
+            a = "a".repeat(64)
+        );
+        match classify(arm_only.as_bytes()).unwrap() {
+            Fetched::Index(i) => {
+                let e = pick_platform(&i).unwrap_err();
+                assert!(e.contains("linux/arm64"), "{e}");
+            }
+            Fetched::Manifest(..) => panic!("expected an index"),
+        }
+        assert!(classify(br#"{"schemaVersion":1,"fsLayers":[]}"#).is_err());
+        assert!(classify(b"not json").is_err());
+    }
+
+    #[test]
+    fn resolve_error_lists_every_url() {
+        let e = RegistryError::Resolve {
+            reference: "docker.io/library/x:1".into(),
+            attempts: vec![
+                Attempt {
+                    url: "http://127.0.0.1:5000/v2/library/x/manifests/1".into(),
+                    error: "manifest unknown".into(),
+                },
+                Attempt {
+                    url: "https://registry-1.docker.io/v2/library/x/manifests/1".into(),
+                    error: "connection refused".into(),
+                },
+            ],
+        };
+        let s = e.to_string();
+        assert!(s.contains("docker.io/library/x:1"));
+        assert!(s.contains("http://127.0.0.1:5000/v2/library/x/manifests/1"));
+        assert!(s.contains("https://registry-1.docker.io/v2/library/x/manifests/1"));
+    }
+
+    #[test]
+    fn loopback_never_proxied() {
+        let (_, _, no_proxy) = proxies_from_env();
+        let no_proxy = no_proxy.unwrap_or_default();
+        assert!(no_proxy.split(',').any(|h| h == "127.0.0.1"));
+        assert!(no_proxy.split(',').any(|h| h == "localhost"));
+    }
+}

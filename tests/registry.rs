@@ -1,0 +1,285 @@
+//! Registry pull against the local test registry started by `scripts/test-env.sh`
+//! (`ENVKIT_TEST_REGISTRY=127.0.0.1:5000`). Extra images (a Docker v2 schema 2 manifest list, an
+//! OCI index) are pushed with skopeo into `envkit-test/*` repositories.
+
+use std::path::Path;
+use std::process::Command;
+
+use envkit::config::Config;
+use envkit::content::{self, ContentError, Store};
+use envkit::registry::{self, Registry, RegistryError};
+use oci_spec::image::Descriptor;
+use sha2::{Digest as _, Sha256};
+
+fn test_registry() -> String {
+    match std::env::var("ENVKIT_TEST_REGISTRY") {
+        Ok(r) if !r.is_empty() => r,
+        _ => panic!(
+            "ENVKIT_TEST_REGISTRY is not set: run `eval \"$(scripts/test-env.sh | tail -n 2)\"` \
+             (or scripts/test.sh) to start the local test registry first"
+        ),
+    }
+}
+
+/// docker.io is mirrored to the local registry, which is plain http.
+fn mirror_config(reg: &str) -> Config {
+    let text = format!(
+        "[registry.\"docker.io\"]\nmirrors = [\"{reg}\"]\n[registry.\"{reg}\"]\nhttp = true\n"
+    );
+    Config::parse(&text, Path::new("test-config.toml")).unwrap()
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo must be installed (scripts/test-env.sh installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Pushes `envkit-test/busybox-index:latest`: an OCI index whose first entry is a linux/arm64
+/// manifest (busybox's manifest with an extra annotation, so a different digest) and whose
+/// second is the real linux/amd64 one. Returns the amd64 manifest digest.
+fn push_oci_index(reg: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let src = format!("docker://{reg}/library/busybox:latest");
+    let dst = format!("oci:{}:latest", layout.display());
+    skopeo(&["copy", "-q", "--src-tls-verify=false", &src, &dst]);
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let amd64 = index["manifests"][0].clone();
+    let amd64_digest = amd64["digest"].as_str().unwrap().to_string();
+    let hex = amd64_digest.trim_start_matches("sha256:");
+    let mut arm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap();
+    arm["annotations"] = serde_json::json!({"envkit.test": "arm64 stand-in"});
+    let arm_bytes = serde_json::to_vec(&arm).unwrap();
+    let arm_hex = sha256_hex(&arm_bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&arm_hex), &arm_bytes).unwrap();
+    let entry = |digest: String, size: usize, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": {"architecture": arch, "os": "linux"}
+        })
+    };
+    let inner = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            entry(format!("sha256:{arm_hex}"), arm_bytes.len(), "arm64"),
+            entry(amd64_digest.clone(), amd64["size"].as_u64().unwrap() as usize, "amd64"),
+        ]
+    });
+    let inner_bytes = serde_json::to_vec(&inner).unwrap();
+    let inner_hex = sha256_hex(&inner_bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&inner_hex), &inner_bytes).unwrap();
+    index["manifests"] = serde_json::json!([{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": format!("sha256:{inner_hex}"), "size": inner_bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}
+    }]);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let dst = format!("docker://{reg}/envkit-test/busybox-index:latest");
+    let src = format!("oci:{}:latest", layout.display());
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &src,
+        &dst,
+    ]);
+    amd64_digest
+}
+
+#[tokio::test]
+async fn resolve_and_pull_busybox_through_docker_io_mirror() {
+    let reg = test_registry();
+    let registry = Registry::new(&mirror_config(&reg));
+    let r = registry.resolve("busybox").await.unwrap();
+    assert_eq!(r.reference, "docker.io/library/busybox:latest");
+    assert_eq!(r.host, reg);
+    assert_eq!(r.repository, "library/busybox");
+    assert!(r.index_digest.is_none());
+    assert!(!r.layers.is_empty());
+    assert_eq!(content::sha256_digest(&r.manifest_bytes), r.manifest_digest);
+    assert_eq!(content::sha256_digest(&r.config_bytes), *r.config_digest());
+    assert_eq!(
+        r.config.rootfs().diff_ids().len(),
+        r.layers.len(),
+        "one diff_id per layer"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    registry.pull(&r, &store).await.unwrap();
+    assert!(store.has(r.config_digest()));
+    for l in &r.layers {
+        assert_eq!(store.verify(l.digest()).unwrap(), l.size());
+    }
+    // A second pull finds everything present.
+    registry.pull(&r, &store).await.unwrap();
+
+    // By digest: the same manifest.
+    let by_digest = format!("busybox@{}", r.manifest_digest);
+    let r2 = registry.resolve(&by_digest).await.unwrap();
+    assert_eq!(r2.manifest_digest, r.manifest_digest);
+    assert_eq!(
+        r2.reference,
+        format!("docker.io/library/busybox@{}", r.manifest_digest)
+    );
+}
+
+#[tokio::test]
+async fn unknown_tag_names_reference_and_every_url() {
+    let reg = test_registry();
+    // A mirror on a closed port first, then the registry itself.
+    let text = format!("[registry.\"{reg}\"]\nhttp = true\nmirrors = [\"http://127.0.0.1:9\"]\n");
+    let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+    let registry = Registry::new(&config);
+    let reference = format!("{reg}/library/busybox:no-such-tag");
+    let err = registry.resolve(&reference).await.unwrap_err();
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert!(matches!(err, RegistryError::Resolve { .. }), "{msg}");
+    assert!(msg.contains(&reference), "{msg}");
+    assert!(
+        msg.contains("http://127.0.0.1:9/v2/library/busybox/manifests/no-such-tag"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "http://{reg}/v2/library/busybox/manifests/no-such-tag"
+        )),
+        "{msg}"
+    );
+
+    let err = registry
+        .resolve(&format!("{reg}/envkit-test/does-not-exist:1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "http://{reg}/v2/envkit-test/does-not-exist/manifests/1"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn digest_mismatch_is_rejected_and_leaves_nothing() {
+    let reg = test_registry();
+    let registry = Registry::new(&mirror_config(&reg));
+    let r = registry.resolve("busybox").await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+
+    // A descriptor whose size is off by one: the bytes the registry sends are refused.
+    let layer = &r.layers[0];
+    let mut bad = r.clone();
+    bad.layers = vec![Descriptor::new(
+        layer.media_type().clone(),
+        layer.size() - 1,
+        layer.digest().clone(),
+    )];
+    let err = registry.pull(&bad, &store).await.unwrap_err();
+    assert!(err.to_string().contains(layer.digest().as_ref()), "{err}");
+    assert!(!store.has(layer.digest()));
+
+    // Bytes that do not hash to the expected digest never enter the store.
+    let err = store
+        .ingest(&b"not the layer"[..], Some((layer.digest(), 13)))
+        .unwrap_err();
+    assert!(matches!(err, ContentError::DigestMismatch { .. }), "{err}");
+    assert!(!store.has(layer.digest()));
+    assert_eq!(
+        std::fs::read_dir(root.path().join("content/ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // A blob corrupted on disk after the fact is caught when re-verified.
+    registry.pull(&r, &store).await.unwrap();
+    std::fs::write(store.path(r.config_digest()).unwrap(), b"{}").unwrap();
+    assert!(store.read_blob(r.config_digest()).is_err());
+}
+
+#[tokio::test]
+async fn docker_v2s2_manifest_list_and_oci_index() {
+    let reg = test_registry();
+    let http = format!("[registry.\"{reg}\"]\nhttp = true\n");
+    let registry = Registry::new(&Config::parse(&http, Path::new("t.toml")).unwrap());
+
+    // Docker v2 schema 2 manifest list → v2s2 manifest.
+    let list_ref = format!("{reg}/envkit-test/busybox-list:latest");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("docker://{reg}/library/busybox:latest"),
+        &format!("docker://{reg}/envkit-test/busybox-v2s2:latest"),
+    ]);
+    let v2 = registry
+        .resolve(&format!("{reg}/envkit-test/busybox-v2s2:latest"))
+        .await
+        .unwrap();
+    assert_eq!(v2.manifest_media_type, registry::DOCKER_MANIFEST);
+    assert!(v2.index_digest.is_none());
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    registry.pull(&v2, &store).await.unwrap();
+    for l in &v2.layers {
+        assert!(store.has(l.digest()));
+    }
+
+    // A manifest list made by skopeo from an OCI index (--format v2s2 --all).
+    let amd64 = push_oci_index(&reg);
+    let oci = registry
+        .resolve(&format!("{reg}/envkit-test/busybox-index:latest"))
+        .await
+        .unwrap();
+    assert!(oci.index_digest.is_some());
+    assert_eq!(oci.manifest_digest.to_string(), amd64, "picked linux/amd64");
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("l");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{reg}/envkit-test/busybox-index:latest"),
+        &format!("oci:{}:latest", layout.display()),
+    ]);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{list_ref}"),
+    ]);
+    let list = registry.resolve(&list_ref).await.unwrap();
+    assert!(list.index_digest.is_some());
+    assert_eq!(list.manifest_media_type, registry::DOCKER_MANIFEST);
+    registry.pull(&list, &store).await.unwrap();
+}
