@@ -20,6 +20,7 @@ use crate::meta;
 use crate::ops::{LlbRunner, OpVertex};
 use crate::progress::{Event, Plain, Reporter};
 use crate::registry::{Registry, Resolved};
+use oci_spec::image::ImageConfiguration;
 use crate::snapshot::{SnapRef, write_atomic};
 use crate::solver::{self, SolveOptions};
 use crate::worker::Worker;
@@ -64,6 +65,13 @@ async fn compile(source: &SourceArgs, registry: &Registry) -> anyhow::Result<Com
     })
 }
 
+/// A tag as a full reference (`app:dev` → `docker.io/library/app:dev`), like envd and docker.
+fn full_name(tag: &str) -> anyhow::Result<String> {
+    let r = crate::registry::normalize(&tag.to_ascii_lowercase())
+        .with_context(|| format!("invalid image name {tag:?}"))?;
+    Ok(r.to_string())
+}
+
 /// The parts of the base image's config that lowering needs.
 fn base_image(r: &Resolved) -> lower::BaseImage {
     let cfg = r.config.config().as_ref();
@@ -78,24 +86,36 @@ fn base_image(r: &Resolved) -> lower::BaseImage {
     }
 }
 
-/// The solver's view and the ops' view of a loaded Definition.
-fn vertices(graph: &llb::LoadedGraph) -> (Vec<solver::Vertex>, Vec<OpVertex>, usize) {
-    let mut sv = Vec::new();
-    let mut ov = Vec::new();
+/// The solver's view and the ops' view of a loaded Definition, and the vertex to build.
+fn vertices(graph: &llb::LoadedGraph) -> anyhow::Result<(Vec<solver::Vertex>, Vec<OpVertex>, usize)> {
+    let Some(head) = graph.head else {
+        bail!("the build file produced an empty graph: nothing to build");
+    };
+    if graph.head_output != 0 {
+        bail!("the graph's result is output {} of an op; envkit's engine supports output 0", graph.head_output);
+    }
+    let mut sv = Vec::with_capacity(graph.vertices.len());
+    let mut ov = Vec::with_capacity(graph.vertices.len());
     for v in &graph.vertices {
+        let name = v
+            .metadata
+            .description
+            .get("llb.customname")
+            .cloned()
+            .unwrap_or_else(|| llb::op_label(&v.op));
         sv.push(solver::Vertex {
             id: v.digest.to_string(),
-            name: v.name(),
+            name,
             inputs: v.inputs.clone(),
         });
         ov.push(OpVertex {
             digest: v.digest.to_string(),
             op: v.op.clone(),
             inputs: v.inputs.clone(),
-            ignore_cache: v.metadata.as_ref().is_some_and(|m| m.ignore_cache),
+            ignore_cache: v.metadata.ignore_cache,
         });
     }
-    (sv, ov, graph.root)
+    Ok((sv, ov, head))
 }
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
@@ -126,7 +146,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
     let bytes = compiled.lowered.definition.to_bytes();
     let graph = llb::load(&bytes).context("loading the compiled LLB")?;
-    let (sv, ov, root_v) = vertices(&graph);
+    let (sv, ov, root_v) = vertices(&graph)?;
     let mut locals = BTreeMap::new();
     locals.insert("context".to_string(), compiled.context_dir.clone());
     let runner = Arc::new(LlbRunner {
@@ -145,10 +165,12 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     .await?;
 
     reporter.event(Event::Note("exporting layers".into()));
-    let name = args
-        .tag
-        .clone()
-        .unwrap_or_else(|| format!("{}:dev", compiled.env_name));
+    let name = full_name(
+        &args
+            .tag
+            .clone()
+            .unwrap_or_else(|| format!("{}:dev", compiled.env_name)),
+    )?;
     let assembled = export_image(&worker, &result.snap, &compiled.lowered.image).await?;
     let db = meta::Db::open(&root)?;
     db.put_image(&name, &assembled.manifest_digest, assembled.size)?;
@@ -192,35 +214,58 @@ async fn export_image(
             new_layers.push(layer);
         }
     }
-    let base_cfg = match &snap.base {
+    let (base_cfg, base_layers) = match &snap.base {
         Some(b) => {
-            let bytes = worker.content.read_blob(&b.config_digest)?;
-            Some(serde_json::from_slice(&bytes).context("base image config")?)
+            let digest = crate::content::parse_digest(&b.config_digest)?;
+            let bytes = worker.content.read_blob(&digest)?;
+            let cfg: ImageConfiguration =
+                serde_json::from_slice(&bytes).context("parsing the base image's config")?;
+            (cfg, b.layers.clone())
         }
-        None => None,
+        None => (scratch_config(), Vec::new()),
     };
-    let base_layers: Vec<_> = snap
-        .base
-        .iter()
-        .flat_map(|b| b.layers.iter())
-        .map(|l| image::LayerDescriptor {
-            digest: l.digest.clone(),
-            size: l.size,
-            media_type: l.media_type.clone(),
-        })
-        .collect();
-    let assembled = image::assemble(base_cfg.as_ref(), spec, &base_layers, &new_layers)?;
-    worker.content.write_blob(&assembled.config_bytes)?;
-    worker.content.write_blob(&assembled.manifest_bytes)?;
+    let assembled = image::assemble(
+        &base_cfg,
+        spec,
+        &base_layers,
+        &new_layers,
+        image::created_now(),
+    )?;
+    assembled.store(&worker.content)?;
     Ok(assembled)
 }
 
+/// The config an image built from scratch starts from.
+fn scratch_config() -> ImageConfiguration {
+    let mut cfg = ImageConfiguration::default();
+    cfg.set_os(oci_spec::image::Os::Linux);
+    cfg.set_architecture(oci_spec::image::Arch::Amd64);
+    cfg
+}
+
+/// A layer as cached beside its snapshot (`layer.json`): `None` when the step changed nothing.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LayerRecord {
+    descriptor: oci_spec::image::Descriptor,
+    diff_id: String,
+}
+
 /// The layer of one snapshot, or `None` when the step changed nothing.
-async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<export::NewLayer>> {
-    let record = worker.snapshots.dir(id).join("layer.json");
-    if let Ok(bytes) = std::fs::read(&record) {
-        if let Ok(layer) = serde_json::from_slice::<Option<export::NewLayer>>(&bytes) {
-            return Ok(layer);
+async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::NewLayer>> {
+    let record_path = worker.snapshots.dir(id).join("layer.json");
+    if let Ok(bytes) = std::fs::read(&record_path)
+        && let Ok(record) = serde_json::from_slice::<Option<LayerRecord>>(&bytes)
+    {
+        match record {
+            None => return Ok(None),
+            Some(r) if worker.content.has(r.descriptor.digest()) => {
+                return Ok(Some(image::NewLayer {
+                    descriptor: r.descriptor,
+                    diff_id: crate::content::parse_digest(&r.diff_id)?,
+                    created_by: None,
+                }));
+            }
+            Some(_) => {} // the blob is gone: make it again
         }
     }
     let tmp = tempfile::Builder::new()
@@ -241,7 +286,11 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<export::N
         }
         other => bail!("computing the layer of snapshot {id}: unexpected answer {other:?}"),
     };
-    write_atomic(&record, &serde_json::to_vec(&layer)?)?;
+    let record = layer.as_ref().map(|l| LayerRecord {
+        descriptor: l.descriptor.clone(),
+        diff_id: l.diff_id.to_string(),
+    });
+    write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
     Ok(layer)
 }
 
@@ -295,9 +344,9 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     }
     let graph = llb::load(&bytes)?;
     if args.dot {
-        out.write_all(llb::to_dot(&graph).as_bytes())?;
+        out.write_all(graph.to_dot().as_bytes())?;
     } else {
-        out.write_all(llb::to_json_lines(&graph)?.as_bytes())?;
+        out.write_all(graph.to_json_lines().as_bytes())?;
     }
     Ok(())
 }

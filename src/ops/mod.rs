@@ -29,6 +29,8 @@ pub enum OpsError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
     #[error("{0} is not supported by envkit's engine yet")]
     Unsupported(String),
     #[error("invalid op: {0}")]

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Ctx, OpsError, Res};
 use crate::pb;
-use crate::snapshot::{BaseImage, LayerBlob, SnapRef};
+use crate::snapshot::{BaseImage, SnapRef};
 use crate::solver::Outcome;
 
 pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
@@ -28,32 +28,24 @@ pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, O
 async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
     let w = &ctx.worker;
     let resolved = w.registry.resolve(reference).await?;
-    let key = ctx.cache_key(&[], &[&resolved.manifest_digest]);
+    let key = ctx.cache_key(&[], &[resolved.manifest_digest.as_ref()]);
     if let Some(hit) = ctx.cached(&key)? {
         return Ok(hit);
     }
     w.registry.pull(&resolved, &w.content).await?;
-    let mut layers = Vec::new();
     let mut files = Vec::new();
     for l in &resolved.layers {
-        let media_type = l.media_type.clone();
+        let media_type = l.media_type().to_string();
         let compression = if media_type.ends_with("gzip") {
             rootless::Compression::Gzip
-        } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+        } else if media_type.ends_with("tar") {
             rootless::Compression::None
         } else {
-            return Err(OpsError::Unsupported(format!(
-                "layer media type {media_type}"
-            )));
+            return Err(OpsError::Unsupported(format!("layer media type {media_type}")));
         };
         files.push(rootless::LayerFile {
-            path: w.content.path(&l.digest),
+            path: w.content.path(l.digest())?,
             compression,
-        });
-        layers.push(LayerBlob {
-            digest: l.digest.clone(),
-            size: l.size,
-            media_type,
         });
     }
     let prepared = w.snapshots.prepare()?;
@@ -69,9 +61,9 @@ async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
         chain: vec![key.clone()],
         base: Some(BaseImage {
             reference: resolved.reference.clone(),
-            manifest_digest: resolved.manifest_digest.clone(),
-            config_digest: resolved.config_digest.clone(),
-            layers,
+            manifest_digest: resolved.manifest_digest.to_string(),
+            config_digest: resolved.config_digest().to_string(),
+            layers: resolved.layers.clone(),
         }),
     };
     ctx.commit(prepared, &key, snap).await

@@ -40,14 +40,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-/// A blob of a base image's layer, as the registry described it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerBlob {
-    pub digest: String,
-    pub size: u64,
-    pub media_type: String,
-}
-
 /// Where the bottom of a chain came from, when it is a pulled image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseImage {
@@ -56,7 +48,7 @@ pub struct BaseImage {
     pub manifest_digest: String,
     pub config_digest: String,
     /// The image's own layers: the export reuses them as they are.
-    pub layers: Vec<LayerBlob>,
+    pub layers: Vec<oci_spec::image::Descriptor>,
 }
 
 /// A build result: a stack of snapshots.
