@@ -85,10 +85,14 @@ fn split(p: &Path) -> VecDeque<OsString> {
         .collect()
 }
 
-/// Lexically clean a path from an archive: strips `./` and a leading `/` is an error; any `..`
+/// Lexically clean a path from an archive: strips `./`; a leading `/` is an error, except for
+/// an entry that is only the root (`/`, which umoci writes for the root directory); any `..`
 /// is an error. Returns the relative components joined with `/` (empty for the root itself).
 pub fn clean_archive_path(p: &Path) -> std::result::Result<PathBuf, String> {
     let bytes = p.as_os_str().as_bytes();
+    if !bytes.is_empty() && bytes.iter().all(|b| *b == b'/') {
+        return Ok(PathBuf::new());
+    }
     if bytes.first() == Some(&b'/') {
         return Err("absolute path".into());
     }
@@ -157,6 +161,8 @@ mod tests {
             PathBuf::from("a/b")
         );
         assert_eq!(clean_archive_path(Path::new("./")).unwrap(), PathBuf::new());
+        assert_eq!(clean_archive_path(Path::new("/")).unwrap(), PathBuf::new());
+        assert!(clean_archive_path(Path::new("/etc")).is_err());
         assert!(clean_archive_path(Path::new("/etc/passwd")).is_err());
         assert!(clean_archive_path(Path::new("a/../../b")).is_err());
     }
