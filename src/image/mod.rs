@@ -16,7 +16,7 @@ use crate::content::{self, BlobInfo, ContentError, Store};
 pub struct ImageSpec {
     /// `KEY=value` entries, in order.
     pub env: Vec<String>,
-    /// `None` keeps the base image's entrypoint.
+    /// `None` keeps the base image's entrypoint; an empty list removes it.
     pub entrypoint: Option<Vec<String>>,
     /// `None` keeps the base image's cmd.
     pub cmd: Option<Vec<String>>,
@@ -214,7 +214,11 @@ pub fn assemble(
         rc.insert("Env".into(), json!(env));
     }
     if let Some(ep) = &spec.entrypoint {
-        rc.insert("Entrypoint".into(), json!(ep));
+        if ep.is_empty() {
+            rc.remove("Entrypoint");
+        } else {
+            rc.insert("Entrypoint".into(), json!(ep));
+        }
         if spec.cmd.is_none() {
             rc.remove("Cmd");
         }
@@ -379,6 +383,23 @@ mod tests {
             diff_id: content::sha256_digest(b"new tar"),
             created_by: Some("RUN echo hi".into()),
         }
+    }
+
+    #[test]
+    fn an_empty_entrypoint_clears_the_bases_entrypoint_and_cmd() {
+        let (mut cfg, layers) = base();
+        let mut rc = cfg.config().clone().unwrap_or_default();
+        rc.set_entrypoint(Some(vec!["/entry".into()]));
+        rc.set_cmd(Some(vec!["python3".into()]));
+        cfg.set_config(Some(rc));
+        let spec = ImageSpec {
+            entrypoint: Some(vec![]),
+            ..ImageSpec::default()
+        };
+        let a = assemble(&cfg, &spec, &layers, &[], 0).unwrap();
+        let c: Value = serde_json::from_slice(&a.config_bytes).unwrap();
+        assert!(c["config"].get("Entrypoint").is_none(), "{c}");
+        assert!(c["config"].get("Cmd").is_none(), "{c}");
     }
 
     #[test]
