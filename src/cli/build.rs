@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -20,10 +20,10 @@ use crate::meta;
 use crate::ops::{LlbRunner, OpVertex};
 use crate::progress::{Event, Plain, Reporter};
 use crate::registry::{Registry, Resolved};
-use oci_spec::image::ImageConfiguration;
 use crate::snapshot::{SnapRef, write_atomic};
 use crate::solver::{self, SolveOptions};
 use crate::worker::Worker;
+use oci_spec::image::ImageConfiguration;
 
 /// A build file compiled to LLB, with what the exporter needs to know.
 struct Compiled {
@@ -87,12 +87,17 @@ fn base_image(r: &Resolved) -> lower::BaseImage {
 }
 
 /// The solver's view and the ops' view of a loaded Definition, and the vertex to build.
-fn vertices(graph: &llb::LoadedGraph) -> anyhow::Result<(Vec<solver::Vertex>, Vec<OpVertex>, usize)> {
+fn vertices(
+    graph: &llb::LoadedGraph,
+) -> anyhow::Result<(Vec<solver::Vertex>, Vec<OpVertex>, usize)> {
     let Some(head) = graph.head else {
         bail!("the build file produced an empty graph: nothing to build");
     };
     if graph.head_output != 0 {
-        bail!("the graph's result is output {} of an op; envkit's engine supports output 0", graph.head_output);
+        bail!(
+            "the graph's result is output {} of an op; envkit's engine supports output 0",
+            graph.head_output
+        );
     }
     let mut sv = Vec::with_capacity(graph.vertices.len());
     let mut ov = Vec::with_capacity(graph.vertices.len());
@@ -171,23 +176,37 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("{}:dev", compiled.env_name)),
     )?;
-    let assembled = export_image(&worker, &result.snap, &compiled.lowered.image).await?;
-    let db = meta::Db::open(&root)?;
-    db.put_image(&name, &assembled.manifest_digest, assembled.size)?;
+    let created = image::created_now();
+    let assembled = export_image(&worker, &result.snap, &compiled.lowered.image, created).await?;
+    let size = assembled.manifest_bytes.len() as u64
+        + assembled.config_bytes.len() as u64
+        + assembled.layers.iter().map(|l| l.size()).sum::<u64>();
+    let db = meta::Meta::open(&root)?;
+    db.put_image(
+        &name,
+        &meta::ImageRecord {
+            manifest_digest: assembled.manifest_digest.to_string(),
+            size,
+            created,
+        },
+    )?;
     match output {
         None | Some(Output::Image { .. }) => {}
         Some(Output::Oci {
             dest,
             name: oci_name,
         }) => {
-            let ref_name = oci_name.unwrap_or_else(|| name.clone());
+            let ref_name = match oci_name {
+                Some(n) => full_name(&n)?,
+                None => name.clone(),
+            };
             reporter.event(Event::Note(format!(
                 "writing OCI image layout to {}",
                 dest.display()
             )));
             export::oci_tar(
                 &dest,
-                &assembled.manifest_descriptor(),
+                &assembled.manifest_descriptor,
                 &ref_name,
                 &worker.content,
             )?;
@@ -207,6 +226,7 @@ async fn export_image(
     worker: &Worker,
     snap: &SnapRef,
     spec: &crate::image::ImageSpec,
+    created: u64,
 ) -> anyhow::Result<image::Assembled> {
     let mut new_layers = Vec::new();
     for id in snap.own_layers() {
@@ -224,13 +244,7 @@ async fn export_image(
         }
         None => (scratch_config(), Vec::new()),
     };
-    let assembled = image::assemble(
-        &base_cfg,
-        spec,
-        &base_layers,
-        &new_layers,
-        image::created_now(),
-    )?;
+    let assembled = image::assemble(&base_cfg, spec, &base_layers, &new_layers, created)?;
     assembled.store(&worker.content)?;
     Ok(assembled)
 }
@@ -296,22 +310,22 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::Ne
 
 pub(super) fn images(cli: &Cli) -> anyhow::Result<()> {
     let root = config::store_root(cli.root.as_deref());
-    let db = meta::Db::open(&root)?;
+    let db = meta::Meta::open(&root)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<40} {:<20} {:>10} CREATED",
+        "{:<48} {:<14} {:>10}  CREATED",
         "NAME", "DIGEST", "SIZE"
     )?;
-    for img in db.list_images()? {
-        let short = img.digest.trim_start_matches("sha256:");
+    for (name, img) in db.list_images()? {
+        let short = img.manifest_digest.trim_start_matches("sha256:");
         writeln!(
             out,
-            "{:<40} {:<20} {:>10} {}",
-            img.name,
+            "{:<48} {:<14} {:>10}  {}",
+            name,
             &short[..short.len().min(12)],
             human_size(img.size),
-            img.created
+            image::rfc3339(img.created)
         )?;
     }
     Ok(())

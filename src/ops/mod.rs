@@ -127,6 +127,7 @@ impl Ctx {
             Some(pb::op::Op::Merge(_)) => Err(OpsError::Unsupported("MergeOp".into())),
             Some(pb::op::Op::Diff(_)) => Err(OpsError::Unsupported("DiffOp".into())),
             Some(pb::op::Op::Build(_)) => Err(OpsError::Unsupported("BuildOp".into())),
+            Some(pb::op::Op::Passthrough(_)) => Err(OpsError::Unsupported("PassthroughOp".into())),
             None => Err(OpsError::Invalid(format!(
                 "op {} has no operation",
                 v.digest

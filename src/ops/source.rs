@@ -41,7 +41,9 @@ async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
         } else if media_type.ends_with("tar") {
             rootless::Compression::None
         } else {
-            return Err(OpsError::Unsupported(format!("layer media type {media_type}")));
+            return Err(OpsError::Unsupported(format!(
+                "layer media type {media_type}"
+            )));
         };
         files.push(rootless::LayerFile {
             path: w.content.path(l.digest())?,

@@ -92,7 +92,7 @@ impl Worker {
         tail: Option<Arc<std::sync::Mutex<LogTail>>>,
     ) -> Result<rootless::Response, WorkerError> {
         let exe = self.helper_exe.clone();
-        let ids = self.ids.clone();
+        let ids = self.ids;
         let job = tokio::task::spawn_blocking(move || {
             let mut on_output = |data: &[u8]| {
                 if let Some(t) = &tail
