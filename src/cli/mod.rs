@@ -128,15 +128,22 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `error: <outermost>` then each cause on its own line. Frontend errors carry their own
-/// `file:line:col` and caret layout and are shown as they are.
+/// `error: <outermost>` then each cause on its own line, leaving out a cause whose text the
+/// lines above already show (many errors print their source inline). Frontend errors carry
+/// their own `file:line:col` and caret layout and are shown as they are.
 fn render_error(e: &anyhow::Error) -> String {
-    if let Some(fe) = e.downcast_ref::<crate::frontend::FrontendError>() {
+    if let Some(fe) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::frontend::FrontendError>())
+    {
         return fe.to_string();
     }
     let mut out = format!("error: {e}");
     for cause in e.chain().skip(1) {
-        out.push_str(&format!("\n  caused by: {cause}"));
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
     }
     out
 }

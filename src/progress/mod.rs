@@ -78,7 +78,9 @@ impl<W: Write + Send> Reporter for Plain<W> {
         let st = &mut *st;
         // Write errors (closed stderr) are not the build's problem.
         let _ = match event {
-            Event::Started { vertex, name } => writeln!(st.out, "#{} {}", vertex + 1, name),
+            Event::Started { vertex, name } => {
+                writeln!(st.out, "#{} {}", vertex + 1, one_line(&name))
+            }
             Event::Log { vertex, data } => {
                 let mut buf = match st.partial.iter().position(|(v, _)| *v == vertex) {
                     Some(i) => st.partial.swap_remove(i).1,
@@ -116,6 +118,20 @@ impl<W: Write + Send> Reporter for Plain<W> {
             Event::Note(msg) => writeln!(st.out, "=> {msg}"),
         };
     }
+}
+
+/// A vertex name on one line: newlines and other control characters shown escaped (a `run()`
+/// group's script has several lines).
+fn one_line(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn flush_partial<W: Write>(st: &mut PlainState<W>, vertex: usize, at: f64) {
@@ -222,6 +238,18 @@ mod tests {
         );
         assert!(lines[2].ends_with(" wor"), "{text}");
         assert_eq!(lines[3], "#1 DONE 0.1s");
+    }
+
+    #[test]
+    fn vertex_names_are_shown_on_one_line() {
+        let buf = Buf::default();
+        let p = Plain::new(buf.clone());
+        p.event(Event::Started {
+            vertex: 1,
+            name: "exec: bash -c set -e\necho é\n".into(),
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "#2 exec: bash -c set -e\\necho é\\n\n");
     }
 
     #[test]
