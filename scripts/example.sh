@@ -40,5 +40,5 @@ set -x
 as_user "$bin" build -p "$work/python-basic" -o "type=oci,dest=$work/py.tar"
 as_user "$bin" images
 podman_user load -i "$work/py.tar"
-podman_user run --rm python-basic:dev python3 -c \
+podman_user run --rm --network none python-basic:dev python3 -c \
   'import six, os; print(open("/opt/hello.out").read().strip(), "| GREETING =", os.environ["GREETING"])'
