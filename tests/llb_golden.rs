@@ -3,7 +3,8 @@
 //! The vectors in `shared/llb-golden` were made by the Go client. Each graph is rebuilt here
 //! through envkit's builder and must give identical op bytes, digests, Definition bytes, JSON
 //! dump and DOT. Every `.pb` is also loaded and checked against its `.digests` listing.
-//! Directory: `$ENVKIT_GOLDEN_DIR`, else `../shared/llb-golden` next to the crate.
+//! Directory: `$ENVKIT_GOLDEN_DIR`, else `tests/golden/llb` (a copy of the workplace's
+//! `shared/llb-golden`, so that a clone of the repository tests on its own).
 
 use std::path::PathBuf;
 
@@ -21,7 +22,7 @@ const T: i64 = 1_704_164_645_000_000_000;
 fn golden_dir() -> PathBuf {
     let dir = match std::env::var_os("ENVKIT_GOLDEN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/llb-golden"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/llb"),
     };
     assert!(
         dir.join("INDEX.txt").is_file(),
