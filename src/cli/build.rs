@@ -33,7 +33,11 @@ struct Compiled {
 }
 
 /// frontend → IR → (base image config from the registry) → lower.
-async fn compile(source: &SourceArgs, registry: &Registry) -> anyhow::Result<Compiled> {
+async fn compile(
+    source: &SourceArgs,
+    registry: &Registry,
+    target: lower::Target,
+) -> anyhow::Result<Compiled> {
     let context_dir = std::fs::canonicalize(&source.path)
         .with_context(|| format!("build context {}", source.path.display()))?;
     if !context_dir.is_dir() {
@@ -56,6 +60,7 @@ async fn compile(source: &SourceArgs, registry: &Registry) -> anyhow::Result<Com
         env_name: env_name.clone(),
         owner,
         platform: Default::default(),
+        target,
     };
     let lowered = lower::lower(&env, &base_image(&base), &opts)?;
     Ok(Compiled {
@@ -147,7 +152,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let reporter: Arc<dyn Reporter> = Arc::new(Plain::new(std::io::stderr()));
     let started = std::time::Instant::now();
 
-    let compiled = compile(&args.source, &worker.registry).await?;
+    let compiled = compile(&args.source, &worker.registry, lower::Target::Embedded).await?;
     // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
     let bytes = compiled.lowered.definition.to_bytes();
     let graph = llb::load(&bytes).context("loading the compiled LLB")?;
@@ -349,7 +354,7 @@ fn human_size(n: u64) -> String {
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let registry = Registry::new(&cfg);
-    let compiled = compile(&args.source, &registry).await?;
+    let compiled = compile(&args.source, &registry, args.target).await?;
     let bytes = compiled.lowered.definition.to_bytes();
     let mut out = std::io::stdout().lock();
     if args.pb {

@@ -91,6 +91,10 @@ pub struct LlbArgs {
     /// The Definition's protobuf bytes (for `buildctl build` or `envkit solve`).
     #[arg(long)]
     pub pb: bool,
+    /// The BuildKit to lower for: `embedded` (what `envkit build` runs), `buildkitd`
+    /// (parallel branches joined with Merge/Diff, as envd does) or `dockerd` (no Merge/Diff).
+    #[arg(long, default_value = "embedded")]
+    pub target: crate::lower::Target,
 }
 
 /// Runs the CLI; returns the process exit code.

@@ -56,6 +56,41 @@ pub struct BaseImage {
     pub working_dir: Option<String>,
 }
 
+/// The BuildKit a graph is lowered for: it decides whether parallel branches are joined with
+/// MergeOp/DiffOp (envd's default) or chained one after another (envd's `moby-worker`
+/// builder, for BuildKits without Merge/Diff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// envkit's own engine. It has no Merge/Diff yet, so it gets the sequential shape.
+    #[default]
+    Embedded,
+    /// A buildkitd: Merge/Diff, like envd with a BuildKit container.
+    Buildkitd,
+    /// dockerd's embedded BuildKit: no Merge/Diff, like envd's moby-worker.
+    Dockerd,
+}
+
+impl Target {
+    /// Whether parallel branches are joined with MergeOp/DiffOp.
+    pub fn merge_op(self) -> bool {
+        matches!(self, Target::Buildkitd)
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "embedded" => Ok(Target::Embedded),
+            "buildkitd" => Ok(Target::Buildkitd),
+            "dockerd" | "moby" => Ok(Target::Dockerd),
+            other => Err(format!(
+                "unknown target {other:?} (want embedded, buildkitd or dockerd)"
+            )),
+        }
+    }
+}
+
 /// What lowering needs to know besides the environment.
 #[derive(Debug, Clone)]
 pub struct LowerOptions {
@@ -67,6 +102,8 @@ pub struct LowerOptions {
     pub owner: (u32, u32),
     /// Target platform of the ops.
     pub platform: Platform,
+    /// The BuildKit the graph is for.
+    pub target: Target,
 }
 
 /// The result: the marshalled graph and the image config decisions.
@@ -101,9 +138,29 @@ pub fn lower(
     let rt = RuntimeEnv::new(env, base);
     let g = Graph { env, opts };
 
-    let state = g.base_state(&rt);
-    let state = g.apt_source(state);
-    let state = g.system_packages(state);
+    let base_state = g.base_state(&rt);
+    let apt_mirror = g.apt_source(base_state.clone());
+    let system_packages = g.system_packages(apt_mirror.clone());
+    let state = if opts.target.merge_op() {
+        // envd joins the system-package and language branches, both grown from the apt
+        // mirror state, as diffs over the base image. (No language is lowered yet, so the
+        // language branch is the apt mirror state itself, as in envd without install.*.)
+        let lang = apt_mirror;
+        llb::merge(
+            &[
+                base_state.clone(),
+                llb::diff(
+                    &base_state,
+                    &system_packages,
+                    named("[internal] install system packages"),
+                ),
+                llb::diff(&base_state, &lang, named("[internal] prepare language")),
+            ],
+            named("[internal] language environment and system packages"),
+        )
+    } else {
+        system_packages
+    };
     let state = g.pip_index(state);
     let state = g.pip_packages(state);
     let state = g.copies(state);
@@ -500,6 +557,7 @@ mod tests {
             env_name: "proj".into(),
             owner: (1000, 1000),
             platform: Platform::default(),
+            target: Target::Embedded,
         }
     }
 
@@ -770,6 +828,45 @@ mod tests {
              trusted-host=idx.example extra.example\n\n[install]\nsrc = /tmp\n"
         );
         assert!(files[1].2.is_some(), "pip.conf is chowned to the owner");
+    }
+
+    #[test]
+    fn buildkitd_joins_the_package_branches_with_merge_and_diff() {
+        let o = LowerOptions {
+            target: Target::Buildkitd,
+            ..opts()
+        };
+        let l = lower(&example(), &python_base(), &o).unwrap();
+        let g = llb::load(&l.definition.to_bytes()).unwrap();
+        let merges: Vec<&llb::Vertex> = g
+            .vertices
+            .iter()
+            .filter(|v| matches!(v.op.op, Some(pb::op::Op::Merge(_))))
+            .collect();
+        assert_eq!(merges.len(), 1);
+        assert_eq!(
+            merges[0].metadata.description["llb.customname"],
+            "[internal] language environment and system packages"
+        );
+        assert_eq!(merges[0].op.inputs.len(), 3);
+        let diffs = g
+            .vertices
+            .iter()
+            .filter(|v| matches!(v.op.op, Some(pb::op::Op::Diff(_))))
+            .count();
+        assert_eq!(diffs, 2);
+        for t in [Target::Embedded, Target::Dockerd] {
+            let o = LowerOptions {
+                target: t,
+                ..opts()
+            };
+            let l = lower(&example(), &python_base(), &o).unwrap();
+            let g = llb::load(&l.definition.to_bytes()).unwrap();
+            assert!(g.vertices.iter().all(|v| !matches!(
+                v.op.op,
+                Some(pb::op::Op::Merge(_)) | Some(pb::op::Op::Diff(_))
+            )));
+        }
     }
 
     #[test]
