@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use envkit::frontend::FrontendError;
+use envkit::frontend::Options;
 use envkit::frontend::evaluate;
+use envkit::frontend::evaluate_with;
 use envkit::frontend::parse_from;
 use envkit::ir::Copy;
 use envkit::ir::Environment;
@@ -22,7 +24,19 @@ fn context(source: &str) -> Result<tempfile::TempDir, std::io::Error> {
 
 fn eval_src(source: &str) -> Result<Environment, FrontendError> {
     let dir = context(source).map_err(|e| panic!("temp dir: {e}"))?;
-    evaluate(dir.path(), "build.envd", "build")
+    let cache = tempfile::tempdir().map_err(|e| panic!("temp dir: {e}"))?;
+    evaluate_with(
+        dir.path(),
+        "build.envd",
+        "build",
+        &Options::hermetic(cache.path()),
+    )
+}
+
+/// Evaluates the build file of a context made by the test, with a private cache dir.
+fn eval_dir(dir: &Path) -> Result<Environment, FrontendError> {
+    let cache = tempfile::tempdir().map_err(|e| panic!("temp dir: {e}"))?;
+    evaluate_with(dir, "build.envd", "build", &Options::hermetic(cache.path()))
 }
 
 fn eval_err(source: &str) -> FrontendError {
@@ -464,59 +478,369 @@ fn full_rendering() {
     );
 }
 
-const NOT_IMPLEMENTED: &[&str] = &[
-    "shell",
-    "git_config",
-    "include",
-    "install.python",
-    "install.conda",
-    "install.uv",
-    "install.pixi",
-    "install.r_lang",
-    "install.julia",
-    "install.rust",
-    "install.go",
-    "install.nodejs",
-    "install.conda_packages",
-    "install.r_packages",
-    "install.julia_packages",
-    "install.cuda",
-    "install.vscode_extensions",
-    "install.codex",
-    "config.cran_mirror",
-    "config.julia_pkg_server",
-    "config.conda_channel",
-    "config.jupyter",
-    "config.rstudio_server",
-    "config.gpu",
-    "config.shm_size",
-    "config.repo",
-    "config.owner",
-    "io.http",
-    "runtime.command",
-    "runtime.daemon",
-    "runtime.expose",
-    "runtime.mount",
-    "runtime.init",
-    "data.envd",
-];
+#[test]
+fn every_builtin_records_what_envd_records() -> TestResult {
+    let env = eval_src(
+        r#"
+def build():
+    base(image="ubuntu:22.04", dev=True)
+    shell("ZSH")
+    git_config(name="Ada", email="ada@example.com", editor="vim")
+    install.python(version="3.10")
+    install.conda(use_mamba=True)
+    install.conda_packages(name=["numpy"], channel=["conda-forge"])
+    config.conda_channel(channel="channels:\n  - defaults\n")
+    install.uv(python_version="3.12")
+    install.pixi(use_pixi_mirror=True, pypi_index="https://pypi.example/simple")
+    install.r_lang()
+    install.julia()
+    install.rust(version="1.80")
+    install.go()
+    install.nodejs(version="20.1.0")
+    install.r_packages(name=["dplyr"])
+    install.julia_packages(name=["Flux"])
+    install.cuda(version="11.8.0", cudnn="9")
+    install.vscode_extensions(name=["ms-python.python", "redhat.vscode-yaml-1.2.3"])
+    install.codex()
+    config.cran_mirror(url="https://cran.example")
+    config.julia_pkg_server(url="https://julia.example")
+    config.jupyter(token="secret", port=8889)
+    config.rstudio_server()
+    config.gpu(count=2)
+    config.shm_size(size=4096)
+    config.repo(url="https://github.com/x/y", description="demo")
+    config.owner(uid=1001, gid=1002)
+    io.http(url="https://example.com/a.bin", checksum="sha256:" + "0" * 64, filename="a.bin")
+    runtime.command(commands={"test": "pytest"})
+    runtime.daemon(commands=[["python3", "-m", "http.server"]])
+    runtime.expose(envd_port=8000, host_port=18000, service="web")
+    runtime.mount(host_path="/data", envd_path="~/data")
+    runtime.init(commands=["echo init"])
+"#,
+    )?;
+    use envkit::ir::LanguageName as L;
+    let langs: Vec<(L, Option<&str>)> = env
+        .languages
+        .iter()
+        .map(|l| (l.name, l.version.as_deref()))
+        .collect();
+    assert_eq!(
+        langs,
+        [
+            (L::Python, Some("3.10")),
+            (L::R, None),
+            (L::Julia, None),
+            (L::Rust, Some("1.80")),
+            (L::Go, None),
+            (L::NodeJs, Some("20.1.0")),
+        ]
+    );
+    assert_eq!(env.shell, "zsh");
+    assert_eq!(
+        env.git_config.as_ref().map(|g| g.editor.as_str()),
+        Some("vim")
+    );
+    let conda = env.conda.as_ref().ok_or("no conda")?;
+    assert!(conda.use_micromamba);
+    assert_eq!(conda.packages, ["numpy"]);
+    assert_eq!(conda.channels, ["conda-forge"]);
+    assert_eq!(conda.channel.as_deref(), Some("channels:\n  - defaults\n"));
+    assert_eq!(
+        env.uv.as_ref().map(|u| u.python_version.as_str()),
+        Some("3.12")
+    );
+    let pixi = env.pixi.as_ref().ok_or("no pixi")?;
+    assert!(pixi.use_pixi_mirror);
+    assert_eq!(
+        pixi.pypi_index.as_deref(),
+        Some("https://pypi.example/simple")
+    );
+    assert_eq!(env.r_packages, [vec!["dplyr"]]);
+    assert_eq!(env.julia_packages, [vec!["Flux"]]);
+    assert_eq!(
+        (env.cuda.as_deref(), env.cudnn.as_str()),
+        (Some("11.8.0"), "9")
+    );
+    assert_eq!(env.vscode_plugins.len(), 2);
+    assert_eq!(env.vscode_plugins[1].extension, "vscode-yaml");
+    assert_eq!(env.vscode_plugins[1].version.as_deref(), Some("1.2.3"));
+    assert_eq!(env.code_agents[0].name, "codex");
+    assert_eq!(env.cran_mirror.as_deref(), Some("https://cran.example"));
+    assert_eq!(
+        env.julia_pkg_server.as_deref(),
+        Some("https://julia.example")
+    );
+    let j = env.jupyter.as_ref().ok_or("no jupyter")?;
+    assert_eq!((j.token.as_str(), j.port), ("secret", 8889));
+    assert!(env.rstudio_server);
+    assert_eq!((env.num_gpus, env.shm_size), (2, 4096));
+    assert_eq!(env.repo.description, "demo");
+    assert_eq!(env.owner, Some((1001, 1002)));
+    assert_eq!(env.http[0].filename, "a.bin");
+    assert_eq!(env.runtime_commands["test"], "pytest");
+    assert_eq!(env.runtime_daemon, [vec!["python3", "-m", "http.server"]]);
+    assert_eq!(env.runtime_expose[0].envd_port, 8000);
+    assert_eq!(env.runtime_expose[0].listen_addr, "127.0.0.1");
+    assert_eq!(env.mounts[0].envd_path, "/home/envd/data");
+    assert_eq!(env.mounts[0].host_path, "/data");
+    assert_eq!(env.runtime_init, [vec!["echo init"]]);
+    Ok(())
+}
 
 #[test]
-fn every_other_builtin_is_not_implemented_at_its_call() -> TestResult {
-    for name in NOT_IMPLEMENTED {
-        let call = format!("{name}(\"x\", key=1)");
+fn builtin_validation_errors_point_at_the_call() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "install.python(version=\"2.7\")",
+            "envd doesn't support this Python version",
+        ),
+        (
+            "install.conda_packages(name=[\"x\"])",
+            "cannot install conda packages when conda is not installed",
+        ),
+        (
+            "config.conda_channel(channel=\"x\")",
+            "cannot config conda when conda is not installed",
+        ),
+        (
+            "install.r_packages(name=[])",
+            "Can not install empty R package",
+        ),
+        (
+            "install.julia_packages(name=[])",
+            "Can not install empty Julia package",
+        ),
+        (
+            "install.vscode_extensions(name=[\"nodot\"])",
+            "invalid publisher",
+        ),
+        ("config.owner(uid=-1, gid=0)", "get a wrong uid or gid"),
+        (
+            "io.http(url=\"https://x\", checksum=\"md5:00\")",
+            "unsupported digest algorithm",
+        ),
+        (
+            "runtime.expose(envd_port=0)",
+            "envd_port must be a positive integer",
+        ),
+        (
+            "runtime.expose(envd_port=80, host_port=70000)",
+            "host_port must be a positive integer",
+        ),
+        (
+            "runtime.expose(envd_port=80, listen_addr=\"nowhere\")",
+            "listening_addr must be a valid IP address",
+        ),
+        (
+            "runtime.mount(host_path=1, envd_path=\"/x\")",
+            "invalid data source",
+        ),
+        ("include(git=\"\")", "`git` is required"),
+    ];
+    for (call, want) in cases {
         let err = eval_err(&format!("def build():\n    base()\n    {call}\n"));
-        assert!(matches!(err, FrontendError::NotImplemented(_)), "{err}");
-        assert_eq!(
-            err.message(),
-            format!("`{name}` is not implemented yet in envkit")
-        );
+        assert!(err.message().contains(want), "{call}: {err}");
         assert_at(&err, 3, 5, call.len());
     }
-    // Module-level too, and nothing is returned.
-    let err = eval_err("git_config(name=\"a\")\ndef build():\n    pass\n");
-    assert!(matches!(err, FrontendError::NotImplemented(_)), "{err}");
-    assert_at(&err, 1, 1, "git_config(name=\"a\")".len());
+    // conda_packages with env_file and names
+    let err = eval_err(
+        "def build():\n    install.conda()\n    install.conda_packages(name=[\"a\"], env_file=\"e.yml\")\n",
+    );
+    assert!(err.message().contains("mutually exclusive"), "{err}");
+}
+
+#[test]
+fn install_conda_resets_earlier_conda_packages() -> TestResult {
+    let env = eval_src(
+        "def build():\n    install.conda()\n    install.conda_packages(name=[\"a\"])\n    install.conda(use_mamba=True)\n",
+    )?;
+    let conda = env.conda.ok_or("no conda")?;
+    assert!(conda.packages.is_empty() && conda.use_micromamba);
+    Ok(())
+}
+
+#[test]
+fn shell_takes_one_positional_string() {
+    let err = eval_err("def build():\n    shell(name=\"zsh\")\n");
+    assert!(matches!(err, FrontendError::Argument(_)), "{err}");
+}
+
+#[test]
+fn data_envd_mounts_a_managed_directory() -> TestResult {
+    let home = tempfile::tempdir()?;
+    let dir = context(
+        "def build():\n    runtime.mount(host_path=data.envd(name=\"mnist\"), envd_path=\"/data\")\n",
+    )?;
+    let env = evaluate_with(
+        dir.path(),
+        "build.envd",
+        "build",
+        &Options::hermetic(home.path()),
+    )?;
+    let want = home.path().join("data/mnist");
+    assert_eq!(env.mounts[0].host_path, want.display().to_string());
+    assert!(want.is_dir());
+    Ok(())
+}
+
+#[test]
+fn load_brings_in_a_local_file() -> TestResult {
+    let dir = context(
+        "load(\"lib/common.envd\", \"py\")\ndef build():\n    base(image=\"debian:bookworm\")\n    py(\"requests\")\n",
+    )?;
+    std::fs::create_dir(dir.path().join("lib"))?;
+    std::fs::write(
+        dir.path().join("lib/common.envd"),
+        "install.apt_packages(name=[\"from-lib\"])\ndef py(name):\n    install.python_packages(name=[name])\n",
+    )?;
+    let env = eval_dir(dir.path())?;
+    assert_eq!(env.python_packages, [vec!["requests"]]);
+    // Top-level calls in the loaded file record too, as in envd.
+    assert_eq!(env.apt_packages, ["from-lib"]);
+    Ok(())
+}
+
+#[test]
+fn an_error_in_a_loaded_file_points_into_that_file() -> TestResult {
+    let dir = context("load(\"lib.envd\", \"f\")\ndef build():\n    f()\n")?;
+    std::fs::write(
+        dir.path().join("lib.envd"),
+        "def f():\n    install.r_packages(name=[])\n",
+    )?;
+    let err = match eval_dir(dir.path()) {
+        Err(e) => e,
+        Ok(env) => panic!("expected an error, got {env:?}"),
+    };
+    let loc = err.location().ok_or("no location")?;
+    assert!(loc.file.ends_with("lib.envd"), "{err}");
+    assert_eq!((loc.line, loc.col), (2, 5), "{err}");
+    let dir = context("load(\"missing.envd\", \"f\")\ndef build():\n    f()\n")?;
+    let err = match eval_dir(dir.path()) {
+        Err(e) => e,
+        Ok(env) => panic!("expected an error, got {env:?}"),
+    };
+    assert!(err.message().contains("missing.envd"), "{err}");
+    assert_eq!(err.line_col(), Some((1, 1)), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_load_cycle_is_an_error() -> TestResult {
+    let dir = context("load(\"a.envd\", \"x\")\ndef build():\n    pass\n")?;
+    std::fs::write(
+        dir.path().join("a.envd"),
+        "load(\"b.envd\", \"y\")\nx = 1\n",
+    )?;
+    std::fs::write(
+        dir.path().join("b.envd"),
+        "load(\"a.envd\", \"x\")\ny = 2\n",
+    )?;
+    let err = match eval_dir(dir.path()) {
+        Err(e) => e,
+        Ok(env) => panic!("expected an error, got {env:?}"),
+    };
+    assert!(err.message().contains("cycle"), "{err}");
+    Ok(())
+}
+
+fn git(dir: &Path, args: &[&str]) -> TestResult {
+    let st = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()?;
+    if !st.status.success() {
+        return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&st.stderr)).into());
+    }
+    Ok(())
+}
+
+#[test]
+fn include_runs_every_envd_file_of_a_repository() -> TestResult {
+    let lib = tempfile::tempdir()?;
+    std::fs::write(
+        lib.path().join("a.envd"),
+        "def tensorboard(port):\n    runtime.expose(envd_port=port, service=\"tensorboard\")\n_private = 1\n",
+    )?;
+    std::fs::create_dir(lib.path().join("sub"))?;
+    std::fs::write(
+        lib.path().join("sub/b.envd"),
+        "def tools():\n    install.apt_packages(name=[\"htop\"])\n",
+    )?;
+    // A local directory is used in place.
+    let src = format!(
+        "def build():\n    lib = include(\"{}\")\n    lib.tensorboard(6006)\n    lib.tools()\n",
+        lib.path().display()
+    );
+    let dir = context(&src)?;
+    let env = eval_dir(dir.path())?;
+    assert_eq!(env.runtime_expose[0].envd_port, 6006);
+    assert_eq!(env.apt_packages, ["htop"]);
+
+    // A file:// URL is cloned with git (offline) into the cache.
+    git(lib.path(), &["init", "-q"])?;
+    git(lib.path(), &["add", "."])?;
+    git(lib.path(), &["commit", "-q", "-m", "lib"])?;
+    let cache = tempfile::tempdir()?;
+    let opts = Options::hermetic(cache.path());
+    let src = format!(
+        "def build():\n    lib = include(git=\"file://{}\")\n    lib.tools()\n",
+        lib.path().display()
+    );
+    let dir = context(&src)?;
+    let env = evaluate_with(dir.path(), "build.envd", "build", &opts)?;
+    assert_eq!(env.apt_packages, ["htop"]);
+    assert!(cache.path().join("envdlib").is_dir());
+    let err = match evaluate_with(
+        context("def build():\n    lib = include(\"file:///nonexistent/repo\")\n")?.path(),
+        "build.envd",
+        "build",
+        &opts,
+    ) {
+        Err(e) => e,
+        Ok(env) => panic!("expected an error, got {env:?}"),
+    };
+    assert!(err.message().contains("git clone failed"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn include_refuses_a_name_defined_twice() -> TestResult {
+    let lib = tempfile::tempdir()?;
+    std::fs::write(lib.path().join("a.envd"), "def f():\n    pass\n")?;
+    std::fs::write(lib.path().join("b.envd"), "def f():\n    pass\n")?;
+    let src = format!("def build():\n    include(\"{}\")\n", lib.path().display());
+    let err = eval_err(&src);
+    assert!(err.message().contains("duplicated object name: f"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_user_config_file_runs_first() -> TestResult {
+    let cfg = tempfile::tempdir()?;
+    let prelude = cfg.path().join("config.envd");
+    std::fs::write(
+        &prelude,
+        "config.pip_index(url=\"https://mirror.example/simple\")\n",
+    )?;
+    let dir = context("def build():\n    install.python_packages(name=[\"six\"])\n")?;
+    let opts = Options {
+        prelude: vec![prelude],
+        cache_dir: Some(cfg.path().to_path_buf()),
+    };
+    let env = evaluate_with(dir.path(), "build.envd", "build", &opts)?;
+    assert_eq!(
+        env.pip_index.map(|p| p.url),
+        Some("https://mirror.example/simple".to_string())
+    );
     Ok(())
 }
 

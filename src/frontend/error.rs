@@ -139,9 +139,6 @@ pub enum FrontendError {
     /// A builtin refused its arguments, or the recorded environment is inconsistent.
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
-    /// A builtin of envd's API that envkit does not implement yet.
-    #[error("{0}")]
-    NotImplemented(Box<Diagnostic>),
     /// The entry function is not defined.
     #[error("{0}")]
     MissingEntry(Box<Diagnostic>),
@@ -164,7 +161,6 @@ impl FrontendError {
             | FrontendError::Name(d)
             | FrontendError::Argument(d)
             | FrontendError::Invalid(d)
-            | FrontendError::NotImplemented(d)
             | FrontendError::MissingEntry(d)
             | FrontendError::NotAFunction(d)
             | FrontendError::Runtime(d) => d,
@@ -190,8 +186,6 @@ impl FrontendError {
 /// Errors the builtins raise; they reach the user through [`FrontendError`].
 #[derive(Debug, Error)]
 pub(crate) enum BuiltinError {
-    #[error("`{0}` is not implemented yet in envkit")]
-    NotImplemented(&'static str),
     #[error("{0}")]
     Invalid(String),
     #[error("internal error: an envd builtin was called outside an envkit evaluation")]

@@ -10,6 +10,7 @@
 
 mod builtins;
 mod error;
+mod modules;
 mod program;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ pub use builtins::data::HUGGINGFACE_PATH;
 pub use error::Diagnostic;
 pub use error::FrontendError;
 pub use error::Location;
+pub use modules::{Options, user_config_files};
 
 /// The default `-f` value's file.
 pub const DEFAULT_FILE: &str = "build.envd";
@@ -50,12 +52,23 @@ pub fn parse_from(spec: &str) -> Result<(String, String), FrontendError> {
 /// Evaluates the build file (resolved as `<context_dir>/<file>`, else against the current
 /// directory, like envd), then calls `func` with no arguments, and returns the recorded
 /// environment, checked with [`Environment::validate`](crate::ir::Environment::validate).
+/// The user's `config.envd` files ([`user_config_files`]) run first.
 pub fn evaluate(
     context_dir: &Path,
     file: &str,
     func: &str,
 ) -> Result<crate::ir::Environment, FrontendError> {
-    program::run(context_dir, file, func)
+    program::run(context_dir, file, func, &Options::for_user())
+}
+
+/// Like [`evaluate`], with explicit options (prelude files, cache directory).
+pub fn evaluate_with(
+    context_dir: &Path,
+    file: &str,
+    func: &str,
+    options: &Options,
+) -> Result<crate::ir::Environment, FrontendError> {
+    program::run(context_dir, file, func, options)
 }
 
 #[cfg(test)]

@@ -31,13 +31,13 @@ use crate::ir::Environment;
 use crate::ir::IrError;
 
 /// envd v1's dialect (go.starlark.net options in envd's interpreter): no `set` (not
-/// predeclared), no `while` (reserved word), no top-level `if`/`for`, recursion allowed.
-/// `load()` is not supported yet. Global re-assignment is checked separately.
+/// predeclared), no `while` (reserved word), no top-level `if`/`for`, recursion allowed,
+/// `load()` of local files. Global re-assignment is checked separately.
 fn dialect() -> Dialect {
     Dialect {
         enable_def: true,
         enable_lambda: true,
-        enable_load: false,
+        enable_load: true,
         enable_keyword_only_arguments: true,
         enable_positional_only_arguments: false,
         enable_types: DialectTypes::Disable,
@@ -96,7 +96,7 @@ fn check_syntax_version(file: &str, source: &str) -> Result<(), FrontendError> {
 
 /// A top-level binding: where it is, and whether it is a `def`.
 #[derive(Debug, Clone, Copy)]
-struct Binding {
+pub(crate) struct Binding {
     span: Span,
     is_def: bool,
 }
@@ -173,7 +173,7 @@ fn reassigned(ast: &AstModule, name: &str, first: &Binding, span: Span) -> Front
 
 /// Turns a starlark error into a [`FrontendError`] of the right kind. `fallback` is used when
 /// the crate gives no span (errors raised while calling the entry function from Rust).
-fn from_starlark(
+pub(crate) fn from_starlark(
     e: starlark::Error,
     fallback: Option<&Location>,
     bad_calls: &BadCalls,
@@ -197,9 +197,6 @@ fn from_starlark(
             FrontendError::Argument(diag(message, location))
         }
         K::Native(inner) => match inner.downcast_ref::<BuiltinError>() {
-            Some(BuiltinError::NotImplemented(_)) => {
-                FrontendError::NotImplemented(diag(message, location))
-            }
             Some(BuiltinError::Invalid(_)) => FrontendError::Invalid(diag(message, location)),
             _ => FrontendError::Runtime(diag(message, location)),
         },
@@ -219,7 +216,7 @@ fn from_starlark(
 
 /// A call to an implemented builtin that passes keywords it does not accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct BadCall {
+pub(crate) struct BadCall {
     callee: &'static str,
     accepted: &'static [&'static str],
     unexpected: Vec<String>,
@@ -245,7 +242,7 @@ impl BadCall {
 }
 
 /// Such calls, by the span of the call expression (the span the crate reports them at).
-type BadCalls = HashMap<Span, BadCall>;
+pub(crate) type BadCalls = HashMap<Span, BadCall>;
 
 fn bad_calls(ast: &AstModule) -> BadCalls {
     fn callee_name(e: &AstExpr) -> Option<String> {
@@ -288,11 +285,26 @@ fn bad_calls(ast: &AstModule) -> BadCalls {
     out
 }
 
-/// Reads `file` (see [`resolve`]), runs its top level, then calls `func()`.
+/// Parses a module in envd's dialect and checks its globals: the AST, its top-level
+/// bindings, and the calls that pass keywords their builtin does not accept.
+pub(crate) fn parse_checked(
+    shown: &str,
+    source: String,
+) -> Result<(AstModule, HashMap<String, Binding>, BadCalls), FrontendError> {
+    let ast = AstModule::parse(shown, source, &dialect())
+        .map_err(|e| from_starlark(e, None, &BadCalls::new()))?;
+    let bindings = check_globals(&ast)?;
+    let bad_calls = bad_calls(&ast);
+    Ok((ast, bindings, bad_calls))
+}
+
+/// Runs each prelude file (the user's `config.envd`), then reads `file` (see [`resolve`]),
+/// runs its top level, then calls `func()`.
 pub(crate) fn run(
     context_dir: &Path,
     file: &str,
     func: &str,
+    options: &super::modules::Options,
 ) -> Result<Environment, FrontendError> {
     let path = resolve(context_dir, file)?;
     let shown = path.display().to_string();
@@ -301,10 +313,7 @@ pub(crate) fn run(
     })?;
     check_syntax_version(&shown, &source)?;
     let start = Location::from_byte_span(&shown, &source, 0, 0);
-    let ast = AstModule::parse(&shown, source, &dialect())
-        .map_err(|e| from_starlark(e, None, &BadCalls::new()))?;
-    let bindings = check_globals(&ast)?;
-    let bad_calls = bad_calls(&ast);
+    let (ast, bindings, bad_calls) = parse_checked(&shown, source)?;
     let entry_location = bindings
         .get(func)
         .map(|b| Location::from_file_span(&ast.file_span(b.span)));
@@ -318,14 +327,23 @@ pub(crate) fn run(
         .unwrap_or_else(|_| context.to_path_buf())
         .display()
         .to_string();
-    let globals = builtins::globals(&context_abs);
-    let recorder = Recorder::default();
+    let recorder = Recorder::new(context_abs, options.cache_dir.clone());
+    for p in &options.prelude {
+        recorder.exec_module(p)?;
+    }
 
     Module::with_temp_heap(|module| -> Result<(), FrontendError> {
+        let globals = recorder.globals.clone();
         let mut eval = Evaluator::new(&module);
         eval.extra = Some(&recorder);
-        eval.eval_module(ast, &globals)
-            .map_err(|e| from_starlark(e, Some(&start), &bad_calls))?;
+        eval.set_loader(&recorder);
+        eval.eval_module(ast, &globals).map_err(|e| {
+            recorder
+                .failure
+                .borrow_mut()
+                .take()
+                .unwrap_or_else(|| from_starlark(e, Some(&start), &bad_calls))
+        })?;
         let Some(entry) = module.get(func) else {
             return Err(FrontendError::MissingEntry(diag(
                 format!("{file} doesn't have function `{func}`"),
@@ -348,6 +366,9 @@ pub(crate) fn run(
             )));
         }
         eval.eval_function(entry, &[], &[]).map_err(|e| {
+            if let Some(f) = recorder.failure.borrow_mut().take() {
+                return f;
+            }
             if e.span().is_none() && matches!(e.kind(), starlark::ErrorKind::Function(_)) {
                 // Binding the (absent) arguments of the entry itself failed.
                 return FrontendError::Argument(diag(
@@ -367,7 +388,7 @@ pub(crate) fn run(
                 .entrypoint_site
                 .into_inner()
                 .map(|s| Location::from_file_span(&s)),
-            IrError::RelativeCopyTarget(_) => None,
+            _ => None,
         };
         return Err(FrontendError::Invalid(diag(
             e.to_string(),

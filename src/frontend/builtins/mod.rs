@@ -1,11 +1,8 @@
 //! envd's v1 builtins. One file per namespace, each with one `register_*` function; builtins
 //! only record into the [`Environment`] held by the evaluation's [`Recorder`].
-//!
-//! Builtins of envd's API that envkit does not implement yet are still defined (so a file using
-//! them is not an "unknown name" error) and fail with "`<name>` is not implemented yet in
-//! envkit" at the call.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use starlark::any::ProvidesStaticType;
 use starlark::codemap::FileSpan;
@@ -24,13 +21,43 @@ pub mod install;
 pub mod io;
 pub mod runtime;
 
-/// Per-evaluation state: what the build file has said so far.
-#[derive(Debug, Default, ProvidesStaticType)]
+/// Per-evaluation state: what the build file has said so far, and what every module of the
+/// evaluation shares (the builtins, `load()`ed and `include()`d modules).
+#[derive(ProvidesStaticType)]
 pub(crate) struct Recorder {
     pub(crate) env: RefCell<Environment>,
+    /// The build context, absolute (`_build_context_dir`).
+    pub(crate) context_abs: String,
+    /// The predeclared names every module sees.
+    pub(crate) globals: Globals,
+    /// `load()`ed modules by the string the file gave (`None` while it is being loaded).
+    pub(crate) modules: RefCell<HashMap<String, Option<starlark::environment::FrozenModule>>>,
+    /// `include()`d repositories' members, by the `git` argument.
+    pub(crate) includes:
+        RefCell<HashMap<String, Vec<(String, starlark::values::OwnedFrozenValue)>>>,
+    /// envkit's cache directory (`data.envd`, `include`).
+    pub(crate) cache_dir: Option<std::path::PathBuf>,
+    /// The first error inside a nested module, reported instead of the outer one.
+    pub(crate) failure: RefCell<Option<super::error::FrontendError>>,
     /// Where `config.entrypoint` was first called, to point at it if the environment is
     /// rejected as a whole (entrypoint in dev mode).
     pub(crate) entrypoint_site: RefCell<Option<FileSpan>>,
+}
+
+impl Recorder {
+    pub(crate) fn new(context_abs: String, cache_dir: Option<std::path::PathBuf>) -> Recorder {
+        let globals = globals(&context_abs);
+        Recorder {
+            env: RefCell::new(Environment::default()),
+            context_abs,
+            globals,
+            modules: RefCell::new(HashMap::new()),
+            includes: RefCell::new(HashMap::new()),
+            failure: RefCell::new(None),
+            cache_dir,
+            entrypoint_site: RefCell::new(None),
+        }
+    }
 }
 
 /// The recorder of this evaluation.
@@ -50,56 +77,59 @@ pub(crate) fn record<R>(
     Ok(f(&mut env))
 }
 
-/// The error a stub builtin raises.
-pub(crate) fn not_implemented(name: &'static str) -> starlark::Error {
-    BuiltinError::NotImplemented(name).into_starlark()
-}
-
 /// A builtin's own validation failure.
 pub(crate) fn invalid(message: impl Into<String>) -> starlark::Error {
     BuiltinError::Invalid(message.into()).into_starlark()
 }
-
-/// Defines `#[starlark_module] fn $register` with one stub per name: each accepts any
-/// arguments and fails with "`<prefix><name>` is not implemented yet in envkit".
-macro_rules! stubs {
-    ($register:ident, $prefix:literal, [$($name:ident),* $(,)?]) => {
-        #[starlark::starlark_module]
-        fn $register(builder: &mut starlark::environment::GlobalsBuilder) {
-            $(
-                fn $name<'v>(
-                    #[starlark(args)] args: starlark::values::tuple::UnpackTuple<
-                        starlark::values::Value<'v>,
-                    >,
-                    #[starlark(kwargs)] kwargs: starlark::values::dict::DictRef<'v>,
-                ) -> starlark::Result<starlark::values::none::NoneType> {
-                    let _ = (args, kwargs);
-                    Err($crate::frontend::builtins::not_implemented(concat!(
-                        $prefix,
-                        stringify!($name)
-                    )))
-                }
-            )*
-        }
-    };
-}
-pub(crate) use stubs;
 
 /// Signatures of the implemented builtins, as the user calls them: used to name the accepted
 /// keywords when a call passes an unexpected one.
 pub(crate) const SIGNATURES: &[(&str, &[&str])] = &[
     ("base", &["image", "dev"]),
     ("run", &["commands", "mount_host"]),
+    ("git_config", &["name", "email", "editor"]),
+    ("include", &["git"]),
+    ("install.python", &["version"]),
+    ("install.conda", &["use_mamba"]),
+    ("install.uv", &["python_version"]),
+    ("install.pixi", &["use_pixi_mirror", "pypi_index"]),
+    ("install.rust", &["version"]),
+    ("install.go", &["version"]),
+    ("install.nodejs", &["version"]),
     ("install.apt_packages", &["name"]),
     (
         "install.python_packages",
         &["name", "requirements", "local_wheels"],
     ),
-    ("io.copy", &["source", "target", "image"]),
-    ("runtime.environ", &["env", "extra_path"]),
+    ("install.conda_packages", &["name", "channel", "env_file"]),
+    ("install.r_packages", &["name"]),
+    ("install.julia_packages", &["name"]),
+    ("install.cuda", &["version", "cudnn"]),
+    ("install.vscode_extensions", &["name"]),
+    ("install.codex", &["version"]),
     ("config.pip_index", &["url", "extra_url", "trust"]),
     ("config.apt_source", &["source"]),
+    ("config.cran_mirror", &["url"]),
+    ("config.julia_pkg_server", &["url"]),
+    ("config.conda_channel", &["channel"]),
+    ("config.jupyter", &["token", "port"]),
+    ("config.gpu", &["count"]),
+    ("config.shm_size", &["size"]),
     ("config.entrypoint", &["args"]),
+    ("config.repo", &["url", "description"]),
+    ("config.owner", &["uid", "gid"]),
+    ("io.copy", &["source", "target", "image"]),
+    ("io.http", &["url", "checksum", "filename"]),
+    ("runtime.command", &["commands"]),
+    ("runtime.daemon", &["commands"]),
+    (
+        "runtime.expose",
+        &["envd_port", "host_port", "service", "listen_addr"],
+    ),
+    ("runtime.environ", &["env", "extra_path"]),
+    ("runtime.mount", &["host_path", "envd_path"]),
+    ("runtime.init", &["commands"]),
+    ("data.envd", &["name"]),
 ];
 
 /// The predeclared names of a build file: Starlark's standard functions plus `print`, the
