@@ -108,7 +108,7 @@ fn debug_llb_lists_every_op_with_the_digest_of_its_bytes() {
     let text = stdout(&json);
     for needle in [
         "docker-image://docker.io/library/python:3.11-slim",
-        "local://context",
+        "local://build-context",
         "apt-get",
         "pip install",
         "/opt/hello.py",

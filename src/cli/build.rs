@@ -158,7 +158,10 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let graph = llb::load(&bytes).context("loading the compiled LLB")?;
     let (sv, ov, root_v) = vertices(&graph)?;
     let mut locals = BTreeMap::new();
-    locals.insert("context".to_string(), compiled.context_dir.clone());
+    locals.insert(
+        lower::CONTEXT_LOCAL.to_string(),
+        compiled.context_dir.clone(),
+    );
     let runner = Arc::new(LlbRunner {
         worker: worker.clone(),
         vertices: Arc::new(ov),

@@ -24,7 +24,7 @@ use crate::llb::{
 };
 
 /// Name of the local source that carries the build context (envd's `flag.FlagBuildContext`).
-pub const CONTEXT_LOCAL: &str = "context";
+pub const CONTEXT_LOCAL: &str = "build-context";
 
 /// envd's `/home/envd`.
 const ENVD_HOME: &str = "/home/envd";
@@ -125,15 +125,8 @@ pub fn lower(
             "`base(dev=True)` (the development-environment graph)",
         ));
     }
-    if env.requirements_file.is_some() {
-        return Err(LowerError::NotImplemented(
-            "`install.python_packages(requirements=...)`",
-        ));
-    }
-    if !env.local_wheels.is_empty() {
-        return Err(LowerError::NotImplemented(
-            "`install.python_packages(local_wheels=...)`",
-        ));
+    if let Some(what) = not_lowered_yet(env) {
+        return Err(LowerError::NotImplemented(what));
     }
     let rt = RuntimeEnv::new(env, base);
     let g = Graph { env, opts };
@@ -173,6 +166,33 @@ pub fn lower(
     })?;
     let image = image_spec(env, base, &rt, opts);
     Ok(Lowered { definition, image })
+}
+
+/// The first thing the environment asks for that lowering cannot build yet (the frontend
+/// records all of envd's API; lowering catches up stage by stage).
+fn not_lowered_yet(env: &Environment) -> Option<&'static str> {
+    let checks: [(bool, &'static str); 13] = [
+        (!env.languages.is_empty(), "`install.<language>()`"),
+        (env.conda.is_some(), "`install.conda()`"),
+        (env.uv.is_some(), "`install.uv()`"),
+        (env.pixi.is_some(), "`install.pixi()`"),
+        (!env.r_packages.is_empty(), "`install.r_packages()`"),
+        (!env.julia_packages.is_empty(), "`install.julia_packages()`"),
+        (env.cuda.is_some(), "`install.cuda()`"),
+        (!env.code_agents.is_empty(), "`install.codex()`"),
+        (env.jupyter.is_some(), "`config.jupyter()`"),
+        (!env.http.is_empty(), "`io.http()`"),
+        (!env.mounts.is_empty(), "`runtime.mount()`"),
+        (
+            env.requirements_file.is_some(),
+            "`install.python_packages(requirements=...)`",
+        ),
+        (
+            !env.local_wheels.is_empty(),
+            "`install.python_packages(local_wheels=...)`",
+        ),
+    ];
+    checks.iter().find(|(hit, _)| *hit).map(|(_, what)| *what)
 }
 
 /// `local.unique` for the build context: derived from its path, so one project always gives
@@ -459,7 +479,7 @@ impl Graph<'_> {
     }
 }
 
-/// The build context as envd declares it: `llb.Local("context")` without options.
+/// The build context as envd declares it: `llb.Local("build-context")` without options.
 fn context_local() -> State {
     llb::local(CONTEXT_LOCAL, Default::default())
 }
