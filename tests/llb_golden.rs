@@ -694,3 +694,30 @@ fn marshal_is_deterministic_and_loadable() {
         }
     }
 }
+
+#[test]
+fn http_source_op_is_byte_identical() {
+    // The http op of the git-http vector: checksum, filename and mode.
+    let want = Definition::from_bytes(&read("git-http", "pb")).expect("decode git-http.pb");
+    let state = llb::http(
+        "https://example.com/files/six.html",
+        llb::HttpOptions {
+            checksum: Some(format!("sha256:{}", "0".repeat(64))),
+            filename: Some("six.html".into()),
+            perm: 0o644,
+            ..Default::default()
+        },
+    );
+    let def = state.marshal(&opts()).expect("marshal");
+    let op = &def.def[0];
+    let digest = Digest::of(op);
+    assert!(
+        want.def.iter().any(|w| w == op),
+        "http op {digest} is not in git-http.pb: {}",
+        op_json(op)
+    );
+    assert_eq!(
+        def.metadata.get(digest.as_str()),
+        want.metadata.get(digest.as_str())
+    );
+}

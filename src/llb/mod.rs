@@ -23,9 +23,9 @@ pub use platform::Platform;
 pub use reference::normalize_image_ref;
 pub use state::{
     CUSTOM_NAME_KEY, CacheSharing, Chmod, Chown, Constraints, CopyOptions, ExecState, FileAction,
-    ImageOptions, LocalOptions, MkdirOptions, MkfileOptions, Mount, ResolveMode, RmOptions, Run,
-    SecretMount, SshMount, State, SymlinkOptions, UserRef, diff, image, image_with, local, merge,
-    scratch, source,
+    HttpOptions, ImageOptions, LocalOptions, MkdirOptions, MkfileOptions, Mount, ResolveMode,
+    RmOptions, Run, SecretMount, SshMount, State, SymlinkOptions, UserRef, diff, http, image,
+    image_with, local, merge, scratch, source,
 };
 
 /// Errors of the llb module.

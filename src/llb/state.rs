@@ -27,6 +27,11 @@ pub(crate) mod caps {
     pub const SOURCE_LOCAL_FOLLOW: &str = "source.local.followpaths";
     pub const SOURCE_LOCAL_EXCLUDE: &str = "source.local.excludepatterns";
     pub const SOURCE_LOCAL_SHARED_KEY_HINT: &str = "source.local.sharedkeyhint";
+    pub const SOURCE_HTTP: &str = "source.http";
+    pub const SOURCE_HTTP_CHECKSUM: &str = "source.http.checksum";
+    pub const SOURCE_HTTP_PERM: &str = "source.http.perm";
+    /// Misspelled in BuildKit itself; the wire value is what counts.
+    pub const SOURCE_HTTP_UIDGID: &str = "soruce.http.uidgid";
     pub const EXEC_META_BASE: &str = "exec.meta.base";
     pub const EXEC_META_CGROUP_PARENT: &str = "exec.meta.cgroup.parent";
     pub const EXEC_META_NETWORK: &str = "exec.meta.network";
@@ -438,6 +443,48 @@ pub fn source(
         },
         0,
     )
+}
+
+/// Options of [`http`].
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// `sha256:<hex>` the download must match.
+    pub checksum: Option<String>,
+    /// Name of the file in the result (default: from the URL).
+    pub filename: Option<String>,
+    /// File mode; 0 for the default.
+    pub perm: u32,
+    /// Owner of the file; 0 is left out, as in the Go client.
+    pub uid: u32,
+    pub gid: u32,
+    pub constraints: Constraints,
+}
+
+/// `llb.HTTP(url)`: a single file downloaded from `url`.
+pub fn http(url: &str, opts: HttpOptions) -> State {
+    let mut c = opts.constraints;
+    let mut attrs = BTreeMap::new();
+    if let Some(ck) = opts.checksum.filter(|c| !c.is_empty()) {
+        attrs.insert("http.checksum".to_string(), ck);
+        c.add_cap(caps::SOURCE_HTTP_CHECKSUM);
+    }
+    if let Some(f) = opts.filename.filter(|f| !f.is_empty()) {
+        attrs.insert("http.filename".to_string(), f);
+    }
+    if opts.perm != 0 {
+        attrs.insert("http.perm".to_string(), format!("0{:o}", opts.perm));
+        c.add_cap(caps::SOURCE_HTTP_PERM);
+    }
+    if opts.uid != 0 {
+        attrs.insert("http.uid".to_string(), opts.uid.to_string());
+        c.add_cap(caps::SOURCE_HTTP_UIDGID);
+    }
+    if opts.gid != 0 {
+        attrs.insert("http.gid".to_string(), opts.gid.to_string());
+        c.add_cap(caps::SOURCE_HTTP_UIDGID);
+    }
+    c.add_cap(caps::SOURCE_HTTP);
+    source(url, attrs, c)
 }
 
 /// `llb.Merge`: layers the inputs on top of each other. Keeps the first input's metadata.
