@@ -131,6 +131,21 @@ fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// envkit's config directory: `$XDG_CONFIG_HOME/envkit`, else `~/.config/envkit`.
+pub fn config_dir() -> Option<PathBuf> {
+    xdg_dir(&real_env, "XDG_CONFIG_HOME", ".config").map(|d| d.join("envkit"))
+}
+
+/// envkit's cache directory: `$XDG_CACHE_HOME/envkit`, else `~/.cache/envkit`.
+pub fn cache_dir() -> Option<PathBuf> {
+    xdg_dir(&real_env, "XDG_CACHE_HOME", ".cache").map(|d| d.join("envkit"))
+}
+
+/// The user's home directory (`$HOME`).
+pub fn home() -> Option<PathBuf> {
+    home_dir(&real_env)
+}
+
 /// The store root: `--root`, else `$ENVKIT_ROOT`, else `$XDG_DATA_HOME/envkit`, else
 /// `~/.local/share/envkit`.
 pub fn store_root(explicit: Option<&Path>) -> PathBuf {

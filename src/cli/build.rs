@@ -49,7 +49,7 @@ async fn compile(
         .unwrap_or_else(|| "envkit".to_string());
     let (file, func) = frontend::parse_from(&source.from)?;
     let env = frontend::evaluate(&context_dir, &file, &func)?;
-    let base = registry.resolve(&env.image).await?;
+    let base = registry.resolve(&lower::base_image_ref(&env)).await?;
     let owner = env.owner.unwrap_or_else(|| {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
@@ -61,6 +61,18 @@ async fn compile(
         owner,
         platform: Default::default(),
         target,
+        ssh_public_key: String::new(),
+        ssh_public_key_path: String::new(),
+    };
+    let opts = if env.dev {
+        let (path, key) = ssh_public_key()?;
+        lower::LowerOptions {
+            ssh_public_key: key,
+            ssh_public_key_path: path.display().to_string(),
+            ..opts
+        }
+    } else {
+        opts
     };
     let lowered = lower::lower(&env, &base_image(&base), &opts)?;
     Ok(Compiled {
@@ -68,6 +80,42 @@ async fn compile(
         env_name,
         lowered,
     })
+}
+
+/// The public key dev environments authorise for envd-sshd: envd's own key
+/// (`~/.config/envd/id_rsa_envd.pub`) when the user has one, else envkit's
+/// (`$XDG_CONFIG_HOME/envkit/id_envkit.pub`), made with `ssh-keygen` the first time.
+fn ssh_public_key() -> anyhow::Result<(PathBuf, String)> {
+    if let Some(h) = config::home() {
+        let envd = h.join(".config/envd/id_rsa_envd.pub");
+        if let Ok(key) = std::fs::read_to_string(&envd) {
+            return Ok((envd, key));
+        }
+    }
+    let dir = config::config_dir().context("finding envkit's config directory")?;
+    let private = dir.join("id_envkit");
+    let public = dir.join("id_envkit.pub");
+    if let Ok(key) = std::fs::read_to_string(&public) {
+        return Ok((public, key));
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "envkit", "-f"])
+        .arg(&private)
+        .output()
+        .context(
+            "a dev environment needs an SSH key pair and `ssh-keygen` could not be run \
+             (install openssh-client, or create ~/.config/envd/id_rsa_envd.pub)",
+        )?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let key = std::fs::read_to_string(&public)
+        .with_context(|| format!("reading {}", public.display()))?;
+    Ok((public, key))
 }
 
 /// A tag as a full reference (`app:dev` → `docker.io/library/app:dev`), like envd and docker.

@@ -30,17 +30,9 @@ impl Options {
     /// The running user's: [`user_config_files`] and `$XDG_CACHE_HOME/envkit`
     /// (default `~/.cache/envkit`).
     pub fn for_user() -> Options {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|h| PathBuf::from(h).join(".cache"))
-            });
         Options {
             prelude: user_config_files(),
-            cache_dir: cache.map(|c| c.join("envkit")),
+            cache_dir: crate::config::cache_dir(),
         }
     }
 
@@ -248,19 +240,12 @@ fn fetch_repo(git: &str, envdlib: &Path) -> Result<PathBuf, String> {
 /// `~/.config/envd/config.envd`, then envkit's `$XDG_CONFIG_HOME/envkit/config.envd`, each when
 /// it exists.
 pub fn user_config_files() -> Vec<PathBuf> {
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| home.as_ref().map(|h| h.join(".config")));
     let mut out = Vec::new();
-    if let Some(h) = &home {
+    if let Some(h) = crate::config::home() {
         out.push(h.join(".config").join("envd").join("config.envd"));
     }
-    if let Some(c) = config {
-        out.push(c.join("envkit").join("config.envd"));
+    if let Some(c) = crate::config::config_dir() {
+        out.push(c.join("config.envd"));
     }
     out.retain(|p| p.is_file());
     out

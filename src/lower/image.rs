@@ -25,8 +25,13 @@ impl Compiler<'_> {
     /// the PATH list, then envd's locale; the entrypoint is `config.entrypoint` or the base's;
     /// envd's config has no `Cmd`, so the base image's is dropped.
     pub(super) fn image_spec(&self) -> ImageSpec {
-        let mut image_env: Vec<String> = self
-            .environ
+        // envd computes the labels before it adds ENVD_WORKDIR to the environment.
+        let labels = self.labels();
+        let mut environ = self.environ.clone();
+        if self.env.dev {
+            environ.insert("ENVD_WORKDIR".into(), self.working_dir());
+        }
+        let mut image_env: Vec<String> = environ
             .iter()
             .filter(|(k, _)| k.as_str() != "PATH")
             .map(|(k, v)| format!("{k}={v}"))
@@ -34,19 +39,58 @@ impl Compiler<'_> {
         image_env.push(format!("PATH={}", self.paths.join(":")));
         image_env.push("LC_ALL=C.UTF-8".to_string());
         image_env.push("LANG=C.UTF-8".to_string());
+        let (entrypoint, exposed_ports) = if self.env.dev {
+            let mut ports = vec![format!("{}/tcp", super::dev::SSH_PORT)];
+            if self.env.jupyter.is_some() {
+                ports.push(format!("{JUPYTER_PORT}/tcp"));
+            }
+            if self.env.rstudio_server {
+                ports.push(format!("{RSTUDIO_PORT}/tcp"));
+            }
+            for e in &self.env.runtime_expose {
+                ports.push(format!("{}/tcp", e.envd_port));
+            }
+            ports.sort();
+            ports.dedup();
+            (vec!["horust".to_string()], ports)
+        } else {
+            (self.entrypoint(), Vec::new())
+        };
         ImageSpec {
             env: image_env,
-            entrypoint: Some(self.entrypoint()),
+            entrypoint: Some(entrypoint),
             cmd: None,
-            user: self.base.user.clone(),
-            working_dir: self.base.working_dir.clone(),
-            labels: self.labels(),
-            exposed_ports: Vec::new(),
+            user: self.user(),
+            working_dir: self.image_working_dir(),
+            labels,
+            exposed_ports,
         }
     }
 
-    /// Non-dev: `config.entrypoint`, else the base image's.
+    /// envd's `User`: the dev user, else the base image's.
+    fn user(&self) -> Option<String> {
+        if self.env.dev {
+            self.dev_user.clone()
+        } else {
+            self.base.user.clone()
+        }
+    }
+
+    /// envd's `WorkingDir`: `/home/envd/<env>` for dev, else the base image's.
+    fn image_working_dir(&self) -> Option<String> {
+        if self.env.dev {
+            Some(self.working_dir())
+        } else {
+            self.base.working_dir.clone()
+        }
+    }
+
+    /// envd's `Entrypoint` field: for non-dev `config.entrypoint`, else the base image's; for
+    /// dev what `config.entrypoint` said (nothing: it is refused in dev).
     fn entrypoint(&self) -> Vec<String> {
+        if self.env.dev {
+            return self.env.entrypoint.clone();
+        }
         if self.env.entrypoint.is_empty() {
             self.base.entrypoint.clone().unwrap_or_default()
         } else {
@@ -255,10 +299,7 @@ impl Compiler<'_> {
             ("CodeAgents".into(), agents.unwrap_or(Json::Null)),
             ("EnvdSyntaxVersion".into(), Json::str("v1")),
             ("Image".into(), Json::str(&self.image)),
-            (
-                "User".into(),
-                Json::str(self.base.user.as_deref().unwrap_or("")),
-            ),
+            ("User".into(), Json::str(self.user().unwrap_or_default())),
             ("Shell".into(), Json::str(&env.shell)),
             ("Dev".into(), Json::Bool(env.dev)),
             ("CUDA".into(), Json::opt_str(env.cuda.as_deref())),
@@ -286,7 +327,10 @@ impl Compiler<'_> {
                 Json::opt_str(pip.map(|p| p.extra_url.as_str()).filter(|u| !u.is_empty())),
             ),
             ("PyPITrust".into(), Json::Bool(pip.is_some_and(|p| p.trust))),
-            ("PublicKeyPath".into(), Json::str("")),
+            (
+                "PublicKeyPath".into(),
+                Json::str(&self.opts.ssh_public_key_path),
+            ),
             ("PyPIPackages".into(), Json::string_lists(&self.pypi)),
             (
                 "RequirementsFile".into(),
@@ -312,7 +356,8 @@ impl Compiler<'_> {
             ("Repo".into(), repo_json(env)),
         ];
         if let Some(j) = &env.jupyter {
-            f.push(("Token".into(), Json::str(&j.token)));
+            let token = self.jupyter_token.as_deref().unwrap_or(&j.token);
+            f.push(("Token".into(), Json::str(token)));
             f.push(("Port".into(), Json::Int(j.port)));
         }
         if let Some(g) = &env.git_config {
@@ -341,7 +386,7 @@ impl Compiler<'_> {
         ));
         f.push((
             "WorkingDir".into(),
-            Json::str(self.base.working_dir.as_deref().unwrap_or("")),
+            Json::str(self.image_working_dir().unwrap_or_default()),
         ));
         f.push((
             "DisableMergeOp".into(),

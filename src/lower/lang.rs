@@ -217,7 +217,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn conda_init_shell(&self, shell: &str) -> String {
+    pub(super) fn conda_init_shell(&self, shell: &str) -> String {
         if self.micromamba() {
             format!(
                 "{} shell init -s {shell} {CONDA_ROOT}",

@@ -11,6 +11,7 @@
 //! Where envd iterates a Go map (the runtime environment) the order is random in envd; envkit
 //! sorts by key so that the same file always gives the same bytes.
 
+mod dev;
 mod gojson;
 mod image;
 mod lang;
@@ -103,6 +104,10 @@ pub struct LowerOptions {
     pub platform: Platform,
     /// The BuildKit the graph is for.
     pub target: Target,
+    /// Dev environments: the public SSH key written to `/var/envd/authorized_keys`, and the
+    /// host file it came from (recorded in the graph label, like envd's `PublicKeyPath`).
+    pub ssh_public_key: String,
+    pub ssh_public_key_path: String,
 }
 
 /// The result: the marshalled graph and the image config decisions.
@@ -119,15 +124,13 @@ pub fn lower(
     opts: &LowerOptions,
 ) -> Result<Lowered, LowerError> {
     env.validate()?;
-    if env.dev {
-        return Err(LowerError::NotImplemented(
-            "`base(dev=True)` (the development-environment graph)",
-        ));
-    }
     let mut c = Compiler::new(env, base, opts);
 
     let base_state = c.base_state();
-    let apt_mirror = c.apt_source(base_state.clone());
+    let mut apt_mirror = c.apt_source(base_state.clone());
+    if env.dev {
+        apt_mirror = c.dev_prelude(apt_mirror);
+    }
     let system_packages = c.system_packages(apt_mirror.clone());
     let language = if opts.target.merge_op() {
         let lang = c.languages(apt_mirror)?;
@@ -149,7 +152,10 @@ pub fn lower(
     let packages = c.language_packages(language)?;
     let source = c.extra_source(packages);
     let copied = c.copies(source);
-    let agent = c.agents(copied);
+    let mut agent = c.agents(copied);
+    if env.dev {
+        agent = c.dev_post(agent)?;
+    }
     let run = c.run_groups(agent);
     let head = c.mount_dirs(run);
 
@@ -160,6 +166,15 @@ pub fn lower(
     })?;
     let image = c.image_spec();
     Ok(Lowered { definition, image })
+}
+
+/// The image the environment is built on: the base image, or NVIDIA's CUDA image for it with
+/// `install.cuda` (whose config the caller must fetch).
+pub fn base_image_ref(env: &Environment) -> String {
+    match &env.cuda {
+        Some(cuda) => cuda_image(&env.image, cuda, &env.cudnn, env.dev),
+        None => env.image.clone(),
+    }
 }
 
 /// `local.unique` for the build context: derived from its path, so one project always gives
@@ -191,6 +206,11 @@ pub(crate) struct Compiler<'a> {
     user_dirs: Vec<String>,
     /// envd's `PyPIPackages` after `config.jupyter` added `jupyter`.
     pypi: Vec<Vec<String>>,
+    /// envd's `User` for dev environments: `envd` once the dev user took over (uid ≠ 0).
+    dev_user: Option<String>,
+    /// `config.jupyter`'s token; envd rewrites an empty one to `''` when it writes the
+    /// service (dev), and its graph label shows the rewritten value.
+    jupyter_token: Option<String>,
 }
 
 impl<'a> Compiler<'a> {
@@ -198,10 +218,7 @@ impl<'a> Compiler<'a> {
     /// base image's config was read (every base `ENV` over `runtime.environ`; new PATH entries
     /// of the base appended, deduplicated).
     fn new(env: &'a Environment, base: &'a BaseImage, opts: &'a LowerOptions) -> Compiler<'a> {
-        let image = match &env.cuda {
-            Some(cuda) => cuda_image(&env.image, cuda, &env.cudnn, env.dev),
-            None => env.image.clone(),
-        };
+        let image = base_image_ref(env);
         let mut environ = env.environ.clone();
         let mut paths: Vec<String> = ir::DEFAULT_PATH.split(':').map(str::to_string).collect();
         paths.extend(env.extra_path.iter().cloned());
@@ -229,6 +246,8 @@ impl<'a> Compiler<'a> {
             paths,
             user_dirs: Vec::new(),
             pypi,
+            dev_user: None,
+            jupyter_token: env.jupyter.as_ref().map(|j| j.token.clone()),
         }
     }
 

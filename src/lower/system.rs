@@ -167,9 +167,14 @@ impl Compiler<'_> {
         root
     }
 
-    /// Stage 12: the target directory of each `runtime.mount`, owned by the owner.
+    /// Stage 12: the working directory (dev), then the target directory of each
+    /// `runtime.mount`, owned by the owner.
     pub(super) fn mount_dirs(&self, root: State) -> State {
-        let mut root = root;
+        let mut root = if self.env.dev {
+            self.dev_workdir(root)
+        } else {
+            root
+        };
         for m in &self.env.mounts {
             root = root.file(
                 FileAction::new().mkdir(

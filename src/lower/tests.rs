@@ -11,6 +11,8 @@ fn opts() -> LowerOptions {
         owner: (1000, 1000),
         platform: Platform::default(),
         target: Target::Embedded,
+        ssh_public_key: "ssh-ed25519 AAAAtest user@host\n".into(),
+        ssh_public_key_path: "/home/user/.config/envkit/id_envkit.pub".into(),
     }
 }
 
@@ -330,15 +332,142 @@ fn the_same_environment_gives_the_same_bytes() {
 }
 
 #[test]
-fn what_lowering_cannot_build_yet_is_an_error() {
-    let dev = Environment {
+fn dev_mode_adds_envds_prelude_user_services_and_config() {
+    use crate::ir::LanguageName as L;
+    let env = Environment {
         dev: true,
-        ..example()
+        shell: "zsh".into(),
+        jupyter: Some(crate::ir::JupyterConfig::default()),
+        runtime_init: vec![vec!["echo a".into(), "echo b".into()]],
+        runtime_daemon: vec![vec!["python3".into(), "-m".into(), "http.server".into()]],
+        runtime_expose: vec![crate::ir::Expose {
+            envd_port: 8000,
+            host_port: 0,
+            service: "web".into(),
+            listen_addr: "127.0.0.1".into(),
+        }],
+        git_config: Some(crate::ir::GitConfig {
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            editor: "vim".into(),
+        }),
+        vscode_plugins: vec![crate::ir::VscodePlugin::parse("ms-python.python").unwrap()],
+        ..with_langs(&[(L::Python, None)])
     };
-    match lower(&dev, &python_base(), &opts()) {
-        Err(e) => assert!(e.to_string().contains("not implemented yet"), "{e}"),
-        Ok(_) => panic!("dev mode lowered"),
+    let l = lower(&env, &BaseImage::default(), &opts()).unwrap();
+    let n = names(&l);
+    for want in [
+        "[internal] install built-in packages",
+        "[internal] add envd-sshd from ghcr.io/tensorchord/envd-sshd-from-scratch:v1.3.4",
+        "[internal] install horust",
+        "[internal] create user group envd(g:1000)",
+        "[internal] create user envd(u:1000)",
+        "[internal] install ssh keys",
+        "[internal] install oh-my-zsh",
+        "[internal] setting prompt zsh config",
+        "[internal] create file /etc/horust/services/sshd.toml",
+        "[internal] create file /etc/horust/services/init_0.toml",
+        "[internal] create file /etc/horust/services/daemon_0.toml",
+        "[internal] create file /etc/horust/services/jupyter.toml",
+        "install vscode plugin ms-python.python@linux-x64",
+        "[internal] create work dir: /home/envd/proj",
+    ] {
+        assert!(n.contains(&want.to_string()), "{want} not in {n:?}");
     }
+    let g = llb::load(&l.definition.to_bytes()).unwrap();
+    let files: Vec<(String, String)> = g
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op.op {
+            Some(pb::op::Op::File(f)) => match &f.actions[0].action {
+                Some(pb::file_action::Action::Mkfile(m)) => Some((
+                    m.path.clone(),
+                    String::from_utf8_lossy(&m.data).into_owned(),
+                )),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let file = |p: &str| {
+        files
+            .iter()
+            .find(|(path, _)| path == p)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("no mkfile {p}"))
+    };
+    // The daemon starts after the init scripts; an empty Jupyter token becomes ''.
+    assert!(file("/etc/horust/services/daemon_0.toml").contains("start-after = [\"init_0\",]\n"));
+    assert!(
+        file("/etc/horust/services/jupyter.toml").contains("--NotebookApp.token '' --port 8888\n")
+    );
+    assert!(
+        file("/etc/horust/services/init_0.toml")
+            .contains("/bin/bash -c 'set -euo pipefail\necho a\necho b'")
+    );
+    // The key is the host's, with " envd" appended and one newline trimmed.
+    assert_eq!(
+        file("/var/envd/authorized_keys"),
+        "ssh-ed25519 AAAAtest user@host envd"
+    );
+    assert_eq!(
+        file("/home/envd/.gitconfig"),
+        "\n[user]\n\temail = ada@example.com\n\tname = Ada\n[core]\n\teditor = vim\n\n"
+    );
+    assert!(g.to_json_lines().contains("local://cache-dir"));
+    // Run steps run as envd.
+    let users: Vec<String> = g
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op.op {
+            Some(pb::op::Op::Exec(e)) => e.meta.as_ref().map(|m| m.user.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(users.iter().any(|u| u == "envd"), "{users:?}");
+    let img = &l.image;
+    assert_eq!(img.entrypoint, Some(vec!["horust".to_string()]));
+    assert_eq!(img.user.as_deref(), Some("envd"));
+    assert_eq!(img.working_dir.as_deref(), Some("/home/envd/proj"));
+    assert_eq!(img.exposed_ports, ["2222/tcp", "8000/tcp", "8888/tcp"]);
+    for want in [
+        "USER=envd",
+        "SHELL=/usr/bin/zsh",
+        "ENVD_WORKDIR=/home/envd/proj",
+    ] {
+        assert!(
+            img.env.iter().any(|e| e == want),
+            "{want} not in {:?}",
+            img.env
+        );
+    }
+    let general = &img.labels["ai.tensorchord.envd.graph.general"];
+    assert!(general.contains(r#""Token":"''""#), "{general}");
+    assert!(!img.labels["ai.tensorchord.envd.graph.runtime"].contains("ENVD_WORKDIR"));
+
+    // uid 0: the envd user is mapped onto root and steps stay root.
+    let o = LowerOptions {
+        owner: (0, 0),
+        ..opts()
+    };
+    let l = lower(&env, &BaseImage::default(), &o).unwrap();
+    let n = names(&l);
+    assert!(
+        n.contains(&"[internal] set envd uid to 0 as root".to_string()),
+        "{n:?}"
+    );
+    assert_eq!(l.image.user, None);
+    assert!(l.image.env.iter().any(|e| e == "USER=root"));
+}
+
+#[test]
+fn entrypoint_is_refused_in_dev_mode() {
+    let env = Environment {
+        dev: true,
+        entrypoint: vec!["python3".into()],
+        ..Environment::default()
+    };
+    assert!(lower(&env, &BaseImage::default(), &opts()).is_err());
 }
 
 #[test]
