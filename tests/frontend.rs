@@ -859,3 +859,33 @@ fn context_dir_may_be_relative() -> TestResult {
     assert!(Path::new(&env.run[0].commands[0]).is_absolute());
     Ok(())
 }
+
+#[test]
+fn builtins_reference_is_up_to_date() -> TestResult {
+    let text = envkit::frontend::builtins_reference();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/builtins.md");
+    if std::env::var_os("ENVKIT_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().ok_or("no parent")?)?;
+        std::fs::write(&path, &text)?;
+    }
+    let want = std::fs::read_to_string(&path)?;
+    assert!(
+        want == text,
+        "docs/builtins.md is out of date: run ENVKIT_BLESS=1 cargo test --test frontend"
+    );
+    // Every builtin of envd's API has a section.
+    for name in [
+        "base",
+        "install.cuda",
+        "config.jupyter",
+        "io.http",
+        "runtime.mount",
+        "data.envd",
+    ] {
+        assert!(
+            text.contains(&format!("## `{name}`")),
+            "{name} is not documented"
+        );
+    }
+    Ok(())
+}

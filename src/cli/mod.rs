@@ -41,6 +41,18 @@ pub enum Command {
         #[command(subcommand)]
         what: DebugCommand,
     },
+    /// Reference documentation.
+    #[command(name = "reference")]
+    Reference {
+        #[command(subcommand)]
+        what: ReferenceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReferenceCommand {
+    /// Every envd builtin envkit implements, with its signature and description (Markdown).
+    Builtins,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,5 +171,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Debug {
             what: DebugCommand::Llb(ref args),
         } => build::debug_llb(&cli, args).await,
+        Command::Reference {
+            what: ReferenceCommand::Builtins,
+        } => {
+            std::io::stdout().write_all(crate::frontend::builtins_reference().as_bytes())?;
+            Ok(())
+        }
     }
 }

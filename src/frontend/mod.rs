@@ -22,6 +22,11 @@ pub use error::FrontendError;
 pub use error::Location;
 pub use modules::{Options, user_config_files};
 
+/// A Markdown reference of every envd builtin envkit implements (from their doc comments).
+pub fn builtins_reference() -> String {
+    builtins::reference()
+}
+
 /// The default `-f` value's file.
 pub const DEFAULT_FILE: &str = "build.envd";
 /// The default `-f` value's function.

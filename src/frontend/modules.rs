@@ -124,8 +124,20 @@ impl Recorder {
         if let Some(hit) = self.includes.borrow().get(git) {
             return Ok(hit.clone());
         }
-        let cache = cache_dir(&self.cache_dir).map_err(IncludeError::Message)?;
-        let repo = fetch_repo(git, &cache.join("envdlib")).map_err(IncludeError::Message)?;
+        if git.is_empty() {
+            return Err(IncludeError::Message(
+                "include: `git` is required (a repository URL or a local path)".into(),
+            ));
+        }
+        let in_context = Path::new(&self.context_abs).join(git);
+        let repo = if !git.contains("://") && !Path::new(git).is_dir() && in_context.is_dir() {
+            // A relative directory in the build context (envd resolves it against the
+            // current directory only).
+            in_context
+        } else {
+            let cache = cache_dir(&self.cache_dir).map_err(IncludeError::Message)?;
+            fetch_repo(git, &cache.join("envdlib")).map_err(IncludeError::Message)?
+        };
         let mut files = Vec::new();
         for entry in walkdir::WalkDir::new(&repo)
             .sort_by_file_name()
@@ -201,9 +213,6 @@ impl FileLoader for Recorder {
 /// cloned with the system `git` into the envdlib cache, or updated there (`git pull`, whose
 /// failure is ignored, like envd's).
 fn fetch_repo(git: &str, envdlib: &Path) -> Result<PathBuf, String> {
-    if git.is_empty() {
-        return Err("include: `git` is required (a repository URL or a local path)".into());
-    }
     let local = Path::new(git);
     if !git.contains("://") && local.is_dir() {
         return Ok(local.to_path_buf());

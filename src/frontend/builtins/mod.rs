@@ -145,3 +145,46 @@ pub(crate) fn globals(build_context_dir: &str) -> Globals {
     builder.set("_build_context_dir", build_context_dir);
     builder.build()
 }
+
+/// The names of envd's top-level builtins (the rest of the globals are Starlark's own).
+const TOP_LEVEL: &[&str] = &["base", "shell", "run", "git_config", "include"];
+/// envd's namespaces, in the order the reference shows them.
+const NAMESPACES: &[&str] = &["install", "config", "io", "runtime", "data"];
+
+/// A Markdown reference of every envd builtin, generated from the builtins' doc comments:
+/// one section per builtin with its signature (as Starlark) and description.
+pub(crate) fn reference() -> String {
+    use starlark::docs::{DocItem, DocMember};
+    let docs = globals("/path/to/context").documentation();
+    let mut out = String::from(
+        "# envd builtins in envkit\n\nGenerated from the builtins' doc comments (`envkit reference builtins`; the test `builtins_reference_is_up_to_date` regenerates this file with `ENVKIT_BLESS=1`).\n",
+    );
+    let section = |out: &mut String, name: &str, item: &DocItem| {
+        if let DocItem::Member(DocMember::Function(f)) = item {
+            out.push_str(&format!(
+                "\n## `{name}`\n\n```python\n{}\n```\n",
+                f.render_as_code(name).trim_end()
+            ));
+        }
+    };
+    for name in TOP_LEVEL {
+        if let Some(item) = docs.members.get(*name) {
+            section(&mut out, name, item);
+        }
+    }
+    for ns in NAMESPACES {
+        if let Some(DocItem::Module(m)) = docs.members.get(*ns) {
+            for (member, item) in m.members.iter() {
+                section(&mut out, &format!("{ns}.{member}"), item);
+                if let DocItem::Module(sub) = item {
+                    for (leaf, _) in sub.members.iter() {
+                        out.push_str(&format!(
+                            "\n## `{ns}.{member}.{leaf}`\n\nA string constant.\n"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
