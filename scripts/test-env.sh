@@ -30,7 +30,8 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
-          jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git)
+          jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
+          openssh-client)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then

@@ -161,3 +161,25 @@ fn an_unknown_image_names_the_reference_and_the_registry() {
     assert!(err.contains("no-such-image"), "{err}");
     assert!(err.contains(&env.registry), "{err}");
 }
+
+#[test]
+fn debug_llb_draws_the_graph_as_dot_and_svg() {
+    let env = TestEnv::new("dot");
+    let ctx = env.copy_context(&repo_path("examples/python-basic"), "python-basic");
+    let p = ctx.to_str().unwrap();
+    let dot = env.envkit(&["debug", "llb", "-p", p, "--dot"]);
+    assert!(dot.status.success(), "{}", stderr(&dot));
+    let text = stdout(&dot);
+    assert!(text.starts_with("digraph llb {"), "{text}");
+    for needle in [
+        "apt-get install curl",
+        "cache /var/cache/apt (id /var/cache/apt/python-basic-cpu)",
+        "copy /hello.py → /opt/hello.py",
+        "shape=ellipse",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let svg = env.envkit(&["debug", "llb", "-p", p, "--svg"]);
+    assert!(svg.status.success(), "{}", stderr(&svg));
+    assert!(stdout(&svg).contains("<svg"), "not an SVG");
+}

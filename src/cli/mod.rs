@@ -95,11 +95,14 @@ pub struct LlbArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// One JSON object per op (the default).
-    #[arg(long, conflicts_with_all = ["dot", "pb"])]
+    #[arg(long, conflicts_with_all = ["dot", "pb", "svg"])]
     pub json: bool,
-    /// A Graphviz graph.
-    #[arg(long, conflicts_with = "pb")]
+    /// A Graphviz graph for people: op kinds, names, commands, cache mounts.
+    #[arg(long, conflicts_with_all = ["pb", "svg"])]
     pub dot: bool,
+    /// The same graph rendered to SVG by Graphviz (`dot` must be on PATH).
+    #[arg(long, conflicts_with = "pb")]
+    pub svg: bool,
     /// The Definition's protobuf bytes (for `buildctl build` or `envkit solve`).
     #[arg(long)]
     pub pb: bool,

@@ -74,6 +74,25 @@ impl Definition {
         wire::encode_definition(&self.to_pb())
     }
 
+    /// The same Definition with every op decoded and encoded again by envkit's deterministic
+    /// encoder. For a Definition envkit (or BuildKit's Go client) marshalled, the result is
+    /// byte-identical: the encoding is canonical.
+    pub fn reencoded(&self) -> Result<Definition, LlbError> {
+        let mut def = Vec::with_capacity(self.def.len());
+        for (i, b) in self.def.iter().enumerate() {
+            let op = pb::Op::decode(b.as_slice()).map_err(|e| LlbError::Decode {
+                what: format!("op #{i}"),
+                reason: e.to_string(),
+            })?;
+            def.push(wire::encode_op(&op));
+        }
+        Ok(Definition {
+            def,
+            metadata: self.metadata.clone(),
+            source: self.source.clone(),
+        })
+    }
+
     /// Decodes bytes (no validation beyond protobuf; see [`super::load`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Definition, LlbError> {
         let d = pb::Definition::decode(bytes).map_err(|e| LlbError::Decode {

@@ -5,6 +5,7 @@
 //! Byte compatibility is pinned by `tests/llb_golden.rs` against vectors from BuildKit
 //! v0.32.2's Go client.
 
+mod dot;
 mod json;
 mod load;
 mod marshal;
