@@ -407,6 +407,54 @@ fn build(name: &str) -> Option<State> {
                     }),
             )
             .root(),
+        "git-http" => {
+            let git = llb::git(
+                "https://github.com/moby/buildkit.git",
+                "v0.32.2",
+                llb::GitOptions {
+                    keep_git_dir: true,
+                    ..Default::default()
+                },
+            );
+            let http = llb::http(
+                "https://example.com/files/six.html",
+                llb::HttpOptions {
+                    checksum: Some(format!("sha256:{}", "0".repeat(64))),
+                    filename: Some("six.html".into()),
+                    perm: 0o644,
+                    ..Default::default()
+                },
+            );
+            llb::merge(&[git, http], Constraints::new())
+        }
+        "platform-mixed" => {
+            let on = |p: &str| llb::ImageOptions {
+                constraints: Constraints::new().platform(llb::Platform::parse(p).unwrap()),
+                ..Default::default()
+            };
+            let bb = format!("{REG}/library/busybox:latest");
+            let armv7 = llb::image_with(&bb, on("linux/arm/v7"));
+            let arm64 = llb::image_with(&bb, on("linux/arm64"));
+            debian()
+                .file(
+                    FileAction::new().copy(
+                        &armv7,
+                        "/bin/busybox",
+                        "/busybox-armv7",
+                        CopyOptions::default(),
+                    ),
+                    Constraints::new(),
+                )
+                .file(
+                    FileAction::new().copy(
+                        &arm64,
+                        "/bin/busybox",
+                        "/busybox-arm64",
+                        CopyOptions::default(),
+                    ),
+                    Constraints::new(),
+                )
+        }
         "envd-python" => {
             let base = debian()
                 .add_env("DEBIAN_FRONTEND", "noninteractive")
@@ -587,6 +635,8 @@ const REBUILT: &[&str] = &[
     "parallel4",
     "secret-ssh",
     "envd-python",
+    "git-http",
+    "platform-mixed",
 ];
 
 #[test]

@@ -24,9 +24,9 @@ pub use platform::Platform;
 pub use reference::normalize_image_ref;
 pub use state::{
     CUSTOM_NAME_KEY, CacheSharing, Chmod, Chown, Constraints, CopyOptions, ExecState, FileAction,
-    HttpOptions, ImageOptions, LocalOptions, MkdirOptions, MkfileOptions, Mount, ResolveMode,
-    RmOptions, Run, SecretMount, SshMount, State, SymlinkOptions, UserRef, diff, http, image,
-    image_with, local, merge, scratch, source,
+    GitOptions, HttpOptions, ImageOptions, LocalOptions, MkdirOptions, MkfileOptions, Mount,
+    ResolveMode, RmOptions, Run, SecretMount, SshMount, State, SymlinkOptions, UserRef, diff, git,
+    http, image, image_with, local, merge, scratch, source,
 };
 
 /// Errors of the llb module.

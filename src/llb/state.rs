@@ -27,6 +27,11 @@ pub(crate) mod caps {
     pub const SOURCE_LOCAL_FOLLOW: &str = "source.local.followpaths";
     pub const SOURCE_LOCAL_EXCLUDE: &str = "source.local.excludepatterns";
     pub const SOURCE_LOCAL_SHARED_KEY_HINT: &str = "source.local.sharedkeyhint";
+    pub const SOURCE_GIT: &str = "source.git";
+    pub const SOURCE_GIT_KEEP_DIR: &str = "source.git.keepgitdir";
+    pub const SOURCE_GIT_FULL_URL: &str = "source.git.fullurl";
+    pub const SOURCE_GIT_MOUNT_SSH_SOCK: &str = "source.git.mountsshsock";
+    pub const SOURCE_GIT_CHECKSUM: &str = "source.git.checksum";
     pub const SOURCE_HTTP: &str = "source.http";
     pub const SOURCE_HTTP_CHECKSUM: &str = "source.http.checksum";
     pub const SOURCE_HTTP_PERM: &str = "source.http.perm";
@@ -443,6 +448,75 @@ pub fn source(
         },
         0,
     )
+}
+
+/// Options of [`git`].
+#[derive(Debug, Clone, Default)]
+pub struct GitOptions {
+    /// Keep the `.git` directory in the result.
+    pub keep_git_dir: bool,
+    /// The commit the ref must resolve to.
+    pub checksum: Option<String>,
+    pub constraints: Constraints,
+}
+
+/// `llb.Git(url, fragment)`: a git checkout. `fragment` is `ref[:subdir]`. A URL without a
+/// scheme is taken as https, like the Go client; SSH URLs mount the default SSH agent
+/// socket (the Go client also scans the host's keys, which envkit leaves to the builder).
+pub fn git(url: &str, fragment: &str, opts: GitOptions) -> State {
+    let mut c = opts.constraints;
+    let full = if url.contains("://") || url.starts_with("git@") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    };
+    let ssh = full.starts_with("ssh://") || full.starts_with("git@");
+    // host + "/" + path, as the Go client builds the id for every protocol.
+    let host_path = if let Some(rest) = full.strip_prefix("git@") {
+        rest.replacen(':', "/", 1)
+    } else {
+        let rest = full.split_once("://").map_or(full.as_str(), |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        rest.to_string()
+    };
+    let (host, path) = host_path.split_once('/').unwrap_or((&host_path, ""));
+    let mut id = format!("{host}{}", clean_path(&format!("/{path}")));
+    let (git_ref, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let subdir = clean_path(&format!("/{subdir}"));
+    let subdir = subdir.trim_start_matches('/');
+    if !git_ref.is_empty() || !subdir.is_empty() {
+        id.push('#');
+        id.push_str(git_ref);
+        if !subdir.is_empty() {
+            id.push(':');
+            id.push_str(subdir);
+        }
+    }
+    let mut attrs = BTreeMap::new();
+    if opts.keep_git_dir {
+        attrs.insert("git.keepgitdir".to_string(), "true".to_string());
+        c.add_cap(caps::SOURCE_GIT_KEEP_DIR);
+    }
+    attrs.insert("git.fullurl".to_string(), full.clone());
+    c.add_cap(caps::SOURCE_GIT_FULL_URL);
+    attrs.insert(
+        "git.authtokensecret".to_string(),
+        "GIT_AUTH_TOKEN".to_string(),
+    );
+    attrs.insert(
+        "git.authheadersecret".to_string(),
+        "GIT_AUTH_HEADER".to_string(),
+    );
+    if ssh {
+        attrs.insert("git.mountsshsock".to_string(), "default".to_string());
+        c.add_cap(caps::SOURCE_GIT_MOUNT_SSH_SOCK);
+    }
+    if let Some(ck) = opts.checksum.filter(|c| !c.is_empty()) {
+        attrs.insert("git.checksum".to_string(), ck);
+        c.add_cap(caps::SOURCE_GIT_CHECKSUM);
+    }
+    c.add_cap(caps::SOURCE_GIT);
+    source(&format!("git://{id}"), attrs, c)
 }
 
 /// Options of [`http`].
