@@ -72,26 +72,36 @@ fn resolve(context_dir: &Path, file: &str) -> Result<PathBuf, FrontendError> {
     )))
 }
 
-/// envd reads only the first line: `# syntax=v1` is v1, `# syntax=v0` is refused, anything
-/// else is v1.
+/// envd reads only the first line: `# syntax=v1` is v1, `# syntax=v0` is refused. envkit also
+/// refuses any other declared version (`# syntax=v2`); a first line without `# syntax=` is v1,
+/// as in envd.
 fn check_syntax_version(file: &str, source: &str) -> Result<(), FrontendError> {
     let first = source.lines().next().unwrap_or("");
     if first.contains("# syntax=v1") {
         return Ok(());
     }
-    if let Some(at) = first.find("# syntax=v0") {
-        return Err(FrontendError::UnsupportedVersion(diag(
-            "`# syntax=v0` is not supported: envkit implements envd's v1 syntax only \
-             (v0 is no longer supported in envd v1 either); use `# syntax=v1`",
-            Some(Location::from_byte_span(
-                file,
-                source,
-                at,
-                at + "# syntax=v0".len(),
-            )),
-        )));
-    }
-    Ok(())
+    let Some(at) = first.find("# syntax=") else {
+        return Ok(());
+    };
+    let value: String = first[at + "# syntax=".len()..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let end = at + "# syntax=".len() + value.len();
+    let message = if value == "v0" {
+        "`# syntax=v0` is not supported: envkit implements envd's v1 syntax only \
+         (v0 is no longer supported in envd v1 either); use `# syntax=v1`"
+            .to_string()
+    } else {
+        format!(
+            "unsupported syntax version `{value}`: envkit implements envd's v1 syntax; use \
+             `# syntax=v1` (v0 is not supported)"
+        )
+    };
+    Err(FrontendError::UnsupportedVersion(diag(
+        message,
+        Some(Location::from_byte_span(file, source, at, end)),
+    )))
 }
 
 /// A top-level binding: where it is, and whether it is a `def`.
@@ -439,6 +449,12 @@ mod tests {
         assert!(ok.is_ok(), "only the first line counts");
         assert!(check_syntax_version("b.envd", "").is_ok());
         assert!(check_syntax_version("b.envd", "# syntax=v1\n").is_ok());
+        let other = check_syntax_version("b.envd", "# syntax=v2\n");
+        assert!(
+            matches!(&other, Err(FrontendError::UnsupportedVersion(d)) if d.message.contains("`v2`")),
+            "{other:?}"
+        );
+        assert!(check_syntax_version("b.envd", "# a comment\n").is_ok());
     }
 
     #[test]
