@@ -183,3 +183,60 @@ fn debug_llb_draws_the_graph_as_dot_and_svg() {
     assert!(svg.status.success(), "{}", stderr(&svg));
     assert!(stdout(&svg).contains("<svg"), "not an SVG");
 }
+
+#[test]
+fn the_build_context_mounted_writable_keeps_nothing() {
+    let env = TestEnv::new("mounthost");
+    let ctx = env.context_with(
+        "mounthost",
+        "# syntax=v1\ndef build():\n    base(image=\"python:3.11-slim\", dev=False)\n    \
+         install.python_packages(requirements=\"requirements.txt\")\n    \
+         run(commands=[\"test -f build.envd\", \"echo scribble > scratch.txt\", \"ls > /opt/listing\"], mount_host=True)\n",
+    );
+    // `typing-extensions` contains `-e`, so envd does not inline the file: pip runs
+    // `-r requirements.txt` with the build context mounted in /home/envd/<name>.
+    std::fs::write(ctx.join("requirements.txt"), "typing-extensions\n").unwrap();
+    env.chown(&ctx);
+    let tar = env.dir.join("mh.tar");
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pip install -r requirements.txt"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !ctx.join("scratch.txt").exists(),
+        "the step wrote into the host's context"
+    );
+    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", stderr(&out));
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "mounthost:dev",
+        "sh",
+        "-c",
+        "cat /opt/listing; python3 -c 'import typing_extensions; print(\"te ok\")'; ls -A /home/envd/mounthost 2>/dev/null | wc -l",
+    ]);
+    assert!(out.status.success(), "podman run: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("build.envd") && text.contains("requirements.txt"),
+        "{text}"
+    );
+    assert!(text.contains("te ok"), "{text}");
+    assert_eq!(
+        text.lines().last(),
+        Some("0"),
+        "the context's files leaked into the image: {text}"
+    );
+}

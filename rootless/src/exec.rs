@@ -15,7 +15,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use crate::error::{Result, RootlessError};
 use crate::overlay::{Overlay, remount_ro};
 use crate::pathsafe::{DotDot, resolve_in_root};
-use crate::proto::{CA_BUNDLE_ENV, CA_BUNDLE_PATH, ExecRequest, ExitStatus, MountKind};
+use crate::proto::{CA_BUNDLE_ENV, CA_BUNDLE_PATH, ExecRequest, ExitStatus, Mount, MountKind};
 use crate::userdb::{ExecUser, resolve_user};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -128,12 +128,22 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     }
     let ov = Overlay::mount(&r.lowers, Some((&r.upper, &r.work)))?;
     let root = ov.merged.clone();
+    // Layer views are mounted here (the step's own mount namespace inherits them) and bound
+    // into the root like any other directory.
+    let mut views: Vec<Overlay> = Vec::new();
+    let mut scratch_dirs: Vec<PathBuf> = Vec::new();
+    let mut resolved = r.clone();
+    let mounted = mount_views(r, &mut resolved, &mut views, &mut scratch_dirs);
     let mut mp = MountPoints {
         root: &root,
         created: Vec::new(),
     };
-    let res = prepare_and_run(r, &root, &mut mp);
+    let res = mounted.and_then(|()| prepare_and_run(&resolved, &root, &mut mp));
     let created = std::mem::take(&mut mp.created);
+    drop(views);
+    for d in &scratch_dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
     drop(ov);
     let lowers = r.lowers.clone();
     // Mount points we created must not end up in the layer.
@@ -162,6 +172,50 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
         drop_unchanged_copy_up(&r.upper, &lowers, rel);
     }
     res
+}
+
+/// Mounts every [`MountKind::Layers`] of `r` and rewrites it in `out` as a bind of the view.
+fn mount_views(
+    r: &ExecRequest,
+    out: &mut ExecRequest,
+    views: &mut Vec<Overlay>,
+    scratch_dirs: &mut Vec<PathBuf>,
+) -> Result<()> {
+    for (i, m) in r.mounts.iter().enumerate() {
+        let MountKind::Layers {
+            lowers,
+            selector,
+            writable,
+        } = &m.kind
+        else {
+            continue;
+        };
+        let ov = if *writable {
+            // Next to the step's work dir: the same filesystem, and inside the snapshot being
+            // prepared, so a crash leaves nothing the store does not clean up.
+            let dir = r.work.with_file_name(format!("view-{i}"));
+            let (u, w) = (dir.join("upper"), dir.join("work"));
+            scratch_dirs.push(dir);
+            Overlay::mount(lowers, Some((&u, &w)))?
+        } else {
+            Overlay::mount(lowers, None)?
+        };
+        let sel = selector.trim_start_matches('/');
+        let source = if sel.is_empty() {
+            ov.merged.clone()
+        } else {
+            resolve_in_root(&ov.merged, sel, true, DotDot::Reject)?
+        };
+        out.mounts[i] = Mount {
+            source,
+            target: m.target.clone(),
+            kind: MountKind::Bind {
+                readonly: !*writable,
+            },
+        };
+        views.push(ov);
+    }
+    Ok(())
 }
 
 fn drop_unchanged_copy_up(upper: &Path, lowers: &[PathBuf], rel: &Path) {
@@ -263,6 +317,12 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
                 dst: mp.ensure(&m.target, Kind::Dir)?,
                 size: *size,
             }),
+            MountKind::Layers { .. } => {
+                return Err(RootlessError::Invalid(format!(
+                    "layer view at {} was not mounted",
+                    m.target
+                )));
+            }
         }
     }
     // cwd: created if missing, and it persists.

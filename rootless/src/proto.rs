@@ -25,6 +25,14 @@ pub enum MountKind {
     Bind { readonly: bool },
     /// A fresh tmpfs; `size` in bytes (None: kernel default).
     Tmpfs { size: Option<u64> },
+    /// An overlay view of snapshot dirs (`lowers`, top first; `source` is ignored), optionally
+    /// only its `selector` subdirectory. Writable views get a scratch upper dir whose changes
+    /// are thrown away after the step (an input mounted read-write whose output nobody keeps).
+    Layers {
+        lowers: Vec<PathBuf>,
+        selector: String,
+        writable: bool,
+    },
 }
 
 /// An extra mount of an exec step. `target` is a path in the container.

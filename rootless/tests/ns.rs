@@ -321,6 +321,52 @@ fn unpack_exec_difftar() {
         assert!(up4.join("work/dir").is_dir(), "cwd persists");
         assert!(!up4.join("run").exists() && !up4.join("mnt").exists());
 
+        // Layer views: a writable view whose changes are thrown away, and a read-only view
+        // of two layers with a selector.
+        let mut req = exec_req(
+            vec![rootfs.clone()],
+            &t.0.join("s5"),
+            &[
+                "sh",
+                "-c",
+                "echo scribble > /ctx/new-file; cat /ctx/etc/passwd-link >/dev/null && echo rw; ls /two; touch /two/x 2>/dev/null || echo ro",
+            ],
+        );
+        req.mounts.push(rootless::Mount {
+            source: PathBuf::new(),
+            target: "/ctx".into(),
+            kind: rootless::MountKind::Layers {
+                lowers: vec![rootfs.clone()],
+                selector: String::new(),
+                writable: true,
+            },
+        });
+        req.mounts.push(rootless::Mount {
+            source: PathBuf::new(),
+            target: "/two".into(),
+            kind: rootless::MountKind::Layers {
+                lowers: vec![upper.clone(), rootfs.clone()],
+                selector: "/opq".into(),
+                writable: false,
+            },
+        });
+        let (r, out) = ok(&Request::Exec(req));
+        assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{out}");
+        assert_eq!(
+            out,
+            "rw
+new
+ro
+"
+        );
+        assert!(
+            !rootfs.join("new-file").exists(),
+            "the view's changes are discarded"
+        );
+        let s5 = t.0.join("s5");
+        assert!(!s5.join("upper/ctx/new-file").exists());
+        assert!(!s5.join("view-0").exists(), "scratch dirs are removed");
+
         // overhead of a trivial step
         let mut times = Vec::new();
         for i in 0..5 {

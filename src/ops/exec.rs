@@ -56,35 +56,39 @@ pub(super) async fn run(
                 readonly_rootfs = m.readonly;
             }
             MOUNT_BIND => {
-                if !m.readonly {
-                    return Err(OpsError::Unsupported(format!(
-                        "a writable bind mount of an input at {}",
-                        m.dest
-                    )));
-                }
                 let src = ctx.input(inputs, m.input)?;
-                let [id] = src.snap.chain.as_slice() else {
-                    return Err(OpsError::Unsupported(format!(
-                        "a bind mount of a multi-layer result at {}",
-                        m.dest
-                    )));
-                };
-                let mut source = ctx.worker.snapshots.fs(id);
                 let sel = m.selector.trim_start_matches('/');
-                if !sel.is_empty() {
-                    if sel.split('/').any(|c| c == "..") {
-                        return Err(OpsError::Invalid(format!(
-                            "mount selector {:?}",
-                            m.selector
-                        )));
-                    }
-                    source = source.join(sel);
+                if sel.split('/').any(|c| c == "..") {
+                    return Err(OpsError::Invalid(format!(
+                        "mount selector {:?}",
+                        m.selector
+                    )));
                 }
-                mounts.push(rootless::Mount {
-                    source,
-                    target: m.dest.clone(),
-                    kind: rootless::MountKind::Bind { readonly: true },
-                });
+                match src.snap.chain.as_slice() {
+                    // One read-only layer: bind its directory directly.
+                    [id] if m.readonly => {
+                        let mut source = ctx.worker.snapshots.fs(id);
+                        if !sel.is_empty() {
+                            source = source.join(sel);
+                        }
+                        mounts.push(rootless::Mount {
+                            source,
+                            target: m.dest.clone(),
+                            kind: rootless::MountKind::Bind { readonly: true },
+                        });
+                    }
+                    // Several layers, or writable: an overlay view of the input; a writable
+                    // view's changes are discarded (the engine keeps only the root's output).
+                    _ => mounts.push(rootless::Mount {
+                        source: PathBuf::new(),
+                        target: m.dest.clone(),
+                        kind: rootless::MountKind::Layers {
+                            lowers: ctx.worker.snapshots.lowers(&src.snap),
+                            selector: sel.to_string(),
+                            writable: !m.readonly,
+                        },
+                    }),
+                }
             }
             MOUNT_CACHE => {
                 let id = m
