@@ -61,7 +61,7 @@ pub struct BaseImage {
 /// builder, for BuildKits without Merge/Diff).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Target {
-    /// envkit's own engine. It has no Merge/Diff yet, so it gets the sequential shape.
+    /// envkit's own engine: Merge/Diff, like a buildkitd (it executes them lazily).
     #[default]
     Embedded,
     /// A buildkitd: Merge/Diff, like envd with a BuildKit container.
@@ -73,7 +73,7 @@ pub enum Target {
 impl Target {
     /// Whether parallel branches are joined with MergeOp/DiffOp.
     pub fn merge_op(self) -> bool {
-        matches!(self, Target::Buildkitd)
+        matches!(self, Target::Embedded | Target::Buildkitd)
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod exec;
 mod file;
+mod merge;
 mod source;
 
 use std::collections::BTreeMap;
@@ -124,8 +125,8 @@ impl Ctx {
             Some(pb::op::Op::Source(src)) => source::run(self, src).await,
             Some(pb::op::Op::Exec(exec)) => exec::run(self, exec, &inputs).await,
             Some(pb::op::Op::File(file)) => file::run(self, file, &inputs).await,
-            Some(pb::op::Op::Merge(_)) => Err(OpsError::Unsupported("MergeOp".into())),
-            Some(pb::op::Op::Diff(_)) => Err(OpsError::Unsupported("DiffOp".into())),
+            Some(pb::op::Op::Merge(m)) => merge::merge(self, m, &inputs).await,
+            Some(pb::op::Op::Diff(d)) => merge::diff(self, d, &inputs).await,
             Some(pb::op::Op::Build(_)) => Err(OpsError::Unsupported("BuildOp".into())),
             Some(pb::op::Op::Passthrough(_)) => Err(OpsError::Unsupported("PassthroughOp".into())),
             None => Err(OpsError::Invalid(format!(
