@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     /// into a layer).
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
+    /// How many build steps may run at once (default: the number of cores).
+    #[serde(default)]
+    pub max_parallelism: Option<usize>,
 }
 
 /// The whole config file.

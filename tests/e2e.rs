@@ -240,3 +240,77 @@ fn the_build_context_mounted_writable_keeps_nothing() {
         "the context's files leaked into the image: {text}"
     );
 }
+
+/// Four `sleep 1` branches joined with Merge/Diff run at the same time (with
+/// `--parallelism 4`), and a warm rerun starts no step.
+#[test]
+fn merged_branches_run_concurrently_and_a_warm_solve_runs_nothing() {
+    use envkit::llb::{self, Constraints, Run};
+    let env = TestEnv::new("parallel");
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    let branches: Vec<llb::State> = (0..4)
+        .map(|i| {
+            base.run(Run::args([
+                "sh",
+                "-c",
+                &format!(
+                    "mkdir -p /t; cut -d' ' -f1 /proc/uptime > /t/{i}.start; sleep 1; cut -d' ' -f1 /proc/uptime > /t/{i}.end"
+                ),
+            ]))
+            .root()
+        })
+        .collect();
+    let mut inputs = vec![base.clone()];
+    inputs.extend(
+        branches
+            .iter()
+            .map(|b| llb::diff(&base, b, Constraints::new())),
+    );
+    let merged = llb::merge(&inputs, Constraints::new());
+    // All four were running at once: the latest start comes before the earliest end.
+    let check = merged.run(Run::args([
+        "sh",
+        "-c",
+        "s=$(cat /t/*.start | sort -n | tail -1); e=$(cat /t/*.end | sort -n | head -1); \
+         echo \"latest start $s, earliest end $e\"; awk -v s=$s -v e=$e 'BEGIN { exit !(s < e) }'",
+    ]));
+    let def = check
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = env.dir.join("parallel.pb");
+    std::fs::write(&pb, def.to_bytes()).unwrap();
+    env.chown(&pb);
+    let args = [
+        "solve",
+        pb.to_str().unwrap(),
+        "--parallelism",
+        "4",
+        "-t",
+        "parallel:test",
+    ];
+    let out = env.envkit(&args);
+    assert!(out.status.success(), "solve failed:\n{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .lines()
+            .any(|l| l.contains("latest start ") && !l.contains("exec:")),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = env.envkit(&args);
+    assert!(out.status.success(), "warm solve failed:\n{}", stderr(&out));
+    let log = stderr(&out);
+    let steps: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with('#') && !l.contains(" CACHED") && !l.contains(" DONE"))
+        .collect();
+    let cached = log.lines().filter(|l| l.ends_with(" CACHED")).count();
+    assert_eq!(cached, steps.len(), "a warm solve ran a step:\n{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("latest start ") && !l.contains("exec:")),
+        "the check step ran again:\n{log}"
+    );
+}

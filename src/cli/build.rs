@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use super::{BuildArgs, Cli, LlbArgs, SourceArgs};
+use super::{BuildArgs, Cli, LlbArgs, SolveArgs, SourceArgs};
 use crate::config::{self, Config};
 use crate::export::{self, Output};
 use crate::frontend;
@@ -176,104 +176,188 @@ fn vertices(
     Ok((sv, ov, head))
 }
 
-pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.config.as_deref())?;
-    let root = config::store_root(cli.root.as_deref());
-    let output = match &args.output {
+/// What a build runs on: the store, the registry and the rootless helper.
+struct Engine {
+    root: PathBuf,
+    worker: Arc<Worker>,
+    reporter: Arc<dyn Reporter>,
+    parallelism: usize,
+}
+
+impl Engine {
+    async fn open(
+        cli: &Cli,
+        ca_bundle: Option<PathBuf>,
+        parallelism: Option<usize>,
+    ) -> anyhow::Result<Engine> {
+        let cfg = Config::load(cli.config.as_deref())?;
+        let root = config::store_root(cli.root.as_deref());
+        let ca_bundle = ca_bundle.or_else(|| cfg.worker.ca_bundle.clone());
+        if let Some(ca) = &ca_bundle
+            && !ca.is_file()
+        {
+            bail!("CA bundle {} does not exist", ca.display());
+        }
+        let parallelism = parallelism
+            .or(cfg.worker.max_parallelism)
+            .unwrap_or_else(|| SolveOptions::default().parallelism)
+            .max(1);
+        let worker = Arc::new(
+            Worker::new(&root, cfg, ca_bundle)
+                .with_context(|| format!("opening the store at {}", root.display()))?,
+        );
+        worker.clean_stale().await;
+        Ok(Engine {
+            root,
+            worker,
+            reporter: Arc::new(Plain::new(std::io::stderr())),
+            parallelism,
+        })
+    }
+
+    /// Loads Definition bytes (checking every digest) and solves them with `locals` as the
+    /// local sources: the result's snapshot stack.
+    async fn solve(
+        &self,
+        bytes: &[u8],
+        locals: BTreeMap<String, PathBuf>,
+    ) -> anyhow::Result<SnapRef> {
+        let graph = llb::load(bytes).context("loading the LLB Definition")?;
+        let (sv, ov, root_v) = vertices(&graph)?;
+        let runner = Arc::new(LlbRunner {
+            worker: self.worker.clone(),
+            vertices: Arc::new(ov),
+            locals,
+            reporter: self.reporter.clone(),
+        });
+        let opts = SolveOptions {
+            parallelism: self.parallelism,
+        };
+        let result = solver::solve(&sv, root_v, runner, self.reporter.clone(), &opts).await?;
+        Ok(result.snap)
+    }
+
+    /// Makes the result an image named `name` in the store, and writes the `-o` output.
+    async fn export(
+        &self,
+        snap: &SnapRef,
+        spec: &image::ImageSpec,
+        name: &str,
+        output: Option<Output>,
+        started: std::time::Instant,
+    ) -> anyhow::Result<()> {
+        self.reporter.event(Event::Note("exporting layers".into()));
+        let created = image::created_now();
+        let assembled = export_image(&self.worker, snap, spec, created).await?;
+        let size = assembled.manifest_bytes.len() as u64
+            + assembled.config_bytes.len() as u64
+            + assembled.layers.iter().map(|l| l.size()).sum::<u64>();
+        let db = meta::Meta::open(&self.root)?;
+        db.put_image(
+            name,
+            &meta::ImageRecord {
+                manifest_digest: assembled.manifest_digest.to_string(),
+                size,
+                created,
+            },
+        )?;
+        match output {
+            None | Some(Output::Image { .. }) => {}
+            Some(Output::Oci {
+                dest,
+                name: oci_name,
+            }) => {
+                let ref_name = match oci_name {
+                    Some(n) => full_name(&n)?,
+                    None => name.to_string(),
+                };
+                self.reporter.event(Event::Note(format!(
+                    "writing OCI image layout to {}",
+                    dest.display()
+                )));
+                export::oci_tar(
+                    &dest,
+                    &assembled.manifest_descriptor,
+                    &ref_name,
+                    &self.worker.content,
+                )?;
+            }
+        }
+        self.reporter.event(Event::Note(format!(
+            "built {name} ({}) in {:.1}s",
+            assembled.manifest_digest,
+            started.elapsed().as_secs_f64()
+        )));
+        Ok(())
+    }
+}
+
+fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
+    Ok(match o {
         Some(o) => Some(export::parse_output(o)?),
         None => None,
-    };
-    let ca_bundle = args
-        .ca_bundle
-        .clone()
-        .or_else(|| cfg.worker.ca_bundle.clone());
-    if let Some(ca) = &ca_bundle
-        && !ca.is_file()
-    {
-        bail!("CA bundle {} does not exist", ca.display());
-    }
-    let worker = Arc::new(
-        Worker::new(&root, cfg, ca_bundle)
-            .with_context(|| format!("opening the store at {}", root.display()))?,
-    );
-    worker.clean_stale().await;
-    let reporter: Arc<dyn Reporter> = Arc::new(Plain::new(std::io::stderr()));
-    let started = std::time::Instant::now();
+    })
+}
 
-    let compiled = compile(&args.source, &worker.registry, lower::Target::Embedded).await?;
+pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
+    let output = parse_output(args.output.as_ref())?;
+    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism).await?;
+    let started = std::time::Instant::now();
+    let compiled = compile(
+        &args.source,
+        &engine.worker.registry,
+        lower::Target::Embedded,
+    )
+    .await?;
     // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
     let bytes = compiled.lowered.definition.to_bytes();
-    let graph = llb::load(&bytes).context("loading the compiled LLB")?;
-    let (sv, ov, root_v) = vertices(&graph)?;
     let mut locals = BTreeMap::new();
     locals.insert(
         lower::CONTEXT_LOCAL.to_string(),
         compiled.context_dir.clone(),
     );
-    let runner = Arc::new(LlbRunner {
-        worker: worker.clone(),
-        vertices: Arc::new(ov),
-        locals,
-        reporter: reporter.clone(),
-    });
-    let result = solver::solve(
-        &sv,
-        root_v,
-        runner,
-        reporter.clone(),
-        &SolveOptions::default(),
-    )
-    .await?;
-
-    reporter.event(Event::Note("exporting layers".into()));
+    let snap = engine.solve(&bytes, locals).await?;
     let name = full_name(
         &args
             .tag
             .clone()
             .unwrap_or_else(|| format!("{}:dev", compiled.env_name)),
     )?;
-    let created = image::created_now();
-    let assembled = export_image(&worker, &result.snap, &compiled.lowered.image, created).await?;
-    let size = assembled.manifest_bytes.len() as u64
-        + assembled.config_bytes.len() as u64
-        + assembled.layers.iter().map(|l| l.size()).sum::<u64>();
-    let db = meta::Meta::open(&root)?;
-    db.put_image(
-        &name,
-        &meta::ImageRecord {
-            manifest_digest: assembled.manifest_digest.to_string(),
-            size,
-            created,
-        },
-    )?;
-    match output {
-        None | Some(Output::Image { .. }) => {}
-        Some(Output::Oci {
-            dest,
-            name: oci_name,
-        }) => {
-            let ref_name = match oci_name {
-                Some(n) => full_name(&n)?,
-                None => name.clone(),
-            };
-            reporter.event(Event::Note(format!(
-                "writing OCI image layout to {}",
-                dest.display()
-            )));
-            export::oci_tar(
-                &dest,
-                &assembled.manifest_descriptor,
-                &ref_name,
-                &worker.content,
-            )?;
+    engine
+        .export(&snap, &compiled.lowered.image, &name, output, started)
+        .await
+}
+
+/// `envkit solve`: runs an LLB Definition made by any client (`buildctl`-style `--local`
+/// dirs), and stores the result as an image (config from the base image, if any).
+pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
+    let output = parse_output(args.output.as_ref())?;
+    let bytes = match &args.file {
+        Some(f) if f.as_os_str() != "-" => {
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
         }
+        _ => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                .context("reading the Definition from stdin")?;
+            b
+        }
+    };
+    let mut locals = BTreeMap::new();
+    for l in &args.local {
+        let Some((name, dir)) = l.split_once('=') else {
+            bail!("--local wants NAME=DIR, got {l:?}");
+        };
+        let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
+        locals.insert(name.to_string(), dir);
     }
-    reporter.event(Event::Note(format!(
-        "built {name} ({}) in {:.1}s",
-        assembled.manifest_digest,
-        started.elapsed().as_secs_f64()
-    )));
-    Ok(())
+    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism).await?;
+    let started = std::time::Instant::now();
+    let snap = engine.solve(&bytes, locals).await?;
+    let name = full_name(&args.tag)?;
+    engine
+        .export(&snap, &image::ImageSpec::default(), &name, output, started)
+        .await
 }
 
 /// Turns a result chain into an image: the base image's layers as they are, plus one layer per

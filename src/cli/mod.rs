@@ -33,6 +33,8 @@ pub enum Command {
     /// Build an environment from a build.envd.
     #[command(alias = "b")]
     Build(BuildArgs),
+    /// Run an LLB Definition (from any BuildKit client) with envkit's engine.
+    Solve(SolveArgs),
     /// List the images in envkit's image store.
     #[command(alias = "image")]
     Images,
@@ -88,6 +90,32 @@ pub struct BuildArgs {
     /// Progress output (only `plain` so far; `auto` means plain).
     #[arg(long, default_value = "auto", value_parser = ["auto", "plain"])]
     pub progress: String,
+    /// How many steps may run at once (default `[worker] max-parallelism`, else the
+    /// number of cores).
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SolveArgs {
+    /// The Definition's protobuf bytes (`-` or nothing: stdin).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A local source the Definition names, `NAME=DIR` (repeatable), like buildctl's.
+    #[arg(long, value_name = "NAME=DIR")]
+    pub local: Vec<String>,
+    /// Image name in envkit's store.
+    #[arg(short = 't', long = "tag", default_value = "envkit-solve:latest")]
+    pub tag: String,
+    /// Output, buildctl-style (as for `build`).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<String>,
+    /// Host CA bundle that build steps trust.
+    #[arg(long = "ca-bundle", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// How many steps may run at once.
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +198,7 @@ fn render_error(e: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Build(ref args) => build::build(&cli, args).await,
+        Command::Solve(ref args) => build::solve(&cli, args).await,
         Command::Images => build::images(&cli),
         Command::Debug {
             what: DebugCommand::Llb(ref args),
