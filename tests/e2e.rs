@@ -314,3 +314,117 @@ fn merged_branches_run_concurrently_and_a_warm_solve_runs_nothing() {
         "the check step ran again:\n{log}"
     );
 }
+
+/// A Definition (bytes on disk, owned by the test user): `busybox` + one exec per command,
+/// each on the base, merged.
+fn branches_definition(env: &TestEnv, name: &str, commands: &[&str]) -> std::path::PathBuf {
+    use envkit::llb::{self, Constraints, Run};
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    let mut inputs = vec![base.clone()];
+    for c in commands {
+        let b = base.run(Run::args(["sh", "-c", c])).root();
+        inputs.push(llb::diff(&base, &b, Constraints::new()));
+    }
+    let def = llb::merge(&inputs, Constraints::new())
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = env.dir.join(name);
+    std::fs::write(&pb, def.to_bytes()).unwrap();
+    env.chown(&pb);
+    pb
+}
+
+/// Processes of the test user whose command line contains `needle`.
+fn user_processes(env: &TestEnv, needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-a", "-u", &env.user, "-f", needle])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_failing_step_cancels_its_siblings_and_kills_their_processes() {
+    let env = TestEnv::new("cancel");
+    let pb = branches_definition(
+        &env,
+        "cancel.pb",
+        &[
+            "sleep 47; touch /done",
+            "sleep 0.5; echo failing now; exit 3",
+        ],
+    );
+    let start = std::time::Instant::now();
+    let out = env.envkit(&["solve", pb.to_str().unwrap(), "--parallelism", "4"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("exit code: 3") && err.contains("failing now"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(40),
+        "the sibling was waited for instead of cancelled"
+    );
+    assert!(
+        user_processes(&env, "sleep 47").is_empty(),
+        "a sibling still runs"
+    );
+}
+
+#[test]
+fn an_interrupted_build_stops_its_steps_and_leaves_the_store_usable() {
+    let env = TestEnv::new("interrupt");
+    let pb = branches_definition(&env, "slow.pb", &["sleep 53"]);
+    let child = env
+        .user_command(env!("CARGO_BIN_EXE_envkit"))
+        .args(["solve", pb.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn envkit");
+    // Wait until the step runs, then interrupt envkit itself (not runuser).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while user_processes(&env, "sleep 53").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // This test's envkit, not another test's (they run at once as the same user).
+    let pids = user_processes(&env, &format!("solve {}", pb.display()));
+    let pid = pids
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .next()
+        .expect("envkit's pid")
+        .to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        user_processes(&env, "sleep 53").is_empty(),
+        "the step still runs"
+    );
+
+    // The next build on the store works and clears what the interrupted one left.
+    let quick = branches_definition(&env, "quick.pb", &["echo again"]);
+    let out = env.envkit(&["solve", quick.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let leftovers: Vec<_> = std::fs::read_dir(env.store().join("snapshots"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

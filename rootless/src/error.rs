@@ -38,6 +38,9 @@ pub enum RootlessError {
         line: usize,
         msg: String,
     },
+    /// The helper was stopped by its [`Cancel`](crate::Cancel) (the build was cancelled).
+    #[error("cancelled")]
+    Cancelled,
     /// The helper process could not be started.
     #[error("starting helper {exe}: {source}")]
     Spawn {

@@ -21,7 +21,7 @@ pub use difftar::{UpperKind, classify};
 pub use error::{Result, RootlessError};
 pub use helper::helper_main;
 pub use idmap::IdMap;
-pub use parent::run_helper;
+pub use parent::{Cancel, run_helper, run_helper_cancellable};
 pub use proto::{
     CA_BUNDLE_ENV, CA_BUNDLE_PATH, Compression, CopySource, ExecRequest, ExitStatus, FileAction,
     LayerFile, Mount, MountKind, ProbeResult, Request, Response,

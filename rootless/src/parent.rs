@@ -25,6 +25,62 @@ use crate::proto::{Request, Response};
 pub(crate) const FD_ENV: &str = "ENVKIT_ROOTLESS_FD";
 pub(crate) const CONTROL_FD: i32 = 3;
 
+/// A way to stop a running helper from another thread: [`Cancel::cancel`] kills it (and with
+/// it the step's whole pid namespace, whose init dies with the helper).
+#[derive(Debug, Default)]
+pub struct Cancel {
+    state: std::sync::Mutex<CancelState>,
+}
+
+#[derive(Debug, Default)]
+struct CancelState {
+    /// The running helper, until it has exited (its pid is not reused before it is reaped).
+    pid: Option<u32>,
+    cancelled: bool,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Kills the helper if it runs, and makes a helper not started yet fail at once.
+    pub fn cancel(&self) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.cancelled = true;
+        if let Some(pid) = st.pid
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.state.lock().map(|s| s.cancelled).unwrap_or(true)
+    }
+
+    /// Records the helper's pid; false (and the helper is killed) when already cancelled.
+    fn started(&self, pid: u32) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        st.pid = Some(pid);
+        !st.cancelled
+    }
+
+    /// The helper has exited; it must not be signalled any more.
+    fn finished(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.pid = None;
+        }
+    }
+}
+
 /// Spawn `exe args…` (which calls [`crate::helper_main`] first thing), put it into a user
 /// namespace mapped by `ids`, run `req` there and return its response. Step output is passed to
 /// `on_output` as it arrives. Blocking; call it from a blocking thread.
@@ -34,6 +90,37 @@ pub fn run_helper(
     ids: &IdMap,
     req: &Request,
     on_output: &mut dyn FnMut(&[u8]),
+) -> Result<Response> {
+    run_helper_cancellable(exe, args, ids, req, on_output, &Cancel::new())
+}
+
+/// [`run_helper`] that `cancel` can stop: the helper is killed and
+/// [`RootlessError::Cancelled`] returned.
+pub fn run_helper_cancellable(
+    exe: &Path,
+    args: &[&str],
+    ids: &IdMap,
+    req: &Request,
+    on_output: &mut dyn FnMut(&[u8]),
+    cancel: &Cancel,
+) -> Result<Response> {
+    if cancel.is_cancelled() {
+        return Err(RootlessError::Cancelled);
+    }
+    let res = run_helper_inner(exe, args, ids, req, on_output, cancel);
+    if cancel.is_cancelled() {
+        return Err(RootlessError::Cancelled);
+    }
+    res
+}
+
+fn run_helper_inner(
+    exe: &Path,
+    args: &[&str],
+    ids: &IdMap,
+    req: &Request,
+    on_output: &mut dyn FnMut(&[u8]),
+    cancel: &Cancel,
 ) -> Result<Response> {
     let request = serde_json::to_vec(req)
         .map_err(|e| RootlessError::Protocol(format!("encoding request: {e}")))?;
@@ -67,6 +154,11 @@ pub fn run_helper(
         exe: exe.to_path_buf(),
         source,
     })?;
+    // From here on every path that reaps the child calls `cancel.finished()` first, so that a
+    // late cancel cannot signal a reused pid.
+    if !cancel.started(child.id()) {
+        let _ = child.kill();
+    }
     drop(cmd); // closes our copies of the write ends held by the Command
     drop(ctl_w);
     let mut ctl = std::fs::File::from(ctl_r);
@@ -76,7 +168,10 @@ pub fn run_helper(
     let n = read_retry(&mut ctl, &mut first);
     let fail = |child: &mut std::process::Child, e: RootlessError| {
         let _ = child.kill();
-        let _ = child.wait();
+        let _ = {
+            cancel.finished();
+            child.wait()
+        };
         e
     };
     match (n, first[0]) {
@@ -84,7 +179,10 @@ pub fn run_helper(
         (Ok(1), b'E') => {
             let mut rest = Vec::new();
             let _ = ctl.read_to_end(&mut rest);
-            let _ = child.wait();
+            let _ = {
+                cancel.finished();
+                child.wait()
+            };
             return Err(match serde_json::from_slice::<Response>(&rest) {
                 Ok(Response::Error { message }) => RootlessError::Helper(message),
                 _ => RootlessError::Protocol("helper failed to unshare".into()),
@@ -93,7 +191,10 @@ pub fn run_helper(
         _ => {
             let mut o = Vec::new();
             let _ = out.read_to_end(&mut o);
-            let status = child.wait();
+            let status = {
+                cancel.finished();
+                child.wait()
+            };
             return Err(RootlessError::Protocol(format!(
                 "helper {} exited before the handshake ({status:?}); is it calling helper_main() \
                  first thing? output: {}",

@@ -165,13 +165,43 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // Ctrl-C (or SIGTERM) drops the command's future: running steps are killed with their
+    // helpers, uncommitted snapshots are left as `tmp-*` dirs that the next run removes, and
+    // nothing half-written is ever committed.
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => Some(r),
+            _ = interrupted() => None,
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    match outcome {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
             let _ = std::io::stdout().flush();
             eprintln!("{}", render_error(&e));
             ExitCode::FAILURE
         }
+        None => {
+            eprintln!("interrupted: running steps were stopped; the store is consistent");
+            ExitCode::from(130)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the default action (exit) applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
     }
 }
 

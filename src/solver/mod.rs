@@ -364,6 +364,64 @@ mod tests {
         assert!(!f.log.lock().unwrap().contains(&2));
     }
 
+    /// Sets its flag when dropped: shows that a running vertex's future was cancelled.
+    struct DropFlag(Arc<AtomicUsize>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Vertex 0 fails at once; vertex 1 would take an hour.
+    struct FailFast {
+        dropped: Arc<AtomicUsize>,
+    }
+
+    impl OpRunner<String> for FailFast {
+        fn run(
+            &self,
+            vertex: usize,
+            _inputs: Vec<String>,
+        ) -> BoxFuture<Result<Outcome<String>, OpError>> {
+            let flag = DropFlag(self.dropped.clone());
+            Box::pin(async move {
+                let _flag = flag;
+                if vertex == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Err("boom".into());
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Outcome {
+                    value: String::new(),
+                    cached: false,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_cancels_running_siblings() {
+        let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[0, 1])];
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let err = solve(
+            &g,
+            2,
+            Arc::new(FailFast {
+                dropped: dropped.clone(),
+            }),
+            Arc::new(Silent),
+            &opts(4),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "a: boom");
+        // Both futures are gone: the failed one and the cancelled sibling.
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
     #[tokio::test]
     async fn bad_graphs_are_errors() {
         let f = Fake::new(&["a", "b"], 0, None);

@@ -43,6 +43,24 @@ pub struct OutputSink {
     pub vertex: usize,
 }
 
+/// Cancels a helper when dropped (see [`Worker::run_helper`]).
+struct KillOnDrop(Option<Arc<rootless::Cancel>>);
+
+impl KillOnDrop {
+    /// The helper has finished: nothing to kill any more.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.cancel();
+        }
+    }
+}
+
 /// Shared by every op of a build (and by concurrent builds in one process).
 pub struct Worker {
     pub root: PathBuf,
@@ -93,6 +111,10 @@ impl Worker {
     ) -> Result<rootless::Response, WorkerError> {
         let exe = self.helper_exe.clone();
         let ids = self.ids;
+        // Dropping this future (the build failed elsewhere, or was interrupted) kills the
+        // helper, and with it every process of the step.
+        let cancel = Arc::new(rootless::Cancel::new());
+        let guard = KillOnDrop(Some(cancel.clone()));
         let job = tokio::task::spawn_blocking(move || {
             let mut on_output = |data: &[u8]| {
                 if let Some(t) = &tail
@@ -107,9 +129,18 @@ impl Worker {
                     });
                 }
             };
-            rootless::run_helper(&exe, &[HELPER_ARG], &ids, &req, &mut on_output)
+            rootless::run_helper_cancellable(
+                &exe,
+                &[HELPER_ARG],
+                &ids,
+                &req,
+                &mut on_output,
+                &cancel,
+            )
         });
-        match job.await {
+        let res = job.await;
+        guard.disarm();
+        match res {
             Ok(res) => Ok(res?),
             Err(e) => Err(WorkerError::Join(e.to_string())),
         }
