@@ -428,3 +428,103 @@ fn an_interrupted_build_stops_its_steps_and_leaves_the_store_usable() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_secret_reaches_the_step_and_no_layer() {
+    use envkit::llb::{self, Run, SecretMount};
+    let env = TestEnv::new("secret");
+    let value = "s3cr3t-value-8f2c";
+    let secret = env.dir.join("token.txt");
+    std::fs::write(&secret, value).unwrap();
+    env.chown(&secret);
+    let step = llb::image("busybox").add_env("PATH", "/bin").run(
+        Run::args([
+            "sh",
+            "-c",
+            &format!(
+                "test \"$(cat /run/secrets/token)\" = \"$TOKEN\" && test ${{#TOKEN}} -eq {} && \
+                 stat -c '%a %u' /run/secrets/token && echo proof > /proof",
+                value.len()
+            ),
+        ])
+        .secret(SecretMount {
+            id: "token".into(),
+            target: Some("/run/secrets/token".into()),
+            env: None,
+            uid: 0,
+            gid: 0,
+            mode: 0o400,
+            optional: false,
+        })
+        .secret(SecretMount {
+            id: "token".into(),
+            target: None,
+            env: Some("TOKEN".into()),
+            uid: 0,
+            gid: 0,
+            mode: 0,
+            optional: false,
+        }),
+    );
+    let def = step
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = env.dir.join("secret.pb");
+    std::fs::write(&pb, def.to_bytes()).unwrap();
+    env.chown(&pb);
+    let missing = env.envkit(&["solve", pb.to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("--secret id=token"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let tar = env.dir.join("secret.tar");
+    let out = env.envkit(&[
+        "solve",
+        "--input",
+        pb.to_str().unwrap(),
+        "--secret",
+        &format!("id=token,src={}", secret.display()),
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success(), "solve failed:\n{}", stderr(&out));
+    assert!(stderr(&out).contains("400 0"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(value), "the secret reached the log");
+
+    // No layer of the image holds the secret's value or its mount point.
+    let layout = env.dir.join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut layers = 0;
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let raw = std::fs::read(&path).unwrap();
+        let mut data = Vec::new();
+        let mut gz = flate2::read::GzDecoder::new(&raw[..]);
+        if std::io::Read::read_to_end(&mut gz, &mut data).is_err() {
+            data = raw;
+        } else {
+            layers += 1;
+            let mut ar = tar::Archive::new(&data[..]);
+            for e in ar.entries().unwrap() {
+                let e = e.unwrap();
+                let p = e.path().unwrap().to_string_lossy().into_owned();
+                assert!(!p.contains("run/secrets"), "mount point {p} in a layer");
+            }
+        }
+        let hay = String::from_utf8_lossy(&data);
+        assert!(!hay.contains(value), "{} holds the secret", path.display());
+    }
+    assert!(layers >= 2, "expected the base layer and the step's");
+}

@@ -132,8 +132,15 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     // into the root like any other directory.
     let mut views: Vec<Overlay> = Vec::new();
     let mut scratch_dirs: Vec<PathBuf> = Vec::new();
+    let mut scratch_mounts: Vec<PathBuf> = Vec::new();
     let mut resolved = r.clone();
-    let mounted = mount_views(r, &mut resolved, &mut views, &mut scratch_dirs);
+    let mounted = mount_views(
+        r,
+        &mut resolved,
+        &mut views,
+        &mut scratch_dirs,
+        &mut scratch_mounts,
+    );
     let mut mp = MountPoints {
         root: &root,
         created: Vec::new(),
@@ -143,6 +150,10 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     drop(views);
     for d in &scratch_dirs {
         let _ = std::fs::remove_dir_all(d);
+    }
+    for d in &scratch_mounts {
+        let _ = nix::mount::umount2(d, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(d);
     }
     drop(ov);
     let lowers = r.lowers.clone();
@@ -174,14 +185,56 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     res
 }
 
-/// Mounts every [`MountKind::Layers`] of `r` and rewrites it in `out` as a bind of the view.
+/// A fresh private tmpfs on a temp dir (for files that must stay in memory).
+fn tmpfs_dir() -> Result<PathBuf> {
+    let t = std::env::temp_dir().join("envkit-mem-XXXXXX");
+    let dir = nix::unistd::mkdtemp(&t)
+        .map_err(|e| RootlessError::sys(format!("mkdtemp {}", t.display()), e))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=16m"),
+    )
+    .map_err(|e| RootlessError::sys(format!("mount tmpfs on {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// Mounts every [`MountKind::Layers`] and [`MountKind::MemFile`] of `r` and rewrites it in `out` as a bind of the view.
 fn mount_views(
     r: &ExecRequest,
     out: &mut ExecRequest,
     views: &mut Vec<Overlay>,
     scratch_dirs: &mut Vec<PathBuf>,
+    scratch_mounts: &mut Vec<PathBuf>,
 ) -> Result<()> {
     for (i, m) in r.mounts.iter().enumerate() {
+        if let MountKind::MemFile {
+            data,
+            uid,
+            gid,
+            mode,
+        } = &m.kind
+        {
+            let dir = tmpfs_dir()?;
+            let file = dir.join("data");
+            let res = (|| {
+                std::fs::write(&file, &data.0).map_err(|e| RootlessError::io(&file, e))?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode & 0o7777))
+                    .map_err(|e| RootlessError::io(&file, e))?;
+                nix::unistd::chown(&file, Some(Uid::from_raw(*uid)), Some(Gid::from_raw(*gid)))
+                    .map_err(|e| RootlessError::sys(format!("chown {}", file.display()), e))
+            })();
+            scratch_mounts.push(dir);
+            res?;
+            out.mounts[i] = Mount {
+                source: file,
+                target: m.target.clone(),
+                kind: MountKind::Bind { readonly: true },
+            };
+            continue;
+        }
         let MountKind::Layers {
             lowers,
             selector,
@@ -317,9 +370,9 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
                 dst: mp.ensure(&m.target, Kind::Dir)?,
                 size: *size,
             }),
-            MountKind::Layers { .. } => {
+            MountKind::Layers { .. } | MountKind::MemFile { .. } => {
                 return Err(RootlessError::Invalid(format!(
-                    "layer view at {} was not mounted",
+                    "view at {} was not mounted",
                     m.target
                 )));
             }

@@ -24,5 +24,5 @@ pub use idmap::IdMap;
 pub use parent::{Cancel, run_helper, run_helper_cancellable};
 pub use proto::{
     CA_BUNDLE_ENV, CA_BUNDLE_PATH, Compression, CopySource, ExecRequest, ExitStatus, FileAction,
-    LayerFile, Mount, MountKind, ProbeResult, Request, Response,
+    LayerFile, Mount, MountKind, ProbeResult, Request, Response, SecretBytes,
 };

@@ -25,6 +25,15 @@ pub enum MountKind {
     Bind { readonly: bool },
     /// A fresh tmpfs; `size` in bytes (None: kernel default).
     Tmpfs { size: Option<u64> },
+    /// A read-only file whose contents live only in memory (a tmpfs the helper mounts),
+    /// owned by `uid`:`gid` of the container with `mode`: how secrets reach a step without
+    /// touching the disk or a layer.
+    MemFile {
+        data: SecretBytes,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
     /// An overlay view of snapshot dirs (`lowers`, top first; `source` is ignored), optionally
     /// only its `selector` subdirectory. Writable views get a scratch upper dir whose changes
     /// are thrown away after the step (an input mounted read-write whose output nobody keeps).
@@ -33,6 +42,17 @@ pub enum MountKind {
         selector: String,
         writable: bool,
     },
+}
+
+/// Bytes that must not show up in logs: `Debug` prints only their length.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
 }
 
 /// An extra mount of an exec step. `target` is a path in the container.

@@ -182,6 +182,44 @@ struct Engine {
     worker: Arc<Worker>,
     reporter: Arc<dyn Reporter>,
     parallelism: usize,
+    secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
+}
+
+/// `--secret id=ID,src=FILE` / `id=ID,env=VAR` (buildctl's syntax; `source=` is `src=`).
+fn load_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, rootless::SecretBytes>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                Some(("env", v)) => env = Some(v.to_string()),
+                _ => bail!("--secret {spec:?}: want id=ID,src=FILE or id=ID,env=VAR"),
+            }
+        }
+        let Some(id) = id.filter(|i| !i.is_empty()) else {
+            bail!("--secret {spec:?}: id= is required");
+        };
+        let data = match (src, env) {
+            (Some(path), None) => std::fs::read(&path)
+                .with_context(|| format!("secret {id}: reading {}", path.display()))?,
+            (None, Some(var)) => std::env::var_os(&var)
+                .with_context(|| format!("secret {id}: ${var} is not set"))?
+                .into_encoded_bytes(),
+            (None, None) => {
+                // buildctl: a bare id reads the environment variable of that name.
+                std::env::var_os(&id)
+                    .with_context(|| format!("secret {id}: give src=FILE or env=VAR"))?
+                    .into_encoded_bytes()
+            }
+            (Some(_), Some(_)) => bail!("--secret {spec:?}: src= and env= exclude each other"),
+        };
+        out.insert(id, rootless::SecretBytes(data));
+    }
+    Ok(out)
 }
 
 impl Engine {
@@ -189,7 +227,9 @@ impl Engine {
         cli: &Cli,
         ca_bundle: Option<PathBuf>,
         parallelism: Option<usize>,
+        secrets: &[String],
     ) -> anyhow::Result<Engine> {
+        let secrets = Arc::new(load_secrets(secrets)?);
         let cfg = Config::load(cli.config.as_deref())?;
         let root = config::store_root(cli.root.as_deref());
         let ca_bundle = ca_bundle.or_else(|| cfg.worker.ca_bundle.clone());
@@ -212,6 +252,7 @@ impl Engine {
             worker,
             reporter: Arc::new(Plain::new(std::io::stderr())),
             parallelism,
+            secrets,
         })
     }
 
@@ -228,6 +269,7 @@ impl Engine {
             worker: self.worker.clone(),
             vertices: Arc::new(ov),
             locals,
+            secrets: self.secrets.clone(),
             reporter: self.reporter.clone(),
         });
         let opts = SolveOptions {
@@ -301,7 +343,7 @@ fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
-    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism).await?;
+    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism, &args.secret).await?;
     let started = std::time::Instant::now();
     let compiled = compile(
         &args.source,
@@ -332,7 +374,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
 /// dirs), and stores the result as an image (config from the base image, if any).
 pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
-    let bytes = match &args.file {
+    let bytes = match args.input.as_ref().or(args.file.as_ref()) {
         Some(f) if f.as_os_str() != "-" => {
             std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
         }
@@ -351,7 +393,7 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
         locals.insert(name.to_string(), dir);
     }
-    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism).await?;
+    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism, &args.secret).await?;
     let started = std::time::Instant::now();
     let snap = engine.solve(&bytes, locals).await?;
     let name = full_name(&args.tag)?;

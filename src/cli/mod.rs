@@ -94,12 +94,19 @@ pub struct BuildArgs {
     /// number of cores).
     #[arg(long, value_name = "N")]
     pub parallelism: Option<usize>,
+    /// A secret for steps that mount one: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable),
+    /// like buildctl's. Secrets never enter a layer, a cache key or a log.
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct SolveArgs {
     /// The Definition's protobuf bytes (`-` or nothing: stdin).
-    #[arg(value_name = "FILE")]
+    #[arg(long = "input", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// The same as `--input`.
+    #[arg(value_name = "FILE", conflicts_with = "input")]
     pub file: Option<PathBuf>,
     /// A local source the Definition names, `NAME=DIR` (repeatable), like buildctl's.
     #[arg(long, value_name = "NAME=DIR")]
@@ -116,6 +123,9 @@ pub struct SolveArgs {
     /// How many steps may run at once.
     #[arg(long, value_name = "N")]
     pub parallelism: Option<usize>,
+    /// A secret: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
 }
 
 #[derive(Debug, Args)]

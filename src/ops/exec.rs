@@ -114,7 +114,23 @@ pub(super) async fn run(
                         .filter(|s| *s > 0),
                 },
             }),
-            MOUNT_SECRET => return Err(OpsError::Unsupported("secret mounts".into())),
+            MOUNT_SECRET => {
+                let opt = m.secret_opt.clone().unwrap_or_default();
+                match ctx.secrets.get(&opt.id) {
+                    Some(data) => mounts.push(rootless::Mount {
+                        source: PathBuf::new(),
+                        target: m.dest.clone(),
+                        kind: rootless::MountKind::MemFile {
+                            data: data.clone(),
+                            uid: opt.uid,
+                            gid: opt.gid,
+                            mode: if opt.mode == 0 { 0o400 } else { opt.mode },
+                        },
+                    }),
+                    None if opt.optional => {}
+                    None => return Err(OpsError::MissingSecret(opt.id)),
+                }
+            }
             MOUNT_SSH => return Err(OpsError::Unsupported("ssh mounts".into())),
             other => return Err(OpsError::Invalid(format!("mount type {other}"))),
         }
@@ -122,6 +138,20 @@ pub(super) async fn run(
     let base = root
         .map(|r| r.snap.clone())
         .unwrap_or_else(SnapRef::scratch);
+    // Secret env vars reach the process only (not the op, the cache key or a layer).
+    let mut env = meta.env.clone();
+    for se in &exec.secretenv {
+        match ctx.secrets.get(&se.id) {
+            Some(data) => {
+                let value = String::from_utf8(data.0.clone()).map_err(|_| {
+                    OpsError::Invalid(format!("secret {:?} for ${} is not UTF-8", se.id, se.name))
+                })?;
+                env.push(format!("{}={value}", se.name));
+            }
+            None if se.optional => {}
+            None => return Err(OpsError::MissingSecret(se.id.clone())),
+        }
+    }
     let input_keys: Vec<Res> = inputs.to_vec();
     let key = ctx.cache_key(&input_keys, &[]);
     if let Some(hit) = ctx.cached(&key)? {
@@ -135,7 +165,7 @@ pub(super) async fn run(
         upper: prepared.fs.clone(),
         work: prepared.work.clone(),
         args: meta.args.clone(),
-        env: meta.env.clone(),
+        env,
         cwd: if meta.cwd.is_empty() {
             "/".into()
         } else {

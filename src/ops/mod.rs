@@ -36,6 +36,10 @@ pub enum OpsError {
     Unsupported(String),
     #[error("invalid op: {0}")]
     Invalid(String),
+    #[error(
+        "secret {0:?} was not provided (give it with --secret id={0},src=FILE or id={0},env=VAR)"
+    )]
+    MissingSecret(String),
     #[error("local source {name:?} was not provided to this build (known: {known})")]
     UnknownLocal { name: String, known: String },
     #[error("reading local source {path}: {source}")]
@@ -81,6 +85,9 @@ pub struct LlbRunner {
     pub vertices: Arc<Vec<OpVertex>>,
     /// Local sources by name (`context` → the build context dir).
     pub locals: BTreeMap<String, PathBuf>,
+    /// Secrets by id, for secret mounts and secret env vars. They never enter a cache key,
+    /// a snapshot or a log.
+    pub secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
     pub reporter: Arc<dyn Reporter>,
 }
 
@@ -90,6 +97,7 @@ impl OpRunner<Res> for LlbRunner {
             worker: self.worker.clone(),
             vertices: self.vertices.clone(),
             locals: self.locals.clone(),
+            secrets: self.secrets.clone(),
             reporter: self.reporter.clone(),
             vertex,
         };
@@ -102,6 +110,7 @@ pub(crate) struct Ctx {
     pub worker: Arc<Worker>,
     pub vertices: Arc<Vec<OpVertex>>,
     pub locals: BTreeMap<String, PathBuf>,
+    pub secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
     pub reporter: Arc<dyn Reporter>,
     pub vertex: usize,
 }
