@@ -528,3 +528,40 @@ fn a_secret_reaches_the_step_and_no_layer() {
     }
     assert!(layers >= 2, "expected the base layer and the step's");
 }
+
+#[test]
+fn rawjson_progress_is_solve_status_lines() {
+    let env = TestEnv::new("rawjson");
+    let pb = branches_definition(&env, "raw.pb", &["echo hello-from-step"]);
+    let out = env.envkit(&["solve", pb.to_str().unwrap(), "--progress", "rawjson"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut completed = 0;
+    let mut logged = false;
+    for line in stderr(&out).lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if let Some(vs) = v["vertexes"].as_array() {
+            for x in vs {
+                assert!(
+                    x["digest"].as_str().unwrap_or("").starts_with("sha256:"),
+                    "{x}"
+                );
+                assert!(x["started"].is_string() && x["name"].is_string(), "{x}");
+                if x["completed"].is_string() {
+                    completed += 1;
+                }
+            }
+        }
+        if let Some(logs) = v["logs"].as_array() {
+            use base64::Engine as _;
+            for l in logs {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(l["data"].as_str().unwrap_or(""))
+                    .unwrap();
+                logged |= String::from_utf8_lossy(&data).contains("hello-from-step");
+            }
+        }
+    }
+    assert!(completed >= 4, "{}", stderr(&out));
+    assert!(logged, "the step's output is not in the logs");
+}

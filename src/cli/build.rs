@@ -18,7 +18,7 @@ use crate::llb;
 use crate::lower;
 use crate::meta;
 use crate::ops::{LlbRunner, OpVertex};
-use crate::progress::{Event, Plain, Reporter};
+use crate::progress::{Event, Plain, RawJson, Reporter, Tty};
 use crate::registry::{Registry, Resolved};
 use crate::snapshot::{SnapRef, write_atomic};
 use crate::solver::{self, SolveOptions};
@@ -228,6 +228,7 @@ impl Engine {
         ca_bundle: Option<PathBuf>,
         parallelism: Option<usize>,
         secrets: &[String],
+        progress: &str,
     ) -> anyhow::Result<Engine> {
         let secrets = Arc::new(load_secrets(secrets)?);
         let cfg = Config::load(cli.config.as_deref())?;
@@ -250,7 +251,7 @@ impl Engine {
         Ok(Engine {
             root,
             worker,
-            reporter: Arc::new(Plain::new(std::io::stderr())),
+            reporter: reporter(progress),
             parallelism,
             secrets,
         })
@@ -334,6 +335,23 @@ impl Engine {
     }
 }
 
+/// The renderer `--progress` asks for; `auto` is tty when stderr is a terminal.
+fn reporter(progress: &str) -> Arc<dyn Reporter> {
+    use std::io::IsTerminal;
+    match progress {
+        "rawjson" => Arc::new(RawJson::new(std::io::stderr())),
+        "tty" => Arc::new(Tty::new(
+            std::io::stderr(),
+            Tty::<std::io::Stderr>::stderr_width(),
+        )),
+        "auto" if std::io::stderr().is_terminal() => Arc::new(Tty::new(
+            std::io::stderr(),
+            Tty::<std::io::Stderr>::stderr_width(),
+        )),
+        _ => Arc::new(Plain::new(std::io::stderr())),
+    }
+}
+
 fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
     Ok(match o {
         Some(o) => Some(export::parse_output(o)?),
@@ -343,7 +361,24 @@ fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
-    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism, &args.secret).await?;
+    let engine = Engine::open(
+        cli,
+        args.ca_bundle.clone(),
+        args.parallelism,
+        &args.secret,
+        &args.progress,
+    )
+    .await?;
+    let res = build_with(&engine, args, output).await;
+    engine.reporter.finish();
+    res
+}
+
+async fn build_with(
+    engine: &Engine,
+    args: &BuildArgs,
+    output: Option<Output>,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let compiled = compile(
         &args.source,
@@ -393,13 +428,25 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
         locals.insert(name.to_string(), dir);
     }
-    let engine = Engine::open(cli, args.ca_bundle.clone(), args.parallelism, &args.secret).await?;
+    let engine = Engine::open(
+        cli,
+        args.ca_bundle.clone(),
+        args.parallelism,
+        &args.secret,
+        &args.progress,
+    )
+    .await?;
     let started = std::time::Instant::now();
-    let snap = engine.solve(&bytes, locals).await?;
-    let name = full_name(&args.tag)?;
-    engine
-        .export(&snap, &image::ImageSpec::default(), &name, output, started)
-        .await
+    let res = async {
+        let snap = engine.solve(&bytes, locals).await?;
+        let name = full_name(&args.tag)?;
+        engine
+            .export(&snap, &image::ImageSpec::default(), &name, output, started)
+            .await
+    }
+    .await;
+    engine.reporter.finish();
+    res
 }
 
 /// Turns a result chain into an image: the base image's layers as they are, plus one layer per

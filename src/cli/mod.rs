@@ -87,8 +87,9 @@ pub struct BuildArgs {
     /// Host CA bundle that build steps trust (overrides `[worker] ca-bundle`).
     #[arg(long = "ca-bundle", value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
-    /// Progress output (only `plain` so far; `auto` means plain).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "plain"])]
+    /// Progress output: `tty` (a live view), `plain` (one line per event, for logs),
+    /// `rawjson` (BuildKit SolveStatus JSON lines); `auto` is tty on a terminal, else plain.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
     pub progress: String,
     /// How many steps may run at once (default `[worker] max-parallelism`, else the
     /// number of cores).
@@ -126,6 +127,9 @@ pub struct SolveArgs {
     /// A secret: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable).
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
+    /// Progress output (as for `build`).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
+    pub progress: String,
 }
 
 #[derive(Debug, Args)]

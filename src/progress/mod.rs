@@ -1,8 +1,14 @@
 //! Progress events and their renderers.
 //!
 //! The solver and the ops report [`Event`]s to a [`Reporter`]; renderers decide what a person
-//! sees. Only the plain renderer exists so far (one line per event, good for CI logs); tty and
-//! rawjson (BuildKit `SolveStatus`-shaped) come later behind the same trait.
+//! sees: [`Plain`] (one line per event, for CI logs), [`Tty`] (a live view of the running
+//! steps) and [`RawJson`] (one BuildKit `SolveStatus` JSON object per line).
+
+mod rawjson;
+mod tty;
+
+pub use rawjson::RawJson;
+pub use tty::Tty;
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -13,6 +19,9 @@ use std::time::{Duration, Instant};
 pub enum Event {
     Started {
         vertex: usize,
+        /// The vertex's stable id (the op digest for LLB) and its inputs' ids.
+        digest: String,
+        inputs: Vec<String>,
         name: String,
     },
     Log {
@@ -35,6 +44,8 @@ pub enum Event {
 /// Receives progress events. Implementations must be cheap and never fail the build.
 pub trait Reporter: Send + Sync {
     fn event(&self, event: Event);
+    /// The build is over (success or not): print a summary, stop live output.
+    fn finish(&self) {}
 }
 
 /// Drops everything; for tests and `--quiet` paths.
@@ -78,7 +89,7 @@ impl<W: Write + Send> Reporter for Plain<W> {
         let st = &mut *st;
         // Write errors (closed stderr) are not the build's problem.
         let _ = match event {
-            Event::Started { vertex, name } => {
+            Event::Started { vertex, name, .. } => {
                 writeln!(st.out, "#{} {}", vertex + 1, one_line(&name))
             }
             Event::Log { vertex, data } => {
@@ -122,7 +133,7 @@ impl<W: Write + Send> Reporter for Plain<W> {
 
 /// A vertex name on one line: newlines and other control characters shown escaped (a `run()`
 /// group's script has several lines).
-fn one_line(name: &str) -> String {
+pub(crate) fn one_line(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         if c.is_control() {
@@ -214,6 +225,8 @@ mod tests {
         let p = Plain::new(buf.clone());
         p.event(Event::Started {
             vertex: 0,
+            digest: "sha256:aa".into(),
+            inputs: vec![],
             name: "step".into(),
         });
         p.event(Event::Log {
@@ -246,6 +259,8 @@ mod tests {
         let p = Plain::new(buf.clone());
         p.event(Event::Started {
             vertex: 1,
+            digest: "sha256:bb".into(),
+            inputs: vec![],
             name: "exec: bash -c set -e\necho é\n".into(),
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

@@ -143,6 +143,12 @@ pub async fn solve<R: Clone + Send + 'static>(
             }
             reporter.event(Event::Started {
                 vertex: v,
+                digest: vertices[v].id.clone(),
+                inputs: vertices[v]
+                    .inputs
+                    .iter()
+                    .map(|&i| vertices[i].id.clone())
+                    .collect(),
                 name: vertices[v].name.clone(),
             });
             let fut = runner.run(v, inputs);
