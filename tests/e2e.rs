@@ -565,3 +565,109 @@ fn rawjson_progress_is_solve_status_lines() {
     assert!(completed >= 4, "{}", stderr(&out));
     assert!(logged, "the step's output is not in the logs");
 }
+
+/// A static file server on 127.0.0.1 (Python's), stopped when dropped.
+struct FileServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl FileServer {
+    fn start(dir: &std::path::Path) -> FileServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        FileServer { child, port }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn io_http_downloads_a_checked_file() {
+    use sha2::Digest as _;
+    let env = TestEnv::new("http");
+    let files = env.dir.join("www");
+    std::fs::create_dir_all(&files).unwrap();
+    let body = b"col1,col2\n1,2\n";
+    std::fs::write(files.join("data.csv"), body).unwrap();
+    let server = FileServer::start(&files);
+    let sum = format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)));
+    let file = |port: u16, checksum: &str| {
+        format!(
+            "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+             io.http(url=\"http://127.0.0.1:{port}/data.csv\", checksum=\"{checksum}\", filename=\"data.csv\")\n    \
+             run(commands=[\"stat -c %u_%a /home/envd/extra_source/data.csv > /opt/stat\", \
+             \"cp /home/envd/extra_source/data.csv /opt/copy\"])\n"
+        )
+    };
+    let ctx = env.context_with("http", &file(server.port, &sum));
+    let tar = env.dir.join("http.tar");
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", stderr(&out));
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "http:dev",
+        "sh",
+        "-c",
+        "cat /opt/stat /opt/copy",
+    ]);
+    assert!(out.status.success(), "podman run: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("{}_600\n", env.uid())), "{text}");
+    assert!(text.ends_with("col1,col2\n1,2\n"), "{text}");
+
+    // A warm build with a checksum does not download again: it works with the server gone.
+    drop(server);
+    let out = env.envkit(&["build", "-p", ctx.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "warm build needed the server:\n{}",
+        stderr(&out)
+    );
+
+    // A wrong checksum is an error that says so.
+    let server = FileServer::start(&files);
+    let bad = format!("sha256:{}", "0".repeat(64));
+    let ctx2 = env.context_with("http-bad", &file(server.port, &bad));
+    let out = env.envkit(&["build", "-p", ctx2.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+}

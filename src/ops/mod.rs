@@ -6,6 +6,7 @@
 
 mod exec;
 mod file;
+mod http;
 mod merge;
 mod source;
 
@@ -58,6 +59,8 @@ pub enum OpsError {
     },
     #[error("{what}: {message}")]
     Helper { what: String, message: String },
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
 }
 
 /// One vertex of a loaded Definition, as the ops need it.

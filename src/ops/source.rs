@@ -19,6 +19,8 @@ pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, O
         image(ctx, reference).await
     } else if let Some(name) = id.strip_prefix("local://") {
         local(ctx, name, src).await
+    } else if id.starts_with("https://") || id.starts_with("http://") {
+        super::http::run(ctx, id, src).await
     } else {
         let scheme = id.split("://").next().unwrap_or(id);
         Err(OpsError::Unsupported(format!("source {scheme}://")))
