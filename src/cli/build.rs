@@ -511,9 +511,7 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::Ne
             Some(_) => {} // the blob is gone: make it again
         }
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("tmp-layer-")
-        .tempfile_in(worker.snapshots.root())?;
+    let tmp = worker.snapshots.temp_file()?;
     let req = rootless::Request::DiffTar {
         upper: worker.snapshots.fs(id),
         out: tmp.path().to_path_buf(),

@@ -86,13 +86,7 @@ pub(super) async fn run(
             return Ok(hit);
         }
     }
-    let dl = tempfile::Builder::new()
-        .prefix("tmp-download-")
-        .tempdir_in(ctx.worker.snapshots.root())
-        .map_err(|e| OpsError::Download {
-            url: url.to_string(),
-            message: e.to_string(),
-        })?;
+    let dl = ctx.worker.snapshots.temp_dir()?;
     let path = dl.path().join(&w.filename);
     let digest = download(&w.url, &path).await?;
     if let Some(ck) = &w.checksum

@@ -86,9 +86,69 @@ pub struct Prepared {
 }
 
 /// The snapshot directory of a store.
+///
+/// Every process that opens it holds a *lease*: a lock file under `<root>/leases/`, locked
+/// with `flock` for as long as the process lives. Its temporary directories carry the lease
+/// id, so [`Snapshots::stale`] removes only those of processes that are gone — never the
+/// work in progress of another build on the same store.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     root: PathBuf,
+    lease: Option<std::sync::Arc<Lease>>,
+}
+
+/// This process's lease (see [`Snapshots`]).
+#[derive(Debug)]
+struct Lease {
+    id: String,
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+const LEASES: &str = "leases";
+
+fn take_lease(leases: &Path) -> Result<Lease, SnapshotError> {
+    fs::create_dir_all(leases).map_err(io_err(leases))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("{}_{nanos}", std::process::id());
+    let path = leases.join(format!("{id}.lock"));
+    let file = fs::File::create(&path).map_err(io_err(&path))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, e)| SnapshotError::Io {
+            path: path.clone(),
+            source: std::io::Error::from(e),
+        },
+    )?;
+    Ok(Lease {
+        id,
+        path,
+        _lock: lock,
+    })
+}
+
+/// Whether the process holding lease `id` under `leases` is gone (its lock is free, or there
+/// is no lease file at all).
+fn lease_is_dead(leases: &Path, id: &str) -> bool {
+    let path = leases.join(format!("{id}.lock"));
+    let Ok(file) = fs::File::open(&path) else {
+        return true;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_held) => {
+            let _ = fs::remove_file(&path);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 const RECORD: &str = "ref.json";
@@ -97,7 +157,36 @@ impl Snapshots {
     pub fn open(store_root: &Path) -> Result<Self, SnapshotError> {
         let root = store_root.join("snapshots");
         fs::create_dir_all(&root).map_err(io_err(&root))?;
-        Ok(Snapshots { root })
+        let lease = take_lease(&root.join(LEASES))?;
+        Ok(Snapshots {
+            root,
+            lease: Some(std::sync::Arc::new(lease)),
+        })
+    }
+
+    /// The prefix of this process's temporary names: `tmp-<lease>-`.
+    fn tmp_prefix(&self) -> String {
+        match &self.lease {
+            Some(l) => format!("tmp-{}-", l.id),
+            None => "tmp-".to_string(),
+        }
+    }
+
+    /// A temporary directory in the store (removed when dropped; after a crash, by the next
+    /// process's [`Snapshots::stale`]).
+    pub fn temp_dir(&self) -> Result<tempfile::TempDir, SnapshotError> {
+        tempfile::Builder::new()
+            .prefix(&self.tmp_prefix())
+            .tempdir_in(&self.root)
+            .map_err(io_err(&self.root))
+    }
+
+    /// A temporary file in the store, like [`Snapshots::temp_dir`].
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, SnapshotError> {
+        tempfile::Builder::new()
+            .prefix(&self.tmp_prefix())
+            .tempfile_in(&self.root)
+            .map_err(io_err(&self.root))
     }
 
     pub fn root(&self) -> &Path {
@@ -141,11 +230,7 @@ impl Snapshots {
 
     /// A fresh temporary snapshot directory.
     pub fn prepare(&self) -> Result<Prepared, SnapshotError> {
-        let dir = tempfile::Builder::new()
-            .prefix("tmp-")
-            .tempdir_in(&self.root)
-            .map_err(io_err(&self.root))?
-            .keep();
+        let dir = self.temp_dir()?.keep();
         let fs_dir = dir.join("fs");
         let work = dir.join("work");
         fs::create_dir(&fs_dir).map_err(io_err(&fs_dir))?;
@@ -191,12 +276,27 @@ impl Snapshots {
         }
     }
 
-    /// Leftovers of interrupted steps (uncommitted `tmp-*` dirs), for deletion.
+    /// Leftovers of interrupted steps (uncommitted `tmp-*` dirs and files) of processes that
+    /// are gone, for deletion. Those of this process and of other live ones are left alone.
     pub fn stale(&self) -> Result<Vec<PathBuf>, SnapshotError> {
+        let leases = self.root.join(LEASES);
+        let mine = self.lease.as_ref().map(|l| l.id.as_str());
+        let mut dead: std::collections::HashMap<String, bool> = Default::default();
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
             let entry = entry.map_err(io_err(&self.root))?;
-            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("tmp-") else {
+                continue;
+            };
+            let owner = rest.split('-').next().unwrap_or("");
+            if Some(owner) == mine {
+                continue;
+            }
+            let is_dead = *dead
+                .entry(owner.to_string())
+                .or_insert_with(|| lease_is_dead(&leases, owner));
+            if is_dead {
                 out.push(entry.path());
             }
         }
@@ -254,12 +354,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_checked_and_stale_dirs_found() {
+    fn ids_are_checked_and_only_dead_processes_leave_stale_dirs() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Snapshots::open(dir.path()).unwrap();
-        assert!(matches!(s.lookup("../etc"), Err(SnapshotError::BadId(_))));
-        let _p = s.prepare().unwrap();
-        assert_eq!(s.stale().unwrap().len(), 1);
+        let a = Snapshots::open(dir.path()).unwrap();
+        assert!(matches!(a.lookup("../etc"), Err(SnapshotError::BadId(_))));
+        let _p = a.prepare().unwrap();
+        // Another live process (here: a second lease) sees nothing to clean.
+        let b = Snapshots::open(dir.path()).unwrap();
+        assert!(b.stale().unwrap().is_empty());
+        assert!(a.stale().unwrap().is_empty(), "its own dirs are in use");
+        // Once `a` is gone, its leftovers are stale.
+        drop(a);
+        assert_eq!(b.stale().unwrap().len(), 1);
+        // So are old dirs without a lease.
+        fs::create_dir(b.root().join("tmp-abc")).unwrap();
+        assert_eq!(b.stale().unwrap().len(), 2);
     }
 
     #[test]
@@ -276,6 +385,7 @@ mod tests {
         assert_eq!(r.own_layers(), &["b".to_string()]);
         let s = Snapshots {
             root: PathBuf::from("/s"),
+            lease: None,
         };
         assert_eq!(
             s.lowers(&r),
