@@ -671,3 +671,30 @@ fn io_http_downloads_a_checked_file() {
         stderr(&out)
     );
 }
+
+#[test]
+fn two_builds_on_one_store_run_a_shared_step_once() {
+    let env = TestEnv::new("shared");
+    let pb = branches_definition(&env, "shared.pb", &["sleep 2; echo ran-the-shared-step"]);
+    let spawn = || {
+        env.user_command(env!("CARGO_BIN_EXE_envkit"))
+            .args(["solve", pb.to_str().unwrap(), "--progress", "plain"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn envkit")
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let mut ran = 0;
+    for o in &outs {
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{log}");
+        // The output line (not the step's name line) shows who ran it.
+        ran += log
+            .lines()
+            .filter(|l| l.contains("ran-the-shared-step") && !l.contains("exec:"))
+            .count();
+    }
+    assert_eq!(ran, 1, "the step ran {ran} times");
+}

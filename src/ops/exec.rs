@@ -154,9 +154,10 @@ pub(super) async fn run(
     }
     let input_keys: Vec<Res> = inputs.to_vec();
     let key = ctx.cache_key(&input_keys, &[]);
-    if let Some(hit) = ctx.cached(&key)? {
-        return Ok(hit);
-    }
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Mine(lock) => lock,
+    };
 
     let w = &ctx.worker;
     let prepared = w.snapshots.prepare()?;

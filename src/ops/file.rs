@@ -44,9 +44,10 @@ pub(super) async fn run(
         actions.push(action(ctx, a, inputs, n_inputs)?);
     }
     let key = ctx.cache_key(inputs, &[]);
-    if let Some(hit) = ctx.cached(&key)? {
-        return Ok(hit);
-    }
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Mine(lock) => lock,
+    };
     let prepared = w.snapshots.prepare()?;
     let req = rootless::Request::FileActions {
         lowers: w.snapshots.lowers(&base),

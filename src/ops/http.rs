@@ -108,9 +108,10 @@ pub(super) async fn run(
         }
         None => ctx.cache_key(&[], &refs),
     };
-    if let Some(hit) = ctx.cached(&key)? {
-        return Ok(hit);
-    }
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Mine(lock) => lock,
+    };
     let prepared = ctx.worker.snapshots.prepare()?;
     // The helper writes the file into the snapshot, so owner and mode are the container's.
     let req = rootless::Request::FileActions {

@@ -61,9 +61,10 @@ pub(super) async fn diff(
 /// Commits the result under the op's cache key (an empty snapshot dir with the record).
 async fn record(ctx: &Ctx, inputs: &[Res], snap: SnapRef) -> Result<Outcome<Res>, OpsError> {
     let key = ctx.cache_key(inputs, &[]);
-    if let Some(hit) = ctx.cached(&key)? {
-        return Ok(hit);
-    }
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Mine(lock) => lock,
+    };
     let prepared = ctx.worker.snapshots.prepare()?;
     ctx.commit(prepared, &key, snap).await
 }

@@ -164,6 +164,20 @@ impl Ctx {
         hex::encode(h.finalize())
     }
 
+    /// The cached result for `key`, or the right to build it: an exclusive lock on the key
+    /// that other envkit processes on the same store wait for (they then find the result in
+    /// the cache), so a step two concurrent builds share runs once.
+    pub async fn claim(&self, key: &str) -> Result<Claim, OpsError> {
+        if let Some(hit) = self.cached(key)? {
+            return Ok(Claim::Cached(hit));
+        }
+        let lock = self.worker.snapshots.lock_key(key).await?;
+        match self.cached(key)? {
+            Some(hit) => Ok(Claim::Cached(hit)),
+            None => Ok(Claim::Mine(lock)),
+        }
+    }
+
     /// A cached result for `key`, unless the op asks to ignore the cache.
     pub fn cached(&self, key: &str) -> Result<Option<Outcome<Res>>, OpsError> {
         if self.me().ignore_cache {
@@ -212,6 +226,13 @@ impl Ctx {
             .and_then(|i| inputs.get(i))
             .ok_or_else(|| OpsError::Invalid(format!("input index {i} out of range")))
     }
+}
+
+/// What [`Ctx::claim`] found.
+pub(crate) enum Claim {
+    Cached(Outcome<Res>),
+    /// Build it, holding the lock until the result is committed.
+    Mine(crate::snapshot::KeyLock),
 }
 
 /// Hex sha256 of bytes.

@@ -31,9 +31,10 @@ async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
     let w = &ctx.worker;
     let resolved = w.registry.resolve(reference).await?;
     let key = ctx.cache_key(&[], &[resolved.manifest_digest.as_ref()]);
-    if let Some(hit) = ctx.cached(&key)? {
-        return Ok(hit);
-    }
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Mine(lock) => lock,
+    };
     w.registry.pull(&resolved, &w.content).await?;
     let mut files = Vec::new();
     for l in &resolved.layers {
@@ -120,9 +121,10 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
             .map_err(|e| OpsError::Invalid(e.to_string()))??
     };
     let key = ctx.cache_key(&[], &[&checksum]);
-    if let Some(hit) = ctx.cached(&key)? {
-        return Ok(hit);
-    }
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Mine(lock) => lock,
+    };
     let prepared = ctx.worker.snapshots.prepare()?;
     let dest = prepared.fs.clone();
     let copied = tokio::task::spawn_blocking(move || copy_tree(&dir, &dest))

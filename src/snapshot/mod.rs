@@ -85,6 +85,13 @@ pub struct Prepared {
     pub work: PathBuf,
 }
 
+/// An exclusive lock on one cache key, held while its result is built (see
+/// [`Snapshots::lock_key`]).
+#[derive(Debug)]
+pub struct KeyLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
 /// The snapshot directory of a store.
 ///
 /// Every process that opens it holds a *lease*: a lock file under `<root>/leases/`, locked
@@ -170,6 +177,34 @@ impl Snapshots {
             Some(l) => format!("tmp-{}-", l.id),
             None => "tmp-".to_string(),
         }
+    }
+
+    /// Waits for the exclusive lock of cache key `id` (shared by every process on the store).
+    pub async fn lock_key(&self, id: &str) -> Result<KeyLock, SnapshotError> {
+        Self::check_id(id)?;
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("{id}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let lock = tokio::task::spawn_blocking(move || {
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+                SnapshotError::Io {
+                    path,
+                    source: std::io::Error::from(e),
+                }
+            })
+        })
+        .await
+        .map_err(|e| SnapshotError::Io {
+            path: dir,
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        Ok(KeyLock { _lock: lock })
     }
 
     /// A temporary directory in the store (removed when dropped; after a crash, by the next
