@@ -698,3 +698,56 @@ fn two_builds_on_one_store_run_a_shared_step_once() {
     }
     assert_eq!(ran, 1, "the step ran {ran} times");
 }
+
+#[test]
+fn a_warm_build_from_a_pinned_base_needs_no_registry() {
+    let env = TestEnv::new("pinned");
+    // The digest the local registry serves for debian:bookworm.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-fsSI",
+            "--noproxy",
+            "*",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        ])
+        .arg(format!("http://{}/v2/library/debian/manifests/bookworm", env.registry))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let digest = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("docker-content-digest:"))
+        .map(|d| d.trim().to_string())
+        .unwrap_or_else(|| panic!("no digest header in {headers}"));
+    let ctx = env.context_with(
+        "pinned",
+        &format!(
+            "# syntax=v1\ndef build():\n    base(image=\"debian@{digest}\", dev=False)\n    \
+             run(commands=[\"echo pinned > /pinned\"])\n"
+        ),
+    );
+    let out = env.envkit(&["build", "-p", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "cold build failed:\n{}", stderr(&out));
+    // Point docker.io at a port where nothing listens: a warm build must not need it.
+    let offline = env.dir.join("offline.toml");
+    std::fs::write(
+        &offline,
+        "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:9\"]\n[registry.\"127.0.0.1:9\"]\nhttp = true\n",
+    )
+    .unwrap();
+    env.chown(&offline);
+    let out = env.envkit(&[
+        "--config",
+        offline.to_str().unwrap(),
+        "build",
+        "-p",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "the warm build touched the registry:\n{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("CACHED"), "{}", stderr(&out));
+}

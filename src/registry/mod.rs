@@ -285,6 +285,12 @@ fn pick_platform(index: &ImageIndex) -> Result<&Descriptor, String> {
 pub struct Registry {
     config: Config,
     clients: Mutex<HashMap<String, Client>>,
+    /// Where manifests and configs are kept once fetched (the content store), so that a
+    /// digest reference resolves without the network and a tag costs one manifest request.
+    blobs: Option<content::Store>,
+    /// References resolved by this process (a build resolves its base image twice: for
+    /// lowering and for the image source).
+    resolved: Mutex<HashMap<String, Resolved>>,
 }
 
 impl Registry {
@@ -292,7 +298,72 @@ impl Registry {
         Registry {
             config: config.clone(),
             clients: Mutex::new(HashMap::new()),
+            blobs: None,
+            resolved: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps fetched manifests and configs in `store` and reads them back from there.
+    pub fn with_store(mut self, store: content::Store) -> Registry {
+        self.blobs = Some(store);
+        self
+    }
+
+    /// A blob from the content store, when there is one and it holds `digest`.
+    fn stored(&self, digest: &Digest) -> Option<Vec<u8>> {
+        let store = self.blobs.as_ref()?;
+        if !store.has(digest) {
+            return None;
+        }
+        store.read_blob(digest).ok()
+    }
+
+    /// Writes a manifest or config into the content store (best effort: it is a cache).
+    fn keep(&self, bytes: &[u8]) {
+        if let Some(store) = &self.blobs {
+            let _ = store.write_blob(bytes);
+        }
+    }
+
+    /// Resolves a digest reference from the content store alone: its manifest (or index and
+    /// the platform's manifest), config and every layer must be there.
+    fn resolve_offline(&self, norm: &Reference) -> Option<Resolved> {
+        let digest: Digest = norm.digest()?.parse().ok()?;
+        let bytes = self.stored(&digest)?;
+        let (index_digest, manifest_digest, bytes, manifest, media_type) =
+            match classify(&bytes).ok()? {
+                Fetched::Manifest(m, mt) => (None, digest, bytes, m, mt),
+                Fetched::Index(index) => {
+                    let child = pick_platform(&index).ok()?.digest().clone();
+                    let cbytes = self.stored(&child)?;
+                    match classify(&cbytes).ok()? {
+                        Fetched::Manifest(m, mt) => (Some(digest), child, cbytes, m, mt),
+                        Fetched::Index(_) => return None,
+                    }
+                }
+            };
+        let config_descriptor = manifest.config().clone();
+        let config_bytes = self.stored(config_descriptor.digest())?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).ok()?;
+        let store = self.blobs.as_ref()?;
+        if !manifest.layers().iter().all(|l| store.has(l.digest())) {
+            return None;
+        }
+        let registry = norm.registry().to_string();
+        Some(Resolved {
+            reference: norm.whole(),
+            host: endpoint_for(&registry).to_string(),
+            repository: norm.repository().to_string(),
+            index_digest,
+            manifest_digest,
+            manifest_media_type: media_type,
+            manifest_bytes: bytes,
+            layers: manifest.layers().clone(),
+            manifest: *manifest,
+            config_descriptor,
+            config_bytes,
+            config,
+        })
     }
 
     fn scheme(&self, host: &str) -> &'static str {
@@ -366,6 +437,20 @@ impl Registry {
     pub async fn resolve(&self, reference: &str) -> Result<Resolved, RegistryError> {
         let norm = normalize(reference)?;
         let whole = norm.whole();
+        if let Some(hit) = self
+            .resolved
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&whole).cloned())
+        {
+            return Ok(hit);
+        }
+        if let Some(r) = self.resolve_offline(&norm) {
+            if let Ok(mut m) = self.resolved.lock() {
+                m.insert(whole, r.clone());
+            }
+            return Ok(r);
+        }
         let registry = norm.registry().to_string();
         let mut attempts = Vec::new();
         for host in self.config.hosts_for(&registry) {
@@ -377,7 +462,14 @@ impl Registry {
             };
             let section = if host == registry { &registry } else { &host };
             match self.resolve_on(&norm, &endpoint, section).await {
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    self.keep(&r.manifest_bytes);
+                    self.keep(&r.config_bytes);
+                    if let Ok(mut m) = self.resolved.lock() {
+                        m.insert(whole, r.clone());
+                    }
+                    return Ok(r);
+                }
                 Err(a) => attempts.push(a),
             }
         }
@@ -424,15 +516,19 @@ impl Registry {
         {
             Fetched::Manifest(m, mt) => (None, digest, bytes, m, mt),
             Fetched::Index(index) => {
+                self.keep(&bytes);
                 let entry = pick_platform(&index).map_err(|e| fail(&url, e))?;
                 let child = entry.digest().clone();
                 let curl = self.manifest_url(host, &repo, child.as_ref());
                 let child_ref =
                     Reference::with_digest(host.to_string(), repo.clone(), child.to_string());
-                let (cbytes, cdigest) = self
-                    .fetch_manifest(&client, &child_ref)
-                    .await
-                    .map_err(|e| fail(&curl, e))?;
+                let (cbytes, cdigest) = match self.stored(&child) {
+                    Some(b) => (b, child.clone()),
+                    None => self
+                        .fetch_manifest(&client, &child_ref)
+                        .await
+                        .map_err(|e| fail(&curl, e))?,
+                };
                 match classify(&cbytes).map_err(|e| fail(&curl, e))? {
                     Fetched::Manifest(m, mt) => (Some(digest), cdigest, cbytes, m, mt),
                     Fetched::Index(_) => {
@@ -454,14 +550,17 @@ impl Registry {
             ));
         }
         let mut config_bytes = Vec::new();
-        client
-            .pull_blob(
-                &on_host,
-                config_descriptor.digest().as_ref(),
-                &mut config_bytes,
-            )
-            .await
-            .map_err(|e| fail(&curl, describe(&e)))?;
+        match self.stored(config_descriptor.digest()) {
+            Some(b) => config_bytes = b,
+            None => client
+                .pull_blob(
+                    &on_host,
+                    config_descriptor.digest().as_ref(),
+                    &mut config_bytes,
+                )
+                .await
+                .map_err(|e| fail(&curl, describe(&e)))?,
+        }
         let actual = content::sha256_digest(&config_bytes);
         if actual != *config_descriptor.digest()
             || config_bytes.len() as u64 != config_descriptor.size()

@@ -86,7 +86,7 @@ impl Worker {
         })?;
         let snapshots = Snapshots::open(root)?;
         let content = content::Store::open(root)?;
-        let registry = Registry::new(&config);
+        let registry = Registry::new(&config).with_store(content.clone());
         let helper_exe = std::env::current_exe().map_err(WorkerError::SelfExe)?;
         let ids = rootless::IdMap::for_current_user()?;
         Ok(Worker {
