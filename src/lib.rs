@@ -6,6 +6,7 @@ pub mod config;
 pub mod content;
 pub mod export;
 pub mod frontend;
+pub mod gc;
 pub mod image;
 pub mod ir;
 pub mod llb;

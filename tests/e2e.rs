@@ -751,3 +751,69 @@ fn a_warm_build_from_a_pinned_base_needs_no_registry() {
     );
     assert!(stderr(&out).contains("CACHED"), "{}", stderr(&out));
 }
+
+#[test]
+fn du_and_prune_keep_images_and_wait_for_running_builds() {
+    let env = TestEnv::new("prune");
+    let pb = branches_definition(&env, "p.pb", &["echo layer > /layer-file"]);
+    let out = env.envkit(&["solve", pb.to_str().unwrap(), "-t", "kept:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let du = stdout(&env.envkit(&["du"]));
+    let count = |text: &str, kind: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(kind))
+            .and_then(|l| {
+                l[kind.len()..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {kind} in\n{text}"))
+    };
+    assert!(count(&du, "build cache") >= 3, "{du}");
+    let blobs_before = count(&du, "blobs");
+
+    // Recently used cache survives a filter; a plain prune removes it all.
+    let out = env.envkit(&["prune", "--filter", "until=24h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("removed 0 build cache"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.envkit(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let du = stdout(&env.envkit(&["du"]));
+    assert_eq!(count(&du, "build cache"), 0, "{du}");
+    // The image's blobs stay (layers, config, manifest); only unreferenced ones may go.
+    let blobs_after = count(&du, "blobs");
+    assert!(blobs_after >= 3 && blobs_after <= blobs_before, "{du}");
+    assert!(stdout(&env.envkit(&["images"])).contains("kept:1"));
+
+    // A prune while a build runs waits for it; the build is not disturbed.
+    let slow = branches_definition(&env, "slow.pb", &["sleep 3; echo built-during-prune"]);
+    let build = env
+        .user_command(env!("CARGO_BIN_EXE_envkit"))
+        .args(["solve", slow.to_str().unwrap(), "--progress", "plain"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while user_processes(&env, "sleep 3; echo built-during-prune").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started its step"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = env.envkit(&["prune", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for the builds"),
+        "{}",
+        stderr(&out)
+    );
+    let b = build.wait_with_output().unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+}

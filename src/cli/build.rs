@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use super::{BuildArgs, Cli, LlbArgs, SolveArgs, SourceArgs};
+use super::{BuildArgs, Cli, LlbArgs, PruneArgs, SolveArgs, SourceArgs};
 use crate::config::{self, Config};
 use crate::export::{self, Output};
 use crate::frontend;
@@ -558,6 +558,124 @@ pub(super) fn images(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
+    let root = config::store_root(cli.root.as_deref());
+    let u = crate::gc::usage(&root);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<16} {:>8} {:>10}", "KIND", "COUNT", "SIZE")?;
+    let total = u.snapshots.bytes + u.content.bytes + u.cache_mounts.bytes + u.metadata.bytes;
+    for (kind, a) in [
+        ("build cache", u.snapshots),
+        ("blobs", u.content),
+        ("cache mounts", u.cache_mounts),
+        ("metadata", u.metadata),
+    ] {
+        writeln!(out, "{kind:<16} {:>8} {:>10}", a.count, human_size(a.bytes))?;
+    }
+    writeln!(out, "{:<16} {:>8} {:>10}", "total", "", human_size(total))?;
+    writeln!(out, "store: {}", root.display())?;
+    Ok(())
+}
+
+/// `10GB`, `512MiB`, `1.5G`; a bare number is MB (envd's `--keep-storage`).
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("size {s:?}: want e.g. 10GB or 512MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" => 1e6,
+        "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0_f64.powi(4),
+        other => bail!("size {s:?}: unknown unit {other:?}"),
+    };
+    Ok((n * mult) as u64)
+}
+
+/// `24h`, `7d`, `1h30m`, `90s`.
+fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .with_context(|| format!("duration {s:?}: want e.g. 24h, 7d, 1h30m"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            other => bail!("duration {s:?}: unknown unit {other:?}"),
+        };
+    }
+    if !num.is_empty() {
+        bail!("duration {s:?}: a number needs a unit (s, m, h, d, w)");
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
+    let mut opts = crate::gc::PruneOptions {
+        all: args.all,
+        ..Default::default()
+    };
+    if let Some(k) = &args.keep_storage {
+        opts.keep_storage = Some(parse_size(k)?);
+    }
+    for f in &args.filter {
+        match f.split_once('=') {
+            Some(("until", d)) => opts.until = Some(parse_duration(d)?),
+            _ => bail!("unknown filter {f:?} (envkit knows until=DURATION)"),
+        }
+    }
+    let cfg = Config::load(cli.config.as_deref())?;
+    let root = config::store_root(cli.root.as_deref());
+    let worker = match Worker::new_exclusive(&root, cfg.clone(), false) {
+        Ok(w) => w,
+        Err(crate::worker::WorkerError::Busy) => {
+            eprintln!(
+                "waiting for the builds running on {} to finish…",
+                root.display()
+            );
+            tokio::task::spawn_blocking({
+                let root = root.clone();
+                move || Worker::new_exclusive(&root, cfg, true)
+            })
+            .await
+            .context("opening the store")??
+        }
+        Err(e) => return Err(e).context("opening the store"),
+    };
+    worker.clean_stale().await;
+    let r = crate::gc::prune(&worker, &opts).await?;
+    println!(
+        "removed {} build cache entries ({}), {} blobs ({}), {} cache mounts ({})",
+        r.snapshots.count,
+        human_size(r.snapshots.bytes),
+        r.blobs.count,
+        human_size(r.blobs.bytes),
+        r.cache_mounts.count,
+        human_size(r.cache_mounts.bytes)
+    );
+    Ok(())
+}
+
 fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
@@ -615,4 +733,20 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
         out.write_all(graph.to_json_lines().as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(parse_size("1.5").unwrap(), 1_500_000);
+        assert!(parse_size("ten").is_err());
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 604_800);
+        assert!(parse_duration("24").is_err());
+    }
 }

@@ -35,6 +35,10 @@ pub enum Command {
     Build(BuildArgs),
     /// Run an LLB Definition (from any BuildKit client) with envkit's engine.
     Solve(SolveArgs),
+    /// Show what the store holds, by kind.
+    Du,
+    /// Remove build cache no image needs (and then unreferenced blobs).
+    Prune(PruneArgs),
     /// List the images in envkit's image store.
     #[command(alias = "image")]
     Images,
@@ -99,6 +103,20 @@ pub struct BuildArgs {
     /// like buildctl's. Secrets never enter a layer, a cache key or a log.
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Also empty the cache mounts (apt, pip, … caches of build steps).
+    #[arg(long)]
+    pub all: bool,
+    /// Keep the most recently used build cache up to this size (`10GB`, `512MiB`; a bare
+    /// number is MB, like envd's).
+    #[arg(long, value_name = "SIZE")]
+    pub keep_storage: Option<String>,
+    /// `until=DURATION`: only what was last used longer ago (`24h`, `7d`, `1h30m`).
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +262,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(ref args) => build::build(&cli, args).await,
         Command::Solve(ref args) => build::solve(&cli, args).await,
         Command::Images => build::images(&cli),
+        Command::Du => build::du(&cli),
+        Command::Prune(ref args) => build::prune(&cli, args).await,
         Command::Debug {
             what: DebugCommand::Llb(ref args),
         } => build::debug_llb(&cli, args).await,

@@ -250,8 +250,22 @@ impl Snapshots {
         r.chain.iter().rev().map(|id| self.fs(id)).collect()
     }
 
-    /// The committed result for `id`, if there is one.
+    /// The committed result for `id`, if there is one; a hit marks it used now (what
+    /// `envkit prune --filter until=…` and `--keep-storage` go by).
     pub fn lookup(&self, id: &str) -> Result<Option<SnapRef>, SnapshotError> {
+        let found = self.lookup_quiet(id)?;
+        if found.is_some()
+            && let Ok(f) = fs::File::options()
+                .write(true)
+                .open(self.root.join(id).join(RECORD))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        Ok(found)
+    }
+
+    /// [`Snapshots::lookup`] without marking the result used.
+    pub fn lookup_quiet(&self, id: &str) -> Result<Option<SnapRef>, SnapshotError> {
         Self::check_id(id)?;
         let path = self.root.join(id).join(RECORD);
         match fs::read(&path) {

@@ -35,6 +35,8 @@ pub enum WorkerError {
     },
     #[error("the rootless helper thread failed: {0}")]
     Join(String),
+    #[error("builds are running on this store")]
+    Busy,
 }
 
 /// Where step output goes while a helper runs.
@@ -72,17 +74,60 @@ pub struct Worker {
     pub ca_bundle: Option<PathBuf>,
     helper_exe: PathBuf,
     ids: rootless::IdMap,
+    /// The store's GC lock: shared while building, exclusive while pruning.
+    _gc: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Worker {
+    /// A worker for building: holds the store's GC lock shared, so prune waits for it.
     pub fn new(
         root: &Path,
         config: Config,
         ca_bundle: Option<PathBuf>,
     ) -> Result<Self, WorkerError> {
+        Self::open(root, config, ca_bundle, nix::fcntl::FlockArg::LockShared)
+    }
+
+    /// A worker for pruning: waits until no build runs on the store (with `wait`; else
+    /// [`WorkerError::Busy`]), and keeps new builds waiting until it is dropped.
+    pub fn new_exclusive(root: &Path, config: Config, wait: bool) -> Result<Self, WorkerError> {
+        let how = if wait {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockExclusiveNonblock
+        };
+        Self::open(root, config, None, how)
+    }
+
+    fn open(
+        root: &Path,
+        config: Config,
+        ca_bundle: Option<PathBuf>,
+        gc: nix::fcntl::FlockArg,
+    ) -> Result<Self, WorkerError> {
         std::fs::create_dir_all(root).map_err(|source| WorkerError::Io {
             path: root.to_path_buf(),
             source,
+        })?;
+        let gc_path = root.join("gc.lock");
+        let gc_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&gc_path)
+            .map_err(|source| WorkerError::Io {
+                path: gc_path.clone(),
+                source,
+            })?;
+        let gc_lock = nix::fcntl::Flock::lock(gc_file, gc).map_err(|(_, e)| {
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                WorkerError::Busy
+            } else {
+                WorkerError::Io {
+                    path: gc_path,
+                    source: std::io::Error::from(e),
+                }
+            }
         })?;
         let snapshots = Snapshots::open(root)?;
         let content = content::Store::open(root)?;
@@ -98,6 +143,7 @@ impl Worker {
             ca_bundle,
             helper_exe,
             ids,
+            _gc: gc_lock,
         })
     }
 
@@ -187,6 +233,10 @@ impl Worker {
             path: dir.clone(),
             source,
         })?;
+        // Marks it used (prune --all --filter until=… goes by this).
+        if let Ok(f) = std::fs::File::open(&dir) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         Ok(dir)
     }
 }
