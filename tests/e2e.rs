@@ -817,3 +817,51 @@ fn du_and_prune_keep_images_and_wait_for_running_builds() {
     let b = build.wait_with_output().unwrap();
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
 }
+
+#[test]
+fn network_none_isolates_a_step_and_extra_hosts_are_added() {
+    use envkit::llb::{self, Constraints, Run};
+    use envkit::pb;
+    let env = TestEnv::new("net");
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    // Interfaces the step sees (busybox-static's wget crashes, so no connection probe).
+    let probe = "ifconfig -a | grep -c Link";
+    let isolated = base
+        .network(pb::NetMode::None)
+        .add_extra_host("myhost.internal", "10.1.2.3")
+        .run(Run::args([
+            "sh",
+            "-c",
+            &format!("echo none: $({probe}) interfaces; grep myhost.internal /etc/hosts"),
+        ]))
+        .root();
+    let host = base
+        .run(Run::args([
+            "sh",
+            "-c",
+            &format!("echo host: $({probe} | head -1)"),
+        ]))
+        .root();
+    let def = llb::merge(
+        &[
+            base.clone(),
+            llb::diff(&base, &isolated, Constraints::new()),
+            llb::diff(&base, &host, Constraints::new()),
+        ],
+        Constraints::new(),
+    )
+    .marshal(&llb::MarshalOptions::default())
+    .expect("marshal");
+    let pb_path = env.dir.join("net.pb");
+    std::fs::write(&pb_path, def.to_bytes()).unwrap();
+    env.chown(&pb_path);
+    let out = env.envkit(&["solve", pb_path.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("none: 1 interfaces"), "network none: {log}");
+    assert!(log.contains("10.1.2.3\tmyhost.internal"), "{log}");
+    assert!(
+        !log.contains("host: 1 interfaces") && log.contains("host: "),
+        "host network: {log}"
+    );
+}

@@ -185,6 +185,39 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     res
 }
 
+/// Brings up `lo` in a fresh network namespace (it starts down).
+fn loopback_up() -> Result<()> {
+    // SAFETY: plain socket/ioctl calls on a struct we own; the fd is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(RootlessError::sys("socket", nix::errno::Errno::last()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let res = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err(RootlessError::sys(
+                "SIOCGIFFLAGS lo",
+                nix::errno::Errno::last(),
+            ))
+        } else {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                Err(RootlessError::sys(
+                    "SIOCSIFFLAGS lo",
+                    nix::errno::Errno::last(),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        libc::close(fd);
+        res
+    }
+}
+
 /// A fresh private tmpfs on a temp dir (for files that must stay in memory).
 fn tmpfs_dir() -> Result<PathBuf> {
     let t = std::env::temp_dir().join("envkit-mem-XXXXXX");
@@ -584,7 +617,13 @@ fn pid1_inner(
     if !r.hostname.is_empty() {
         ns |= CloneFlags::CLONE_NEWUTS;
     }
+    if r.network_none {
+        ns |= CloneFlags::CLONE_NEWNET;
+    }
     nix::sched::unshare(ns).map_err(|e| RootlessError::sys("unshare(CLONE_NEWNS)", e))?;
+    if r.network_none {
+        loopback_up()?;
+    }
     if !r.hostname.is_empty() {
         nix::unistd::sethostname(&r.hostname).map_err(|e| RootlessError::sys("sethostname", e))?;
     }

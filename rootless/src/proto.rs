@@ -82,6 +82,10 @@ pub struct ExecRequest {
     /// A host CA bundle bound read-only at [`CA_BUNDLE_PATH`].
     pub ca_bundle: Option<PathBuf>,
     pub readonly_rootfs: bool,
+    /// Run in a network namespace of its own with only loopback (LLB's network mode none);
+    /// otherwise the host's network.
+    #[serde(default)]
+    pub network_none: bool,
 }
 
 /// Where the CA bundle of [`ExecRequest::ca_bundle`] appears inside the container.

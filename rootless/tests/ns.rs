@@ -199,6 +199,7 @@ fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
         hostname: "envkit".into(),
         ca_bundle: None,
         readonly_rootfs: false,
+        network_none: false,
     }
 }
 

@@ -35,9 +35,10 @@ pub(super) async fn run(
     if meta.args.is_empty() {
         return Err(OpsError::Invalid("exec op with no arguments".into()));
     }
-    if exec.network == NET_NONE {
-        return Err(OpsError::Unsupported("network mode none".into()));
-    }
+    // Network: none gets a namespace with only loopback; host and the default (BuildKit's
+    // sandbox, which envkit runs on the host network, like rootless BuildKit with host
+    // networking) share the host's.
+    let network_none = exec.network == NET_NONE;
     let mut root: Option<&Res> = None;
     let mut mounts = Vec::new();
     let mut readonly_rootfs = false;
@@ -152,6 +153,26 @@ pub(super) async fn run(
             None => return Err(OpsError::MissingSecret(se.id.clone())),
         }
     }
+    // Extra hosts: the host's /etc/hosts plus the op's entries, bound over /etc/hosts.
+    if !meta.extra_hosts.is_empty() {
+        let mut hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        if !hosts.is_empty() && !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
+        for h in &meta.extra_hosts {
+            hosts.push_str(&format!("{}\t{}\n", h.ip, h.host));
+        }
+        mounts.push(rootless::Mount {
+            source: PathBuf::new(),
+            target: "/etc/hosts".into(),
+            kind: rootless::MountKind::MemFile {
+                data: rootless::SecretBytes(hosts.into_bytes()),
+                uid: 0,
+                gid: 0,
+                mode: 0o644,
+            },
+        });
+    }
     let input_keys: Vec<Res> = inputs.to_vec();
     let key = ctx.cache_key(&input_keys, &[]);
     let _claim = match ctx.claim(&key).await? {
@@ -177,6 +198,7 @@ pub(super) async fn run(
         hostname: meta.hostname.clone(),
         ca_bundle: w.ca_bundle.clone(),
         readonly_rootfs,
+        network_none,
     });
     let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
     let sink = OutputSink {
