@@ -865,3 +865,65 @@ fn network_none_isolates_a_step_and_extra_hosts_are_added() {
         "host network: {log}"
     );
 }
+
+/// A local source's exclude patterns (with a `!` exception) decide what the step sees and
+/// what its cache key covers: a change in an excluded file reruns nothing.
+#[test]
+fn local_source_patterns_filter_the_context_and_its_key() {
+    use envkit::llb::{self, LocalOptions, Mount, Run};
+    let env = TestEnv::new("patterns");
+    let ctx = env.dir.join("patterns-ctx");
+    std::fs::create_dir_all(ctx.join("src")).unwrap();
+    std::fs::create_dir_all(ctx.join("target/debug")).unwrap();
+    std::fs::write(ctx.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(ctx.join("src/notes.tmp"), "scratch\n").unwrap();
+    std::fs::write(ctx.join("keep.tmp"), "kept\n").unwrap();
+    std::fs::write(ctx.join("target/debug/app"), "binary\n").unwrap();
+    env.chown(&ctx);
+    let local = llb::local(
+        "src",
+        LocalOptions {
+            exclude_patterns: vec!["target".into(), "**/*.tmp".into(), "!keep.tmp".into()],
+            ..Default::default()
+        },
+    );
+    let def = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(
+            Run::args(["sh", "-c", "cd /ctx && find . | sort | tr '\\n' ' '; echo"])
+                .mount(Mount::bind("/ctx", &local).readonly()),
+        )
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb_path = env.dir.join("patterns.pb");
+    std::fs::write(&pb_path, def.to_bytes()).unwrap();
+    env.chown(&pb_path);
+    let local_arg = format!("src={}", ctx.display());
+    let solve = || {
+        env.envkit(&[
+            "solve",
+            "--progress",
+            "plain",
+            "--local",
+            &local_arg,
+            pb_path.to_str().unwrap(),
+        ])
+    };
+    let out = solve();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(". ./keep.tmp ./src ./src/main.rs"),
+        "the step saw the wrong files: {log}"
+    );
+    std::fs::write(ctx.join("target/debug/app"), "rebuilt\n").unwrap();
+    std::fs::write(ctx.join("src/more.tmp"), "more\n").unwrap();
+    let out = solve();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        !log.contains("./src/main.rs"),
+        "a change in excluded files reran the step: {log}"
+    );
+}

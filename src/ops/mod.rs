@@ -8,6 +8,7 @@ mod exec;
 mod file;
 mod http;
 mod merge;
+mod patterns;
 mod source;
 
 use std::collections::BTreeMap;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::patterns::Filter;
 use super::{Ctx, OpsError, Res};
 use crate::pb;
 use crate::snapshot::{BaseImage, SnapRef};
@@ -99,35 +100,41 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
             known: ctx.locals.keys().cloned().collect::<Vec<_>>().join(", "),
         });
     };
-    for attr in [
-        "local.includepattern",
-        "local.excludepatterns",
-        "local.followpaths",
-    ] {
-        if src
-            .attrs
-            .get(attr)
-            .is_some_and(|v| !v.is_empty() && v != "[]")
-        {
-            return Err(OpsError::Unsupported(format!(
-                "local source attribute {attr}"
-            )));
-        }
+    if src
+        .attrs
+        .get("local.followpaths")
+        .is_some_and(|v| !v.is_empty() && v != "[]")
+    {
+        return Err(OpsError::Unsupported(
+            "local source attribute local.followpaths".to_string(),
+        ));
     }
+    let filter = Filter::from_attrs(
+        src.attrs.get("local.includepattern").map(String::as_str),
+        src.attrs.get("local.excludepatterns").map(String::as_str),
+    )
+    .map_err(OpsError::Invalid)?;
     let checksum = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || tree_checksum(&dir))
+        let (dir, filter) = (dir.clone(), filter.clone());
+        tokio::task::spawn_blocking(move || tree_checksum(&dir, &filter))
             .await
             .map_err(|e| OpsError::Invalid(e.to_string()))??
     };
-    let key = ctx.cache_key(&[], &[&checksum]);
+    // The checksum covers only what the filter keeps; the filter itself is in the key too,
+    // so two filters that happen to keep the same files still share nothing surprising.
+    let filter_key = filter.key();
+    let key = if filter.is_empty() {
+        ctx.cache_key(&[], &[&checksum])
+    } else {
+        ctx.cache_key(&[], &[&checksum, &filter_key])
+    };
     let _claim = match ctx.claim(&key).await? {
         super::Claim::Cached(hit) => return Ok(hit),
         super::Claim::Mine(lock) => lock,
     };
     let prepared = ctx.worker.snapshots.prepare()?;
     let dest = prepared.fs.clone();
-    let copied = tokio::task::spawn_blocking(move || copy_tree(&dir, &dest))
+    let copied = tokio::task::spawn_blocking(move || copy_tree(&dir, &dest, &filter))
         .await
         .map_err(|e| OpsError::Invalid(e.to_string()))?;
     if let Err(e) = copied {
@@ -148,13 +155,25 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
     }
 }
 
-/// Sorted relative paths of a tree (the root excluded), without following symlinks.
-fn walk(root: &Path) -> Result<Vec<PathBuf>, OpsError> {
+/// Sorted relative paths of a tree (the root excluded) that `filter` keeps, without
+/// following symlinks; a directory the filter drops is not descended into.
+fn walk(root: &Path, filter: &Filter) -> Result<Vec<PathBuf>, OpsError> {
     let mut out = Vec::new();
+    let keep = |e: &walkdir::DirEntry| {
+        if filter.is_empty() || e.depth() == 0 {
+            return true;
+        }
+        match e.path().strip_prefix(root) {
+            Ok(rel) => filter.keeps(&rel.to_string_lossy(), e.file_type().is_dir()),
+            Err(_) => true,
+        }
+    };
     for entry in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
         .min_depth(1)
+        .into_iter()
+        .filter_entry(keep)
     {
         let entry = entry.map_err(|e| OpsError::Local {
             path: e
@@ -172,9 +191,10 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, OpsError> {
 
 /// Content checksum of a directory: names, types, modes, file contents and link targets —
 /// what a copy out of it can observe. Owners and times are left out, like BuildKit.
-pub fn tree_checksum(root: &Path) -> Result<String, OpsError> {
+/// Only the part of the tree `filter` keeps counts.
+fn tree_checksum(root: &Path, filter: &Filter) -> Result<String, OpsError> {
     let mut h = Sha256::new();
-    for rel in walk(root)? {
+    for rel in walk(root, filter)? {
         let path = root.join(&rel);
         let md = fs::symlink_metadata(&path).map_err(local_err(&path))?;
         h.update(rel.as_os_str().as_encoded_bytes());
@@ -202,8 +222,8 @@ pub fn tree_checksum(root: &Path) -> Result<String, OpsError> {
 }
 
 /// Copies a tree as the host user (inside the namespace the files then belong to uid 0).
-fn copy_tree(src: &Path, dest: &Path) -> Result<(), OpsError> {
-    for rel in walk(src)? {
+fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsError> {
+    for rel in walk(src, filter)? {
         let from = src.join(&rel);
         let to = dest.join(&rel);
         let md = fs::symlink_metadata(&from).map_err(local_err(&from))?;
@@ -236,18 +256,18 @@ mod tests {
         fs::write(d.path().join("a"), b"1").unwrap();
         fs::create_dir(d.path().join("sub")).unwrap();
         fs::write(d.path().join("sub/b"), b"2").unwrap();
-        let c1 = tree_checksum(d.path()).unwrap();
+        let c1 = tree_checksum(d.path(), &Filter::default()).unwrap();
         let f = fs::File::options()
             .write(true)
             .open(d.path().join("a"))
             .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(tree_checksum(d.path()).unwrap(), c1);
+        assert_eq!(tree_checksum(d.path(), &Filter::default()).unwrap(), c1);
         fs::write(d.path().join("sub/b"), b"3").unwrap();
-        let c2 = tree_checksum(d.path()).unwrap();
+        let c2 = tree_checksum(d.path(), &Filter::default()).unwrap();
         assert_ne!(c1, c2);
         fs::set_permissions(d.path().join("a"), fs::Permissions::from_mode(0o600)).unwrap();
-        assert_ne!(tree_checksum(d.path()).unwrap(), c2);
+        assert_ne!(tree_checksum(d.path(), &Filter::default()).unwrap(), c2);
     }
 
     #[test]
@@ -258,7 +278,7 @@ mod tests {
         fs::write(s.path().join("dir/x"), b"x").unwrap();
         fs::set_permissions(s.path().join("dir/x"), fs::Permissions::from_mode(0o751)).unwrap();
         std::os::unix::fs::symlink("dir/x", s.path().join("link")).unwrap();
-        copy_tree(s.path(), d.path()).unwrap();
+        copy_tree(s.path(), d.path(), &Filter::default()).unwrap();
         assert_eq!(fs::read(d.path().join("dir/x")).unwrap(), b"x");
         let mode = fs::metadata(d.path().join("dir/x")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o751);
@@ -267,8 +287,36 @@ mod tests {
             Path::new("dir/x")
         );
         assert_eq!(
-            tree_checksum(s.path()).unwrap(),
-            tree_checksum(d.path()).unwrap()
+            tree_checksum(s.path(), &Filter::default()).unwrap(),
+            tree_checksum(d.path(), &Filter::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn filters_apply_to_checksum_and_copy() {
+        let s = tempfile::tempdir().unwrap();
+        fs::create_dir_all(s.path().join("src/deep")).unwrap();
+        fs::create_dir(s.path().join("target")).unwrap();
+        fs::write(s.path().join("src/deep/a.rs"), b"a").unwrap();
+        fs::write(s.path().join("src/b.tmp"), b"b").unwrap();
+        fs::write(s.path().join("target/big"), b"big").unwrap();
+        fs::write(s.path().join("Cargo.toml"), b"c").unwrap();
+        let filter = Filter::from_attrs(None, Some(r#"["target", "**/*.tmp"]"#)).expect("patterns");
+        let before = tree_checksum(s.path(), &filter).unwrap();
+        fs::write(s.path().join("target/big"), b"changed").unwrap();
+        fs::write(s.path().join("src/c.tmp"), b"new").unwrap();
+        assert_eq!(
+            tree_checksum(s.path(), &filter).unwrap(),
+            before,
+            "changes under excluded paths do not change the key"
+        );
+        let d = tempfile::tempdir().unwrap();
+        copy_tree(s.path(), d.path(), &filter).unwrap();
+        assert!(d.path().join("src/deep/a.rs").is_file());
+        assert!(d.path().join("Cargo.toml").is_file());
+        assert!(!d.path().join("target").exists());
+        assert!(!d.path().join("src/b.tmp").exists());
+        let bad = Filter::from_attrs(Some("not json"), None);
+        assert!(bad.is_err());
     }
 }
