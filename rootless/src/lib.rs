@@ -13,6 +13,7 @@ mod idmap;
 mod overlay;
 mod parent;
 pub mod pathsafe;
+pub mod patterns;
 mod proto;
 mod unpack;
 pub mod userdb;
@@ -23,6 +24,7 @@ pub use helper::helper_main;
 pub use idmap::IdMap;
 pub use parent::{Cancel, run_helper, run_helper_cancellable};
 pub use proto::{
-    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Compression, CopySource, ExecRequest, ExitStatus, FileAction,
-    LayerFile, Mount, MountKind, ProbeResult, Request, Response, SecretBytes,
+    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Chown, Compression, CopyAction, CopySource, ExecRequest,
+    ExitStatus, FileAction, IdSpec, LayerFile, Mount, MountKind, ProbeResult, Request, Response,
+    SecretBytes, UserDb,
 };

@@ -110,6 +110,82 @@ pub enum CopySource {
     Lowers(Vec<PathBuf>),
 }
 
+impl Default for CopySource {
+    fn default() -> CopySource {
+        CopySource::Lowers(Vec::new())
+    }
+}
+
+/// A user or group of a chown: a number, or a name looked up in the passwd/group files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdSpec {
+    Id(u32),
+    Name(String),
+}
+
+/// Where names of a [`Chown`] are looked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserDb {
+    /// The tree the action works on, as the earlier actions left it.
+    #[default]
+    Dest,
+    /// Another snapshot chain (dirs, top first).
+    Lowers(Vec<PathBuf>),
+}
+
+/// The owner of what an action creates, with BuildKit's rules: a numeric user alone also
+/// gives the group, a named user brings its primary group, a group alone means user 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chown {
+    pub user: Option<IdSpec>,
+    pub group: Option<IdSpec>,
+    #[serde(default)]
+    pub user_db: UserDb,
+    #[serde(default)]
+    pub group_db: UserDb,
+}
+
+impl Chown {
+    /// A numeric owner.
+    pub fn ids(uid: u32, gid: u32) -> Chown {
+        Chown {
+            user: Some(IdSpec::Id(uid)),
+            group: Some(IdSpec::Id(gid)),
+            user_db: UserDb::Dest,
+            group_db: UserDb::Dest,
+        }
+    }
+}
+
+/// A copy (BuildKit's FileActionCopy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyAction {
+    pub src_root: CopySource,
+    pub src: String,
+    pub dest: String,
+    pub owner: Option<Chown>,
+    /// Octal mode for everything copied.
+    pub mode: Option<u32>,
+    /// A chmod-style mode (`u+x,go-w`, `0755`); wins over `mode`.
+    pub mode_str: Option<String>,
+    pub follow_symlinks: bool,
+    pub dir_copy_contents: bool,
+    pub create_dest_path: bool,
+    pub allow_wildcard: bool,
+    pub allow_empty_wildcard: bool,
+    /// Patterns relative to each source path.
+    pub include_patterns: Vec<String>,
+    pub exclude_patterns: Vec<String>,
+    /// Replace an existing destination of another type (a dir by a file, and back).
+    pub always_replace_existing: bool,
+    /// Unpack a source that is a (compressed) tar archive into `dest`, like Dockerfile ADD.
+    pub unpack_archives: bool,
+    /// Source paths (relative to the source root) that must exist.
+    pub required_paths: Vec<String>,
+    /// Modification time (ns since the epoch) of everything copied; else the source's.
+    pub timestamp: Option<i64>,
+}
+
 /// One file operation, BuildKit's FileOp semantics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileAction {
@@ -117,30 +193,29 @@ pub enum FileAction {
         path: String,
         mode: u32,
         make_parents: bool,
-        owner: Option<(u32, u32)>,
+        owner: Option<Chown>,
+        timestamp: Option<i64>,
     },
     Mkfile {
         path: String,
         mode: u32,
         data: Vec<u8>,
-        owner: Option<(u32, u32)>,
+        owner: Option<Chown>,
+        timestamp: Option<i64>,
     },
     Rm {
         path: String,
         allow_not_found: bool,
         allow_wildcard: bool,
     },
-    Copy {
-        src_root: CopySource,
-        src: String,
-        dest: String,
-        owner: Option<(u32, u32)>,
-        mode: Option<u32>,
-        follow_symlinks: bool,
-        dir_copy_contents: bool,
-        create_dest_path: bool,
-        allow_wildcard: bool,
-        allow_empty_wildcard: bool,
+    Copy(Box<CopyAction>),
+    Symlink {
+        /// The link's target, stored as given.
+        target: String,
+        /// Where the link is created.
+        path: String,
+        owner: Option<Chown>,
+        timestamp: Option<i64>,
     },
 }
 

@@ -33,8 +33,36 @@ pub fn unpack_layers(layers: &[LayerFile], dest: &Path) -> Result<Vec<String>> {
     Ok(notes)
 }
 
+/// How [`unpack_tar`] treats a stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TarMode {
+    /// An image layer: `.wh.` entries are whiteouts. Otherwise (an archive a copy unpacks)
+    /// they are ordinary files.
+    pub layer: bool,
+    /// Owner of everything unpacked, instead of the archive's.
+    pub owner: Option<(u32, u32)>,
+    /// Modification time (seconds, nanoseconds) of everything unpacked.
+    pub mtime: Option<(i64, i64)>,
+}
+
 /// Unpack one layer stream into `dest` (an existing, canonical directory).
 pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
+    let mode = TarMode {
+        layer: true,
+        ..TarMode::default()
+    };
+    unpack_tar(r, layer, dest, notes, mode)
+}
+
+/// Unpack a tar stream into `dest` (an existing, canonical directory), rejecting entries
+/// that would land outside it.
+pub fn unpack_tar(
+    r: impl Read,
+    layer: &Path,
+    dest: &Path,
+    notes: &mut Vec<String>,
+    tm: TarMode,
+) -> Result<()> {
     let mut ar = tar::Archive::new(r);
     let bad = |entry: &str, reason: String| RootlessError::UnsafeEntry {
         layer: layer.to_path_buf(),
@@ -44,7 +72,7 @@ pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<Strin
     let io = |e: std::io::Error| RootlessError::io(layer, e);
     // Paths (relative) written by this layer: an opaque marker keeps them.
     let mut this_layer: HashSet<PathBuf> = HashSet::new();
-    let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
+    let mut dir_times: Vec<(PathBuf, (i64, i64))> = Vec::new();
     for entry in ar.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let raw_path = entry.path().map_err(io)?.into_owned();
@@ -56,14 +84,14 @@ pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<Strin
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let parent = resolve_in_root(dest, &parent_rel.to_string_lossy(), true, DotDot::Reject)
             .map_err(|e| bad(&name, e.to_string()))?;
-        if file_name == WH_OPAQUE {
+        if tm.layer && file_name == WH_OPAQUE {
             if parent.is_dir() {
                 clear_dir(&parent, &parent_rel, &this_layer)
                     .map_err(|e| bad(&name, e.to_string()))?;
             }
             continue;
         }
-        if let Some(victim) = file_name.strip_prefix(WH_PREFIX) {
+        if let Some(victim) = file_name.strip_prefix(WH_PREFIX).filter(|_| tm.layer) {
             if victim.is_empty() || victim == "." || victim == ".." {
                 return Err(bad(&name, "bad whiteout name".into()));
             }
@@ -194,6 +222,7 @@ pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<Strin
             }
         }
         this_layer.insert(rel.clone());
+        let (uid, gid) = tm.owner.unwrap_or((uid, gid));
         nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
             &target,
@@ -216,6 +245,7 @@ pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<Strin
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| bad(&name, e.to_string()))?;
         }
+        let mtime = tm.mtime.unwrap_or((mtime, 0));
         if et == T::Directory {
             dir_times.push((target, mtime));
         } else {
@@ -228,8 +258,8 @@ pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<Strin
     Ok(())
 }
 
-fn set_mtime(p: &Path, t: i64) {
-    let ts = TimeSpec::new(t, 0);
+fn set_mtime(p: &Path, (secs, nanos): (i64, i64)) {
+    let ts = TimeSpec::new(secs, nanos);
     let _ = nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         p,

@@ -54,6 +54,18 @@ fn group(text: &str) -> impl Iterator<Item = GrEnt<'_>> {
     })
 }
 
+/// uid and primary gid of the user `name` in the text of a passwd file.
+pub fn lookup_user(passwd_text: &str, name: &str) -> Option<(u32, u32)> {
+    passwd(passwd_text)
+        .find(|p| p.name == name)
+        .map(|p| (p.uid, p.gid))
+}
+
+/// gid of the group `name` in the text of a group file.
+pub fn lookup_group(group_text: &str, name: &str) -> Option<u32> {
+    group(group_text).find(|g| g.name == name).map(|g| g.gid)
+}
+
 /// Resolve `spec` (`""`, `name`, `uid`, `uid:gid`, `name:group`) against the text of the
 /// rootfs' /etc/passwd and /etc/group (empty strings when the files are missing).
 pub fn resolve_user(spec: &str, passwd_text: &str, group_text: &str) -> Result<ExecUser> {
@@ -134,6 +146,9 @@ mod tests {
         assert_eq!((ng.uid, ng.gid), (1000, 50));
         assert!(resolve_user("bob", PW, GR).is_err());
         assert!(resolve_user("alice:nogroup", PW, GR).is_err());
+        assert_eq!(lookup_user(PW, "_apt"), Some((42, 65534)));
+        assert_eq!(lookup_user(PW, "bob"), None);
+        assert_eq!(lookup_group(GR, "staff"), Some(50));
         let none = resolve_user("5:6", "", "").unwrap();
         assert_eq!((none.uid, none.gid), (5, 6));
     }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rootless::{
-    Compression, CopySource, ExecRequest, ExitStatus, FileAction, IdMap, LayerFile, Request,
-    Response, run_helper,
+    Chown, Compression, CopyAction, CopySource, ExecRequest, ExitStatus, FileAction, IdMap, IdSpec,
+    LayerFile, Request, Response, UserDb, run_helper,
 };
 
 const HELPER: &str = env!("CARGO_BIN_EXE_rootless-helper");
@@ -430,17 +430,18 @@ fn file_actions_copy_mkfile_owner() {
         std::fs::write(ctx.join("a.txt"), "a").unwrap();
         std::fs::write(ctx.join("b.txt"), "b").unwrap();
         std::fs::write(ctx.join("dir/sub/f"), "f").unwrap();
-        let copy = |src: &str, dest: &str, contents: bool| FileAction::Copy {
-            src_root: CopySource::Dir(ctx.clone()),
-            src: src.into(),
-            dest: dest.into(),
-            owner: Some((1000, 1000)),
-            mode: None,
-            follow_symlinks: true,
-            dir_copy_contents: contents,
-            create_dest_path: true,
-            allow_wildcard: true,
-            allow_empty_wildcard: false,
+        let copy = |src: &str, dest: &str, contents: bool| {
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Dir(ctx.clone()),
+                src: src.into(),
+                dest: dest.into(),
+                owner: Some(Chown::ids(1000, 1000)),
+                follow_symlinks: true,
+                dir_copy_contents: contents,
+                create_dest_path: true,
+                allow_wildcard: true,
+                ..CopyAction::default()
+            }))
         };
         let actions = vec![
             copy("hello.py", "/opt/hello.py", false),
@@ -451,13 +452,15 @@ fn file_actions_copy_mkfile_owner() {
                 path: "/etc/motd".into(),
                 mode: 0o600,
                 data: b"hey".to_vec(),
-                owner: Some((42, 65534)),
+                owner: Some(Chown::ids(42, 65534)),
+                timestamp: None,
             },
             FileAction::Mkdir {
                 path: "/a/b/c".into(),
                 mode: 0o750,
                 make_parents: true,
                 owner: None,
+                timestamp: None,
             },
             FileAction::Rm {
                 path: "/bin/ca*".into(),
@@ -519,6 +522,181 @@ fn file_actions_copy_mkfile_owner() {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("not found"), "{e}");
         assert!(!t.0.join("fc/upper/h").exists());
+    });
+}
+
+/// BuildKit's other file-op options: chown by name (looked up in the tree the actions work
+/// on), include patterns with lazily created dirs, chmod-style modes, fixed timestamps,
+/// symlinks, archives unpacked by a copy (with `.wh.` names kept as files) and the checks.
+#[test]
+fn file_actions_names_patterns_times_links_archives() {
+    as_test_user("file_actions_names_patterns_times_links_archives", || {
+        let t = Tmp::new();
+        let ids = ids();
+        let me = nix::unistd::getuid().as_raw();
+        let rootfs = t.0.join("rootfs");
+        ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+        });
+        let ctx = t.0.join("ctx");
+        std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+        std::fs::create_dir_all(ctx.join("dir/empty")).unwrap();
+        std::fs::write(ctx.join("dir/a.sh"), "a").unwrap();
+        std::fs::write(ctx.join("dir/b.txt"), "b").unwrap();
+        std::fs::write(ctx.join("dir/sub/c.sh"), "c").unwrap();
+        std::fs::write(ctx.join("dir/empty/x.txt"), "x").unwrap();
+        {
+            let f = std::fs::File::create(ctx.join("arch.tgz")).unwrap();
+            let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+            let mut b = tar::Builder::new(gz);
+            for (name, data) in [("x/hello", &b"hello"[..]), (".wh.keep", &b"k"[..])] {
+                let mut h = header(tar::EntryType::Regular, 0o644, 0);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        let ts: i64 = 1_704_164_645_000_000_000;
+        let named = |user: Option<&str>, group: Option<&str>| Chown {
+            user: user.map(|u| IdSpec::Name(u.into())),
+            group: group.map(|g| IdSpec::Name(g.into())),
+            user_db: UserDb::Dest,
+            group_db: UserDb::Dest,
+        };
+        let mkfile = |path: &str, data: &str| FileAction::Mkfile {
+            path: path.into(),
+            mode: 0o644,
+            data: data.as_bytes().to_vec(),
+            owner: None,
+            timestamp: None,
+        };
+        let actions = vec![
+            mkfile(
+                "/etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1001::/home/alice:/bin/sh\n",
+            ),
+            mkfile("/etc/group", "root:x:0:\nstaff:x:50:\n"),
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Dir(ctx.clone()),
+                src: "/dir".into(),
+                dest: "/inc".into(),
+                owner: Some(named(Some("alice"), None)),
+                mode_str: Some("a+x".into()),
+                dir_copy_contents: true,
+                create_dest_path: true,
+                include_patterns: vec!["**/*.sh".into()],
+                timestamp: Some(ts),
+                ..CopyAction::default()
+            })),
+            FileAction::Symlink {
+                target: "/inc/a.sh".into(),
+                path: "/link".into(),
+                owner: Some(named(None, Some("staff"))),
+                timestamp: Some(ts),
+            },
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Dir(ctx.clone()),
+                src: "/arch.tgz".into(),
+                dest: "/unpacked".into(),
+                unpack_archives: true,
+                ..CopyAction::default()
+            })),
+            // An existing dir is fine for mkdir without parents, as in BuildKit.
+            FileAction::Mkdir {
+                path: "/inc".into(),
+                mode: 0o700,
+                make_parents: false,
+                owner: None,
+                timestamp: None,
+            },
+        ];
+        let upper = t.0.join("fa/upper");
+        ok(&Request::FileActions {
+            lowers: vec![rootfs.clone()],
+            upper: upper.clone(),
+            work: t.0.join("fa/work"),
+            actions,
+        });
+        let a = std::fs::metadata(upper.join("inc/a.sh")).unwrap();
+        assert_eq!(
+            (a.uid(), a.gid()),
+            (ids.subuid_start + 999, ids.subgid_start + 1000)
+        );
+        assert_eq!(a.mode() & 0o777, 0o755, "a+x on 0644");
+        assert_eq!(a.mtime(), 1_704_164_645);
+        assert!(upper.join("inc/sub/c.sh").is_file());
+        assert!(!upper.join("inc/b.txt").exists(), "b.txt is not included");
+        assert!(
+            !upper.join("inc/empty").exists(),
+            "a dir with nothing included is not created"
+        );
+        let l = std::fs::symlink_metadata(upper.join("link")).unwrap();
+        assert!(l.file_type().is_symlink());
+        assert_eq!((l.uid(), l.gid()), (me, ids.subgid_start + 49));
+        assert_eq!(l.mtime(), 1_704_164_645);
+        assert_eq!(
+            std::fs::read_link(upper.join("link")).unwrap(),
+            Path::new("/inc/a.sh")
+        );
+        assert_eq!(
+            std::fs::read_to_string(upper.join("unpacked/x/hello")).unwrap(),
+            "hello"
+        );
+        assert!(upper.join("unpacked/.wh.keep").is_file());
+
+        let fails = |name: &str, a: FileAction| {
+            let (r, _) = helper(&Request::FileActions {
+                lowers: vec![rootfs.clone()],
+                upper: t.0.join(format!("{name}/upper")),
+                work: t.0.join(format!("{name}/work")),
+                actions: vec![a],
+            });
+            r.expect_err(name).to_string()
+        };
+        let e = fails(
+            "nouser",
+            FileAction::Mkdir {
+                path: "/x".into(),
+                mode: 0o755,
+                make_parents: true,
+                owner: Some(named(Some("nobody-here"), None)),
+                timestamp: None,
+            },
+        );
+        assert!(e.contains("no user \"nobody-here\""), "{e}");
+        let e = fails(
+            "noparent",
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Dir(ctx.clone()),
+                src: "/dir/a.sh".into(),
+                dest: "/missing/deeper/a.sh".into(),
+                ..CopyAction::default()
+            })),
+        );
+        assert!(e.contains("/missing/deeper"), "{e}");
+        let e = fails(
+            "required",
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Dir(ctx.clone()),
+                src: "/dir".into(),
+                dest: "/d".into(),
+                required_paths: vec!["dir/nothere".into()],
+                ..CopyAction::default()
+            })),
+        );
+        assert!(e.contains("required path dir/nothere"), "{e}");
+        let e = fails(
+            "badmode",
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Dir(ctx.clone()),
+                src: "/dir".into(),
+                dest: "/d".into(),
+                mode_str: Some("q+z".into()),
+                ..CopyAction::default()
+            })),
+        );
+        assert!(e.contains("invalid mode"), "{e}");
     });
 }
 

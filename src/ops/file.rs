@@ -80,23 +80,33 @@ fn action(
 ) -> Result<rootless::FileAction, OpsError> {
     use pb::file_action::Action;
     let mode = |m: i32| if m < 0 { None } else { Some(m as u32) };
+    let time = |t: i64| if t < 0 { None } else { Some(t) };
+    let owner = |o: Option<&pb::ChownOpt>| owner(ctx, o, a.input, inputs, n_inputs);
     Ok(match &a.action {
         Some(Action::Mkdir(m)) => rootless::FileAction::Mkdir {
             path: m.path.clone(),
             mode: mode(m.mode).unwrap_or(0o755),
             make_parents: m.make_parents,
             owner: owner(m.owner.as_ref())?,
+            timestamp: time(m.timestamp),
         },
         Some(Action::Mkfile(m)) => rootless::FileAction::Mkfile {
             path: m.path.clone(),
             mode: mode(m.mode).unwrap_or(0o644),
             data: m.data.clone(),
             owner: owner(m.owner.as_ref())?,
+            timestamp: time(m.timestamp),
         },
         Some(Action::Rm(r)) => rootless::FileAction::Rm {
             path: r.path.clone(),
             allow_not_found: r.allow_not_found,
             allow_wildcard: r.allow_wildcard,
+        },
+        Some(Action::Symlink(l)) => rootless::FileAction::Symlink {
+            target: l.oldpath.clone(),
+            path: l.newpath.clone(),
+            owner: owner(l.owner.as_ref())?,
+            timestamp: time(l.timestamp),
         },
         Some(Action::Copy(c)) => {
             if a.secondary_input < 0 || a.secondary_input >= n_inputs {
@@ -104,50 +114,74 @@ fn action(
                     "copy from scratch or from an earlier action".into(),
                 ));
             }
-            if !c.include_patterns.is_empty() || !c.exclude_patterns.is_empty() {
-                return Err(OpsError::Unsupported(
-                    "copy with include/exclude patterns".into(),
-                ));
-            }
             let from = &ctx.input(inputs, a.secondary_input)?.snap;
-            rootless::FileAction::Copy {
+            rootless::FileAction::Copy(Box::new(rootless::CopyAction {
                 src_root: rootless::CopySource::Lowers(ctx.worker.snapshots.lowers(from)),
                 src: c.src.clone(),
                 dest: c.dest.clone(),
                 owner: owner(c.owner.as_ref())?,
                 mode: mode(c.mode),
+                mode_str: (!c.mode_str.is_empty()).then(|| c.mode_str.clone()),
                 follow_symlinks: c.follow_symlink,
                 dir_copy_contents: c.dir_copy_contents,
                 create_dest_path: c.create_dest_path,
                 allow_wildcard: c.allow_wildcard,
                 allow_empty_wildcard: c.allow_empty_wildcard,
-            }
-        }
-        Some(Action::Symlink(_)) => {
-            return Err(OpsError::Unsupported("symlink file actions".into()));
+                include_patterns: c.include_patterns.clone(),
+                exclude_patterns: c.exclude_patterns.clone(),
+                always_replace_existing: c.always_replace_existing_dest_paths,
+                unpack_archives: c.attempt_unpack_docker_compatibility,
+                required_paths: c.required_paths.clone(),
+                timestamp: time(c.timestamp),
+            }))
         }
         None => return Err(OpsError::Invalid("file action without a kind".into())),
     })
 }
 
-/// Numeric owners only for now; names need a lookup in the target's /etc/passwd.
-fn owner(o: Option<&pb::ChownOpt>) -> Result<Option<(u32, u32)>, OpsError> {
+/// An owner for the helper. A name is looked up in the `/etc/passwd` (`/etc/group`) of
+/// the input its `NamedUserOpt` points at: the tree the action works on (its own input, or
+/// an earlier action's result) is read by the helper as the actions run; another op input is
+/// read from its snapshot chain.
+fn owner(
+    ctx: &Ctx,
+    o: Option<&pb::ChownOpt>,
+    action_input: i64,
+    inputs: &[Res],
+    n_inputs: i64,
+) -> Result<Option<rootless::Chown>, OpsError> {
     let Some(o) = o else { return Ok(None) };
-    let id = |u: Option<&pb::UserOpt>| -> Result<Option<u32>, OpsError> {
+    let spec = |u: Option<&pb::UserOpt>| -> Result<(Option<rootless::IdSpec>, rootless::UserDb), OpsError> {
         match u.and_then(|u| u.user.as_ref()) {
-            None => Ok(None),
-            Some(pb::user_opt::User::ById(id)) => Ok(Some(*id)),
-            Some(pb::user_opt::User::ByName(n)) => Err(OpsError::Unsupported(format!(
-                "chown by name ({:?})",
-                n.name
-            ))),
+            None => Ok((None, rootless::UserDb::Dest)),
+            Some(pb::user_opt::User::ById(id)) => {
+                Ok((Some(rootless::IdSpec::Id(*id)), rootless::UserDb::Dest))
+            }
+            Some(pb::user_opt::User::ByName(n)) => {
+                let db = if n.input < 0 {
+                    return Err(OpsError::Invalid(format!(
+                        "chown {:?}: invalid input index {}",
+                        n.name, n.input
+                    )));
+                } else if n.input == action_input || n.input >= n_inputs {
+                    rootless::UserDb::Dest
+                } else {
+                    let snap = &ctx.input(inputs, n.input)?.snap;
+                    rootless::UserDb::Lowers(ctx.worker.snapshots.lowers(snap))
+                };
+                Ok((Some(rootless::IdSpec::Name(n.name.clone())), db))
+            }
         }
     };
-    let uid = id(o.user.as_ref())?;
-    let gid = id(o.group.as_ref())?;
-    Ok(match (uid, gid) {
-        (None, None) => None,
-        (Some(u), g) => Some((u, g.unwrap_or(u))),
-        (None, Some(g)) => Some((0, g)),
-    })
+    let (user, user_db) = spec(o.user.as_ref())?;
+    let (group, group_db) = spec(o.group.as_ref())?;
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(rootless::Chown {
+        user,
+        group,
+        user_db,
+        group_db,
+    }))
 }

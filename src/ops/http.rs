@@ -118,18 +118,15 @@ pub(super) async fn run(
         lowers: Vec::new(),
         upper: prepared.fs.clone(),
         work: prepared.work.clone(),
-        actions: vec![rootless::FileAction::Copy {
+        actions: vec![rootless::FileAction::Copy(Box::new(rootless::CopyAction {
             src_root: rootless::CopySource::Dir(dl.path().to_path_buf()),
             src: format!("/{}", w.filename),
             dest: format!("/{}", w.filename),
-            owner: Some((w.uid, w.gid)),
+            owner: Some(rootless::Chown::ids(w.uid, w.gid)),
             mode: Some(w.perm),
-            follow_symlinks: false,
-            dir_copy_contents: false,
-            create_dest_path: false,
-            allow_wildcard: false,
-            allow_empty_wildcard: false,
-        }],
+            create_dest_path: true,
+            ..rootless::CopyAction::default()
+        }))],
     };
     if let Err(e) = super::source::helper_ok(ctx, req, "storing a download").await {
         ctx.discard(prepared).await;

@@ -8,7 +8,6 @@ mod exec;
 mod file;
 mod http;
 mod merge;
-mod patterns;
 mod source;
 
 use std::collections::BTreeMap;

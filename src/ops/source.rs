@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::patterns::Filter;
 use super::{Ctx, OpsError, Res};
 use crate::pb;
 use crate::snapshot::{BaseImage, SnapRef};
 use crate::solver::Outcome;
+use rootless::patterns::Filter;
 
 pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
     let id = src.identifier.as_str();
@@ -100,20 +100,13 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
             known: ctx.locals.keys().cloned().collect::<Vec<_>>().join(", "),
         });
     };
-    if src
-        .attrs
-        .get("local.followpaths")
-        .is_some_and(|v| !v.is_empty() && v != "[]")
-    {
-        return Err(OpsError::Unsupported(
-            "local source attribute local.followpaths".to_string(),
-        ));
-    }
-    let filter = Filter::from_attrs(
-        src.attrs.get("local.includepattern").map(String::as_str),
-        src.attrs.get("local.excludepatterns").map(String::as_str),
-    )
-    .map_err(OpsError::Invalid)?;
+    let filter = {
+        let dir = dir.clone();
+        let attrs = src.attrs.clone();
+        tokio::task::spawn_blocking(move || local_filter(&dir, &attrs))
+            .await
+            .map_err(|e| OpsError::Invalid(e.to_string()))??
+    };
     let checksum = {
         let (dir, filter) = (dir.clone(), filter.clone());
         tokio::task::spawn_blocking(move || tree_checksum(&dir, &filter))
@@ -146,6 +139,131 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
         base: None,
     };
     ctx.commit(prepared, &key, snap).await
+}
+
+/// The filter of a local source: its include and exclude patterns, with the paths of
+/// `local.followpaths` resolved through their symlinks (each link and what it points at)
+/// added to the includes — so, as in BuildKit, follow paths alone select only themselves.
+fn local_filter(
+    dir: &Path,
+    attrs: &std::collections::BTreeMap<String, String>,
+) -> Result<Filter, OpsError> {
+    let list = |key: &str| -> Result<Vec<String>, OpsError> {
+        match attrs.get(key).map(String::as_str) {
+            None | Some("") => Ok(Vec::new()),
+            Some(v) => serde_json::from_str(v).map_err(|e| {
+                OpsError::Invalid(format!("{key} {v:?}: not a JSON list of strings: {e}"))
+            }),
+        }
+    };
+    let mut include = list("local.includepattern")?;
+    let follow = list("local.followpaths")?;
+    if !follow.is_empty() {
+        let mut resolved = std::collections::BTreeSet::new();
+        for p in &follow {
+            follow_links(dir, p, &mut resolved, 0)?;
+        }
+        include.extend(resolved);
+    }
+    Ok(Filter::from_lists(
+        &include,
+        &list("local.excludepatterns")?,
+    ))
+}
+
+/// Adds `path` (relative to `root`) to `out`, and for every symlink on the way the link and,
+/// recursively, its target with the rest of the path.
+fn follow_links(
+    root: &Path,
+    path: &str,
+    out: &mut std::collections::BTreeSet<String>,
+    depth: usize,
+) -> Result<(), OpsError> {
+    if depth > 40 {
+        return Err(OpsError::Invalid(format!(
+            "local.followpaths: too many levels of symlinks at {path}"
+        )));
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let mut current = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if !current.is_empty() {
+            current.push('/');
+        }
+        current.push_str(part);
+        let rest = parts[i + 1..].join("/");
+        // Links this element names (several for a wildcard), as paths relative to the root.
+        let mut targets = Vec::new();
+        let parent = current.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let candidates: Vec<String> = if part.contains(['*', '?', '[']) {
+            match fs::read_dir(root.join(parent)) {
+                Ok(rd) => rd
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| rootless::patterns::glob(part.as_bytes(), n.as_bytes()))
+                    .map(|n| {
+                        if parent.is_empty() {
+                            n
+                        } else {
+                            format!("{parent}/{n}")
+                        }
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            vec![current.clone()]
+        };
+        for c in candidates {
+            let Ok(link) = fs::read_link(root.join(&c)) else {
+                continue;
+            };
+            let dir_of = c.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            let target = if link.is_absolute() {
+                link.to_string_lossy().into_owned()
+            } else {
+                format!("{dir_of}/{}", link.to_string_lossy())
+            };
+            targets.push(normalize(&target));
+        }
+        if (rest.is_empty() || !targets.is_empty()) && out.contains(&current) {
+            return Ok(());
+        }
+        if !targets.is_empty() {
+            out.insert(current.clone());
+            for t in targets {
+                let next = if rest.is_empty() {
+                    t
+                } else {
+                    format!("{t}/{rest}")
+                };
+                follow_links(root, &next, out, depth + 1)?;
+            }
+            return Ok(());
+        }
+    }
+    if !current.is_empty() {
+        out.insert(current);
+    }
+    Ok(())
+}
+
+/// `a/./b/../c` → `a/c`, with `..` stopping at the root.
+fn normalize(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            x => out.push(x),
+        }
+    }
+    out.join("/")
 }
 
 fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
@@ -301,7 +419,7 @@ mod tests {
         fs::write(s.path().join("src/b.tmp"), b"b").unwrap();
         fs::write(s.path().join("target/big"), b"big").unwrap();
         fs::write(s.path().join("Cargo.toml"), b"c").unwrap();
-        let filter = Filter::from_attrs(None, Some(r#"["target", "**/*.tmp"]"#)).expect("patterns");
+        let filter = Filter::from_lists(&[], &["target".into(), "**/*.tmp".into()]);
         let before = tree_checksum(s.path(), &filter).unwrap();
         fs::write(s.path().join("target/big"), b"changed").unwrap();
         fs::write(s.path().join("src/c.tmp"), b"new").unwrap();
@@ -316,7 +434,46 @@ mod tests {
         assert!(d.path().join("Cargo.toml").is_file());
         assert!(!d.path().join("target").exists());
         assert!(!d.path().join("src/b.tmp").exists());
-        let bad = Filter::from_attrs(Some("not json"), None);
-        assert!(bad.is_err());
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert("local.includepattern".to_string(), "not json".to_string());
+        assert!(local_filter(s.path(), &attrs).is_err());
+    }
+
+    #[test]
+    fn follow_paths_select_links_and_their_targets() {
+        let s = tempfile::tempdir().unwrap();
+        fs::create_dir_all(s.path().join("real/dir")).unwrap();
+        fs::write(s.path().join("real/dir/Dockerfile"), b"FROM x").unwrap();
+        fs::write(s.path().join("other"), b"o").unwrap();
+        std::os::unix::fs::symlink("real/dir", s.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/real/dir/Dockerfile", s.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("loop2", s.path().join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", s.path().join("loop2")).unwrap();
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert(
+            "local.followpaths".to_string(),
+            r#"["link/Dockerfile","abs","loop1"]"#.to_string(),
+        );
+        let f = local_filter(s.path(), &attrs).unwrap();
+        let kept: Vec<String> = walk(s.path(), &f)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "abs",
+                "link",
+                "loop1",
+                "loop2",
+                "real",
+                "real/dir",
+                "real/dir/Dockerfile"
+            ],
+            "only the follow paths, their links and targets"
+        );
+        assert_eq!(normalize("a/./b/../c"), "a/c");
+        assert_eq!(normalize("/../x"), "x");
     }
 }

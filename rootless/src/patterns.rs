@@ -1,5 +1,5 @@
-//! Include/exclude patterns of local sources (`local.includepattern`,
-//! `local.excludepatterns`), with `.dockerignore` semantics as BuildKit applies them:
+//! Include/exclude patterns (of local sources, `local.includepattern` /
+//! `local.excludepatterns`, and of copies), with `.dockerignore` semantics as BuildKit applies them:
 //! patterns are cleaned paths relative to the source's root; `*` matches within one path
 //! element, `**` across elements, `?` one character, `[...]` a class; a pattern also matches
 //! everything under what it matches; for excludes, a later `!pattern` re-includes, and the last
@@ -68,7 +68,7 @@ fn prefix_could_match(pat: &[String], dir: &[&str]) -> bool {
 
 /// One path element against one pattern element: `*`, `?`, `[...]` (with `!`/`^` negation
 /// and ranges), `\\` escapes.
-fn glob(p: &[u8], s: &[u8]) -> bool {
+pub fn glob(p: &[u8], s: &[u8]) -> bool {
     match p.first() {
         None => s.is_empty(),
         Some(b'*') => (0..=s.len()).any(|i| glob(&p[1..], &s[i..])),
@@ -103,35 +103,33 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
-/// The filter of one local source.
+/// A [`Filter`]'s verdict on one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    No,
+    Yes,
+    /// A directory kept only because something under it may be.
+    Partial,
+}
+
+/// The filter of one local source or copy.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Filter {
+pub struct Filter {
     include: Vec<Pattern>,
     exclude: Vec<Pattern>,
 }
 
 impl Filter {
-    /// From the source op's attrs (JSON lists of strings).
-    pub(crate) fn from_attrs(
-        include: Option<&str>,
-        exclude: Option<&str>,
-    ) -> Result<Filter, String> {
-        let list = |v: Option<&str>, what: &str| -> Result<Vec<Pattern>, String> {
-            match v {
-                None => Ok(Vec::new()),
-                Some("") => Ok(Vec::new()),
-                Some(s) => serde_json::from_str::<Vec<String>>(s)
-                    .map(|l| l.iter().filter_map(|p| Pattern::parse(p)).collect())
-                    .map_err(|e| format!("{what} {s:?}: {e}")),
-            }
-        };
-        Ok(Filter {
-            include: list(include, "local.includepattern")?,
-            exclude: list(exclude, "local.excludepatterns")?,
-        })
+    /// From lists of patterns (as a copy action carries them).
+    pub fn from_lists(include: &[String], exclude: &[String]) -> Filter {
+        let parse = |l: &[String]| l.iter().filter_map(|p| Pattern::parse(p)).collect();
+        Filter {
+            include: parse(include),
+            exclude: parse(exclude),
+        }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()
     }
 
@@ -147,30 +145,41 @@ impl Filter {
 
     /// Whether the file or directory at `rel` (relative, `/`-separated) is part of the
     /// source; `is_dir` dirs are kept when something under them might be.
-    pub(crate) fn keeps(&self, rel: &str, is_dir: bool) -> bool {
+    pub fn keeps(&self, rel: &str, is_dir: bool) -> bool {
+        self.decide(rel, is_dir) != Keep::No
+    }
+
+    /// What the filter makes of `rel`: kept, dropped, or (a directory) kept only for what
+    /// below it may be kept.
+    pub fn decide(&self, rel: &str, is_dir: bool) -> Keep {
         let path: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
         if path.is_empty() {
-            return true;
+            return Keep::Yes;
         }
-        let included = self.include.is_empty()
-            || self.include.iter().any(|p| p.matches(&path))
-            || (is_dir && self.include.iter().any(|p| p.could_match_under(&path)));
-        if !included {
-            return false;
+        let mut keep = if self.include.is_empty() || self.include.iter().any(|p| p.matches(&path)) {
+            Keep::Yes
+        } else if is_dir && self.include.iter().any(|p| p.could_match_under(&path)) {
+            Keep::Partial
+        } else {
+            return Keep::No;
+        };
+        if self.excluded(&path) {
+            // An excluded dir stays if a later exception could re-include something under it.
+            let exception = is_dir
+                && self
+                    .exclude
+                    .iter()
+                    .any(|p| p.negated && p.could_match_under(&path));
+            if !exception {
+                return Keep::No;
+            }
+            keep = Keep::Partial;
         }
-        if !self.excluded(&path) {
-            return true;
-        }
-        // An excluded dir stays if a later exception could re-include something under it.
-        is_dir
-            && self
-                .exclude
-                .iter()
-                .any(|p| p.negated && p.could_match_under(&path))
+        keep
     }
 
     /// A stable text of the filter, for cache keys.
-    pub(crate) fn key(&self) -> String {
+    pub fn key(&self) -> String {
         let show = |l: &[Pattern]| {
             l.iter()
                 .map(|p| format!("{}{}", if p.negated { "!" } else { "" }, p.parts.join("/")))
@@ -190,8 +199,8 @@ mod tests {
     use super::*;
 
     fn f(inc: &[&str], exc: &[&str]) -> Filter {
-        let j = |l: &[&str]| serde_json::to_string(l).unwrap();
-        Filter::from_attrs(Some(&j(inc)), Some(&j(exc))).unwrap()
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Filter::from_lists(&v(inc), &v(exc))
     }
 
     #[test]
@@ -225,5 +234,11 @@ mod tests {
         assert!(y.keeps("a", true) && y.keeps("a/b", true));
         assert!(y.keeps("a/b/x.txt", false));
         assert!(!y.keeps("a/c", true));
+        assert_eq!(y.decide("a/b", true), Keep::Partial);
+        assert_eq!(y.decide("a/b/x.txt", false), Keep::Yes);
+        let z = f(&[], &["docs", "!docs/keep.md"]);
+        assert_eq!(z.decide("docs", true), Keep::Partial);
+        assert_eq!(z.decide("docs/keep.md", false), Keep::Yes);
+        assert_eq!(z.decide("docs/other.md", false), Keep::No);
     }
 }
