@@ -927,3 +927,177 @@ fn local_source_patterns_filter_the_context_and_its_key() {
         "a change in excluded files reran the step: {log}"
     );
 }
+
+/// An ssh mount reaches the user's agent through a socket of the step's own, owned by the
+/// uid the mount asks for; the agent here is a tiny fake that answers one message.
+#[test]
+fn an_ssh_mount_forwards_the_agent_to_a_non_root_step() {
+    use envkit::llb::{self, Run, SshMount};
+    let env = TestEnv::new("ssh");
+    let agent = env.dir.join("agent.sock");
+    let fake = FakeAgent::start(&agent);
+    let probe = "import os, socket, stat\n\
+                 p = os.environ['SSH_AUTH_SOCK']\n\
+                 st = os.stat(p)\n\
+                 print('sock', st.st_uid, oct(stat.S_IMODE(st.st_mode)), 'me', os.getuid())\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.connect(p)\n\
+                 s.sendall(b'hello')\n\
+                 print(s.recv(64).decode())\n";
+    let def = llb::image("python:3.11-slim")
+        .user("1000")
+        .run(Run::args(["python3", "-c", probe]).ssh(SshMount {
+            id: "default".into(),
+            target: None,
+            uid: 1000,
+            gid: 1000,
+            mode: 0o600,
+            optional: false,
+        }))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb_path = env.dir.join("ssh.pb");
+    std::fs::write(&pb_path, def.to_bytes()).unwrap();
+    env.chown(&pb_path);
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--ssh",
+        &format!("default={}", agent.display()),
+        pb_path.to_str().unwrap(),
+    ]);
+    let missing = env.envkit(&["solve", "--progress", "plain", pb_path.to_str().unwrap()]);
+    drop(fake);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("sock 1000 0o600 me 1000"), "{log}");
+    assert!(log.contains("agent says hello"), "{log}");
+    let log = stderr(&missing);
+    assert!(!missing.status.success());
+    assert!(
+        log.contains("ssh agent \"default\" was not provided"),
+        "{log}"
+    );
+}
+
+/// A stand-in for ssh-agent: a unix socket anyone may connect to that answers each
+/// connection's first message with `agent says <message>`.
+struct FakeAgent(std::process::Child);
+
+impl FakeAgent {
+    fn start(path: &std::path::Path) -> FakeAgent {
+        let child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import os, socket, sys\n\
+                 p = sys.argv[1]\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.bind(p)\n\
+                 os.chmod(p, 0o666)\n\
+                 s.listen(4)\n\
+                 while True:\n\
+                 \x20   c, _ = s.accept()\n\
+                 \x20   c.sendall(b'agent says ' + c.recv(64))\n\
+                 \x20   c.close()\n",
+            )
+            .arg(path)
+            .spawn()
+            .expect("start the fake agent");
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        FakeAgent(child)
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every vector of BuildKit's Go client in `tests/golden/llb` executes with `envkit solve`,
+/// except those whose sources cannot be reached here, which are named and must fail with a
+/// clear error: `git-http` (github.com and example.com), `platform-arm64` and
+/// `platform-mixed` (the local registry holds linux/amd64 images only, and envkit runs no
+/// emulator).
+#[test]
+fn every_reachable_golden_vector_executes() {
+    let env = TestEnv::new("vectors");
+    // The vectors name 127.0.0.1:5000; a registry mirror sends that to the test registry.
+    if env.registry != "127.0.0.1:5000" {
+        let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+        cfg.push_str(&format!(
+            "\n[registry.\"127.0.0.1:5000\"]\nmirrors = [\"{}\"]\nhttp = true\n",
+            env.registry
+        ));
+        std::fs::write(env.config_path(), cfg).unwrap();
+    }
+    let ctx = env.dir.join("vector-ctx");
+    for d in ["sub", "bin", "etc", "src", "target"] {
+        std::fs::create_dir_all(ctx.join(d)).unwrap();
+    }
+    std::fs::write(ctx.join("bin/hello.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(ctx.join("bin/other"), "not a script\n").unwrap();
+    std::fs::write(ctx.join("etc/app.conf"), "k=v\n").unwrap();
+    std::fs::write(ctx.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(ctx.join("Cargo.toml"), "[package]\n").unwrap();
+    std::fs::write(ctx.join("sub/file"), "in sub\n").unwrap();
+    std::fs::write(ctx.join("token"), "tok3n\n").unwrap();
+    env.chown(&ctx);
+    let agent = env.dir.join("agent.sock");
+    let _fake = FakeAgent::start(&agent);
+    let unreachable = [
+        ("git-http", ""),
+        ("platform-arm64", "is linux/amd64, not linux/arm64"),
+        ("platform-mixed", "is linux/amd64, not linux/arm"),
+    ];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/llb");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".pb").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 20, "{names:?}");
+    let mut failures = Vec::new();
+    for name in &names {
+        let pb = env.dir.join(format!("{name}.pb"));
+        std::fs::copy(dir.join(format!("{name}.pb")), &pb).unwrap();
+        env.chown(&pb);
+        let mut cmd = env.user_command(env!("CARGO_BIN_EXE_envkit"));
+        cmd.env("APIKEY", "k3y").args([
+            "solve",
+            "--progress",
+            "plain",
+            "--local",
+            &format!("context={}", ctx.display()),
+            "--secret",
+            &format!("id=token,src={}", ctx.join("token").display()),
+            "--secret",
+            "id=apikey,env=APIKEY",
+            "--ssh",
+            &format!("default={}", agent.display()),
+        ]);
+        let out = cmd.arg(&pb).output().expect("run envkit");
+        let log = stderr(&out);
+        eprintln!("=== {name}\n{log}");
+        match unreachable.iter().find(|(n, _)| n == name) {
+            Some((_, why)) if out.status.success() || !log.contains(why) => {
+                failures.push(format!("{name}: expected a failure mentioning {why:?}"));
+            }
+            Some(_) => {}
+            None if !out.status.success() => failures.push(format!("{name} failed")),
+            None => {}
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -234,7 +234,8 @@ fn tmpfs_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Mounts every [`MountKind::Layers`] and [`MountKind::MemFile`] of `r` and rewrites it in `out` as a bind of the view.
+/// Mounts every [`MountKind::Layers`] and [`MountKind::MemFile`] of `r`, prepares every
+/// [`MountKind::Socket`], and rewrites each in `out` as a bind.
 fn mount_views(
     r: &ExecRequest,
     out: &mut ExecRequest,
@@ -243,6 +244,22 @@ fn mount_views(
     scratch_mounts: &mut Vec<PathBuf>,
 ) -> Result<()> {
     for (i, m) in r.mounts.iter().enumerate() {
+        if let MountKind::Socket { uid, gid, mode } = &m.kind {
+            nix::unistd::chown(
+                &m.source,
+                Some(Uid::from_raw(*uid)),
+                Some(Gid::from_raw(*gid)),
+            )
+            .map_err(|e| RootlessError::sys(format!("chown {}", m.source.display()), e))?;
+            std::fs::set_permissions(&m.source, std::fs::Permissions::from_mode(*mode & 0o7777))
+                .map_err(|e| RootlessError::io(&m.source, e))?;
+            out.mounts[i] = Mount {
+                source: m.source.clone(),
+                target: m.target.clone(),
+                kind: MountKind::Bind { readonly: false },
+            };
+            continue;
+        }
         if let MountKind::MemFile {
             data,
             uid,
@@ -403,7 +420,7 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
                 dst: mp.ensure(&m.target, Kind::Dir)?,
                 size: *size,
             }),
-            MountKind::Layers { .. } | MountKind::MemFile { .. } => {
+            MountKind::Layers { .. } | MountKind::MemFile { .. } | MountKind::Socket { .. } => {
                 return Err(RootlessError::Invalid(format!(
                     "view at {} was not mounted",
                     m.target

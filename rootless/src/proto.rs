@@ -34,6 +34,9 @@ pub enum MountKind {
         gid: u32,
         mode: u32,
     },
+    /// A unix socket (`source`, a path the helper can reach) bound at the target and given
+    /// `uid`:`gid` of the container and `mode` first: how an ssh agent reaches a step.
+    Socket { uid: u32, gid: u32, mode: u32 },
     /// An overlay view of snapshot dirs (`lowers`, top first; `source` is ignored), optionally
     /// only its `selector` subdirectory. Writable views get a scratch upper dir whose changes
     /// are thrown away after the step (an input mounted read-write whose output nobody keeps).

@@ -140,11 +140,13 @@ fn base_image(r: &Resolved) -> lower::BaseImage {
 }
 
 /// The solver's view and the ops' view of a loaded Definition, and the vertex to build.
-fn vertices(
-    graph: &llb::LoadedGraph,
-) -> anyhow::Result<(Vec<solver::Vertex>, Vec<OpVertex>, usize)> {
+type Vertices = (Vec<solver::Vertex>, Vec<OpVertex>, usize);
+
+/// [`Vertices`] of a loaded Definition (None for an empty Definition: the empty
+/// filesystem, as in BuildKit).
+fn vertices(graph: &llb::LoadedGraph) -> anyhow::Result<Option<Vertices>> {
     let Some(head) = graph.head else {
-        bail!("the build file produced an empty graph: nothing to build");
+        return Ok(None);
     };
     if graph.head_output != 0 {
         bail!(
@@ -173,7 +175,7 @@ fn vertices(
             ignore_cache: v.metadata.ignore_cache,
         });
     }
-    Ok((sv, ov, head))
+    Ok(Some((sv, ov, head)))
 }
 
 /// What a build runs on: the store, the registry and the rootless helper.
@@ -183,6 +185,42 @@ struct Engine {
     reporter: Arc<dyn Reporter>,
     parallelism: usize,
     secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
+    ssh: Arc<BTreeMap<String, PathBuf>>,
+}
+
+/// `--ssh ID[=SOCKET]` (buildctl's syntax): an agent socket for ssh mounts with that id;
+/// without a socket, `$SSH_AUTH_SOCK`.
+fn load_ssh(specs: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let (id, path) = match spec.split_once('=') {
+            Some((id, p)) => (id.to_string(), PathBuf::from(p)),
+            None => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK").with_context(|| {
+                    format!("--ssh {spec}: $SSH_AUTH_SOCK is not set (start ssh-agent, or give {spec}=SOCKET)")
+                })?;
+                (spec.clone(), PathBuf::from(sock))
+            }
+        };
+        if id.is_empty() {
+            bail!("--ssh {spec:?}: the id is empty");
+        }
+        if path.to_string_lossy().contains(',') {
+            bail!("--ssh {spec:?}: envkit forwards one agent socket per id");
+        }
+        let md =
+            std::fs::metadata(&path).with_context(|| format!("--ssh {id}: {}", path.display()))?;
+        if !md.file_type().is_socket() {
+            bail!(
+                "--ssh {id}: {} is not an agent socket (envkit forwards a running agent: \
+                 `eval $(ssh-agent)`, `ssh-add KEY`, then --ssh {id})",
+                path.display()
+            );
+        }
+        out.insert(id, path);
+    }
+    Ok(out)
 }
 
 /// `--secret id=ID,src=FILE` / `id=ID,env=VAR` (buildctl's syntax; `source=` is `src=`).
@@ -228,9 +266,11 @@ impl Engine {
         ca_bundle: Option<PathBuf>,
         parallelism: Option<usize>,
         secrets: &[String],
+        ssh: &[String],
         progress: &str,
     ) -> anyhow::Result<Engine> {
         let secrets = Arc::new(load_secrets(secrets)?);
+        let ssh = Arc::new(load_ssh(ssh)?);
         let cfg = Config::load(cli.config.as_deref())?;
         let root = config::store_root(cli.root.as_deref());
         let ca_bundle = ca_bundle.or_else(|| cfg.worker.ca_bundle.clone());
@@ -254,6 +294,7 @@ impl Engine {
             reporter: reporter(progress),
             parallelism,
             secrets,
+            ssh,
         })
     }
 
@@ -265,12 +306,18 @@ impl Engine {
         locals: BTreeMap<String, PathBuf>,
     ) -> anyhow::Result<SnapRef> {
         let graph = llb::load(bytes).context("loading the LLB Definition")?;
-        let (sv, ov, root_v) = vertices(&graph)?;
+        let Some((sv, ov, root_v)) = vertices(&graph)? else {
+            self.reporter.event(Event::Note(
+                "the Definition is empty: the result is an empty filesystem".into(),
+            ));
+            return Ok(SnapRef::scratch());
+        };
         let runner = Arc::new(LlbRunner {
             worker: self.worker.clone(),
             vertices: Arc::new(ov),
             locals,
             secrets: self.secrets.clone(),
+            ssh: self.ssh.clone(),
             reporter: self.reporter.clone(),
         });
         let opts = SolveOptions {
@@ -366,6 +413,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
         args.ca_bundle.clone(),
         args.parallelism,
         &args.secret,
+        &args.ssh,
         &args.progress,
     )
     .await?;
@@ -433,6 +481,7 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         args.ca_bundle.clone(),
         args.parallelism,
         &args.secret,
+        &args.ssh,
         &args.progress,
     )
     .await?;

@@ -103,6 +103,10 @@ pub struct BuildArgs {
     /// like buildctl's. Secrets never enter a layer, a cache key or a log.
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
+    /// An ssh agent for steps that mount one: `ID[=SOCKET]` (repeatable; `default` alone
+    /// uses $SSH_AUTH_SOCK), like buildctl's.
+    #[arg(long, value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +149,9 @@ pub struct SolveArgs {
     /// A secret: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable).
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
+    /// An ssh agent: `ID[=SOCKET]` (repeatable), as for `build`.
+    #[arg(long, value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Progress output (as for `build`).
     #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
     pub progress: String,

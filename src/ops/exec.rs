@@ -35,6 +35,13 @@ pub(super) async fn run(
     if meta.args.is_empty() {
         return Err(OpsError::Invalid("exec op with no arguments".into()));
     }
+    let platform = super::op_platform(ctx);
+    let host = crate::registry::Platform::host();
+    if platform.os != host.os || platform.architecture != host.architecture {
+        return Err(OpsError::Unsupported(format!(
+            "running a step for {platform} on this {host} machine (envkit runs no emulator)"
+        )));
+    }
     // Network: none gets a namespace with only loopback; host and the default (BuildKit's
     // sandbox, which envkit runs on the host network, like rootless BuildKit with host
     // networking) share the host's.
@@ -42,6 +49,7 @@ pub(super) async fn run(
     let mut root: Option<&Res> = None;
     let mut mounts = Vec::new();
     let mut readonly_rootfs = false;
+    let mut ssh_mounts = Vec::new();
     for m in &exec.mounts {
         match m.mount_type {
             MOUNT_BIND if m.dest == "/" => {
@@ -71,6 +79,12 @@ pub(super) async fn run(
                         let mut source = ctx.worker.snapshots.fs(id);
                         if !sel.is_empty() {
                             source = source.join(sel);
+                            if std::fs::symlink_metadata(&source).is_err() {
+                                return Err(OpsError::Invalid(format!(
+                                    "mount {}: {} does not exist in its input",
+                                    m.dest, m.selector
+                                )));
+                            }
                         }
                         mounts.push(rootless::Mount {
                             source,
@@ -132,7 +146,19 @@ pub(super) async fn run(
                     None => return Err(OpsError::MissingSecret(opt.id)),
                 }
             }
-            MOUNT_SSH => return Err(OpsError::Unsupported("ssh mounts".into())),
+            MOUNT_SSH => {
+                let opt = m.ssh_opt.clone().unwrap_or_default();
+                let id = if opt.id.is_empty() {
+                    "default".to_string()
+                } else {
+                    opt.id.clone()
+                };
+                match ctx.ssh.get(&id) {
+                    Some(agent) => ssh_mounts.push((agent.clone(), m.dest.clone(), opt)),
+                    None if opt.optional => {}
+                    None => return Err(OpsError::MissingSsh(id)),
+                }
+            }
             other => return Err(OpsError::Invalid(format!("mount type {other}"))),
         }
     }
@@ -180,6 +206,21 @@ pub(super) async fn run(
         super::Claim::Mine(lock) => lock,
     };
 
+    // One agent proxy per ssh mount, alive until the step is over.
+    let mut proxies = Vec::with_capacity(ssh_mounts.len());
+    for (agent, dest, opt) in ssh_mounts {
+        let proxy = super::ssh::AgentProxy::start(&agent)?;
+        mounts.push(rootless::Mount {
+            source: proxy.socket.clone(),
+            target: dest,
+            kind: rootless::MountKind::Socket {
+                uid: opt.uid,
+                gid: opt.gid,
+                mode: if opt.mode == 0 { 0o600 } else { opt.mode },
+            },
+        });
+        proxies.push(proxy);
+    }
     let w = &ctx.worker;
     let prepared = w.snapshots.prepare()?;
     let req = rootless::Request::Exec(rootless::ExecRequest {

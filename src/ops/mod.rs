@@ -9,6 +9,7 @@ mod file;
 mod http;
 mod merge;
 mod source;
+mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +42,15 @@ pub enum OpsError {
         "secret {0:?} was not provided (give it with --secret id={0},src=FILE or id={0},env=VAR)"
     )]
     MissingSecret(String),
+    #[error(
+        "ssh agent {0:?} was not provided (give it with --ssh {0}[=SOCKET]; without a socket, $SSH_AUTH_SOCK)"
+    )]
+    MissingSsh(String),
+    #[error("ssh agent proxy at {path}: {source}")]
+    Ssh {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("local source {name:?} was not provided to this build (known: {known})")]
     UnknownLocal { name: String, known: String },
     #[error("reading local source {path}: {source}")]
@@ -91,6 +101,8 @@ pub struct LlbRunner {
     /// Secrets by id, for secret mounts and secret env vars. They never enter a cache key,
     /// a snapshot or a log.
     pub secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
+    /// SSH agent sockets by id, for ssh mounts.
+    pub ssh: Arc<BTreeMap<String, PathBuf>>,
     pub reporter: Arc<dyn Reporter>,
 }
 
@@ -101,6 +113,7 @@ impl OpRunner<Res> for LlbRunner {
             vertices: self.vertices.clone(),
             locals: self.locals.clone(),
             secrets: self.secrets.clone(),
+            ssh: self.ssh.clone(),
             reporter: self.reporter.clone(),
             vertex,
         };
@@ -114,8 +127,21 @@ pub(crate) struct Ctx {
     pub vertices: Arc<Vec<OpVertex>>,
     pub locals: BTreeMap<String, PathBuf>,
     pub secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
+    pub ssh: Arc<BTreeMap<String, PathBuf>>,
     pub reporter: Arc<dyn Reporter>,
     pub vertex: usize,
+}
+
+/// The platform an op is for: its own, else this machine's.
+pub(crate) fn op_platform(ctx: &Ctx) -> crate::registry::Platform {
+    match &ctx.me().op.platform {
+        Some(p) if !p.os.is_empty() && !p.architecture.is_empty() => crate::registry::Platform {
+            os: p.os.clone(),
+            architecture: p.architecture.clone(),
+            variant: (!p.variant.is_empty()).then(|| p.variant.clone()),
+        },
+        _ => crate::registry::Platform::host(),
+    }
 }
 
 impl Ctx {

@@ -30,7 +30,8 @@ pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, O
 
 async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
     let w = &ctx.worker;
-    let resolved = w.registry.resolve(reference).await?;
+    let platform = super::op_platform(ctx);
+    let resolved = w.registry.resolve_for(reference, &platform).await?;
     let key = ctx.cache_key(&[], &[resolved.manifest_digest.as_ref()]);
     let _claim = match ctx.claim(&key).await? {
         super::Claim::Cached(hit) => return Ok(hit),

@@ -6,7 +6,8 @@
 //!   the registry itself (`docker.io` is reached as `registry-1.docker.io`). A host with
 //!   `http = true` is spoken to over plain http.
 //! * Manifests may be OCI or Docker v2 schema 2, images or indexes / manifest lists; from an
-//!   index the linux/amd64 entry is taken.
+//!   index the entry of the wanted platform (by default this machine's) is taken, and a
+//!   single-platform image must be of that platform.
 //! * Blobs are streamed into the [`content::Store`](crate::content::Store), which checks digest
 //!   and size before they become visible.
 //!
@@ -24,7 +25,7 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use oci_spec::image::{
-    Arch, Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
+    Descriptor, Digest, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
 };
 use thiserror::Error;
 
@@ -76,8 +77,63 @@ pub enum RegistryError {
     },
     #[error("registry client for {host}: {message}")]
     Client { host: String, message: String },
+    #[error(
+        "image {reference} is {have}, not {want} (the registry has no {want} image under that name)"
+    )]
+    Platform {
+        reference: String,
+        want: String,
+        have: String,
+    },
     #[error(transparent)]
     Content(#[from] ContentError),
+}
+
+/// An image platform, as OCI names it (`linux`, `amd64`, variant `v7`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this machine runs.
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform {
+            os: std::env::consts::OS.to_string(),
+            architecture: architecture.to_string(),
+            variant: None,
+        }
+    }
+
+    /// Whether an image of `os`/`architecture`/`variant` serves this platform (a variant
+    /// is compared only when both name one).
+    fn accepts(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+        self.os == os
+            && self.architecture == architecture
+            && match (&self.variant, variant) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
 }
 
 struct Attempts<'a>(&'a [Attempt]);
@@ -258,26 +314,30 @@ fn classify(bytes: &[u8]) -> Result<Fetched, String> {
     }
 }
 
-/// Picks the linux/amd64 entry of an index.
-fn pick_platform(index: &ImageIndex) -> Result<&Descriptor, String> {
+/// Picks the entry of an index for `want`.
+fn pick_platform<'a>(index: &'a ImageIndex, want: &Platform) -> Result<&'a Descriptor, String> {
     let found = index.manifests().iter().find(|d| {
-        d.platform()
-            .as_ref()
-            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+        d.platform().as_ref().is_some_and(|p| {
+            want.accepts(
+                &p.os().to_string(),
+                &p.architecture().to_string(),
+                p.variant().as_deref(),
+            )
+        })
     });
     found.ok_or_else(|| {
         let have: Vec<String> = index
             .manifests()
             .iter()
             .map(|d| match d.platform() {
-                Some(p) => format!("{}/{}", p.os(), p.architecture()),
+                Some(p) => match p.variant() {
+                    Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+                    None => format!("{}/{}", p.os(), p.architecture()),
+                },
                 None => "no platform".to_string(),
             })
             .collect();
-        format!(
-            "no linux/amd64 image in the index (has: {})",
-            have.join(", ")
-        )
+        format!("no {want} image in the index (has: {})", have.join(", "))
     })
 }
 
@@ -327,14 +387,14 @@ impl Registry {
 
     /// Resolves a digest reference from the content store alone: its manifest (or index and
     /// the platform's manifest), config and every layer must be there.
-    fn resolve_offline(&self, norm: &Reference) -> Option<Resolved> {
+    fn resolve_offline(&self, norm: &Reference, want: &Platform) -> Option<Resolved> {
         let digest: Digest = norm.digest()?.parse().ok()?;
         let bytes = self.stored(&digest)?;
         let (index_digest, manifest_digest, bytes, manifest, media_type) =
             match classify(&bytes).ok()? {
                 Fetched::Manifest(m, mt) => (None, digest, bytes, m, mt),
                 Fetched::Index(index) => {
-                    let child = pick_platform(&index).ok()?.digest().clone();
+                    let child = pick_platform(&index, want).ok()?.digest().clone();
                     let cbytes = self.stored(&child)?;
                     match classify(&cbytes).ok()? {
                         Fetched::Manifest(m, mt) => (Some(digest), child, cbytes, m, mt),
@@ -432,22 +492,54 @@ impl Registry {
         Ok(client)
     }
 
-    /// Resolves a reference to the linux/amd64 image manifest and its config, trying the
-    /// mirrors and then the registry itself. The error names every URL tried.
+    /// Resolves a reference to the image manifest for this machine's platform and its
+    /// config, trying the mirrors and then the registry itself. The error names every URL
+    /// tried.
     pub async fn resolve(&self, reference: &str) -> Result<Resolved, RegistryError> {
+        self.resolve_for(reference, &Platform::host()).await
+    }
+
+    /// [`Registry::resolve`] for a given platform. A single-platform manifest must be for
+    /// that platform.
+    pub async fn resolve_for(
+        &self,
+        reference: &str,
+        want: &Platform,
+    ) -> Result<Resolved, RegistryError> {
+        let r = self.resolve_any(reference, want).await?;
+        if r.index_digest.is_none() {
+            let os = r.config.os().to_string();
+            let arch = r.config.architecture().to_string();
+            if !want.accepts(&os, &arch, r.config.variant().as_deref()) {
+                return Err(RegistryError::Platform {
+                    reference: r.reference.clone(),
+                    want: want.to_string(),
+                    have: format!("{os}/{arch}"),
+                });
+            }
+        }
+        Ok(r)
+    }
+
+    async fn resolve_any(
+        &self,
+        reference: &str,
+        want: &Platform,
+    ) -> Result<Resolved, RegistryError> {
         let norm = normalize(reference)?;
         let whole = norm.whole();
+        let memo = format!("{whole} {want}");
         if let Some(hit) = self
             .resolved
             .lock()
             .ok()
-            .and_then(|m| m.get(&whole).cloned())
+            .and_then(|m| m.get(&memo).cloned())
         {
             return Ok(hit);
         }
-        if let Some(r) = self.resolve_offline(&norm) {
+        if let Some(r) = self.resolve_offline(&norm, want) {
             if let Ok(mut m) = self.resolved.lock() {
-                m.insert(whole, r.clone());
+                m.insert(memo, r.clone());
             }
             return Ok(r);
         }
@@ -461,12 +553,12 @@ impl Registry {
                 host.clone()
             };
             let section = if host == registry { &registry } else { &host };
-            match self.resolve_on(&norm, &endpoint, section).await {
+            match self.resolve_on(&norm, &endpoint, section, want).await {
                 Ok(r) => {
                     self.keep(&r.manifest_bytes);
                     self.keep(&r.config_bytes);
                     if let Ok(mut m) = self.resolved.lock() {
-                        m.insert(whole, r.clone());
+                        m.insert(memo, r.clone());
                     }
                     return Ok(r);
                 }
@@ -484,6 +576,7 @@ impl Registry {
         norm: &Reference,
         host: &str,
         section: &str,
+        want: &Platform,
     ) -> Result<Resolved, Attempt> {
         let repo = norm.repository().to_string();
         let named = norm
@@ -517,7 +610,7 @@ impl Registry {
             Fetched::Manifest(m, mt) => (None, digest, bytes, m, mt),
             Fetched::Index(index) => {
                 self.keep(&bytes);
-                let entry = pick_platform(&index).map_err(|e| fail(&url, e))?;
+                let entry = pick_platform(&index, want).map_err(|e| fail(&url, e))?;
                 let child = entry.digest().clone();
                 let curl = self.manifest_url(host, &repo, child.as_ref());
                 let child_ref =
@@ -723,6 +816,14 @@ mod tests {
         assert_eq!(endpoint_for("quay.io"), "quay.io");
     }
 
+    fn amd64() -> Platform {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+
     #[test]
     fn classifies_manifests_and_picks_amd64() {
         let list = format!(
@@ -734,8 +835,19 @@ mod tests {
         );
         match classify(list.as_bytes()).unwrap() {
             Fetched::Index(i) => {
-                let d = pick_platform(&i).unwrap();
+                let d = pick_platform(&i, &amd64()).unwrap();
                 assert_eq!(d.size(), 2);
+                let arm = Platform {
+                    os: "linux".into(),
+                    architecture: "arm64".into(),
+                    variant: None,
+                };
+                assert_eq!(pick_platform(&i, &arm).unwrap().size(), 1, "any variant");
+                let v7 = Platform {
+                    variant: Some("v7".into()),
+                    ..arm
+                };
+                assert!(pick_platform(&i, &v7).is_err(), "variants differ");
             }
             Fetched::Manifest(..) => panic!("expected an index"),
         }
@@ -758,7 +870,7 @@ mod tests {
         );
         match classify(arm_only.as_bytes()).unwrap() {
             Fetched::Index(i) => {
-                let e = pick_platform(&i).unwrap_err();
+                let e = pick_platform(&i, &amd64()).unwrap_err();
                 assert!(e.contains("linux/arm64"), "{e}");
             }
             Fetched::Manifest(..) => panic!("expected an index"),
