@@ -6,6 +6,7 @@
 
 mod exec;
 mod file;
+mod git;
 mod http;
 mod merge;
 mod source;
@@ -71,6 +72,8 @@ pub enum OpsError {
     Helper { what: String, message: String },
     #[error("downloading {url}: {message}")]
     Download { url: String, message: String },
+    #[error("{what}: {message}")]
+    Git { what: String, message: String },
 }
 
 /// One vertex of a loaded Definition, as the ops need it.

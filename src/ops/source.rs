@@ -22,6 +22,8 @@ pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, O
         local(ctx, name, src).await
     } else if id.starts_with("https://") || id.starts_with("http://") {
         super::http::run(ctx, id, src).await
+    } else if id.starts_with("git://") {
+        super::git::run(ctx, id, src).await
     } else {
         let scheme = id.split("://").next().unwrap_or(id);
         Err(OpsError::Unsupported(format!("source {scheme}://")))
@@ -341,7 +343,7 @@ fn tree_checksum(root: &Path, filter: &Filter) -> Result<String, OpsError> {
 }
 
 /// Copies a tree as the host user (inside the namespace the files then belong to uid 0).
-fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsError> {
+pub(super) fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsError> {
     for rel in walk(src, filter)? {
         let from = src.join(&rel);
         let to = dest.join(&rel);
