@@ -496,36 +496,18 @@ fn a_secret_reaches_the_step_and_no_layer() {
     assert!(!stderr(&out).contains(value), "the secret reached the log");
 
     // No layer of the image holds the secret's value or its mount point.
-    let layout = env.dir.join("layout");
-    std::fs::create_dir_all(&layout).unwrap();
-    let st = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&layout)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut layers = 0;
-    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
-        let path = entry.unwrap().path();
-        let raw = std::fs::read(&path).unwrap();
-        let mut data = Vec::new();
-        let mut gz = flate2::read::GzDecoder::new(&raw[..]);
-        if std::io::Read::read_to_end(&mut gz, &mut data).is_err() {
-            data = raw;
-        } else {
-            layers += 1;
-            let mut ar = tar::Archive::new(&data[..]);
-            for e in ar.entries().unwrap() {
-                let e = e.unwrap();
-                let p = e.path().unwrap().to_string_lossy().into_owned();
-                assert!(!p.contains("run/secrets"), "mount point {p} in a layer");
-            }
+    let layers = oci_layers(&env, &tar);
+    for (digest, data) in &layers {
+        let mut ar = tar::Archive::new(&data[..]);
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            assert!(!p.contains("run/secrets"), "mount point {p} in a layer");
         }
-        let hay = String::from_utf8_lossy(&data);
-        assert!(!hay.contains(value), "{} holds the secret", path.display());
+        let hay = String::from_utf8_lossy(data);
+        assert!(!hay.contains(value), "layer {digest} holds the secret");
     }
+    let layers = layers.len();
     assert!(layers >= 2, "expected the base layer and the step's");
 }
 
@@ -1187,4 +1169,91 @@ fn git_sources_check_out_refs_and_follow_new_commits() {
         log.contains("docs=docs two"),
         "the new commit was not seen: {log}"
     );
+}
+
+/// A cache mount is shared by two different builds on one store: what the first left in it
+/// the second reads, and neither image holds it.
+#[test]
+fn a_cache_mount_is_shared_by_two_builds_and_kept_out_of_layers() {
+    use envkit::llb::{self, CacheSharing, Mount, Run};
+    let env = TestEnv::new("cachemount");
+    let def = |name: &str, script: &str| {
+        let def = llb::image("busybox")
+            .add_env("PATH", "/bin")
+            .run(Run::args(["sh", "-c", script]).mount(Mount::cache(
+                "/var/cache/shared",
+                "envkit-e2e-shared",
+                CacheSharing::Shared,
+            )))
+            .root()
+            .marshal(&llb::MarshalOptions::default())
+            .expect("marshal");
+        let p = env.dir.join(format!("{name}.pb"));
+        std::fs::write(&p, def.to_bytes()).unwrap();
+        env.chown(&p);
+        p
+    };
+    let first = def(
+        "first",
+        "echo cached-by-first > /var/cache/shared/marker; echo ran > /first-ran",
+    );
+    let second = def(
+        "second",
+        "echo second read $(cat /var/cache/shared/marker); ls /var/cache/shared | wc -l",
+    );
+    let tar = env.dir.join("first.tar");
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+        first.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.envkit(&["solve", "--progress", "plain", second.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("second read cached-by-first"), "{log}");
+    let layers = oci_layers(&env, &tar);
+    assert!(
+        layers
+            .iter()
+            .any(|(_, data)| String::from_utf8_lossy(data).contains("first-ran")),
+        "the step's layer is missing"
+    );
+    let found = layers
+        .iter()
+        .any(|(_, data)| String::from_utf8_lossy(data).contains("cached-by-first"));
+    assert!(!found, "the cache mount's content is in a layer");
+}
+
+/// The uncompressed layers (digest, tar bytes) of an OCI layout tar: every blob that
+/// gunzips (manifests and configs are JSON).
+fn oci_layers(env: &TestEnv, tar: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let layout = env.dir.join(format!(
+        "layout-{}",
+        tar.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&layout).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let raw = std::fs::read(&path).unwrap();
+        let mut data = Vec::new();
+        let mut gz = flate2::read::GzDecoder::new(&raw[..]);
+        if std::io::Read::read_to_end(&mut gz, &mut data).is_ok() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            out.push((name, data));
+        }
+    }
+    out
 }

@@ -428,6 +428,87 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(60));
     }
 
+    /// A fake op with a cache: a key of its id and its inputs' values; a hit returns the
+    /// stored value without "executing" (nothing is logged as run).
+    struct Cached {
+        fake: Arc<Fake>,
+        cache: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    }
+
+    impl OpRunner<String> for Cached {
+        fn run(
+            &self,
+            vertex: usize,
+            inputs: Vec<String>,
+        ) -> BoxFuture<Result<Outcome<String>, OpError>> {
+            let key = format!("{}<{}>", self.fake.ids[vertex], inputs.join(","));
+            let cache = self.cache.clone();
+            let inner = Runner(self.fake.clone());
+            Box::pin(async move {
+                if let Some(v) = cache.lock().map_err(|e| e.to_string())?.get(&key).cloned() {
+                    return Ok(Outcome {
+                        value: v,
+                        cached: true,
+                    });
+                }
+                let out = inner.run(vertex, inputs).await?;
+                cache
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .insert(key, out.value.clone());
+                Ok(out)
+            })
+        }
+    }
+
+    /// Records which vertices completed as cached.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(usize, bool)>>);
+
+    impl Reporter for Record {
+        fn event(&self, e: Event) {
+            if let Event::Completed { vertex, cached, .. } = e
+                && let Ok(mut v) = self.0.lock()
+            {
+                v.push((vertex, cached));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warm_solve_is_all_cache_hits_and_a_change_reruns_only_its_dependents() {
+        let g = vec![vx("a", &[]), vx("b", &[0]), vx("c", &[]), vx("d", &[1, 2])];
+        let cache = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let run = |ids: &[&str]| {
+            let fake = Fake::new(ids, 0, None);
+            let rec = Arc::new(Record::default());
+            let runner = Arc::new(Cached {
+                fake: fake.clone(),
+                cache: cache.clone(),
+            });
+            (fake, rec, runner)
+        };
+        let (fake, rec, runner) = run(&["a", "b", "c", "d"]);
+        let cold = solve(&g, 3, runner, rec.clone(), &opts(4)).await.unwrap();
+        assert_eq!(fake.log.lock().unwrap().len(), 4);
+        let (fake, rec, runner) = run(&["a", "b", "c", "d"]);
+        let warm = solve(&g, 3, runner, rec.clone(), &opts(4)).await.unwrap();
+        assert_eq!(warm, cold);
+        assert!(fake.log.lock().unwrap().is_empty(), "a warm solve ran ops");
+        let mut seen = rec.0.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, vec![(0, true), (1, true), (2, true), (3, true)]);
+        // `c` changes: c and d run again, a and b stay cached.
+        let (fake, _rec, runner) = run(&["a", "b", "c2", "d"]);
+        let out = solve(&g, 3, runner, Arc::new(Silent), &opts(4))
+            .await
+            .unwrap();
+        assert_eq!(out, "d(b(a()),c2())");
+        let mut ran = fake.log.lock().unwrap().clone();
+        ran.sort();
+        assert_eq!(ran, vec![2, 3]);
+    }
+
     #[tokio::test]
     async fn bad_graphs_are_errors() {
         let f = Fake::new(&["a", "b"], 0, None);
