@@ -8,6 +8,11 @@ use nix::mount::{MntFlags, MsFlags};
 use crate::error::{Result, RootlessError};
 use crate::proto::ProbeResult;
 
+/// Mount options must fit in a page (with room to spare).
+const MAX_OPTS: usize = 4000;
+/// overlayfs's stacking limit (`OVL_MAX_STACK`).
+const MAX_LOWERS: usize = 500;
+
 /// An overlay mounted on a private temp dir; unmounted and removed on drop.
 pub struct Overlay {
     pub merged: PathBuf,
@@ -46,15 +51,13 @@ impl Overlay {
             ov.scratch.push(e.clone());
             lowers.push(e);
         }
-        let mut opts = String::from("lowerdir=");
-        for (i, l) in lowers.iter().enumerate() {
+        let mut canon = Vec::with_capacity(lowers.len());
+        for l in &lowers {
             let l = std::fs::canonicalize(l).map_err(|e| RootlessError::io(l, e))?;
             check_opt_path(&l)?;
-            if i > 0 {
-                opts.push(':');
-            }
-            opts.push_str(&l.to_string_lossy());
+            canon.push(l);
         }
+        let mut tail = String::new();
         if let Some((u, w)) = upper {
             for d in [u, w] {
                 std::fs::create_dir_all(d).map_err(|e| RootlessError::io(d, e))?;
@@ -63,14 +66,40 @@ impl Overlay {
             let w = std::fs::canonicalize(w).map_err(|e| RootlessError::io(w, e))?;
             check_opt_path(&u)?;
             check_opt_path(&w)?;
-            opts.push_str(&format!(
+            tail.push_str(&format!(
                 ",upperdir={},workdir={}",
                 u.display(),
                 w.display()
             ));
         }
-        opts.push_str(",userxattr");
-        if opts.len() >= 4000 {
+        tail.push_str(",userxattr");
+        let joined = |names: &[String]| format!("lowerdir={}{tail}", names.join(":"));
+        let full: Vec<String> = canon
+            .iter()
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        let mut opts = joined(&full);
+        // Mount options fit in one page. A long chain is mounted through a dir of short
+        // symlinks (`0`, `1`, …) to its layers, named relative to the cwd; the kernel resolves
+        // them at mount time, so the dir goes right after.
+        let mut links = None;
+        if opts.len() >= MAX_OPTS {
+            if canon.len() > MAX_LOWERS {
+                return Err(RootlessError::Invalid(format!(
+                    "{} layers are more than overlayfs stacks ({MAX_LOWERS})",
+                    canon.len()
+                )));
+            }
+            let dir = temp_dir("envkit-lowers")?;
+            let names: Vec<String> = (0..canon.len()).map(|i| i.to_string()).collect();
+            for (n, l) in names.iter().zip(&canon) {
+                let link = dir.join(n);
+                std::os::unix::fs::symlink(l, &link).map_err(|e| RootlessError::io(&link, e))?;
+            }
+            opts = joined(&names);
+            links = Some(dir);
+        }
+        if opts.len() >= MAX_OPTS {
             return Err(RootlessError::Invalid(format!(
                 "overlay options too long ({} bytes, {} lowers)",
                 opts.len(),
@@ -82,14 +111,35 @@ impl Overlay {
         } else {
             MsFlags::MS_RDONLY
         };
-        nix::mount::mount(
+        let prev_cwd = match &links {
+            Some(dir) => {
+                let prev = std::env::current_dir().map_err(|e| RootlessError::io(dir, e))?;
+                std::env::set_current_dir(dir).map_err(|e| RootlessError::io(dir, e))?;
+                Some(prev)
+            }
+            None => None,
+        };
+        let mounted = nix::mount::mount(
             Some("overlay"),
             &ov.merged,
             Some("overlay"),
             flags,
             Some(opts.as_str()),
-        )
-        .map_err(|e| RootlessError::sys(format!("mount overlay ({opts})"), e))?;
+        );
+        if let Some(dir) = &links {
+            if let Some(prev) = &prev_cwd {
+                let _ = std::env::set_current_dir(prev);
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        mounted.map_err(|e| {
+            let shown = if links.is_some() {
+                format!("{} lowers through short links", canon.len())
+            } else {
+                opts.clone()
+            };
+            RootlessError::sys(format!("mount overlay ({shown})"), e)
+        })?;
         Ok(ov)
     }
 }

@@ -700,6 +700,40 @@ fn file_actions_names_patterns_times_links_archives() {
     });
 }
 
+/// A chain longer than mount options can name (120 layers with long paths) still mounts:
+/// files from the top and the bottom layer are visible to the actions.
+#[test]
+fn long_layer_chains_mount() {
+    as_test_user("long_layer_chains_mount", || {
+        let t = Tmp::new();
+        let mut lowers = Vec::new();
+        for i in 0..120 {
+            let d = t.0.join(format!(
+                "lowers/a-layer-directory-with-a-rather-long-name-{i:03}"
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(format!("f{i}")), "x").unwrap();
+            lowers.push(d);
+        }
+        let upper = t.0.join("long/upper");
+        let rm = |p: &str| FileAction::Rm {
+            path: p.into(),
+            allow_not_found: false,
+            allow_wildcard: false,
+        };
+        ok(&Request::FileActions {
+            lowers,
+            upper: upper.clone(),
+            work: t.0.join("long/work"),
+            actions: vec![rm("/f0"), rm("/f119")],
+        });
+        for f in ["f0", "f119"] {
+            let wh = std::fs::symlink_metadata(upper.join(f)).unwrap();
+            assert!(wh.file_type().is_char_device(), "{f} was not seen");
+        }
+    });
+}
+
 /// Manual check: `ENVKIT_DEBIAN_TAR=/tmp/debian-minbase.tar cargo test -p rootless --test ns
 /// apt_update_debian -- --ignored --nocapture` (a tar of the Debian minbase rootfs that
 /// scripts/test-env.sh builds). Needs the network (through the host's CA bundle).
