@@ -100,6 +100,11 @@ pub fn usage(root: &Path) -> Usage {
             bytes: m.len(),
         };
     }
+    // Stat caches of local sources (content hashes of build contexts) are metadata too.
+    for p in entries(&root.join("local-checksums")) {
+        u.metadata.count += 1;
+        u.metadata.bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+    }
     u
 }
 
@@ -210,6 +215,12 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
                 worker.remove_tree(&dir).await?;
                 report.cache_mounts.count += 1;
                 report.cache_mounts.bytes += bytes;
+            }
+        }
+        // Stat caches are only a speed-up: the next build rehashes its context.
+        for f in entries(&worker.root.join("local-checksums")) {
+            if modified(&f) < cutoff {
+                let _ = std::fs::remove_file(&f);
             }
         }
     }

@@ -296,7 +296,7 @@ pub(super) async fn run(ctx: &Ctx, id: &str, src: &pb::SourceOp) -> Result<Outco
     let prepared = ctx.worker.snapshots.prepare()?;
     let dest = prepared.fs.clone();
     let copied =
-        tokio::task::spawn_blocking(move || super::source::copy_tree(&from, &dest, &filter))
+        tokio::task::spawn_blocking(move || super::context::copy_tree(&from, &dest, &filter))
             .await
             .map_err(|e| OpsError::Invalid(e.to_string()))?;
     if let Err(e) = copied {

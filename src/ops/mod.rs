@@ -4,6 +4,7 @@
 //! its cache key (op digest + input keys + content checksums of local sources); a committed
 //! snapshot with that key is the cached result. Op kinds live in their own files.
 
+pub mod context;
 mod exec;
 mod file;
 mod git;

@@ -1,0 +1,548 @@
+//! Local sources on the host: which files a source selects (include/exclude patterns,
+//! follow paths), their content checksum — with a stat cache, so a warm build rereads only
+//! files whose metadata changed — and the copy into a snapshot.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rootless::patterns::Filter;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::OpsError;
+
+/// The filter of a local source: its include and exclude patterns, with the paths of
+/// `local.followpaths` resolved through their symlinks (each link and what it points at)
+/// added to the includes — so, as in BuildKit, follow paths alone select only themselves.
+pub fn local_filter(
+    dir: &Path,
+    attrs: &std::collections::BTreeMap<String, String>,
+) -> Result<Filter, OpsError> {
+    let list = |key: &str| -> Result<Vec<String>, OpsError> {
+        match attrs.get(key).map(String::as_str) {
+            None | Some("") => Ok(Vec::new()),
+            Some(v) => serde_json::from_str(v).map_err(|e| {
+                OpsError::Invalid(format!("{key} {v:?}: not a JSON list of strings: {e}"))
+            }),
+        }
+    };
+    let mut include = list("local.includepattern")?;
+    let follow = list("local.followpaths")?;
+    if !follow.is_empty() {
+        let mut resolved = std::collections::BTreeSet::new();
+        for p in &follow {
+            follow_links(dir, p, &mut resolved, 0)?;
+        }
+        include.extend(resolved);
+    }
+    Ok(Filter::from_lists(
+        &include,
+        &list("local.excludepatterns")?,
+    ))
+}
+
+/// Adds `path` (relative to `root`) to `out`, and for every symlink on the way the link and,
+/// recursively, its target with the rest of the path.
+fn follow_links(
+    root: &Path,
+    path: &str,
+    out: &mut std::collections::BTreeSet<String>,
+    depth: usize,
+) -> Result<(), OpsError> {
+    if depth > 40 {
+        return Err(OpsError::Invalid(format!(
+            "local.followpaths: too many levels of symlinks at {path}"
+        )));
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let mut current = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if !current.is_empty() {
+            current.push('/');
+        }
+        current.push_str(part);
+        let rest = parts[i + 1..].join("/");
+        // Links this element names (several for a wildcard), as paths relative to the root.
+        let mut targets = Vec::new();
+        let parent = current.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let candidates: Vec<String> = if part.contains(['*', '?', '[']) {
+            match fs::read_dir(root.join(parent)) {
+                Ok(rd) => rd
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| rootless::patterns::glob(part.as_bytes(), n.as_bytes()))
+                    .map(|n| {
+                        if parent.is_empty() {
+                            n
+                        } else {
+                            format!("{parent}/{n}")
+                        }
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            vec![current.clone()]
+        };
+        for c in candidates {
+            let Ok(link) = fs::read_link(root.join(&c)) else {
+                continue;
+            };
+            let dir_of = c.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            let target = if link.is_absolute() {
+                link.to_string_lossy().into_owned()
+            } else {
+                format!("{dir_of}/{}", link.to_string_lossy())
+            };
+            targets.push(normalize(&target));
+        }
+        if (rest.is_empty() || !targets.is_empty()) && out.contains(&current) {
+            return Ok(());
+        }
+        if !targets.is_empty() {
+            out.insert(current.clone());
+            for t in targets {
+                let next = if rest.is_empty() {
+                    t
+                } else {
+                    format!("{t}/{rest}")
+                };
+                follow_links(root, &next, out, depth + 1)?;
+            }
+            return Ok(());
+        }
+    }
+    if !current.is_empty() {
+        out.insert(current);
+    }
+    Ok(())
+}
+
+/// `a/./b/../c` → `a/c`, with `..` stopping at the root.
+fn normalize(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            x => out.push(x),
+        }
+    }
+    out.join("/")
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
+    move |source| OpsError::Local {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Sorted relative paths of a tree (the root excluded) that `filter` keeps, without
+/// following symlinks; a directory the filter drops is not descended into.
+fn walk(root: &Path, filter: &Filter) -> Result<Vec<PathBuf>, OpsError> {
+    let mut out = Vec::new();
+    let keep = |e: &walkdir::DirEntry| {
+        if filter.is_empty() || e.depth() == 0 {
+            return true;
+        }
+        match e.path().strip_prefix(root) {
+            Ok(rel) => filter.keeps(&rel.to_string_lossy(), e.file_type().is_dir()),
+            Err(_) => true,
+        }
+    };
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(keep)
+    {
+        let entry = entry.map_err(|e| OpsError::Local {
+            path: e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.to_path_buf()),
+            source: e.into(),
+        })?;
+        if let Ok(rel) = entry.path().strip_prefix(root) {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+/// What a file looked like when its content was hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Seen {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+    /// Hex SHA-256 of the content.
+    sha256: String,
+}
+
+impl Seen {
+    fn matches(&self, md: &fs::Metadata) -> bool {
+        self.size == md.size()
+            && self.mtime_ns == mtime_ns(md)
+            && self.ctime_ns == md.ctime() * 1_000_000_000 + md.ctime_nsec()
+            && self.ino == md.ino()
+            && self.dev == md.dev()
+    }
+}
+
+fn mtime_ns(md: &fs::Metadata) -> i64 {
+    md.mtime() * 1_000_000_000 + md.mtime_nsec()
+}
+
+/// Content hashes of one directory's files by relative path, remembered with their
+/// metadata (size, mtime, ctime, inode): a file whose metadata is unchanged is not read again.
+/// Kept in the store as JSON; a missing or damaged cache is simply empty.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StatCache {
+    files: HashMap<String, Seen>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl StatCache {
+    /// The cache file of `dir` seen through `filter`, under `cache_root`.
+    pub fn path_for(cache_root: &Path, dir: &Path, filter: &Filter) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(dir.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(filter.key().as_bytes());
+        cache_root.join(format!("{}.json", hex::encode(h.finalize())))
+    }
+
+    pub fn load(path: &Path) -> StatCache {
+        fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the cache if it changed (atomically; a failure only costs the next build a
+    /// rehash). Entries modified in the last second are left out: a later write in the
+    /// same timestamp tick would otherwise go unnoticed.
+    pub fn save(&mut self, path: &Path) {
+        if !self.dirty {
+            return;
+        }
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        self.files
+            .retain(|_, s| now_ns - s.mtime_ns.max(s.ctime_ns) > 1_000_000_000);
+        let Ok(bytes) = serde_json::to_vec(&self) else {
+            return;
+        };
+        let Some(parent) = path.parent() else { return };
+        if fs::create_dir_all(parent).is_err() {
+            return;
+        }
+        let tmp = parent.join(format!(
+            ".{}.{}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, path).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        self.dirty = false;
+    }
+
+    /// The content hash of the file `rel` with metadata `md`, from the cache or by reading it.
+    fn hash(&mut self, root: &Path, rel: &str, md: &fs::Metadata) -> Result<String, OpsError> {
+        if let Some(seen) = self.files.get(rel)
+            && seen.matches(md)
+        {
+            return Ok(seen.sha256.clone());
+        }
+        let path = root.join(rel);
+        let mut f = fs::File::open(&path).map_err(local_err(&path))?;
+        let mut fh = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(local_err(&path))?;
+            if n == 0 {
+                break;
+            }
+            fh.update(&buf[..n]);
+        }
+        let sha256 = hex::encode(fh.finalize());
+        self.files.insert(
+            rel.to_string(),
+            Seen {
+                size: md.size(),
+                mtime_ns: mtime_ns(md),
+                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                ino: md.ino(),
+                dev: md.dev(),
+                sha256: sha256.clone(),
+            },
+        );
+        self.dirty = true;
+        Ok(sha256)
+    }
+}
+
+/// Content checksum of a directory: names, types, modes, file contents and link targets —
+/// what a copy out of it can observe. Owners and times are left out, like BuildKit. Only the
+/// part of the tree `filter` keeps counts; file contents come from `cache` when their
+/// metadata is unchanged.
+pub fn tree_checksum(
+    root: &Path,
+    filter: &Filter,
+    cache: &mut StatCache,
+) -> Result<String, OpsError> {
+    let mut h = Sha256::new();
+    let mut live = std::collections::HashSet::new();
+    for rel in walk(root, filter)? {
+        let path = root.join(&rel);
+        let md = fs::symlink_metadata(&path).map_err(local_err(&path))?;
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(md.mode().to_le_bytes());
+        if md.file_type().is_symlink() {
+            let target = fs::read_link(&path).map_err(local_err(&path))?;
+            h.update(target.as_os_str().as_encoded_bytes());
+        } else if md.is_file() {
+            let rel = rel.to_string_lossy().into_owned();
+            let sha = cache.hash(root, &rel, &md)?;
+            h.update(sha.as_bytes());
+            live.insert(rel);
+        }
+        h.update([0xff]);
+    }
+    // Forget files that are gone (or filtered out): the cache tracks the tree as it is.
+    let before = cache.files.len();
+    cache.files.retain(|k, _| live.contains(k));
+    cache.dirty |= cache.files.len() != before;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// [`tree_checksum`] of a whole directory, with the stat cache in `cache_root` (the
+/// benchmarks' entry point, and what `local://` sources use).
+pub fn checksum_dir(dir: &Path, cache_root: Option<&Path>) -> Result<String, OpsError> {
+    let filter = Filter::default();
+    match cache_root {
+        None => tree_checksum(dir, &filter, &mut StatCache::default()),
+        Some(root) => {
+            let path = StatCache::path_for(root, dir, &filter);
+            let mut cache = StatCache::load(&path);
+            let sum = tree_checksum(dir, &filter, &mut cache)?;
+            cache.save(&path);
+            Ok(sum)
+        }
+    }
+}
+
+/// Copies a tree as the host user (inside the namespace the files then belong to uid 0).
+pub fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsError> {
+    for rel in walk(src, filter)? {
+        let from = src.join(&rel);
+        let to = dest.join(&rel);
+        let md = fs::symlink_metadata(&from).map_err(local_err(&from))?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to).map_err(local_err(&to))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&from).map_err(local_err(&from))?;
+            std::os::unix::fs::symlink(target, &to).map_err(local_err(&to))?;
+            continue;
+        } else if ft.is_file() {
+            fs::copy(&from, &to).map_err(local_err(&to))?;
+        } else {
+            // Sockets, fifos and devices have no place in a build context.
+            continue;
+        }
+        fs::set_permissions(&to, fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(local_err(&to))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_sees_content_and_modes_but_not_times() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), b"1").unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("sub/b"), b"2").unwrap();
+        let c1 = tree_checksum(d.path(), &Filter::default(), &mut StatCache::default()).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(d.path().join("a"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            tree_checksum(d.path(), &Filter::default(), &mut StatCache::default()).unwrap(),
+            c1
+        );
+        fs::write(d.path().join("sub/b"), b"3").unwrap();
+        let c2 = tree_checksum(d.path(), &Filter::default(), &mut StatCache::default()).unwrap();
+        assert_ne!(c1, c2);
+        fs::set_permissions(d.path().join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(
+            tree_checksum(d.path(), &Filter::default(), &mut StatCache::default()).unwrap(),
+            c2
+        );
+    }
+
+    #[test]
+    fn copy_tree_keeps_files_links_and_modes() {
+        let s = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(s.path().join("dir")).unwrap();
+        fs::write(s.path().join("dir/x"), b"x").unwrap();
+        fs::set_permissions(s.path().join("dir/x"), fs::Permissions::from_mode(0o751)).unwrap();
+        std::os::unix::fs::symlink("dir/x", s.path().join("link")).unwrap();
+        copy_tree(s.path(), d.path(), &Filter::default()).unwrap();
+        assert_eq!(fs::read(d.path().join("dir/x")).unwrap(), b"x");
+        let mode = fs::metadata(d.path().join("dir/x")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o751);
+        assert_eq!(
+            fs::read_link(d.path().join("link")).unwrap(),
+            Path::new("dir/x")
+        );
+        assert_eq!(
+            tree_checksum(s.path(), &Filter::default(), &mut StatCache::default()).unwrap(),
+            tree_checksum(d.path(), &Filter::default(), &mut StatCache::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn filters_apply_to_checksum_and_copy() {
+        let s = tempfile::tempdir().unwrap();
+        fs::create_dir_all(s.path().join("src/deep")).unwrap();
+        fs::create_dir(s.path().join("target")).unwrap();
+        fs::write(s.path().join("src/deep/a.rs"), b"a").unwrap();
+        fs::write(s.path().join("src/b.tmp"), b"b").unwrap();
+        fs::write(s.path().join("target/big"), b"big").unwrap();
+        fs::write(s.path().join("Cargo.toml"), b"c").unwrap();
+        let filter = Filter::from_lists(&[], &["target".into(), "**/*.tmp".into()]);
+        let before = tree_checksum(s.path(), &filter, &mut StatCache::default()).unwrap();
+        fs::write(s.path().join("target/big"), b"changed").unwrap();
+        fs::write(s.path().join("src/c.tmp"), b"new").unwrap();
+        assert_eq!(
+            tree_checksum(s.path(), &filter, &mut StatCache::default()).unwrap(),
+            before,
+            "changes under excluded paths do not change the key"
+        );
+        let d = tempfile::tempdir().unwrap();
+        copy_tree(s.path(), d.path(), &filter).unwrap();
+        assert!(d.path().join("src/deep/a.rs").is_file());
+        assert!(d.path().join("Cargo.toml").is_file());
+        assert!(!d.path().join("target").exists());
+        assert!(!d.path().join("src/b.tmp").exists());
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert("local.includepattern".to_string(), "not json".to_string());
+        assert!(local_filter(s.path(), &attrs).is_err());
+    }
+
+    #[test]
+    fn follow_paths_select_links_and_their_targets() {
+        let s = tempfile::tempdir().unwrap();
+        fs::create_dir_all(s.path().join("real/dir")).unwrap();
+        fs::write(s.path().join("real/dir/Dockerfile"), b"FROM x").unwrap();
+        fs::write(s.path().join("other"), b"o").unwrap();
+        std::os::unix::fs::symlink("real/dir", s.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/real/dir/Dockerfile", s.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("loop2", s.path().join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", s.path().join("loop2")).unwrap();
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert(
+            "local.followpaths".to_string(),
+            r#"["link/Dockerfile","abs","loop1"]"#.to_string(),
+        );
+        let f = local_filter(s.path(), &attrs).unwrap();
+        let kept: Vec<String> = walk(s.path(), &f)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "abs",
+                "link",
+                "loop1",
+                "loop2",
+                "real",
+                "real/dir",
+                "real/dir/Dockerfile"
+            ],
+            "only the follow paths, their links and targets"
+        );
+        assert_eq!(normalize("a/./b/../c"), "a/c");
+        assert_eq!(normalize("/../x"), "x");
+    }
+
+    #[test]
+    fn the_stat_cache_skips_unchanged_files_and_notices_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("big");
+        fs::write(&f, b"content").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let none = Filter::default();
+        let truth = tree_checksum(d.path(), &none, &mut StatCache::default()).unwrap();
+        let mut cache = StatCache::default();
+        assert_eq!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
+        // A planted hash for unchanged metadata is believed: the file was not read.
+        cache.files.get_mut("big").unwrap().sha256 = "0".repeat(64);
+        assert_ne!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
+        // New content (and so new metadata) is read again.
+        fs::write(&f, b"content2").unwrap();
+        let changed = tree_checksum(d.path(), &none, &mut cache).unwrap();
+        assert_eq!(
+            changed,
+            tree_checksum(d.path(), &none, &mut StatCache::default()).unwrap()
+        );
+        // Saved and loaded; entries younger than a second are not kept.
+        let store = d.path().join("cache.json");
+        cache.save(&store);
+        assert!(
+            StatCache::load(&store).files.is_empty(),
+            "a fresh write was cached"
+        );
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // ctime is now too: only entries whose ctime is old survive, so plant one.
+        let mut c = StatCache::default();
+        tree_checksum(d.path(), &none, &mut c).unwrap();
+        for s in c.files.values_mut() {
+            s.ctime_ns -= 60_000_000_000;
+        }
+        c.dirty = true;
+        c.save(&store);
+        assert_eq!(StatCache::load(&store).files.len(), 1);
+        fs::write(&store, b"{not json").unwrap();
+        assert!(StatCache::load(&store).files.is_empty());
+    }
+}
