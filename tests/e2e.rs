@@ -313,6 +313,22 @@ fn merged_branches_run_concurrently_and_a_warm_solve_runs_nothing() {
             .any(|l| l.contains("latest start ") && !l.contains("exec:")),
         "the check step ran again:\n{log}"
     );
+
+    // --no-cache runs every step again (the image source stays cached).
+    let mut again = args.to_vec();
+    again.push("--no-cache");
+    let out = env.envkit(&again);
+    let log = stderr(&out);
+    assert!(out.status.success(), "--no-cache solve failed:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("latest start ") && !l.contains("exec:")),
+        "--no-cache did not run the steps:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.ends_with(" CACHED")),
+        "the image source was not cached:\n{log}"
+    );
 }
 
 /// A Definition (bytes on disk, owned by the test user): `busybox` + one exec per command,

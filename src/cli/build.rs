@@ -186,6 +186,9 @@ struct Engine {
     parallelism: usize,
     secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
     ssh: Arc<BTreeMap<String, PathBuf>>,
+    /// `--no-cache`: every exec and file op runs again (sources are content-addressed and
+    /// stay cached).
+    no_cache: bool,
 }
 
 /// `--ssh ID[=SOCKET]` (buildctl's syntax): an agent socket for ssh mounts with that id;
@@ -260,17 +263,21 @@ fn load_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, rootless::S
     Ok(out)
 }
 
+/// What `build` and `solve` share on their command lines.
+struct RunOpts<'a> {
+    ca_bundle: Option<PathBuf>,
+    parallelism: Option<usize>,
+    secrets: &'a [String],
+    ssh: &'a [String],
+    progress: &'a str,
+    no_cache: bool,
+}
+
 impl Engine {
-    async fn open(
-        cli: &Cli,
-        ca_bundle: Option<PathBuf>,
-        parallelism: Option<usize>,
-        secrets: &[String],
-        ssh: &[String],
-        progress: &str,
-    ) -> anyhow::Result<Engine> {
-        let secrets = Arc::new(load_secrets(secrets)?);
-        let ssh = Arc::new(load_ssh(ssh)?);
+    async fn open(cli: &Cli, o: RunOpts<'_>) -> anyhow::Result<Engine> {
+        let secrets = Arc::new(load_secrets(o.secrets)?);
+        let ssh = Arc::new(load_ssh(o.ssh)?);
+        let (ca_bundle, parallelism, progress) = (o.ca_bundle, o.parallelism, o.progress);
         let cfg = Config::load(cli.config.as_deref())?;
         let root = config::store_root(cli.root.as_deref());
         let ca_bundle = ca_bundle.or_else(|| cfg.worker.ca_bundle.clone());
@@ -295,6 +302,7 @@ impl Engine {
             parallelism,
             secrets,
             ssh,
+            no_cache: o.no_cache,
         })
     }
 
@@ -306,12 +314,19 @@ impl Engine {
         locals: BTreeMap<String, PathBuf>,
     ) -> anyhow::Result<SnapRef> {
         let graph = llb::load(bytes).context("loading the LLB Definition")?;
-        let Some((sv, ov, root_v)) = vertices(&graph)? else {
+        let Some((sv, mut ov, root_v)) = vertices(&graph)? else {
             self.reporter.event(Event::Note(
                 "the Definition is empty: the result is an empty filesystem".into(),
             ));
             return Ok(SnapRef::scratch());
         };
+        if self.no_cache {
+            for v in &mut ov {
+                if !matches!(v.op.op, Some(crate::pb::op::Op::Source(_))) {
+                    v.ignore_cache = true;
+                }
+            }
+        }
         let runner = Arc::new(LlbRunner {
             worker: self.worker.clone(),
             vertices: Arc::new(ov),
@@ -410,11 +425,14 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
     let engine = Engine::open(
         cli,
-        args.ca_bundle.clone(),
-        args.parallelism,
-        &args.secret,
-        &args.ssh,
-        &args.progress,
+        RunOpts {
+            ca_bundle: args.ca_bundle.clone(),
+            parallelism: args.parallelism,
+            secrets: &args.secret,
+            ssh: &args.ssh,
+            progress: &args.progress,
+            no_cache: args.no_cache,
+        },
     )
     .await?;
     let res = build_with(&engine, args, output).await;
@@ -478,11 +496,14 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
     }
     let engine = Engine::open(
         cli,
-        args.ca_bundle.clone(),
-        args.parallelism,
-        &args.secret,
-        &args.ssh,
-        &args.progress,
+        RunOpts {
+            ca_bundle: args.ca_bundle.clone(),
+            parallelism: args.parallelism,
+            secrets: &args.secret,
+            ssh: &args.ssh,
+            progress: &args.progress,
+            no_cache: args.no_cache,
+        },
     )
     .await?;
     let started = std::time::Instant::now();

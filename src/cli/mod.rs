@@ -107,6 +107,10 @@ pub struct BuildArgs {
     /// uses $SSH_AUTH_SOCK), like buildctl's.
     #[arg(long, value_name = "ID[=SOCKET]")]
     pub ssh: Vec<String>,
+    /// Run every step again instead of taking it from the cache (images, local dirs and
+    /// downloads with a checksum are content-addressed and stay cached).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +156,9 @@ pub struct SolveArgs {
     /// An ssh agent: `ID[=SOCKET]` (repeatable), as for `build`.
     #[arg(long, value_name = "ID[=SOCKET]")]
     pub ssh: Vec<String>,
+    /// Run every exec and file op again, as for `build`.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Progress output (as for `build`).
     #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
     pub progress: String,

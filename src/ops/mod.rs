@@ -136,6 +136,23 @@ pub(crate) struct Ctx {
     pub vertex: usize,
 }
 
+/// A cache key: the op's digest (its bytes without metadata), its inputs' cache keys in
+/// order, and extra content checksums (of local sources, downloads, commits).
+pub fn cache_key(op_digest: &str, input_keys: &[&str], extra: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"envkit-cache-v1\0");
+    h.update(op_digest.as_bytes());
+    for k in input_keys {
+        h.update(b"\0in:");
+        h.update(k.as_bytes());
+    }
+    for e in extra {
+        h.update(b"\0x:");
+        h.update(e.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 /// The platform an op is for: its own, else this machine's.
 pub(crate) fn op_platform(ctx: &Ctx) -> crate::registry::Platform {
     match &ctx.me().op.platform {
@@ -180,18 +197,8 @@ impl Ctx {
 
     /// The cache key of this op given its inputs' keys and any extra content checksums.
     pub fn cache_key(&self, inputs: &[Res], extra: &[&str]) -> String {
-        let mut h = Sha256::new();
-        h.update(b"envkit-cache-v1\0");
-        h.update(self.me().digest.as_bytes());
-        for i in inputs {
-            h.update(b"\0in:");
-            h.update(i.key.as_bytes());
-        }
-        for e in extra {
-            h.update(b"\0x:");
-            h.update(e.as_bytes());
-        }
-        hex::encode(h.finalize())
+        let keys: Vec<&str> = inputs.iter().map(|i| i.key.as_str()).collect();
+        cache_key(&self.me().digest, &keys, extra)
     }
 
     /// The cached result for `key`, or the right to build it: an exclusive lock on the key
