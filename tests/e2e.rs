@@ -1231,6 +1231,27 @@ fn a_cache_mount_is_shared_by_two_builds_and_kept_out_of_layers() {
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("second read cached-by-first"), "{log}");
+    // `--filter type=exec.cachemount` empties the cache mounts and keeps the build cache.
+    let out = env.envkit(&["prune", "--filter", "type=exec.cachemount"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("removed 0 build cache entries") && text.contains("1 cache mounts"),
+        "{text}"
+    );
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--no-cache",
+        second.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("second read") && !log.contains("cached-by-first"),
+        "the cache mount survived the prune: {log}"
+    );
     let layers = oci_layers(&env, &tar);
     assert!(
         layers

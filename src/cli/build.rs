@@ -711,7 +711,11 @@ pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
     for f in &args.filter {
         match f.split_once('=') {
             Some(("until", d)) => opts.until = Some(parse_duration(d)?),
-            _ => bail!("unknown filter {f:?} (envkit knows until=DURATION)"),
+            Some(("type", "exec.cachemount")) => opts.only_cache_mounts = true,
+            Some(("type", "regular")) => opts.all = false,
+            _ => bail!(
+                "unknown filter {f:?} (envkit knows until=DURATION, type=exec.cachemount, type=regular)"
+            ),
         }
     }
     let cfg = Config::load(cli.config.as_deref())?;

@@ -122,7 +122,8 @@ pub struct PruneArgs {
     /// number is MB, like envd's).
     #[arg(long, value_name = "SIZE")]
     pub keep_storage: Option<String>,
-    /// `until=DURATION`: only what was last used longer ago (`24h`, `7d`, `1h30m`).
+    /// `until=DURATION`: only what was last used longer ago (`24h`, `7d`, `1h30m`);
+    /// `type=exec.cachemount`: only the cache mounts; `type=regular`: only build cache.
     #[arg(long, value_name = "FILTER")]
     pub filter: Vec<String>,
 }

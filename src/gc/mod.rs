@@ -117,6 +117,8 @@ pub struct PruneOptions {
     pub keep_storage: Option<u64>,
     /// Only what was last used longer ago than this (`--filter until=24h`).
     pub until: Option<Duration>,
+    /// Only the cache mounts, no build cache (`--filter type=exec.cachemount`).
+    pub only_cache_mounts: bool,
 }
 
 /// What prune did.
@@ -146,6 +148,11 @@ fn modified(p: &Path) -> SystemTime {
 pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, GcError> {
     let now = SystemTime::now();
     let cutoff = opts.until.and_then(|u| now.checked_sub(u)).unwrap_or(now);
+    if opts.only_cache_mounts {
+        let mut report = PruneReport::default();
+        prune_cache_mounts(worker, cutoff, &mut report).await?;
+        return Ok(report);
+    }
     let mut snaps: Vec<Snap> = Vec::new();
     for dir in entries(worker.snapshots.root()) {
         if !is_snapshot_id(&dir) {
@@ -209,14 +216,7 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
     let kept: Vec<&Snap> = snaps.iter().filter(|s| !drop.contains(&s.id)).collect();
     report.blobs = prune_blobs(worker, &kept, cutoff)?;
     if opts.all {
-        for dir in entries(&worker.root.join("cache-mounts")) {
-            if modified(&dir) < cutoff {
-                let bytes = tree_bytes(&dir);
-                worker.remove_tree(&dir).await?;
-                report.cache_mounts.count += 1;
-                report.cache_mounts.bytes += bytes;
-            }
-        }
+        prune_cache_mounts(worker, cutoff, &mut report).await?;
         // Stat caches are only a speed-up: the next build rehashes its context.
         for f in entries(&worker.root.join("local-checksums")) {
             if modified(&f) < cutoff {
@@ -225,6 +225,23 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
         }
     }
     Ok(report)
+}
+
+/// Removes the cache mounts last used before `cutoff`.
+async fn prune_cache_mounts(
+    worker: &Worker,
+    cutoff: SystemTime,
+    report: &mut PruneReport,
+) -> Result<(), GcError> {
+    for dir in entries(&worker.root.join("cache-mounts")) {
+        if modified(&dir) < cutoff {
+            let bytes = tree_bytes(&dir);
+            worker.remove_tree(&dir).await?;
+            report.cache_mounts.count += 1;
+            report.cache_mounts.bytes += bytes;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes blobs that no image in the store and no kept snapshot refers to.
