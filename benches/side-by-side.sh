@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the same workloads built by envkit and by the other builders found
-# on this machine (buildah, rootless as the test user; `docker build` on dockerd's BuildKit
-# when `dockerd` is installed), cold and warm, medians of $RUNS runs, as a markdown table.
+# Side-by-side benchmark: the same workloads built by envkit and by buildah (Debian's, rootless
+# as the test user, like envkit), cold and warm, medians of $RUNS runs, as a markdown table.
+# dockerd's BuildKit and buildkitd are not part of it yet (neither is installed on these
+# machines; BENCHMARKS.md quotes their measured figures from the issue instead).
 #
 #   sudo bash benches/side-by-side.sh [RUNS]      (default 3; writes $OUT, default
 #                                                  /var/tmp/envkit-bench/results.md)
@@ -243,9 +244,6 @@ bench_builder envkit envkit_build
 if command -v buildah >/dev/null; then
   BUILDERS+=(buildah)
   bench_builder buildah buildah_build
-fi
-if command -v dockerd >/dev/null; then
-  echo "dockerd found: see benches/README for running docker build by hand (not automated)" >&2
 fi
 
 # --- table -----------------------------------------------------------------------------------
