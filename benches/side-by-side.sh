@@ -135,12 +135,31 @@ as_user() {
 BAH=(buildah --root "$W/bah/root" --runroot "$W/bah/run" --storage-driver overlay)
 BAH_BUD=(bud --runtime runc --network host --layers --jobs 4)
 
-# Seconds (and peak RSS in KiB into $W/rss) of one command as the test user; its output goes
-# to $W/last.log, and a failure stops the benchmark.
+# Runs a command, polling its own peak RSS (VmHWM, KiB; the step processes it starts are
+# not counted) into $W/rss.
+cat >"$W/hwm.sh" <<'EOF'
+#!/bin/bash
+"$@" &
+pid=$!
+max=0
+while kill -0 "$pid" 2>/dev/null; do
+  v=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+  [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+  sleep 0.005
+done
+wait "$pid"
+rc=$?
+echo "$max" >"$(dirname "$0")/rss"
+exit $rc
+EOF
+chmod 0755 "$W/hwm.sh"
+
+# Seconds (and the command's peak RSS in KiB into $W/rss) of one command as the test user;
+# its output goes to $W/last.log, and a failure stops the benchmark.
 timed() {
   local t0 t1
   t0=$(date +%s.%N)
-  if ! as_user /usr/bin/time -o "$W/rss" -f %M "$@" >"$W/last.log" 2>&1; then
+  if ! as_user "$W/hwm.sh" "$@" >"$W/last.log" 2>&1; then
     echo "FAILED: $*" >&2
     tail -20 "$W/last.log" >&2
     exit 1
@@ -274,7 +293,7 @@ fi
     echo "$row $ratio |"
   done
   echo
-  echo "envkit peak RSS over all runs: $((MAXRSS_ENVKIT / 1024)) MiB (max resident set of the envkit process tree)."
+  echo "envkit peak RSS over all runs: $((MAXRSS_ENVKIT / 1024)) MiB (the envkit process itself; its helpers and the steps' processes are separate)."
   echo
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr);" \
        "envkit $(git -C "$REPO" rev-parse --short HEAD) (release);" \

@@ -1,7 +1,8 @@
 //! Exporters: turn a layer tar into a stored gzip layer, and write an image out.
 //!
 //! * [`layer_from_tar`]: an uncompressed layer tar → gzip blob in the content store, with its
-//!   diff_id (sha256 of the tar) computed in the same pass.
+//!   diff_id (sha256 of the tar) computed in the same pass; compressed on all cores
+//!   (`pgzip.rs`).
 //! * [`oci_tar`]: an OCI image-layout tarball (`oci-layout`, `index.json`, `blobs/sha256/…`)
 //!   that `podman load`, `skopeo copy oci-archive:` and `ctr import` read. Written to a
 //!   temporary file beside the destination, then renamed; `-` streams to stdout.
@@ -13,7 +14,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
-use flate2::write::GzEncoder;
 use oci_spec::image::{Descriptor, Digest, ImageManifest, MediaType};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -21,6 +21,8 @@ use thiserror::Error;
 
 use crate::content::{self, ContentError, Store};
 use crate::image::{self, NewLayer};
+
+mod pgzip;
 
 /// Errors of the exporters.
 #[derive(Debug, Error)]
@@ -52,22 +54,21 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 /// and `diff_id` = sha256 of the tar. The gzip header carries no name and no mtime, so equal tars
 /// give equal blobs.
 pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, ExportError> {
-    let mut input = File::open(tar_path).map_err(io_err(tar_path))?;
-    let writer = store.writer()?;
-    let mut gz = GzEncoder::new(writer, Compression::default());
+    let input = File::open(tar_path).map_err(io_err(tar_path))?;
+    let mut writer = store.writer()?;
     let mut raw = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(tar_path)(e)),
-        };
-        raw.update(&buf[..n]);
-        gz.write_all(&buf[..n]).map_err(io_err(tar_path))?;
-    }
-    let writer = gz.finish().map_err(io_err(tar_path))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    pgzip::compress(
+        io::BufReader::with_capacity(256 * 1024, input),
+        &mut writer,
+        Compression::default(),
+        threads,
+        |chunk| raw.update(chunk),
+    )
+    .map_err(io_err(tar_path))?;
     let info = writer.commit(None)?;
     let diff_id = content::parse_digest(&format!("sha256:{}", hex::encode(raw.finalize())))?;
     Ok(NewLayer {

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
@@ -188,10 +187,32 @@ impl Resolved {
 
 /// Normalises a reference like Docker: adds `docker.io`, `library/` and `:latest` where
 /// missing. Returns the parsed reference.
+///
+/// Parsed by envkit's own grammar check (`llb::normalize_image_ref`): the registry client's
+/// parser compiles a Unicode regex that cost 15 MiB of heap per process.
 pub fn normalize(reference: &str) -> Result<Reference, RegistryError> {
-    Reference::from_str(reference.trim()).map_err(|e| RegistryError::InvalidReference {
+    let bad = |message: String| RegistryError::InvalidReference {
         reference: reference.to_string(),
-        message: e.to_string(),
+        message,
+    };
+    let norm = crate::llb::normalize_image_ref(reference.trim()).map_err(bad)?;
+    let (name_tag, digest) = match norm.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (norm.as_str(), None),
+    };
+    let (domain, rest) = name_tag
+        .split_once('/')
+        .ok_or_else(|| bad("no repository".to_string()))?;
+    let (repo, tag) = match rest.rsplit_once(':') {
+        Some((r, t)) => (r, Some(t)),
+        None => (rest, None),
+    };
+    Ok(match (digest, tag) {
+        (Some(d), _) => Reference::with_digest(domain.to_string(), repo.to_string(), d.to_string()),
+        (None, Some(t)) => Reference::with_tag(domain.to_string(), repo.to_string(), t.to_string()),
+        (None, None) => {
+            Reference::with_tag(domain.to_string(), repo.to_string(), "latest".to_string())
+        }
     })
 }
 
