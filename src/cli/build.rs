@@ -352,20 +352,19 @@ impl Engine {
         started: std::time::Instant,
     ) -> anyhow::Result<()> {
         self.reporter.event(Event::Note("exporting layers".into()));
-        let created = image::created_now();
-        let assembled = export_image(&self.worker, snap, spec, created).await?;
+        let (assembled, created) = export_image(&self.worker, snap, spec).await?;
         let size = assembled.manifest_bytes.len() as u64
             + assembled.config_bytes.len() as u64
             + assembled.layers.iter().map(|l| l.size()).sum::<u64>();
-        let db = meta::Meta::open(&self.root)?;
-        db.put_image(
-            name,
-            &meta::ImageRecord {
-                manifest_digest: assembled.manifest_digest.to_string(),
-                size,
-                created,
-            },
-        )?;
+        let record = meta::ImageRecord {
+            manifest_digest: assembled.manifest_digest.to_string(),
+            size,
+            created,
+        };
+        // A warm rebuild makes the same image: nothing to write.
+        if meta::Meta::peek_image(&self.root, name).as_ref() != Some(&record) {
+            meta::Meta::open(&self.root)?.put_image(name, &record)?;
+        }
         match output {
             None | Some(Output::Image { .. }) => {}
             Some(Output::Oci {
@@ -521,18 +520,31 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
 
 /// Turns a result chain into an image: the base image's layers as they are, plus one layer per
 /// own snapshot (its diff as a gzip tar, cached next to the snapshot).
+/// The image of a result, stored in the content store, and its creation time: that of its
+/// newest own layer (when the layer was first made, as BuildKit takes it from the cache), so a
+/// warm rebuild makes the identical image; `$SOURCE_DATE_EPOCH` wins when set.
 async fn export_image(
     worker: &Worker,
     snap: &SnapRef,
     spec: &crate::image::ImageSpec,
-    created: u64,
-) -> anyhow::Result<image::Assembled> {
+) -> anyhow::Result<(image::Assembled, u64)> {
     let mut new_layers = Vec::new();
+    let mut made: Option<u64> = None;
     for id in snap.own_layers() {
         if let Some(layer) = layer_for(worker, id).await? {
             new_layers.push(layer);
         }
+        let t = std::fs::metadata(worker.snapshots.dir(id).join("layer.json"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        made = made.max(t);
     }
+    let created = match std::env::var_os("SOURCE_DATE_EPOCH") {
+        Some(_) => image::created_now(),
+        None => made.unwrap_or_else(image::created_now),
+    };
     let (base_cfg, base_layers) = match &snap.base {
         Some(b) => {
             let digest = crate::content::parse_digest(&b.config_digest)?;
@@ -545,7 +557,7 @@ async fn export_image(
     };
     let assembled = image::assemble(&base_cfg, spec, &base_layers, &new_layers, created)?;
     assembled.store(&worker.content)?;
-    Ok(assembled)
+    Ok((assembled, created))
 }
 
 /// The config an image built from scratch starts from.

@@ -130,8 +130,29 @@ impl Meta {
         }
     }
 
-    /// Creates the tables so that readers find them.
+    /// The record of a named image, read without opening the database for writing (which
+    /// costs redb several syncs): what a warm rebuild checks before it writes anything.
+    /// Unreadable or busy counts as unknown.
+    pub fn peek_image(root: &Path, name: &str) -> Option<ImageRecord> {
+        let path = root.join("meta.db");
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .open_read_only(&path)
+            .ok()?;
+        let txn = db.begin_read().ok()?;
+        let t = txn.open_table(IMAGES).ok()?;
+        let v = t.get(name).ok()??;
+        serde_json::from_slice(v.value()).ok()
+    }
+
+    /// Creates the tables so that readers find them (a write, with its syncs, only the first
+    /// time).
     fn init(&self) -> Result<(), MetaError> {
+        if let Ok(r) = self.db.begin_read()
+            && r.open_table(IMAGES).is_ok()
+        {
+            return Ok(());
+        }
         let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
         txn.open_table(IMAGES).map_err(|e| self.db_err(e))?;
         txn.commit().map_err(|e| self.db_err(e))
