@@ -379,12 +379,9 @@ impl Engine {
                     "writing OCI image layout to {}",
                     dest.display()
                 )));
-                export::oci_tar(
-                    &dest,
-                    &assembled.manifest_descriptor,
-                    &ref_name,
-                    &self.worker.content,
-                )?;
+                let manifest =
+                    export::gzip_manifest(&assembled.manifest_descriptor, &self.worker.content)?;
+                export::oci_tar(&dest, &manifest, &ref_name, &self.worker.content)?;
             }
         }
         self.reporter.event(Event::Note(format!(
@@ -605,7 +602,7 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::Ne
     let layer = match resp {
         rootless::Response::DiffWritten { entries: 0 } => None,
         rootless::Response::DiffWritten { .. } => {
-            Some(export::layer_from_tar(tmp.path(), &worker.content)?)
+            Some(export::raw_layer_from_tar(tmp.path(), &worker.content)?)
         }
         other => bail!("computing the layer of snapshot {id}: unexpected answer {other:?}"),
     };

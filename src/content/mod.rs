@@ -99,6 +99,37 @@ impl Store {
         Ok(Store { blobs, ingest })
     }
 
+    /// The remembered gzip form of an uncompressed layer blob, if it is still in the store.
+    pub fn gzip_of(&self, digest: &Digest) -> Option<oci_spec::image::Descriptor> {
+        let p = self.gzip_note(digest)?;
+        let d: oci_spec::image::Descriptor = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
+        self.has(d.digest()).then_some(d)
+    }
+
+    /// Remembers the gzip form of an uncompressed layer blob (best effort: a cache).
+    pub fn set_gzip_of(&self, digest: &Digest, gz: &oci_spec::image::Descriptor) {
+        let (Some(p), Ok(bytes)) = (self.gzip_note(digest), serde_json::to_vec(gz)) else {
+            return;
+        };
+        if let Some(dir) = p.parent()
+            && fs::create_dir_all(dir).is_ok()
+        {
+            let tmp = dir.join(format!(".{}.{}", digest.digest(), std::process::id()));
+            if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &p).is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+
+    fn gzip_note(&self, digest: &Digest) -> Option<PathBuf> {
+        let content = self.blobs.parent()?.parent()?;
+        Some(
+            content
+                .join("gzip")
+                .join(format!("{}.json", digest.digest())),
+        )
+    }
+
     /// Where a blob lives (whether or not it is there).
     pub fn path(&self, digest: &Digest) -> Result<PathBuf, ContentError> {
         if *digest.algorithm() != DigestAlgorithm::Sha256 {

@@ -78,6 +78,62 @@ pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, Export
     })
 }
 
+/// Stores an uncompressed layer tar as it is (`application/vnd.oci.image.layer.v1.tar`):
+/// what envkit's own image store keeps, so a build spends no time compressing. Its digest is
+/// its diff_id. [`gzip_manifest`] makes the compressed form when an image leaves the store.
+pub fn raw_layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, ExportError> {
+    let input = File::open(tar_path).map_err(io_err(tar_path))?;
+    let info = store.ingest(io::BufReader::with_capacity(1 << 20, input), None)?;
+    Ok(NewLayer {
+        descriptor: Descriptor::new(MediaType::ImageLayer, info.size, info.digest.clone()),
+        diff_id: info.digest,
+        created_by: None,
+    })
+}
+
+/// The manifest an image is exported with: layers kept uncompressed in the store are
+/// replaced by their gzip form (compressed on all cores the first time, remembered after).
+/// A manifest with nothing to compress is returned as it is.
+pub fn gzip_manifest(manifest: &Descriptor, store: &Store) -> Result<Descriptor, ExportError> {
+    let bytes = store.read_blob(manifest.digest())?;
+    let mut parsed: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| ExportError::Manifest {
+            digest: manifest.digest().to_string(),
+            message: format!("not an image manifest: {e}"),
+        })?;
+    let mut changed = false;
+    let mut layers = parsed.layers().clone();
+    for l in &mut layers {
+        if *l.media_type() != MediaType::ImageLayer {
+            continue;
+        }
+        let gz = match store.gzip_of(l.digest()) {
+            Some(gz) => gz,
+            None => {
+                let path = store.path(l.digest())?;
+                let layer = layer_from_tar(&path, store)?;
+                store.set_gzip_of(l.digest(), &layer.descriptor);
+                layer.descriptor
+            }
+        };
+        *l = gz;
+        changed = true;
+    }
+    if !changed {
+        return Ok(manifest.clone());
+    }
+    parsed.set_layers(layers);
+    let out = serde_json::to_vec(&parsed).map_err(|e| ExportError::Manifest {
+        digest: manifest.digest().to_string(),
+        message: e.to_string(),
+    })?;
+    let info = store.write_blob(&out)?;
+    let mut d = manifest.clone();
+    d.set_size(info.size);
+    d.set_digest(info.digest);
+    Ok(d)
+}
+
 /// Where `-o` sends the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -389,6 +445,53 @@ mod tests {
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain, tar_bytes);
+    }
+
+    #[test]
+    fn raw_layers_are_stored_as_they_are_and_exported_gzipped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let tar_path = dir.path().join("layer.tar");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "x", &b"abc"[..]).unwrap();
+        let tar_bytes = b.into_inner().unwrap();
+        std::fs::write(&tar_path, &tar_bytes).unwrap();
+        let raw = raw_layer_from_tar(&tar_path, &store).unwrap();
+        assert_eq!(raw.descriptor.media_type(), &MediaType::ImageLayer);
+        assert_eq!(raw.descriptor.digest(), &raw.diff_id);
+        assert_eq!(store.read_blob(&raw.diff_id).unwrap(), tar_bytes);
+
+        let config = store.write_blob(b"{}").unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "size": config.size, "digest": config.digest.to_string()},
+            "layers": [serde_json::to_value(&raw.descriptor).unwrap()],
+        });
+        let m = store
+            .write_blob(&serde_json::to_vec(&manifest).unwrap())
+            .unwrap();
+        let md = Descriptor::new(MediaType::ImageManifest, m.size, m.digest);
+        let out = gzip_manifest(&md, &store).unwrap();
+        assert_ne!(out.digest(), md.digest());
+        let again = gzip_manifest(&md, &store).unwrap();
+        assert_eq!(out, again, "the gzip form is remembered");
+        let parsed: ImageManifest =
+            serde_json::from_slice(&store.read_blob(out.digest()).unwrap()).unwrap();
+        let l = &parsed.layers()[0];
+        assert_eq!(l.media_type(), &MediaType::ImageLayerGzip);
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&store.read_blob(l.digest()).unwrap()[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, tar_bytes);
+        // Already compressed: returned as it is.
+        assert_eq!(gzip_manifest(&out, &store).unwrap(), out);
     }
 
     #[test]
