@@ -217,7 +217,7 @@ touch_one() {
 clear_caches() { # BUILDER: empty the cache mounts (apt cold)
   case $1 in
     envkit) as_user "$ENVKIT" prune --filter type=exec.cachemount >/dev/null ;;
-    buildah) rm -rf "/var/tmp/buildah-cache-$TUID" ;; # where rootless buildah keeps them
+    buildah) rm -rf /var/tmp/buildah-cache "/var/tmp/buildah-cache-$TUID" ;; # where buildah keeps them
   esac
 }
 
