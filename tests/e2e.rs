@@ -1090,6 +1090,10 @@ fn every_reachable_golden_vector_executes() {
             "id=apikey,env=APIKEY",
             "--ssh",
             &format!("default={}", agent.display()),
+            "--allow",
+            "network.host",
+            "--allow",
+            "security.insecure",
         ]);
         let out = cmd.arg(&pb).output().expect("run envkit");
         let log = stderr(&out);
@@ -1293,4 +1297,60 @@ fn oci_layers(env: &TestEnv, tar: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Exec options: ulimits reach the step, a listed exit code counts as success, and insecure
+/// mode (an entitlement, as in BuildKit) needs `--allow security.insecure`.
+#[test]
+fn ulimits_exit_codes_and_entitlements() {
+    use envkit::llb::{self, Constraints, Run};
+    use envkit::pb;
+    let env = TestEnv::new("execopts");
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    let limited = base
+        .add_ulimit("nofile", 64, 128)
+        .valid_exit_codes(&[0, 3])
+        .run(Run::args([
+            "sh",
+            "-c",
+            "echo soft=$(ulimit -n) hard=$(ulimit -Hn); exit 3",
+        ]))
+        .root();
+    let insecure = base
+        .security(pb::SecurityMode::Insecure)
+        .run(Run::args(["sh", "-c", "echo insecure ran"]))
+        .root();
+    let def = llb::merge(
+        &[
+            base.clone(),
+            llb::diff(&base, &limited, Constraints::new()),
+            llb::diff(&base, &insecure, Constraints::new()),
+        ],
+        Constraints::new(),
+    )
+    .marshal(&llb::MarshalOptions::default())
+    .expect("marshal");
+    let pb_path = env.dir.join("execopts.pb");
+    std::fs::write(&pb_path, def.to_bytes()).unwrap();
+    env.chown(&pb_path);
+    let p = pb_path.to_str().unwrap();
+    let refused = env.envkit(&["solve", "--progress", "plain", p]);
+    let log = stderr(&refused);
+    assert!(!refused.status.success(), "{log}");
+    assert!(
+        log.contains("security.insecure, which is not allowed") && log.contains("--allow"),
+        "{log}"
+    );
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--allow",
+        "security.insecure",
+        p,
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("soft=64 hard=128"), "{log}");
+    assert!(log.contains("insecure ran"), "{log}");
 }

@@ -457,12 +457,28 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
         .map(|a| cs(a, "environment"))
         .collect::<Result<Vec<_>>>()?;
     let cwd_c = cs(cwd, "cwd")?;
+    let mut rlimits = Vec::with_capacity(r.rlimits.len());
+    for (name, soft, hard) in &r.rlimits {
+        let res = rlimit_resource(name)
+            .ok_or_else(|| RootlessError::Invalid(format!("unknown ulimit {name:?}")))?;
+        if soft > hard {
+            return Err(RootlessError::Invalid(format!(
+                "ulimit {name}: soft limit {soft} is above the hard limit {hard}"
+            )));
+        }
+        let lim = libc::rlimit {
+            rlim_cur: *soft as libc::rlim_t,
+            rlim_max: *hard as libc::rlim_t,
+        };
+        rlimits.push((res, lim, name.clone()));
+    }
     let step = Step {
         exe: exe_c,
         args: args_c,
         env: env_c,
         cwd: cwd_c,
         user,
+        rlimits,
     };
 
     nix::sched::unshare(CloneFlags::CLONE_NEWPID)
@@ -513,6 +529,30 @@ struct Step {
     env: Vec<CString>,
     cwd: CString,
     user: ExecUser,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit, String)>,
+}
+
+/// A resource by its `ulimit` name (as BuildKit's `Ulimit.Name` spells them).
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "as" => libc::RLIMIT_AS,
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
 }
 
 fn send(fd: &OwnedFd, kind: u8, msg: &str) {
@@ -753,6 +793,16 @@ fn exec_step(s: &Step) -> String {
             unsafe { libc::dup2(f.as_raw_fd(), 0) };
         }
         Err(e) => return format!("open /dev/null: {e}"),
+    }
+    for (res, lim, name) in &s.rlimits {
+        // SAFETY: setrlimit with a valid struct, in the step's own process.
+        if unsafe { libc::setrlimit(*res, lim) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return format!(
+                "ulimit {name}={}:{}: {e} (a hard limit cannot be raised without privilege)",
+                lim.rlim_cur, lim.rlim_max
+            );
+        }
     }
     let groups: Vec<Gid> = s.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {

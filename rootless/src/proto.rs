@@ -89,6 +89,10 @@ pub struct ExecRequest {
     /// otherwise the host's network.
     #[serde(default)]
     pub network_none: bool,
+    /// Resource limits of the step's process: (name as in `ulimit`/BuildKit, e.g. `nofile`,
+    /// soft, hard).
+    #[serde(default)]
+    pub rlimits: Vec<(String, u64, u64)>,
 }
 
 /// Where the CA bundle of [`ExecRequest::ca_bundle`] appears inside the container.

@@ -200,6 +200,7 @@ fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
         ca_bundle: None,
         readonly_rootfs: false,
         network_none: false,
+        rlimits: Vec::new(),
     }
 }
 

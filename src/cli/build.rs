@@ -189,6 +189,7 @@ struct Engine {
     /// `--no-cache`: every exec and file op runs again (sources are content-addressed and
     /// stay cached).
     no_cache: bool,
+    entitlements: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// `--ssh ID[=SOCKET]` (buildctl's syntax): an agent socket for ssh mounts with that id;
@@ -271,12 +272,24 @@ struct RunOpts<'a> {
     ssh: &'a [String],
     progress: &'a str,
     no_cache: bool,
+    allow: &'a [String],
 }
 
 impl Engine {
     async fn open(cli: &Cli, o: RunOpts<'_>) -> anyhow::Result<Engine> {
         let secrets = Arc::new(load_secrets(o.secrets)?);
         let ssh = Arc::new(load_ssh(o.ssh)?);
+        let mut entitlements = std::collections::BTreeSet::new();
+        for a in o.allow {
+            match a.as_str() {
+                "network.host" | "security.insecure" => {
+                    entitlements.insert(a.clone());
+                }
+                other => bail!(
+                    "--allow {other:?}: envkit knows the entitlements network.host and security.insecure"
+                ),
+            }
+        }
         let (ca_bundle, parallelism, progress) = (o.ca_bundle, o.parallelism, o.progress);
         let cfg = Config::load(cli.config.as_deref())?;
         let root = config::store_root(cli.root.as_deref());
@@ -302,6 +315,7 @@ impl Engine {
             parallelism,
             secrets,
             ssh,
+            entitlements: Arc::new(entitlements),
             no_cache: o.no_cache,
         })
     }
@@ -333,6 +347,7 @@ impl Engine {
             locals,
             secrets: self.secrets.clone(),
             ssh: self.ssh.clone(),
+            entitlements: self.entitlements.clone(),
             reporter: self.reporter.clone(),
         });
         let opts = SolveOptions {
@@ -428,6 +443,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             ssh: &args.ssh,
             progress: &args.progress,
             no_cache: args.no_cache,
+            allow: &args.allow,
         },
     )
     .await?;
@@ -499,6 +515,7 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             ssh: &args.ssh,
             progress: &args.progress,
             no_cache: args.no_cache,
+            allow: &args.allow,
         },
     )
     .await?;

@@ -111,6 +111,10 @@ pub struct BuildArgs {
     /// downloads with a checksum are content-addressed and stay cached).
     #[arg(long)]
     pub no_cache: bool,
+    /// Grant an entitlement a step may ask for: `network.host` or `security.insecure`
+    /// (repeatable), as with buildctl.
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +164,9 @@ pub struct SolveArgs {
     /// Run every exec and file op again, as for `build`.
     #[arg(long)]
     pub no_cache: bool,
+    /// Grant an entitlement (`network.host`, `security.insecure`), as for `build`.
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
     /// Progress output (as for `build`).
     #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
     pub progress: String,

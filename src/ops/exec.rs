@@ -17,8 +17,11 @@ const MOUNT_SECRET: i32 = 1;
 const MOUNT_SSH: i32 = 2;
 const MOUNT_CACHE: i32 = 3;
 const MOUNT_TMPFS: i32 = 4;
-/// `pb::NetMode::None`.
+/// `pb::NetMode` values.
+const NET_HOST: i32 = 1;
 const NET_NONE: i32 = 2;
+/// `pb::SecurityMode::Insecure`.
+const SECURITY_INSECURE: i32 = 1;
 
 /// How many lines of output a failed step shows.
 const TAIL_LINES: usize = 20;
@@ -46,6 +49,30 @@ pub(super) async fn run(
     // sandbox, which envkit runs on the host network, like rootless BuildKit with host
     // networking) share the host's.
     let network_none = exec.network == NET_NONE;
+    // As in BuildKit, the host's network and insecure mode are entitlements the user grants.
+    // Insecure changes nothing here: a rootless step already has every capability of its
+    // user namespace and no seccomp filter, and gets no host devices either way.
+    for (asked, ent) in [
+        (exec.network == NET_HOST, "network.host"),
+        (exec.security == SECURITY_INSECURE, "security.insecure"),
+    ] {
+        if asked && !ctx.entitlements.contains(ent) {
+            return Err(OpsError::Entitlement(ent.to_string()));
+        }
+    }
+    if !exec.cdi_devices.is_empty() {
+        return Err(OpsError::Unsupported("CDI devices in build steps".into()));
+    }
+    let mut rlimits = Vec::with_capacity(meta.ulimit.len());
+    for u in &meta.ulimit {
+        let (Ok(soft), Ok(hard)) = (u64::try_from(u.soft), u64::try_from(u.hard)) else {
+            return Err(OpsError::Invalid(format!(
+                "ulimit {}: negative limit {}:{}",
+                u.name, u.soft, u.hard
+            )));
+        };
+        rlimits.push((u.name.clone(), soft, hard));
+    }
     let mut root: Option<&Res> = None;
     let mut mounts = Vec::new();
     let mut readonly_rootfs = false;
@@ -240,6 +267,7 @@ pub(super) async fn run(
         ca_bundle: w.ca_bundle.clone(),
         readonly_rootfs,
         network_none,
+        rlimits,
     });
     let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
     let sink = OutputSink {

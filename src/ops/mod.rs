@@ -48,6 +48,8 @@ pub enum OpsError {
         "ssh agent {0:?} was not provided (give it with --ssh {0}[=SOCKET]; without a socket, $SSH_AUTH_SOCK)"
     )]
     MissingSsh(String),
+    #[error("the step asks for {0}, which is not allowed (grant it with --allow {0})")]
+    Entitlement(String),
     #[error("ssh agent proxy at {path}: {source}")]
     Ssh {
         path: PathBuf,
@@ -107,6 +109,8 @@ pub struct LlbRunner {
     pub secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
     /// SSH agent sockets by id, for ssh mounts.
     pub ssh: Arc<BTreeMap<String, PathBuf>>,
+    /// Entitlements granted with `--allow` (`network.host`, `security.insecure`).
+    pub entitlements: Arc<std::collections::BTreeSet<String>>,
     pub reporter: Arc<dyn Reporter>,
 }
 
@@ -118,6 +122,7 @@ impl OpRunner<Res> for LlbRunner {
             locals: self.locals.clone(),
             secrets: self.secrets.clone(),
             ssh: self.ssh.clone(),
+            entitlements: self.entitlements.clone(),
             reporter: self.reporter.clone(),
             vertex,
         };
@@ -132,6 +137,7 @@ pub(crate) struct Ctx {
     pub locals: BTreeMap<String, PathBuf>,
     pub secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
     pub ssh: Arc<BTreeMap<String, PathBuf>>,
+    pub entitlements: Arc<std::collections::BTreeSet<String>>,
     pub reporter: Arc<dyn Reporter>,
     pub vertex: usize,
 }
