@@ -1354,3 +1354,54 @@ fn ulimits_exit_codes_and_entitlements() {
     assert!(log.contains("soft=64 hard=128"), "{log}");
     assert!(log.contains("insecure ran"), "{log}");
 }
+
+/// `image.resolvemode=local`: once a tag has been resolved, a build that prefers local
+/// images needs no registry; the default mode asks the registry and says what failed.
+#[test]
+fn prefer_local_resolve_needs_no_registry_for_a_known_tag() {
+    use envkit::llb::{self, ImageOptions, ResolveMode, Run};
+    let env = TestEnv::new("resolvemode");
+    let def = |name: &str, mode: Option<ResolveMode>| {
+        let def = llb::image_with(
+            "busybox:latest",
+            ImageOptions {
+                resolve_mode: mode,
+                ..Default::default()
+            },
+        )
+        .add_env("PATH", "/bin")
+        .run(Run::args(["sh", "-c", "echo resolved"]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+        let p = env.dir.join(format!("{name}.pb"));
+        std::fs::write(&p, def.to_bytes()).unwrap();
+        env.chown(&p);
+        p
+    };
+    let local = def("local", Some(ResolveMode::PreferLocal));
+    let default = def("default", None);
+    let out = env.envkit(&["solve", default.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let offline = env.dir.join("offline.toml");
+    std::fs::write(
+        &offline,
+        "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:9\"]\n[registry.\"127.0.0.1:9\"]\nhttp = true\n",
+    )
+    .unwrap();
+    env.chown(&offline);
+    let cfg = offline.to_str().unwrap();
+    let out = env.envkit(&["--config", cfg, "solve", local.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "local mode asked the registry:\n{}",
+        stderr(&out)
+    );
+    let out = env.envkit(&["--config", cfg, "solve", default.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "the default mode did not ask the registry: {log}"
+    );
+    assert!(log.contains("127.0.0.1:9"), "{log}");
+}

@@ -101,33 +101,45 @@ impl Store {
 
     /// The remembered gzip form of an uncompressed layer blob, if it is still in the store.
     pub fn gzip_of(&self, digest: &Digest) -> Option<oci_spec::image::Descriptor> {
-        let p = self.gzip_note(digest)?;
-        let d: oci_spec::image::Descriptor = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
+        let d: oci_spec::image::Descriptor =
+            serde_json::from_slice(&self.read_note("gzip", digest.digest())?).ok()?;
         self.has(d.digest()).then_some(d)
     }
 
     /// Remembers the gzip form of an uncompressed layer blob (best effort: a cache).
     pub fn set_gzip_of(&self, digest: &Digest, gz: &oci_spec::image::Descriptor) {
-        let (Some(p), Ok(bytes)) = (self.gzip_note(digest), serde_json::to_vec(gz)) else {
+        if let Ok(bytes) = serde_json::to_vec(gz) {
+            self.write_note("gzip", digest.digest(), &bytes);
+        }
+    }
+
+    /// A small note kept beside the blobs (`content/<kind>/<key>.json`): caches that may be
+    /// lost at any time. `key` must be a plain file name.
+    pub fn read_note(&self, kind: &str, key: &str) -> Option<Vec<u8>> {
+        fs::read(self.note_path(kind, key)?).ok()
+    }
+
+    /// Writes a note atomically (best effort).
+    pub fn write_note(&self, kind: &str, key: &str, bytes: &[u8]) {
+        let Some(p) = self.note_path(kind, key) else {
             return;
         };
         if let Some(dir) = p.parent()
             && fs::create_dir_all(dir).is_ok()
         {
-            let tmp = dir.join(format!(".{}.{}", digest.digest(), std::process::id()));
+            let tmp = dir.join(format!(".{key}.{}", std::process::id()));
             if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &p).is_err() {
                 let _ = fs::remove_file(&tmp);
             }
         }
     }
 
-    fn gzip_note(&self, digest: &Digest) -> Option<PathBuf> {
+    fn note_path(&self, kind: &str, key: &str) -> Option<PathBuf> {
+        if key.is_empty() || key.contains(['/', '\\']) || key.starts_with('.') {
+            return None;
+        }
         let content = self.blobs.parent()?.parent()?;
-        Some(
-            content
-                .join("gzip")
-                .join(format!("{}.json", digest.digest())),
-        )
+        Some(content.join(kind).join(format!("{key}.json")))
     }
 
     /// Where a blob lives (whether or not it is there).

@@ -10,7 +10,7 @@ use crate::solver::Outcome;
 pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
     let id = src.identifier.as_str();
     if let Some(reference) = id.strip_prefix("docker-image://") {
-        image(ctx, reference).await
+        image(ctx, reference, src).await
     } else if let Some(name) = id.strip_prefix("local://") {
         local(ctx, name, src).await
     } else if id.starts_with("https://") || id.starts_with("http://") {
@@ -23,10 +23,32 @@ pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, O
     }
 }
 
-async fn image(ctx: &Ctx, reference: &str) -> Result<Outcome<Res>, OpsError> {
+async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
     let w = &ctx.worker;
     let platform = super::op_platform(ctx);
-    let resolved = w.registry.resolve_for(reference, &platform).await?;
+    let mode = crate::registry::ResolveMode::from_attr(
+        src.attrs.get("image.resolvemode").map(String::as_str),
+    )
+    .map_err(OpsError::Invalid)?;
+    if src
+        .attrs
+        .get("image.layerlimit")
+        .is_some_and(|v| !v.is_empty())
+    {
+        return Err(OpsError::Unsupported(
+            "image sources with image.layerlimit".into(),
+        ));
+    }
+    // `image.checksum` pins what the reference must be: resolve it by that digest.
+    let pinned;
+    let reference = match src.attrs.get("image.checksum").filter(|c| !c.is_empty()) {
+        Some(ck) => {
+            pinned = pin_reference(reference, ck);
+            pinned.as_str()
+        }
+        None => reference,
+    };
+    let resolved = w.registry.resolve_with(reference, &platform, mode).await?;
     let key = ctx.cache_key(&[], &[resolved.manifest_digest.as_ref()]);
     let _claim = match ctx.claim(&key).await? {
         super::Claim::Cached(hit) => return Ok(hit),
@@ -142,4 +164,37 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
         base: None,
     };
     ctx.commit(prepared, &key, snap).await
+}
+
+/// `reference` (tag or digest) named by `digest` instead: `host:port/repo:tag` →
+/// `host:port/repo@digest`.
+fn pin_reference(reference: &str, digest: &str) -> String {
+    let name = reference.split('@').next().unwrap_or(reference);
+    let name = match name.rsplit_once(':') {
+        Some((n, tag)) if !tag.contains('/') => n,
+        _ => name,
+    };
+    format!("{name}@{digest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pin_reference;
+
+    #[test]
+    fn checksums_pin_references() {
+        let d = "sha256:abc";
+        assert_eq!(
+            pin_reference("127.0.0.1:5000/library/busybox:latest", d),
+            "127.0.0.1:5000/library/busybox@sha256:abc"
+        );
+        assert_eq!(
+            pin_reference("127.0.0.1:5000/library/busybox", d),
+            "127.0.0.1:5000/library/busybox@sha256:abc"
+        );
+        assert_eq!(
+            pin_reference("docker.io/library/debian@sha256:old", d),
+            "docker.io/library/debian@sha256:abc"
+        );
+    }
 }

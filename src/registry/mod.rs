@@ -88,6 +88,32 @@ pub enum RegistryError {
     Content(#[from] ContentError),
 }
 
+/// How a tag is resolved (LLB's `image.resolvemode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResolveMode {
+    /// Ask the registry (one manifest request), as `pull` does.
+    #[default]
+    Default,
+    /// Ask the registry.
+    Pull,
+    /// Use what the tag named last time, if its blobs are all in the store; else ask.
+    PreferLocal,
+}
+
+impl ResolveMode {
+    /// From the attr's value (`default`, `pull`, `local`).
+    pub fn from_attr(v: Option<&str>) -> Result<ResolveMode, String> {
+        match v {
+            None | Some("") | Some("default") => Ok(ResolveMode::Default),
+            Some("pull") => Ok(ResolveMode::Pull),
+            Some("local") => Ok(ResolveMode::PreferLocal),
+            Some(other) => Err(format!(
+                "image.resolvemode {other:?} (want default, pull or local)"
+            )),
+        }
+    }
+}
+
 /// An image platform, as OCI names it (`linux`, `amd64`, variant `v7`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Platform {
@@ -335,6 +361,12 @@ fn classify(bytes: &[u8]) -> Result<Fetched, String> {
     }
 }
 
+/// The note name under which what a tag resolved to (for a platform) is kept.
+fn tag_note_key(whole: &str, want: &Platform) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("{whole} {want}").as_bytes()))
+}
+
 /// Picks the entry of an index for `want`.
 fn pick_platform<'a>(index: &'a ImageIndex, want: &Platform) -> Result<&'a Descriptor, String> {
     let found = index.manifests().iter().find(|d| {
@@ -527,7 +559,18 @@ impl Registry {
         reference: &str,
         want: &Platform,
     ) -> Result<Resolved, RegistryError> {
-        let r = self.resolve_any(reference, want).await?;
+        self.resolve_with(reference, want, ResolveMode::Default)
+            .await
+    }
+
+    /// [`Registry::resolve_for`] with a resolve mode.
+    pub async fn resolve_with(
+        &self,
+        reference: &str,
+        want: &Platform,
+        mode: ResolveMode,
+    ) -> Result<Resolved, RegistryError> {
+        let r = self.resolve_any(reference, want, mode).await?;
         if r.index_digest.is_none() {
             let os = r.config.os().to_string();
             let arch = r.config.architecture().to_string();
@@ -546,6 +589,7 @@ impl Registry {
         &self,
         reference: &str,
         want: &Platform,
+        mode: ResolveMode,
     ) -> Result<Resolved, RegistryError> {
         let norm = normalize(reference)?;
         let whole = norm.whole();
@@ -564,6 +608,28 @@ impl Registry {
             }
             return Ok(r);
         }
+        let tag_note = tag_note_key(&whole, want);
+        if mode == ResolveMode::PreferLocal
+            && norm.digest().is_none()
+            && let Some(digest) = self
+                .blobs
+                .as_ref()
+                .and_then(|b| b.read_note("tags", &tag_note))
+                .and_then(|b| String::from_utf8(b).ok())
+        {
+            let pinned = Reference::with_digest(
+                norm.registry().to_string(),
+                norm.repository().to_string(),
+                digest.trim().to_string(),
+            );
+            if let Some(mut r) = self.resolve_offline(&pinned, want) {
+                r.reference = whole;
+                if let Ok(mut m) = self.resolved.lock() {
+                    m.insert(memo, r.clone());
+                }
+                return Ok(r);
+            }
+        }
         let registry = norm.registry().to_string();
         let mut attempts = Vec::new();
         for host in self.config.hosts_for(&registry) {
@@ -578,6 +644,13 @@ impl Registry {
                 Ok(r) => {
                     self.keep(&r.manifest_bytes);
                     self.keep(&r.config_bytes);
+                    // What the tag named, for `local` resolves later on.
+                    if norm.digest().is_none()
+                        && let Some(b) = &self.blobs
+                    {
+                        let named = r.index_digest.as_ref().unwrap_or(&r.manifest_digest);
+                        b.write_note("tags", &tag_note, named.to_string().as_bytes());
+                    }
                     if let Ok(mut m) = self.resolved.lock() {
                         m.insert(memo, r.clone());
                     }
