@@ -67,6 +67,31 @@ pub struct WorkerConfig {
     /// How many build steps may run at once (default: the number of cores).
     #[serde(default)]
     pub max_parallelism: Option<usize>,
+    /// `auto` (overlayfs in the user namespace, copies where the kernel refuses it), `overlay`
+    /// (never copies) or `copy` (always: e.g. a store on a filesystem overlayfs misbehaves on).
+    #[serde(default)]
+    pub snapshotter: Option<Snapshotter>,
+}
+
+/// `[worker] snapshotter`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Snapshotter {
+    #[default]
+    Auto,
+    Overlay,
+    Copy,
+}
+
+impl Snapshotter {
+    /// The helper's argument for it.
+    pub fn helper_arg(self) -> &'static str {
+        match self {
+            Snapshotter::Auto => "--snapshotter=auto",
+            Snapshotter::Overlay => "--snapshotter=overlay",
+            Snapshotter::Copy => "--snapshotter=copy",
+        }
+    }
 }
 
 /// The whole config file.

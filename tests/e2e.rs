@@ -1405,3 +1405,59 @@ fn prefer_local_resolve_needs_no_registry_for_a_known_tag() {
     );
     assert!(log.contains("127.0.0.1:9"), "{log}");
 }
+
+/// `[worker] snapshotter = "copy"` (what envkit falls back to where the kernel refuses
+/// overlayfs in a user namespace) builds an envd file whose image podman runs as expected.
+#[test]
+fn the_copy_snapshotter_builds_a_runnable_image() {
+    let env = TestEnv::new("copysnap");
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str("snapshotter = \"copy\"\n");
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let ctx = env.context_with(
+        "copysnap",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         io.copy(source=\"hello.txt\", target=\"/opt/hello.txt\")\n    \
+         run(commands=[\"echo made > /made\", \"rm /etc/issue\", \"mkdir -p /x/y && touch /x/y/z\"])\n    \
+         run(commands=[\"test ! -e /etc/issue\", \"cat /made > /made-copy\", \
+         \"stat -f -c %T / > /rootfs-type\"])\n",
+    );
+    std::fs::write(ctx.join("hello.txt"), "hello from the context\n").unwrap();
+    env.chown(&ctx);
+    let tar = env.dir.join("copysnap.tar");
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", stderr(&out));
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "copysnap:dev",
+        "sh",
+        "-c",
+        "cat /opt/hello.txt /made-copy; test -e /x/y/z && echo z-there; test -e /etc/issue || echo issue-gone; echo root-was-$(cat /rootfs-type)",
+    ]);
+    assert!(out.status.success(), "podman run: {}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "hello from the context",
+        "made",
+        "z-there",
+        "issue-gone",
+        "root-was-",
+    ] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
+    assert!(
+        !text.contains("root-was-overlay"),
+        "the steps ran on overlayfs: {text}"
+    );
+}

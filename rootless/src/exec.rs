@@ -126,7 +126,7 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     if r.args.is_empty() {
         return Err(RootlessError::Invalid("exec: empty args".into()));
     }
-    let ov = Overlay::mount(&r.lowers, Some((&r.upper, &r.work)))?;
+    let mut ov = Overlay::mount(&r.lowers, Some((&r.upper, &r.work)))?;
     let root = ov.merged.clone();
     // Layer views are mounted here (the step's own mount namespace inherits them) and bound
     // into the root like any other directory.
@@ -154,6 +154,24 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     for d in &scratch_mounts {
         let _ = nix::mount::umount2(d, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(d);
+    }
+    if ov.is_copy() {
+        // The copy's tree is diffed as it is: the mount points made for the step go first.
+        for rel in created.iter().rev() {
+            let p = root.join(rel);
+            match std::fs::symlink_metadata(&p) {
+                Ok(md) if md.is_dir() => {
+                    let _ = std::fs::remove_dir(&p);
+                }
+                Ok(md) if md.is_file() && md.len() == 0 => {
+                    let _ = std::fs::remove_file(&p);
+                }
+                _ => {}
+            }
+        }
+        if res.is_ok() {
+            ov.finish()?;
+        }
     }
     drop(ov);
     let lowers = r.lowers.clone();

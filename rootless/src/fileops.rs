@@ -50,12 +50,12 @@ pub fn run_actions(
     work: &Path,
     actions: &[FileAction],
 ) -> Result<()> {
-    let ov = Overlay::mount(lowers, Some((upper, work)))?;
+    let mut ov = Overlay::mount(lowers, Some((upper, work)))?;
     for (i, a) in actions.iter().enumerate() {
         run_one(&ov.merged, a)
             .map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
     }
-    Ok(())
+    ov.finish()
 }
 
 fn chown(p: &Path, owner: Option<(u32, u32)>) -> Result<()> {

@@ -16,6 +16,7 @@ use crate::proto::{Request, Response};
 pub fn helper_main() -> i32 {
     // Die with the parent.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    crate::copysnap::set_mode_from_args();
     let fd = match std::env::var(FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())

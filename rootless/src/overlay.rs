@@ -13,10 +13,22 @@ const MAX_OPTS: usize = 4000;
 /// overlayfs's stacking limit (`OVL_MAX_STACK`).
 const MAX_LOWERS: usize = 500;
 
-/// An overlay mounted on a private temp dir; unmounted and removed on drop.
+/// An overlay mounted on a private temp dir; unmounted and removed on drop. Where the kernel
+/// does not mount overlayfs in a user namespace (or `ENVKIT_SNAPSHOTTER=copy`), the same
+/// interface is served by copies ([`crate::copysnap`]): `merged` is then a materialized tree,
+/// and [`Overlay::finish`] writes what changed into the upper dir.
 pub struct Overlay {
     pub merged: PathBuf,
     scratch: Vec<PathBuf>,
+    copy: Option<CopyView>,
+}
+
+/// The copy snapshotter's side of an [`Overlay`].
+struct CopyView {
+    lowers: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    /// The materialized tree this view owns (None: a single lower used as it is).
+    tree: Option<PathBuf>,
 }
 
 fn temp_dir(prefix: &str) -> Result<PathBuf> {
@@ -37,12 +49,94 @@ fn check_opt_path(p: &Path) -> Result<()> {
 
 impl Overlay {
     /// Mount `lowers` (top first) + `upper` (+ `work`) read-write; with `upper == None` a
-    /// read-only view of the lowers.
+    /// read-only view of the lowers. Falls back to copies where overlayfs cannot be mounted.
     pub fn mount(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Overlay> {
+        if crate::copysnap::forced() {
+            return Self::mount_copy(lowers, upper);
+        }
+        match Self::mount_kernel(lowers, upper) {
+            Err(RootlessError::Sys { source, .. })
+                if (source == nix::errno::Errno::EPERM || source == nix::errno::Errno::ENODEV)
+                    && crate::copysnap::fallback_allowed() =>
+            {
+                Self::mount_copy(lowers, upper)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this is the copy snapshotter's stand-in.
+    pub fn is_copy(&self) -> bool {
+        self.copy.is_some()
+    }
+
+    /// With an upper dir, makes it hold what changed: nothing to do for a kernel overlay (it
+    /// wrote there all along); the copy snapshotter diffs its tree against the lowers.
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(CopyView {
+            lowers,
+            upper: Some(upper),
+            tree: Some(tree),
+        }) = &self.copy
+        {
+            // Off its bind mount first: changes then move into the upper dir by rename.
+            let _ = nix::mount::umount2(tree, MntFlags::MNT_DETACH);
+            crate::copysnap::diff_into(lowers, tree, upper)?;
+        }
+        Ok(())
+    }
+
+    fn mount_copy(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Overlay> {
+        let (tree, merged) = match upper {
+            None if lowers.len() == 1 => (None, lowers[0].clone()),
+            None => {
+                let t = temp_dir("envkit-copyview")?;
+                (Some(t.clone()), t)
+            }
+            Some((u, w)) => {
+                for d in [u, w] {
+                    std::fs::create_dir_all(d).map_err(|e| RootlessError::io(d, e))?;
+                }
+                // Beside the upper dir: the same filesystem, so changes move there by rename.
+                let t = w.join("copy-merged");
+                crate::fileops::remove_all(&t)?;
+                std::fs::create_dir(&t).map_err(|e| RootlessError::io(&t, e))?;
+                (Some(t.clone()), t)
+            }
+        };
+        let ov = Overlay {
+            merged,
+            scratch: Vec::new(),
+            copy: Some(CopyView {
+                lowers: lowers.to_vec(),
+                upper: upper.map(|(u, _)| u.to_path_buf()),
+                tree: tree.clone(),
+            }),
+        };
+        if let Some(t) = &tree {
+            crate::copysnap::materialize(lowers, t)?;
+            // A mount point, like an overlay's merged dir (pivot_root needs one).
+            nix::mount::mount(
+                Some(t.as_path()),
+                t.as_path(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| RootlessError::sys(format!("bind {}", t.display()), e))?;
+        }
+        Ok(ov)
+    }
+
+    fn mount_kernel(lowers: &[PathBuf], upper: Option<(&Path, &Path)>) -> Result<Overlay> {
         let mut scratch = Vec::new();
         let merged = temp_dir("envkit-merged")?;
         scratch.push(merged.clone());
-        let mut ov = Overlay { merged, scratch };
+        let mut ov = Overlay {
+            merged,
+            scratch,
+            copy: None,
+        };
         let mut lowers: Vec<PathBuf> = lowers.to_vec();
         // overlay needs one lower with an upper, two without.
         let need = if upper.is_some() { 1 } else { 2 };
@@ -146,6 +240,13 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
+        if let Some(c) = &self.copy {
+            if let Some(t) = &c.tree {
+                let _ = nix::mount::umount2(t, MntFlags::MNT_DETACH);
+                let _ = crate::fileops::remove_all(t);
+            }
+            return;
+        }
         let _ = nix::mount::umount2(&self.merged, MntFlags::MNT_DETACH);
         for d in self.scratch.iter().rev() {
             let _ = std::fs::remove_dir(d);
@@ -204,7 +305,7 @@ fn probe_inner() -> Result<()> {
             std::fs::create_dir(d).map_err(|e| RootlessError::io(d, e))?;
         }
         std::fs::write(l.join("f"), b"x").map_err(|e| RootlessError::io(l.join("f"), e))?;
-        let ov = Overlay::mount(std::slice::from_ref(&l), Some((&u, &w)))?;
+        let ov = Overlay::mount_kernel(std::slice::from_ref(&l), Some((&u, &w)))?;
         let f = ov.merged.join("f");
         std::fs::write(&f, b"y").map_err(|e| RootlessError::io(&f, e))?;
         std::fs::remove_file(&f).map_err(|e| RootlessError::io(&f, e))?;

@@ -735,6 +735,106 @@ fn long_layer_chains_mount() {
     });
 }
 
+/// The copy snapshotter (forced with `--snapshotter=copy`) gives the same layers as overlayfs
+/// for a step and for file actions: the same entries, whiteouts included, owned the same.
+#[test]
+fn copy_snapshotter_gives_the_same_layers_as_overlay() {
+    as_test_user("copy_snapshotter_gives_the_same_layers_as_overlay", || {
+        let t = Tmp::new();
+        let rootfs = t.0.join("rootfs");
+        ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+        });
+        let with = |args: &[&str], req: &Request| {
+            let mut out = Vec::new();
+            let r = run_helper(Path::new(HELPER), args, &ids(), req, &mut |b: &[u8]| {
+                out.extend_from_slice(b)
+            });
+            match r {
+                Ok(r) => (r, String::from_utf8_lossy(&out).into_owned()),
+                Err(e) => panic!("{e}\n{}", String::from_utf8_lossy(&out)),
+            }
+        };
+        let script = "echo new > /etc/added; echo changed >> /etc/passwd; rm /bin/cat; \
+                      mkdir -p /opt/d/e; echo deep > /opt/d/e/f; chown 42:42 /opt/d/e/f; \
+                      rm -rf /opq; echo ran";
+        let mut layers = Vec::new();
+        for (mode, args) in [("overlay", &[][..]), ("copy", &["--snapshotter=copy"][..])] {
+            let base = t.0.join(mode);
+            let req = exec_req(vec![rootfs.clone()], &base, &["sh", "-c", script]);
+            let (r, out) = with(args, &Request::Exec(req.clone()));
+            assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{mode}: {out}");
+            assert!(out.contains("ran"), "{mode}: {out}");
+            // A file action on top of the step's result.
+            let fa_base = t.0.join(format!("{mode}-fa"));
+            with(
+                args,
+                &Request::FileActions {
+                    lowers: vec![req.upper.clone(), rootfs.clone()],
+                    upper: fa_base.join("upper"),
+                    work: fa_base.join("work"),
+                    actions: vec![
+                        FileAction::Rm {
+                            path: "/etc/added".into(),
+                            allow_not_found: false,
+                            allow_wildcard: false,
+                        },
+                        FileAction::Mkfile {
+                            path: "/etc/motd".into(),
+                            mode: 0o600,
+                            data: b"hi".to_vec(),
+                            owner: Some(Chown::ids(7, 7)),
+                            timestamp: None,
+                        },
+                    ],
+                },
+            );
+            let mut both = Vec::new();
+            for (i, upper) in [req.upper.clone(), fa_base.join("upper")]
+                .iter()
+                .enumerate()
+            {
+                let tar = t.0.join(format!("{mode}-{i}.tar"));
+                with(
+                    args,
+                    &Request::DiffTar {
+                        upper: upper.clone(),
+                        out: tar.clone(),
+                    },
+                );
+                let mut entries: Vec<(String, u64, bool)> = Vec::new();
+                let mut ar = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+                for e in ar.entries().unwrap() {
+                    let e = e.unwrap();
+                    let h = e.header();
+                    let name = e.path().unwrap().to_string_lossy().into_owned();
+                    entries.push((name, h.uid().unwrap(), h.entry_type().is_dir()));
+                }
+                entries.sort();
+                both.push(entries);
+            }
+            layers.push(both);
+        }
+        assert_eq!(layers[0], layers[1], "overlay vs copy");
+        let names: Vec<&str> = layers[1][0].iter().map(|e| e.0.as_str()).collect();
+        for want in [
+            "etc/added",
+            "etc/passwd",
+            "bin/.wh.cat",
+            "opt/d/e/f",
+            ".wh.opq",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let names: Vec<&str> = layers[1][1].iter().map(|e| e.0.as_str()).collect();
+        assert!(
+            names.contains(&"etc/.wh.added") && names.contains(&"etc/motd"),
+            "{names:?}"
+        );
+    });
+}
+
 /// Manual check: `ENVKIT_DEBIAN_TAR=/tmp/debian-minbase.tar cargo test -p rootless --test ns
 /// apt_update_debian -- --ignored --nocapture` (a tar of the Debian minbase rootfs that
 /// scripts/test-env.sh builds). Needs the network (through the host's CA bundle).

@@ -157,6 +157,7 @@ impl Worker {
     ) -> Result<rootless::Response, WorkerError> {
         let exe = self.helper_exe.clone();
         let ids = self.ids;
+        let snapshotter = self.config.worker.snapshotter.unwrap_or_default();
         // Dropping this future (the build failed elsewhere, or was interrupted) kills the
         // helper, and with it every process of the step.
         let cancel = Arc::new(rootless::Cancel::new());
@@ -177,7 +178,7 @@ impl Worker {
             };
             rootless::run_helper_cancellable(
                 &exe,
-                &[HELPER_ARG],
+                &[HELPER_ARG, snapshotter.helper_arg()],
                 &ids,
                 &req,
                 &mut on_output,
