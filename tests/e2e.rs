@@ -1461,3 +1461,74 @@ fn the_copy_snapshotter_builds_a_runnable_image() {
         "the steps ran on overlayfs: {text}"
     );
 }
+
+/// Cache sharing modes with two steps at once: `locked` steps take turns, `private` ones get
+/// an instance each, `shared` ones see each other.
+#[test]
+fn cache_mount_sharing_modes() {
+    use envkit::llb::{self, CacheSharing, Constraints, Mount, Run};
+    let env = TestEnv::new("sharing");
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    // Each step marks the cache busy for a second and reports whether it found it busy
+    // (another step inside) and which other steps' files it sees.
+    let step = |mode: &str, n: u32, sharing: CacheSharing| {
+        base.run(
+            Run::args([
+                "sh",
+                "-c",
+                &format!(
+                    "cd /c; if [ -e busy ]; then echo {mode}{n}: overlap; fi; touch busy; \
+                     echo $$ > mine-{n}; sleep 1; echo {mode}{n}: sees $(ls | grep -c mine); \
+                     rm -f busy"
+                ),
+            ])
+            .mount(Mount::cache("/c", &format!("sharing-{mode}"), sharing)),
+        )
+        .root()
+    };
+    let mut inputs = vec![base.clone()];
+    for (mode, sharing) in [
+        ("locked", CacheSharing::Locked),
+        ("private", CacheSharing::Private),
+    ] {
+        for n in 1..=2 {
+            inputs.push(llb::diff(
+                &base,
+                &step(mode, n, sharing),
+                Constraints::new(),
+            ));
+        }
+    }
+    let def = llb::merge(&inputs, Constraints::new())
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb_path = env.dir.join("sharing.pb");
+    std::fs::write(&pb_path, def.to_bytes()).unwrap();
+    env.chown(&pb_path);
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--parallelism",
+        "4",
+        pb_path.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    // Output lines, not the command lines that quote them.
+    let said = |what: &str| {
+        log.lines()
+            .any(|l| !l.contains("exec:") && l.trim_end().ends_with(what))
+    };
+    assert!(
+        !said("locked1: overlap") && !said("locked2: overlap"),
+        "{log}"
+    );
+    // Locked steps run one after the other on one cache: the second sees both files.
+    assert!(said("locked1: sees 2") || said("locked2: sees 2"), "{log}");
+    // Private steps ran at once on two instances: each sees only its own file.
+    assert!(
+        said("private1: sees 1") && said("private2: sees 1"),
+        "{log}"
+    );
+}

@@ -9,6 +9,7 @@ use crate::pb;
 use crate::progress::LogTail;
 use crate::snapshot::SnapRef;
 use crate::solver::Outcome;
+use crate::worker::CacheSharing;
 use crate::worker::OutputSink;
 
 /// `pb::MountType` values.
@@ -77,6 +78,7 @@ pub(super) async fn run(
     let mut mounts = Vec::new();
     let mut readonly_rootfs = false;
     let mut ssh_mounts = Vec::new();
+    let mut caches = Vec::new();
     for m in &exec.mounts {
         match m.mount_type {
             MOUNT_BIND if m.dest == "/" => {
@@ -139,8 +141,15 @@ pub(super) async fn run(
                     .map(|c| c.id.clone())
                     .filter(|id| !id.is_empty())
                     .unwrap_or_else(|| m.dest.clone());
+                let sharing = match m.cache_opt.as_ref().map(|c| c.sharing).unwrap_or(0) {
+                    1 => CacheSharing::Private,
+                    2 => CacheSharing::Locked,
+                    _ => CacheSharing::Shared,
+                };
+                // The directory is picked (and held) once the step is sure to run.
+                caches.push((mounts.len(), id, sharing));
                 mounts.push(rootless::Mount {
-                    source: ctx.worker.cache_mount_dir(&id)?,
+                    source: PathBuf::new(),
                     target: m.dest.clone(),
                     kind: rootless::MountKind::Bind { readonly: false },
                 });
@@ -233,6 +242,13 @@ pub(super) async fn run(
         super::Claim::Mine(lock) => lock,
     };
 
+    // Cache mounts, held (shared, locked or a private instance) until the step is over.
+    let mut held = Vec::with_capacity(caches.len());
+    for (i, id, sharing) in caches {
+        let cm = ctx.worker.cache_mount(&id, sharing).await?;
+        mounts[i].source = cm.dir.clone();
+        held.push(cm);
+    }
     // One agent proxy per ssh mount, alive until the step is over.
     let mut proxies = Vec::with_capacity(ssh_mounts.len());
     for (agent, dest, opt) in ssh_mounts {

@@ -64,6 +64,20 @@ impl Drop for KillOnDrop {
 }
 
 /// Shared by every op of a build (and by concurrent builds in one process).
+/// How steps share a cache mount (LLB's `CacheSharingOpt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+/// A cache mount's directory, held by one step (see [`Worker::cache_mount`]).
+pub struct CacheMount {
+    pub dir: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
 pub struct Worker {
     pub root: PathBuf,
     pub snapshots: Snapshots,
@@ -221,6 +235,79 @@ impl Worker {
     }
 
     /// The persistent directory of a cache mount (`--mount=type=cache,id=…`).
+    /// A cache mount for one step, held until the returned guard is dropped. `shared` mounts
+    /// are used by any number of steps at once; a `locked` one waits until no other step
+    /// holds it; a `private` one that is busy gives the step another instance of the cache
+    /// (`<name>-p1`, `-p2`, …), as BuildKit's sharing modes do.
+    pub async fn cache_mount(
+        &self,
+        id: &str,
+        sharing: CacheSharing,
+    ) -> Result<CacheMount, WorkerError> {
+        use nix::fcntl::FlockArg;
+        let mut instance = 0;
+        loop {
+            let dir = self.cache_mount_dir_instance(id, instance)?;
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let locks = self.root.join("locks");
+            std::fs::create_dir_all(&locks).map_err(|source| WorkerError::Io {
+                path: locks.clone(),
+                source,
+            })?;
+            let path = locks.join(format!("cache-{name}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|source| WorkerError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            let how = match sharing {
+                CacheSharing::Shared => FlockArg::LockShared,
+                CacheSharing::Locked => FlockArg::LockExclusive,
+                CacheSharing::Private => FlockArg::LockExclusiveNonblock,
+            };
+            let taken = tokio::task::spawn_blocking(move || nix::fcntl::Flock::lock(file, how))
+                .await
+                .map_err(|e| WorkerError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            match taken {
+                Ok(lock) => return Ok(CacheMount { dir, _lock: lock }),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if sharing == CacheSharing::Private => {
+                    instance += 1;
+                }
+                Err((_, e)) => {
+                    return Err(WorkerError::Io {
+                        path,
+                        source: std::io::Error::from(e),
+                    });
+                }
+            }
+        }
+    }
+
+    fn cache_mount_dir_instance(&self, id: &str, instance: usize) -> Result<PathBuf, WorkerError> {
+        let dir = self.cache_mount_dir(id)?;
+        if instance == 0 {
+            return Ok(dir);
+        }
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(format!("-p{instance}"));
+        let dir = dir.with_file_name(name);
+        std::fs::create_dir_all(&dir).map_err(|source| WorkerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
     pub fn cache_mount_dir(&self, id: &str) -> Result<PathBuf, WorkerError> {
         // Ids are free text (envd uses paths): hash them into a safe name, keep a readable hint.
         let hint: String = id
