@@ -131,6 +131,8 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     // Layer views are mounted here (the step's own mount namespace inherits them) and bound
     // into the root like any other directory.
     let mut views: Vec<Overlay> = Vec::new();
+    // Views whose changes are outputs of the step (their upper dirs are kept).
+    let mut kept: Vec<usize> = Vec::new();
     let mut scratch_dirs: Vec<PathBuf> = Vec::new();
     let mut scratch_mounts: Vec<PathBuf> = Vec::new();
     let mut resolved = r.clone();
@@ -138,6 +140,7 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
         r,
         &mut resolved,
         &mut views,
+        &mut kept,
         &mut scratch_dirs,
         &mut scratch_mounts,
     );
@@ -145,8 +148,16 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
         root: &root,
         created: Vec::new(),
     };
-    let res = mounted.and_then(|()| prepare_and_run(&resolved, &root, &mut mp));
+    let mut res = mounted.and_then(|()| prepare_and_run(&resolved, &root, &mut mp));
     let created = std::mem::take(&mut mp.created);
+    if res.is_ok() {
+        for &i in &kept {
+            if let Err(e) = views[i].finish() {
+                res = Err(e);
+                break;
+            }
+        }
+    }
     drop(views);
     for d in &scratch_dirs {
         let _ = std::fs::remove_dir_all(d);
@@ -258,6 +269,7 @@ fn mount_views(
     r: &ExecRequest,
     out: &mut ExecRequest,
     views: &mut Vec<Overlay>,
+    kept: &mut Vec<usize>,
     scratch_dirs: &mut Vec<PathBuf>,
     scratch_mounts: &mut Vec<PathBuf>,
 ) -> Result<()> {
@@ -307,11 +319,15 @@ fn mount_views(
             lowers,
             selector,
             writable,
+            keep,
         } = &m.kind
         else {
             continue;
         };
-        let ov = if *writable {
+        let ov = if let (true, Some((u, w))) = (*writable, keep) {
+            kept.push(views.len());
+            Overlay::mount(lowers, Some((u, w)))?
+        } else if *writable {
             // Next to the step's work dir: the same filesystem, and inside the snapshot being
             // prepared, so a crash leaves nothing the store does not clean up.
             let dir = r.work.with_file_name(format!("view-{i}"));

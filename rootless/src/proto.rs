@@ -44,6 +44,10 @@ pub enum MountKind {
         lowers: Vec<PathBuf>,
         selector: String,
         writable: bool,
+        /// For a writable view whose changes are an output of the step: its upper and work
+        /// dirs (kept), instead of scratch ones thrown away.
+        #[serde(default)]
+        keep: Option<(PathBuf, PathBuf)>,
     },
 }
 

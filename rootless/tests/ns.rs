@@ -341,6 +341,7 @@ fn unpack_exec_difftar() {
                 lowers: vec![rootfs.clone()],
                 selector: String::new(),
                 writable: true,
+                keep: None,
             },
         });
         req.mounts.push(rootless::Mount {
@@ -350,6 +351,7 @@ fn unpack_exec_difftar() {
                 lowers: vec![upper.clone(), rootfs.clone()],
                 selector: "/opq".into(),
                 writable: false,
+                keep: None,
             },
         });
         let (r, out) = ok(&Request::Exec(req));

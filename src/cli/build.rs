@@ -148,12 +148,6 @@ fn vertices(graph: &llb::LoadedGraph) -> anyhow::Result<Option<Vertices>> {
     let Some(head) = graph.head else {
         return Ok(None);
     };
-    if graph.head_output != 0 {
-        bail!(
-            "the graph's result is output {} of an op; envkit's engine supports output 0",
-            graph.head_output
-        );
-    }
     let mut sv = Vec::with_capacity(graph.vertices.len());
     let mut ov = Vec::with_capacity(graph.vertices.len());
     for v in &graph.vertices {
@@ -354,7 +348,13 @@ impl Engine {
             parallelism: self.parallelism,
         };
         let result = solver::solve(&sv, root_v, runner, self.reporter.clone(), &opts).await?;
-        Ok(result.snap)
+        let out = result.output(graph.head_output).with_context(|| {
+            format!(
+                "the Definition's result is output {} of an op that has no such output",
+                graph.head_output
+            )
+        })?;
+        Ok(out.snap)
     }
 
     /// Makes the result an image named `name` in the store, and writes the `-o` output.

@@ -1,6 +1,7 @@
 //! ExecOp: one process in a container whose root is an overlay of the input chain; the
 //! overlay's upper dir becomes the output snapshot.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +80,8 @@ pub(super) async fn run(
     let mut readonly_rootfs = false;
     let mut ssh_mounts = Vec::new();
     let mut caches = Vec::new();
+    // Mounts that are outputs: (index in `mounts`, output index, the chain they are over).
+    let mut outs: Vec<(usize, i64, SnapRef)> = Vec::new();
     for m in &exec.mounts {
         match m.mount_type {
             MOUNT_BIND if m.dest == "/" => {
@@ -92,6 +95,38 @@ pub(super) async fn run(
                     root = Some(ctx.input(inputs, m.input)?);
                 }
                 readonly_rootfs = m.readonly;
+            }
+            MOUNT_BIND if m.output == 0 && m.dest != "/" => {
+                return Err(OpsError::Unsupported(format!(
+                    "output 0 from mount {} rather than the root mount",
+                    m.dest
+                )));
+            }
+            MOUNT_BIND if m.output >= 1 && !m.readonly => {
+                // A writable mount whose changes are output `m.output` of the op, over its
+                // input (or an empty dir for scratch).
+                if !m.selector.trim_matches('/').is_empty() {
+                    return Err(OpsError::Unsupported(format!(
+                        "mount {} with both a selector and an output",
+                        m.dest
+                    )));
+                }
+                let over = if m.input < 0 {
+                    SnapRef::scratch()
+                } else {
+                    ctx.input(inputs, m.input)?.snap.clone()
+                };
+                outs.push((mounts.len(), m.output, over.clone()));
+                mounts.push(rootless::Mount {
+                    source: PathBuf::new(),
+                    target: m.dest.clone(),
+                    kind: rootless::MountKind::Layers {
+                        lowers: ctx.worker.snapshots.lowers(&over),
+                        selector: String::new(),
+                        writable: true,
+                        keep: None,
+                    },
+                });
             }
             MOUNT_BIND => {
                 let src = ctx.input(inputs, m.input)?;
@@ -130,6 +165,7 @@ pub(super) async fn run(
                             lowers: ctx.worker.snapshots.lowers(&src.snap),
                             selector: sel.to_string(),
                             writable: !m.readonly,
+                            keep: None,
                         },
                     }),
                 }
@@ -237,8 +273,23 @@ pub(super) async fn run(
     }
     let input_keys: Vec<Res> = inputs.to_vec();
     let key = ctx.cache_key(&input_keys, &[]);
+    let out_key = |n: i64| super::cache_key(&key, &[], &[&format!("output {n}")]);
     let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
+        super::Claim::Cached(mut hit) => {
+            // The other outputs are committed first, so they are normally there too.
+            let mut more = BTreeMap::new();
+            for (_, n, _) in &outs {
+                let k = out_key(*n);
+                if let Some(o) = ctx.cached(&k)? {
+                    more.insert(*n, (o.value.snap, k));
+                }
+            }
+            if more.len() == outs.len() {
+                hit.value.more = more;
+                return Ok(hit);
+            }
+            ctx.worker.snapshots.lock_key(&key).await?
+        }
         super::Claim::Mine(lock) => lock,
     };
 
@@ -266,6 +317,23 @@ pub(super) async fn run(
     }
     let w = &ctx.worker;
     let prepared = w.snapshots.prepare()?;
+    let mut out_prepared = Vec::with_capacity(outs.len());
+    for (i, _, _) in &outs {
+        let p = match w.snapshots.prepare() {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.discard(prepared).await;
+                for p in out_prepared {
+                    ctx.discard(p).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if let rootless::MountKind::Layers { keep, .. } = &mut mounts[*i].kind {
+            *keep = Some((p.fs.clone(), p.work.clone()));
+        }
+        out_prepared.push(p);
+    }
     let req = rootless::Request::Exec(rootless::ExecRequest {
         lowers: w.snapshots.lowers(&base),
         upper: prepared.fs.clone(),
@@ -290,44 +358,58 @@ pub(super) async fn run(
         reporter: ctx.reporter.clone(),
         vertex: ctx.vertex,
     };
-    let code = match w.run_helper(req, Some(sink), Some(tail.clone())).await {
-        Ok(rootless::Response::Exited(rootless::ExitStatus::Code(c))) => c,
+    let ran: Result<i32, OpsError> = match w.run_helper(req, Some(sink), Some(tail.clone())).await {
+        Ok(rootless::Response::Exited(rootless::ExitStatus::Code(c))) => Ok(c),
         // Like a shell: death by signal N reads as exit code 128+N.
-        Ok(rootless::Response::Exited(rootless::ExitStatus::Signal(s))) => 128 + s,
-        Ok(other) => {
-            ctx.discard(prepared).await;
-            return Err(OpsError::Invalid(format!(
-                "unexpected helper answer {other:?}"
-            )));
-        }
+        Ok(rootless::Response::Exited(rootless::ExitStatus::Signal(s))) => Ok(128 + s),
+        Ok(other) => Err(OpsError::Invalid(format!(
+            "unexpected helper answer {other:?}"
+        ))),
         Err(crate::worker::WorkerError::Rootless(rootless::RootlessError::Helper(message))) => {
-            ctx.discard(prepared).await;
-            return Err(OpsError::Helper {
+            Err(OpsError::Helper {
                 what: format!("running {}", command_line(&meta.args)),
                 message,
-            });
+            })
         }
-        Err(e) => {
-            ctx.discard(prepared).await;
-            return Err(e.into());
+        Err(e) => Err(e.into()),
+    };
+    let failed = match ran {
+        Err(e) => Some(e),
+        Ok(code) => {
+            let valid = if meta.valid_exit_codes.is_empty() {
+                code == 0
+            } else {
+                meta.valid_exit_codes.contains(&code)
+            };
+            (!valid).then(|| OpsError::ExecFailed {
+                command: command_line(&meta.args),
+                code,
+                tail: tail
+                    .lock()
+                    .map(|t| t.lines().join("\n"))
+                    .unwrap_or_default(),
+            })
         }
     };
-    let valid = if meta.valid_exit_codes.is_empty() {
-        code == 0
-    } else {
-        meta.valid_exit_codes.contains(&code)
-    };
-    if !valid {
+    if let Some(e) = failed {
         ctx.discard(prepared).await;
-        let tail = tail
-            .lock()
-            .map(|t| t.lines().join("\n"))
-            .unwrap_or_default();
-        return Err(OpsError::ExecFailed {
-            command: command_line(&meta.args),
-            code,
-            tail,
-        });
+        for p in out_prepared {
+            ctx.discard(p).await;
+        }
+        return Err(e);
+    }
+    // Further outputs first: a cached main result then implies them.
+    let mut more = BTreeMap::new();
+    for ((_, n, over), p) in outs.into_iter().zip(out_prepared) {
+        let k = out_key(n);
+        let mut chain = over.chain.clone();
+        chain.push(k.clone());
+        let snap = SnapRef {
+            chain,
+            base: over.base.clone(),
+        };
+        let done = ctx.commit(p, &k, snap).await?;
+        more.insert(n, (done.value.snap, k));
     }
     let mut chain = base.chain.clone();
     chain.push(key.clone());
@@ -335,7 +417,9 @@ pub(super) async fn run(
         chain,
         base: base.base.clone(),
     };
-    ctx.commit(prepared, &key, snap).await
+    let mut done = ctx.commit(prepared, &key, snap).await?;
+    done.value.more = more;
+    Ok(done)
 }
 
 /// The argv as a person would type it.

@@ -91,11 +91,33 @@ pub struct OpVertex {
     pub ignore_cache: bool,
 }
 
-/// A vertex's result: the snapshot chain and the cache key that produced it.
+/// A vertex's result: the snapshot chain and the cache key that produced it (output 0), and
+/// the op's further outputs by index (exec mounts that have an output).
 #[derive(Debug, Clone)]
 pub struct Res {
     pub snap: SnapRef,
     pub key: String,
+    pub more: BTreeMap<i64, (SnapRef, String)>,
+}
+
+impl Res {
+    fn new(snap: SnapRef, key: &str) -> Res {
+        Res {
+            snap,
+            key: key.to_string(),
+            more: BTreeMap::new(),
+        }
+    }
+
+    /// Output `index` of the op as a result of its own.
+    pub fn output(&self, index: i64) -> Option<Res> {
+        if index == 0 {
+            return Some(Res::new(self.snap.clone(), &self.key));
+        }
+        self.more
+            .get(&index)
+            .map(|(snap, key)| Res::new(snap.clone(), key))
+    }
 }
 
 /// Runs the ops of one Definition.
@@ -178,14 +200,17 @@ impl Ctx {
 
     async fn run(&self, inputs: Vec<Res>) -> Result<Outcome<Res>, OpsError> {
         let v = self.me();
-        for inp in &v.op.inputs {
-            if inp.index != 0 {
-                return Err(OpsError::Unsupported(format!(
-                    "an input from output {} of an op",
-                    inp.index
-                )));
-            }
+        // Each input is the output of its op that the Definition names.
+        let mut picked = Vec::with_capacity(inputs.len());
+        for (inp, res) in v.op.inputs.iter().zip(&inputs) {
+            picked.push(res.output(inp.index).ok_or_else(|| {
+                OpsError::Invalid(format!(
+                    "input {} names output {} of an op that has no such output",
+                    inp.digest, inp.index
+                ))
+            })?);
         }
+        let inputs = picked;
         match &v.op.op {
             Some(pb::op::Op::Source(src)) => source::run(self, src).await,
             Some(pb::op::Op::Exec(exec)) => exec::run(self, exec, &inputs).await,
@@ -227,10 +252,7 @@ impl Ctx {
             return Ok(None);
         }
         Ok(self.worker.snapshots.lookup(key)?.map(|snap| Outcome {
-            value: Res {
-                snap,
-                key: key.to_string(),
-            },
+            value: Res::new(snap, key),
             cached: true,
         }))
     }
@@ -247,10 +269,7 @@ impl Ctx {
             self.worker.remove_tree(&dir).await?;
         }
         Ok(Outcome {
-            value: Res {
-                snap,
-                key: key.to_string(),
-            },
+            value: Res::new(snap, key),
             cached: false,
         })
     }
