@@ -622,29 +622,7 @@ fn io_http_downloads_a_checked_file() {
         )
     };
     let ctx = env.context_with("http", &file(server.port, &sum));
-    let tar = env.dir.join("http.tar");
-    let out = env.envkit(&[
-        "build",
-        "-p",
-        ctx.to_str().unwrap(),
-        "-o",
-        &format!("type=oci,dest={}", tar.display()),
-    ]);
-    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
-    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
-    assert!(out.status.success(), "podman load: {}", stderr(&out));
-    let out = env.podman(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "http:dev",
-        "sh",
-        "-c",
-        "cat /opt/stat /opt/copy",
-    ]);
-    assert!(out.status.success(), "podman run: {}", stderr(&out));
-    let text = stdout(&out);
+    let text = build_and_run(&env, &ctx, "http", "cat /opt/stat /opt/copy");
     assert!(text.starts_with(&format!("{}_600\n", env.uid())), "{text}");
     assert!(text.ends_with("col1,col2\n1,2\n"), "{text}");
 
@@ -1424,29 +1402,12 @@ fn the_copy_snapshotter_builds_a_runnable_image() {
     );
     std::fs::write(ctx.join("hello.txt"), "hello from the context\n").unwrap();
     env.chown(&ctx);
-    let tar = env.dir.join("copysnap.tar");
-    let out = env.envkit(&[
-        "build",
-        "-p",
-        ctx.to_str().unwrap(),
-        "-o",
-        &format!("type=oci,dest={}", tar.display()),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
-    assert!(out.status.success(), "podman load: {}", stderr(&out));
-    let out = env.podman(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "copysnap:dev",
-        "sh",
-        "-c",
+    let text = build_and_run(
+        &env,
+        &ctx,
+        "copysnap",
         "cat /opt/hello.txt /made-copy; test -e /x/y/z && echo z-there; test -e /etc/issue || echo issue-gone; echo root-was-$(cat /rootfs-type)",
-    ]);
-    assert!(out.status.success(), "podman run: {}", stderr(&out));
-    let text = stdout(&out);
+    );
     for want in [
         "hello from the context",
         "made",
@@ -1592,4 +1553,33 @@ fn step_said(log: &str, what: &str) -> bool {
             && parts.next().is_some_and(|t| t.parse::<f64>().is_ok())
             && l.trim_end().ends_with(what)
     })
+}
+
+/// Builds the context `ctx` (its image named `<name>:dev`) to an OCI tar, loads it into podman
+/// and runs `script` in it without a network; returns what the script printed.
+fn build_and_run(env: &TestEnv, ctx: &std::path::Path, name: &str, script: &str) -> String {
+    let tar = env.dir.join(format!("{name}.tar"));
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
+    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", stderr(&out));
+    let image = format!("{name}:dev");
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "podman run: {}", stderr(&out));
+    stdout(&out)
 }

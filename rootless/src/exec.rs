@@ -168,18 +168,7 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     }
     if ov.is_copy() {
         // The copy's tree is diffed as it is: the mount points made for the step go first.
-        for rel in created.iter().rev() {
-            let p = root.join(rel);
-            match std::fs::symlink_metadata(&p) {
-                Ok(md) if md.is_dir() => {
-                    let _ = std::fs::remove_dir(&p);
-                }
-                Ok(md) if md.is_file() && md.len() == 0 => {
-                    let _ = std::fs::remove_file(&p);
-                }
-                _ => {}
-            }
-        }
+        remove_mount_points(&root, &created);
         if res.is_ok() {
             ov.finish()?;
         }
@@ -187,18 +176,7 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     drop(ov);
     let lowers = r.lowers.clone();
     // Mount points we created must not end up in the layer.
-    for rel in created.iter().rev() {
-        let p = r.upper.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(md) if md.is_dir() => {
-                let _ = std::fs::remove_dir(&p);
-            }
-            Ok(md) if md.is_file() && md.len() == 0 => {
-                let _ = std::fs::remove_file(&p);
-            }
-            _ => {}
-        }
-    }
+    remove_mount_points(&r.upper, &created);
     // Existing parents were copied up only because we created a mount point in them: drop
     // them again when they are empty and unchanged.
     let mut parents: Vec<PathBuf> = created
@@ -212,6 +190,23 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
         drop_unchanged_copy_up(&r.upper, &lowers, rel);
     }
     res
+}
+
+/// Removes the mount points made for a step (empty dirs and files, deepest first) under
+/// `base`.
+fn remove_mount_points(base: &Path, created: &[PathBuf]) {
+    for rel in created.iter().rev() {
+        let p = base.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {
+                let _ = std::fs::remove_dir(&p);
+            }
+            Ok(md) if md.is_file() && md.len() == 0 => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Brings up `lo` in a fresh network namespace (it starts down).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use super::{BuildArgs, Cli, LlbArgs, PruneArgs, SolveArgs, SourceArgs};
+use super::{BuildArgs, Cli, EngineArgs, LlbArgs, PruneArgs, SolveArgs, SourceArgs};
 use crate::config::{self, Config};
 use crate::export::{self, Output};
 use crate::frontend;
@@ -258,23 +258,12 @@ fn load_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, rootless::S
     Ok(out)
 }
 
-/// What `build` and `solve` share on their command lines.
-struct RunOpts<'a> {
-    ca_bundle: Option<PathBuf>,
-    parallelism: Option<usize>,
-    secrets: &'a [String],
-    ssh: &'a [String],
-    progress: &'a str,
-    no_cache: bool,
-    allow: &'a [String],
-}
-
 impl Engine {
-    async fn open(cli: &Cli, o: RunOpts<'_>) -> anyhow::Result<Engine> {
-        let secrets = Arc::new(load_secrets(o.secrets)?);
-        let ssh = Arc::new(load_ssh(o.ssh)?);
+    async fn open(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Engine> {
+        let secrets = Arc::new(load_secrets(&o.secret)?);
+        let ssh = Arc::new(load_ssh(&o.ssh)?);
         let mut entitlements = std::collections::BTreeSet::new();
-        for a in o.allow {
+        for a in &o.allow {
             match a.as_str() {
                 "network.host" | "security.insecure" => {
                     entitlements.insert(a.clone());
@@ -284,7 +273,7 @@ impl Engine {
                 ),
             }
         }
-        let (ca_bundle, parallelism, progress) = (o.ca_bundle, o.parallelism, o.progress);
+        let (ca_bundle, parallelism, progress) = (o.ca_bundle.clone(), o.parallelism, &o.progress);
         let cfg = Config::load(cli.config.as_deref())?;
         let root = config::store_root(cli.root.as_deref());
         let ca_bundle = ca_bundle.or_else(|| cfg.worker.ca_bundle.clone());
@@ -434,19 +423,7 @@ fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
-    let engine = Engine::open(
-        cli,
-        RunOpts {
-            ca_bundle: args.ca_bundle.clone(),
-            parallelism: args.parallelism,
-            secrets: &args.secret,
-            ssh: &args.ssh,
-            progress: &args.progress,
-            no_cache: args.no_cache,
-            allow: &args.allow,
-        },
-    )
-    .await?;
+    let engine = Engine::open(cli, &args.engine).await?;
     let res = build_with(&engine, args, output).await;
     engine.reporter.finish();
     res
@@ -506,19 +483,7 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
         locals.insert(name.to_string(), dir);
     }
-    let engine = Engine::open(
-        cli,
-        RunOpts {
-            ca_bundle: args.ca_bundle.clone(),
-            parallelism: args.parallelism,
-            secrets: &args.secret,
-            ssh: &args.ssh,
-            progress: &args.progress,
-            no_cache: args.no_cache,
-            allow: &args.allow,
-        },
-    )
-    .await?;
+    let engine = Engine::open(cli, &args.engine).await?;
     let started = std::time::Instant::now();
     let res = async {
         let snap = engine.solve(&bytes, locals).await?;

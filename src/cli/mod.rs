@@ -88,6 +88,13 @@ pub struct BuildArgs {
     /// Output, buildctl-style: `type=oci,dest=FILE[,name=REF]` or `type=image,name=REF`.
     #[arg(short = 'o', long = "output")]
     pub output: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// What `build` and `solve` tell the engine.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
     /// Host CA bundle that build steps trust (overrides `[worker] ca-bundle`).
     #[arg(long = "ca-bundle", value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
@@ -149,27 +156,8 @@ pub struct SolveArgs {
     /// Output, buildctl-style (as for `build`).
     #[arg(short = 'o', long = "output")]
     pub output: Option<String>,
-    /// Host CA bundle that build steps trust.
-    #[arg(long = "ca-bundle", value_name = "FILE")]
-    pub ca_bundle: Option<PathBuf>,
-    /// How many steps may run at once.
-    #[arg(long, value_name = "N")]
-    pub parallelism: Option<usize>,
-    /// A secret: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable).
-    #[arg(long, value_name = "SPEC")]
-    pub secret: Vec<String>,
-    /// An ssh agent: `ID[=SOCKET]` (repeatable), as for `build`.
-    #[arg(long, value_name = "ID[=SOCKET]")]
-    pub ssh: Vec<String>,
-    /// Run every exec and file op again, as for `build`.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Grant an entitlement (`network.host`, `security.insecure`), as for `build`.
-    #[arg(long, value_name = "ENTITLEMENT")]
-    pub allow: Vec<String>,
-    /// Progress output (as for `build`).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
-    pub progress: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
