@@ -278,9 +278,7 @@ fn merged_branches_run_concurrently_and_a_warm_solve_runs_nothing() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = env.dir.join("parallel.pb");
-    std::fs::write(&pb, def.to_bytes()).unwrap();
-    env.chown(&pb);
+    let pb = def_file(&env, "parallel", &def);
     let args = [
         "solve",
         pb.to_str().unwrap(),
@@ -486,9 +484,7 @@ fn a_secret_reaches_the_step_and_no_layer() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = env.dir.join("secret.pb");
-    std::fs::write(&pb, def.to_bytes()).unwrap();
-    env.chown(&pb);
+    let pb = def_file(&env, "secret", &def);
     let missing = env.envkit(&["solve", pb.to_str().unwrap()]);
     assert!(!missing.status.success());
     assert!(
@@ -828,9 +824,7 @@ fn network_none_isolates_a_step_and_extra_hosts_are_added() {
     )
     .marshal(&llb::MarshalOptions::default())
     .expect("marshal");
-    let pb_path = env.dir.join("net.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "net", &def);
     let out = env.envkit(&["solve", pb_path.to_str().unwrap()]);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
@@ -872,9 +866,7 @@ fn local_source_patterns_filter_the_context_and_its_key() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = env.dir.join("patterns.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "patterns", &def);
     let local_arg = format!("src={}", ctx.display());
     let solve = || {
         env.envkit(&[
@@ -933,9 +925,7 @@ fn an_ssh_mount_forwards_the_agent_to_a_non_root_step() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = env.dir.join("ssh.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "ssh", &def);
     let out = env.envkit(&[
         "solve",
         "--progress",
@@ -1140,9 +1130,7 @@ fn git_sources_check_out_refs_and_follow_new_commits() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = env.dir.join("git.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "git", &def);
     let solve = || env.envkit(&["solve", "--progress", "plain", pb_path.to_str().unwrap()]);
     let out = solve();
     let log = stderr(&out);
@@ -1308,9 +1296,7 @@ fn ulimits_exit_codes_and_entitlements() {
     )
     .marshal(&llb::MarshalOptions::default())
     .expect("marshal");
-    let pb_path = env.dir.join("execopts.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "execopts", &def);
     let p = pb_path.to_str().unwrap();
     let refused = env.envkit(&["solve", "--progress", "plain", p]);
     let log = stderr(&refused);
@@ -1463,9 +1449,7 @@ fn cache_mount_sharing_modes() {
     let def = llb::merge(&inputs, Constraints::new())
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = env.dir.join("sharing.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "sharing", &def);
     let out = env.envkit(&[
         "solve",
         "--progress",
@@ -1525,9 +1509,7 @@ fn an_exec_mount_output_is_a_result_of_its_own() {
     let def = check
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = env.dir.join("mountout.pb");
-    std::fs::write(&pb_path, def.to_bytes()).unwrap();
-    env.chown(&pb_path);
+    let pb_path = def_file(&env, "mountout", &def);
     let solve = || env.envkit(&["solve", "--progress", "plain", pb_path.to_str().unwrap()]);
     let out = solve();
     let log = stderr(&out);
@@ -1582,4 +1564,12 @@ fn build_and_run(env: &TestEnv, ctx: &std::path::Path, name: &str, script: &str)
     ]);
     assert!(out.status.success(), "podman run: {}", stderr(&out));
     stdout(&out)
+}
+
+/// Writes a marshalled Definition into the test dir (owned by the test user) as `<name>.pb`.
+fn def_file(env: &TestEnv, name: &str, def: &envkit::llb::Definition) -> std::path::PathBuf {
+    let p = env.dir.join(format!("{name}.pb"));
+    std::fs::write(&p, def.to_bytes()).unwrap();
+    env.chown(&p);
+    p
 }
