@@ -1573,3 +1573,111 @@ fn def_file(env: &TestEnv, name: &str, def: &envkit::llb::Definition) -> std::pa
     env.chown(&p);
     p
 }
+
+/// The other exporters: `type=docker` loads in podman, `type=tar` is the root filesystem
+/// with the image's owners, `type=local` writes it into a directory owned by the user, and
+/// `compression=zstd` gives zstd layers skopeo reads.
+#[test]
+fn docker_tar_local_and_zstd_exports() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("exporters");
+    let def = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(Run::args([
+            "sh",
+            "-c",
+            "echo exported > /made; chown 42:42 /made; rm /bin/cat",
+        ]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "exporters", &def);
+    let solve = |out: &str| {
+        let o = env.envkit(&[
+            "solve",
+            "-t",
+            "exporters:dev",
+            "-o",
+            out,
+            pb.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "-o {out}: {}", stderr(&o));
+    };
+    // docker save format, loaded by podman.
+    let docker = env.dir.join("docker.tar");
+    solve(&format!("type=docker,dest={}", docker.display()));
+    let out = env.podman(&["load", "-i", docker.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", stderr(&out));
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "exporters:dev",
+        "sh",
+        "-c",
+        "cat /made; stat -c %u:%g /made; test -e /bin/cat || echo cat-gone",
+    ]);
+    assert!(out.status.success(), "podman run: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("exported") && text.contains("42:42") && text.contains("cat-gone"),
+        "{text}"
+    );
+
+    // The root filesystem as one tar, with the image's ids; the whiteout applied.
+    let rootfs = env.dir.join("rootfs.tar");
+    solve(&format!("type=tar,dest={}", rootfs.display()));
+    let mut ar = tar::Archive::new(std::fs::File::open(&rootfs).unwrap());
+    let mut made = None;
+    let mut names = Vec::new();
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        if p == "made" {
+            made = Some((e.header().uid().unwrap(), e.header().gid().unwrap()));
+        }
+        names.push(p);
+    }
+    assert_eq!(made, Some((42, 42)), "{names:?}");
+    assert!(names.iter().any(|n| n == "bin/sh"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "bin/cat" || n.contains(".wh.")),
+        "{names:?}"
+    );
+
+    // A directory owned by the user.
+    let dir = env.dir.join("local-out");
+    solve(&format!("type=local,dest={}", dir.display()));
+    let md = std::fs::symlink_metadata(dir.join("made")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(md.uid(), env.uid());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("made")).unwrap(),
+        "exported\n"
+    );
+    assert!(!dir.join("bin/cat").exists());
+
+    // zstd layers in an OCI layout.
+    let zst = env.dir.join("zstd.tar");
+    solve(&format!("type=oci,dest={},compression=zstd", zst.display()));
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", zst.display()))
+        .output()
+        .expect("skopeo");
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        raw.contains("application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+        "the base layer keeps gzip: {raw}"
+    );
+}

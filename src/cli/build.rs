@@ -369,23 +369,80 @@ impl Engine {
         if meta::Meta::peek_image(&self.root, name).as_ref() != Some(&record) {
             meta::Meta::open(&self.root)?.put_image(name, &record)?;
         }
+        let ref_for = |n: Option<String>| -> anyhow::Result<String> {
+            Ok(match n {
+                Some(n) => full_name(&n)?,
+                None => name.to_string(),
+            })
+        };
+        let content = &self.worker.content;
         match output {
             None | Some(Output::Image { .. }) => {}
             Some(Output::Oci {
                 dest,
                 name: oci_name,
+                compression,
             }) => {
-                let ref_name = match oci_name {
-                    Some(n) => full_name(&n)?,
-                    None => name.to_string(),
-                };
+                let ref_name = ref_for(oci_name)?;
                 self.reporter.event(Event::Note(format!(
                     "writing OCI image layout to {}",
                     dest.display()
                 )));
-                let manifest =
-                    export::gzip_manifest(&assembled.manifest_descriptor, &self.worker.content)?;
-                export::oci_tar(&dest, &manifest, &ref_name, &self.worker.content)?;
+                let manifest = export::convert_manifest(
+                    &assembled.manifest_descriptor,
+                    content,
+                    &compression,
+                )?;
+                export::oci_tar(&dest, &manifest, &ref_name, content)?;
+            }
+            Some(Output::Docker {
+                dest,
+                name: docker_name,
+                compression,
+            }) => {
+                let ref_name = ref_for(docker_name)?;
+                self.reporter.event(Event::Note(format!(
+                    "writing docker image tarball to {}",
+                    dest.display()
+                )));
+                export::docker_tar(
+                    &dest,
+                    &assembled.manifest_descriptor,
+                    &ref_name,
+                    content,
+                    &compression,
+                )?;
+            }
+            Some(Output::Tar { dest }) => {
+                self.reporter.event(Event::Note(format!(
+                    "writing the root filesystem as a tar to {}",
+                    dest.display()
+                )));
+                let tar = rootfs_tar(&self.worker, &assembled.layers).await?;
+                export::write_to_dest(&dest, |out| {
+                    let mut f = std::fs::File::open(tar.path()).map_err(|source| {
+                        export::ExportError::Io {
+                            path: tar.path().to_path_buf(),
+                            source,
+                        }
+                    })?;
+                    std::io::copy(&mut f, out).map_err(|source| export::ExportError::Io {
+                        path: dest.clone(),
+                        source,
+                    })?;
+                    Ok(())
+                })?;
+            }
+            Some(Output::Local { dest }) => {
+                self.reporter.event(Event::Note(format!(
+                    "writing the root filesystem into {}",
+                    dest.display()
+                )));
+                let tar = rootfs_tar(&self.worker, &assembled.layers).await?;
+                let notes = extract_as_user(tar.path(), &dest)?;
+                for n in notes {
+                    self.reporter.event(Event::Note(n));
+                }
             }
         }
         self.reporter.event(Event::Note(format!(
@@ -798,6 +855,93 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
         out.write_all(graph.to_json_lines().as_bytes())?;
     }
     Ok(())
+}
+
+/// The root filesystem of an image's layers (base first) as one tar in a temporary file: the
+/// helper unpacks the layers in the user namespace (whiteouts applied, ids as in the image)
+/// and tars the result with the image's ids.
+async fn rootfs_tar(
+    worker: &Worker,
+    layers: &[oci_spec::image::Descriptor],
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut files = Vec::with_capacity(layers.len());
+    for l in layers {
+        let compression = match export::Compression::of(l.media_type()) {
+            Some(export::Compression::Gzip) => rootless::Compression::Gzip,
+            Some(export::Compression::Uncompressed) => rootless::Compression::None,
+            _ => bail!(
+                "layer {} is {}: envkit unpacks gzip and plain layers",
+                l.digest(),
+                l.media_type()
+            ),
+        };
+        files.push(rootless::LayerFile {
+            path: worker.content.path(l.digest())?,
+            compression,
+        });
+    }
+    let dir = worker.snapshots.temp_dir()?;
+    let rootfs = dir.path().join("rootfs");
+    let out = worker.snapshots.temp_file()?;
+    let res = async {
+        worker
+            .run_helper(
+                rootless::Request::Unpack {
+                    layers: files,
+                    dest: rootfs.clone(),
+                },
+                None,
+                None,
+            )
+            .await
+            .context("unpacking the image's layers")?;
+        worker
+            .run_helper(
+                rootless::Request::DiffTar {
+                    upper: rootfs.clone(),
+                    out: out.path().to_path_buf(),
+                },
+                None,
+                None,
+            )
+            .await
+            .context("writing the root filesystem tar")?;
+        anyhow::Ok(())
+    }
+    .await;
+    // The unpacked files belong to subordinate ids: only the helper removes them.
+    let dir = dir.keep();
+    let cleaned = worker.remove_tree(&dir).await;
+    res?;
+    cleaned.context("removing the unpacked root filesystem")?;
+    Ok(out)
+}
+
+/// Extracts a root filesystem tar into `dest` as the user running envkit: every file is
+/// theirs (ids in the image cannot be kept outside the user namespace), entries that would
+/// land outside `dest` are refused, device nodes are skipped. Returns notes on skipped entries.
+fn extract_as_user(tar: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let dest = std::fs::canonicalize(dest).with_context(|| format!("{}", dest.display()))?;
+    let f = std::fs::File::open(tar).with_context(|| format!("{}", tar.display()))?;
+    let me = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let mut notes = Vec::new();
+    rootless::unpack_tar(
+        std::io::BufReader::new(f),
+        tar,
+        &dest,
+        &mut notes,
+        rootless::TarMode {
+            layer: false,
+            owner: Some(me),
+            mtime: None,
+        },
+    )
+    .with_context(|| format!("extracting into {}", dest.display()))?;
+    Ok(notes)
 }
 
 #[cfg(test)]

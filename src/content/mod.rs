@@ -99,20 +99,6 @@ impl Store {
         Ok(Store { blobs, ingest })
     }
 
-    /// The remembered gzip form of an uncompressed layer blob, if it is still in the store.
-    pub fn gzip_of(&self, digest: &Digest) -> Option<oci_spec::image::Descriptor> {
-        let d: oci_spec::image::Descriptor =
-            serde_json::from_slice(&self.read_note("gzip", digest.digest())?).ok()?;
-        self.has(d.digest()).then_some(d)
-    }
-
-    /// Remembers the gzip form of an uncompressed layer blob (best effort: a cache).
-    pub fn set_gzip_of(&self, digest: &Digest, gz: &oci_spec::image::Descriptor) {
-        if let Ok(bytes) = serde_json::to_vec(gz) {
-            self.write_note("gzip", digest.digest(), &bytes);
-        }
-    }
-
     /// A small note kept beside the blobs (`content/<kind>/<key>.json`): caches that may be
     /// lost at any time. `key` must be a plain file name.
     pub fn read_note(&self, kind: &str, key: &str) -> Option<Vec<u8>> {

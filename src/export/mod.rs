@@ -13,7 +13,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
 use oci_spec::image::{Descriptor, Digest, ImageManifest, MediaType};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -22,7 +21,12 @@ use thiserror::Error;
 use crate::content::{self, ContentError, Store};
 use crate::image::{self, NewLayer};
 
+mod compress;
+mod docker;
 mod pgzip;
+
+pub use compress::{Compression, CompressionOpts, convert_manifest};
+pub use docker::docker_tar;
 
 /// Errors of the exporters.
 #[derive(Debug, Error)]
@@ -64,7 +68,7 @@ pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, Export
     pgzip::compress(
         io::BufReader::with_capacity(256 * 1024, input),
         &mut writer,
-        Compression::default(),
+        flate2::Compression::default(),
         threads,
         |chunk| raw.update(chunk),
     )
@@ -91,54 +95,32 @@ pub fn raw_layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, Ex
     })
 }
 
-/// The manifest an image is exported with: layers kept uncompressed in the store are
-/// replaced by their gzip form (compressed on all cores the first time, remembered after).
-/// A manifest with nothing to compress is returned as it is.
+/// The manifest an image is exported with by default: layers kept uncompressed in the store
+/// are gzip-compressed (on all cores the first time, remembered after).
 pub fn gzip_manifest(manifest: &Descriptor, store: &Store) -> Result<Descriptor, ExportError> {
-    let bytes = store.read_blob(manifest.digest())?;
-    let mut parsed: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| ExportError::Manifest {
-            digest: manifest.digest().to_string(),
-            message: format!("not an image manifest: {e}"),
-        })?;
-    let mut changed = false;
-    let mut layers = parsed.layers().clone();
-    for l in &mut layers {
-        if *l.media_type() != MediaType::ImageLayer {
-            continue;
-        }
-        let gz = match store.gzip_of(l.digest()) {
-            Some(gz) => gz,
-            None => {
-                let path = store.path(l.digest())?;
-                let layer = layer_from_tar(&path, store)?;
-                store.set_gzip_of(l.digest(), &layer.descriptor);
-                layer.descriptor
-            }
-        };
-        *l = gz;
-        changed = true;
-    }
-    if !changed {
-        return Ok(manifest.clone());
-    }
-    parsed.set_layers(layers);
-    let out = serde_json::to_vec(&parsed).map_err(|e| ExportError::Manifest {
-        digest: manifest.digest().to_string(),
-        message: e.to_string(),
-    })?;
-    let info = store.write_blob(&out)?;
-    let mut d = manifest.clone();
-    d.set_size(info.size);
-    d.set_digest(info.digest);
-    Ok(d)
+    compress::convert_manifest(manifest, store, &CompressionOpts::default())
 }
 
 /// Where `-o` sends the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// `type=oci,dest=FILE[,name=REF]`: an OCI image-layout tarball; `dest=-` is stdout.
-    Oci { dest: PathBuf, name: Option<String> },
+    Oci {
+        dest: PathBuf,
+        name: Option<String>,
+        compression: CompressionOpts,
+    },
+    /// `type=docker,dest=FILE[,name=REF]`: a `docker save` tarball (`docker load`,
+    /// `podman load`).
+    Docker {
+        dest: PathBuf,
+        name: Option<String>,
+        compression: CompressionOpts,
+    },
+    /// `type=tar,dest=FILE`: the image's root filesystem as one tar.
+    Tar { dest: PathBuf },
+    /// `type=local,dest=DIR`: the root filesystem written into a directory, owned by the user.
+    Local { dest: PathBuf },
     /// `type=image[,name=REF]`: envkit's own image store (the default).
     Image { name: Option<String> },
 }
@@ -165,7 +147,8 @@ fn split_csv(s: &str) -> Vec<String> {
 }
 
 /// Parses one `-o` / `--output` value the way `buildctl` does:
-/// `type=oci,dest=/tmp/x.tar[,name=…]` or `type=image[,name=…]`.
+/// `type=oci|docker,dest=FILE[,name=…][,compression=…][,compression-level=N]
+/// [,force-compression=true]`, `type=tar|local,dest=…` or `type=image[,name=…]`.
 pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
     let err = |message: String| ExportError::Output {
         spec: spec.to_string(),
@@ -174,6 +157,8 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
     let mut typ = None;
     let mut dest = None;
     let mut name = None;
+    let mut compression = CompressionOpts::default();
+    let mut compression_set = false;
     for field in split_csv(spec) {
         let field = field.trim();
         if field.is_empty() {
@@ -187,28 +172,94 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
             "type" => typ = Some(v),
             "dest" => dest = Some(v),
             "name" => name = Some(v),
+            "compression" => {
+                compression.kind = Compression::parse(&v).ok_or_else(|| {
+                    err(format!(
+                        "compression {v:?} (known: gzip, zstd, uncompressed)"
+                    ))
+                })?;
+                compression_set = true;
+            }
+            "compression-level" => {
+                compression.level = Some(
+                    v.parse()
+                        .map_err(|_| err(format!("compression-level {v:?} is not a number")))?,
+                );
+                compression_set = true;
+            }
+            "force-compression" => {
+                compression.force = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(err(format!("force-compression {v:?} (want true or false)"))),
+                };
+                compression_set = true;
+            }
             "output" | "out" | "path" | "file" => {
                 return Err(err(format!("unknown key {k:?} (did you mean dest=?)")));
             }
             other => {
                 return Err(err(format!(
-                    "unknown key {other:?} (known: type, dest, name)"
+                    "unknown key {other:?} (known: type, dest, name, compression, \
+                     compression-level, force-compression)"
                 )));
             }
         }
     }
+    compression.validate().map_err(err)?;
     let Some(typ) = typ else {
         return Err(err("missing type= (e.g. type=oci,dest=image.tar)".into()));
     };
+    let name = name.filter(|n| !n.is_empty());
+    let dest = dest.filter(|d| !d.is_empty()).map(PathBuf::from);
+    let need_dest = |what: &str| {
+        dest.clone()
+            .ok_or_else(|| err(format!("type={typ} needs dest={what}")))
+    };
+    let no_compression = |t: &str| {
+        if compression_set {
+            Err(err(format!("type={t} takes no compression options")))
+        } else {
+            Ok(())
+        }
+    };
     match typ.as_str() {
-        "oci" => {
-            let Some(dest) = dest.filter(|d| !d.is_empty()) else {
-                return Err(err("type=oci needs dest=FILE (or dest=- for stdout)".into()));
-            };
-            Ok(Output::Oci {
-                dest: PathBuf::from(dest),
-                name: name.filter(|n| !n.is_empty()),
+        "oci" => Ok(Output::Oci {
+            dest: need_dest("FILE (or dest=- for stdout)")?,
+            name,
+            compression,
+        }),
+        "docker" => {
+            if compression.kind == Compression::Zstd {
+                return Err(err(
+                    "type=docker cannot carry zstd layers (docker load reads gzip or plain tars)"
+                        .into(),
+                ));
+            }
+            // docker save writes plain layer tars; gzip only when asked for.
+            let mut compression = compression;
+            if !compression_set {
+                compression.kind = Compression::Uncompressed;
+            }
+            Ok(Output::Docker {
+                dest: need_dest("FILE (or dest=- for stdout)")?,
+                name,
+                compression,
             })
+        }
+        "tar" => {
+            no_compression("tar")?;
+            Ok(Output::Tar {
+                dest: need_dest("FILE (or dest=- for stdout)")?,
+            })
+        }
+        "local" => {
+            no_compression("local")?;
+            let dest = need_dest("DIR")?;
+            if dest == Path::new("-") {
+                return Err(err("type=local writes a directory: dest=- is for tar outputs".into()));
+            }
+            Ok(Output::Local { dest })
         }
         "image" => {
             if dest.is_some() {
@@ -216,15 +267,15 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
                     "type=image takes no dest= (use type=oci for a file)".into()
                 ));
             }
-            Ok(Output::Image {
-                name: name.filter(|n| !n.is_empty()),
-            })
+            no_compression("image (envkit's store keeps its own layers uncompressed)")?;
+            Ok(Output::Image { name })
         }
-        "docker" | "local" | "tar" | "registry" => Err(err(format!(
-            "output type {typ:?} is not implemented yet (supported: oci, image)"
-        ))),
+        "registry" => Err(err(
+            "output type \"registry\" is not implemented yet (supported: image, oci, docker, tar, local)"
+                .into(),
+        )),
         other => Err(err(format!(
-            "unknown output type {other:?} (supported: oci, image)"
+            "unknown output type {other:?} (supported: image, oci, docker, tar, local)"
         ))),
     }
 }
@@ -339,9 +390,22 @@ pub fn oci_tar(
     name: &str,
     store: &Store,
 ) -> Result<(), ExportError> {
+    write_to_dest(dest, |out| {
+        write_layout(out, manifest, name, store)?;
+        Ok(())
+    })
+}
+
+/// Runs `write` on `dest`: stdout for `-`; otherwise a temporary file in `dest`'s directory,
+/// synced and renamed into place only when everything was written (a failure leaves nothing).
+pub fn write_to_dest(
+    dest: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
     if dest == Path::new("-") {
         let stdout = io::stdout();
-        let mut out = write_layout(BufWriter::new(stdout.lock()), manifest, name, store)?;
+        let mut out = BufWriter::new(stdout.lock());
+        write(&mut out)?;
         out.flush().map_err(io_err(dest))?;
         return Ok(());
     }
@@ -354,7 +418,8 @@ pub fn oci_tar(
         .tempfile_in(&dir)
         .map_err(io_err(&dir))?;
     let (file, tmp_path) = tmp.into_parts();
-    let out = write_layout(BufWriter::new(file), manifest, name, store)?;
+    let mut out = BufWriter::new(file);
+    write(&mut out)?;
     let file = out.into_inner().map_err(|e| io_err(dest)(e.into_error()))?;
     file.sync_all().map_err(io_err(dest))?;
     tmp_path.persist(dest).map_err(|e| ExportError::Io {
@@ -374,14 +439,16 @@ mod tests {
             parse_output("type=oci,dest=/tmp/x.tar").unwrap(),
             Output::Oci {
                 dest: "/tmp/x.tar".into(),
-                name: None
+                name: None,
+                compression: CompressionOpts::default(),
             }
         );
         assert_eq!(
             parse_output("type=oci,dest=-,name=docker.io/library/a:1").unwrap(),
             Output::Oci {
                 dest: "-".into(),
-                name: Some("docker.io/library/a:1".into())
+                name: Some("docker.io/library/a:1".into()),
+                compression: CompressionOpts::default(),
             }
         );
         assert_eq!(
@@ -394,8 +461,44 @@ mod tests {
             parse_output(r#"type=oci,"dest=/tmp/a,b.tar""#).unwrap(),
             Output::Oci {
                 dest: "/tmp/a,b.tar".into(),
-                name: None
+                name: None,
+                compression: CompressionOpts::default(),
             }
+        );
+        assert_eq!(
+            parse_output("type=docker,dest=d.tar,compression=uncompressed").unwrap(),
+            Output::Docker {
+                dest: "d.tar".into(),
+                name: None,
+                compression: CompressionOpts {
+                    kind: Compression::Uncompressed,
+                    level: None,
+                    force: false,
+                },
+            }
+        );
+        assert_eq!(
+            parse_output(
+                "type=oci,dest=o.tar,compression=zstd,compression-level=9,force-compression=true"
+            )
+            .unwrap(),
+            Output::Oci {
+                dest: "o.tar".into(),
+                name: None,
+                compression: CompressionOpts {
+                    kind: Compression::Zstd,
+                    level: Some(9),
+                    force: true,
+                },
+            }
+        );
+        assert_eq!(
+            parse_output("type=tar,dest=-").unwrap(),
+            Output::Tar { dest: "-".into() }
+        );
+        assert_eq!(
+            parse_output("type=local,dest=out").unwrap(),
+            Output::Local { dest: "out".into() }
         );
     }
 
@@ -405,7 +508,12 @@ mod tests {
         assert!(msg("type=oci,output=/x").contains("did you mean dest="));
         assert!(msg("type=oci").contains("needs dest="));
         assert!(msg("type=foo,dest=x").contains("unknown output type \"foo\""));
-        assert!(msg("type=docker,dest=x").contains("not implemented yet"));
+        assert!(msg("type=registry,name=x").contains("not implemented yet"));
+        assert!(msg("type=docker,dest=x,compression=zstd").contains("zstd"));
+        assert!(msg("type=oci,dest=x,compression=lz4").contains("known: gzip"));
+        assert!(msg("type=oci,dest=x,compression-level=12").contains("gzip 0-9"));
+        assert!(msg("type=local,dest=-").contains("directory"));
+        assert!(msg("type=tar,dest=x,compression=gzip").contains("no compression"));
         assert!(msg("dest=x").contains("missing type="));
         assert!(msg("type=oci,dest=x,bogus=1").contains("unknown key \"bogus\""));
         assert!(msg("type=oci,dest").contains("not key=value"));
