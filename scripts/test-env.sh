@@ -31,7 +31,7 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
           jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
-          openssh-client)
+          openssh-client apache2-utils)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then
@@ -77,6 +77,33 @@ if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
   fi
 fi
 curl -fsS --noproxy '*' "http://$REGISTRY/v2/" >/dev/null || { say "registry did not start"; exit 1; }
+
+# A second registry that wants basic auth (htpasswd): pushes and authenticated pulls.
+AUTH_PORT=${ENVKIT_TEST_AUTH_PORT:-$((PORT + 1))}
+AUTH_REGISTRY=127.0.0.1:$AUTH_PORT
+AUTH_CREDS=envkit:envkit-test-secret
+mkdir -p "$CACHE/auth-registry"
+htpasswd -Bbn "${AUTH_CREDS%%:*}" "${AUTH_CREDS#*:}" >"$CACHE/auth-registry/htpasswd"
+cat >"$CACHE/auth-registry/config.yml" <<CFG
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $CACHE/auth-registry/data}, delete: {enabled: true}}
+http: {addr: $AUTH_REGISTRY, secret: envkit-test}
+auth: {htpasswd: {realm: envkit-test, path: $CACHE/auth-registry/htpasswd}}
+CFG
+pid=$(cat "$CACHE/auth-registry/pid" 2>/dev/null || true)
+if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+  say "starting the authenticating docker-registry on $AUTH_REGISTRY"
+  setsid nohup /usr/bin/docker-registry serve "$CACHE/auth-registry/config.yml" \
+    >"$LOGS/auth-registry.log" 2>&1 </dev/null &
+  echo $! >"$CACHE/auth-registry/pid"
+  for _ in $(seq 100); do
+    curl -fsS --noproxy '*' -u "$AUTH_CREDS" "http://$AUTH_REGISTRY/v2/" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
+curl -fsS --noproxy '*' -u "$AUTH_CREDS" "http://$AUTH_REGISTRY/v2/" >/dev/null \
+  || { say "the authenticating registry did not start"; exit 1; }
 
 # --- base images -----------------------------------------------------------------------------
 # The mirror comes from the host's apt configuration: never a hard-coded host.
@@ -139,6 +166,10 @@ if ! printf "$bb_passwd" | cmp -s - "$CACHE/rootfs-busybox/etc/passwd"; then
   rm -f "$CACHE/oci-busybox/.ok-latest"
 fi
 publish busybox latest "$CACHE/rootfs-busybox" sh
+skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --dest-creds "$AUTH_CREDS" \
+  "docker://$REGISTRY/library/busybox:latest" "docker://$AUTH_REGISTRY/library/busybox:latest" >/dev/null
 
 echo "ENVKIT_TEST_REGISTRY=$REGISTRY"
 echo "ENVKIT_TEST_USER=$TUSER"
+echo "ENVKIT_TEST_AUTH_REGISTRY=$AUTH_REGISTRY"
+echo "ENVKIT_TEST_AUTH=$AUTH_CREDS"

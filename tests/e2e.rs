@@ -1681,3 +1681,127 @@ fn docker_tar_local_and_zstd_exports() {
         "the base layer keeps gzip: {raw}"
     );
 }
+
+/// Through a registry that wants basic auth (credentials in docker's config.json): a build
+/// pulls its base through a mirror there and pushes the result back (`push=true`); skopeo sees
+/// the same digest; a fresh store pulls the pushed image; `envkit push` to another repository
+/// uploads nothing new; without credentials the pull fails and says why.
+#[test]
+fn push_and_pull_through_an_authenticating_registry() {
+    use base64::Engine as _;
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("push");
+    let (areg, creds) = common::auth_registry();
+    let docker_dir = env.dir.join(".docker");
+    std::fs::create_dir_all(&docker_dir).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
+    std::fs::write(
+        docker_dir.join("config.json"),
+        format!(r#"{{"auths": {{"{areg}": {{"auth": "{b64}"}}}}}}"#),
+    )
+    .unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "[registry.\"docker.io\"]\nmirrors = [\"{areg}\"]\n[registry.\"{areg}\"]\nhttp = true\n"
+        ),
+    )
+    .unwrap();
+    env.chown(&env.dir);
+    let def = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(Run::args(["sh", "-c", "echo pushed-content > /pushed"]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "push", &def);
+    let target = format!("{areg}/envkit/pushed:1");
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "-o",
+        &format!("type=image,name={target},push=true"),
+        pb.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        !log.contains("envkit-test-secret"),
+        "the password reached the log"
+    );
+    let pushed = log
+        .lines()
+        .find_map(|l| {
+            l.split_once(&format!("pushed {target} ("))?
+                .1
+                .split_once(')')
+        })
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_else(|| panic!("no push line: {log}"));
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &creds,
+            "--format",
+            "{{.Digest}}",
+        ])
+        .arg(format!("docker://{target}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pushed);
+
+    // A fresh store pulls the pushed image (authenticated) and finds the step's file.
+    let check = llb::image(&target)
+        .add_env("PATH", "/bin")
+        .run(Run::args(["sh", "-c", "cat /pushed"]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let check_pb = def_file(&env, "push-check", &check);
+    let fresh = env.dir.join("fresh-store");
+    let out = env.envkit(&[
+        "--root",
+        fresh.to_str().unwrap(),
+        "solve",
+        "--progress",
+        "plain",
+        check_pb.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(step_said(&log, "pushed-content"), "{log}");
+
+    // `envkit push` under another name: every blob is there or mounted, none uploaded.
+    let out = env.envkit(&[
+        "push",
+        "envkit-solve:latest",
+        "--to",
+        &format!("{areg}/envkit/copy:2"),
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("0 blobs uploaded"), "{text}");
+
+    // Without credentials the registry says no, and envkit says so.
+    std::fs::remove_file(docker_dir.join("config.json")).unwrap();
+    let out = env.envkit(&[
+        "--root",
+        env.dir.join("nocreds").to_str().unwrap(),
+        "solve",
+        check_pb.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.to_ascii_lowercase().contains("unauthorized") || log.contains("401"),
+        "{log}"
+    );
+}

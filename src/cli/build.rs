@@ -377,7 +377,36 @@ impl Engine {
         };
         let content = &self.worker.content;
         match output {
-            None | Some(Output::Image { .. }) => {}
+            None => {}
+            Some(Output::Image {
+                name: image_name,
+                push,
+                compression,
+            }) => {
+                let Some(n) = image_name else {
+                    // The image is in the store under `name` already.
+                    return self.built(name, &assembled, started);
+                };
+                let target = ref_for(Some(n))?;
+                if target != name {
+                    meta::Meta::open(&self.root)?.put_image(&target, &record)?;
+                }
+                if push {
+                    self.reporter
+                        .event(Event::Note(format!("pushing {target}")));
+                    let manifest = export::convert_manifest(
+                        &assembled.manifest_descriptor,
+                        content,
+                        &compression,
+                    )?;
+                    let p = self
+                        .worker
+                        .registry
+                        .push(&target, &manifest, content)
+                        .await?;
+                    self.reporter.event(Event::Note(pushed_note(&p)));
+                }
+            }
             Some(Output::Oci {
                 dest,
                 name: oci_name,
@@ -445,6 +474,15 @@ impl Engine {
                 }
             }
         }
+        self.built(name, &assembled, started)
+    }
+
+    fn built(
+        &self,
+        name: &str,
+        assembled: &image::Assembled,
+        started: std::time::Instant,
+    ) -> anyhow::Result<()> {
         self.reporter.event(Event::Note(format!(
             "built {name} ({}) in {:.1}s",
             assembled.manifest_digest,
@@ -452,6 +490,51 @@ impl Engine {
         )));
         Ok(())
     }
+}
+
+/// One line on what a push did.
+fn pushed_note(p: &crate::registry::Pushed) -> String {
+    format!(
+        "pushed {} ({}): {} blobs uploaded, {} mounted, {} already there",
+        p.reference, p.manifest_digest, p.uploaded, p.mounted, p.present
+    )
+}
+
+/// `envkit push REF`: pushes an image of envkit's store to the registry its name names.
+pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let root = config::store_root(cli.root.as_deref());
+    let name = full_name(&args.image)?;
+    let db = meta::Meta::open(&root)?;
+    let Some(img) = db.get_image(&name)? else {
+        bail!("no image {name} in envkit's store (see `envkit images`)");
+    };
+    drop(db);
+    let worker = Worker::new(&root, cfg, None)
+        .with_context(|| format!("opening the store at {}", root.display()))?;
+    let digest = crate::content::parse_digest(&img.manifest_digest)?;
+    let size = worker.content.size(&digest)?;
+    let desc =
+        oci_spec::image::Descriptor::new(oci_spec::image::MediaType::ImageManifest, size, digest);
+    let compression = match &args.compression {
+        Some(c) => export::parse_output(&format!("type=image,name=x,push=true,compression={c}"))
+            .map(|o| match o {
+                Output::Image { compression, .. } => compression,
+                _ => export::CompressionOpts::default(),
+            })?,
+        None => export::CompressionOpts::default(),
+    };
+    let manifest = export::convert_manifest(&desc, &worker.content, &compression)?;
+    let target = match &args.to {
+        Some(t) => full_name(t)?,
+        None => name.clone(),
+    };
+    let p = worker
+        .registry
+        .push(&target, &manifest, &worker.content)
+        .await?;
+    println!("{}", pushed_note(&p));
+    Ok(())
 }
 
 /// The renderer `--progress` asks for; `auto` is tty when stderr is a terminal.

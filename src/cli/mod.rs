@@ -42,6 +42,8 @@ pub enum Command {
     /// List the images in envkit's image store.
     #[command(alias = "image")]
     Images,
+    /// Push an image of envkit's store to a registry (credentials from docker's config).
+    Push(PushArgs),
     /// Inspect what envkit would build.
     Debug {
         #[command(subcommand)]
@@ -122,6 +124,18 @@ pub struct EngineArgs {
     /// (repeatable), as with buildctl.
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image's name in envkit's store (`envkit images`); also where it goes.
+    pub image: String,
+    /// Push it under this name instead.
+    #[arg(long, value_name = "REF")]
+    pub to: Option<String>,
+    /// Layer compression: gzip (default), zstd or uncompressed.
+    #[arg(long, value_name = "KIND")]
+    pub compression: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(ref args) => build::build(&cli, args).await,
         Command::Solve(ref args) => build::solve(&cli, args).await,
         Command::Images => build::images(&cli),
+        Command::Push(ref args) => build::push(&cli, args).await,
         Command::Du => build::du(&cli),
         Command::Prune(ref args) => build::prune(&cli, args).await,
         Command::Debug {

@@ -121,8 +121,13 @@ pub enum Output {
     Tar { dest: PathBuf },
     /// `type=local,dest=DIR`: the root filesystem written into a directory, owned by the user.
     Local { dest: PathBuf },
-    /// `type=image[,name=REF]`: envkit's own image store (the default).
-    Image { name: Option<String> },
+    /// `type=image[,name=REF][,push=true]`: envkit's own image store (the default); with
+    /// `push=true` also pushed to the registry `name` names, layers compressed as asked.
+    Image {
+        name: Option<String>,
+        push: bool,
+        compression: CompressionOpts,
+    },
 }
 
 /// Splits `a=b,c="d,e"` like a CSV record (double quotes group, `""` is a quote).
@@ -159,6 +164,7 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
     let mut name = None;
     let mut compression = CompressionOpts::default();
     let mut compression_set = false;
+    let mut push = false;
     for field in split_csv(spec) {
         let field = field.trim();
         if field.is_empty() {
@@ -187,6 +193,13 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
                 );
                 compression_set = true;
             }
+            "push" => {
+                push = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(err(format!("push {v:?} (want true or false)"))),
+                };
+            }
             "force-compression" => {
                 compression.force = match v.as_str() {
                     "true" | "1" => true,
@@ -200,7 +213,7 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
             }
             other => {
                 return Err(err(format!(
-                    "unknown key {other:?} (known: type, dest, name, compression, \
+                    "unknown key {other:?} (known: type, dest, name, push, compression, \
                      compression-level, force-compression)"
                 )));
             }
@@ -212,6 +225,9 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
     };
     let name = name.filter(|n| !n.is_empty());
     let dest = dest.filter(|d| !d.is_empty()).map(PathBuf::from);
+    if push && typ != "image" {
+        return Err(err(format!("push=true is for type=image, not type={typ}")));
+    }
     let need_dest = |what: &str| {
         dest.clone()
             .ok_or_else(|| err(format!("type={typ} needs dest={what}")))
@@ -267,8 +283,17 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
                     "type=image takes no dest= (use type=oci for a file)".into()
                 ));
             }
-            no_compression("image (envkit's store keeps its own layers uncompressed)")?;
-            Ok(Output::Image { name })
+            if !push {
+                no_compression("image without push=true (envkit's store keeps its own layers uncompressed)")?;
+            }
+            if push && name.is_none() {
+                return Err(err("push=true needs name=REF (where to push)".into()));
+            }
+            Ok(Output::Image {
+                name,
+                push,
+                compression,
+            })
         }
         "registry" => Err(err(
             "output type \"registry\" is not implemented yet (supported: image, oci, docker, tar, local)"
@@ -454,7 +479,9 @@ mod tests {
         assert_eq!(
             parse_output("type=image,name=app").unwrap(),
             Output::Image {
-                name: Some("app".into())
+                name: Some("app".into()),
+                push: false,
+                compression: CompressionOpts::default(),
             }
         );
         assert_eq!(
@@ -514,6 +541,8 @@ mod tests {
         assert!(msg("type=oci,dest=x,compression-level=12").contains("gzip 0-9"));
         assert!(msg("type=local,dest=-").contains("directory"));
         assert!(msg("type=tar,dest=x,compression=gzip").contains("no compression"));
+        assert!(msg("type=image,push=true").contains("needs name="));
+        assert!(msg("type=oci,dest=x,push=true").contains("for type=image"));
         assert!(msg("dest=x").contains("missing type="));
         assert!(msg("type=oci,dest=x,bogus=1").contains("unknown key \"bogus\""));
         assert!(msg("type=oci,dest").contains("not key=value"));

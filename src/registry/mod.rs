@@ -29,7 +29,12 @@ use oci_spec::image::{
 use thiserror::Error;
 
 use crate::config::Config;
+
+mod auth;
+mod push;
+
 use crate::content::{self, ContentError};
+pub use push::Pushed;
 
 /// OCI image manifest media type.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -84,6 +89,8 @@ pub enum RegistryError {
         want: String,
         have: String,
     },
+    #[error("pushing {reference}: {message}")]
+    Push { reference: String, message: String },
     #[error(transparent)]
     Content(#[from] ContentError),
 }
@@ -278,7 +285,10 @@ fn describe(e: &oci_client::errors::OciDistributionError) -> String {
         }
         E::ImageManifestNotFoundError(_) => "manifest unknown".to_string(),
         E::ServerError { code, message, .. } => format!("HTTP {code}: {message}"),
-        E::UnauthorizedError { .. } => "unauthorized (credentials are not supported yet)".into(),
+        E::UnauthorizedError { .. } => {
+            "unauthorized (give credentials in docker's config.json: `auths` or a credential helper)"
+                .into()
+        }
         other => chain(other),
     }
 }
@@ -500,6 +510,14 @@ impl Registry {
 
     /// The client for one host. `section` is the config section whose TLS settings apply (the
     /// registry name for `registry-1.docker.io`, else the host itself).
+    /// The credentials for `host` (docker's config and credential helpers; else anonymous).
+    fn credentials(&self, host: &str) -> Result<RegistryAuth, RegistryError> {
+        auth::credentials_for(host).map_err(|message| RegistryError::Client {
+            host: host.to_string(),
+            message,
+        })
+    }
+
     fn client(&self, host: &str, section: &str) -> Result<Client, RegistryError> {
         let mut clients = self
             .clients
@@ -689,13 +707,16 @@ impl Registry {
             Some(d) => Reference::with_digest(host.to_string(), repo.clone(), d.to_string()),
             None => Reference::with_tag(host.to_string(), repo.clone(), named.clone()),
         };
+        let creds = self
+            .credentials(host)
+            .map_err(|e| fail(&url, e.to_string()))?;
         client
-            .auth(&on_host, &RegistryAuth::Anonymous, RegistryOperation::Pull)
+            .auth(&on_host, &creds, RegistryOperation::Pull)
             .await
             .map_err(|e| fail(&url, describe(&e)))?;
 
         let (bytes, digest) = self
-            .fetch_manifest(&client, &on_host)
+            .fetch_manifest(&client, &on_host, &creds)
             .await
             .map_err(|e| fail(&url, e))?;
         let (index_digest, manifest_digest, bytes, manifest, media_type) = match classify(&bytes)
@@ -712,7 +733,7 @@ impl Registry {
                 let (cbytes, cdigest) = match self.stored(&child) {
                     Some(b) => (b, child.clone()),
                     None => self
-                        .fetch_manifest(&client, &child_ref)
+                        .fetch_manifest(&client, &child_ref, &creds)
                         .await
                         .map_err(|e| fail(&curl, e))?,
                 };
@@ -785,9 +806,10 @@ impl Registry {
         &self,
         client: &Client,
         on_host: &Reference,
+        creds: &RegistryAuth,
     ) -> Result<(Vec<u8>, Digest), String> {
         let (bytes, _) = client
-            .pull_manifest_raw(on_host, &RegistryAuth::Anonymous, ACCEPTED)
+            .pull_manifest_raw(on_host, creds, ACCEPTED)
             .await
             .map_err(|e| describe(&e))?;
         let actual = content::sha256_digest(&bytes);
@@ -818,6 +840,16 @@ impl Registry {
             resolved.repository.clone(),
             resolved.manifest_digest.to_string(),
         );
+        if resolved.layers.iter().any(|l| !store.has(l.digest())) {
+            let creds = self.credentials(&resolved.host)?;
+            client
+                .auth(&on_host, &creds, RegistryOperation::Pull)
+                .await
+                .map_err(|e| RegistryError::Client {
+                    host: resolved.host.clone(),
+                    message: describe(&e),
+                })?;
+        }
         for layer in &resolved.layers {
             if store.has(layer.digest()) {
                 continue;
@@ -862,6 +894,12 @@ impl Registry {
         writer
             .commit(Some((desc.digest(), desc.size())))
             .map_err(|e| blob_err(e.to_string()))?;
+        // Where it came from: a push to the same registry can mount it instead of uploading.
+        store.write_note(
+            "origin",
+            desc.digest().digest(),
+            format!("{}\n{}", resolved.host, resolved.repository).as_bytes(),
+        );
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The tests need the environment that `scripts/test-env.sh` prepares (a registry on 127.0.0.1
 //! with offline base images, and an unprivileged user with subordinate ids); `scripts/test.sh`
-//! exports `ENVKIT_TEST_REGISTRY` and `ENVKIT_TEST_USER`. Without them a test fails and says so.
+//! exports `ENVKIT_TEST_REGISTRY` and `ENVKIT_TEST_USER` (and, for the tests that push,
+//! `ENVKIT_TEST_AUTH_REGISTRY` and `ENVKIT_TEST_AUTH`). Without them a test fails and says so.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,14 @@ fn must_env(name: &str) -> String {
              run the tests through `sudo bash scripts/test.sh`"
         ),
     }
+}
+
+/// The registry that wants basic auth, and its `user:password`.
+pub fn auth_registry() -> (String, String) {
+    (
+        must_env("ENVKIT_TEST_AUTH_REGISTRY"),
+        must_env("ENVKIT_TEST_AUTH"),
+    )
 }
 
 impl TestEnv {
@@ -126,7 +135,9 @@ impl TestEnv {
             .env("USER", &self.user)
             .env("XDG_RUNTIME_DIR", &runtime_dir)
             .env("ENVKIT_ROOT", self.store())
-            .env("ENVKIT_CONFIG", self.config_path());
+            .env("ENVKIT_CONFIG", self.config_path())
+            // Registry credentials of this test only (runuser resets HOME to the user's).
+            .env("DOCKER_CONFIG", self.dir.join(".docker"));
         cmd
     }
 
