@@ -1805,3 +1805,61 @@ fn push_and_pull_through_an_authenticating_registry() {
         "{log}"
     );
 }
+
+/// Two clean builds of the same deterministic file on two stores give the same image, in the
+/// store and exported (layer mtimes clamped to SOURCE_DATE_EPOCH, else the epoch; sorted
+/// entries; the config's created time the same).
+#[test]
+fn two_clean_builds_give_the_same_digests() {
+    let env = TestEnv::new("repro");
+    let ctx = env.context_with(
+        "repro",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         io.copy(source=\"data.txt\", target=\"/opt/data.txt\")\n    \
+         run(commands=[\"echo a > /a\", \"mkdir -p /d && ln -s /a /d/l\", \"rm -f /etc/issue\"])\n",
+    );
+    std::fs::write(ctx.join("data.txt"), "data\n").unwrap();
+    env.chown(&ctx);
+    let mut digests = Vec::new();
+    for (i, delay) in [(0, 0u64), (1, 1100)] {
+        // A second later: any time that leaks into the image would differ.
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let store = env.dir.join(format!("store-{i}"));
+        let tar = env.dir.join(format!("repro-{i}.tar"));
+        let out = env.envkit(&[
+            "--root",
+            store.to_str().unwrap(),
+            "build",
+            "--progress",
+            "plain",
+            "-p",
+            ctx.to_str().unwrap(),
+            "-o",
+            &format!("type=oci,dest={}", tar.display()),
+        ]);
+        let log = stderr(&out);
+        assert!(out.status.success(), "{log}");
+        let built = log
+            .lines()
+            .find_map(|l| {
+                l.split_once("built docker.io/library/repro:dev (")?
+                    .1
+                    .split_once(')')
+            })
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_else(|| panic!("{log}"));
+        let out = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(&tar)
+            .arg("index.json")
+            .output()
+            .unwrap();
+        let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let exported = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        digests.push((built, exported));
+    }
+    assert_eq!(digests[0], digests[1], "two clean builds differ");
+}

@@ -43,8 +43,16 @@ pub fn classify(path: &Path, md: &std::fs::Metadata) -> UpperKind {
     UpperKind::Entry { opaque: false }
 }
 
+/// The latest modification time a layer entry may carry (seconds; `i64::MAX`: none).
+static MTIME_CLAMP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MAX);
+
 /// Write `upper` as an uncompressed OCI layer tar to `out`; returns the number of entries.
-pub fn write_diff_tar(upper: &Path, out: &Path) -> Result<u64> {
+/// With `clamp`, no entry's mtime is later than it (reproducible layers).
+pub fn write_diff_tar(upper: &Path, out: &Path, clamp: Option<i64>) -> Result<u64> {
+    MTIME_CLAMP.store(
+        clamp.unwrap_or(i64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let f = std::fs::File::create(out).map_err(|e| RootlessError::io(out, e))?;
     let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(256 * 1024, f));
     b.follow_symlinks(false);
@@ -75,7 +83,8 @@ fn base_header(md: &std::fs::Metadata, et: tar::EntryType) -> tar::Header {
     h.set_mode(md.mode() & 0o7777);
     h.set_uid(md.uid() as u64);
     h.set_gid(md.gid() as u64);
-    h.set_mtime(md.mtime().max(0) as u64);
+    let clamp = MTIME_CLAMP.load(std::sync::atomic::Ordering::Relaxed);
+    h.set_mtime(md.mtime().min(clamp).max(0) as u64);
     h.set_size(0);
     h
 }

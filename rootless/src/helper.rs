@@ -115,8 +115,12 @@ fn dispatch(req: Request) -> Result<Response> {
             crate::fileops::run_actions(&lowers, &upper, &work, &actions)?;
             Ok(Response::Done)
         }
-        Request::DiffTar { upper, out } => {
-            let entries = crate::difftar::write_diff_tar(&upper, &out)?;
+        Request::DiffTar {
+            upper,
+            out,
+            mtime_clamp,
+        } => {
+            let entries = crate::difftar::write_diff_tar(&upper, &out, mtime_clamp)?;
             Ok(Response::DiffWritten { entries })
         }
         Request::RemoveAll { path } => {

@@ -248,7 +248,13 @@ pub enum Request {
         actions: Vec<FileAction>,
     },
     /// Write an uncompressed OCI layer tar of an overlay upper dir.
-    DiffTar { upper: PathBuf, out: PathBuf },
+    DiffTar {
+        upper: PathBuf,
+        out: PathBuf,
+        /// The latest mtime an entry may carry (seconds since the epoch).
+        #[serde(default)]
+        mtime_clamp: Option<i64>,
+    },
     /// Delete a tree owned by subordinate ids.
     RemoveAll { path: PathBuf },
     /// Report what works here.

@@ -274,6 +274,7 @@ fn unpack_exec_difftar() {
         let (r, _) = ok(&Request::DiffTar {
             upper: upper.clone(),
             out: out_tar.clone(),
+            mtime_clamp: None,
         });
         assert!(matches!(r, Response::DiffWritten { .. }), "{r:?}");
         let names = tar_names(&out_tar);
@@ -803,6 +804,7 @@ fn copy_snapshotter_gives_the_same_layers_as_overlay() {
                     &Request::DiffTar {
                         upper: upper.clone(),
                         out: tar.clone(),
+                        mtime_clamp: None,
                     },
                 );
                 let mut entries: Vec<(String, u64, bool)> = Vec::new();

@@ -637,11 +637,21 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
     res
 }
 
+/// The time reproducible images carry: `$SOURCE_DATE_EPOCH`, else the epoch itself. Layer
+/// entries are clamped to it and it is the config's `created`, so two clean builds of the same
+/// file on two stores give the same image (unless the build itself is not deterministic).
+fn reproducible_epoch() -> i64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|e| *e >= 0)
+        .unwrap_or(0)
+}
+
 /// Turns a result chain into an image: the base image's layers as they are, plus one layer per
-/// own snapshot (its diff as a gzip tar, cached next to the snapshot).
-/// The image of a result, stored in the content store, and its creation time: that of its
-/// newest own layer (when the layer was first made, as BuildKit takes it from the cache), so a
-/// warm rebuild makes the identical image; `$SOURCE_DATE_EPOCH` wins when set.
+/// own snapshot (its diff, cached next to the snapshot), stored in the content store. Also
+/// returns when the image was made for envkit's image list: when its newest own layer was
+/// first made, so a warm rebuild changes nothing.
 async fn export_image(
     worker: &Worker,
     snap: &SnapRef,
@@ -660,10 +670,8 @@ async fn export_image(
             .map(|d| d.as_secs());
         made = made.max(t);
     }
-    let created = match std::env::var_os("SOURCE_DATE_EPOCH") {
-        Some(_) => image::created_now(),
-        None => made.unwrap_or_else(image::created_now),
-    };
+    let made = made.unwrap_or_else(image::created_now);
+    let created = reproducible_epoch() as u64;
     let (base_cfg, base_layers) = match &snap.base {
         Some(b) => {
             let digest = crate::content::parse_digest(&b.config_digest)?;
@@ -676,7 +684,7 @@ async fn export_image(
     };
     let assembled = image::assemble(&base_cfg, spec, &base_layers, &new_layers, created)?;
     assembled.store(&worker.content)?;
-    Ok((assembled, created))
+    Ok((assembled, made))
 }
 
 /// The config an image built from scratch starts from.
@@ -692,30 +700,35 @@ fn scratch_config() -> ImageConfiguration {
 struct LayerRecord {
     descriptor: oci_spec::image::Descriptor,
     diff_id: String,
+    /// The mtime clamp the layer was made with (see [`reproducible_epoch`]).
+    #[serde(default)]
+    clamp: Option<i64>,
 }
 
 /// The layer of one snapshot, or `None` when the step changed nothing.
 async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::NewLayer>> {
+    let clamp = reproducible_epoch();
     let record_path = worker.snapshots.dir(id).join("layer.json");
     if let Ok(bytes) = std::fs::read(&record_path)
         && let Ok(record) = serde_json::from_slice::<Option<LayerRecord>>(&bytes)
     {
         match record {
             None => return Ok(None),
-            Some(r) if worker.content.has(r.descriptor.digest()) => {
+            Some(r) if worker.content.has(r.descriptor.digest()) && r.clamp == Some(clamp) => {
                 return Ok(Some(image::NewLayer {
                     descriptor: r.descriptor,
                     diff_id: crate::content::parse_digest(&r.diff_id)?,
                     created_by: None,
                 }));
             }
-            Some(_) => {} // the blob is gone: make it again
+            Some(_) => {} // the blob is gone, or another clamp is asked for: make it again
         }
     }
     let tmp = worker.snapshots.temp_file()?;
     let req = rootless::Request::DiffTar {
         upper: worker.snapshots.fs(id),
         out: tmp.path().to_path_buf(),
+        mtime_clamp: Some(clamp),
     };
     let resp = worker
         .run_helper(req, None, None)
@@ -731,6 +744,7 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::Ne
     let record = layer.as_ref().map(|l| LayerRecord {
         descriptor: l.descriptor.clone(),
         diff_id: l.diff_id.to_string(),
+        clamp: Some(clamp),
     });
     write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
     Ok(layer)
@@ -983,6 +997,7 @@ async fn rootfs_tar(
                 rootless::Request::DiffTar {
                     upper: rootfs.clone(),
                     out: out.path().to_path_buf(),
+                    mtime_clamp: None,
                 },
                 None,
                 None,

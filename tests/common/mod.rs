@@ -53,6 +53,10 @@ impl TestEnv {
             dir,
             as_root,
         };
+        // Registry credentials of this test only (DOCKER_CONFIG): none to begin with.
+        let docker = env.dir.join(".docker");
+        std::fs::create_dir_all(&docker).expect("create .docker");
+        std::fs::write(docker.join("config.json"), "{}").expect("write docker config");
         env.chown(&env.dir);
         std::fs::write(env.config_path(), env.config_text()).expect("write config");
         env.chown(&env.config_path());
