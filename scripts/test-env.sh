@@ -31,7 +31,7 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
           jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
-          openssh-client apache2-utils)
+          openssh-client apache2-utils containerd)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then
@@ -105,6 +105,39 @@ fi
 curl -fsS --noproxy '*' -u "$AUTH_CREDS" "http://$AUTH_REGISTRY/v2/" >/dev/null \
   || { say "the authenticating registry did not start"; exit 1; }
 
+# A containerd on a private socket, for `-o type=containerd`. It runs as root (a fixture), the
+# socket belongs to the test user; the CRI plugin is off (it wants a cgroup setup we lack).
+CTD=$CACHE/containerd-$PORT
+CTD_SOCK=$CTD/containerd.sock
+mkdir -p "$CTD"
+chmod 0755 "$CTD"
+cat >"$CTD/config.toml" <<CFG
+version = 2
+root = "$CTD/root"
+state = "$CTD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CTD_SOCK"
+  uid = $uid
+  gid = $(id -g "$TUSER")
+[ttrpc]
+  address = "$CTD_SOCK.ttrpc"
+CFG
+pid=$(cat "$CTD/pid" 2>/dev/null || true)
+if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+  say "starting containerd on $CTD_SOCK"
+  rm -f "$CTD_SOCK" "$CTD_SOCK.ttrpc"
+  setsid nohup /usr/bin/containerd --config "$CTD/config.toml" \
+    >"$LOGS/containerd.log" 2>&1 </dev/null &
+  echo $! >"$CTD/pid"
+  for _ in $(seq 100); do
+    ctr --address "$CTD_SOCK" version >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
+ctr --address "$CTD_SOCK" version >/dev/null 2>&1 \
+  || { tail -20 "$LOGS/containerd.log" >&2; say "containerd did not start"; exit 1; }
+
 # --- base images -----------------------------------------------------------------------------
 # The mirror comes from the host's apt configuration: never a hard-coded host.
 mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
@@ -173,3 +206,4 @@ echo "ENVKIT_TEST_REGISTRY=$REGISTRY"
 echo "ENVKIT_TEST_USER=$TUSER"
 echo "ENVKIT_TEST_AUTH_REGISTRY=$AUTH_REGISTRY"
 echo "ENVKIT_TEST_AUTH=$AUTH_CREDS"
+echo "ENVKIT_TEST_CONTAINERD=$CTD_SOCK"

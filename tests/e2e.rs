@@ -1863,3 +1863,86 @@ fn two_clean_builds_give_the_same_digests() {
     }
     assert_eq!(digests[0], digests[1], "two clean builds differ");
 }
+
+/// `-o type=containerd`: the image shows up in the fixture containerd's `ctr images ls`, its
+/// content is complete, and with `unpack=true` its top snapshot exists; a second import writes
+/// nothing new. A dead socket fails in seconds with the address in the message.
+#[test]
+fn containerd_exporter_imports_into_ctr() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("containerd");
+    let sock = common::containerd_socket();
+    let ns = format!("envkit-e2e-{}", std::process::id());
+    let def = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(Run::args(["sh", "-c", "echo in-containerd > /made"]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "containerd", &def);
+    let out_spec =
+        format!("type=containerd,name=envkit-e2e/ctd:1,address={sock},namespace={ns},unpack=true");
+    let o = env.envkit(&[
+        "solve",
+        "-t",
+        "ctd:1",
+        "-o",
+        &out_spec,
+        pb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("containerd has"), "{}", stderr(&o));
+    let ctr = |args: &[&str]| {
+        let out = env
+            .user_command("ctr")
+            .args(["--address", &sock, "-n", &ns])
+            .args(args)
+            .output()
+            .expect("ctr");
+        assert!(out.status.success(), "ctr {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let list = ctr(&["images", "ls"]);
+    assert!(list.contains("docker.io/envkit-e2e/ctd:1"), "{list}");
+    let check = ctr(&["images", "check"]);
+    assert!(check.contains("complete"), "{check}");
+    let snaps = ctr(&["snapshots", "ls"]);
+    assert!(
+        snaps.lines().count() >= 3,
+        "busybox + one layer unpacked: {snaps}"
+    );
+
+    // Again: every blob is there already.
+    let o = env.envkit(&[
+        "solve",
+        "-t",
+        "ctd:1",
+        "-o",
+        &out_spec,
+        pb.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("0 blobs written"), "{}", stderr(&o));
+
+    let dead = env.dir.join("no-containerd.sock");
+    let o = env.envkit(&[
+        "solve",
+        "-o",
+        &format!("type=containerd,address={}", dead.display()),
+        pb.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot reach containerd") && stderr(&o).contains("no-containerd.sock"),
+        "{}",
+        stderr(&o)
+    );
+    if std::env::var_os("ENVKIT_TEST_KEEP").is_none() {
+        let rm = ["images", "rm", "docker.io/envkit-e2e/ctd:1"];
+        let _ = env
+            .user_command("ctr")
+            .args(["--address", &sock, "-n", &ns])
+            .args(rm)
+            .output();
+    }
+}

@@ -407,6 +407,38 @@ impl Engine {
                     self.reporter.event(Event::Note(pushed_note(&p)));
                 }
             }
+            Some(Output::Containerd {
+                name: cd_name,
+                target,
+                compression,
+            }) => {
+                let ref_name = ref_for(cd_name)?;
+                self.reporter.event(Event::Note(format!(
+                    "importing {ref_name} into containerd at {} (namespace {})",
+                    target.address.display(),
+                    target.namespace
+                )));
+                let manifest = export::convert_manifest(
+                    &assembled.manifest_descriptor,
+                    content,
+                    &compression,
+                )?;
+                let done =
+                    export::containerd::import(&target, &ref_name, &manifest, content).await?;
+                let unpacked = match &done.unpacked {
+                    Some(chain) => format!(
+                        ", unpacked into {} as {chain}",
+                        target.unpack.as_deref().unwrap_or("")
+                    ),
+                    None => String::new(),
+                };
+                self.reporter.event(Event::Note(format!(
+                    "containerd has {ref_name} ({}): {} blobs written, {} already there{unpacked}",
+                    manifest.digest(),
+                    done.written,
+                    done.present
+                )));
+            }
             Some(Output::Oci {
                 dest,
                 name: oci_name,

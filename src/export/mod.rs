@@ -22,6 +22,7 @@ use crate::content::{self, ContentError, Store};
 use crate::image::{self, NewLayer};
 
 mod compress;
+pub mod containerd;
 mod docker;
 mod pgzip;
 
@@ -121,6 +122,13 @@ pub enum Output {
     Tar { dest: PathBuf },
     /// `type=local,dest=DIR`: the root filesystem written into a directory, owned by the user.
     Local { dest: PathBuf },
+    /// `type=containerd[,name=REF][,address=SOCK][,namespace=NS][,unpack=true]` (or
+    /// `type=image,store=containerd,…`): imported into a containerd over its socket.
+    Containerd {
+        name: Option<String>,
+        target: containerd::Target,
+        compression: CompressionOpts,
+    },
     /// `type=image[,name=REF][,push=true]`: envkit's own image store (the default); with
     /// `push=true` also pushed to the registry `name` names, layers compressed as asked.
     Image {
@@ -165,6 +173,16 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
     let mut compression = CompressionOpts::default();
     let mut compression_set = false;
     let mut push = false;
+    let mut address = None;
+    let mut namespace = None;
+    let mut unpack = false;
+    let mut snapshotter = None;
+    let mut store = None;
+    let truth = |k: &str, v: &str| match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(err(format!("{k} {v:?} (want true or false)"))),
+    };
     for field in split_csv(spec) {
         let field = field.trim();
         if field.is_empty() {
@@ -193,13 +211,12 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
                 );
                 compression_set = true;
             }
-            "push" => {
-                push = match v.as_str() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(err(format!("push {v:?} (want true or false)"))),
-                };
-            }
+            "push" => push = truth("push", &v)?,
+            "address" => address = Some(v),
+            "namespace" => namespace = Some(v),
+            "unpack" => unpack = truth("unpack", &v)?,
+            "snapshotter" => snapshotter = Some(v),
+            "store" => store = Some(v),
             "force-compression" => {
                 compression.force = match v.as_str() {
                     "true" | "1" => true,
@@ -214,7 +231,8 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
             other => {
                 return Err(err(format!(
                     "unknown key {other:?} (known: type, dest, name, push, compression, \
-                     compression-level, force-compression)"
+                     compression-level, force-compression, store, address, namespace, unpack, \
+                     snapshotter)"
                 )));
             }
         }
@@ -225,6 +243,50 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
     };
     let name = name.filter(|n| !n.is_empty());
     let dest = dest.filter(|d| !d.is_empty()).map(PathBuf::from);
+    let containerd_keys =
+        address.is_some() || namespace.is_some() || unpack || snapshotter.is_some();
+    let to_containerd =
+        typ == "containerd" || (typ == "image" && store.as_deref() == Some("containerd"));
+    if containerd_keys && !to_containerd {
+        return Err(err(format!(
+            "address=, namespace=, unpack= and snapshotter= are for type=containerd, not type={typ}"
+        )));
+    }
+    if let Some(st) = &store
+        && typ != "image"
+    {
+        return Err(err(format!("store={st} is for type=image, not type={typ}")));
+    }
+    if let Some(st) = store.as_deref()
+        && !matches!(st, "containerd" | "true" | "false" | "1" | "0")
+    {
+        return Err(err(format!(
+            "store={st:?} (want containerd, or true/false for envkit's own store)"
+        )));
+    }
+    if to_containerd {
+        if push {
+            return Err(err(
+                "push=true cannot go with store=containerd: push with type=image or `envkit push`"
+                    .into(),
+            ));
+        }
+        if dest.is_some() {
+            return Err(err(
+                "type=containerd takes no dest= (it writes to address=)".into(),
+            ));
+        }
+        let unpack = match (unpack, snapshotter) {
+            (_, Some(sn)) => Some(sn),
+            (true, None) => Some("overlayfs".to_string()),
+            (false, None) => None,
+        };
+        return Ok(Output::Containerd {
+            name: name.filter(|n| !n.is_empty()),
+            target: containerd::Target::new(address, namespace, unpack),
+            compression,
+        });
+    }
     if push && typ != "image" {
         return Err(err(format!("push=true is for type=image, not type={typ}")));
     }
@@ -273,7 +335,9 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
             no_compression("local")?;
             let dest = need_dest("DIR")?;
             if dest == Path::new("-") {
-                return Err(err("type=local writes a directory: dest=- is for tar outputs".into()));
+                return Err(err(
+                    "type=local writes a directory: dest=- is for tar outputs".into(),
+                ));
             }
             Ok(Output::Local { dest })
         }
@@ -284,7 +348,9 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
                 ));
             }
             if !push {
-                no_compression("image without push=true (envkit's store keeps its own layers uncompressed)")?;
+                no_compression(
+                    "image without push=true (envkit's store keeps its own layers uncompressed)",
+                )?;
             }
             if push && name.is_none() {
                 return Err(err("push=true needs name=REF (where to push)".into()));
@@ -295,12 +361,23 @@ pub fn parse_output(spec: &str) -> Result<Output, ExportError> {
                 compression,
             })
         }
-        "registry" => Err(err(
-            "output type \"registry\" is not implemented yet (supported: image, oci, docker, tar, local)"
-                .into(),
-        )),
+        // BuildKit's shorthand for type=image,push=true.
+        "registry" => {
+            if dest.is_some() {
+                return Err(err("type=registry takes no dest=".into()));
+            }
+            let Some(name) = name else {
+                return Err(err("type=registry needs name=REF (where to push)".into()));
+            };
+            Ok(Output::Image {
+                name: Some(name),
+                push: true,
+                compression,
+            })
+        }
         other => Err(err(format!(
-            "unknown output type {other:?} (supported: image, oci, docker, tar, local)"
+            "unknown output type {other:?} (supported: image, registry, oci, docker, tar, local, \
+             containerd)"
         ))),
     }
 }
@@ -527,6 +604,38 @@ mod tests {
             parse_output("type=local,dest=out").unwrap(),
             Output::Local { dest: "out".into() }
         );
+        assert_eq!(
+            parse_output("type=registry,name=r/a:1,compression=zstd").unwrap(),
+            Output::Image {
+                name: Some("r/a:1".into()),
+                push: true,
+                compression: CompressionOpts {
+                    kind: Compression::Zstd,
+                    ..CompressionOpts::default()
+                },
+            }
+        );
+        let c =
+            parse_output("type=containerd,name=a,address=unix:///s.sock,namespace=n,unpack=true")
+                .unwrap();
+        assert_eq!(
+            c,
+            Output::Containerd {
+                name: Some("a".into()),
+                target: containerd::Target {
+                    address: "/s.sock".into(),
+                    namespace: "n".into(),
+                    unpack: Some("overlayfs".into()),
+                },
+                compression: CompressionOpts::default(),
+            }
+        );
+        let Output::Containerd { target, .. } =
+            parse_output("type=image,store=containerd,address=/x,snapshotter=native").unwrap()
+        else {
+            panic!("store=containerd is a containerd output");
+        };
+        assert_eq!(target.unpack.as_deref(), Some("native"));
     }
 
     #[test]
@@ -535,7 +644,12 @@ mod tests {
         assert!(msg("type=oci,output=/x").contains("did you mean dest="));
         assert!(msg("type=oci").contains("needs dest="));
         assert!(msg("type=foo,dest=x").contains("unknown output type \"foo\""));
-        assert!(msg("type=registry,name=x").contains("not implemented yet"));
+        assert!(msg("type=registry").contains("needs name="));
+        assert!(msg("type=oci,dest=x,namespace=a").contains("for type=containerd"));
+        assert!(msg("type=containerd,dest=x").contains("no dest="));
+        assert!(msg("type=image,store=containerd,name=a,push=true").contains("push=true"));
+        assert!(msg("type=image,store=bogus").contains("want containerd"));
+        assert!(msg("type=oci,dest=x,store=containerd").contains("for type=image"));
         assert!(msg("type=docker,dest=x,compression=zstd").contains("zstd"));
         assert!(msg("type=oci,dest=x,compression=lz4").contains("known: gzip"));
         assert!(msg("type=oci,dest=x,compression-level=12").contains("gzip 0-9"));

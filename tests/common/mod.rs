@@ -35,6 +35,11 @@ pub fn auth_registry() -> (String, String) {
     )
 }
 
+/// The fixture containerd's socket (the test user may use it).
+pub fn containerd_socket() -> String {
+    must_env("ENVKIT_TEST_CONTAINERD")
+}
+
 impl TestEnv {
     pub fn new(label: &str) -> TestEnv {
         let registry = must_env("ENVKIT_TEST_REGISTRY");
