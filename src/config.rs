@@ -9,6 +9,7 @@
 //! ca = ["/path/ca.pem"]
 //! [worker]
 //! ca-bundle = "/etc/ssl/certs/ca-certificates.crt"
+//! max-layer-size = "64GiB"   # a pulled layer that unpacks to more is refused
 //! ```
 //!
 //! Where the file is: `--config FILE`, else `$ENVKIT_CONFIG`, else
@@ -71,6 +72,62 @@ pub struct WorkerConfig {
     /// (never copies) or `copy` (always: e.g. a store on a filesystem overlayfs misbehaves on).
     #[serde(default)]
     pub snapshotter: Option<Snapshotter>,
+    /// The most bytes one pulled layer may unpack to (a guard against decompression bombs):
+    /// a number of bytes or a size such as `"64GiB"`; default [`DEFAULT_MAX_LAYER_SIZE`].
+    #[serde(default, deserialize_with = "size_opt")]
+    pub max_layer_size: Option<u64>,
+}
+
+/// The default of `[worker] max-layer-size`: larger than any sane layer, smaller than a disk
+/// a bomb would fill.
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
+
+impl WorkerConfig {
+    /// `max-layer-size`, or its default.
+    pub fn max_layer_size(&self) -> u64 {
+        self.max_layer_size.unwrap_or(DEFAULT_MAX_LAYER_SIZE)
+    }
+}
+
+/// Parses `10GB`, `512MiB`, `1.5g`, `42` (a bare number is MB, as `buildctl prune` reads it;
+/// `b` for bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?}: want e.g. 10GB or 512MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" => 1e6,
+        "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0_f64.powi(4),
+        other => return Err(format!("size {s:?}: unknown unit {other:?}")),
+    };
+    Ok((n * mult) as u64)
+}
+
+/// A size in the config file: an integer (bytes) or a string for [`parse_size`].
+fn size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// `[worker] snapshotter`.
@@ -333,6 +390,23 @@ ca-bundle = "/etc/ssl/certs/ca-certificates.crt"
             vec!["127.0.0.1:5000", "docker.io"]
         );
         assert_eq!(c.hosts_for("ghcr.io"), vec!["ghcr.io"]);
+    }
+
+    #[test]
+    fn layer_size_limits() {
+        let p = |t: &str| Config::parse(t, Path::new("c.toml"));
+        assert_eq!(
+            p("").unwrap().worker.max_layer_size(),
+            DEFAULT_MAX_LAYER_SIZE
+        );
+        let c = p("[worker]\nmax-layer-size = \"2GiB\"\n").unwrap();
+        assert_eq!(c.worker.max_layer_size(), 2 << 30);
+        let c = p("[worker]\nmax-layer-size = 1000\n").unwrap();
+        assert_eq!(c.worker.max_layer_size(), 1000);
+        let e = p("[worker]\nmax-layer-size = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lots"), "{e}");
     }
 
     #[test]

@@ -1946,3 +1946,30 @@ fn containerd_exporter_imports_into_ctr() {
             .output();
     }
 }
+
+/// `[worker] max-layer-size` reaches the helper that unpacks pulled layers: busybox (about
+/// 2 MiB unpacked) is refused under a 64 KiB limit, with the setting named, and the same store
+/// pulls it once the limit allows.
+#[test]
+fn the_layer_size_limit_refuses_a_large_base() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("layerlimit");
+    let plain = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{plain}max-layer-size = \"64KiB\"\n"),
+    )
+    .unwrap();
+    let def = llb::image("busybox")
+        .run(Run::args(["/bin/sh", "-c", "echo ok > /ok"]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "layerlimit", &def);
+    let o = env.envkit(&["solve", pb.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("max-layer-size"), "{}", stderr(&o));
+    std::fs::write(env.config_path(), plain).unwrap();
+    let o = env.envkit(&["solve", pb.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

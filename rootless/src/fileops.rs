@@ -637,6 +637,7 @@ fn unpack_archive(src: &Path, root: &Path, dest: &str, o: &CopyOpts) -> Result<b
         mtime: o
             .time
             .map(|ns| (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))),
+        max_bytes: None,
     };
     crate::unpack::unpack_tar(reader, src, &d, &mut notes, mode)?;
     Ok(true)

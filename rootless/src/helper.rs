@@ -101,8 +101,12 @@ fn become_root() -> Result<()> {
 
 fn dispatch(req: Request) -> Result<Response> {
     match req {
-        Request::Unpack { layers, dest } => {
-            let notes = crate::unpack::unpack_layers(&layers, &dest)?;
+        Request::Unpack {
+            layers,
+            dest,
+            max_layer_bytes,
+        } => {
+            let notes = crate::unpack::unpack_layers(&layers, &dest, max_layer_bytes)?;
             Ok(Response::Unpacked { notes })
         }
         Request::Exec(r) => Ok(Response::Exited(crate::exec::run_step(&r)?)),

@@ -29,4 +29,4 @@ pub use proto::{
     ExitStatus, FileAction, IdSpec, LayerFile, Mount, MountKind, ProbeResult, Request, Response,
     SecretBytes, UserDb,
 };
-pub use unpack::{TarMode, unpack_tar};
+pub use unpack::{TarMode, unpack_layers, unpack_tar};

@@ -237,6 +237,9 @@ pub enum Request {
     Unpack {
         layers: Vec<LayerFile>,
         dest: PathBuf,
+        /// The most bytes of file content one layer may unpack to (None: no limit).
+        #[serde(default)]
+        max_layer_bytes: Option<u64>,
     },
     /// Run one container step on an overlay.
     Exec(ExecRequest),

@@ -16,8 +16,13 @@ use crate::proto::{Compression, LayerFile};
 const WH_PREFIX: &str = ".wh.";
 const WH_OPAQUE: &str = ".wh..wh..opq";
 
-/// Unpack `layers` in order into `dest`; returns notes about skipped entries.
-pub fn unpack_layers(layers: &[LayerFile], dest: &Path) -> Result<Vec<String>> {
+/// Unpack `layers` in order into `dest`; returns notes about skipped entries. A layer whose
+/// files hold more than `max_layer_bytes` is refused (decompression bombs).
+pub fn unpack_layers(
+    layers: &[LayerFile],
+    dest: &Path,
+    max_layer_bytes: Option<u64>,
+) -> Result<Vec<String>> {
     std::fs::create_dir_all(dest).map_err(|e| RootlessError::io(dest, e))?;
     let dest = std::fs::canonicalize(dest).map_err(|e| RootlessError::io(dest, e))?;
     let mut notes = Vec::new();
@@ -28,7 +33,12 @@ pub fn unpack_layers(layers: &[LayerFile], dest: &Path) -> Result<Vec<String>> {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
             Compression::None => Box::new(f),
         };
-        unpack_one(r, &l.path, &dest, &mut notes)?;
+        let mode = TarMode {
+            layer: true,
+            max_bytes: max_layer_bytes,
+            ..TarMode::default()
+        };
+        unpack_tar(r, &l.path, &dest, &mut notes, mode)?;
     }
     Ok(notes)
 }
@@ -43,15 +53,8 @@ pub struct TarMode {
     pub owner: Option<(u32, u32)>,
     /// Modification time (seconds, nanoseconds) of everything unpacked.
     pub mtime: Option<(i64, i64)>,
-}
-
-/// Unpack one layer stream into `dest` (an existing, canonical directory).
-pub fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
-    let mode = TarMode {
-        layer: true,
-        ..TarMode::default()
-    };
-    unpack_tar(r, layer, dest, notes, mode)
+    /// The most bytes of file content the stream may unpack to.
+    pub max_bytes: Option<u64>,
 }
 
 /// Unpack a tar stream into `dest` (an existing, canonical directory), rejecting entries
@@ -73,6 +76,16 @@ pub fn unpack_tar(
     // Paths (relative) written by this layer: an opaque marker keeps them.
     let mut this_layer: HashSet<PathBuf> = HashSet::new();
     let mut dir_times: Vec<(PathBuf, (i64, i64))> = Vec::new();
+    let mut budget = tm.max_bytes.unwrap_or(u64::MAX);
+    let too_big = |name: &str| {
+        bad(
+            name,
+            format!(
+                "the layer unpacks to more than {} bytes, the limit ([worker] max-layer-size)",
+                tm.max_bytes.unwrap_or(u64::MAX)
+            ),
+        )
+    };
     for entry in ar.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let raw_path = entry.path().map_err(io)?.into_owned();
@@ -151,6 +164,11 @@ pub fn unpack_tar(
                 }
             }
             T::Regular | T::Continuous | T::GNUSparse => {
+                // The header's size is checked first (nothing is written for a claimed
+                // bomb), then what is really copied (sparse files expand).
+                if entry.size() > budget {
+                    return Err(too_big(&name));
+                }
                 if existing.is_some() {
                     remove_any(&target).map_err(|e| bad(&name, e.to_string()))?;
                 }
@@ -161,7 +179,15 @@ pub fn unpack_tar(
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(|e| bad(&name, e.to_string()))?;
-                std::io::copy(&mut entry, &mut f).map_err(|e| bad(&name, e.to_string()))?;
+                let copied =
+                    std::io::copy(&mut (&mut entry).take(budget.saturating_add(1)), &mut f)
+                        .map_err(|e| bad(&name, e.to_string()))?;
+                if copied > budget {
+                    drop(f);
+                    let _ = std::fs::remove_file(&target);
+                    return Err(too_big(&name));
+                }
+                budget -= copied;
             }
             T::Symlink => {
                 let link = entry
@@ -298,6 +324,14 @@ fn clear_dir(dir: &Path, rel: &Path, keep: &HashSet<PathBuf>) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
+        let mode = TarMode {
+            layer: true,
+            ..TarMode::default()
+        };
+        unpack_tar(r, layer, dest, notes, mode)
+    }
 
     fn tar_with(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
         let uid = nix::unistd::getuid().as_raw() as u64;

@@ -826,27 +826,7 @@ pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
 
 /// `10GB`, `512MiB`, `1.5G`; a bare number is MB (envd's `--keep-storage`).
 fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("size {s:?}: want e.g. 10GB or 512MiB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "m" | "mb" => 1e6,
-        "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0_f64.powi(4),
-        other => bail!("size {s:?}: unknown unit {other:?}"),
-    };
-    Ok((n * mult) as u64)
+    crate::config::parse_size(s).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// `24h`, `7d`, `1h30m`, `90s`.
@@ -1018,6 +998,7 @@ async fn rootfs_tar(
                 rootless::Request::Unpack {
                     layers: files,
                     dest: rootfs.clone(),
+                    max_layer_bytes: Some(worker.config.worker.max_layer_size()),
                 },
                 None,
                 None,
@@ -1068,6 +1049,7 @@ fn extract_as_user(tar: &std::path::Path, dest: &std::path::Path) -> anyhow::Res
             layer: false,
             owner: Some(me),
             mtime: None,
+            max_bytes: None,
         },
     )
     .with_context(|| format!("extracting into {}", dest.display()))?;

@@ -76,6 +76,7 @@ async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome
     let req = rootless::Request::Unpack {
         layers: files,
         dest: prepared.fs.clone(),
+        max_layer_bytes: Some(w.config.worker.max_layer_size()),
     };
     if let Err(e) = helper_ok(ctx, req, "unpacking image layers").await {
         ctx.discard(prepared).await;
