@@ -1973,3 +1973,129 @@ fn the_layer_size_limit_refuses_a_large_base() {
     let o = env.envkit(&["solve", pb.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `envkit images inspect|rm`, `envkit save` and `envkit load`: an image saved from one store
+/// loads into another with the same layers; skopeo's docker-archive of the registry's busybox
+/// and a gzip-compressed archive load too; bad input and unknown names fail clearly.
+#[test]
+fn save_load_inspect_and_remove_images() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("saveload");
+    let def = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(Run::args(["sh", "-c", "echo saved > /saved"]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "saveload", &def);
+    let o = env.envkit(&["solve", "-t", "saveload:1", pb.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = env.envkit(&["images", "inspect", "saveload:1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("inspect JSON");
+    assert_eq!(v[0]["name"], "docker.io/library/saveload:1");
+    let layers = v[0]["manifest"]["layers"].as_array().expect("layers").len();
+    assert_eq!(layers, 2, "busybox + one step");
+    assert_eq!(
+        v[0]["config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let archive = env.dir.join("saved.tar");
+    let o = env.envkit(&["save", "saveload:1", "-o", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another store reads it back; the image runs the same.
+    let other = env.dir.join("other-store");
+    let root = format!("--root={}", other.display());
+    let o = env.envkit(&[&root, "load", "-i", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("loaded docker.io/library/saveload:1"),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.envkit(&[&root, "images", "inspect", "saveload:1"]);
+    let w: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("inspect JSON");
+    assert_eq!(
+        w[0]["config"]["rootfs"], v[0]["config"]["rootfs"],
+        "the same layers, by diff id"
+    );
+    // The docker format, read back by envkit itself.
+    let docker = env.dir.join("saved-docker.tar");
+    let o = env.envkit(&[
+        "save",
+        "--format",
+        "docker",
+        "saveload:1",
+        "-o",
+        docker.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.envkit(&[
+        &root,
+        "load",
+        "-i",
+        docker.to_str().unwrap(),
+        "-t",
+        "from-docker:1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("loaded docker.io/library/from-docker:1"),
+        "{}",
+        stdout(&o)
+    );
+
+    // skopeo's docker-archive of the registry's busybox, gzip-compressed on the way.
+    let sk = env.dir.join("busybox-docker.tar");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/library/busybox:latest", env.registry))
+        .arg(format!("docker-archive:{}:busybox:sk", sk.display()))
+        .output()
+        .expect("skopeo");
+    assert!(out.status.success(), "skopeo: {}", stderr(&out));
+    let gz = env.dir.join("busybox-docker.tar.gz");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -c {} > {}", sk.display(), gz.display()))
+        .status()
+        .expect("gzip");
+    assert!(status.success());
+    env.chown(&gz);
+    let o = env.envkit(&[&root, "load", "-i", gz.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("loaded docker.io/library/busybox:sk"),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.envkit(&[&root, "images"]);
+    for want in ["saveload:1", "from-docker:1", "busybox:sk"] {
+        assert!(stdout(&o).contains(want), "{want}: {}", stdout(&o));
+    }
+
+    // Removing: unknown names change nothing; known ones go.
+    let o = env.envkit(&[&root, "images", "rm", "busybox:sk", "no-such:image"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no image docker.io/library/no-such:image"),
+        "{}",
+        stderr(&o)
+    );
+    let o = env.envkit(&[&root, "images", "rm", "busybox:sk"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.envkit(&[&root, "images"]);
+    assert!(!stdout(&o).contains("busybox:sk") && stdout(&o).contains("saveload:1"));
+
+    let junk = env.dir.join("junk.tar");
+    std::fs::write(&junk, b"definitely not an image archive").unwrap();
+    env.chown(&junk);
+    let o = env.envkit(&[&root, "load", "-i", junk.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("image archive"), "{}", stderr(&o));
+}

@@ -119,7 +119,7 @@ fn ssh_public_key() -> anyhow::Result<(PathBuf, String)> {
 }
 
 /// A tag as a full reference (`app:dev` → `docker.io/library/app:dev`), like envd and docker.
-fn full_name(tag: &str) -> anyhow::Result<String> {
+pub(super) fn full_name(tag: &str) -> anyhow::Result<String> {
     let r = crate::registry::normalize(&tag.to_ascii_lowercase())
         .with_context(|| format!("invalid image name {tag:?}"))?;
     Ok(r.to_string())
@@ -782,29 +782,6 @@ async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::Ne
     Ok(layer)
 }
 
-pub(super) fn images(cli: &Cli) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
-    let db = meta::Meta::open(&root)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<48} {:<14} {:>10}  CREATED",
-        "NAME", "DIGEST", "SIZE"
-    )?;
-    for (name, img) in db.list_images()? {
-        let short = img.manifest_digest.trim_start_matches("sha256:");
-        writeln!(
-            out,
-            "{:<48} {:<14} {:>10}  {}",
-            name,
-            &short[..short.len().min(12)],
-            human_size(img.size),
-            image::rfc3339(img.created)
-        )?;
-    }
-    Ok(())
-}
-
 pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
     let root = config::store_root(cli.root.as_deref());
     let u = crate::gc::usage(&root);
@@ -907,7 +884,7 @@ pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human_size(n: u64) -> String {
+pub(super) fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut u = 0;

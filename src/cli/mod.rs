@@ -1,6 +1,7 @@
 //! The command line: clap commands, the only place that prints and that uses `anyhow`.
 
 mod build;
+mod images;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,9 +40,17 @@ pub enum Command {
     Du,
     /// Remove build cache no image needs (and then unreferenced blobs).
     Prune(PruneArgs),
-    /// List the images in envkit's image store.
+    /// The images in envkit's image store: list (the default), inspect, remove.
     #[command(alias = "image")]
-    Images,
+    Images {
+        #[command(subcommand)]
+        what: Option<ImagesCommand>,
+    },
+    /// Write images of the store to an archive (OCI layout by default; `docker load` reads
+    /// `--format docker`).
+    Save(SaveArgs),
+    /// Read images from an archive (OCI layout or `docker save`, plain or gzip) into the store.
+    Load(LoadArgs),
     /// Push an image of envkit's store to a registry (credentials from docker's config).
     Push(PushArgs),
     /// Inspect what envkit would build.
@@ -124,6 +133,47 @@ pub struct EngineArgs {
     /// (repeatable), as with buildctl.
     #[arg(long, value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List the images (name, digest, size, created).
+    #[command(alias = "list")]
+    Ls,
+    /// Print an image's record, manifest and config as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove images from the store (their blobs go with the next `envkit prune`).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Images of the store (`envkit images`).
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Where to write: a file, or - for stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// oci (an OCI image layout: envkit load, podman load, skopeo) or docker (docker load).
+    #[arg(long, default_value = "oci", value_name = "FORMAT")]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The archive (default: stdin).
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Name for images the archive leaves unnamed (and the first name of a lone image).
+    #[arg(short, long, value_name = "NAME")]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -285,7 +335,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Build(ref args) => build::build(&cli, args).await,
         Command::Solve(ref args) => build::solve(&cli, args).await,
-        Command::Images => build::images(&cli),
+        Command::Images { ref what } => match what {
+            None | Some(ImagesCommand::Ls) => images::list(&cli),
+            Some(ImagesCommand::Inspect { names }) => images::inspect(&cli, names),
+            Some(ImagesCommand::Rm { names }) => images::remove(&cli, names),
+        },
+        Command::Save(ref args) => images::save(&cli, args),
+        Command::Load(ref args) => images::load(&cli, args),
         Command::Push(ref args) => build::push(&cli, args).await,
         Command::Du => build::du(&cli),
         Command::Prune(ref args) => build::prune(&cli, args).await,

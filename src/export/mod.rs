@@ -24,6 +24,7 @@ use crate::image::{self, NewLayer};
 mod compress;
 pub mod containerd;
 mod docker;
+pub mod load;
 mod pgzip;
 
 pub use compress::{Compression, CompressionOpts, convert_manifest};
@@ -44,6 +45,8 @@ pub enum ExportError {
     Manifest { digest: String, message: String },
     #[error("invalid --output {spec:?}: {message}")]
     Output { spec: String, message: String },
+    #[error("image archive: {0}")]
+    Archive(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
@@ -398,27 +401,36 @@ fn tag_of(name: &str) -> String {
 /// `podman load` use); `org.opencontainers.image.ref.name` carries the tag, as the OCI layout
 /// spec and BuildKit's OCI exporter write it.
 pub fn layout_index(manifest: &Descriptor, name: &str) -> Vec<u8> {
-    let mut entry = json!({
-        "mediaType": manifest.media_type().to_string(),
-        "digest": manifest.digest().to_string(),
-        "size": manifest.size(),
-        "annotations": {
-            "io.containerd.image.name": name,
-            "org.opencontainers.image.ref.name": tag_of(name),
-        },
-    });
-    if let Some(p) = manifest.platform()
-        && let Some(obj) = entry.as_object_mut()
-    {
-        obj.insert(
-            "platform".into(),
-            json!({"architecture": p.architecture().to_string(), "os": p.os().to_string()}),
-        );
+    layout_index_of(&[(manifest.clone(), name.to_string())])
+}
+
+/// The `index.json` of a layout holding several images, each with its name.
+pub fn layout_index_of(images: &[(Descriptor, String)]) -> Vec<u8> {
+    let mut entries = Vec::with_capacity(images.len());
+    for (manifest, name) in images {
+        let mut entry = json!({
+            "mediaType": manifest.media_type().to_string(),
+            "digest": manifest.digest().to_string(),
+            "size": manifest.size(),
+            "annotations": {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": tag_of(name),
+            },
+        });
+        if let Some(p) = manifest.platform()
+            && let Some(obj) = entry.as_object_mut()
+        {
+            obj.insert(
+                "platform".into(),
+                json!({"architecture": p.architecture().to_string(), "os": p.os().to_string()}),
+            );
+        }
+        entries.push(entry);
     }
     image::canonical_json(&json!({
         "schemaVersion": 2,
         "mediaType": image::MEDIA_TYPE_INDEX,
-        "manifests": [entry],
+        "manifests": entries,
     }))
 }
 
@@ -438,33 +450,36 @@ fn tar_header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::He
 
 fn write_layout<W: Write>(
     out: W,
-    manifest: &Descriptor,
-    name: &str,
+    images: &[(Descriptor, String)],
     store: &Store,
 ) -> Result<W, ExportError> {
-    let manifest_bytes = store.read_blob(manifest.digest())?;
-    let parsed: ImageManifest =
-        serde_json::from_slice(&manifest_bytes).map_err(|e| ExportError::Manifest {
-            digest: manifest.digest().to_string(),
-            message: format!("not an image manifest: {e}"),
-        })?;
-    let mut blobs: Vec<Digest> = vec![manifest.digest().clone(), parsed.config().digest().clone()];
-    blobs.extend(parsed.layers().iter().map(|l| l.digest().clone()));
+    let mut blobs: Vec<Digest> = Vec::new();
+    for (manifest, _) in images {
+        let manifest_bytes = store.read_blob(manifest.digest())?;
+        let parsed: ImageManifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| ExportError::Manifest {
+                digest: manifest.digest().to_string(),
+                message: format!("not an image manifest: {e}"),
+            })?;
+        let mut mine = vec![manifest.digest().clone(), parsed.config().digest().clone()];
+        mine.extend(parsed.layers().iter().map(|l| l.digest().clone()));
+        for d in &mine {
+            if !store.has(d) {
+                return Err(ExportError::Manifest {
+                    digest: manifest.digest().to_string(),
+                    message: format!("blob {d} is not in the content store"),
+                });
+            }
+        }
+        blobs.extend(mine);
+    }
     let mut seen = BTreeSet::new();
     blobs.retain(|d| seen.insert(d.to_string()));
-    for d in &blobs {
-        if !store.has(d) {
-            return Err(ExportError::Manifest {
-                digest: manifest.digest().to_string(),
-                message: format!("blob {d} is not in the content store"),
-            });
-        }
-    }
 
     let label = PathBuf::from("<oci tar>");
     let mut tar = tar::Builder::new(out);
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-    let index = layout_index(manifest, name);
+    let index = layout_index_of(images);
     for dir in ["blobs/", "blobs/sha256/"] {
         let h = tar_header(dir, 0, 0o755, tar::EntryType::Directory);
         tar.append(&h, io::empty()).map_err(io_err(&label))?;
@@ -492,8 +507,18 @@ pub fn oci_tar(
     name: &str,
     store: &Store,
 ) -> Result<(), ExportError> {
+    oci_tar_of(dest, &[(manifest.clone(), name.to_string())], store)
+}
+
+/// An OCI image-layout tarball of several images (`envkit save`): blobs they share are written
+/// once, `index.json` names each.
+pub fn oci_tar_of(
+    dest: &Path,
+    images: &[(Descriptor, String)],
+    store: &Store,
+) -> Result<(), ExportError> {
     write_to_dest(dest, |out| {
-        write_layout(out, manifest, name, store)?;
+        write_layout(out, images, store)?;
         Ok(())
     })
 }
