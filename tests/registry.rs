@@ -283,3 +283,307 @@ async fn docker_v2s2_manifest_list_and_oci_index() {
     assert_eq!(list.manifest_media_type, registry::DOCKER_MANIFEST);
     registry.pull(&list, &store).await.unwrap();
 }
+
+/// What the flaky proxy does to the next request for the watched blob.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Answer 503 without asking the registry.
+    Unavailable,
+    /// Forward the registry's answer, but close the connection halfway through the body.
+    CutHalf,
+    /// Forward it whole.
+    Pass,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    range: Option<String>,
+    body_sent: u64,
+}
+
+/// An HTTP proxy in front of the test registry that injects faults into the requests for one
+/// blob, records what was asked, and can hold every blob request for a while (to see how many
+/// run at once).
+struct Flaky {
+    addr: String,
+    watched: std::sync::Mutex<String>,
+    plan: std::sync::Mutex<std::collections::VecDeque<Fault>>,
+    seen: std::sync::Mutex<Vec<Seen>>,
+    hold: std::time::Duration,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Flaky {
+    async fn start(upstream: String, hold: std::time::Duration) -> std::sync::Arc<Flaky> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = std::sync::Arc::new(Flaky {
+            addr: listener.local_addr().unwrap().to_string(),
+            watched: std::sync::Mutex::new(String::new()),
+            plan: Default::default(),
+            seen: Default::default(),
+            hold,
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
+        });
+        let proxy = me.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (p, up) = (proxy.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let _ = p.serve(conn, &up).await;
+                });
+            }
+        });
+        me
+    }
+
+    async fn serve(&self, mut conn: tokio::net::TcpStream, upstream: &str) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).await? == 0 {
+                return Ok(());
+            }
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut range = None;
+        let mut out = String::new();
+        for (i, line) in text.split("\r\n").enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let lower = line.to_ascii_lowercase();
+            if lower.starts_with("range:") {
+                range = Some(line[6..].trim().to_string());
+            }
+            if i > 0 && lower.starts_with("connection:") {
+                continue;
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        let blob = path.contains("/blobs/sha256:");
+        let watched = {
+            let w = self.watched.lock().unwrap();
+            !w.is_empty() && path.contains(w.as_str())
+        };
+        let fault = if watched {
+            self.plan.lock().unwrap().pop_front().unwrap_or(Fault::Pass)
+        } else {
+            Fault::Pass
+        };
+        if blob {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.hold).await;
+        }
+        let mut sent = 0u64;
+        let result = async {
+            if fault == Fault::Unavailable {
+                conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await?;
+                return Ok(());
+            }
+            let mut up = tokio::net::TcpStream::connect(upstream).await?;
+            up.write_all(out.as_bytes()).await?;
+            let mut resp = Vec::new();
+            up.read_to_end(&mut resp).await?;
+            let split = resp
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4)
+                .unwrap_or(resp.len());
+            let body = resp.len() - split;
+            let keep = if fault == Fault::CutHalf { split + body / 2 } else { resp.len() };
+            conn.write_all(&resp[..keep]).await?;
+            sent = (keep - split) as u64;
+            conn.shutdown().await
+        }
+        .await;
+        if blob {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        if watched {
+            self.seen.lock().unwrap().push(Seen {
+                range,
+                body_sent: sent,
+            });
+        }
+        result
+    }
+}
+
+fn plain_http(host: &str) -> Config {
+    Config::parse(
+        &format!("[registry.\"{host}\"]\nhttp = true\n"),
+        Path::new("test-config.toml"),
+    )
+    .unwrap()
+}
+
+/// A 503, then a body cut off halfway, then success: the layer arrives whole, and the last
+/// attempt asked only for the missing bytes (a range request).
+#[tokio::test]
+async fn pulls_retry_and_resume_interrupted_blobs() {
+    let reg = test_registry();
+    let flaky = Flaky::start(reg, std::time::Duration::ZERO).await;
+    let registry = Registry::new(&plain_http(&flaky.addr));
+    let r = registry
+        .resolve(&format!("{}/library/busybox:latest", flaky.addr))
+        .await
+        .unwrap();
+    let layer = r.layers[0].clone();
+    *flaky.watched.lock().unwrap() = layer.digest().to_string();
+    flaky
+        .plan
+        .lock()
+        .unwrap()
+        .extend([Fault::Unavailable, Fault::CutHalf, Fault::Pass]);
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    registry.pull(&r, &store).await.unwrap();
+    assert_eq!(store.verify(layer.digest()).unwrap(), layer.size());
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0].range.is_none() && seen[1].range.is_none(),
+        "{seen:?}"
+    );
+    let half = seen[1].body_sent;
+    assert!(half > 0 && half < layer.size(), "{seen:?}");
+    assert_eq!(
+        seen[2].range.as_deref(),
+        Some(format!("bytes={half}-{}", layer.size() - 1).as_str()),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen[2].body_sent,
+        layer.size() - half,
+        "only the rest came again"
+    );
+    // Nothing is left half-written.
+    let ingest = std::fs::read_dir(root.path().join("content/ingest"))
+        .unwrap()
+        .count();
+    assert_eq!(ingest, 0);
+}
+
+/// A registry that keeps failing: the pull gives up after its retries and says so; the bytes
+/// it got stay for the next pull, which resumes from them.
+#[tokio::test]
+async fn pulls_give_up_after_retries_and_keep_what_they_got() {
+    let reg = test_registry();
+    let flaky = Flaky::start(reg, std::time::Duration::ZERO).await;
+    let registry = Registry::new(&plain_http(&flaky.addr));
+    let r = registry
+        .resolve(&format!("{}/library/busybox:latest", flaky.addr))
+        .await
+        .unwrap();
+    let layer = r.layers[0].clone();
+    *flaky.watched.lock().unwrap() = layer.digest().to_string();
+    flaky.plan.lock().unwrap().extend([
+        Fault::CutHalf,
+        Fault::Unavailable,
+        Fault::Unavailable,
+        Fault::Unavailable,
+        Fault::Unavailable,
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let e = registry.pull(&r, &store).await.unwrap_err().to_string();
+    assert!(
+        e.contains("gave up after 5 attempts") && e.contains("503"),
+        "{e}"
+    );
+    assert!(!store.has(layer.digest()));
+    let partial = root
+        .path()
+        .join("content/ingest")
+        .join(format!("partial-{}", layer.digest().digest()));
+    let kept = std::fs::metadata(&partial)
+        .expect("the partial download is kept")
+        .len();
+    assert!(kept > 0 && kept < layer.size());
+    // The next pull asks for the rest only.
+    flaky.seen.lock().unwrap().clear();
+    registry.pull(&r, &store).await.unwrap();
+    assert_eq!(store.verify(layer.digest()).unwrap(), layer.size());
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0]
+            .range
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&format!("bytes={kept}-"))),
+        "{seen:?}"
+    );
+    assert!(!partial.exists());
+}
+
+/// A three-layer image: its layers download at the same time.
+#[tokio::test]
+async fn layers_download_concurrently() {
+    let reg = test_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{reg}/library/busybox:latest"),
+        &format!("oci:{}:latest", layout.display()),
+    ]);
+    for name in ["a", "b"] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("data"), name.repeat(100_000)).unwrap();
+        let out = Command::new("umoci")
+            .args(["insert", "--image"])
+            .arg(format!("{}:latest", layout.display()))
+            .arg(&d)
+            .arg(format!("/opt/{name}"))
+            .output()
+            .expect("umoci");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{reg}/envkit-test/three-layers:latest"),
+    ]);
+    let flaky = Flaky::start(reg, std::time::Duration::from_millis(300)).await;
+    let registry = Registry::new(&plain_http(&flaky.addr));
+    let r = registry
+        .resolve(&format!("{}/envkit-test/three-layers:latest", flaky.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.layers.len(), 3);
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    flaky
+        .max_in_flight
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    registry.pull(&r, &store).await.unwrap();
+    for l in &r.layers {
+        assert_eq!(store.verify(l.digest()).unwrap(), l.size());
+    }
+    let most = flaky
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 3, "at most {most} blob downloads at once");
+}

@@ -159,9 +159,50 @@ impl Store {
             NamedTempFile::with_prefix_in("ingest-", &self.ingest).map_err(io_err(&self.ingest))?;
         Ok(BlobWriter {
             blobs: self.blobs.clone(),
-            file,
+            file: Some(file),
             hasher: Sha256::new(),
             size: 0,
+            keep: false,
+        })
+    }
+
+    /// Starts or resumes the download of `digest`: the bytes an earlier, interrupted attempt
+    /// wrote (`ingest/partial-<hex>`, kept when a resumable writer is dropped) are re-hashed
+    /// and [`BlobWriter::written`] says where to go on. Another process resuming the same blob
+    /// holds it locked; then this is a fresh, private writer.
+    pub fn resumable_writer(&self, digest: &Digest) -> Result<BlobWriter, ContentError> {
+        let path = self.ingest.join(format!("partial-{}", digest.digest()));
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if file.try_lock().is_err() {
+            return self.writer();
+        }
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(BlobWriter {
+            blobs: self.blobs.clone(),
+            file: Some(NamedTempFile::from_parts(
+                file,
+                tempfile::TempPath::try_from_path(&path).map_err(io_err(&path))?,
+            )),
+            hasher,
+            size,
+            keep: true,
         })
     }
 
@@ -262,22 +303,57 @@ impl Store {
 /// temporary file.
 pub struct BlobWriter {
     blobs: PathBuf,
-    file: NamedTempFile,
+    /// Always Some until commit or drop.
+    file: Option<NamedTempFile>,
     hasher: Sha256,
     size: u64,
+    /// A resumable download: dropping keeps what was written.
+    keep: bool,
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take()
+            && self.keep
+        {
+            let _ = f.into_temp_path().keep();
+        }
+    }
 }
 
 impl BlobWriter {
+    fn file(&mut self) -> Result<&mut NamedTempFile, ContentError> {
+        self.file.as_mut().ok_or_else(|| ContentError::Io {
+            path: self.blobs.clone(),
+            source: io::Error::other("the writer was already committed"),
+        })
+    }
+
     /// Appends bytes.
     pub fn update(&mut self, bytes: &[u8]) -> Result<(), ContentError> {
-        self.file
-            .write_all(bytes)
-            .map_err(|source| ContentError::Io {
-                path: self.file.path().to_path_buf(),
-                source,
-            })?;
+        let f = self.file()?;
+        f.write_all(bytes).map_err(|source| ContentError::Io {
+            path: f.path().to_path_buf(),
+            source,
+        })?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Drops the writer and what it wrote, even for a resumable download (its bytes are
+    /// known to be wrong).
+    pub fn discard(mut self) {
+        self.keep = false;
+    }
+
+    /// Forgets what was written (a server that ignored a range request sends it all again).
+    pub fn reset(&mut self) -> Result<(), ContentError> {
+        let f = self.file()?;
+        let path = f.path().to_path_buf();
+        f.as_file().set_len(0).map_err(io_err(&path))?;
+        self.hasher = Sha256::new();
+        self.size = 0;
         Ok(())
     }
 
@@ -287,13 +363,15 @@ impl BlobWriter {
     }
 
     /// Checks digest and size, then moves the blob into place.
-    pub fn commit(self, expected: Option<(&Digest, u64)>) -> Result<BlobInfo, ContentError> {
-        let BlobWriter {
-            blobs,
-            file,
-            hasher,
-            size,
-        } = self;
+    pub fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<BlobInfo, ContentError> {
+        // Taken out: on any error below, it is dropped and removed (a bad partial download
+        // must not be resumed).
+        let file = self.file.take().ok_or_else(|| ContentError::Io {
+            path: self.blobs.clone(),
+            source: io::Error::other("the writer was already committed"),
+        })?;
+        let (blobs, size) = (self.blobs.clone(), self.size);
+        let hasher = std::mem::take(&mut self.hasher);
         let digest = digest_from_hasher(hasher);
         if let Some((want, want_size)) = expected {
             if *want != digest {
@@ -328,7 +406,10 @@ impl Write for BlobWriter {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -377,6 +458,45 @@ mod tests {
         assert!(matches!(err, ContentError::DigestMismatch { .. }), "{err}");
         assert!(!s.has(&wrong));
         assert!(!s.has(&sha256_digest(b"hello")));
+        assert!(ingest_dir_is_empty(dir.path()));
+    }
+
+    #[test]
+    fn resumable_writers_keep_resume_and_discard() {
+        let (dir, s) = store();
+        let data = b"hello, resumable world";
+        let d = sha256_digest(data);
+        let mut w = s.resumable_writer(&d).unwrap();
+        assert_eq!(w.written(), 0);
+        w.update(&data[..7]).unwrap();
+        drop(w); // an interrupted download
+        assert!(!ingest_dir_is_empty(dir.path()));
+        // A second writer of the same blob while the first holds it: private, from zero.
+        let mut w = s.resumable_writer(&d).unwrap();
+        assert_eq!(w.written(), 7);
+        let other = s.resumable_writer(&d).unwrap();
+        assert_eq!(other.written(), 0);
+        drop(other);
+        w.update(&data[7..]).unwrap();
+        w.commit(Some((&d, data.len() as u64))).unwrap();
+        assert!(s.has(&d));
+        assert!(ingest_dir_is_empty(dir.path()));
+        // Wrong bytes resumed: the commit fails and nothing is left to resume.
+        let d2 = sha256_digest(b"other");
+        let mut w = s.resumable_writer(&d2).unwrap();
+        w.update(b"oth").unwrap();
+        drop(w);
+        let mut w = s.resumable_writer(&d2).unwrap();
+        w.update(b"ERS").unwrap();
+        assert!(w.commit(Some((&d2, 5))).is_err());
+        assert!(ingest_dir_is_empty(dir.path()));
+        // discard and reset.
+        let mut w = s.resumable_writer(&d2).unwrap();
+        w.update(b"xx").unwrap();
+        w.reset().unwrap();
+        assert_eq!(w.written(), 0);
+        w.update(b"x").unwrap();
+        w.discard();
         assert!(ingest_dir_is_empty(dir.path()));
     }
 

@@ -290,6 +290,18 @@ fn prune_blobs(worker: &Worker, kept: &[&Snap], cutoff: SystemTime) -> Result<Am
         removed.count += 1;
         removed.bytes += len;
     }
+    // Interrupted downloads kept for resuming, older than the cutoff: no writer can hold
+    // them while prune has the store to itself.
+    for p in entries(&worker.root.join("content/ingest")) {
+        if modified(&p) >= cutoff {
+            continue;
+        }
+        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        if std::fs::remove_file(&p).is_ok() {
+            removed.count += 1;
+            removed.bytes += len;
+        }
+    }
     Ok(removed)
 }
 

@@ -808,10 +808,24 @@ impl Registry {
         on_host: &Reference,
         creds: &RegistryAuth,
     ) -> Result<(Vec<u8>, Digest), String> {
-        let (bytes, _) = client
-            .pull_manifest_raw(on_host, creds, ACCEPTED)
-            .await
-            .map_err(|e| describe(&e))?;
+        // A registry under load (5xx, 429) gets a few more tries; a refused connection does
+        // not (the next mirror, or the error, comes sooner).
+        let mut attempt = 0;
+        let (bytes, _) = loop {
+            match client.pull_manifest_raw(on_host, creds, ACCEPTED).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    let busy = matches!(&e,
+                        oci_client::errors::OciDistributionError::ServerError { code, .. }
+                            if *code >= 500 || *code == 429);
+                    if !busy || attempt >= 2 {
+                        return Err(describe(&e));
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        };
         let actual = content::sha256_digest(&bytes);
         if let Some(want) = on_host.digest()
             && want != actual.as_ref()
@@ -850,16 +864,28 @@ impl Registry {
                     message: describe(&e),
                 })?;
         }
-        for layer in &resolved.layers {
-            if store.has(layer.digest()) {
-                continue;
+        // Several layers at once (as docker and containerd do); the first failure stops the
+        // rest, whose partial downloads stay for the next attempt.
+        let mut missing: Vec<&Descriptor> = Vec::new();
+        for l in &resolved.layers {
+            if !store.has(l.digest()) && !missing.iter().any(|m| m.digest() == l.digest()) {
+                missing.push(l);
             }
-            self.pull_blob(&client, &on_host, resolved, layer, store)
-                .await?;
+        }
+        let futures: Vec<_> = missing
+            .into_iter()
+            .map(|layer| self.pull_blob(&client, &on_host, resolved, layer, store))
+            .collect();
+        let mut downloads = futures_util::stream::iter(futures).buffer_unordered(PARALLEL_BLOBS);
+        while let Some(r) = downloads.next().await {
+            r?;
         }
         Ok(())
     }
 
+    /// Downloads one blob, retrying what a flaky network or registry causes (connection
+    /// errors, cut-off bodies, 5xx, 429) with exponential backoff, and resuming from the bytes
+    /// already on disk with a range request.
     async fn pull_blob(
         &self,
         client: &Client,
@@ -876,24 +902,48 @@ impl Registry {
             url: url.clone(),
             message,
         };
-        let mut stream = client
-            .pull_blob_stream(on_host, digest.as_str())
-            .await
-            .map_err(|e| blob_err(describe(&e)))?;
-        let mut writer = store.writer()?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| blob_err(chain(&e)))?;
-            writer.update(&chunk)?;
+        let mut attempt = 0u32;
+        let mut restarted = false;
+        loop {
+            let mut writer = store.resumable_writer(desc.digest())?;
             if writer.written() > desc.size() {
-                return Err(blob_err(format!(
-                    "registry sent more than the {} bytes the manifest lists",
-                    desc.size()
-                )));
+                writer.reset()?;
+            }
+            let outcome = self.download(client, on_host, desc, &mut writer).await;
+            match outcome {
+                Ok(()) => match writer.commit(Some((desc.digest(), desc.size()))) {
+                    Ok(_) => break,
+                    // A resumed download that does not add up: start once from nothing
+                    // (the bad partial file is gone with the failed commit).
+                    Err(e) if !restarted => {
+                        tracing::warn!("{digest}: {e}; downloading it again from the start");
+                        restarted = true;
+                    }
+                    Err(e) => return Err(blob_err(e.to_string())),
+                },
+                Err(Failure::Permanent(m)) => {
+                    writer.discard();
+                    return Err(blob_err(m));
+                }
+                Err(Failure::Transient(m)) => {
+                    if attempt >= RETRIES {
+                        return Err(blob_err(format!(
+                            "{m} (gave up after {} attempts)",
+                            attempt + 1
+                        )));
+                    }
+                    let wait = backoff(attempt);
+                    tracing::warn!(
+                        "{digest}: {m}; retrying in {} ms from byte {}",
+                        wait.as_millis(),
+                        writer.written()
+                    );
+                    drop(writer); // keeps the partial file
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
             }
         }
-        writer
-            .commit(Some((desc.digest(), desc.size())))
-            .map_err(|e| blob_err(e.to_string()))?;
         // Where it came from: a push to the same registry can mount it instead of uploading.
         store.write_note(
             "origin",
@@ -901,6 +951,111 @@ impl Registry {
             format!("{}\n{}", resolved.host, resolved.repository).as_bytes(),
         );
         Ok(())
+    }
+
+    /// One attempt: the rest of the blob from `writer.written()` on.
+    async fn download(
+        &self,
+        client: &Client,
+        on_host: &Reference,
+        desc: &Descriptor,
+        writer: &mut content::BlobWriter,
+    ) -> Result<(), Failure> {
+        let digest = desc.digest().to_string();
+        let offset = writer.written();
+        let mut stream = if offset > 0 && offset < desc.size() {
+            let r = client
+                .pull_blob_stream_partial(
+                    on_host,
+                    digest.as_str(),
+                    offset,
+                    Some(desc.size() - offset),
+                )
+                .await
+                .map_err(Failure::of)?;
+            match r {
+                oci_client::client::BlobResponse::Partial(s) => s,
+                oci_client::client::BlobResponse::Full(s) => {
+                    // The registry ignored the range: it all comes again.
+                    writer
+                        .reset()
+                        .map_err(|e| Failure::Permanent(e.to_string()))?;
+                    s
+                }
+            }
+        } else if offset == desc.size() && offset > 0 {
+            return Ok(()); // all there already; the commit checks it
+        } else {
+            client
+                .pull_blob_stream(on_host, digest.as_str())
+                .await
+                .map_err(Failure::of)?
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Failure::Transient(chain(&e)))?;
+            writer
+                .update(&chunk)
+                .map_err(|e| Failure::Permanent(e.to_string()))?;
+            if writer.written() > desc.size() {
+                return Err(Failure::Permanent(format!(
+                    "registry sent more than the {} bytes the manifest lists",
+                    desc.size()
+                )));
+            }
+        }
+        if writer.written() < desc.size() {
+            return Err(Failure::Transient(format!(
+                "the download ended after {} of {} bytes",
+                writer.written(),
+                desc.size()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Layers downloaded at once.
+const PARALLEL_BLOBS: usize = 4;
+/// Retries of one blob after the first attempt.
+const RETRIES: u32 = 4;
+
+/// 250 ms, 500 ms, 1 s, 2 s …, with up to a quarter more at random (clients that failed
+/// together do not come back together).
+fn backoff(attempt: u32) -> std::time::Duration {
+    let base = 250u64 << attempt.min(6);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    std::time::Duration::from_millis(base + nanos % (base / 4 + 1))
+}
+
+/// Why a download attempt failed.
+enum Failure {
+    /// Worth another try: the network or the registry's load.
+    Transient(String),
+    Permanent(String),
+}
+
+impl Failure {
+    fn of(e: oci_client::errors::OciDistributionError) -> Failure {
+        use oci_client::errors::OciDistributionError as E;
+        let m = describe(&e);
+        match &e {
+            E::ServerError { code, .. } if *code >= 500 || *code == 429 || *code == 408 => {
+                Failure::Transient(m)
+            }
+            E::RegistryError { envelope, .. }
+                if envelope.errors.iter().any(|x| {
+                    matches!(x.code, oci_client::errors::OciErrorCode::Toomanyrequests)
+                }) =>
+            {
+                Failure::Transient(m)
+            }
+            E::RequestError(r) if !r.is_builder() && !r.is_redirect() => Failure::Transient(m),
+            E::IoError(_) => Failure::Transient(m),
+            _ => Failure::Permanent(m),
+        }
     }
 }
 
