@@ -1739,16 +1739,18 @@ fn push_and_pull_through_an_authenticating_registry() {
         })
         .map(|(d, _)| d.to_string())
         .unwrap_or_else(|| panic!("no push line: {log}"));
+    // skopeo pulls the pushed image whole (every blob, verified) and finds the same digest.
+    let pulled = env.dir.join("skopeo-pulled");
     let out = std::process::Command::new("skopeo")
         .args([
-            "inspect",
-            "--tls-verify=false",
-            "--creds",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--src-creds",
             &creds,
-            "--format",
-            "{{.Digest}}",
         ])
         .arg(format!("docker://{target}"))
+        .arg(format!("oci:{}:pulled", pulled.display()))
         .output()
         .expect("skopeo");
     assert!(
@@ -1756,7 +1758,12 @@ fn push_and_pull_through_an_authenticating_registry() {
         "skopeo: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pushed);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pulled.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"].as_str(),
+        Some(pushed.as_str())
+    );
 
     // A fresh store pulls the pushed image (authenticated) and finds the step's file.
     let check = llb::image(&target)
@@ -1778,6 +1785,21 @@ fn push_and_pull_through_an_authenticating_registry() {
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(step_said(&log, "pushed-content"), "{log}");
+    // The machine-readable progress of an authenticated pull carries no secret either.
+    let out = env.envkit(&[
+        "--root",
+        env.dir.join("fresh-store-json").to_str().unwrap(),
+        "solve",
+        "--progress",
+        "rawjson",
+        check_pb.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        !all.contains("envkit-test-secret") && !all.contains(&b64),
+        "a secret reached rawjson"
+    );
 
     // `envkit push` under another name: every blob is there or mounted, none uploaded.
     let out = env.envkit(&[
