@@ -27,41 +27,9 @@ RUNS=${1:-${RUNS:-3}}
 W=${ENVKIT_BENCH_DIR:-/var/tmp/envkit-bench}
 OUT=${OUT:-$W/results.md}
 
-env_out=$(bash scripts/test-env.sh)
-eval "$(grep -E '^ENVKIT_TEST_(REGISTRY|USER)=' <<<"$env_out")"
-REG=$ENVKIT_TEST_REGISTRY
-TUSER=$ENVKIT_TEST_USER
-TUID=$(id -u "$TUSER")
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/envkit-target}
-cargo build --release --bin envkit >/dev/null 2>&1 || cargo build --release --bin envkit
-ENVKIT=$CARGO_TARGET_DIR/release/envkit
-chmod 0755 "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR/release"
-
-rm -rf "$W"
-mkdir -p "$W"/{envkit-root,bah/root,bah/run,run,ctx}
-RUNDIR=/tmp/envkit-run-$TUID
-mkdir -p "$RUNDIR"
-chown "$TUSER" "$RUNDIR"
-
-cat >"$W/envkit.toml" <<EOF
-[registry."docker.io"]
-mirrors = ["$REG"]
-
-[registry."$REG"]
-http = true
-EOF
-if [ "$REG" != "127.0.0.1:5000" ]; then
-  printf '\n[registry."127.0.0.1:5000"]\nmirrors = ["%s"]\nhttp = true\n' "$REG" >>"$W/envkit.toml"
-fi
-printf '\n[worker]\nca-bundle = "/etc/ssl/certs/ca-certificates.crt"\n' >>"$W/envkit.toml"
-cat >"$W/registries.conf" <<EOF
-unqualified-search-registries = ["docker.io"]
-
-[[registry]]
-prefix = "docker.io"
-location = "$REG"
-insecure = true
-EOF
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+bench_setup
 
 # --- workloads -------------------------------------------------------------------------------
 mk() { mkdir -p "$W/ctx/$1"; }
@@ -124,51 +92,6 @@ RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
     rm -f /etc/apt/apt.conf.d/docker-clean && apt-get update && apt-get install -y jq
 EOF
 chown -R "$TUSER:$TUSER" "$W"
-
-# --- runners ---------------------------------------------------------------------------------
-as_user() {
-  runuser -u "$TUSER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME="$W" USER="$TUSER" XDG_RUNTIME_DIR="$RUNDIR" \
-    ENVKIT_ROOT="$W/envkit-root" ENVKIT_CONFIG="$W/envkit.toml" \
-    CONTAINERS_REGISTRIES_CONF="$W/registries.conf" "$@"
-}
-BAH=(buildah --root "$W/bah/root" --runroot "$W/bah/run" --storage-driver overlay)
-BAH_BUD=(bud --runtime runc --network host --layers --jobs 4)
-
-# Runs a command, polling its own peak RSS (VmHWM, KiB; the step processes it starts are
-# not counted) into $W/rss.
-cat >"$W/hwm.sh" <<'EOF'
-#!/bin/bash
-"$@" &
-pid=$!
-max=0
-while kill -0 "$pid" 2>/dev/null; do
-  v=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null)
-  [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
-  sleep 0.005
-done
-wait "$pid"
-rc=$?
-echo "$max" >"$(dirname "$0")/rss"
-exit $rc
-EOF
-chmod 0755 "$W/hwm.sh"
-
-# Seconds (and the command's peak RSS in KiB into $W/rss) of one command as the test user;
-# its output goes to $W/last.log, and a failure stops the benchmark.
-timed() {
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! as_user "$W/hwm.sh" "$@" >"$W/last.log" 2>&1; then
-    echo "FAILED: $*" >&2
-    tail -20 "$W/last.log" >&2
-    exit 1
-  fi
-  t1=$(date +%s.%N)
-  python3 -c "print(f'{$t1 - $t0:.3f}')"
-}
-
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.3f}")' "$@"; }
 
 declare -A RESULT
 MAXRSS_ENVKIT=0

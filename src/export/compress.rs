@@ -196,21 +196,48 @@ pub fn convert_manifest(
             digest: manifest.digest().to_string(),
             message: format!("not an image manifest: {e}"),
         })?;
-    let mut changed = false;
     let mut layers = parsed.layers().clone();
-    for l in &mut layers {
-        let have = Compression::of(l.media_type());
-        let mine = have == Some(Compression::Uncompressed);
-        let redo = have != Some(opts.kind) && (mine || opts.force);
-        // A level asked for is a reason to redo even a layer of the same kind, when forced.
-        let relevel = opts.force && opts.level.is_some() && have == Some(opts.kind);
-        if redo || (relevel && opts.kind != Compression::Uncompressed) {
-            *l = convert(store, l, opts)?;
-            changed = true;
-        }
-    }
-    if !changed {
+    let todo: Vec<usize> = (0..layers.len())
+        .filter(|&i| {
+            let have = Compression::of(layers[i].media_type());
+            let mine = have == Some(Compression::Uncompressed);
+            let redo = have != Some(opts.kind) && (mine || opts.force);
+            // A level asked for is a reason to redo even a layer of the same kind, when forced.
+            let relevel = opts.force && opts.level.is_some() && have == Some(opts.kind);
+            redo || (relevel && opts.kind != Compression::Uncompressed)
+        })
+        .collect();
+    if todo.is_empty() {
         return Ok(manifest.clone());
+    }
+    // Layers in parallel, as many at once as there are cores (each one also compresses on
+    // all cores: a lone large layer still uses the whole machine).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for group in todo.chunks(cores) {
+        let done: Vec<(usize, Result<Descriptor, ExportError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = group
+                .iter()
+                .map(|&i| {
+                    let l = &layers[i];
+                    (i, scope.spawn(move || convert(store, l, opts)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, h)| {
+                    let r = h.join().unwrap_or_else(|_| {
+                        Err(ExportError::Manifest {
+                            digest: manifest.digest().to_string(),
+                            message: "a compression thread panicked".into(),
+                        })
+                    });
+                    (i, r)
+                })
+                .collect()
+        });
+        for (i, r) in done {
+            layers[i] = r?;
+        }
     }
     parsed.set_layers(layers);
     let out = serde_json::to_vec(&parsed).map_err(|e| ExportError::Manifest {
