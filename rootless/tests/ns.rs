@@ -221,6 +221,7 @@ fn unpack_exec_difftar() {
         let (r, _) = ok(&Request::Unpack {
             layers: busybox_layers(&t.0),
             dest: rootfs.clone(),
+            max_layer_bytes: None,
         });
         let Response::Unpacked { notes } = r else {
             panic!("{r:?}")
@@ -394,6 +395,7 @@ fn remove_all_cleans_subordinate_files() {
         ok(&Request::Unpack {
             layers: busybox_layers(&t.0),
             dest: rootfs.clone(),
+            max_layer_bytes: None,
         });
         assert!(
             std::fs::remove_dir_all(&rootfs).is_err(),
@@ -427,6 +429,7 @@ fn file_actions_copy_mkfile_owner() {
         ok(&Request::Unpack {
             layers: busybox_layers(&t.0),
             dest: rootfs.clone(),
+            max_layer_bytes: None,
         });
         let ctx = t.0.join("ctx");
         std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
@@ -542,6 +545,7 @@ fn file_actions_names_patterns_times_links_archives() {
         ok(&Request::Unpack {
             layers: busybox_layers(&t.0),
             dest: rootfs.clone(),
+            max_layer_bytes: None,
         });
         let ctx = t.0.join("ctx");
         std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
@@ -748,6 +752,7 @@ fn copy_snapshotter_gives_the_same_layers_as_overlay() {
         ok(&Request::Unpack {
             layers: busybox_layers(&t.0),
             dest: rootfs.clone(),
+            max_layer_bytes: None,
         });
         let with = |args: &[&str], req: &Request| {
             let mut out = Vec::new();
@@ -858,6 +863,7 @@ fn apt_update_debian() {
                 compression: Compression::None,
             }],
             dest: rootfs.clone(),
+            max_layer_bytes: None,
         });
         eprintln!("unpack: {:?} {r:?}", s.elapsed());
         let mut req = exec_req(
