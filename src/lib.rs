@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod content;
+pub mod devenv;
 pub mod export;
 pub mod frontend;
 pub mod gc;

@@ -2121,3 +2121,277 @@ fn save_load_inspect_and_remove_images() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("image archive"), "{}", stderr(&o));
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// An HTTP GET of `/` on 127.0.0.1:port: the status line, once something answers (10 s).
+fn http_status(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if let Some(line) = buf.lines().next() {
+                return Some(line.to_string());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+/// Whether any process on the host has `needle` in its command line.
+fn process_with(needle: &str) -> Option<String> {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            continue; // a zombie is dead
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            return Some(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    None
+}
+
+fn devenv_project(env: &TestEnv, name: &str, port: u16) -> std::path::PathBuf {
+    let ctx = env.context_with(
+        name,
+        &format!(
+            "# syntax=v1\ndef build():\n    base(image=\"python:3.11-slim\", dev=False)\n    \
+             runtime.environ(env={{\"GREETING\": \"hello-from-env\"}})\n    \
+             runtime.command(commands={{\"greet\": \"echo greet-$GREETING\"}})\n    \
+             runtime.daemon(commands=[[\"python3\", \"-m\", \"http.server\", \"{port}\", \
+             \"--bind\", \"127.0.0.1\"]])\n"
+        ),
+    );
+    std::fs::write(ctx.join("hello.txt"), "the project's file\n").unwrap();
+    env.chown(&ctx);
+    ctx
+}
+
+/// `envkit up --detach`, `exec`, a supervised `runtime.daemon`, `envs ls|describe`, and a
+/// `destroy` that leaves no process, no state and no writable layer behind.
+#[test]
+fn dev_environment_up_exec_daemon_and_destroy() {
+    let env = TestEnv::new("devenv");
+    let name = format!("devenv-{}", std::process::id());
+    let port = free_port();
+    let ctx = devenv_project(&env, &name, port);
+    let p = ctx.to_str().unwrap();
+    let o = env.envkit(&["up", "--detach", "--progress", "plain", "-p", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("environment {name} is up")),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = env.envkit(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "cat hello.txt; echo \"$GREETING\"; pwd; hostname",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "the project's file",
+        "hello-from-env",
+        &format!("/home/envd/{name}"),
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // Files made in the project belong to the user on the host.
+    let o = env.envkit(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo made-inside > made.txt",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(ctx.join("made.txt")).unwrap().uid(),
+        env.uid()
+    );
+    let o = env.envkit(&["exec", &name, "--command", "greet"]);
+    assert!(
+        stdout(&o).contains("greet-hello-from-env"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The daemon answers on the host's loopback.
+    let status = http_status(port).unwrap_or_else(|| panic!("nothing answers on {port}"));
+    assert!(status.contains("200"), "{status}");
+
+    let o = env.envkit(&["envs", "ls"]);
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{name} not listed: {}", stdout(&o)));
+    assert!(line.contains("running"), "{line}");
+    let pid: u32 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    let o = env.envkit(&["envs", "describe", &name]);
+    assert!(stdout(&o).contains("http.server"), "{}", stdout(&o));
+
+    let o = env.envkit(&["destroy", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    assert!(gone(pid), "the init {pid} still runs");
+    assert_eq!(process_with(&format!("http.server {port}")), None);
+    assert!(!env.store().join("envs").join(&name).exists());
+    let o = env.envkit(&["envs", "ls"]);
+    assert!(!stdout(&o).contains(&name), "{}", stdout(&o));
+    // Idempotent.
+    let o = env.envkit(&["destroy", &name]);
+    assert!(o.status.success() && stdout(&o).contains("nothing to destroy"));
+}
+
+/// `envkit run` propagates the command's exit code and removes its environment; a stale
+/// environment (its init killed) is shown as such, refuses `exec`, and `destroy` cleans it.
+#[test]
+fn dev_environment_run_exit_codes_and_stale_envs() {
+    let env = TestEnv::new("devrun");
+    let name = format!("devrun-{}", std::process::id());
+    let ctx = devenv_project(&env, &name, free_port());
+    let p = ctx.to_str().unwrap();
+    let o = env.envkit(&[
+        "run",
+        "--progress",
+        "plain",
+        "-p",
+        p,
+        "--",
+        "sh",
+        "-c",
+        "cat hello.txt; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).contains("the project's file"));
+    let o = env.envkit(&["envs", "ls"]);
+    assert!(
+        !stdout(&o).contains(&format!("{name}-run-")),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = env.envkit(&["up", "--detach", "--progress", "plain", "-p", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.envkit(&["envs", "ls"]);
+    let pid: i32 = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .unwrap_or_else(|| panic!("{}", stdout(&o)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = env.envkit(&["envs", "ls"]);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains("stale")),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.envkit(&["exec", &name, "--", "true"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    let o = env.envkit(&["destroy", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!env.store().join("envs").join(&name).exists());
+
+    // GPUs where there are none: a clear refusal.
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        let o = env.envkit(&[
+            "up",
+            "--detach",
+            "--gpus",
+            "all",
+            "--progress",
+            "plain",
+            "-p",
+            p,
+        ]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("no NVIDIA GPU"), "{}", stderr(&o));
+    } else {
+        eprintln!("this host has an NVIDIA GPU: the no-GPU refusal was not checked");
+    }
+}
+
+/// An interactive `envkit up` driven through a pseudo-terminal (`script`): the shell runs
+/// `echo $0`, and `exit` leaves the environment running.
+#[test]
+fn dev_environment_interactive_up_through_a_pty() {
+    let env = TestEnv::new("devtty");
+    let name = format!("devtty-{}", std::process::id());
+    let ctx = devenv_project(&env, &name, free_port());
+    let cmd = format!(
+        "{} up --progress plain -p {}",
+        env!("CARGO_BIN_EXE_envkit"),
+        ctx.display()
+    );
+    let mut child = env
+        .user_command("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // The shell reads these once it starts; `script` holds them until then.
+        stdin
+            .write_all(b"echo shell-is-$0 in $(pwd)\nexit\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains(&format!("shell-is-bash in /home/envd/{name}")),
+        "{text}"
+    );
+    assert!(text.contains("it keeps running"), "{text}");
+    let o = env.envkit(&["destroy", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

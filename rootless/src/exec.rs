@@ -22,9 +22,10 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// What to mount, with targets already resolved to host paths under the rootfs.
-enum Plan {
+pub(crate) enum Plan {
     Proc(PathBuf),
-    Dev(PathBuf),
+    /// /dev, with /dev/shm of this many bytes.
+    Dev(PathBuf, u64),
     Rbind(PathBuf, PathBuf),
     BindRo(PathBuf, PathBuf),
     Bind {
@@ -45,9 +46,9 @@ enum Kind {
 }
 
 /// Creates mount points in the rootfs, remembering which ones it had to create.
-struct MountPoints<'a> {
-    root: &'a Path,
-    created: Vec<PathBuf>,
+pub(crate) struct MountPoints<'a> {
+    pub(crate) root: &'a Path,
+    pub(crate) created: Vec<PathBuf>,
 }
 
 impl MountPoints<'_> {
@@ -86,7 +87,7 @@ impl MountPoints<'_> {
     }
 }
 
-fn read_in_root(root: &Path, p: &str) -> String {
+pub(crate) fn read_in_root(root: &Path, p: &str) -> String {
     resolve_in_root(root, p, true, DotDot::Clamp)
         .ok()
         .and_then(|h| std::fs::read(h).ok())
@@ -94,7 +95,7 @@ fn read_in_root(root: &Path, p: &str) -> String {
         .unwrap_or_default()
 }
 
-fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+pub(crate) fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
     env.iter()
         .rev()
         .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -388,7 +389,16 @@ fn drop_unchanged_copy_up(upper: &Path, lowers: &[PathBuf], rel: &Path) {
     }
 }
 
-fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result<ExitStatus> {
+/// What a process in the container gets: its mounts, environment and user.
+pub(crate) struct Prepared {
+    pub(crate) plan: Vec<Plan>,
+    pub(crate) env: Vec<String>,
+    pub(crate) user: ExecUser,
+}
+
+/// The mounts, environment and user of `r` in `root` (mount points are made in `mp`); the
+/// cwd is created.
+pub(crate) fn build_plan(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result<Prepared> {
     let user = resolve_user(
         &r.user,
         &read_in_root(root, "/etc/passwd"),
@@ -406,7 +416,7 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
     }
     let mut plan = vec![
         Plan::Proc(mp.ensure("/proc", Kind::Dir)?),
-        Plan::Dev(mp.ensure("/dev", Kind::Dir)?),
+        Plan::Dev(mp.ensure("/dev", Kind::Dir)?, 64 << 20),
         Plan::Rbind(PathBuf::from("/sys"), mp.ensure("/sys", Kind::Dir)?),
     ];
     for f in ["/etc/resolv.conf", "/etc/hosts"] {
@@ -461,23 +471,45 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
     let cwd = if r.cwd.is_empty() { "/" } else { &r.cwd };
     let cwd_host = resolve_in_root(root, cwd, true, DotDot::Clamp)?;
     std::fs::create_dir_all(&cwd_host).map_err(|e| RootlessError::io(&cwd_host, e))?;
+    Ok(Prepared { plan, env, user })
+}
 
-    let path_env = env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
-    let Some(exe) = lookup(root, &r.args[0], &path_env) else {
+fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result<ExitStatus> {
+    let Prepared { plan, env, user } = build_plan(r, root, mp)?;
+    let Some(step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
+        return Ok(ExitStatus::Code(127));
+    };
+    run_in_pid_ns(root, &plan, r, &step)
+}
+
+/// The process to exec: `args[0]` looked up on the env's PATH inside `root`. None (and a
+/// message on stderr) when there is no such executable.
+pub(crate) fn make_step(
+    root: &Path,
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    user: ExecUser,
+    rlimits_in: &[(String, u64, u64)],
+) -> Result<Option<Step>> {
+    let Some(arg0) = args.first() else {
+        return Err(RootlessError::Invalid("exec: empty args".into()));
+    };
+    let path_env = env_get(env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
+    let Some(exe) = lookup(root, arg0, &path_env) else {
         let mut err = std::io::stderr();
         let _ = writeln!(
             err,
-            "envkit: {:?}: executable file not found in $PATH ({path_env})",
-            r.args[0]
+            "envkit: {arg0:?}: executable file not found in $PATH ({path_env})"
         );
-        return Ok(ExitStatus::Code(127));
+        return Ok(None);
     };
+    let cwd = if cwd.is_empty() { "/" } else { cwd };
     let cs = |s: &str, what: &str| {
         CString::new(s).map_err(|_| RootlessError::Invalid(format!("{what} contains NUL: {s:?}")))
     };
     let exe_c = cs(&exe, "executable")?;
-    let args_c = r
-        .args
+    let args_c = args
         .iter()
         .map(|a| cs(a, "argument"))
         .collect::<Result<Vec<_>>>()?;
@@ -486,8 +518,8 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
         .map(|a| cs(a, "environment"))
         .collect::<Result<Vec<_>>>()?;
     let cwd_c = cs(cwd, "cwd")?;
-    let mut rlimits = Vec::with_capacity(r.rlimits.len());
-    for (name, soft, hard) in &r.rlimits {
+    let mut rlimits = Vec::with_capacity(rlimits_in.len());
+    for (name, soft, hard) in rlimits_in {
         let res = rlimit_resource(name)
             .ok_or_else(|| RootlessError::Invalid(format!("unknown ulimit {name:?}")))?;
         if soft > hard {
@@ -501,15 +533,18 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
         };
         rlimits.push((res, lim, name.clone()));
     }
-    let step = Step {
+    Ok(Some(Step {
         exe: exe_c,
         args: args_c,
         env: env_c,
         cwd: cwd_c,
         user,
         rlimits,
-    };
+        stdin_null: true,
+    }))
+}
 
+fn run_in_pid_ns(root: &Path, plan: &[Plan], r: &ExecRequest, step: &Step) -> Result<ExitStatus> {
     nix::sched::unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| RootlessError::sys("unshare(CLONE_NEWPID)", e))?;
     let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -518,7 +553,7 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
     match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
         ForkResult::Child => {
             drop(st_r);
-            pid1(root, &plan, r, &step, st_w)
+            pid1(root, plan, r, step, st_w)
         }
         ForkResult::Parent { child } => {
             drop(st_w);
@@ -552,13 +587,15 @@ fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result
     }
 }
 
-struct Step {
+pub(crate) struct Step {
     exe: CString,
     args: Vec<CString>,
     env: Vec<CString>,
     cwd: CString,
     user: ExecUser,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit, String)>,
+    /// Replace stdin by /dev/null (build steps); else it is inherited (a terminal).
+    pub(crate) stdin_null: bool,
 }
 
 /// A resource by its `ulimit` name (as BuildKit's `Ulimit.Name` spells them).
@@ -584,7 +621,7 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     })
 }
 
-fn send(fd: &OwnedFd, kind: u8, msg: &str) {
+pub(crate) fn send(fd: &OwnedFd, kind: u8, msg: &str) {
     let mut v = Vec::with_capacity(msg.len() + 2);
     v.push(kind);
     v.extend_from_slice(msg.as_bytes());
@@ -625,7 +662,7 @@ fn m(
     })
 }
 
-fn setup_dev(dev: &Path) -> Result<()> {
+fn setup_dev(dev: &Path, shm_size: u64) -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID;
     m(
         Some(Path::new("tmpfs")),
@@ -676,7 +713,7 @@ fn setup_dev(dev: &Path) -> Result<()> {
         &shm,
         Some("tmpfs"),
         nosuid | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size={shm_size}")),
     )?;
     for (name, target) in [
         ("ptmx", "pts/ptmx"),
@@ -699,6 +736,24 @@ fn pid1_inner(
     st: &OwnedFd,
 ) -> Result<()> {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    enter_root(root, plan, r)?;
+
+    // SAFETY: single-threaded.
+    let child = match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+        ForkResult::Child => {
+            let e = exec_step(step);
+            send(st, b'X', &e);
+            // SAFETY: forked child.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    reap(child, st);
+    Ok(())
+}
+
+/// In a fresh mount (and UTS, network) namespace: mounts `plan` and pivots into `root`.
+pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<()> {
     let mut ns = CloneFlags::CLONE_NEWNS;
     if !r.hostname.is_empty() {
         ns |= CloneFlags::CLONE_NEWUTS;
@@ -722,7 +777,7 @@ fn pid1_inner(
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 None,
             )?,
-            Plan::Dev(t) => setup_dev(t)?,
+            Plan::Dev(t, shm) => setup_dev(t, *shm)?,
             Plan::Rbind(s, t) => m(Some(s), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?,
             Plan::BindRo(s, t) => {
                 m(Some(s), t, None, MsFlags::MS_BIND, None)?;
@@ -770,18 +825,6 @@ fn pid1_inner(
     nix::mount::umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| RootlessError::sys("detaching the old root", e))?;
     nix::unistd::chdir("/").map_err(|e| RootlessError::sys("chdir /", e))?;
-
-    // SAFETY: single-threaded.
-    let child = match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
-        ForkResult::Child => {
-            let e = exec_step(step);
-            send(st, b'X', &e);
-            // SAFETY: forked child.
-            unsafe { libc::_exit(127) }
-        }
-        ForkResult::Parent { child } => child,
-    };
-    reap(child, st);
     Ok(())
 }
 
@@ -804,7 +847,7 @@ fn reap(step: Pid, st: &OwnedFd) {
 }
 
 /// In the step's process: drop to the user and exec. Returns only on failure.
-fn exec_step(s: &Step) -> String {
+pub(crate) fn exec_step(s: &Step) -> String {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Rust ignores SIGPIPE at start-up; a step must get the default.
     // SAFETY: resetting dispositions in a single-threaded child.
@@ -816,12 +859,14 @@ fn exec_step(s: &Step) -> String {
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
-    match std::fs::File::open("/dev/null") {
-        Ok(f) => {
-            // SAFETY: dup2 onto stdin.
-            unsafe { libc::dup2(f.as_raw_fd(), 0) };
+    if s.stdin_null {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => {
+                // SAFETY: dup2 onto stdin.
+                unsafe { libc::dup2(f.as_raw_fd(), 0) };
+            }
+            Err(e) => return format!("open /dev/null: {e}"),
         }
-        Err(e) => return format!("open /dev/null: {e}"),
     }
     for (res, lim, name) in &s.rlimits {
         // SAFETY: setrlimit with a valid struct, in the step's own process.

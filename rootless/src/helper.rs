@@ -110,6 +110,16 @@ fn dispatch(req: Request) -> Result<Response> {
             Ok(Response::Unpacked { notes })
         }
         Request::Exec(r) => Ok(Response::Exited(crate::exec::run_step(&r)?)),
+        Request::StartEnv(r) => {
+            if r.exec.hostname.is_empty() {
+                return Err(RootlessError::Invalid(
+                    "an environment needs a hostname (its own UTS namespace)".into(),
+                ));
+            }
+            Ok(Response::EnvStarted {
+                pid: crate::env::start_env(&r)?,
+            })
+        }
         Request::FileActions {
             lowers,
             upper,

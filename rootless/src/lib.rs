@@ -6,6 +6,7 @@
 
 mod copysnap;
 mod difftar;
+mod env;
 mod error;
 mod exec;
 mod fileops;
@@ -20,13 +21,14 @@ mod unpack;
 pub mod userdb;
 
 pub use difftar::{UpperKind, classify};
+pub use env::{JOIN_ENV, is_join, join_command, join_main};
 pub use error::{Result, RootlessError};
 pub use helper::helper_main;
 pub use idmap::IdMap;
 pub use parent::{Cancel, run_helper, run_helper_cancellable};
 pub use proto::{
-    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Chown, Compression, CopyAction, CopySource, ExecRequest,
-    ExitStatus, FileAction, IdSpec, LayerFile, Mount, MountKind, ProbeResult, Request, Response,
-    SecretBytes, UserDb,
+    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Chown, Compression, CopyAction, CopySource, EnvRequest,
+    ExecRequest, ExitStatus, FileAction, IdSpec, JoinRequest, LayerFile, Mount, MountKind,
+    ProbeResult, Request, Response, SecretBytes, Service, UserDb,
 };
 pub use unpack::{TarMode, unpack_layers, unpack_tar};

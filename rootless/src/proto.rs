@@ -260,6 +260,9 @@ pub enum Request {
     },
     /// Delete a tree owned by subordinate ids.
     RemoveAll { path: PathBuf },
+    /// Start a long-running environment; answered with [`Response::EnvStarted`] once its
+    /// init runs (the init outlives the helper).
+    StartEnv(Box<EnvRequest>),
     /// Report what works here.
     Probe,
 }
@@ -299,7 +302,43 @@ pub enum Response {
         entries: u64,
     },
     Probe(ProbeResult),
+    /// The environment's init, by its pid on the host.
+    EnvStarted {
+        pid: u32,
+    },
     Error {
         message: String,
     },
+}
+
+/// A long-running environment: the rootfs, mounts, environment and user of `exec` (its
+/// `args` are unused), a /dev/shm of `shm_size` bytes, and services its init keeps running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRequest {
+    pub exec: ExecRequest,
+    pub shm_size: u64,
+    pub services: Vec<Service>,
+    /// Host directory for `init.log` and `<service>.log`.
+    pub log_dir: PathBuf,
+}
+
+/// A process the environment's init starts, and starts again whenever it exits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// A plain file name (the log file is `<name>.log`).
+    pub name: String,
+    pub args: Vec<String>,
+}
+
+/// A command to run inside a running environment (`envkit exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The environment's init on the host.
+    pub pid: u32,
+    pub args: Vec<String>,
+    /// `KEY=value`.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// As [`ExecRequest::user`].
+    pub user: String,
 }

@@ -30,6 +30,7 @@ struct Compiled {
     context_dir: PathBuf,
     env_name: String,
     lowered: lower::Lowered,
+    env: crate::ir::Environment,
 }
 
 /// frontend → IR → (base image config from the registry) → lower.
@@ -79,6 +80,7 @@ async fn compile(
         context_dir,
         env_name,
         lowered,
+        env,
     })
 }
 
@@ -173,10 +175,10 @@ fn vertices(graph: &llb::LoadedGraph) -> anyhow::Result<Option<Vertices>> {
 }
 
 /// What a build runs on: the store, the registry and the rootless helper.
-struct Engine {
-    root: PathBuf,
-    worker: Arc<Worker>,
-    reporter: Arc<dyn Reporter>,
+pub(super) struct Engine {
+    pub(super) root: PathBuf,
+    pub(super) worker: Arc<Worker>,
+    pub(super) reporter: Arc<dyn Reporter>,
     parallelism: usize,
     secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
     ssh: Arc<BTreeMap<String, PathBuf>>,
@@ -259,7 +261,7 @@ fn load_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, rootless::S
 }
 
 impl Engine {
-    async fn open(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Engine> {
+    pub(super) async fn open(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Engine> {
         let secrets = Arc::new(load_secrets(&o.secret)?);
         let ssh = Arc::new(load_ssh(&o.ssh)?);
         let mut entitlements = std::collections::BTreeSet::new();
@@ -601,11 +603,28 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     res
 }
 
+/// What a build made, for `envkit up`.
+pub(super) struct Built {
+    pub snap: SnapRef,
+    pub name: String,
+    pub env: crate::ir::Environment,
+    pub context_dir: PathBuf,
+    pub env_name: String,
+}
+
 async fn build_with(
     engine: &Engine,
     args: &BuildArgs,
     output: Option<Output>,
 ) -> anyhow::Result<()> {
+    build_for(engine, args, output).await.map(|_| ())
+}
+
+pub(super) async fn build_for(
+    engine: &Engine,
+    args: &BuildArgs,
+    output: Option<Output>,
+) -> anyhow::Result<Built> {
     let started = std::time::Instant::now();
     let compiled = compile(
         &args.source,
@@ -629,7 +648,14 @@ async fn build_with(
     )?;
     engine
         .export(&snap, &compiled.lowered.image, &name, output, started)
-        .await
+        .await?;
+    Ok(Built {
+        snap,
+        name,
+        env: compiled.env,
+        context_dir: compiled.context_dir,
+        env_name: compiled.env_name,
+    })
 }
 
 /// `envkit solve`: runs an LLB Definition made by any client (`buildctl`-style `--local`

@@ -1,6 +1,7 @@
 //! The command line: clap commands, the only place that prints and that uses `anyhow`.
 
 mod build;
+mod envs;
 mod images;
 
 use std::io::Write;
@@ -51,6 +52,24 @@ pub enum Command {
     Save(SaveArgs),
     /// Read images from an archive (OCI layout or `docker save`, plain or gzip) into the store.
     Load(LoadArgs),
+    /// Build, start a development environment (rootless, host network, the project mounted)
+    /// and open a shell in it.
+    #[command(alias = "u")]
+    Up(UpArgs),
+    /// Run a command (default: the shell) in a running environment.
+    Exec(ExecArgs),
+    /// Build, run one command in a fresh environment, and remove it; its exit code is ours.
+    #[command(alias = "c")]
+    Run(RunArgs),
+    /// The development environments: list (the default) or describe one.
+    #[command(alias = "env")]
+    Envs {
+        #[command(subcommand)]
+        what: Option<EnvsCommand>,
+    },
+    /// Stop an environment's processes and remove it (idempotent).
+    #[command(alias = "down")]
+    Destroy(DestroyArgs),
     /// Push an image of envkit's store to a registry (credentials from docker's config).
     Push(PushArgs),
     /// Inspect what envkit would build.
@@ -151,6 +170,92 @@ pub enum ImagesCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// The environment's name (default: the project directory's name, as envd normalizes it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Start it and return, without a shell.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Extra bind mounts, `HOST:CONTAINER` (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER")]
+    pub volume: Vec<String>,
+    /// Size of /dev/shm in MB (default `config.shm_size`, else 2048).
+    #[arg(long = "shm-size", value_name = "MB")]
+    pub shm_size: Option<u64>,
+    /// Replace an environment of the same name that is running.
+    #[arg(long)]
+    pub force: bool,
+    /// GPUs: `all` (or a count; envkit gives every NVIDIA device) — overrides `config.gpu`.
+    #[arg(long, value_name = "N|all")]
+    pub gpus: Option<String>,
+    /// No GPUs even if the build file asks for them.
+    #[arg(long = "no-gpu")]
+    pub no_gpu: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The environment (default: the current directory's name).
+    pub name: Option<String>,
+    /// Run the `runtime.command` of this name instead.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "NAME",
+        conflicts_with = "args"
+    )]
+    pub command: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Keep the environment afterwards (default: it is removed, like `--rm`).
+    #[arg(long, conflicts_with = "rm")]
+    pub keep: bool,
+    /// Remove the environment afterwards (the default).
+    #[arg(long)]
+    pub rm: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvsCommand {
+    /// NAME IMAGE STATUS PORTS PID CREATED.
+    #[command(alias = "list", alias = "l")]
+    Ls {
+        /// `table` (default) or `json`.
+        #[arg(long, short = 'f')]
+        format: Option<String>,
+    },
+    /// Image, mounts, ports, daemons and processes of one environment.
+    #[command(alias = "d")]
+    Describe {
+        /// Default: the current directory's name.
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The environment (default: the current directory's name).
+    #[arg(conflicts_with = "name_flag")]
+    pub name: Option<String>,
+    /// The same, as envd spells it.
+    #[arg(long = "name", short = 'n', value_name = "NAME")]
+    pub name_flag: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +387,10 @@ pub fn main() -> ExitCode {
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
     match outcome {
-        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Ok(())) => {
+            let code = EXIT_CODE.load(std::sync::atomic::Ordering::SeqCst);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Some(Err(e)) => {
             let _ = std::io::stdout().flush();
             eprintln!("{}", render_error(&e));
@@ -331,6 +439,13 @@ fn render_error(e: &anyhow::Error) -> String {
     out
 }
 
+/// The exit code of a command that ran in an environment (`exec`, `run`).
+static EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn set_exit_code(code: i32) {
+    EXIT_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Build(ref args) => build::build(&cli, args).await,
@@ -341,6 +456,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(ImagesCommand::Rm { names }) => images::remove(&cli, names),
         },
         Command::Save(ref args) => images::save(&cli, args),
+        Command::Up(ref args) => envs::up(&cli, args).await,
+        Command::Exec(ref args) => {
+            let code = tokio::task::block_in_place(|| envs::exec(&cli, args))?;
+            set_exit_code(code);
+            Ok(())
+        }
+        Command::Run(ref args) => {
+            let code = envs::run(&cli, args).await?;
+            set_exit_code(code);
+            Ok(())
+        }
+        Command::Envs { ref what } => envs::envs(&cli, what),
+        Command::Destroy(ref args) => envs::destroy(&cli, args).await,
         Command::Load(ref args) => images::load(&cli, args),
         Command::Push(ref args) => build::push(&cli, args).await,
         Command::Du => build::du(&cli),

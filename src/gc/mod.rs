@@ -194,6 +194,13 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
             }
         }
     }
+    // Development environments stand on their image's snapshots while they exist.
+    let in_use = crate::devenv::lowers_in_use(&worker.root);
+    drop.retain(|id| {
+        !snaps
+            .iter()
+            .any(|s| &s.id == id && in_use.iter().any(|l| l.starts_with(&s.dir)))
+    });
     // A kept result needs every snapshot of its stack.
     loop {
         let needed: BTreeSet<String> = snaps

@@ -1,0 +1,390 @@
+//! Long-running environments (`envkit up`): an init in its own PID, mount and UTS namespaces
+//! (inside the helper's user namespace) that keeps services running until it is told to
+//! stop, and the way back in (`envkit exec`): join the init's namespaces, as `nsenter` does,
+//! then fork so that the command is inside the PID namespace too.
+//!
+//! The init is PID 1 of its namespace: when it exits (SIGTERM from `destroy`, or SIGKILL),
+//! the kernel kills everything else in there, and the mount namespace with the environment's
+//! overlay goes with the last process. Nothing of it is mounted on the host.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::error::{Result, RootlessError};
+use crate::exec::{MountPoints, Plan, Step, build_plan, enter_root, exec_step, make_step, send};
+use crate::overlay::Overlay;
+use crate::proto::{EnvRequest, JoinRequest};
+use crate::userdb::resolve_user;
+
+/// Environment variable that makes the process a [`join_main`] (its value: the JSON
+/// [`JoinRequest`]).
+pub const JOIN_ENV: &str = "ENVKIT_ROOTLESS_JOIN";
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// In the helper (namespace root, single-threaded): mounts the environment's rootfs, forks
+/// its init into a new PID namespace and returns the init's host pid once it runs.
+pub(crate) fn start_env(r: &EnvRequest) -> Result<u32> {
+    let ov = Overlay::mount(&r.exec.lowers, Some((&r.exec.upper, &r.exec.work)))?;
+    let root = ov.merged.clone();
+    // The init's mount namespace keeps its own copy of this mount; the helper's copy goes
+    // when the helper exits. Nothing here must unmount or delete it first.
+    std::mem::forget(ov);
+    let mut mp = MountPoints {
+        root: &root,
+        created: Vec::new(),
+    };
+    let mut prepared = build_plan(&r.exec, &root, &mut mp)?;
+    for p in &mut prepared.plan {
+        if let Plan::Dev(_, shm) = p {
+            *shm = r.shm_size.max(1 << 20);
+        }
+    }
+    std::fs::create_dir_all(&r.log_dir).map_err(|e| RootlessError::io(&r.log_dir, e))?;
+    let open_log = |name: &str| -> Result<std::fs::File> {
+        let p = r.log_dir.join(format!("{name}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| RootlessError::io(&p, e))
+    };
+    let init_log = open_log("init")?;
+    let mut logs = Vec::new();
+    for s in &r.services {
+        if !crate::pathsafe::is_plain_name(std::ffi::OsStr::new(&s.name)) {
+            return Err(RootlessError::Invalid(format!(
+                "service name {:?} is not a plain name",
+                s.name
+            )));
+        }
+        logs.push(open_log(&s.name)?);
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| RootlessError::sys("unshare(CLONE_NEWPID)", e))?;
+    let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RootlessError::sys("pipe2", e))?;
+    // SAFETY: the helper is single-threaded.
+    match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+        ForkResult::Child => {
+            drop(st_r);
+            let mut keep = vec![st_w.as_raw_fd(), init_log.as_raw_fd()];
+            keep.extend(logs.iter().map(|l| l.as_raw_fd()));
+            let code = match init(
+                &root,
+                &prepared.plan,
+                r,
+                &prepared,
+                &logs,
+                &init_log,
+                &keep,
+                &st_w,
+            ) {
+                Ok(()) => 0,
+                Err(e) => {
+                    send(&st_w, b'F', &e.to_string());
+                    125
+                }
+            };
+            // SAFETY: plain exit of a forked child.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(st_w);
+            let mut msgs = Vec::new();
+            let _ = std::fs::File::from(st_r).read_to_end(&mut msgs);
+            for rec in msgs.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+                let text = String::from_utf8_lossy(&rec[1..]).into_owned();
+                match rec[0] {
+                    b'R' => return Ok(child.as_raw() as u32),
+                    b'F' => {
+                        return Err(RootlessError::Helper(format!("environment setup: {text}")));
+                    }
+                    _ => {}
+                }
+            }
+            Err(RootlessError::Helper(
+                "the environment's init exited before it was ready".into(),
+            ))
+        }
+    }
+}
+
+/// Closes every descriptor but `keep` and the standard ones.
+fn close_others(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing descriptors this process no longer uses (single-threaded).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn init(
+    root: &Path,
+    plan: &[Plan],
+    r: &EnvRequest,
+    prepared: &crate::exec::Prepared,
+    logs: &[std::fs::File],
+    init_log: &std::fs::File,
+    keep: &[RawFd],
+    st: &OwnedFd,
+) -> Result<()> {
+    close_others(keep);
+    let null = std::fs::File::open("/dev/null").map_err(|e| RootlessError::io("/dev/null", e))?;
+    // SAFETY: redirecting this process's own standard descriptors.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(init_log.as_raw_fd(), 1);
+        libc::dup2(init_log.as_raw_fd(), 2);
+    }
+    // Its own session: the terminal that ran `envkit up` may go away.
+    let _ = nix::unistd::setsid();
+    enter_root(root, plan, &r.exec)?;
+    let mut steps: Vec<Option<Step>> = Vec::new();
+    for s in &r.services {
+        let step = make_step(
+            Path::new("/"),
+            &s.args,
+            &prepared.env,
+            &r.exec.cwd,
+            prepared.user.clone(),
+            &r.exec.rlimits,
+        )?;
+        if step.is_none() {
+            eprintln!(
+                "envkit init: service {}: {:?} not found",
+                s.name,
+                s.args.first()
+            );
+        }
+        steps.push(step);
+    }
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    send(st, b'R', "");
+    // The parent reads until EOF: close our end now.
+    // SAFETY: st's descriptor is not used after this.
+    unsafe { libc::close(st.as_raw_fd()) };
+    std::mem::forget(null);
+    supervise(r, &steps, logs);
+    Ok(())
+}
+
+/// Starts every service, restarts the ones that exit (after 1 s, doubling up to 30 s while
+/// they keep failing within 10 s), reaps orphans, and on SIGTERM stops everything.
+fn supervise(r: &EnvRequest, steps: &[Option<Step>], logs: &[std::fs::File]) {
+    let mut running: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut started: Vec<Instant> = vec![Instant::now(); steps.len()];
+    let mut delay: Vec<Duration> = vec![Duration::from_secs(1); steps.len()];
+    let mut due: Vec<Option<Instant>> = steps
+        .iter()
+        .map(|s| s.as_ref().map(|_| Instant::now()))
+        .collect();
+    let say = |msg: String| {
+        let mut e = std::io::stderr();
+        let _ = writeln!(e, "{} envkit init: {msg}", unix_now());
+    };
+    loop {
+        if STOP.load(Ordering::SeqCst) {
+            say("stopping".into());
+            let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                    Err(nix::errno::Errno::ECHILD) => break,
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(50)),
+                    _ => {}
+                }
+            }
+            let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..due.len() {
+            let (Some(t), Some(step)) = (due[i], steps[i].as_ref()) else {
+                continue;
+            };
+            if t > now {
+                continue;
+            }
+            due[i] = None;
+            // SAFETY: the init is single-threaded.
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Child) => {
+                    let log = logs[i].as_raw_fd();
+                    // SAFETY: the service's own standard output and error.
+                    unsafe {
+                        libc::dup2(log, 1);
+                        libc::dup2(log, 2);
+                    }
+                    let e = exec_step(step);
+                    let _ = writeln!(std::io::stderr(), "envkit: {e}");
+                    // SAFETY: forked child.
+                    unsafe { libc::_exit(127) }
+                }
+                Ok(ForkResult::Parent { child }) => {
+                    say(format!("started {} (pid {child})", r.services[i].name));
+                    running.insert(child.as_raw(), i);
+                    started[i] = Instant::now();
+                }
+                Err(e) => {
+                    say(format!("fork for {}: {e}", r.services[i].name));
+                    due[i] = Some(now + Duration::from_secs(5));
+                }
+            }
+        }
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, _)) | Ok(WaitStatus::Signaled(p, _, _)) => {
+                if let Some(i) = running.remove(&p.as_raw()) {
+                    let ran = started[i].elapsed();
+                    delay[i] = if ran < Duration::from_secs(10) {
+                        (delay[i] * 2).min(Duration::from_secs(30))
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    say(format!(
+                        "{} (pid {p}) exited after {:.1} s; starting it again in {} s",
+                        r.services[i].name,
+                        ran.as_secs_f64(),
+                        delay[i].as_secs()
+                    ));
+                    due[i] = Some(Instant::now() + delay[i]);
+                }
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether this process was started to join an environment (see [`join_command`]).
+pub fn is_join() -> bool {
+    std::env::var_os(JOIN_ENV).is_some()
+}
+
+/// A command that runs `req` inside the environment: this executable again, which joins the
+/// environment first thing in `main` (call [`join_main`] there, before any thread exists).
+pub fn join_command(exe: &Path, req: &JoinRequest) -> Result<std::process::Command> {
+    let json = serde_json::to_string(req)
+        .map_err(|e| RootlessError::Invalid(format!("join request: {e}")))?;
+    let mut c = std::process::Command::new(exe);
+    c.env(JOIN_ENV, json);
+    Ok(c)
+}
+
+/// Entry point of a joining process: enters the environment's namespaces, forks the command
+/// into its PID namespace, waits and returns its exit code (128 + signal when killed).
+pub fn join_main() -> i32 {
+    match join() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("envkit exec: {e}");
+            125
+        }
+    }
+}
+
+fn join() -> Result<i32> {
+    let json = std::env::var(JOIN_ENV).unwrap_or_default();
+    // SAFETY: single-threaded at this point (documented contract of join_main).
+    unsafe { std::env::remove_var(JOIN_ENV) };
+    let req: JoinRequest = serde_json::from_str(&json)
+        .map_err(|e| RootlessError::Invalid(format!("join request: {e}")))?;
+    let ns_dir = PathBuf::from(format!("/proc/{}/ns", req.pid));
+    let open = |n: &str| {
+        let p = ns_dir.join(n);
+        std::fs::File::open(&p).map_err(|e| RootlessError::io(&p, e))
+    };
+    // Opened before joining anything: /proc is the container's afterwards.
+    let user = open("user")?;
+    let mnt = open("mnt")?;
+    let uts = open("uts")?;
+    let pid = open("pid")?;
+    for (f, flag, what) in [
+        (&user, CloneFlags::CLONE_NEWUSER, "user"),
+        (&mnt, CloneFlags::CLONE_NEWNS, "mount"),
+        (&uts, CloneFlags::CLONE_NEWUTS, "uts"),
+        (&pid, CloneFlags::CLONE_NEWPID, "pid"),
+    ] {
+        nix::sched::setns(f, flag).map_err(|e| {
+            RootlessError::sys(
+                format!(
+                    "joining the environment's {what} namespace (pid {})",
+                    req.pid
+                ),
+                e,
+            )
+        })?;
+    }
+    drop((user, mnt, uts, pid));
+    nix::unistd::chdir("/").map_err(|e| RootlessError::sys("chdir /", e))?;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let who = resolve_user(&req.user, &passwd, &group)?;
+    let mut env = req.env.clone();
+    if crate::exec::env_get(&env, "HOME").is_none() {
+        env.push(format!("HOME={}", who.home));
+    }
+    let Some(mut step) = make_step(Path::new("/"), &req.args, &env, &req.cwd, who, &[])? else {
+        return Ok(127);
+    };
+    step.stdin_null = false;
+    // SAFETY: single-threaded; the child execs or exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+        ForkResult::Child => {
+            let e = exec_step(&step);
+            eprintln!("envkit exec: {e}");
+            // SAFETY: forked child.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            // Ctrl-C and Ctrl-\ are for the command (same terminal), not for us.
+            // SAFETY: ignoring two signals in this single-threaded process.
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+                    Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(RootlessError::sys("waitpid", e)),
+                }
+            }
+        }
+    }
+}
