@@ -2180,6 +2180,7 @@ fn devenv_project(env: &TestEnv, name: &str, port: u16) -> std::path::PathBuf {
             "# syntax=v1\ndef build():\n    base(image=\"python:3.11-slim\", dev=False)\n    \
              runtime.environ(env={{\"GREETING\": \"hello-from-env\"}})\n    \
              runtime.command(commands={{\"greet\": \"echo greet-$GREETING\"}})\n    \
+             runtime.init(commands=[\"echo init-ran > /tmp/init-marker\"])\n    \
              runtime.daemon(commands=[[\"python3\", \"-m\", \"http.server\", \"{port}\", \
              \"--bind\", \"127.0.0.1\"]])\n"
         ),
@@ -2248,6 +2249,9 @@ fn dev_environment_up_exec_daemon_and_destroy() {
     // The daemon answers on the host's loopback.
     let status = http_status(port).unwrap_or_else(|| panic!("nothing answers on {port}"));
     assert!(status.contains("200"), "{status}");
+    // runtime.init ran before the daemons started.
+    let o = env.envkit(&["exec", &name, "--", "cat", "/tmp/init-marker"]);
+    assert!(stdout(&o).contains("init-ran"), "{}", stdout(&o));
 
     let o = env.envkit(&["envs", "ls"]);
     let line = stdout(&o)

@@ -201,10 +201,29 @@ fn supervise(r: &EnvRequest, steps: &[Option<Step>], logs: &[std::fs::File]) {
     let mut running: BTreeMap<i32, usize> = BTreeMap::new();
     let mut started: Vec<Instant> = vec![Instant::now(); steps.len()];
     let mut delay: Vec<Duration> = vec![Duration::from_secs(1); steps.len()];
+    // One-shot services first, one after the other; the rest once they are all done.
+    let first_once = r.services.iter().position(|s| s.once);
     let mut due: Vec<Option<Instant>> = steps
         .iter()
-        .map(|s| s.as_ref().map(|_| Instant::now()))
+        .enumerate()
+        .map(|(i, s)| {
+            s.as_ref()?;
+            match first_once {
+                Some(f) if i != f => None,
+                _ => Some(Instant::now()),
+            }
+        })
         .collect();
+    let mut once_left: Vec<usize> = (0..steps.len())
+        .filter(|&i| r.services[i].once && steps[i].is_some())
+        .collect();
+    if let Some(f) = first_once
+        && steps[f].is_none()
+    {
+        // Not startable: go on with the next one-shot, or with the rest.
+        once_left.retain(|&i| i != f);
+        start_next(&mut due, &once_left, r);
+    }
     let say = |msg: String| {
         let mut e = std::io::stderr();
         let _ = writeln!(e, "{} envkit init: {msg}", unix_now());
@@ -261,6 +280,12 @@ fn supervise(r: &EnvRequest, steps: &[Option<Step>], logs: &[std::fs::File]) {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(p, _)) | Ok(WaitStatus::Signaled(p, _, _)) => {
                 if let Some(i) = running.remove(&p.as_raw()) {
+                    if r.services[i].once {
+                        say(format!("{} (pid {p}) finished", r.services[i].name));
+                        once_left.retain(|&j| j != i);
+                        start_next(&mut due, &once_left, r);
+                        continue;
+                    }
                     let ran = started[i].elapsed();
                     delay[i] = if ran < Duration::from_secs(10) {
                         (delay[i] * 2).min(Duration::from_secs(30))
@@ -280,6 +305,21 @@ fn supervise(r: &EnvRequest, steps: &[Option<Step>], logs: &[std::fs::File]) {
             Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// After a one-shot service: the next one, or (none left) every other service.
+fn start_next(due: &mut [Option<Instant>], once_left: &[usize], r: &EnvRequest) {
+    let now = Instant::now();
+    match once_left.first() {
+        Some(&next) => due[next] = Some(now),
+        None => {
+            for (i, d) in due.iter_mut().enumerate() {
+                if !r.services[i].once {
+                    *d = Some(now);
+                }
+            }
+        }
     }
 }
 

@@ -328,6 +328,10 @@ pub struct Service {
     /// A plain file name (the log file is `<name>.log`).
     pub name: String,
     pub args: Vec<String>,
+    /// Run once, in order, before the other services start (envd's `runtime.init`); not
+    /// started again.
+    #[serde(default)]
+    pub once: bool,
 }
 
 /// A command to run inside a running environment (`envkit exec`).

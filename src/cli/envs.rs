@@ -196,15 +196,62 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             listen: "127.0.0.1".into(),
         });
     }
-    let services: Vec<rootless::Service> = env_ir
-        .runtime_daemon
+    // runtime.init groups run once, in order, before the daemons (each group one shell).
+    let mut services: Vec<rootless::Service> = env_ir
+        .runtime_init
         .iter()
         .enumerate()
-        .map(|(i, args)| rootless::Service {
-            name: format!("daemon-{i}"),
-            args: args.clone(),
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(i, g)| rootless::Service {
+            name: format!("init-{i}"),
+            args: vec!["sh".into(), "-c".into(), g.join("\n")],
+            once: true,
         })
         .collect();
+    services.extend(
+        env_ir
+            .runtime_daemon
+            .iter()
+            .enumerate()
+            .map(|(i, args)| rootless::Service {
+                name: format!("daemon-{i}"),
+                args: args.clone(),
+                once: false,
+            }),
+    );
+    if let (true, Some(j)) = (env_ir.dev, &env_ir.jupyter) {
+        // What envd's horust service runs; as namespace root it needs --allow-root, and it
+        // listens on the loopback only (host network).
+        let port = if j.port > 0 {
+            j.port.to_string()
+        } else {
+            "8888".into()
+        };
+        services.push(rootless::Service {
+            name: "jupyter".into(),
+            args: [
+                "python3",
+                "-m",
+                "notebook",
+                "--allow-root",
+                "--ip",
+                "127.0.0.1",
+                "--notebook-dir",
+                &cwd,
+                "--NotebookApp.token",
+                &j.token,
+                "--port",
+                &port,
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+            once: false,
+        });
+        if let Some(p) = ports.iter_mut().find(|p| p.service == "jupyter") {
+            p.port = port.parse().unwrap_or(8888);
+        }
+    }
     let shm_mb = args
         .shm_size
         .or(u64::try_from(env_ir.shm_size).ok().filter(|s| *s > 0))
@@ -257,7 +304,11 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
         project: built.context_dir.clone(),
         mounts,
         ports,
-        services: services.into_iter().map(|s| (s.name, s.args)).collect(),
+        services: services
+            .into_iter()
+            .filter(|s| !s.once)
+            .map(|s| (s.name, s.args))
+            .collect(),
         env,
         user,
         cwd,
