@@ -2199,8 +2199,15 @@ fn dev_environment_up_exec_daemon_and_destroy() {
     let port = free_port();
     let ctx = devenv_project(&env, &name, port);
     let p = ctx.to_str().unwrap();
-    let o = env.envkit(&["up", "--detach", "--progress", "plain", "-p", p]);
+    // An extra mount, into /dev (where GPU device nodes go: a tmpfs of the environment's own).
+    let extra = env.dir.join("extra.txt");
+    std::fs::write(&extra, "extra mount\n").unwrap();
+    env.chown(&extra);
+    let vol = format!("{}:/dev/envkit-extra", extra.display());
+    let o = env.envkit(&["up", "--detach", "--progress", "plain", "-v", &vol, "-p", p]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let o2 = env.envkit(&["exec", &name, "--", "cat", "/dev/envkit-extra"]);
+    assert!(stdout(&o2).contains("extra mount"), "{}", stderr(&o2));
     assert!(
         stderr(&o).contains(&format!("environment {name} is up")),
         "{}",
@@ -2278,6 +2285,9 @@ fn dev_environment_up_exec_daemon_and_destroy() {
     assert!(gone(pid), "the init {pid} still runs");
     assert_eq!(process_with(&format!("http.server {port}")), None);
     assert!(!env.store().join("envs").join(&name).exists());
+    // Nothing of it is mounted anywhere on the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&name), "{mounts}");
     let o = env.envkit(&["envs", "ls"]);
     assert!(!stdout(&o).contains(&name), "{}", stdout(&o));
     // Idempotent.

@@ -784,6 +784,19 @@ pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<
                 remount_ro(t)?;
             }
             Plan::Bind { src, dst, ro } => {
+                // A target under a tmpfs mounted by this plan (/dev: GPU device nodes) is not
+                // where the plan made it: make it in the fresh tmpfs.
+                if std::fs::symlink_metadata(dst).is_err() {
+                    if let Some(parent) = dst.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| RootlessError::io(parent, e))?;
+                    }
+                    if src.is_dir() {
+                        std::fs::create_dir(dst).map_err(|e| RootlessError::io(dst, e))?;
+                    } else {
+                        std::fs::File::create(dst).map_err(|e| RootlessError::io(dst, e))?;
+                    }
+                }
                 m(
                     Some(src),
                     dst,

@@ -208,6 +208,18 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             once: true,
         })
         .collect();
+    if gpus {
+        // The driver's libraries were bound in: tell the dynamic linker (what the NVIDIA
+        // container toolkit does with its ldconfig hook).
+        services.insert(
+            0,
+            rootless::Service {
+                name: "gpu-ldconfig".into(),
+                args: vec!["sh".into(), "-c".into(), "ldconfig || true".into()],
+                once: true,
+            },
+        );
+    }
     services.extend(
         env_ir
             .runtime_daemon
