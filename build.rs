@@ -7,4 +7,13 @@ fn main() {
     if let Err(e) = cfg.compile_protos(&["proto/ops.proto"], &["proto"]) {
         panic!("protoc failed on proto/ops.proto: {e}");
     }
+    // BuildKit's control API (a gRPC client for remote backends); LLB types come from above.
+    if let Err(e) = tonic_prost_build::configure()
+        .build_server(false)
+        .build_transport(false)
+        .extern_path(".pb", "crate::pb")
+        .compile_protos(&["proto/control.proto", "proto/gateway.proto"], &["proto"])
+    {
+        panic!("protoc failed on proto/control.proto or gateway.proto: {e}");
+    }
 }

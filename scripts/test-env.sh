@@ -31,7 +31,7 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
           jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
-          openssh-client apache2-utils containerd)
+          openssh-client apache2-utils containerd docker.io iproute2)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then
@@ -138,6 +138,40 @@ fi
 ctr --address "$CTD_SOCK" version >/dev/null 2>&1 \
   || { tail -20 "$LOGS/containerd.log" >&2; say "containerd did not start"; exit 1; }
 
+# A dockerd on a private socket, for the remote (dockerd's BuildKit) backend. It runs as root
+# (a fixture); the socket's group is the test user's. Docker Hub names go to the local
+# registry through dockerd's own mirror setting. Each fixture has a bridge of its own, so
+# two test environments on one machine do not fight over docker0; no iptables rules.
+DKD=$CACHE/dockerd-$PORT
+DKD_SOCK=$DKD/docker.sock
+BRIDGE=ekbr$PORT
+mkdir -p "$DKD"
+chmod 0755 "$DKD"
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+  ip link add name "$BRIDGE" type bridge
+  ip addr add "10.$((PORT % 200 + 20)).0.1/24" dev "$BRIDGE"
+fi
+ip link set "$BRIDGE" up
+cat >"$DKD/daemon.json" <<CFG
+{"registry-mirrors": ["http://$REGISTRY"], "features": {"buildkit": true}}
+CFG
+pid=$(cat "$DKD/pid" 2>/dev/null || true)
+if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+  say "starting dockerd on $DKD_SOCK"
+  rm -f "$DKD_SOCK" "$DKD/pid"
+  setsid nohup /usr/sbin/dockerd --host "unix://$DKD_SOCK" --group "$(id -gn "$TUSER")" \
+    --data-root "$DKD/root" --exec-root "$DKD/exec" --pidfile "$DKD/pid" \
+    --config-file "$DKD/daemon.json" --iptables=false --bridge "$BRIDGE" \
+    --containerd-namespace "envkit-$PORT" --containerd-plugins-namespace "envkit-$PORT-plugins" \
+    >"$LOGS/dockerd.log" 2>&1 </dev/null &
+  for _ in $(seq 150); do
+    curl -fsS --unix-socket "$DKD_SOCK" http://docker/_ping >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+fi
+curl -fsS --unix-socket "$DKD_SOCK" http://docker/_ping >/dev/null 2>&1 \
+  || { tail -20 "$LOGS/dockerd.log" >&2; say "dockerd did not start"; exit 1; }
+
 # --- base images -----------------------------------------------------------------------------
 # The mirror comes from the host's apt configuration: never a hard-coded host.
 mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
@@ -207,3 +241,4 @@ echo "ENVKIT_TEST_USER=$TUSER"
 echo "ENVKIT_TEST_AUTH_REGISTRY=$AUTH_REGISTRY"
 echo "ENVKIT_TEST_AUTH=$AUTH_CREDS"
 echo "ENVKIT_TEST_CONTAINERD=$CTD_SOCK"
+echo "ENVKIT_TEST_DOCKERD=$DKD_SOCK"

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 env_out=$(bash scripts/test-env.sh)
-eval "$(grep -E '^ENVKIT_TEST_(REGISTRY|USER|AUTH_REGISTRY|AUTH|CONTAINERD)=' <<<"$env_out")"
+eval "$(grep -E '^ENVKIT_TEST_(REGISTRY|USER|AUTH_REGISTRY|AUTH|CONTAINERD|DOCKERD)=' <<<"$env_out")"
 export ENVKIT_TEST_REGISTRY ENVKIT_TEST_USER ENVKIT_TEST_AUTH_REGISTRY ENVKIT_TEST_AUTH \
-  ENVKIT_TEST_CONTAINERD
+  ENVKIT_TEST_CONTAINERD ENVKIT_TEST_DOCKERD
 # A target dir outside the clone is reused between runs; the unprivileged user must be able to
 # run the binaries in it.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/envkit-target}

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod pb;
 pub mod progress;
 pub mod registry;
+pub mod remote;
 pub mod snapshot;
 pub mod solver;
 pub mod worker;

@@ -2409,3 +2409,151 @@ fn dev_environment_interactive_up_through_a_pty() {
     let o = env.envkit(&["destroy", &name]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// The docker CLI (as root, a checker) against the fixture dockerd.
+fn docker(sock: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{sock}"))
+        .args(args)
+        .output()
+        .expect("docker")
+}
+
+/// A dockerd context: `envkit build` runs on the BuildKit inside the fixture dockerd, the
+/// image (with envd's image config) lands in dockerd's store and runs there; a failing step
+/// reports its error and leaves dockerd up; what this backend cannot do yet (local files) is
+/// refused clearly; an unreachable endpoint fails at once; `--context embedded` overrides.
+#[test]
+fn dockerd_context_builds_into_dockerd() {
+    let env = TestEnv::new("dockerd");
+    let sock = common::dockerd_socket();
+    let o = env.envkit(&[
+        "context",
+        "create",
+        "--name",
+        "dk",
+        "--builder",
+        "dockerd",
+        "--endpoint",
+        &format!("unix://{sock}"),
+        "--use",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.envkit(&["context", "ls"]);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains("dk")),
+        "{}",
+        stdout(&o)
+    );
+
+    let tag = format!("envkit-e2e/remote:{}", std::process::id());
+    let ctx = env.context_with(
+        "remote",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         runtime.environ(env={\"BUILT_BY\": \"envkit-remote\"})\n    \
+         run(commands=[\"echo built-on-dockerd > /made\"])\n",
+    );
+    let o = env.envkit(&[
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-t",
+        &tag,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("on dockerd at"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("echo built-on-dockerd"),
+        "the step's progress: {}",
+        stderr(&o)
+    );
+    let full = format!("docker.io/{tag}");
+    let out = docker(
+        &sock,
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .Config.Env}}",
+            &full,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("BUILT_BY=envkit-remote"),
+        "{}",
+        stdout(&out)
+    );
+    let out = docker(
+        &sock,
+        &["run", "--rm", "--network", "none", &full, "cat", "/made"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("built-on-dockerd"));
+
+    // A failing step: its command and exit code; dockerd lives on.
+    let bad = env.context_with(
+        "remote-bad",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         run(commands=[\"echo about-to-fail\", \"exit 3\"])\n",
+    );
+    let o = env.envkit(&["build", "--progress", "plain", "-p", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("exit code: 3"), "{}", stderr(&o));
+    let out = docker(&sock, &["version"]);
+    assert!(out.status.success(), "dockerd died: {}", stderr(&out));
+
+    // Local files need the session's file sync: not yet, and it says so.
+    let local = env.context_with(
+        "remote-local",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         io.copy(source=\"f.txt\", target=\"/f.txt\")\n",
+    );
+    std::fs::write(local.join("f.txt"), "x").unwrap();
+    env.chown(&local);
+    let o = env.envkit(&["build", "-p", local.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
+    // ... which the embedded engine builds, chosen per command.
+    let o = env.envkit(&[
+        "--context",
+        "embedded",
+        "build",
+        "-p",
+        local.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // An endpoint nobody listens on fails at once, naming it.
+    let dead = env.dir.join("no-dockerd.sock");
+    let o = env.envkit(&[
+        "context",
+        "create",
+        "--name",
+        "dead",
+        "--builder",
+        "dockerd",
+        "--endpoint",
+        &format!("unix://{}", dead.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t0 = std::time::Instant::now();
+    let o = env.envkit(&["--context", "dead", "build", "-p", ctx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+    assert!(
+        stderr(&o).contains("cannot reach dockerd") && stderr(&o).contains("no-dockerd.sock"),
+        "{}",
+        stderr(&o)
+    );
+    let o = env.envkit(&["context", "use", "embedded"]);
+    assert!(o.status.success());
+    let o = env.envkit(&["context", "rm", "dk"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = docker(&sock, &["image", "rm", &full]);
+}

@@ -26,15 +26,18 @@ use crate::worker::Worker;
 use oci_spec::image::ImageConfiguration;
 
 /// A build file compiled to LLB, with what the exporter needs to know.
-struct Compiled {
-    context_dir: PathBuf,
-    env_name: String,
-    lowered: lower::Lowered,
-    env: crate::ir::Environment,
+pub(super) struct Compiled {
+    pub(super) context_dir: PathBuf,
+    pub(super) env_name: String,
+    pub(super) lowered: lower::Lowered,
+    pub(super) env: crate::ir::Environment,
+    /// The base image's config (what a remote BuildKit's image config starts from).
+    pub(super) base_config: ImageConfiguration,
+    pub(super) base_layers: Vec<oci_spec::image::Descriptor>,
 }
 
 /// frontend → IR → (base image config from the registry) → lower.
-async fn compile(
+pub(super) async fn compile(
     source: &SourceArgs,
     registry: &Registry,
     target: lower::Target,
@@ -81,6 +84,8 @@ async fn compile(
         env_name,
         lowered,
         env,
+        base_config: base.config.clone(),
+        base_layers: base.layers.clone(),
     })
 }
 
@@ -572,7 +577,7 @@ pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()
 }
 
 /// The renderer `--progress` asks for; `auto` is tty when stderr is a terminal.
-fn reporter(progress: &str) -> Arc<dyn Reporter> {
+pub(super) fn reporter(progress: &str) -> Arc<dyn Reporter> {
     use std::io::IsTerminal;
     match progress {
         "rawjson" => Arc::new(RawJson::new(std::io::stderr())),
@@ -597,6 +602,39 @@ fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
+    let ctx = super::remote::current(cli)?;
+    if let Some(ep) = ctx.endpoint()? {
+        let cfg = Config::load(cli.config.as_deref())?;
+        let registry = crate::registry::Registry::new(&cfg);
+        let target = match ctx.builder {
+            crate::remote::context::Builder::Dockerd => lower::Target::Dockerd,
+            _ => lower::Target::Buildkitd,
+        };
+        let compiled = compile(&args.source, &registry, target).await?;
+        let name = full_name(
+            &args
+                .tag
+                .clone()
+                .unwrap_or_else(|| format!("{}:dev", compiled.env_name)),
+        )?;
+        let config = image::assemble(
+            &compiled.base_config,
+            &compiled.lowered.image,
+            &compiled.base_layers,
+            &[],
+            reproducible_epoch() as u64,
+        )?;
+        return super::remote::solve_remote(
+            &ctx,
+            &ep,
+            &compiled.lowered.definition.to_bytes(),
+            output.as_ref(),
+            &name,
+            Some(config.config_bytes),
+            &args.engine.progress,
+        )
+        .await;
+    }
     let engine = Engine::open(cli, &args.engine).await?;
     let res = build_with(&engine, args, output).await;
     engine.reporter.finish();
@@ -673,6 +711,24 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             b
         }
     };
+    let ctx = super::remote::current(cli)?;
+    if let Some(ep) = ctx.endpoint()? {
+        if !args.local.is_empty() {
+            bail!(
+                "--local on a remote context: sending local files over the session is not implemented yet"
+            );
+        }
+        return super::remote::solve_remote(
+            &ctx,
+            &ep,
+            &bytes,
+            output.as_ref(),
+            &full_name(&args.tag)?,
+            None,
+            &args.engine.progress,
+        )
+        .await;
+    }
     let mut locals = BTreeMap::new();
     for l in &args.local {
         let Some((name, dir)) = l.split_once('=') else {

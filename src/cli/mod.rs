@@ -3,6 +3,7 @@
 mod build;
 mod envs;
 mod images;
+mod remote;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub struct Cli {
     /// Debug logging.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// The context (builder) to use instead of the current one (`envkit context ls`).
+    #[arg(long, global = true, env = "ENVKIT_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +70,11 @@ pub enum Command {
     Envs {
         #[command(subcommand)]
         what: Option<EnvsCommand>,
+    },
+    /// Builders to use: the embedded engine, a buildkitd, or the BuildKit inside a dockerd.
+    Context {
+        #[command(subcommand)]
+        what: ContextCommand,
     },
     /// Stop an environment's processes and remove it (idempotent).
     #[command(alias = "down")]
@@ -169,6 +178,39 @@ pub enum ImagesCommand {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Add a context.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// embedded, buildkitd or dockerd.
+        #[arg(long, default_value = "buildkitd")]
+        builder: String,
+        /// buildkitd: unix:///path or tcp://host:port; dockerd: its API socket (default
+        /// $DOCKER_HOST, else unix:///var/run/docker.sock).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Make it the current context.
+        #[arg(long = "use")]
+        use_: bool,
+    },
+    /// List the contexts (the current one is starred).
+    #[command(alias = "list")]
+    Ls,
+    /// Make a context the current one.
+    Use {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Remove a context (not the current one).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: String,
     },
 }
 
@@ -468,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Envs { ref what } => envs::envs(&cli, what),
+        Command::Context { ref what } => remote::context_cmd(what),
         Command::Destroy(ref args) => envs::destroy(&cli, args).await,
         Command::Load(ref args) => images::load(&cli, args),
         Command::Push(ref args) => build::push(&cli, args).await,

@@ -35,6 +35,11 @@ pub fn auth_registry() -> (String, String) {
     )
 }
 
+/// The fixture dockerd's API socket (its group is the test user's).
+pub fn dockerd_socket() -> String {
+    must_env("ENVKIT_TEST_DOCKERD")
+}
+
 /// The fixture containerd's socket (the test user may use it).
 pub fn containerd_socket() -> String {
     must_env("ENVKIT_TEST_CONTAINERD")

@@ -1,0 +1,187 @@
+//! `envkit context …`, and `build`/`solve` on a remote BuildKit (a buildkitd, or the one
+//! inside a dockerd).
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, bail};
+use prost::Message;
+
+use super::{Cli, ContextCommand};
+use crate::export::Output;
+use crate::remote::context::{Builder, Context, Contexts};
+use crate::remote::{self, Endpoint};
+
+fn store_path() -> anyhow::Result<std::path::PathBuf> {
+    Contexts::path().context("no config directory (set HOME or XDG_CONFIG_HOME)")
+}
+
+/// The context this command uses: `--context`/`ENVKIT_CONTEXT`, else the current one.
+pub(super) fn current(cli: &Cli) -> anyhow::Result<Context> {
+    let all = Contexts::load_from(&store_path()?)?;
+    let name = cli.context.clone().unwrap_or_else(|| all.current_name());
+    Ok(all.get(&name)?)
+}
+
+pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
+    let path = store_path()?;
+    let mut all = Contexts::load_from(&path)?;
+    match what {
+        ContextCommand::Create {
+            name,
+            builder,
+            endpoint,
+            use_,
+        } => {
+            let builder: Builder = builder.parse()?;
+            let endpoint = match (builder, endpoint) {
+                (Builder::Embedded, _) => String::new(),
+                (_, Some(e)) => e.clone(),
+                (Builder::Dockerd, None) => match std::env::var("DOCKER_HOST") {
+                    Ok(h) if !h.is_empty() => h,
+                    _ => "unix:///var/run/docker.sock".into(),
+                },
+                (Builder::Buildkitd, None) => "unix:///run/buildkit/buildkitd.sock".into(),
+            };
+            all.create(Context {
+                name: name.clone(),
+                builder,
+                endpoint,
+            })?;
+            if *use_ {
+                all.use_(name)?;
+            }
+            all.save_to(&path)?;
+            println!(
+                "created context {name}{}",
+                if *use_ { " (in use)" } else { "" }
+            );
+        }
+        ContextCommand::Ls => {
+            let cur = all.current_name();
+            println!("{:<3}{:<20} {:<10} ENDPOINT", "", "NAME", "BUILDER");
+            for c in all.all() {
+                let b = match c.builder {
+                    Builder::Embedded => "embedded",
+                    Builder::Buildkitd => "buildkitd",
+                    Builder::Dockerd => "dockerd",
+                };
+                let mark = if c.name == cur { "*" } else { "" };
+                println!("{mark:<3}{:<20} {b:<10} {}", c.name, c.endpoint);
+            }
+        }
+        ContextCommand::Use { name } => {
+            all.use_(name)?;
+            all.save_to(&path)?;
+            println!("using context {name}");
+        }
+        ContextCommand::Rm { name } => {
+            all.remove(name)?;
+            all.save_to(&path)?;
+            println!("removed context {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what this backend cannot do yet: local sources travel over BuildKit's session
+/// (file sync), which envkit does not serve yet.
+fn check_definition(bytes: &[u8]) -> anyhow::Result<()> {
+    let def = crate::pb::Definition::decode(bytes).context("decoding the Definition")?;
+    for op in &def.def {
+        let Ok(op) = crate::pb::Op::decode(&op[..]) else {
+            continue;
+        };
+        if let Some(crate::pb::op::Op::Source(src)) = &op.op
+            && let Some(name) = src.identifier.strip_prefix("local://")
+        {
+            bail!(
+                "the Definition reads the local source {name:?}: sending local files to a \
+                 remote BuildKit (the session's file sync) is not implemented yet; build it with \
+                 the embedded context (`--context embedded`)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The exporter and its attributes for `output` on `builder`.
+fn exporter(
+    builder: Builder,
+    output: Option<&Output>,
+    name: &str,
+) -> anyhow::Result<(String, HashMap<String, String>)> {
+    let mut attrs = HashMap::new();
+    let (image_name, push) = match output {
+        None => (name.to_string(), false),
+        Some(Output::Image { name: n, push, .. }) => {
+            (n.clone().unwrap_or_else(|| name.to_string()), *push)
+        }
+        Some(other) => bail!(
+            "{other:?}: outputs written on this machine come back over BuildKit's session, \
+             which envkit does not serve yet; on a remote context use type=image[,push=true]"
+        ),
+    };
+    attrs.insert("name".into(), image_name);
+    Ok(match builder {
+        Builder::Dockerd => {
+            if push {
+                bail!(
+                    "push=true on a dockerd context is not supported yet: the image lands in \
+                     dockerd's store; push it with `docker push`"
+                );
+            }
+            ("moby".into(), attrs)
+        }
+        _ => {
+            if push {
+                attrs.insert("push".into(), "true".into());
+            }
+            ("image".into(), attrs)
+        }
+    })
+}
+
+/// Runs `bytes` on the context's BuildKit and exports the result as `output` asks.
+pub(super) async fn solve_remote(
+    ctx: &Context,
+    ep: &Endpoint,
+    bytes: &[u8],
+    output: Option<&Output>,
+    name: &str,
+    image_config: Option<Vec<u8>>,
+    progress: &str,
+) -> anyhow::Result<()> {
+    check_definition(bytes)?;
+    let (exporter, attrs) = exporter(ctx.builder, output, name)?;
+    let started = std::time::Instant::now();
+    let channel = remote::connect(ep).await?;
+    let workers = remote::list_workers(ep, &channel).await?;
+    if workers.ids.is_empty() {
+        bail!("{ep} has no BuildKit worker");
+    }
+    let reporter = super::build::reporter(progress);
+    let res = remote::solve(
+        ep,
+        &channel,
+        remote::Job {
+            definition: bytes.to_vec(),
+            exporter,
+            exporter_attrs: attrs,
+            entitlements: Vec::new(),
+            image_config,
+        },
+        reporter.clone(),
+    )
+    .await;
+    reporter.finish();
+    let resp = res?;
+    let digest = resp
+        .get("containerimage.digest")
+        .cloned()
+        .unwrap_or_else(|| "?".into());
+    eprintln!(
+        "=> built {name} on {ep} ({digest}) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! Remote backends: a real BuildKit runs envkit's Definition. Two ways to reach one:
+//!
+//! * a buildkitd's gRPC socket (`unix:///run/buildkit/buildkitd.sock`, `tcp://host:port`);
+//! * the BuildKit inside a dockerd, through the Docker API socket: `POST /grpc` with
+//!   `Upgrade: h2c` hands the connection over to BuildKit's gRPC server (the route buildx's
+//!   docker driver and envd's moby worker take).
+//!
+//! Then `Control.Solve` runs the Definition with the exporter `--output` chose, while
+//! `Control.Status` streams the job's progress into envkit's own renderers.
+
+pub mod context;
+pub mod pb;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+
+use crate::progress::{Event, Reporter};
+use pb::control_client::ControlClient;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    #[error("cannot reach {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    #[error("{endpoint}: {what}: {message}")]
+    Rpc {
+        endpoint: String,
+        what: String,
+        message: String,
+    },
+    #[error("invalid Definition: {0}")]
+    Definition(String),
+    #[error("invalid endpoint {0:?}: want unix:///path, tcp://host:port, or a docker socket")]
+    Endpoint(String),
+}
+
+/// Where a BuildKit listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// buildkitd on a unix socket.
+    Unix(PathBuf),
+    /// buildkitd on TCP (plain h2).
+    Tcp(String),
+    /// dockerd's API socket; BuildKit is reached through `/grpc`.
+    Dockerd(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "buildkitd at unix://{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "buildkitd at tcp://{a}"),
+            Endpoint::Dockerd(p) => write!(f, "dockerd at unix://{}", p.display()),
+        }
+    }
+}
+
+impl Endpoint {
+    /// `unix:///path` or `tcp://host:port` for buildkitd; for dockerd a `unix://` socket (or
+    /// a bare path).
+    pub fn parse(dockerd: bool, url: &str) -> Result<Endpoint, RemoteError> {
+        if let Some(p) = url.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err(RemoteError::Endpoint(url.to_string()));
+            }
+            return Ok(if dockerd {
+                Endpoint::Dockerd(PathBuf::from(p))
+            } else {
+                Endpoint::Unix(PathBuf::from(p))
+            });
+        }
+        if let Some(a) = url.strip_prefix("tcp://")
+            && !dockerd
+            && a.contains(':')
+        {
+            return Ok(Endpoint::Tcp(a.to_string()));
+        }
+        if dockerd && url.starts_with('/') {
+            return Ok(Endpoint::Dockerd(PathBuf::from(url)));
+        }
+        Err(RemoteError::Endpoint(url.to_string()))
+    }
+}
+
+/// Asks dockerd to hand the connection to its BuildKit (HTTP/1.1 upgrade to h2c).
+async fn upgrade(stream: &mut tokio::net::UnixStream, path: &str) -> std::io::Result<()> {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    // Byte by byte up to the blank line: what follows belongs to HTTP/2.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut b).await? == 0 || head.len() > 16 << 10 {
+            return Err(std::io::Error::other(
+                "dockerd closed the connection during the upgrade",
+            ));
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text.lines().next().unwrap_or("").to_string();
+    if !status.contains(" 101 ") {
+        return Err(std::io::Error::other(format!(
+            "dockerd answered {status:?} to {path} (is BuildKit enabled in this dockerd?)"
+        )));
+    }
+    Ok(())
+}
+
+/// A gRPC channel to the BuildKit at `ep`; fails within seconds when nothing answers.
+pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
+    let fail = |message: String| RemoteError::Connect {
+        endpoint: ep.to_string(),
+        message,
+    };
+    let connecting = async {
+        match ep {
+            Endpoint::Tcp(addr) => TonicEndpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect()
+                .await
+                .map_err(|e| chain(&e)),
+            Endpoint::Unix(path) | Endpoint::Dockerd(path) => {
+                let path = path.clone();
+                let docker = matches!(ep, Endpoint::Dockerd(_));
+                TonicEndpoint::from_static("http://buildkit")
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_with_connector(tower::service_fn(move |_| {
+                        let path = path.clone();
+                        async move {
+                            let mut s = tokio::net::UnixStream::connect(&path).await?;
+                            if docker {
+                                upgrade(&mut s, "/grpc").await?;
+                            }
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                        }
+                    }))
+                    .await
+                    .map_err(|e| chain(&e))
+            }
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(m)) => Err(fail(m)),
+        Err(_) => Err(fail(format!(
+            "no answer in {} s",
+            (CONNECT_TIMEOUT * 2).as_secs()
+        ))),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s = format!("{s}: {m}");
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// What the remote BuildKit is.
+#[derive(Debug, Clone, Default)]
+pub struct Workers {
+    pub ids: Vec<String>,
+    /// `org.mobyproject.buildkit.worker.*` labels of the first worker.
+    pub labels: HashMap<String, String>,
+    pub platforms: Vec<String>,
+}
+
+pub async fn list_workers(ep: &Endpoint, ch: &Channel) -> Result<Workers, RemoteError> {
+    let mut client = ControlClient::new(ch.clone());
+    let resp = client
+        .list_workers(pb::ListWorkersRequest { filter: Vec::new() })
+        .await
+        .map_err(|s| rpc(ep, "ListWorkers", s))?
+        .into_inner();
+    let mut w = Workers::default();
+    for r in resp.record {
+        if w.ids.is_empty() {
+            w.labels = r.labels.clone();
+        }
+        w.ids.push(r.id);
+        for p in r.platforms {
+            w.platforms.push(format!("{}/{}", p.os, p.architecture));
+        }
+    }
+    Ok(w)
+}
+
+fn rpc(ep: &Endpoint, what: &str, s: tonic::Status) -> RemoteError {
+    RemoteError::Rpc {
+        endpoint: ep.to_string(),
+        what: what.to_string(),
+        message: s.message().to_string(),
+    }
+}
+
+/// One job for the remote BuildKit.
+pub struct Job {
+    /// Marshalled `pb.Definition` bytes (what `envkit debug llb --pb` writes).
+    pub definition: Vec<u8>,
+    pub exporter: String,
+    pub exporter_attrs: HashMap<String, String>,
+    pub entitlements: Vec<String>,
+    /// The image config (JSON) the exporter writes. It travels as a client-side frontend's
+    /// result metadata (the gateway), which every BuildKit reads; exporter attributes
+    /// alone are ignored by the BuildKit inside dockerd 20.10.
+    pub image_config: Option<Vec<u8>>,
+}
+
+/// gRPC metadata that ties gateway calls to the Control.Solve of the same job.
+const BUILD_ID_HEADER: &str = "buildkit-controlapi-buildid";
+
+fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, RemoteError> {
+    let mut r = tonic::Request::new(msg);
+    let v = id
+        .parse()
+        .map_err(|_| RemoteError::Definition(format!("job id {id:?} is not a header value")))?;
+    r.metadata_mut().insert(BUILD_ID_HEADER, v);
+    Ok(r)
+}
+
+/// The client-side frontend: solve the Definition through the gateway, then return its
+/// result with the image config.
+async fn gateway(
+    ep: &Endpoint,
+    ch: &Channel,
+    id: &str,
+    def: crate::pb::Definition,
+    config: Vec<u8>,
+) -> Result<(), RemoteError> {
+    use pb::frontend::{self as gw, llb_bridge_client::LlbBridgeClient};
+    let mut bridge = LlbBridgeClient::new(ch.clone());
+    let solved = bridge
+        .solve(with_build_id(
+            gw::SolveRequest {
+                definition: Some(def),
+                allow_result_return: true,
+                allow_result_array_ref: true,
+                // Evaluated here, so that a failing step fails this call with its error.
+                evaluate: true,
+                ..Default::default()
+            },
+            id,
+        )?)
+        .await;
+    let result = match solved {
+        Ok(r) => {
+            let r = r.into_inner();
+            let mut metadata = HashMap::new();
+            metadata.insert("containerimage.config".to_string(), config);
+            let result = match r.result.and_then(|x| x.result) {
+                Some(res) => Some(res),
+                None => Some(gw::result::Result::RefDeprecated(r.r#ref)),
+            };
+            gw::ReturnRequest {
+                result: Some(gw::Result { result, metadata }),
+                error: None,
+            }
+        }
+        Err(s) => {
+            // Tell the job why, so its Solve fails with the step's error.
+            let req = gw::ReturnRequest {
+                result: None,
+                error: Some(gw::RpcStatus {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                }),
+            };
+            let _ = bridge.r#return(with_build_id(req, id)?).await;
+            return Err(rpc(ep, "LLBBridge.Solve", s));
+        }
+    };
+    bridge
+        .r#return(with_build_id(result, id)?)
+        .await
+        .map_err(|s| rpc(ep, "LLBBridge.Return", s))?;
+    Ok(())
+}
+
+fn job_ref() -> String {
+    let mut b = [0u8; 12];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    format!("envkit-{}", hex::encode(b))
+}
+
+/// Runs `job`, reporting its progress; returns the exporter's response (e.g.
+/// `containerimage.digest`).
+pub async fn solve(
+    ep: &Endpoint,
+    ch: &Channel,
+    job: Job,
+    reporter: Arc<dyn Reporter>,
+) -> Result<HashMap<String, String>, RemoteError> {
+    let mut def = crate::pb::Definition::decode(&job.definition[..])
+        .map_err(|e| RemoteError::Definition(e.to_string()))?;
+    // The source map holds only empty location lists (as the Go client writes them). Sent
+    // again through prost, an empty list would be left out of its map entry, which Go reads
+    // as a nil list, and BuildKit 0.8 (dockerd 20.10) dereferences it when a step fails. It
+    // carries no information: leave it out.
+    if def.source.as_ref().is_some_and(|s| s.infos.is_empty()) {
+        def.source = None;
+    }
+    let r = job_ref();
+    let mut status_client = ControlClient::new(ch.clone());
+    let status_ref = r.clone();
+    let status_reporter = reporter.clone();
+    let status = tokio::spawn(async move {
+        let Ok(resp) = status_client
+            .status(pb::StatusRequest { r#ref: status_ref })
+            .await
+        else {
+            return;
+        };
+        let mut stream = resp.into_inner();
+        let mut view = StatusView::default();
+        while let Ok(Some(msg)) = stream.message().await {
+            view.apply(&msg, status_reporter.as_ref());
+        }
+    });
+    let mut client = ControlClient::new(ch.clone());
+    let (definition, frontend) = match job.image_config {
+        // The job's Solve waits for its frontend: the gateway calls below.
+        Some(cfg) => (None, Some((def, cfg))),
+        None => (Some(def), None),
+    };
+    let req = pb::SolveRequest {
+        r#ref: r.clone(),
+        definition,
+        exporter: job.exporter,
+        exporter_attrs: job.exporter_attrs,
+        session: String::new(),
+        frontend: String::new(),
+        frontend_attrs: HashMap::new(),
+        cache: Some(pb::CacheOptions::default()),
+        entitlements: job.entitlements,
+    };
+    let solving = tokio::spawn(async move { client.solve(req).await });
+    let gw = match frontend {
+        Some((def, cfg)) => gateway(ep, ch, &r, def, cfg).await,
+        None => Ok(()),
+    };
+    let resp = match solving.await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(RemoteError::Rpc {
+                endpoint: ep.to_string(),
+                what: "Solve".into(),
+                message: e.to_string(),
+            });
+        }
+    };
+    // The status stream ends with the job; give it a moment to deliver the last events.
+    let _ = tokio::time::timeout(Duration::from_secs(5), status).await;
+    let resp = match (resp, gw) {
+        (Ok(r), _) => r.into_inner(),
+        // The step's own error (from the gateway) says more than the job's.
+        (Err(_), Err(e)) => return Err(e),
+        (Err(s), Ok(())) => return Err(rpc(ep, "Solve", s)),
+    };
+    Ok(resp.exporter_response)
+}
+
+/// Turns BuildKit's status messages into envkit's progress events.
+#[derive(Default)]
+struct StatusView {
+    index: HashMap<String, usize>,
+    started: HashMap<String, Duration>,
+    done: std::collections::HashSet<String>,
+}
+
+fn ts(t: &Option<pb::Timestamp>) -> Option<Duration> {
+    t.as_ref().map(|t| {
+        Duration::from_secs(t.seconds.max(0) as u64) + Duration::from_nanos(t.nanos.max(0) as u64)
+    })
+}
+
+impl StatusView {
+    fn apply(&mut self, msg: &pb::StatusResponse, reporter: &dyn Reporter) {
+        for v in &msg.vertexes {
+            let next = self.index.len();
+            let idx = *self.index.entry(v.digest.clone()).or_insert(next);
+            if let Some(start) = ts(&v.started)
+                && !self.started.contains_key(&v.digest)
+            {
+                self.started.insert(v.digest.clone(), start);
+                reporter.event(Event::Started {
+                    vertex: idx,
+                    digest: v.digest.clone(),
+                    inputs: v.inputs.clone(),
+                    name: v.name.clone(),
+                });
+            }
+            if self.done.contains(&v.digest) {
+                continue;
+            }
+            if !v.error.is_empty() {
+                self.done.insert(v.digest.clone());
+                reporter.event(Event::Failed {
+                    vertex: idx,
+                    error: v.error.clone(),
+                });
+            } else if let Some(end) = ts(&v.completed) {
+                self.done.insert(v.digest.clone());
+                let elapsed = self
+                    .started
+                    .get(&v.digest)
+                    .map(|s| end.saturating_sub(*s))
+                    .unwrap_or_default();
+                reporter.event(Event::Completed {
+                    vertex: idx,
+                    cached: v.cached,
+                    elapsed,
+                });
+            }
+        }
+        for l in &msg.logs {
+            if let Some(&idx) = self.index.get(&l.vertex) {
+                reporter.event(Event::Log {
+                    vertex: idx,
+                    data: l.msg.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            Endpoint::parse(false, "unix:///run/buildkit/buildkitd.sock").unwrap(),
+            Endpoint::Unix("/run/buildkit/buildkitd.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse(false, "tcp://10.0.0.1:1234").unwrap(),
+            Endpoint::Tcp("10.0.0.1:1234".into())
+        );
+        assert_eq!(
+            Endpoint::parse(true, "unix:///var/run/docker.sock").unwrap(),
+            Endpoint::Dockerd("/var/run/docker.sock".into())
+        );
+        assert!(Endpoint::parse(true, "tcp://x:1").is_err());
+        assert!(Endpoint::parse(false, "http://x").is_err());
+    }
+
+    struct Collect(std::sync::Mutex<Vec<Event>>);
+    impl Reporter for Collect {
+        fn event(&self, e: Event) {
+            self.0.lock().unwrap().push(e);
+        }
+    }
+
+    #[test]
+    fn status_becomes_events_once() {
+        let c = Collect(Default::default());
+        let mut v = StatusView::default();
+        let t = |s| {
+            Some(pb::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        let vx = |completed| pb::Vertex {
+            digest: "sha256:a".into(),
+            name: "RUN x".into(),
+            started: t(10),
+            completed,
+            ..Default::default()
+        };
+        v.apply(
+            &pb::StatusResponse {
+                vertexes: vec![vx(None)],
+                ..Default::default()
+            },
+            &c,
+        );
+        v.apply(
+            &pb::StatusResponse {
+                vertexes: vec![vx(t(12))],
+                logs: vec![pb::VertexLog {
+                    vertex: "sha256:a".into(),
+                    msg: b"hi".to_vec(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            &c,
+        );
+        v.apply(
+            &pb::StatusResponse {
+                vertexes: vec![vx(t(12))],
+                ..Default::default()
+            },
+            &c,
+        );
+        let ev = c.0.lock().unwrap();
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        assert!(
+            matches!(ev[1], Event::Completed { elapsed, .. } if elapsed == Duration::from_secs(2))
+        );
+    }
+}
