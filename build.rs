@@ -16,4 +16,13 @@ fn main() {
     {
         panic!("protoc failed on proto/control.proto or gateway.proto: {e}");
     }
+    // What a client serves on its BuildKit session (file sync of local sources, health).
+    if let Err(e) = tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .build_transport(false)
+        .compile_protos(&["proto/filesync.proto", "proto/health.proto"], &["proto"])
+    {
+        panic!("protoc failed on proto/filesync.proto or health.proto: {e}");
+    }
 }

@@ -2422,8 +2422,8 @@ fn docker(sock: &str, args: &[&str]) -> std::process::Output {
 
 /// A dockerd context: `envkit build` runs on the BuildKit inside the fixture dockerd, the
 /// image (with envd's image config) lands in dockerd's store and runs there; a failing step
-/// reports its error and leaves dockerd up; what this backend cannot do yet (local files) is
-/// refused clearly; an unreachable endpoint fails at once; `--context embedded` overrides.
+/// reports its error and leaves dockerd up; local files arrive through envkit's session; an
+/// unreachable endpoint fails at once; `--context embedded` overrides.
 #[test]
 fn dockerd_context_builds_into_dockerd() {
     let env = TestEnv::new("dockerd");
@@ -2508,26 +2508,43 @@ fn dockerd_context_builds_into_dockerd() {
     let out = docker(&sock, &["version"]);
     assert!(out.status.success(), "dockerd died: {}", stderr(&out));
 
-    // Local files need the session's file sync: not yet, and it says so.
+    // Local files travel through envkit's session (file sync): a directory with a nested
+    // dir and a symlink.
     let local = env.context_with(
         "remote-local",
         "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
-         io.copy(source=\"f.txt\", target=\"/f.txt\")\n",
+         io.copy(source=\"data\", target=\"/data\")\n    \
+         run(commands=[\"cat /data/f.txt /data/sub/g.txt > /joined; readlink /data/link > /link\"])\n",
     );
-    std::fs::write(local.join("f.txt"), "x").unwrap();
+    std::fs::create_dir_all(local.join("data/sub")).unwrap();
+    std::fs::write(local.join("data/f.txt"), "from the client\n").unwrap();
+    std::fs::write(local.join("data/sub/g.txt"), "nested too\n").unwrap();
+    std::os::unix::fs::symlink("f.txt", local.join("data/link")).unwrap();
     env.chown(&local);
-    let o = env.envkit(&["build", "-p", local.to_str().unwrap()]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("not implemented yet"), "{}", stderr(&o));
-    // ... which the embedded engine builds, chosen per command.
-    let o = env.envkit(&[
-        "--context",
-        "embedded",
-        "build",
-        "-p",
-        local.to_str().unwrap(),
-    ]);
+    let ltag = format!("envkit-e2e/remote-local:{}", std::process::id());
+    let lctx = local.to_str().unwrap();
+    let o = env.envkit(&["build", "--progress", "plain", "-p", lctx, "-t", &ltag]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let lfull = format!("docker.io/{ltag}");
+    let out = docker(
+        &sock,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &lfull,
+            "sh",
+            "-c",
+            "cat /joined /link",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from the client\nnested too\nf.txt\n");
+    // The same file built by the embedded engine, chosen per command.
+    let o = env.envkit(&["--context", "embedded", "build", "-p", lctx]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = docker(&sock, &["image", "rm", &lfull]);
 
     // An endpoint nobody listens on fails at once, naming it.
     let dead = env.dir.join("no-dockerd.sock");

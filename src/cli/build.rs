@@ -631,6 +631,12 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             output.as_ref(),
             &name,
             Some(config.config_bytes),
+            &[(
+                lower::CONTEXT_LOCAL.to_string(),
+                compiled.context_dir.clone(),
+            )]
+            .into_iter()
+            .collect(),
             &args.engine.progress,
         )
         .await;
@@ -711,24 +717,6 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             b
         }
     };
-    let ctx = super::remote::current(cli)?;
-    if let Some(ep) = ctx.endpoint()? {
-        if !args.local.is_empty() {
-            bail!(
-                "--local on a remote context: sending local files over the session is not implemented yet"
-            );
-        }
-        return super::remote::solve_remote(
-            &ctx,
-            &ep,
-            &bytes,
-            output.as_ref(),
-            &full_name(&args.tag)?,
-            None,
-            &args.engine.progress,
-        )
-        .await;
-    }
     let mut locals = BTreeMap::new();
     for l in &args.local {
         let Some((name, dir)) = l.split_once('=') else {
@@ -736,6 +724,20 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         };
         let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
         locals.insert(name.to_string(), dir);
+    }
+    let ctx = super::remote::current(cli)?;
+    if let Some(ep) = ctx.endpoint()? {
+        return super::remote::solve_remote(
+            &ctx,
+            &ep,
+            &bytes,
+            output.as_ref(),
+            &full_name(&args.tag)?,
+            None,
+            &locals,
+            &args.engine.progress,
+        )
+        .await;
     }
     let engine = Engine::open(cli, &args.engine).await?;
     let started = std::time::Instant::now();

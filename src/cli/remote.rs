@@ -83,25 +83,22 @@ pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses what this backend cannot do yet: local sources travel over BuildKit's session
-/// (file sync), which envkit does not serve yet.
-fn check_definition(bytes: &[u8]) -> anyhow::Result<()> {
+/// The names of the local sources the Definition reads.
+fn local_sources(bytes: &[u8]) -> anyhow::Result<Vec<String>> {
     let def = crate::pb::Definition::decode(bytes).context("decoding the Definition")?;
+    let mut names = Vec::new();
     for op in &def.def {
         let Ok(op) = crate::pb::Op::decode(&op[..]) else {
             continue;
         };
         if let Some(crate::pb::op::Op::Source(src)) = &op.op
             && let Some(name) = src.identifier.strip_prefix("local://")
+            && !names.iter().any(|n| n == name)
         {
-            bail!(
-                "the Definition reads the local source {name:?}: sending local files to a \
-                 remote BuildKit (the session's file sync) is not implemented yet; build it with \
-                 the embedded context (`--context embedded`)"
-            );
+            names.push(name.to_string());
         }
     }
-    Ok(())
+    Ok(names)
 }
 
 /// The exporter and its attributes for `output` on `builder`.
@@ -142,6 +139,7 @@ fn exporter(
 }
 
 /// Runs `bytes` on the context's BuildKit and exports the result as `output` asks.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn solve_remote(
     ctx: &Context,
     ep: &Endpoint,
@@ -149,9 +147,30 @@ pub(super) async fn solve_remote(
     output: Option<&Output>,
     name: &str,
     image_config: Option<Vec<u8>>,
+    locals: &std::collections::BTreeMap<String, std::path::PathBuf>,
     progress: &str,
 ) -> anyhow::Result<()> {
-    check_definition(bytes)?;
+    // Local sources are read through a session the client serves.
+    let wanted = local_sources(bytes)?;
+    let mut offered = remote::session::Locals::default();
+    for n in &wanted {
+        let Some(dir) = locals.get(n) else {
+            bail!(
+                "the Definition reads the local source {n:?}, which was not given (--local {n}=DIR)"
+            );
+        };
+        offered.0.insert(n.clone(), dir.clone());
+    }
+    let session = match (&wanted[..], ep) {
+        ([], _) => None,
+        (_, Endpoint::Dockerd(sock)) => Some(remote::session::attach_dockerd(sock, offered).await?),
+        (_, _) => bail!(
+            "the Definition reads local files ({}): serving them to a buildkitd (the session \
+             over Control.Session) is not implemented yet; dockerd contexts and the embedded \
+             engine build it",
+            wanted.join(", ")
+        ),
+    };
     let (exporter, attrs) = exporter(ctx.builder, output, name)?;
     let started = std::time::Instant::now();
     let channel = remote::connect(ep).await?;
@@ -169,11 +188,13 @@ pub(super) async fn solve_remote(
             exporter_attrs: attrs,
             entitlements: Vec::new(),
             image_config,
+            session: session.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
         },
         reporter.clone(),
     )
     .await;
     reporter.finish();
+    drop(session);
     let resp = res?;
     let digest = resp
         .get("containerimage.digest")

@@ -10,6 +10,7 @@
 
 pub mod context;
 pub mod pb;
+pub mod session;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -223,6 +224,8 @@ pub struct Job {
     /// result metadata (the gateway), which every BuildKit reads; exporter attributes
     /// alone are ignored by the BuildKit inside dockerd 20.10.
     pub image_config: Option<Vec<u8>>,
+    /// The session serving local sources ("" for none).
+    pub session: String,
 }
 
 /// gRPC metadata that ties gateway calls to the Control.Solve of the same job.
@@ -348,7 +351,7 @@ pub async fn solve(
         definition,
         exporter: job.exporter,
         exporter_attrs: job.exporter_attrs,
-        session: String::new(),
+        session: job.session,
         frontend: String::new(),
         frontend_attrs: HashMap::new(),
         cache: Some(pb::CacheOptions::default()),

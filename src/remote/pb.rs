@@ -8,3 +8,13 @@ include!(concat!(env!("OUT_DIR"), "/moby.buildkit.v1.rs"));
 pub mod frontend {
     include!(concat!(env!("OUT_DIR"), "/moby.buildkit.v1.frontend.rs"));
 }
+
+/// What a client serves on its session: file sync.
+pub mod filesync {
+    include!(concat!(env!("OUT_DIR"), "/moby.filesync.v1.rs"));
+}
+
+/// What a client serves on its session: the health check.
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}

@@ -151,7 +151,9 @@ impl TestEnv {
             .env("ENVKIT_ROOT", self.store())
             .env("ENVKIT_CONFIG", self.config_path())
             // Registry credentials of this test only (runuser resets HOME to the user's).
-            .env("DOCKER_CONFIG", self.dir.join(".docker"));
+            .env("DOCKER_CONFIG", self.dir.join(".docker"))
+            // envkit's contexts of this test only, for the same reason.
+            .env("XDG_CONFIG_HOME", self.dir.join(".config"));
         cmd
     }
 
