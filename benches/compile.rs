@@ -59,6 +59,7 @@ fn main() {
             target,
             ssh_public_key: "ssh-ed25519 AAAA bench".into(),
             ssh_public_key_path: String::new(),
+            ca_bundle: None,
         };
         let mut times: Vec<Duration> = Vec::new();
         let mut ops = 0;

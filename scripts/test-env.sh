@@ -161,7 +161,7 @@ if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
   rm -f "$DKD_SOCK" "$DKD/pid"
   setsid nohup /usr/sbin/dockerd --host "unix://$DKD_SOCK" --group "$(id -gn "$TUSER")" \
     --data-root "$DKD/root" --exec-root "$DKD/exec" --pidfile "$DKD/pid" \
-    --config-file "$DKD/daemon.json" --iptables=false --bridge "$BRIDGE" \
+    --config-file "$DKD/daemon.json" --bridge "$BRIDGE" \
     --containerd-namespace "envkit-$PORT" --containerd-plugins-namespace "envkit-$PORT-plugins" \
     >"$LOGS/dockerd.log" 2>&1 </dev/null &
   for _ in $(seq 150); do

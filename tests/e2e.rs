@@ -2546,6 +2546,44 @@ fn dockerd_context_builds_into_dockerd() {
     assert!(o.status.success(), "{}", stderr(&o));
     let _ = docker(&sock, &["image", "rm", &lfull]);
 
+    // The python example: its files come through the session, apt and pip reach their
+    // mirrors from dockerd's steps, pip trusting the host's CA bundle (sent the same way).
+    let py = env.copy_context(&repo_path("examples/python-basic"), "python-basic");
+    let ptag = format!("envkit-e2e/python-remote:{}", std::process::id());
+    let o = env.envkit(&[
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        py.to_str().unwrap(),
+        "-t",
+        &ptag,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pfull = format!("docker.io/{ptag}");
+    let out = docker(&sock, &["image", "inspect", &pfull]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = docker(
+        &sock,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &pfull,
+            "sh",
+            "-c",
+            "cat /opt/hello.out",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("hi from envkit (six"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let _ = docker(&sock, &["image", "rm", &pfull]);
+
     // An endpoint nobody listens on fails at once, naming it.
     let dead = env.dir.join("no-dockerd.sock");
     let o = env.envkit(&[

@@ -106,6 +106,7 @@ fn render(name: &str) -> Result<Rendered, String> {
             ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVudmtpdC1nb2xkZW4 envkit\n"
                 .into(),
             ssh_public_key_path: "/home/user/.config/envkit/id_envkit.pub".into(),
+            ca_bundle: None,
         };
         let lowered = lower::lower(&env, &base, &opts).map_err(|e| format!("{name}: {e}"))?;
         let graph = envkit::llb::load(&lowered.definition.to_bytes())

@@ -56,6 +56,7 @@ fn opts(dir: &Path, target: Target) -> LowerOptions {
         target,
         ssh_public_key: "ssh-ed25519 AAAA test".into(),
         ssh_public_key_path: String::new(),
+        ca_bundle: None,
     }
 }
 

@@ -41,6 +41,7 @@ pub(super) async fn compile(
     source: &SourceArgs,
     registry: &Registry,
     target: lower::Target,
+    ca_bundle: Option<String>,
 ) -> anyhow::Result<Compiled> {
     let context_dir = std::fs::canonicalize(&source.path)
         .with_context(|| format!("build context {}", source.path.display()))?;
@@ -67,6 +68,7 @@ pub(super) async fn compile(
         target,
         ssh_public_key: String::new(),
         ssh_public_key_path: String::new(),
+        ca_bundle,
     };
     let opts = if env.dev {
         let (path, key) = ssh_public_key()?;
@@ -610,7 +612,40 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             crate::remote::context::Builder::Dockerd => lower::Target::Dockerd,
             _ => lower::Target::Buildkitd,
         };
-        let compiled = compile(&args.source, &registry, target).await?;
+        // The host CA bundle reaches remote steps as a local source of the session.
+        let ca = match args
+            .engine
+            .ca_bundle
+            .clone()
+            .or(cfg.worker.ca_bundle.clone())
+        {
+            Some(p) => {
+                let real = std::fs::canonicalize(&p)
+                    .with_context(|| format!("the CA bundle {}", p.display()))?;
+                match (real.parent(), real.file_name()) {
+                    (Some(dir), Some(f)) => {
+                        Some((dir.to_path_buf(), f.to_string_lossy().into_owned()))
+                    }
+                    _ => bail!("the CA bundle {} is not a file", p.display()),
+                }
+            }
+            None => None,
+        };
+        let compiled = compile(
+            &args.source,
+            &registry,
+            target,
+            ca.as_ref().map(|(_, f)| f.clone()),
+        )
+        .await?;
+        let mut locals: BTreeMap<String, PathBuf> = BTreeMap::new();
+        locals.insert(
+            lower::CONTEXT_LOCAL.to_string(),
+            compiled.context_dir.clone(),
+        );
+        if let Some((dir, _)) = &ca {
+            locals.insert(lower::CA_LOCAL.to_string(), dir.clone());
+        }
         let name = full_name(
             &args
                 .tag
@@ -631,12 +666,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             output.as_ref(),
             &name,
             Some(config.config_bytes),
-            &[(
-                lower::CONTEXT_LOCAL.to_string(),
-                compiled.context_dir.clone(),
-            )]
-            .into_iter()
-            .collect(),
+            &locals,
             &args.engine.progress,
         )
         .await;
@@ -674,6 +704,7 @@ pub(super) async fn build_for(
         &args.source,
         &engine.worker.registry,
         lower::Target::Embedded,
+        None,
     )
     .await?;
     // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
@@ -1009,7 +1040,7 @@ fn render_svg(dot: &str) -> anyhow::Result<Vec<u8>> {
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let registry = Registry::new(&cfg);
-    let compiled = compile(&args.source, &registry, args.target).await?;
+    let compiled = compile(&args.source, &registry, args.target, None).await?;
     let bytes = compiled.lowered.definition.to_bytes();
     let mut out = std::io::stdout().lock();
     if args.pb {

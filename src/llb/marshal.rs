@@ -145,6 +145,18 @@ pub struct MarshalOptions {
     pub local_unique_id: String,
     /// Worker constraints added to every op.
     pub worker_constraints: Vec<String>,
+    /// A read-only mount (and environment) added to every exec op: how a remote BuildKit's
+    /// steps get the host's CA bundle, which the embedded engine binds in itself.
+    pub exec_extra: Option<ExecExtra>,
+}
+
+/// See [`MarshalOptions::exec_extra`].
+#[derive(Debug, Clone)]
+pub struct ExecExtra {
+    pub source: State,
+    pub target: String,
+    /// `KEY=value`, added where the op sets no `KEY`.
+    pub env: Vec<String>,
 }
 
 impl Default for MarshalOptions {
@@ -153,6 +165,7 @@ impl Default for MarshalOptions {
             platform: Platform::default(),
             local_unique_id: "envkit".to_string(),
             worker_constraints: Vec::new(),
+            exec_extra: None,
         }
     }
 }
@@ -342,8 +355,28 @@ impl Marshaller<'_> {
                         ..Default::default()
                     });
                 }
+                let mut meta = e.meta.clone();
+                if let Some(x) = &self.opts.exec_extra
+                    && let Some(src) = &x.source.out
+                {
+                    let input = self.add_input(&mut op.inputs, src)?;
+                    mounts.push(pb::Mount {
+                        input,
+                        dest: x.target.clone(),
+                        output: -1,
+                        readonly: true,
+                        mount_type: pb::MountType::Bind as i32,
+                        ..Default::default()
+                    });
+                    for kv in &x.env {
+                        let key = kv.split('=').next().unwrap_or("");
+                        if !meta.env.iter().any(|e| e.split('=').next() == Some(key)) {
+                            meta.env.push(kv.clone());
+                        }
+                    }
+                }
                 op.op = Some(pb::op::Op::Exec(pb::ExecOp {
-                    meta: Some(e.meta.clone()),
+                    meta: Some(meta),
                     mounts,
                     network: e.network as i32,
                     security: e.security as i32,
@@ -557,6 +590,19 @@ impl State {
         let mut seen_digests: HashSet<Digest> = HashSet::new();
         let mut order: Vec<Digest> = Vec::new();
 
+        // The extra mount's source goes first: every exec op refers to it.
+        if let Some(x) = &opts.exec_extra
+            && let Some(src) = &x.source.out
+        {
+            let enc = m.encode(&src.node)?;
+            let md = def.metadata.entry(enc.digest.0.clone()).or_default();
+            merge_metadata(md, &enc.metadata);
+            if seen_digests.insert(enc.digest.clone()) {
+                order.push(enc.digest.clone());
+                def.def.push(enc.bytes.clone());
+            }
+            m.memo.insert(key(&src.node), enc);
+        }
         // Iterative post-order DFS. Frame: node and the index of the next input to visit.
         let mut stack: Vec<(Arc<Node>, usize)> = vec![(head.node.clone(), 0)];
         let mut on_stack: HashSet<NodeKey> = HashSet::new();

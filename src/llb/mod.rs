@@ -19,7 +19,7 @@ use thiserror::Error;
 
 pub use json::{metadata_json, op_json};
 pub use load::{LoadedGraph, Vertex, load, load_definition, op_label};
-pub use marshal::{Definition, Digest, MarshalOptions};
+pub use marshal::{Definition, Digest, ExecExtra, MarshalOptions};
 pub use platform::Platform;
 pub use reference::normalize_image_ref;
 pub use state::{

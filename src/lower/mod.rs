@@ -108,7 +108,16 @@ pub struct LowerOptions {
     /// host file it came from (recorded in the graph label, like envd's `PublicKeyPath`).
     pub ssh_public_key: String,
     pub ssh_public_key_path: String,
+    /// For a remote BuildKit: the host CA bundle's file name, served as the local source
+    /// [`CA_LOCAL`]; every step gets it read-only at [`CA_DIR`] with the variables that point
+    /// tools at it (the embedded engine binds the bundle itself).
+    pub ca_bundle: Option<String>,
 }
+
+/// The local source that carries the CA bundle to a remote BuildKit.
+pub const CA_LOCAL: &str = "envkit-ca";
+/// Where steps of a remote build find it.
+pub const CA_DIR: &str = "/run/envkit-ca";
 
 /// The result: the marshalled graph and the image config decisions.
 #[derive(Debug, Clone)]
@@ -159,10 +168,28 @@ pub fn lower(
     let run = c.run_groups(agent);
     let head = c.mount_dirs(run);
 
+    let exec_extra = match (&opts.ca_bundle, opts.target) {
+        (Some(file), Target::Buildkitd | Target::Dockerd) => Some(llb::ExecExtra {
+            source: llb::local(
+                CA_LOCAL,
+                llb::LocalOptions {
+                    include_patterns: vec![file.clone()],
+                    ..Default::default()
+                },
+            ),
+            target: CA_DIR.to_string(),
+            env: rootless::CA_BUNDLE_ENV
+                .iter()
+                .map(|k| format!("{k}={CA_DIR}/{file}"))
+                .collect(),
+        }),
+        _ => None,
+    };
     let definition = head.marshal(&MarshalOptions {
         platform: opts.platform.clone(),
         local_unique_id: local_unique_id(opts),
         worker_constraints: Vec::new(),
+        exec_extra,
     })?;
     let image = c.image_spec();
     Ok(Lowered { definition, image })
