@@ -2584,6 +2584,122 @@ fn dockerd_context_builds_into_dockerd() {
     );
     let _ = docker(&sock, &["image", "rm", &pfull]);
 
+    // A deterministic file gives the same root filesystem on both engines (what `docker
+    // export` adds for a container, and the mount point of the CA bundle, left aside), and
+    // `-o type=oci` from dockerd writes a layout skopeo reads.
+    let det = env.context_with(
+        "remote-det",
+        "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         io.copy(source=\"data\", target=\"/opt/data\")\n    \
+         run(commands=[\"echo made > /made\", \"mkdir -p /x/y && ln -s ../../made /x/y/link\", \
+         \"chmod 0640 /made\"])\n",
+    );
+    std::fs::create_dir_all(det.join("data/sub")).unwrap();
+    std::fs::write(det.join("data/a.txt"), "one\n").unwrap();
+    std::fs::write(det.join("data/sub/b.txt"), "two\n").unwrap();
+    env.chown(&det);
+    let dctx = det.to_str().unwrap();
+    let emb = env.dir.join("embedded-rootfs.tar");
+    let o = env.envkit(&[
+        "--context",
+        "embedded",
+        "build",
+        "-p",
+        dctx,
+        "-o",
+        &format!("type=tar,dest={}", emb.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dtag = format!("envkit-e2e/remote-det:{}", std::process::id());
+    let oci = env.dir.join("remote-oci.tar");
+    let o = env.envkit(&[
+        "build",
+        "-p",
+        dctx,
+        "-t",
+        &dtag,
+        "-o",
+        &format!("type=oci,dest={},name={dtag}", oci.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci-archive:{}", oci.display()))
+        .output()
+        .expect("skopeo");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dfull = format!("docker.io/{dtag}");
+    let cid = stdout(&docker(&sock, &["create", &dfull, "true"]))
+        .trim()
+        .to_string();
+    let rem = env.dir.join("remote-rootfs.tar");
+    let out = docker(&sock, &["export", "-o", rem.to_str().unwrap(), &cid]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = docker(&sock, &["rm", &cid]);
+    let _ = docker(&sock, &["image", "rm", &dfull]);
+    let entries = |p: &std::path::Path| {
+        let mut out = std::collections::BTreeMap::new();
+        let mut ar = tar::Archive::new(std::fs::File::open(p).unwrap());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
+            let docker_made = [
+                ".dockerenv",
+                "dev",
+                "etc/hosts",
+                "etc/hostname",
+                "etc/resolv.conf",
+                "etc/mtab",
+                "run/envkit-ca",
+            ];
+            if name.is_empty()
+                || docker_made
+                    .iter()
+                    .any(|d| name == *d || name.starts_with(&format!("{d}/")))
+            {
+                continue;
+            }
+            let h = e.header().clone();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            let link = h
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|l| l.to_string_lossy().into_owned());
+            out.insert(
+                name,
+                (
+                    h.entry_type().as_byte(),
+                    h.mode().unwrap() & 0o7777,
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    data,
+                    link,
+                ),
+            );
+        }
+        out
+    };
+    let (a, b) = (entries(&emb), entries(&rem));
+    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    let differ: Vec<_> = a
+        .keys()
+        .filter(|k| b.get(*k).is_some_and(|v| v != &a[*k]))
+        .collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
+        "embedded only: {only_a:?}; dockerd only: {only_b:?}; different: {differ:?}"
+    );
+    assert!(a.contains_key("opt/data/sub/b.txt") && a.contains_key("x/y/link"));
+
     // An endpoint nobody listens on fails at once, naming it.
     let dead = env.dir.join("no-dockerd.sock");
     let o = env.envkit(&[

@@ -668,6 +668,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             Some(config.config_bytes),
             &locals,
             &args.engine.progress,
+            &config::store_root(cli.root.as_deref()),
         )
         .await;
     }
@@ -767,6 +768,7 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             None,
             &locals,
             &args.engine.progress,
+            &config::store_root(cli.root.as_deref()),
         )
         .await;
     }

@@ -113,6 +113,12 @@ fn exporter(
         Some(Output::Image { name: n, push, .. }) => {
             (n.clone().unwrap_or_else(|| name.to_string()), *push)
         }
+        // From dockerd these are made from `docker save` of the image (see `fetch_saved`).
+        Some(Output::Oci { name: n, .. } | Output::Docker { name: n, .. })
+            if builder == Builder::Dockerd =>
+        {
+            (n.clone().unwrap_or_else(|| name.to_string()), false)
+        }
         Some(other) => bail!(
             "{other:?}: outputs written on this machine come back over BuildKit's session, \
              which envkit does not serve yet; on a remote context use type=image[,push=true]"
@@ -149,6 +155,7 @@ pub(super) async fn solve_remote(
     image_config: Option<Vec<u8>>,
     locals: &std::collections::BTreeMap<String, std::path::PathBuf>,
     progress: &str,
+    root: &std::path::Path,
 ) -> anyhow::Result<()> {
     // Local sources are read through a session the client serves.
     let wanted = local_sources(bytes)?;
@@ -196,6 +203,11 @@ pub(super) async fn solve_remote(
     reporter.finish();
     drop(session);
     let resp = res?;
+    if let (Endpoint::Dockerd(sock), Some(out @ (Output::Oci { .. } | Output::Docker { .. }))) =
+        (ep, output)
+    {
+        fetch_saved(sock, out, name, root).await?;
+    }
     let digest = resp
         .get("containerimage.digest")
         .cloned()
@@ -204,5 +216,81 @@ pub(super) async fn solve_remote(
         "=> built {name} on {ep} ({digest}) in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `-o type=docker|oci` on a dockerd context: the image is built into dockerd, then dockerd's
+/// `docker save` of it (`GET /images/NAME/get`) is the docker tarball, or is read into envkit's
+/// store and written out as an OCI layout.
+async fn fetch_saved(
+    sock: &std::path::Path,
+    output: &Output,
+    name: &str,
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dest, image) = match output {
+        Output::Oci { dest, name: n, .. } | Output::Docker { dest, name: n, .. } => {
+            (dest.clone(), n.clone().unwrap_or_else(|| name.to_string()))
+        }
+        _ => return Ok(()),
+    };
+    let image = super::build::full_name(&image)?;
+    let tmp = tempfile::NamedTempFile::new().context("a temporary file for docker save")?;
+    let mut s = tokio::net::UnixStream::connect(sock)
+        .await
+        .with_context(|| format!("connecting to {}", sock.display()))?;
+    let req = format!("GET /images/{image}/get HTTP/1.0\r\nHost: docker\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            bail!("dockerd closed the connection answering docker save");
+        }
+        head.push(b[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if !status.contains(" 200 ") {
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        bail!("docker save of {image}: {status} {}", body.trim());
+    }
+    let mut f = tokio::fs::File::from_std(tmp.reopen()?);
+    tokio::io::copy(&mut s, &mut f).await?;
+    f.flush().await?;
+    drop(f);
+    match output {
+        Output::Docker { .. } => {
+            crate::export::write_to_dest(&dest, |out| {
+                let mut r = std::fs::File::open(tmp.path()).map_err(|e| {
+                    crate::export::ExportError::Io {
+                        path: tmp.path().to_path_buf(),
+                        source: e,
+                    }
+                })?;
+                std::io::copy(&mut r, out).map_err(|e| crate::export::ExportError::Io {
+                    path: dest.clone(),
+                    source: e,
+                })?;
+                Ok(())
+            })?;
+        }
+        _ => {
+            let store = crate::content::Store::open(root)?;
+            let loaded =
+                crate::export::load::load_archive(std::fs::File::open(tmp.path())?, &store)?;
+            let Some(img) = loaded.first() else {
+                bail!("docker save of {image} held no image");
+            };
+            let m = crate::export::gzip_manifest(&img.manifest, &store)?;
+            crate::export::oci_tar(&dest, &m, &image, &store)?;
+        }
+    }
+    eprintln!("=> wrote {image} to {}", dest.display());
     Ok(())
 }
