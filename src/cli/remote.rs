@@ -242,19 +242,7 @@ async fn fetch_saved(
         .with_context(|| format!("connecting to {}", sock.display()))?;
     let req = format!("GET /images/{image}/get HTTP/1.0\r\nHost: docker\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await? == 0 {
-            bail!("dockerd closed the connection answering docker save");
-        }
-        head.push(b[0]);
-    }
-    let status = String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let status = crate::remote::read_status(&mut s).await?;
     if !status.contains(" 200 ") {
         let mut body = String::new();
         let _ = s.read_to_string(&mut body).await;

@@ -181,19 +181,7 @@ impl Store {
         if file.try_lock().is_err() {
             return self.writer();
         }
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        let (hasher, size) = hash_all(&mut file, &path)?;
         Ok(BlobWriter {
             blobs: self.blobs.clone(),
             file: Some(NamedTempFile::from_parts(
@@ -275,19 +263,7 @@ impl Store {
     pub fn verify(&self, digest: &Digest) -> Result<u64, ContentError> {
         let path = self.path(digest)?;
         let mut f = self.open_blob(digest)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        let (hasher, size) = hash_all(&mut f, &path)?;
         let actual = digest_from_hasher(hasher);
         if actual != *digest {
             return Err(ContentError::DigestMismatch {
@@ -297,6 +273,24 @@ impl Store {
         }
         Ok(size)
     }
+}
+
+/// Reads `r` to its end: the sha256 state and the byte count (`path` names it in errors).
+fn hash_all(r: &mut impl Read, path: &Path) -> Result<(Sha256, u64), ContentError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hasher, size))
 }
 
 /// An ingest in progress. Dropping it without [`commit`](BlobWriter::commit) removes the

@@ -91,6 +91,23 @@ impl Endpoint {
     }
 }
 
+/// Reads an HTTP/1.1 response head, byte by byte up to the blank line (what follows may
+/// belong to HTTP/2 or be the body), and returns its status line.
+pub(crate) async fn read_status(stream: &mut tokio::net::UnixStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut b).await? == 0 || head.len() > 16 << 10 {
+            return Err(std::io::Error::other(
+                "dockerd closed the connection before its answer ended",
+            ));
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
 /// Asks dockerd to hand the connection to its BuildKit (HTTP/1.1 upgrade to h2c).
 async fn upgrade(stream: &mut tokio::net::UnixStream, path: &str) -> std::io::Result<()> {
     let req = format!(
@@ -98,19 +115,7 @@ async fn upgrade(stream: &mut tokio::net::UnixStream, path: &str) -> std::io::Re
          Content-Length: 0\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
-    // Byte by byte up to the blank line: what follows belongs to HTTP/2.
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut b).await? == 0 || head.len() > 16 << 10 {
-            return Err(std::io::Error::other(
-                "dockerd closed the connection during the upgrade",
-            ));
-        }
-        head.push(b[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    let status = text.lines().next().unwrap_or("").to_string();
+    let status = read_status(stream).await?;
     if !status.contains(" 101 ") {
         return Err(std::io::Error::other(format!(
             "dockerd answered {status:?} to {path} (is BuildKit enabled in this dockerd?)"

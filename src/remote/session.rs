@@ -77,22 +77,9 @@ pub async fn attach_dockerd(socket: &Path, locals: Locals) -> Result<Session, Re
         .write_all(req.as_bytes())
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut b).await.map_err(|e| fail(e.to_string()))?;
-        if n == 0 || head.len() > 16 << 10 {
-            return Err(fail(
-                "dockerd closed the connection during the upgrade".into(),
-            ));
-        }
-        head.push(b[0]);
-    }
-    let status = String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let status = super::read_status(&mut stream)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     if !status.contains(" 101 ") {
         return Err(fail(format!("dockerd answered {status:?} to /session")));
     }
