@@ -2700,6 +2700,73 @@ fn dockerd_context_builds_into_dockerd() {
     );
     assert!(a.contains_key("opt/data/sub/b.txt") && a.contains_key("x/y/link"));
 
+    // push=true: dockerd pushes the image with the credentials of docker's config; the
+    // registry then serves the digest dockerd reported. type=tar comes back over the session.
+    let (areg, creds) = common::auth_registry();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
+    std::fs::write(
+        env.dir.join(".docker/config.json"),
+        format!(r#"{{"auths": {{"{areg}": {{"auth": "{b64}"}}}}}}"#),
+    )
+    .unwrap();
+    env.chown(&env.dir.join(".docker"));
+    let target = format!("{areg}/envkit/from-dockerd:{}", std::process::id());
+    let o = env.envkit(&[
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        dctx,
+        "-o",
+        &format!("type=image,name={target},push=true"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pushed = stderr(&o)
+        .lines()
+        .find_map(|l| {
+            l.split_once("dockerd pushed ")?
+                .1
+                .split_once(" (")?
+                .1
+                .split_once(')')
+        })
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_else(|| panic!("no push line: {}", stderr(&o)));
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            &creds,
+            "--format",
+            "{{.Digest}}",
+        ])
+        .arg(format!("docker://{target}"))
+        .output()
+        .expect("skopeo");
+    assert_eq!(stdout(&out).trim(), pushed, "{}", stderr(&out));
+    let rootfs = env.dir.join("remote-rootfs-out.tar");
+    let o = env.envkit(&[
+        "build",
+        "-p",
+        dctx,
+        "-o",
+        &format!("type=tar,dest={}", rootfs.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = tar::Archive::new(std::fs::File::open(&rootfs).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "opt/data/sub/b.txt"),
+        "{names:?}"
+    );
+
     // An endpoint nobody listens on fails at once, naming it.
     let dead = env.dir.join("no-dockerd.sock");
     let o = env.envkit(&[

@@ -119,6 +119,10 @@ fn exporter(
         {
             (n.clone().unwrap_or_else(|| name.to_string()), false)
         }
+        // BuildKit's tar exporter sends the root filesystem over the session.
+        Some(Output::Tar { .. }) if builder == Builder::Dockerd => {
+            return Ok(("tar".into(), attrs));
+        }
         Some(other) => bail!(
             "{other:?}: outputs written on this machine come back over BuildKit's session, \
              which envkit does not serve yet; on a remote context use type=image[,push=true]"
@@ -126,15 +130,8 @@ fn exporter(
     };
     attrs.insert("name".into(), image_name);
     Ok(match builder {
-        Builder::Dockerd => {
-            if push {
-                bail!(
-                    "push=true on a dockerd context is not supported yet: the image lands in \
-                     dockerd's store; push it with `docker push`"
-                );
-            }
-            ("moby".into(), attrs)
-        }
+        // push=true: dockerd pushes it afterwards (see `docker_push`).
+        Builder::Dockerd => ("moby".into(), attrs),
         _ => {
             if push {
                 attrs.insert("push".into(), "true".into());
@@ -168,10 +165,38 @@ pub(super) async fn solve_remote(
         };
         offered.0.insert(n.clone(), dir.clone());
     }
-    let session = match (&wanted[..], ep) {
-        ([], _) => None,
-        (_, Endpoint::Dockerd(sock)) => Some(remote::session::attach_dockerd(sock, offered).await?),
-        (_, _) => bail!(
+    // A tar output comes back through the session too: into a temporary file beside its
+    // destination, renamed into place once the build has succeeded.
+    let tar_dest = match output {
+        Some(Output::Tar { dest }) if matches!(ep, Endpoint::Dockerd(_)) => Some(dest.clone()),
+        _ => None,
+    };
+    let tar_tmp = match &tar_dest {
+        Some(d) if d.as_os_str() != "-" => {
+            let dir = match d.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".envkit-export-")
+                    .tempfile_in(&dir)
+                    .with_context(|| format!("a temporary file in {}", dir.display()))?,
+            )
+        }
+        Some(_) => Some(tempfile::NamedTempFile::new().context("a temporary file")?),
+        None => None,
+    };
+    let offer = remote::session::Offer {
+        locals: offered,
+        file: tar_tmp.as_ref().map(|t| t.path().to_path_buf()),
+    };
+    let session = match (&wanted[..], ep, &offer.file) {
+        ([], _, None) => None,
+        (_, Endpoint::Dockerd(sock), _) => {
+            Some(remote::session::attach_dockerd(sock, offer).await?)
+        }
+        (_, _, _) => bail!(
             "the Definition reads local files ({}): serving them to a buildkitd (the session \
              over Control.Session) is not implemented yet; dockerd contexts and the embedded \
              engine build it",
@@ -179,6 +204,7 @@ pub(super) async fn solve_remote(
         ),
     };
     let (exporter, attrs) = exporter(ctx.builder, output, name)?;
+    let shown = attrs.get("name").cloned();
     let started = std::time::Instant::now();
     let channel = remote::connect(ep).await?;
     let workers = remote::list_workers(ep, &channel).await?;
@@ -203,17 +229,40 @@ pub(super) async fn solve_remote(
     reporter.finish();
     drop(session);
     let resp = res?;
+    if let (Some(dest), Some(tmp)) = (&tar_dest, tar_tmp) {
+        if dest.as_os_str() == "-" {
+            let mut f = std::fs::File::open(tmp.path())?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+        } else {
+            tmp.persist(dest)
+                .with_context(|| format!("writing {}", dest.display()))?;
+            eprintln!("=> wrote the root filesystem to {}", dest.display());
+        }
+    }
     if let (Endpoint::Dockerd(sock), Some(out @ (Output::Oci { .. } | Output::Docker { .. }))) =
         (ep, output)
     {
         fetch_saved(sock, out, name, root).await?;
     }
-    let digest = resp
-        .get("containerimage.digest")
-        .cloned()
-        .unwrap_or_else(|| "?".into());
+    if let (
+        Endpoint::Dockerd(sock),
+        Some(Output::Image {
+            name: target,
+            push: true,
+            ..
+        }),
+    ) = (ep, output)
+    {
+        let target = target.clone().unwrap_or_else(|| name.to_string());
+        docker_push(sock, &super::build::full_name(&target)?).await?;
+    }
+    let what = match (shown, resp.get("containerimage.digest")) {
+        (Some(n), Some(d)) => format!("{n} ({d})"),
+        (Some(n), None) => n,
+        (None, _) => "the result".to_string(),
+    };
     eprintln!(
-        "=> built {name} on {ep} ({digest}) in {:.1}s",
+        "=> built {what} on {ep} in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -280,5 +329,62 @@ async fn fetch_saved(
         }
     }
     eprintln!("=> wrote {image} to {}", dest.display());
+    Ok(())
+}
+
+/// `push=true` on a dockerd context: dockerd pushes the image it holds
+/// (`POST /images/NAME/push`), with the credentials docker's config has for that registry.
+async fn docker_push(sock: &std::path::Path, image: &str) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = crate::registry::normalize(image)?;
+    let host = r.registry().to_string();
+    let tag = r.tag().unwrap_or("latest").to_string();
+    let repo = if host == "docker.io" {
+        r.repository().to_string()
+    } else {
+        format!("{host}/{}", r.repository())
+    };
+    let auth = match crate::registry::auth::credentials_for(&host).map_err(anyhow::Error::msg)? {
+        oci_client::secrets::RegistryAuth::Basic(u, p) => {
+            serde_json::json!({"username": u, "password": p, "serveraddress": host})
+        }
+        _ => serde_json::json!({}),
+    };
+    let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+    let mut s = tokio::net::UnixStream::connect(sock)
+        .await
+        .with_context(|| format!("connecting to {}", sock.display()))?;
+    let req = format!(
+        "POST /images/{repo}/push?tag={tag} HTTP/1.0\r\nHost: docker\r\n\
+         X-Registry-Auth: {header}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let status = crate::remote::read_status(&mut s).await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    if !status.contains(" 200 ") {
+        bail!(
+            "dockerd refused to push {repo}:{tag}: {status} {}",
+            body.trim()
+        );
+    }
+    // A stream of JSON messages; a failure is one with "error".
+    let mut digest = None;
+    for line in body.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            bail!("dockerd could not push {repo}:{tag}: {e}");
+        }
+        if let Some(d) = v.pointer("/aux/Digest").and_then(|d| d.as_str()) {
+            digest = Some(d.to_string());
+        }
+    }
+    eprintln!(
+        "=> dockerd pushed {repo}:{tag} ({})",
+        digest.unwrap_or_else(|| "no digest reported".into())
+    );
     Ok(())
 }

@@ -30,7 +30,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 
-mod auth;
+pub mod auth;
 mod push;
 
 use crate::content::{self, ContentError};

@@ -21,12 +21,22 @@ use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::RemoteError;
-use super::pb::filesync::{Packet, Stat, file_sync_server, packet::PacketType};
+use super::pb::filesync::{
+    BytesMessage, Packet, Stat, file_send_server, file_sync_server, packet::PacketType,
+};
 use super::pb::health::{self, HealthCheckRequest, HealthCheckResponse, health_server};
 
 /// What the session offers: local directories by the names the Definition uses.
 #[derive(Debug, Clone, Default)]
 pub struct Locals(pub BTreeMap<String, PathBuf>);
+
+/// What a session serves: local sources, and a file an exporter may send (a tar).
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    pub locals: Locals,
+    /// Where the exporter's file is written (the caller renames it into place).
+    pub file: Option<PathBuf>,
+}
 
 /// A running session; dropping it ends it.
 pub struct Session {
@@ -48,13 +58,16 @@ fn random_id() -> String {
     hex::encode(b)
 }
 
-const METHODS: [&str; 2] = [
-    "/moby.filesync.v1.FileSync/DiffCopy",
-    "/grpc.health.v1.Health/Check",
-];
-
-/// Opens a session on the dockerd at `socket` that serves `locals`.
-pub async fn attach_dockerd(socket: &Path, locals: Locals) -> Result<Session, RemoteError> {
+/// Opens a session on the dockerd at `socket` that serves `offer`.
+pub async fn attach_dockerd(socket: &Path, offer: Offer) -> Result<Session, RemoteError> {
+    let Offer { locals, file } = offer;
+    let mut methods = vec![
+        "/moby.filesync.v1.FileSync/DiffCopy",
+        "/grpc.health.v1.Health/Check",
+    ];
+    if file.is_some() {
+        methods.push("/moby.filesync.v1.FileSend/DiffCopy");
+    }
     let fail = |m: String| RemoteError::Connect {
         endpoint: format!("dockerd at unix://{} (session)", socket.display()),
         message: m,
@@ -69,7 +82,7 @@ pub async fn attach_dockerd(socket: &Path, locals: Locals) -> Result<Session, Re
          X-Docker-Expose-Session-Sharedkey: {}\r\n",
         shared_key(&locals)
     );
-    for m in METHODS {
+    for m in methods {
         req.push_str(&format!("X-Docker-Expose-Session-Grpc-Method: {m}\r\n"));
     }
     req.push_str("Content-Length: 0\r\n\r\n");
@@ -87,6 +100,7 @@ pub async fn attach_dockerd(socket: &Path, locals: Locals) -> Result<Session, Re
         files: file_sync_server::FileSyncServer::new(FileSyncService {
             locals: Arc::new(locals),
         }),
+        send: file_send_server::FileSendServer::new(FileSendService { dest: file }),
         health: health_server::HealthServer::new(HealthService),
     };
     let task = tokio::spawn(async move {
@@ -116,6 +130,7 @@ fn shared_key(locals: &Locals) -> String {
 #[derive(Clone)]
 struct Router {
     files: file_sync_server::FileSyncServer<FileSyncService>,
+    send: file_send_server::FileSendServer<FileSendService>,
     health: health_server::HealthServer<HealthService>,
 }
 
@@ -138,6 +153,9 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Router {
         if path.starts_with("/moby.filesync.v1.FileSync/") {
             let mut s = self.files.clone();
             Box::pin(async move { tower::Service::call(&mut s, req).await })
+        } else if path.starts_with("/moby.filesync.v1.FileSend/") {
+            let mut s = self.send.clone();
+            Box::pin(async move { tower::Service::call(&mut s, req).await })
         } else if path.starts_with("/grpc.health.v1.Health/") {
             let mut s = self.health.clone();
             Box::pin(async move { tower::Service::call(&mut s, req).await })
@@ -149,6 +167,43 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Router {
                 )
             })
         }
+    }
+}
+
+/// Receives an exporter's file (a tar) into `dest`.
+struct FileSendService {
+    dest: Option<PathBuf>,
+}
+
+type BytesStream = Pin<Box<dyn Stream<Item = Result<BytesMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl file_send_server::FileSend for FileSendService {
+    type DiffCopyStream = BytesStream;
+
+    async fn diff_copy(
+        &self,
+        request: Request<Streaming<BytesMessage>>,
+    ) -> Result<Response<BytesStream>, Status> {
+        let Some(dest) = self.dest.clone() else {
+            return Err(Status::failed_precondition(
+                "envkit expects no file from this build",
+            ));
+        };
+        let mut f = tokio::fs::File::create(&dest)
+            .await
+            .map_err(|e| Status::internal(format!("{}: {e}", dest.display())))?;
+        let mut incoming = request.into_inner();
+        while let Some(m) = incoming.message().await? {
+            f.write_all(&m.data)
+                .await
+                .map_err(|e| Status::internal(format!("{}: {e}", dest.display())))?;
+        }
+        f.flush()
+            .await
+            .map_err(|e| Status::internal(format!("{}: {e}", dest.display())))?;
+        let none: BytesStream = Box::pin(futures_util::stream::empty());
+        Ok(Response::new(none))
     }
 }
 
