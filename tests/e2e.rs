@@ -2791,30 +2791,19 @@ fn dockerd_context_builds_into_dockerd() {
     );
     let o = env.envkit(&["context", "use", "embedded"]);
     assert!(o.status.success());
+    let _ = docker(&sock, &["image", "rm", &full]);
+    every_example_definition_loads_in_dockerds_buildkit(&env);
     let o = env.envkit(&["context", "rm", "dk"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let _ = docker(&sock, &["image", "rm", &full]);
 }
 
-/// `envkit debug llb --pb --target dockerd` of every example is accepted by the BuildKit inside
-/// dockerd: its solve starts (or ends) without an LLB load error. Examples whose sources live
-/// on ghcr.io, GitHub or conda's servers then fail to fetch them, which is not a load error;
-/// a solve still busy after a few seconds has loaded too (it is stopped there).
-#[test]
-fn every_example_definition_loads_in_dockerds_buildkit() {
-    let env = TestEnv::new("dockerd-examples");
-    let sock = common::dockerd_socket();
-    let o = env.envkit(&[
-        "context",
-        "create",
-        "--name",
-        "dk",
-        "--builder",
-        "dockerd",
-        "--endpoint",
-        &format!("unix://{sock}"),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+/// The Definition of every example, lowered for dockerd (as `envkit debug llb --pb --target
+/// dockerd` writes it), is accepted by the BuildKit inside dockerd: its solve starts (or ends)
+/// without an LLB load error. Examples whose sources live on ghcr.io, GitHub or conda's servers
+/// then fail to fetch them, which is not a load error; a solve still busy after a few seconds
+/// has loaded too (it is stopped there). Called last by the dockerd test: the stopped solves'
+/// steps may run on for a while, and no other build must meet them (apt's locks).
+fn every_example_definition_loads_in_dockerds_buildkit(env: &TestEnv) {
     let cache = env.dir.join("cache-dir");
     std::fs::create_dir_all(&cache).unwrap();
     env.chown(&cache);
