@@ -2789,6 +2789,10 @@ fn dockerd_context_builds_into_dockerd() {
         "{}",
         stderr(&o)
     );
+    // Environments run here: `up` on a remote context says so.
+    let o = env.envkit(&["up", "--detach", "-p", ctx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--context embedded"), "{}", stderr(&o));
     let o = env.envkit(&["context", "use", "embedded"]);
     assert!(o.status.success());
     let _ = docker(&sock, &["image", "rm", &full]);

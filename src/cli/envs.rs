@@ -72,6 +72,15 @@ fn wants_gpus(args: &UpArgs, env: &crate::ir::Environment) -> bool {
 
 /// Builds, then starts the environment; returns its state (and the exec to attach with).
 async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::Result<EnvState> {
+    // Environments run on this machine, from envkit's own store.
+    let ctx = super::remote::current(cli)?;
+    if ctx.endpoint()?.is_some() {
+        bail!(
+            "environments run on this machine with the embedded engine; the context {:?} builds \
+             elsewhere: add `--context embedded`",
+            ctx.name
+        );
+    }
     let output = match &args.build.output {
         Some(o) => Some(export::parse_output(o)?),
         None => None,
