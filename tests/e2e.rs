@@ -2746,6 +2746,25 @@ fn dockerd_context_builds_into_dockerd() {
         .output()
         .expect("skopeo");
     assert_eq!(stdout(&out).trim(), pushed, "{}", stderr(&out));
+    // A base image on the authenticating registry: dockerd's BuildKit asks envkit's session
+    // for the credentials (docker's config); without them the registry says 401.
+    let auth_def = envkit::llb::image(&format!("{areg}/library/busybox:latest"))
+        .add_env("PATH", "/bin")
+        .run(envkit::llb::Run::args([
+            "sh",
+            "-c",
+            "echo authed > /authed",
+        ]))
+        .root()
+        .marshal(&envkit::llb::MarshalOptions::default())
+        .expect("marshal");
+    let auth_pb = def_file(&env, "remote-auth", &auth_def);
+    let o = env.envkit(&["solve", "--progress", "plain", auth_pb.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(env.dir.join(".docker/config.json"), "{}").unwrap();
+    let o = env.envkit(&["solve", "--progress", "plain", auth_pb.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
     let rootfs = env.dir.join("remote-rootfs-out.tar");
     let o = env.envkit(&[
         "build",

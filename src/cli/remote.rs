@@ -191,11 +191,12 @@ pub(super) async fn solve_remote(
         locals: offered,
         file: tar_tmp.as_ref().map(|t| t.path().to_path_buf()),
     };
+    // On dockerd a session always goes along: registry credentials come through it too.
     let session = match (&wanted[..], ep, &offer.file) {
-        ([], _, None) => None,
         (_, Endpoint::Dockerd(sock), _) => {
             Some(remote::session::attach_dockerd(sock, offer).await?)
         }
+        ([], _, None) => None,
         (_, _, _) => bail!(
             "the Definition reads local files ({}): serving them to a buildkitd (the session \
              over Control.Session) is not implemented yet; dockerd contexts and the embedded \

@@ -22,7 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::RemoteError;
 use super::pb::filesync::{
-    BytesMessage, Packet, Stat, file_send_server, file_sync_server, packet::PacketType,
+    BytesMessage, CredentialsRequest, CredentialsResponse, Packet, Stat, auth_server,
+    file_send_server, file_sync_server, packet::PacketType,
 };
 use super::pb::health::{self, HealthCheckRequest, HealthCheckResponse, health_server};
 
@@ -63,6 +64,7 @@ pub async fn attach_dockerd(socket: &Path, offer: Offer) -> Result<Session, Remo
     let Offer { locals, file } = offer;
     let mut methods = vec![
         "/moby.filesync.v1.FileSync/DiffCopy",
+        "/moby.filesync.v1.Auth/Credentials",
         "/grpc.health.v1.Health/Check",
     ];
     if file.is_some() {
@@ -101,6 +103,7 @@ pub async fn attach_dockerd(socket: &Path, offer: Offer) -> Result<Session, Remo
             locals: Arc::new(locals),
         }),
         send: file_send_server::FileSendServer::new(FileSendService { dest: file }),
+        auth: auth_server::AuthServer::new(AuthService),
         health: health_server::HealthServer::new(HealthService),
     };
     let task = tokio::spawn(async move {
@@ -131,6 +134,7 @@ fn shared_key(locals: &Locals) -> String {
 struct Router {
     files: file_sync_server::FileSyncServer<FileSyncService>,
     send: file_send_server::FileSendServer<FileSendService>,
+    auth: auth_server::AuthServer<AuthService>,
     health: health_server::HealthServer<HealthService>,
 }
 
@@ -155,6 +159,9 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Router {
             Box::pin(async move { tower::Service::call(&mut s, req).await })
         } else if path.starts_with("/moby.filesync.v1.FileSend/") {
             let mut s = self.send.clone();
+            Box::pin(async move { tower::Service::call(&mut s, req).await })
+        } else if path.starts_with("/moby.filesync.v1.Auth/") {
+            let mut s = self.auth.clone();
             Box::pin(async move { tower::Service::call(&mut s, req).await })
         } else if path.starts_with("/grpc.health.v1.Health/") {
             let mut s = self.health.clone();
@@ -204,6 +211,38 @@ impl file_send_server::FileSend for FileSendService {
             .map_err(|e| Status::internal(format!("{}: {e}", dest.display())))?;
         let none: BytesStream = Box::pin(futures_util::stream::empty());
         Ok(Response::new(none))
+    }
+}
+
+/// Registry credentials from docker's config (`auths`, credential helpers), as for envkit's
+/// own pulls and pushes; empty (anonymous) where it has none.
+struct AuthService;
+
+#[tonic::async_trait]
+impl auth_server::Auth for AuthService {
+    async fn credentials(
+        &self,
+        request: Request<CredentialsRequest>,
+    ) -> Result<Response<CredentialsResponse>, Status> {
+        let host = request.into_inner().host;
+        // BuildKit asks for Docker Hub's credentials as registry-1.docker.io.
+        let key = if host == "registry-1.docker.io" {
+            "docker.io".to_string()
+        } else {
+            host
+        };
+        let creds =
+            tokio::task::spawn_blocking(move || crate::registry::auth::credentials_for(&key))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(Status::internal)?;
+        Ok(Response::new(match creds {
+            oci_client::secrets::RegistryAuth::Basic(u, p) => CredentialsResponse {
+                username: u,
+                secret: p,
+            },
+            _ => CredentialsResponse::default(),
+        }))
     }
 }
 
