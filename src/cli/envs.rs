@@ -19,13 +19,6 @@ fn project_path(env_name: &str) -> String {
     format!("/home/envd/{env_name}")
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `~` at the start of a host path is the user's home; in a container path, /home/envd.
 fn expand_host(p: &str) -> PathBuf {
     match (p.strip_prefix('~'), config::home()) {
@@ -339,7 +332,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        created: now(),
+        created: crate::image::unix_now(),
         lowers,
         layer_dir,
         gpus,

@@ -178,10 +178,7 @@ pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
         Some(t) => Some(full_name(t)?),
         None => None,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = image::unix_now();
     let lone = loaded.len() == 1;
     let db = meta::Meta::open(&root)?;
     for img in loaded {

@@ -533,11 +533,7 @@ fn nanos() -> u128 {
 
 /// An RFC 3339 time `secs` from now (the lease's expiry label).
 fn expiry(secs: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    crate::image::rfc3339(now + secs)
+    crate::image::rfc3339(crate::image::unix_now() + secs)
 }
 
 #[cfg(test)]

@@ -138,6 +138,11 @@ pub fn created_now() -> u64 {
     {
         return s;
     }
+    unix_now()
+}
+
+/// Seconds since the epoch, by the wall clock (0 if the clock is before it).
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -303,12 +303,17 @@ async fn gateway(
     Ok(())
 }
 
-fn job_ref() -> String {
-    let mut b = [0u8; 12];
+/// `n` random bytes from the kernel, as hex (ids of jobs and sessions).
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);
     }
-    format!("envkit-{}", hex::encode(b))
+    hex::encode(b)
+}
+
+fn job_ref() -> String {
+    format!("envkit-{}", random_hex(12))
 }
 
 /// Runs `job`, reporting its progress; returns the exporter's response (e.g.

@@ -51,14 +51,6 @@ impl Drop for Session {
     }
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    hex::encode(b)
-}
-
 /// Opens a session on the dockerd at `socket` that serves `offer`.
 pub async fn attach_dockerd(socket: &Path, offer: Offer) -> Result<Session, RemoteError> {
     let Offer { locals, file } = offer;
@@ -74,7 +66,7 @@ pub async fn attach_dockerd(socket: &Path, offer: Offer) -> Result<Session, Remo
         endpoint: format!("dockerd at unix://{} (session)", socket.display()),
         message: m,
     };
-    let id = random_id();
+    let id = super::random_hex(16);
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| fail(e.to_string()))?;
