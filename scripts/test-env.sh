@@ -31,7 +31,7 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
           jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
-          openssh-client apache2-utils containerd docker.io iproute2)
+          openssh-client apache2-utils containerd docker.io iproute2 openssl)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then
@@ -172,6 +172,49 @@ fi
 curl -fsS --unix-socket "$DKD_SOCK" http://docker/_ping >/dev/null 2>&1 \
   || { tail -20 "$LOGS/dockerd.log" >&2; say "dockerd did not start"; exit 1; }
 
+# A buildkitd, only when one is on PATH (Debian has no package; GitHub is out of reach here):
+# a root fixture on a private unix socket (group: the test user's) and on 127.0.0.1:PORT+3,
+# Docker Hub names mirrored to the local registry. Without it ENVKIT_TEST_BUILDKITD stays
+# empty and the buildkitd suite reports that it did not run.
+BKD_SOCK=
+BKD_TCP=
+if command -v buildkitd >/dev/null 2>&1; then
+  BKD=$CACHE/buildkitd-$PORT
+  BKD_SOCK=$BKD/buildkitd.sock
+  BKD_TCP=127.0.0.1:$((PORT + 3))
+  mkdir -p "$BKD"
+  chmod 0755 "$BKD"
+  cat >"$BKD/buildkitd.toml" <<CFG
+[worker.oci]
+  enabled = true
+  gc = false
+[worker.containerd]
+  enabled = false
+[registry."docker.io"]
+  mirrors = ["$REGISTRY"]
+[registry."$REGISTRY"]
+  http = true
+[registry."$AUTH_REGISTRY"]
+  http = true
+CFG
+  pid=$(cat "$BKD/pid" 2>/dev/null || true)
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+    say "starting $(command -v buildkitd) on $BKD_SOCK and $BKD_TCP"
+    rm -f "$BKD_SOCK"
+    setsid nohup buildkitd --config "$BKD/buildkitd.toml" --root "$BKD/root" \
+      --addr "unix://$BKD_SOCK" --addr "tcp://$BKD_TCP" --group "$(id -gn "$TUSER")" \
+      --oci-worker-net host ${ENVKIT_TEST_BUILDKITD_DEBUG:+--debug} >"$LOGS/buildkitd.log" 2>&1 </dev/null &
+    echo $! >"$BKD/pid"
+    for _ in $(seq 300); do
+      [ -S "$BKD_SOCK" ] && break
+      sleep 0.1
+    done
+  fi
+  [ -S "$BKD_SOCK" ] || { tail -20 "$LOGS/buildkitd.log" >&2; say "buildkitd did not start"; exit 1; }
+else
+  say "no buildkitd on PATH: the buildkitd suite will report that it did not run"
+fi
+
 # --- base images -----------------------------------------------------------------------------
 # The mirror comes from the host's apt configuration: never a hard-coded host.
 mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
@@ -242,3 +285,5 @@ echo "ENVKIT_TEST_AUTH_REGISTRY=$AUTH_REGISTRY"
 echo "ENVKIT_TEST_AUTH=$AUTH_CREDS"
 echo "ENVKIT_TEST_CONTAINERD=$CTD_SOCK"
 echo "ENVKIT_TEST_DOCKERD=$DKD_SOCK"
+echo "ENVKIT_TEST_BUILDKITD=$BKD_SOCK"
+echo "ENVKIT_TEST_BUILDKITD_TCP=$BKD_TCP"

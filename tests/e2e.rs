@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::remote::docker;
 use common::{TestEnv, repo_path, stderr, stdout};
 use sha2::Digest as _;
 
@@ -2410,16 +2411,6 @@ fn dev_environment_interactive_up_through_a_pty() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-/// The docker CLI (as root, a checker) against the fixture dockerd.
-fn docker(sock: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{sock}"))
-        .args(args)
-        .output()
-        .expect("docker")
-}
-
 /// A dockerd context: `envkit build` runs on the BuildKit inside the fixture dockerd, the
 /// image (with envd's image config) lands in dockerd's store and runs there; a failing step
 /// reports its error and leaves dockerd up; local files arrive through envkit's session; an
@@ -2637,67 +2628,11 @@ fn dockerd_context_builds_into_dockerd() {
     assert!(out.status.success(), "{}", stderr(&out));
     let _ = docker(&sock, &["rm", &cid]);
     let _ = docker(&sock, &["image", "rm", &dfull]);
-    let entries = |p: &std::path::Path| {
-        let mut out = std::collections::BTreeMap::new();
-        let mut ar = tar::Archive::new(std::fs::File::open(p).unwrap());
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let name = e
-                .path()
-                .unwrap()
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .trim_end_matches('/')
-                .to_string();
-            let docker_made = [
-                ".dockerenv",
-                "dev",
-                "etc/hosts",
-                "etc/hostname",
-                "etc/resolv.conf",
-                "etc/mtab",
-                "run/envkit-ca",
-            ];
-            if name.is_empty()
-                || docker_made
-                    .iter()
-                    .any(|d| name == *d || name.starts_with(&format!("{d}/")))
-            {
-                continue;
-            }
-            let h = e.header().clone();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            let link = h
-                .link_name()
-                .ok()
-                .flatten()
-                .map(|l| l.to_string_lossy().into_owned());
-            out.insert(
-                name,
-                (
-                    h.entry_type().as_byte(),
-                    h.mode().unwrap() & 0o7777,
-                    h.uid().unwrap(),
-                    h.gid().unwrap(),
-                    data,
-                    link,
-                ),
-            );
-        }
-        out
-    };
-    let (a, b) = (entries(&emb), entries(&rem));
-    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
-    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
-    let differ: Vec<_> = a
-        .keys()
-        .filter(|k| b.get(*k).is_some_and(|v| v != &a[*k]))
-        .collect();
-    assert!(
-        only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
-        "embedded only: {only_a:?}; dockerd only: {only_b:?}; different: {differ:?}"
+    let (a, b) = (
+        common::remote::rootfs_entries(&emb),
+        common::remote::rootfs_entries(&rem),
     );
+    common::remote::assert_same_rootfs(&a, &b, "dockerd");
     assert!(a.contains_key("opt/data/sub/b.txt") && a.contains_key("x/y/link"));
 
     // push=true: dockerd pushes the image with the credentials of docker's config; the
@@ -2815,96 +2750,9 @@ fn dockerd_context_builds_into_dockerd() {
     let o = env.envkit(&["context", "use", "embedded"]);
     assert!(o.status.success());
     let _ = docker(&sock, &["image", "rm", &full]);
-    every_example_definition_loads_in_dockerds_buildkit(&env);
+    // Called last: the solves it stops may run on for a while, and no other build on this
+    // dockerd must meet them (apt's locks).
+    common::remote::every_example_definition_loads(&env, "dk", envkit::lower::Target::Dockerd);
     let o = env.envkit(&["context", "rm", "dk"]);
     assert!(o.status.success(), "{}", stderr(&o));
-}
-
-/// The Definition of every example, lowered for dockerd (as `envkit debug llb --pb --target
-/// dockerd` writes it), is accepted by the BuildKit inside dockerd: its solve starts (or ends)
-/// without an LLB load error. Examples whose sources live on ghcr.io, GitHub or conda's servers
-/// then fail to fetch them, which is not a load error; a solve still busy after a few seconds
-/// has loaded too (it is stopped there). Called last by the dockerd test: the stopped solves'
-/// steps may run on for a while, and no other build must meet them (apt's locks).
-fn every_example_definition_loads_in_dockerds_buildkit(env: &TestEnv) {
-    let cache = env.dir.join("cache-dir");
-    std::fs::create_dir_all(&cache).unwrap();
-    env.chown(&cache);
-    let mut names: Vec<String> = std::fs::read_dir(repo_path("examples"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("build.envd").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(names.len() >= 20, "{names:?}");
-    let mut refused = Vec::new();
-    for name in &names {
-        let ctx = env.copy_context(&repo_path(&format!("examples/{name}")), name);
-        // Lowered here, offline: the bases of several examples are not in the local
-        // registry, and `debug llb` asks the registry for their config.
-        let ir = envkit::frontend::evaluate_with(
-            &ctx,
-            "build.envd",
-            "build",
-            &envkit::frontend::Options::hermetic(&env.dir.join(".envdlib")),
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let opts = envkit::lower::LowerOptions {
-            context_dir: ctx.clone(),
-            env_name: name.clone(),
-            owner: (env.uid(), env.uid()),
-            platform: Default::default(),
-            target: envkit::lower::Target::Dockerd,
-            ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVudmtpdC1lMmU envkit\n".into(),
-            ssh_public_key_path: "/nonexistent/id_envkit.pub".into(),
-            ca_bundle: None,
-        };
-        let base = envkit::lower::BaseImage {
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            ..Default::default()
-        };
-        let lowered =
-            envkit::lower::lower(&ir, &base, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let pb = env.dir.join(format!("{name}.pb"));
-        std::fs::write(&pb, lowered.definition.to_bytes()).unwrap();
-        env.chown(&pb);
-        let out = env
-            .user_command("timeout")
-            .args([
-                "5",
-                env!("CARGO_BIN_EXE_envkit"),
-                "--context",
-                "dk",
-                "solve",
-                "--progress",
-                "plain",
-            ])
-            .arg(format!("--local=build-context={}", ctx.display()))
-            .arg(format!("--local=cache-dir={}", cache.display()))
-            .arg(&pb)
-            .output()
-            .expect("envkit solve");
-        let err = stderr(&out);
-        for bad in [
-            "failed to load LLB",
-            "unknown API capability",
-            "invalid",
-            "decoding the Definition",
-        ] {
-            if err.contains(bad) {
-                refused.push(format!("{name}: {}", err.lines().last().unwrap_or("")));
-                break;
-            }
-        }
-        eprintln!(
-            "{name}: exit {:?}; {}",
-            out.status.code(),
-            err.lines().last().unwrap_or("")
-        );
-    }
-    assert!(
-        refused.is_empty(),
-        "dockerd's BuildKit refused: {refused:#?}"
-    );
 }

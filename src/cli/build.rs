@@ -608,10 +608,8 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     if let Some(ep) = ctx.endpoint()? {
         let cfg = Config::load(cli.config.as_deref())?;
         let registry = crate::registry::Registry::new(&cfg);
-        let target = match ctx.builder {
-            crate::remote::context::Builder::Dockerd => lower::Target::Dockerd,
-            _ => lower::Target::Buildkitd,
-        };
+        let remote = super::remote::Remote::connect(ep).await?;
+        let target = remote.target();
         // The host CA bundle reaches remote steps as a local source of the session.
         let ca = match args
             .engine
@@ -660,8 +658,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             reproducible_epoch() as u64,
         )?;
         return super::remote::solve_remote(
-            &ctx,
-            &ep,
+            &remote,
             &compiled.lowered.definition.to_bytes(),
             output.as_ref(),
             &name,
@@ -759,9 +756,9 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
     }
     let ctx = super::remote::current(cli)?;
     if let Some(ep) = ctx.endpoint()? {
+        let remote = super::remote::Remote::connect(ep).await?;
         return super::remote::solve_remote(
-            &ctx,
-            &ep,
+            &remote,
             &bytes,
             output.as_ref(),
             &full_name(&args.tag)?,
@@ -1125,7 +1122,10 @@ async fn rootfs_tar(
 /// Extracts a root filesystem tar into `dest` as the user running envkit: every file is
 /// theirs (ids in the image cannot be kept outside the user namespace), entries that would
 /// land outside `dest` are refused, device nodes are skipped. Returns notes on skipped entries.
-fn extract_as_user(tar: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<Vec<String>> {
+pub(super) fn extract_as_user(
+    tar: &std::path::Path,
+    dest: &std::path::Path,
+) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let dest = std::fs::canonicalize(dest).with_context(|| format!("{}", dest.display()))?;
     let f = std::fs::File::open(tar).with_context(|| format!("{}", tar.display()))?;

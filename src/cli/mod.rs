@@ -197,6 +197,19 @@ pub enum ContextCommand {
         /// Make it the current context.
         #[arg(long = "use")]
         use_: bool,
+        /// TLS for a tcp:// buildkitd: the CA that signed its certificate (default: the
+        /// host's bundle, when any TLS option is given).
+        #[arg(long)]
+        tlscacert: Option<PathBuf>,
+        /// TLS client certificate (with --tlskey).
+        #[arg(long)]
+        tlscert: Option<PathBuf>,
+        /// TLS client key.
+        #[arg(long)]
+        tlskey: Option<PathBuf>,
+        /// The name its certificate carries (default: the endpoint's host).
+        #[arg(long)]
+        tlsservername: Option<String>,
     },
     /// List the contexts (the current one is starred).
     #[command(alias = "list")]

@@ -2,6 +2,7 @@
 //! inside a dockerd).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use prost::Message;
@@ -31,7 +32,22 @@ pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
             builder,
             endpoint,
             use_,
+            tlscacert,
+            tlscert,
+            tlskey,
+            tlsservername,
         } => {
+            let abs = |p: &Option<std::path::PathBuf>| -> anyhow::Result<_> {
+                p.as_ref()
+                    .map(|p| std::fs::canonicalize(p).with_context(|| format!("{}", p.display())))
+                    .transpose()
+            };
+            let tls = remote::Tls {
+                ca: abs(tlscacert)?,
+                cert: abs(tlscert)?,
+                key: abs(tlskey)?,
+                server_name: tlsservername.clone(),
+            };
             let builder: Builder = builder.parse()?;
             let endpoint = match (builder, endpoint) {
                 (Builder::Embedded, _) => String::new(),
@@ -46,6 +62,7 @@ pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
                 name: name.clone(),
                 builder,
                 endpoint,
+                tls,
             })?;
             if *use_ {
                 all.use_(name)?;
@@ -66,7 +83,8 @@ pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
                     Builder::Dockerd => "dockerd",
                 };
                 let mark = if c.name == cur { "*" } else { "" };
-                println!("{mark:<3}{:<20} {b:<10} {}", c.name, c.endpoint);
+                let tls = if c.tls.is_empty() { "" } else { " (TLS)" };
+                println!("{mark:<3}{:<20} {b:<10} {}{tls}", c.name, c.endpoint);
             }
         }
         ContextCommand::Use { name } => {
@@ -101,51 +119,175 @@ fn local_sources(bytes: &[u8]) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The exporter and its attributes for `output` on `builder`.
-fn exporter(
-    builder: Builder,
-    output: Option<&Output>,
-    name: &str,
-) -> anyhow::Result<(String, HashMap<String, String>)> {
-    let mut attrs = HashMap::new();
-    let (image_name, push) = match output {
-        None => (name.to_string(), false),
-        Some(Output::Image { name: n, push, .. }) => {
-            (n.clone().unwrap_or_else(|| name.to_string()), *push)
-        }
-        // From dockerd these are made from `docker save` of the image (see `fetch_saved`).
-        Some(Output::Oci { name: n, .. } | Output::Docker { name: n, .. })
-            if builder == Builder::Dockerd =>
-        {
-            (n.clone().unwrap_or_else(|| name.to_string()), false)
-        }
-        // BuildKit's tar exporter sends the root filesystem over the session.
-        Some(Output::Tar { .. }) if builder == Builder::Dockerd => {
-            return Ok(("tar".into(), attrs));
-        }
-        Some(other) => bail!(
-            "{other:?}: outputs written on this machine come back over BuildKit's session, \
-             which envkit does not serve yet; on a remote context use type=image[,push=true]"
-        ),
-    };
-    attrs.insert("name".into(), image_name);
-    Ok(match builder {
-        // push=true: dockerd pushes it afterwards (see `docker_push`).
-        Builder::Dockerd => ("moby".into(), attrs),
-        _ => {
-            if push {
-                attrs.insert("push".into(), "true".into());
-            }
-            ("image".into(), attrs)
-        }
-    })
+/// A remote BuildKit, connected: what it is decides how the graph is lowered and which
+/// exporters exist there.
+pub(super) struct Remote {
+    pub ep: Endpoint,
+    pub channel: tonic::transport::Channel,
+    pub workers: remote::Workers,
+    /// `Control.Info`'s version (None before BuildKit v0.11).
+    pub version: Option<String>,
 }
 
-/// Runs `bytes` on the context's BuildKit and exports the result as `output` asks.
+impl Remote {
+    pub(super) async fn connect(ep: Endpoint) -> anyhow::Result<Remote> {
+        let channel = remote::connect(&ep).await?;
+        let workers = remote::list_workers(&ep, &channel).await?;
+        if workers.ids.is_empty() {
+            bail!("{ep} has no BuildKit worker");
+        }
+        let version = remote::version(&ep, &channel).await?;
+        Ok(Remote {
+            ep,
+            channel,
+            workers,
+            version,
+        })
+    }
+
+    /// The BuildKit inside a dockerd (reached through dockerd, or as a buildkitd).
+    fn moby(&self) -> bool {
+        matches!(self.ep, Endpoint::Dockerd(_)) || self.workers.is_moby()
+    }
+
+    /// How to lower for it: Merge/Diff only where it has them.
+    pub(super) fn target(&self) -> crate::lower::Target {
+        if matches!(self.ep, Endpoint::Dockerd(_))
+            || !remote::has_merge_op(&self.workers, self.version.as_deref())
+        {
+            crate::lower::Target::Dockerd
+        } else {
+            crate::lower::Target::Buildkitd
+        }
+    }
+}
+
+/// How an exporter's result comes back to this machine.
+enum Back {
+    /// Nothing comes back (an image stays in the remote's store, or is pushed).
+    Nothing,
+    /// A file through the session (tar, and oci/docker from a buildkitd), written to `dest`.
+    File(std::path::PathBuf),
+    /// A directory tree through the session, written into `dest`.
+    Tree(std::path::PathBuf),
+    /// dockerd's `docker save` of the built image, afterwards.
+    Saved,
+}
+
+fn compression_attrs(c: &crate::export::CompressionOpts, attrs: &mut HashMap<String, String>) {
+    use crate::export::Compression;
+    if *c == crate::export::CompressionOpts::default() {
+        return;
+    }
+    let kind = match c.kind {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+        Compression::Uncompressed => "uncompressed",
+    };
+    attrs.insert("compression".into(), kind.into());
+    if let Some(l) = c.level {
+        attrs.insert("compression-level".into(), l.to_string());
+    }
+    if c.force {
+        attrs.insert("force-compression".into(), "true".into());
+    }
+}
+
+/// The exporter, its attributes, and what comes back, for `output` there.
+fn exporter(
+    remote: &Remote,
+    output: Option<&Output>,
+    name: &str,
+) -> anyhow::Result<(String, HashMap<String, String>, Back)> {
+    let mut attrs = HashMap::new();
+    let dockerd = matches!(remote.ep, Endpoint::Dockerd(_));
+    let moby = remote.moby();
+    let named = |n: &Option<String>| n.clone().unwrap_or_else(|| name.to_string());
+    let (exporter, back) = match output {
+        None | Some(Output::Image { push: false, .. }) if moby => {
+            let n = match output {
+                Some(Output::Image { name: n, .. }) => named(n),
+                _ => name.to_string(),
+            };
+            attrs.insert("name".into(), n);
+            ("moby", Back::Nothing)
+        }
+        // push=true: dockerd pushes it afterwards (see `docker_push`).
+        Some(Output::Image { name: n, .. }) if dockerd => {
+            attrs.insert("name".into(), named(n));
+            ("moby", Back::Nothing)
+        }
+        // From dockerd these are made from `docker save` of the image (see `fetch_saved`).
+        Some(Output::Oci { name: n, .. } | Output::Docker { name: n, .. }) if dockerd => {
+            attrs.insert("name".into(), named(n));
+            ("moby", Back::Saved)
+        }
+        Some(
+            out @ (Output::Image { push: true, .. } | Output::Oci { .. } | Output::Docker { .. }),
+        ) if moby => {
+            bail!(
+                "{out:?}: {} is dockerd's BuildKit, whose only image exporter puts the image \
+                 into dockerd; make a dockerd context for its API socket to push or save it",
+                remote.ep
+            )
+        }
+        None => {
+            attrs.insert("name".into(), name.to_string());
+            ("image", Back::Nothing)
+        }
+        Some(Output::Image {
+            name: n,
+            push,
+            compression,
+        }) => {
+            attrs.insert("name".into(), named(n));
+            if *push {
+                attrs.insert("push".into(), "true".into());
+            }
+            compression_attrs(compression, &mut attrs);
+            ("image", Back::Nothing)
+        }
+        Some(Output::Oci {
+            dest,
+            name: n,
+            compression,
+        }) => {
+            attrs.insert("name".into(), named(n));
+            compression_attrs(compression, &mut attrs);
+            ("oci", Back::File(dest.clone()))
+        }
+        Some(Output::Docker {
+            dest,
+            name: n,
+            compression,
+        }) => {
+            attrs.insert("name".into(), named(n));
+            compression_attrs(compression, &mut attrs);
+            ("docker", Back::File(dest.clone()))
+        }
+        Some(Output::Tar { dest }) => ("tar", Back::File(dest.clone())),
+        Some(Output::Local { dest }) => ("local", Back::Tree(dest.clone())),
+        Some(other) => bail!(
+            "{other:?}: a remote BuildKit exports to an image (push=true for a registry), \
+             oci, docker, tar or local; a containerd import is the embedded engine's"
+        ),
+    };
+    Ok((exporter.to_string(), attrs, back))
+}
+
+/// A private place beside `dest` (same file system, so the result is renamed into place).
+fn beside(dest: &std::path::Path) -> std::path::PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() && dest.as_os_str() != "-" => p.to_path_buf(),
+        _ if dest.as_os_str() == "-" => std::env::temp_dir(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Runs `bytes` on the remote BuildKit and exports the result as `output` asks.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn solve_remote(
-    ctx: &Context,
-    ep: &Endpoint,
+    remote: &Remote,
     bytes: &[u8],
     output: Option<&Output>,
     name: &str,
@@ -154,6 +296,7 @@ pub(super) async fn solve_remote(
     progress: &str,
     root: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let ep = &remote.ep;
     // Local sources are read through a session the client serves.
     let wanted = local_sources(bytes)?;
     let mut offered = remote::session::Locals::default();
@@ -165,85 +308,105 @@ pub(super) async fn solve_remote(
         };
         offered.0.insert(n.clone(), dir.clone());
     }
-    // A tar output comes back through the session too: into a temporary file beside its
-    // destination, renamed into place once the build has succeeded.
-    let tar_dest = match output {
-        Some(Output::Tar { dest }) if matches!(ep, Endpoint::Dockerd(_)) => Some(dest.clone()),
-        _ => None,
-    };
-    let tar_tmp = match &tar_dest {
-        Some(d) if d.as_os_str() != "-" => {
-            let dir = match d.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => std::path::PathBuf::from("."),
-            };
-            Some(
-                tempfile::Builder::new()
-                    .prefix(".envkit-export-")
-                    .tempfile_in(&dir)
-                    .with_context(|| format!("a temporary file in {}", dir.display()))?,
-            )
+    let (exporter, attrs, back) = exporter(remote, output, name)?;
+    // What comes back lands in a temporary file (or directory) beside its destination first,
+    // and is moved into place once the build has succeeded.
+    let (tmp_file, tmp_dir) = match &back {
+        Back::File(dest) => {
+            let dir = beside(dest);
+            let f = tempfile::Builder::new()
+                .prefix(".envkit-export-")
+                .tempfile_in(&dir)
+                .with_context(|| format!("a temporary file in {}", dir.display()))?;
+            (Some(f), None)
         }
-        Some(_) => Some(tempfile::NamedTempFile::new().context("a temporary file")?),
-        None => None,
+        Back::Tree(dest) => {
+            std::fs::create_dir_all(dest)
+                .with_context(|| format!("creating {}", dest.display()))?;
+            let d = tempfile::Builder::new()
+                .prefix(".envkit-export-")
+                .tempdir_in(beside(dest))
+                .with_context(|| format!("a temporary directory beside {}", dest.display()))?;
+            (None, Some(d))
+        }
+        Back::Nothing | Back::Saved => (None, None),
     };
     let offer = remote::session::Offer {
         locals: offered,
-        file: tar_tmp.as_ref().map(|t| t.path().to_path_buf()),
+        receive: match (&tmp_file, &tmp_dir) {
+            (Some(f), _) => Some(remote::session::Receive::File(f.path().to_path_buf())),
+            (_, Some(d)) => Some(remote::session::Receive::Tree(d.path().to_path_buf())),
+            _ => None,
+        },
     };
-    // On dockerd a session always goes along: registry credentials come through it too.
-    let session = match (&wanted[..], ep, &offer.file) {
-        (_, Endpoint::Dockerd(sock), _) => {
-            Some(remote::session::attach_dockerd(sock, offer).await?)
-        }
-        ([], _, None) => None,
-        (_, _, _) => bail!(
-            "the Definition reads local files ({}): serving them to a buildkitd (the session \
-             over Control.Session) is not implemented yet; dockerd contexts and the embedded \
-             engine build it",
-            wanted.join(", ")
-        ),
+    // A session always goes along: registry credentials come through it too.
+    let session = match ep {
+        Endpoint::Dockerd(sock) => remote::session::attach_dockerd(sock, offer).await?,
+        _ => remote::session::attach_control(ep, &remote.channel, offer).await?,
     };
-    let (exporter, attrs) = exporter(ctx.builder, output, name)?;
     let shown = attrs.get("name").cloned();
     let started = std::time::Instant::now();
-    let channel = remote::connect(ep).await?;
-    let workers = remote::list_workers(ep, &channel).await?;
-    if workers.ids.is_empty() {
-        bail!("{ep} has no BuildKit worker");
-    }
     let reporter = super::build::reporter(progress);
     let res = remote::solve(
         ep,
-        &channel,
+        &remote.channel,
         remote::Job {
             definition: bytes.to_vec(),
             exporter,
             exporter_attrs: attrs,
             entitlements: Vec::new(),
             image_config,
-            session: session.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
+            session: session.id.clone(),
         },
         reporter.clone(),
     )
     .await;
     reporter.finish();
-    drop(session);
     let resp = res?;
-    if let (Some(dest), Some(tmp)) = (&tar_dest, tar_tmp) {
-        if dest.as_os_str() == "-" {
-            let mut f = std::fs::File::open(tmp.path())?;
-            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
-        } else {
-            tmp.persist(dest)
-                .with_context(|| format!("writing {}", dest.display()))?;
-            eprintln!("=> wrote the root filesystem to {}", dest.display());
+    let tree = match back {
+        Back::Tree(_) => session.received_tree(Duration::from_secs(30)).await,
+        _ => None,
+    };
+    drop(session);
+    match (&back, tmp_file, tmp_dir) {
+        (Back::File(dest), Some(tmp), _) => {
+            if dest.as_os_str() == "-" {
+                let mut f = std::fs::File::open(tmp.path())?;
+                std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+            } else {
+                // A temporary file is private (0600); the result is as any file written here.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+                tmp.persist(dest)
+                    .with_context(|| format!("writing {}", dest.display()))?;
+                eprintln!("=> wrote {}", dest.display());
+            }
         }
-    }
-    if let (Endpoint::Dockerd(sock), Some(out @ (Output::Oci { .. } | Output::Docker { .. }))) =
-        (ep, output)
-    {
-        fetch_saved(sock, out, name, root).await?;
+        (Back::Tree(dest), _, Some(staging)) => {
+            let stats = match tree {
+                Some(Ok(stats)) => stats,
+                Some(Err(e)) => bail!("receiving the files for {}: {e}", dest.display()),
+                None => bail!("{ep} sent no files for {}", dest.display()),
+            };
+            let tar = tempfile::Builder::new()
+                .prefix(".envkit-export-")
+                .tempfile_in(beside(dest))?;
+            let out = std::io::BufWriter::new(tar.reopen()?);
+            remote::session::tree_to_tar(&stats, staging.path(), out)
+                .with_context(|| format!("the files {ep} sent"))?;
+            drop(staging);
+            let notes = super::build::extract_as_user(tar.path(), dest)?;
+            for n in notes {
+                eprintln!("=> {n}");
+            }
+            eprintln!("=> wrote {} entries into {}", stats.len(), dest.display());
+        }
+        (Back::Saved, _, _) => {
+            if let (Endpoint::Dockerd(sock), Some(out)) = (ep, output) {
+                fetch_saved(sock, out, name, root).await?;
+            }
+        }
+        _ => {}
     }
     if let (
         Endpoint::Dockerd(sock),

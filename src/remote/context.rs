@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::Endpoint;
+use super::{Endpoint, Tls};
 
 #[derive(Debug, Error)]
 pub enum ContextError {
@@ -49,6 +49,9 @@ pub struct Context {
     pub builder: Builder,
     #[serde(default)]
     pub endpoint: String,
+    /// TLS towards a `tcp://` buildkitd.
+    #[serde(default, skip_serializing_if = "Tls::is_empty")]
+    pub tls: Tls,
 }
 
 impl Context {
@@ -57,6 +60,7 @@ impl Context {
             name: "embedded".into(),
             builder: Builder::Embedded,
             endpoint: String::new(),
+            tls: Tls::default(),
         }
     }
 
@@ -64,7 +68,17 @@ impl Context {
     pub fn endpoint(&self) -> Result<Option<Endpoint>, super::RemoteError> {
         match self.builder {
             Builder::Embedded => Ok(None),
-            Builder::Buildkitd => Endpoint::parse(false, &self.endpoint).map(Some),
+            Builder::Buildkitd => match Endpoint::parse(false, &self.endpoint)? {
+                Endpoint::Tcp { addr, .. } if !self.tls.is_empty() => Ok(Some(Endpoint::Tcp {
+                    addr,
+                    tls: Some(self.tls.clone()),
+                })),
+                _ if !self.tls.is_empty() => Err(super::RemoteError::Endpoint(format!(
+                    "{} (TLS settings are for tcp:// endpoints)",
+                    self.endpoint
+                ))),
+                ep => Ok(Some(ep)),
+            },
             Builder::Dockerd => Endpoint::parse(true, &self.endpoint).map(Some),
         }
     }
@@ -194,13 +208,15 @@ mod tests {
             name: "d".into(),
             builder: Builder::Dockerd,
             endpoint: "unix:///var/run/docker.sock".into(),
+            tls: Tls::default(),
         })
         .unwrap();
         assert!(matches!(
             c.create(Context {
                 name: "d".into(),
                 builder: Builder::Embedded,
-                endpoint: String::new()
+                endpoint: String::new(),
+                tls: Tls::default(),
             }),
             Err(ContextError::Exists(_))
         ));
@@ -208,10 +224,31 @@ mod tests {
             c.create(Context {
                 name: "b".into(),
                 builder: Builder::Buildkitd,
-                endpoint: "http://x".into()
+                endpoint: "http://x".into(),
+                tls: Tls::default(),
             })
             .is_err()
         );
+        let tls = Tls {
+            ca: Some("/ca.pem".into()),
+            ..Tls::default()
+        };
+        let on_unix = Context {
+            name: "t".into(),
+            builder: Builder::Buildkitd,
+            endpoint: "unix:///run/b.sock".into(),
+            tls: tls.clone(),
+        };
+        assert!(c.create(on_unix.clone()).is_err(), "TLS only for tcp");
+        c.create(Context {
+            endpoint: "tcp://b.example:1234".into(),
+            ..on_unix
+        })
+        .unwrap();
+        assert!(matches!(
+            c.get("t").unwrap().endpoint().unwrap(),
+            Some(Endpoint::Tcp { tls: Some(t), .. }) if t == tls
+        ));
         c.use_("d").unwrap();
         c.save_to(&p).unwrap();
         let c2 = Contexts::load_from(&p).unwrap();

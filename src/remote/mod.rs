@@ -43,13 +43,33 @@ pub enum RemoteError {
     Endpoint(String),
 }
 
+/// TLS towards a buildkitd on TCP, as buildctl takes it (`--tlscacert`, `--tlscert`,
+/// `--tlskey`, `--tlsservername`). Without a CA the host's bundle is trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+impl Tls {
+    pub fn is_empty(&self) -> bool {
+        self == &Tls::default()
+    }
+}
+
 /// Where a BuildKit listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// buildkitd on a unix socket.
     Unix(PathBuf),
-    /// buildkitd on TCP (plain h2).
-    Tcp(String),
+    /// buildkitd on TCP: plain h2, or TLS.
+    Tcp { addr: String, tls: Option<Tls> },
     /// dockerd's API socket; BuildKit is reached through `/grpc`.
     Dockerd(PathBuf),
 }
@@ -58,7 +78,8 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "buildkitd at unix://{}", p.display()),
-            Endpoint::Tcp(a) => write!(f, "buildkitd at tcp://{a}"),
+            Endpoint::Tcp { addr, tls: None } => write!(f, "buildkitd at tcp://{addr}"),
+            Endpoint::Tcp { addr, tls: Some(_) } => write!(f, "buildkitd at tcp://{addr} (TLS)"),
             Endpoint::Dockerd(p) => write!(f, "dockerd at unix://{}", p.display()),
         }
     }
@@ -82,7 +103,10 @@ impl Endpoint {
             && !dockerd
             && a.contains(':')
         {
-            return Ok(Endpoint::Tcp(a.to_string()));
+            return Ok(Endpoint::Tcp {
+                addr: a.to_string(),
+                tls: None,
+            });
         }
         if dockerd && url.starts_with('/') {
             return Ok(Endpoint::Dockerd(PathBuf::from(url)));
@@ -132,8 +156,21 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
     };
     let connecting = async {
         match ep {
-            Endpoint::Tcp(addr) => TonicEndpoint::from_shared(format!("http://{addr}"))
+            Endpoint::Tcp { addr, tls: None } => {
+                TonicEndpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect()
+                    .await
+                    .map_err(|e| chain(&e))
+            }
+            Endpoint::Tcp {
+                addr,
+                tls: Some(tls),
+            } => TonicEndpoint::from_shared(format!("https://{addr}"))
                 .map_err(|e| e.to_string())?
+                .tls_config(client_tls(addr, tls)?)
+                .map_err(|e| chain(&e))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .connect()
                 .await
@@ -166,6 +203,27 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
             (CONNECT_TIMEOUT * 2).as_secs()
         ))),
     }
+}
+
+/// The host's CA bundle, trusted when a TLS context names no CA of its own.
+const HOST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn client_tls(addr: &str, tls: &Tls) -> Result<tonic::transport::ClientTlsConfig, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let ca = tls.ca.clone().unwrap_or_else(|| PathBuf::from(HOST_BUNDLE));
+    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca)?));
+    match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(read(c)?, read(k)?)),
+        (None, None) => {}
+        _ => return Err("a client certificate needs its key, and a key its certificate".into()),
+    }
+    // The server's name: the one given, else the host part of the address.
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    Ok(cfg.domain_name(tls.server_name.clone().unwrap_or_else(|| host.to_string())))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -210,7 +268,41 @@ pub async fn list_workers(ep: &Endpoint, ch: &Channel) -> Result<Workers, Remote
     Ok(w)
 }
 
-fn rpc(ep: &Endpoint, what: &str, s: tonic::Status) -> RemoteError {
+/// The BuildKit's version (`Control.Info`, v0.11 and later); None when it is older.
+pub async fn version(ep: &Endpoint, ch: &Channel) -> Result<Option<String>, RemoteError> {
+    let mut client = ControlClient::new(ch.clone());
+    match client.info(pb::InfoRequest {}).await {
+        Ok(r) => Ok(Some(
+            r.into_inner()
+                .buildkit_version
+                .map(|v| v.version)
+                .unwrap_or_default(),
+        )),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(s) => Err(rpc(ep, "Info", s)),
+    }
+}
+
+impl Workers {
+    /// The BuildKit inside a dockerd: its worker is moby's (dockerd 20.10 calls it `moby`
+    /// and gives it no labels; later ones label it `org.mobyproject.buildkit.worker.moby.*`),
+    /// and its image exporter is `moby`.
+    pub fn is_moby(&self) -> bool {
+        self.ids.iter().any(|id| id == "moby")
+            || self
+                .labels
+                .keys()
+                .any(|k| k.starts_with("org.mobyproject.buildkit.worker.moby."))
+    }
+}
+
+/// Whether the graph may use MergeOp/DiffOp there: BuildKit has them from v0.10, and tells
+/// its version from v0.11 (`version` answers); dockerd's does not have them.
+pub fn has_merge_op(workers: &Workers, version: Option<&str>) -> bool {
+    version.is_some() && !workers.is_moby()
+}
+
+pub(crate) fn rpc(ep: &Endpoint, what: &str, s: tonic::Status) -> RemoteError {
     RemoteError::Rpc {
         endpoint: ep.to_string(),
         what: what.to_string(),
@@ -386,7 +478,11 @@ pub async fn solve(
     let _ = tokio::time::timeout(Duration::from_secs(5), status).await;
     let resp = match (resp, gw) {
         (Ok(r), _) => r.into_inner(),
-        // The step's own error (from the gateway) says more than the job's.
+        // The step's own error (from the gateway) says more than the job's, unless the
+        // gateway never found the job: then the job's own error says why.
+        (Err(s), Err(e)) if e.to_string().contains("no such job") => {
+            return Err(rpc(ep, "Solve", s));
+        }
         (Err(_), Err(e)) => return Err(e),
         (Err(s), Ok(())) => return Err(rpc(ep, "Solve", s)),
     };
@@ -469,7 +565,10 @@ mod tests {
         );
         assert_eq!(
             Endpoint::parse(false, "tcp://10.0.0.1:1234").unwrap(),
-            Endpoint::Tcp("10.0.0.1:1234".into())
+            Endpoint::Tcp {
+                addr: "10.0.0.1:1234".into(),
+                tls: None
+            }
         );
         assert_eq!(
             Endpoint::parse(true, "unix:///var/run/docker.sock").unwrap(),

@@ -6,6 +6,8 @@
 //! `ENVKIT_TEST_AUTH_REGISTRY` and `ENVKIT_TEST_AUTH`). Without them a test fails and says so.
 #![allow(dead_code)]
 
+pub mod remote;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
