@@ -226,8 +226,9 @@ fn exporter(
             out @ (Output::Image { push: true, .. } | Output::Oci { .. } | Output::Docker { .. }),
         ) if moby => {
             bail!(
-                "{out:?}: {} is dockerd's BuildKit, whose only image exporter puts the image \
+                "-o {}: {} is dockerd's BuildKit, whose only image exporter puts the image \
                  into dockerd; make a dockerd context for its API socket to push or save it",
+                out.kind(),
                 remote.ep
             )
         }
@@ -268,8 +269,9 @@ fn exporter(
         Some(Output::Tar { dest }) => ("tar", Back::File(dest.clone())),
         Some(Output::Local { dest }) => ("local", Back::Tree(dest.clone())),
         Some(other) => bail!(
-            "{other:?}: a remote BuildKit exports to an image (push=true for a registry), \
-             oci, docker, tar or local; a containerd import is the embedded engine's"
+            "-o {}: a remote BuildKit exports to an image (push=true for a registry), \
+             oci, docker, tar or local; a containerd import is the embedded engine's",
+            other.kind()
         ),
     };
     Ok((exporter.to_string(), attrs, back))

@@ -141,6 +141,21 @@ pub enum Output {
     },
 }
 
+impl Output {
+    /// How `-o` names it (`type=oci`, …), for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Output::Oci { .. } => "type=oci",
+            Output::Docker { .. } => "type=docker",
+            Output::Tar { .. } => "type=tar",
+            Output::Local { .. } => "type=local",
+            Output::Containerd { .. } => "type=containerd",
+            Output::Image { push: true, .. } => "type=image,push=true",
+            Output::Image { .. } => "type=image",
+        }
+    }
+}
+
 /// Splits `a=b,c="d,e"` like a CSV record (double quotes group, `""` is a quote).
 fn split_csv(s: &str) -> Vec<String> {
     let mut fields = Vec::new();
