@@ -47,19 +47,22 @@ fn create_context(env: &TestEnv, name: &str, endpoint: &str, extra: &[&str]) {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `envkit --context CONTEXT build -p CTX -o OUTPUT`, which must succeed; its stderr.
+fn build_with_output(env: &TestEnv, context: &str, ctx: &str, output: &str) -> String {
+    let o = env.envkit(&["--context", context, "build", "-p", ctx, "-o", output]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stderr(&o)
+}
+
 /// The embedded engine's root filesystem of `ctx`, as a tar.
 fn embedded_rootfs(env: &TestEnv, ctx: &str) -> std::path::PathBuf {
     let tar = env.dir.join("embedded-rootfs.tar");
-    let o = env.envkit(&[
-        "--context",
+    build_with_output(
+        env,
         "embedded",
-        "build",
-        "-p",
         ctx,
-        "-o",
         &format!("type=tar,dest={}", tar.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     tar
 }
 
@@ -67,17 +70,13 @@ fn embedded_rootfs(env: &TestEnv, ctx: &str) -> std::path::PathBuf {
 /// packets), is written as the test user's, and equals the embedded engine's, entry by entry.
 fn local_output_matches_embedded(env: &TestEnv, context: &str, ctx: &str, emb: &std::path::Path) {
     let dest = env.dir.join(format!("local-{context}"));
-    let o = env.envkit(&[
-        "--context",
+    let err = build_with_output(
+        env,
         context,
-        "build",
-        "-p",
         ctx,
-        "-o",
         &format!("type=local,dest={}", dest.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("entries into"), "{}", stderr(&o));
+    );
+    assert!(err.contains("entries into"), "{err}");
     let got = dir_entries(&dest);
     let uid = u64::from(env.uid());
     assert!(got.values().all(|e| e.2 == uid), "written as the test user");
@@ -163,21 +162,13 @@ fn buildkitd_protocol_against_dockerds_buildkit() {
     // type=tar over TCP: the root filesystem, equal to the embedded engine's.
     create_context(&env, "bu-tcp", &format!("tcp://{}", proxy.tcp), &[]);
     let rem = env.dir.join("tcp-rootfs.tar");
-    let o = env.envkit(&[
-        "--context",
+    let err = build_with_output(
+        &env,
         "bu-tcp",
-        "build",
-        "-p",
         dctx,
-        "-o",
         &format!("type=tar,dest={}", rem.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("on buildkitd at tcp://"),
-        "{}",
-        stderr(&o)
     );
+    assert!(err.contains("on buildkitd at tcp://"), "{err}");
     assert_same_rootfs(
         &rootfs_entries(&emb),
         &rootfs_entries(&rem),
@@ -297,16 +288,12 @@ fn buildkitd_suite() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("GREETING=hi"), "{}", stdout(&out));
     let dockertar = env.dir.join("python.docker.tar");
-    let o = env.envkit(&[
-        "--context",
+    build_with_output(
+        &env,
         "bk-tcp",
-        "build",
-        "-p",
         py.to_str().unwrap(),
-        "-o",
         &format!("type=docker,dest={}", dockertar.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     let out = std::process::Command::new("skopeo")
         .args(["inspect", "--config"])
         .arg(format!("docker-archive:{}", dockertar.display()))
@@ -318,54 +305,30 @@ fn buildkitd_suite() {
     let dctx = det.to_str().unwrap();
     let emb = embedded_rootfs(&env, dctx);
     let rem = env.dir.join("buildkitd-rootfs.tar");
-    let o = env.envkit(&[
-        "build",
-        "-p",
+    build_with_output(
+        &env,
+        "bk",
         dctx,
-        "-o",
         &format!("type=tar,dest={}", rem.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    );
     assert_same_rootfs(&rootfs_entries(&emb), &rootfs_entries(&rem), "buildkitd");
     local_output_matches_embedded(&env, "bk-tcp", dctx, &emb);
 
     // push=true with the credentials of docker's config, served through the session.
-    let (areg, creds) = common::auth_registry();
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
-    std::fs::write(
-        env.dir.join(".docker/config.json"),
-        format!(r#"{{"auths": {{"{areg}": {{"auth": "{b64}"}}}}}}"#),
-    )
-    .unwrap();
-    env.chown(&env.dir.join(".docker"));
+    let (areg, creds) = common::remote::use_auth_registry(&env);
     let target = format!("{areg}/envkit/from-buildkitd:{}", std::process::id());
-    let o = env.envkit(&[
-        "build",
-        "-p",
+    let err = build_with_output(
+        &env,
+        "bk",
         dctx,
-        "-o",
         &format!("type=image,name={target},push=true"),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let digest = stderr(&o)
+    );
+    let digest = err
         .lines()
         .find_map(|l| l.split_once(" (sha256:").map(|(_, d)| d.to_string()))
         .and_then(|d| d.split_once(')').map(|(d, _)| format!("sha256:{d}")))
-        .unwrap_or_else(|| panic!("no digest: {}", stderr(&o)));
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--creds",
-            &creds,
-            "--format",
-            "{{.Digest}}",
-        ])
-        .arg(format!("docker://{target}"))
-        .output()
-        .expect("skopeo");
-    assert_eq!(stdout(&out).trim(), digest, "{}", stderr(&out));
+        .unwrap_or_else(|| panic!("no digest: {err}"));
+    assert_eq!(common::remote::registry_digest(&target, &creds), digest);
 
     common::remote::every_example_definition_loads(&env, "bk", envkit::lower::Target::Buildkitd);
 }

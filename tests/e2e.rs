@@ -2637,15 +2637,7 @@ fn dockerd_context_builds_into_dockerd() {
 
     // push=true: dockerd pushes the image with the credentials of docker's config; the
     // registry then serves the digest dockerd reported. type=tar comes back over the session.
-    let (areg, creds) = common::auth_registry();
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
-    std::fs::write(
-        env.dir.join(".docker/config.json"),
-        format!(r#"{{"auths": {{"{areg}": {{"auth": "{b64}"}}}}}}"#),
-    )
-    .unwrap();
-    env.chown(&env.dir.join(".docker"));
+    let (areg, creds) = common::remote::use_auth_registry(&env);
     let target = format!("{areg}/envkit/from-dockerd:{}", std::process::id());
     let o = env.envkit(&[
         "build",
@@ -2668,19 +2660,7 @@ fn dockerd_context_builds_into_dockerd() {
         })
         .map(|(d, _)| d.to_string())
         .unwrap_or_else(|| panic!("no push line: {}", stderr(&o)));
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--creds",
-            &creds,
-            "--format",
-            "{{.Digest}}",
-        ])
-        .arg(format!("docker://{target}"))
-        .output()
-        .expect("skopeo");
-    assert_eq!(stdout(&out).trim(), pushed, "{}", stderr(&out));
+    assert_eq!(common::remote::registry_digest(&target, &creds), pushed);
     // A base image on the authenticating registry: dockerd's BuildKit asks envkit's session
     // for the credentials (docker's config); without them the registry says 401.
     let auth_def = envkit::llb::image(&format!("{areg}/library/busybox:latest"))

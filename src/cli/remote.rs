@@ -248,23 +248,26 @@ fn exporter(
             compression_attrs(compression, &mut attrs);
             ("image", Back::Nothing)
         }
-        Some(Output::Oci {
-            dest,
-            name: n,
-            compression,
-        }) => {
+        Some(
+            out @ (Output::Oci {
+                dest,
+                name: n,
+                compression,
+            }
+            | Output::Docker {
+                dest,
+                name: n,
+                compression,
+            }),
+        ) => {
             attrs.insert("name".into(), named(n));
             compression_attrs(compression, &mut attrs);
-            ("oci", Back::File(dest.clone()))
-        }
-        Some(Output::Docker {
-            dest,
-            name: n,
-            compression,
-        }) => {
-            attrs.insert("name".into(), named(n));
-            compression_attrs(compression, &mut attrs);
-            ("docker", Back::File(dest.clone()))
+            let exporter = if matches!(out, Output::Oci { .. }) {
+                "oci"
+            } else {
+                "docker"
+            };
+            (exporter, Back::File(dest.clone()))
         }
         Some(Output::Tar { dest }) => ("tar", Back::File(dest.clone())),
         Some(Output::Local { dest }) => ("local", Back::Tree(dest.clone())),

@@ -27,6 +27,15 @@ use pb::control_client::ControlClient;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// HTTP/2 windows of envkit's connections to BuildKit and of its session. h2 budgets the
+/// framing overhead of small DATA frames that wait unread (half the connection window) and
+/// hangs up with ENHANCE_YOUR_CALM when it runs out; a local tree or source listing is
+/// thousands of small messages, which may wait while the machine is busy. A stream can have
+/// at most its window unread, which costs at most about twice as much budget for fsutil's
+/// messages: the connection window leaves room for several such streams.
+pub(crate) const STREAM_WINDOW: u32 = 2 << 20;
+pub(crate) const CONN_WINDOW: u32 = 16 << 20;
+
 #[derive(Debug, Error)]
 pub enum RemoteError {
     #[error("cannot reach {endpoint}: {message}")]
@@ -159,6 +168,8 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
             Endpoint::Tcp { addr, tls: None } => {
                 TonicEndpoint::from_shared(format!("http://{addr}"))
                     .map_err(|e| e.to_string())?
+                    .initial_connection_window_size(CONN_WINDOW)
+                    .initial_stream_window_size(STREAM_WINDOW)
                     .connect_timeout(CONNECT_TIMEOUT)
                     .connect()
                     .await
@@ -171,6 +182,8 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
                 .map_err(|e| e.to_string())?
                 .tls_config(client_tls(addr, tls)?)
                 .map_err(|e| chain(&e))?
+                .initial_connection_window_size(CONN_WINDOW)
+                .initial_stream_window_size(STREAM_WINDOW)
                 .connect_timeout(CONNECT_TIMEOUT)
                 .connect()
                 .await
@@ -179,6 +192,8 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
                 let path = path.clone();
                 let docker = matches!(ep, Endpoint::Dockerd(_));
                 TonicEndpoint::from_static("http://buildkit")
+                    .initial_connection_window_size(CONN_WINDOW)
+                    .initial_stream_window_size(STREAM_WINDOW)
                     .connect_timeout(CONNECT_TIMEOUT)
                     .connect_with_connector(tower::service_fn(move |_| {
                         let path = path.clone();

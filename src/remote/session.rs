@@ -152,12 +152,14 @@ pub async fn attach_control(
     let outbound =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut req = Request::new(outbound);
+    let bad = |what: String| RemoteError::Connect {
+        endpoint: format!("{ep} (session)"),
+        message: format!("the session header {what} cannot be sent"),
+    };
     for (k, v) in headers(&id, &offer) {
         let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-            .map_err(|e| RemoteError::Definition(e.to_string()))?;
-        let val = v
-            .parse()
-            .map_err(|_| RemoteError::Definition(format!("session header {v:?}")))?;
+            .map_err(|_| bad(k.to_string()))?;
+        let val = v.parse().map_err(|_| bad(format!("{k}: {v:?}")))?;
         req.metadata_mut().append(key, val);
     }
     let mut inbound = ControlClient::new(ch.clone())
@@ -231,6 +233,8 @@ where
         let io = hyper_util::rt::TokioIo::new(io);
         let svc = hyper_util::service::TowerToHyperService::new(router);
         let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_connection_window_size(super::CONN_WINDOW)
+            .initial_stream_window_size(super::STREAM_WINDOW)
             .serve_connection(io, svc);
         if let Err(e) = conn.await {
             tracing::debug!("the session connection ended: {e}");
@@ -939,7 +943,8 @@ mod tests {
     /// A session served on one end of a pipe, and a gRPC channel to it on the other (as the
     /// remote BuildKit would call it).
     async fn session_and_channel(offer: Offer) -> (Session, tonic::transport::Channel) {
-        let (ours, theirs) = tokio::io::duplex(64 << 10);
+        // A pipe as deep as a busy socket's buffers can get.
+        let (ours, theirs) = tokio::io::duplex(8 << 20);
         let session = serve("test".into(), ours, offer, Vec::new());
         let theirs = std::sync::Mutex::new(Some(theirs));
         let ch = tonic::transport::Endpoint::from_static("http://session")
@@ -1087,6 +1092,38 @@ mod tests {
         );
         assert_eq!(entries[2].1, b'1', "a hard link");
         assert_eq!(entries[4].1, b'2', "a symlink");
+    }
+
+    /// A listing of tens of thousands of entries (one small message each) comes through. (The
+    /// ENHANCE_YOUR_CALM hang-up that small messages waiting unread can cause on a busy
+    /// machine, see `CONN_WINDOW`, was seen in the buildkitd suite; this does not make it.)
+    #[tokio::test]
+    async fn a_long_listing_of_small_entries_is_not_a_flood() {
+        let d = tempfile::tempdir().unwrap();
+        let offer = Offer {
+            locals: Locals::default(),
+            receive: Some(Receive::Tree(d.path().to_path_buf())),
+        };
+        let (session, ch) = session_and_channel(offer).await;
+        let stats: Vec<Stat> = (0..40_000)
+            .map(|i| stat(&format!("d{i}"), (1 << 31) | 0o755, 0, ""))
+            .collect();
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            send_tree(ch, stats, |_| Vec::new()),
+        )
+        .await
+        .expect("the exchange ends");
+        assert_eq!(
+            seen.last().map(|p| p.r#type),
+            Some(PacketType::PacketFin as i32)
+        );
+        let got = session
+            .received_tree(std::time::Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 40_000);
     }
 
     #[tokio::test]

@@ -17,6 +17,37 @@ pub fn docker(sock: &str, args: &[&str]) -> std::process::Output {
         .expect("docker")
 }
 
+/// Gives the test's docker config the credentials of the authenticating registry (as a user's
+/// `docker login` would); returns the registry and its `user:password`.
+pub fn use_auth_registry(env: &TestEnv) -> (String, String) {
+    use base64::Engine as _;
+    let (areg, creds) = super::auth_registry();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
+    std::fs::write(
+        env.dir.join(".docker/config.json"),
+        format!(r#"{{"auths": {{"{areg}": {{"auth": "{b64}"}}}}}}"#),
+    )
+    .unwrap();
+    env.chown(&env.dir.join(".docker"));
+    (areg, creds)
+}
+
+/// The manifest digest a registry serves for `reference`, as skopeo reads it.
+pub fn registry_digest(reference: &str, creds: &str) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--creds", creds])
+        .args(["--format", "{{.Digest}}"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// One entry of a root filesystem: type (as a tar type byte), mode, owner, contents, link.
 pub type Entry = (u8, u32, u64, u64, Vec<u8>, Option<String>);
 
