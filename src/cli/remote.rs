@@ -326,11 +326,14 @@ pub(super) async fn solve_remote(
             (Some(f), None)
         }
         Back::Tree(dest) => {
-            std::fs::create_dir_all(dest)
-                .with_context(|| format!("creating {}", dest.display()))?;
+            // The directory itself is made once the files are here (as the embedded engine
+            // does); its parent holds the staging directory meanwhile.
+            let parent = beside(dest);
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
             let d = tempfile::Builder::new()
                 .prefix(".envkit-export-")
-                .tempdir_in(beside(dest))
+                .tempdir_in(&parent)
                 .with_context(|| format!("a temporary directory beside {}", dest.display()))?;
             (None, Some(d))
         }

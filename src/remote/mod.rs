@@ -593,6 +593,31 @@ mod tests {
         assert!(Endpoint::parse(false, "http://x").is_err());
     }
 
+    #[test]
+    fn merge_op_only_where_buildkit_tells_its_version_and_is_not_mobys() {
+        let bk = Workers {
+            ids: vec!["tos3kccd5sra4c5lsc7fi8hxk".into()],
+            ..Default::default()
+        };
+        assert!(has_merge_op(&bk, Some("v0.11.6")));
+        assert!(!has_merge_op(&bk, None), "older than v0.11: no Info");
+        let dockerd_20 = Workers {
+            ids: vec!["moby".into()],
+            ..Default::default()
+        };
+        assert!(dockerd_20.is_moby() && !has_merge_op(&dockerd_20, None));
+        let labelled = Workers {
+            ids: vec!["x".into()],
+            labels: [(
+                "org.mobyproject.buildkit.worker.moby.host-gateway-ip".to_string(),
+                "172.17.0.1".to_string(),
+            )]
+            .into(),
+            platforms: Vec::new(),
+        };
+        assert!(labelled.is_moby() && !has_merge_op(&labelled, Some("v0.12.5")));
+    }
+
     struct Collect(std::sync::Mutex<Vec<Event>>);
     impl Reporter for Collect {
         fn event(&self, e: Event) {

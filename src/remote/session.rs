@@ -960,6 +960,24 @@ mod tests {
         (session, ch)
     }
 
+    /// A session that expects a tree, staged in a fresh directory.
+    async fn tree_session() -> (tempfile::TempDir, Session, tonic::transport::Channel) {
+        let d = tempfile::tempdir().unwrap();
+        let offer = Offer {
+            locals: Locals::default(),
+            receive: Some(Receive::Tree(d.path().to_path_buf())),
+        };
+        let (session, ch) = session_and_channel(offer).await;
+        (d, session, ch)
+    }
+
+    async fn received(session: &Session) -> Result<Vec<Stat>, String> {
+        session
+            .received_tree(std::time::Duration::from_secs(5))
+            .await
+            .expect("the session got a whole tree, or an error")
+    }
+
     fn stat(path: &str, mode: u32, size: i64, link: &str) -> Stat {
         Stat {
             path: path.into(),
@@ -1033,12 +1051,7 @@ mod tests {
 
     #[tokio::test]
     async fn receives_a_tree_as_fsutil_sends_it() {
-        let d = tempfile::tempdir().unwrap();
-        let offer = Offer {
-            locals: Locals::default(),
-            receive: Some(Receive::Tree(d.path().to_path_buf())),
-        };
-        let (session, ch) = session_and_channel(offer).await;
+        let (d, session, ch) = tree_session().await;
         let stats = vec![
             stat("a", (1 << 31) | 0o755, 0, ""),
             stat("a/f", 0o640, 5, ""),
@@ -1062,11 +1075,7 @@ mod tests {
             seen.last().map(|p| p.r#type),
             Some(PacketType::PacketFin as i32)
         );
-        let got = session
-            .received_tree(std::time::Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = received(&session).await.unwrap();
         assert_eq!(got.len(), 5);
         let mut tar = Vec::new();
         tree_to_tar(&got, d.path(), &mut tar).unwrap();
@@ -1099,12 +1108,7 @@ mod tests {
     /// machine, see `CONN_WINDOW`, was seen in the buildkitd suite; this does not make it.)
     #[tokio::test]
     async fn a_long_listing_of_small_entries_is_not_a_flood() {
-        let d = tempfile::tempdir().unwrap();
-        let offer = Offer {
-            locals: Locals::default(),
-            receive: Some(Receive::Tree(d.path().to_path_buf())),
-        };
-        let (session, ch) = session_and_channel(offer).await;
+        let (_staging, session, ch) = tree_session().await;
         let stats: Vec<Stat> = (0..40_000)
             .map(|i| stat(&format!("d{i}"), (1 << 31) | 0o755, 0, ""))
             .collect();
@@ -1118,22 +1122,13 @@ mod tests {
             seen.last().map(|p| p.r#type),
             Some(PacketType::PacketFin as i32)
         );
-        let got = session
-            .received_tree(std::time::Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = received(&session).await.unwrap();
         assert_eq!(got.len(), 40_000);
     }
 
     #[tokio::test]
     async fn a_lying_sender_gets_an_error_and_nothing_hangs() {
-        let d = tempfile::tempdir().unwrap();
-        let offer = Offer {
-            locals: Locals::default(),
-            receive: Some(Receive::Tree(d.path().to_path_buf())),
-        };
-        let (session, ch) = session_and_channel(offer).await;
+        let (_staging, session, ch) = tree_session().await;
         let stats = vec![stat("f", 0o644, 2, "")];
         let seen = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -1146,13 +1141,7 @@ mod tests {
             .find(|p| p.r#type == PacketType::PacketErr as i32)
             .expect("an ERR packet");
         assert!(String::from_utf8_lossy(&err.data).contains("more bytes"));
-        assert!(
-            session
-                .received_tree(std::time::Duration::from_secs(5))
-                .await
-                .unwrap()
-                .is_err()
-        );
+        assert!(received(&session).await.is_err());
     }
 
     #[test]
