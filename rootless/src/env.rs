@@ -8,7 +8,7 @@
 //! overlay goes with the last process. Nothing of it is mounted on the host.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::error::{Result, RootlessError};
-use crate::exec::{MountPoints, Plan, Step, build_plan, enter_root, exec_step, make_step, send};
+use crate::exec::{
+    MountPoints, Plan, Step, build_plan, enter_root, exec_step, fork_pid1, make_step, records, send,
+};
 use crate::overlay::Overlay;
 use crate::proto::{EnvRequest, JoinRequest};
 use crate::userdb::resolve_user;
@@ -73,12 +75,8 @@ pub(crate) fn start_env(r: &EnvRequest) -> Result<u32> {
         }
         logs.push(open_log(&s.name)?);
     }
-    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
-        .map_err(|e| RootlessError::sys("unshare(CLONE_NEWPID)", e))?;
-    let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RootlessError::sys("pipe2", e))?;
-    // SAFETY: the helper is single-threaded.
-    match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+    let (fork, st_r, st_w) = fork_pid1()?;
+    match fork {
         ForkResult::Child => {
             drop(st_r);
             let mut keep = vec![st_w.as_raw_fd(), init_log.as_raw_fd()];
@@ -104,11 +102,8 @@ pub(crate) fn start_env(r: &EnvRequest) -> Result<u32> {
         }
         ForkResult::Parent { child } => {
             drop(st_w);
-            let mut msgs = Vec::new();
-            let _ = std::fs::File::from(st_r).read_to_end(&mut msgs);
-            for rec in msgs.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-                let text = String::from_utf8_lossy(&rec[1..]).into_owned();
-                match rec[0] {
+            for (kind, text) in records(st_r) {
+                match kind {
                     b'R' => return Ok(child.as_raw() as u32),
                     b'F' => {
                         return Err(RootlessError::Helper(format!("environment setup: {text}")));

@@ -545,20 +545,15 @@ pub(crate) fn make_step(
 }
 
 fn run_in_pid_ns(root: &Path, plan: &[Plan], r: &ExecRequest, step: &Step) -> Result<ExitStatus> {
-    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
-        .map_err(|e| RootlessError::sys("unshare(CLONE_NEWPID)", e))?;
-    let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RootlessError::sys("pipe2", e))?;
-    // SAFETY: the helper is single-threaded.
-    match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
+    let (fork, st_r, st_w) = fork_pid1()?;
+    match fork {
         ForkResult::Child => {
             drop(st_r);
             pid1(root, plan, r, step, st_w)
         }
         ForkResult::Parent { child } => {
             drop(st_w);
-            let mut msgs = Vec::new();
-            let _ = std::fs::File::from(st_r).read_to_end(&mut msgs);
+            let recs = records(st_r);
             let ws = loop {
                 match waitpid(child, None) {
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -570,9 +565,8 @@ fn run_in_pid_ns(root: &Path, plan: &[Plan], r: &ExecRequest, step: &Step) -> Re
                 WaitStatus::Signaled(_, s, _) => ExitStatus::Signal(s as i32),
                 _ => ExitStatus::Code(125),
             };
-            for rec in msgs.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-                let text = String::from_utf8_lossy(&rec[1..]).into_owned();
-                match rec[0] {
+            for (kind, text) in recs {
+                match kind {
                     b'F' => return Err(RootlessError::Helper(format!("step setup: {text}"))),
                     b'X' => {
                         let _ = writeln!(std::io::stderr(), "envkit: {text}");
@@ -621,6 +615,30 @@ fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     })
 }
 
+/// Enters a new PID namespace and forks its first process. The pipe carries the child's
+/// status records (`send`) to the parent (`records`): the read end is the parent's, the write
+/// end the child's; each side drops the other's.
+pub(crate) fn fork_pid1() -> Result<(ForkResult, OwnedFd, OwnedFd)> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| RootlessError::sys("unshare(CLONE_NEWPID)", e))?;
+    let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RootlessError::sys("pipe2", e))?;
+    // SAFETY: the helper is single-threaded.
+    let fork = unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))?;
+    Ok((fork, st_r, st_w))
+}
+
+/// Every status record the child sent, once it has closed its end: (kind, text).
+pub(crate) fn records(st_r: OwnedFd) -> Vec<(u8, String)> {
+    let mut msgs = Vec::new();
+    let _ = std::fs::File::from(st_r).read_to_end(&mut msgs);
+    msgs.split(|b| *b == 0)
+        .filter(|r| !r.is_empty())
+        .map(|r| (r[0], String::from_utf8_lossy(&r[1..]).into_owned()))
+        .collect()
+}
+
+/// Writes one status record: a kind byte, the text, a NUL.
 pub(crate) fn send(fd: &OwnedFd, kind: u8, msg: &str) {
     let mut v = Vec::with_capacity(msg.len() + 2);
     v.push(kind);
