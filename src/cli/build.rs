@@ -36,6 +36,23 @@ pub(super) struct Compiled {
     pub(super) base_layers: Vec<oci_spec::image::Descriptor>,
 }
 
+impl Compiled {
+    /// The local sources its Definition reads: the build context.
+    fn locals(&self) -> BTreeMap<String, PathBuf> {
+        let mut locals = BTreeMap::new();
+        locals.insert(lower::CONTEXT_LOCAL.to_string(), self.context_dir.clone());
+        locals
+    }
+
+    /// The image's full name: `-t`, else `<env name>:dev` as envd names it.
+    fn image_name(&self, tag: Option<&String>) -> anyhow::Result<String> {
+        full_name(
+            &tag.cloned()
+                .unwrap_or_else(|| format!("{}:dev", self.env_name)),
+        )
+    }
+}
+
 /// frontend → IR → (base image config from the registry) → lower.
 pub(super) async fn compile(
     source: &SourceArgs,
@@ -636,20 +653,11 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             ca.as_ref().map(|(_, f)| f.clone()),
         )
         .await?;
-        let mut locals: BTreeMap<String, PathBuf> = BTreeMap::new();
-        locals.insert(
-            lower::CONTEXT_LOCAL.to_string(),
-            compiled.context_dir.clone(),
-        );
+        let mut locals = compiled.locals();
         if let Some((dir, _)) = &ca {
             locals.insert(lower::CA_LOCAL.to_string(), dir.clone());
         }
-        let name = full_name(
-            &args
-                .tag
-                .clone()
-                .unwrap_or_else(|| format!("{}:dev", compiled.env_name)),
-        )?;
+        let name = compiled.image_name(args.tag.as_ref())?;
         let config = image::assemble(
             &compiled.base_config,
             &compiled.lowered.image,
@@ -707,18 +715,8 @@ pub(super) async fn build_for(
     .await?;
     // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
     let bytes = compiled.lowered.definition.to_bytes();
-    let mut locals = BTreeMap::new();
-    locals.insert(
-        lower::CONTEXT_LOCAL.to_string(),
-        compiled.context_dir.clone(),
-    );
-    let snap = engine.solve(&bytes, locals).await?;
-    let name = full_name(
-        &args
-            .tag
-            .clone()
-            .unwrap_or_else(|| format!("{}:dev", compiled.env_name)),
-    )?;
+    let snap = engine.solve(&bytes, compiled.locals()).await?;
+    let name = compiled.image_name(args.tag.as_ref())?;
     engine
         .export(&snap, &compiled.lowered.image, &name, output, started)
         .await?;
