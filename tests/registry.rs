@@ -430,12 +430,17 @@ fn plain_http(host: &str) -> Config {
     .unwrap()
 }
 
-/// A 503, then a body cut off halfway, then success: the layer arrives whole, and the last
-/// attempt asked only for the missing bytes (a range request).
-#[tokio::test]
-async fn pulls_retry_and_resume_interrupted_blobs() {
-    let reg = test_registry();
-    let flaky = Flaky::start(reg, std::time::Duration::ZERO).await;
+/// busybox through a fault-injecting proxy (no delay), resolved; its first layer's downloads
+/// meet `faults`, in order.
+async fn flaky_busybox(
+    faults: &[Fault],
+) -> (
+    std::sync::Arc<Flaky>,
+    Registry,
+    registry::Resolved,
+    Descriptor,
+) {
+    let flaky = Flaky::start(test_registry(), std::time::Duration::ZERO).await;
     let registry = Registry::new(&plain_http(&flaky.addr));
     let r = registry
         .resolve(&format!("{}/library/busybox:latest", flaky.addr))
@@ -443,11 +448,16 @@ async fn pulls_retry_and_resume_interrupted_blobs() {
         .unwrap();
     let layer = r.layers[0].clone();
     *flaky.watched.lock().unwrap() = layer.digest().to_string();
-    flaky
-        .plan
-        .lock()
-        .unwrap()
-        .extend([Fault::Unavailable, Fault::CutHalf, Fault::Pass]);
+    flaky.plan.lock().unwrap().extend(faults.iter().copied());
+    (flaky, registry, r, layer)
+}
+
+/// A 503, then a body cut off halfway, then success: the layer arrives whole, and the last
+/// attempt asked only for the missing bytes (a range request).
+#[tokio::test]
+async fn pulls_retry_and_resume_interrupted_blobs() {
+    let (flaky, registry, r, layer) =
+        flaky_busybox(&[Fault::Unavailable, Fault::CutHalf, Fault::Pass]).await;
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     registry.pull(&r, &store).await.unwrap();
@@ -481,22 +491,14 @@ async fn pulls_retry_and_resume_interrupted_blobs() {
 /// it got stay for the next pull, which resumes from them.
 #[tokio::test]
 async fn pulls_give_up_after_retries_and_keep_what_they_got() {
-    let reg = test_registry();
-    let flaky = Flaky::start(reg, std::time::Duration::ZERO).await;
-    let registry = Registry::new(&plain_http(&flaky.addr));
-    let r = registry
-        .resolve(&format!("{}/library/busybox:latest", flaky.addr))
-        .await
-        .unwrap();
-    let layer = r.layers[0].clone();
-    *flaky.watched.lock().unwrap() = layer.digest().to_string();
-    flaky.plan.lock().unwrap().extend([
+    let (flaky, registry, r, layer) = flaky_busybox(&[
         Fault::CutHalf,
         Fault::Unavailable,
         Fault::Unavailable,
         Fault::Unavailable,
         Fault::Unavailable,
-    ]);
+    ])
+    .await;
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let e = registry.pull(&r, &store).await.unwrap_err().to_string();
