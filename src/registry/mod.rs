@@ -293,8 +293,8 @@ fn describe(e: &oci_client::errors::OciDistributionError) -> String {
     }
 }
 
-/// Renders an error and its sources as one line.
-fn chain(e: &dyn std::error::Error) -> String {
+/// Renders an error and its sources as one line (also for the remote backends' errors).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {

@@ -173,7 +173,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
                     .connect_timeout(CONNECT_TIMEOUT)
                     .connect()
                     .await
-                    .map_err(|e| chain(&e))
+                    .map_err(|e| crate::registry::chain(&e))
             }
             Endpoint::Tcp {
                 addr,
@@ -181,13 +181,13 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
             } => TonicEndpoint::from_shared(format!("https://{addr}"))
                 .map_err(|e| e.to_string())?
                 .tls_config(client_tls(addr, tls)?)
-                .map_err(|e| chain(&e))?
+                .map_err(|e| crate::registry::chain(&e))?
                 .initial_connection_window_size(CONN_WINDOW)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .connect_timeout(CONNECT_TIMEOUT)
                 .connect()
                 .await
-                .map_err(|e| chain(&e)),
+                .map_err(|e| crate::registry::chain(&e)),
             Endpoint::Unix(path) | Endpoint::Dockerd(path) => {
                 let path = path.clone();
                 let docker = matches!(ep, Endpoint::Dockerd(_));
@@ -206,7 +206,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Channel, RemoteError> {
                         }
                     }))
                     .await
-                    .map_err(|e| chain(&e))
+                    .map_err(|e| crate::registry::chain(&e))
             }
         }
     };
@@ -239,19 +239,6 @@ fn client_tls(addr: &str, tls: &Tls) -> Result<tonic::transport::ClientTlsConfig
         None => addr,
     };
     Ok(cfg.domain_name(tls.server_name.clone().unwrap_or_else(|| host.to_string())))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s = format!("{s}: {m}");
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// What the remote BuildKit is.
