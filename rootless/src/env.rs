@@ -45,10 +45,7 @@ pub(crate) fn start_env(r: &EnvRequest) -> Result<u32> {
     // The init's mount namespace keeps its own copy of this mount; the helper's copy goes
     // when the helper exits. Nothing here must unmount or delete it first.
     std::mem::forget(ov);
-    let mut mp = MountPoints {
-        root: &root,
-        created: Vec::new(),
-    };
+    let mut mp = MountPoints::new(&root)?;
     let mut prepared = build_plan(&r.exec, &root, &mut mp)?;
     for p in &mut prepared.plan {
         if let Plan::Dev(_, shm) = p {

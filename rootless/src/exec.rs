@@ -13,8 +13,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::error::{Result, RootlessError};
+use crate::fsroot::{DotDot, Root};
 use crate::overlay::{Overlay, remount_ro};
-use crate::pathsafe::{DotDot, resolve_in_root};
 use crate::proto::{CA_BUNDLE_ENV, CA_BUNDLE_PATH, ExecRequest, ExitStatus, Mount, MountKind};
 use crate::userdb::{ExecUser, resolve_user};
 
@@ -46,51 +46,53 @@ enum Kind {
 }
 
 /// Creates mount points in the rootfs, remembering which ones it had to create.
-pub(crate) struct MountPoints<'a> {
-    pub(crate) root: &'a Path,
+///
+/// Targets are found by the descriptor walk of [`Root`] (symlinks followed inside the root);
+/// what is handed to `mount` is the host path made of the real directories that walk went
+/// through, so the kernel's own look-up at mount time takes exactly those (nothing runs in
+/// the tree between the two). A path is used rather than `/proc/self/fd/N` because a magic
+/// link does not cross mounts stacked on its directory later (`/dev`'s tmpfs, then device
+/// binds in it), and a read-only remount must name the new mount, not the one beneath it.
+pub(crate) struct MountPoints {
+    pub(crate) root: PathBuf,
+    fs: Root,
     pub(crate) created: Vec<PathBuf>,
 }
 
-impl MountPoints<'_> {
+impl MountPoints {
+    pub(crate) fn new(root: &Path) -> Result<MountPoints> {
+        Ok(MountPoints {
+            root: root.to_path_buf(),
+            fs: Root::open(root)?,
+            created: Vec::new(),
+        })
+    }
+
     fn ensure(&mut self, target: &str, kind: Kind) -> Result<PathBuf> {
-        let host = resolve_in_root(self.root, target, true, DotDot::Clamp)?;
-        if std::fs::metadata(&host).is_ok() {
-            return Ok(host);
-        }
-        let rel = host
-            .strip_prefix(self.root)
-            .map_err(|_| RootlessError::Invalid(format!("mount target {target} outside root")))?
-            .to_path_buf();
-        let mut cur = self.root.to_path_buf();
-        let comps: Vec<_> = rel.components().collect();
-        for (i, c) in comps.iter().enumerate() {
-            cur.push(c);
-            let last = i + 1 == comps.len();
-            if std::fs::symlink_metadata(&cur).is_ok() {
-                continue;
-            }
-            if last && kind == Kind::File {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(&cur)
-                    .map_err(|e| RootlessError::io(&cur, e))?;
+        let made = &mut self.created;
+        let e = self
+            .fs
+            .entry_mkparents(target, true, DotDot::Clamp, &mut |e| {
+                made.push(e.rel().to_path_buf());
+                Ok(())
+            })
+            .map_err(|e| RootlessError::Invalid(format!("mount point {target}: {e}")))?;
+        if e.stat()?.is_none() {
+            if kind == Kind::File {
+                e.create(0o644)?;
             } else {
-                std::fs::create_dir(&cur).map_err(|e| RootlessError::io(&cur, e))?;
+                e.mkdir(0o755)?;
             }
-            if let Ok(r) = cur.strip_prefix(self.root) {
-                self.created.push(r.to_path_buf());
-            }
+            self.created.push(e.rel().to_path_buf());
         }
-        Ok(host)
+        Ok(self.root.join(e.rel()))
     }
 }
 
 pub(crate) fn read_in_root(root: &Path, p: &str) -> String {
-    resolve_in_root(root, p, true, DotDot::Clamp)
+    Root::open(root)
         .ok()
-        .and_then(|h| std::fs::read(h).ok())
+        .and_then(|r| r.read(p))
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
@@ -106,15 +108,16 @@ fn lookup(root: &Path, arg0: &str, path: &str) -> Option<String> {
     if arg0.contains('/') {
         return Some(arg0.to_string());
     }
+    let fs = Root::open(root).ok()?;
     for dir in path.split(':') {
         if dir.is_empty() {
             continue;
         }
         let cand = format!("{}/{arg0}", dir.trim_end_matches('/'));
-        if let Ok(h) = resolve_in_root(root, &cand, true, DotDot::Clamp)
-            && let Ok(md) = std::fs::metadata(&h)
-            && md.is_file()
-            && md.permissions().mode() & 0o111 != 0
+        if let Ok(Some(e)) = fs.entry(&cand, true, DotDot::Clamp)
+            && let Ok(Some(st)) = e.stat()
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_mode & 0o111 != 0
         {
             return Some(cand);
         }
@@ -137,6 +140,7 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     let mut scratch_dirs: Vec<PathBuf> = Vec::new();
     let mut scratch_mounts: Vec<PathBuf> = Vec::new();
     let mut resolved = r.clone();
+    let mut created: Vec<PathBuf> = Vec::new();
     let mounted = mount_views(
         r,
         &mut resolved,
@@ -145,12 +149,12 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
         &mut scratch_dirs,
         &mut scratch_mounts,
     );
-    let mut mp = MountPoints {
-        root: &root,
-        created: Vec::new(),
-    };
-    let mut res = mounted.and_then(|()| prepare_and_run(&resolved, &root, &mut mp));
-    let created = std::mem::take(&mut mp.created);
+    let mut res = mounted.and_then(|()| {
+        let mut mp = MountPoints::new(&root)?;
+        let res = prepare_and_run(&resolved, &root, &mut mp);
+        created = std::mem::take(&mut mp.created);
+        res
+    });
     if res.is_ok() {
         for &i in &kept {
             if let Err(e) = views[i].finish() {
@@ -194,18 +198,12 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
 }
 
 /// Removes the mount points made for a step (empty dirs and files, deepest first) under
-/// `base`.
+/// `base`. The step may have changed the tree: they are found inside `base` by descriptors.
 fn remove_mount_points(base: &Path, created: &[PathBuf]) {
+    let Ok(fs) = Root::open(base) else { return };
     for rel in created.iter().rev() {
-        let p = base.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(md) if md.is_dir() => {
-                let _ = std::fs::remove_dir(&p);
-            }
-            Ok(md) if md.is_file() && md.len() == 0 => {
-                let _ = std::fs::remove_file(&p);
-            }
-            _ => {}
+        if let Ok(Some(e)) = fs.entry(&rel.to_string_lossy(), false, DotDot::Clamp) {
+            e.remove_if_empty();
         }
     }
 }
@@ -330,6 +328,14 @@ fn mount_views(
             let (u, w) = (dir.join("upper"), dir.join("work"));
             scratch_dirs.push(dir);
             Overlay::mount(lowers, Some((&u, &w)))?
+        } else if let [only] = lowers.as_slice() {
+            // One read-only layer (a selector into it): its own directory is the view.
+            out.mounts[i] = Mount {
+                source: find_selector(only, selector, &m.target)?,
+                target: m.target.clone(),
+                kind: MountKind::Bind { readonly: true },
+            };
+            continue;
         } else {
             Overlay::mount(lowers, None)?
         };
@@ -337,7 +343,7 @@ fn mount_views(
         let source = if sel.is_empty() {
             ov.merged.clone()
         } else {
-            resolve_in_root(&ov.merged, sel, true, DotDot::Reject)?
+            find_selector(&ov.merged, sel, &m.target)?
         };
         out.mounts[i] = Mount {
             source,
@@ -351,9 +357,33 @@ fn mount_views(
     Ok(())
 }
 
+/// The host path of a mount's `selector` inside `base`: found by descriptors (symlinks
+/// followed inside `base`), handed on as the path of the real directories that walk went
+/// through.
+fn find_selector(base: &Path, selector: &str, target: &str) -> Result<PathBuf> {
+    let e = Root::open(base)?
+        .entry(selector, true, DotDot::Reject)?
+        .filter(|e| matches!(e.stat(), Ok(Some(_))))
+        .ok_or_else(|| {
+            RootlessError::Invalid(format!(
+                "mount {target}: {selector} does not exist in its input"
+            ))
+        })?;
+    Ok(base.join(e.rel()))
+}
+
 fn drop_unchanged_copy_up(upper: &Path, lowers: &[PathBuf], rel: &Path) {
     use std::os::unix::fs::MetadataExt;
-    let up = upper.join(rel);
+    // The step may have changed the tree: the dir is found by descriptors, and the path used
+    // below is made of the real directories that walk went through.
+    let rel = rel.to_string_lossy();
+    let Some(e) = Root::open(upper)
+        .ok()
+        .and_then(|fs| fs.entry(&rel, false, DotDot::Clamp).ok().flatten())
+    else {
+        return;
+    };
+    let up = upper.join(e.rel());
     let Ok(md) = std::fs::symlink_metadata(&up) else {
         return;
     };
@@ -376,16 +406,17 @@ fn drop_unchanged_copy_up(upper: &Path, lowers: &[PathBuf], rel: &Path) {
     if keep {
         return;
     }
-    let lower = lowers
-        .iter()
-        .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok());
+    let lower = lowers.iter().find_map(|l| {
+        let fs = Root::open(l).ok()?;
+        fs.entry(&rel, false, DotDot::Clamp).ok()??.stat().ok()?
+    });
     if let Some(lmd) = lower
-        && lmd.is_dir()
-        && lmd.mode() == md.mode()
-        && lmd.uid() == md.uid()
-        && lmd.gid() == md.gid()
+        && lmd.st_mode & libc::S_IFMT == libc::S_IFDIR
+        && lmd.st_mode == md.mode()
+        && lmd.st_uid == md.uid()
+        && lmd.st_gid == md.gid()
     {
-        let _ = std::fs::remove_dir(&up);
+        e.remove_if_empty();
     }
 }
 
@@ -469,8 +500,9 @@ pub(crate) fn build_plan(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> 
     }
     // cwd: created if missing, and it persists.
     let cwd = if r.cwd.is_empty() { "/" } else { &r.cwd };
-    let cwd_host = resolve_in_root(root, cwd, true, DotDot::Clamp)?;
-    std::fs::create_dir_all(&cwd_host).map_err(|e| RootlessError::io(&cwd_host, e))?;
+    Root::open(root)?
+        .mkdir_all(cwd, DotDot::Clamp, &mut |_| Ok(()))
+        .map_err(|e| RootlessError::Invalid(format!("working directory {cwd}: {e}")))?;
     Ok(Prepared { plan, env, user })
 }
 

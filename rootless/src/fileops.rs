@@ -1,18 +1,17 @@
 //! File actions on an overlay (BuildKit FileOp semantics) and tree removal.
 
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
+use nix::sys::stat::SFlag;
 
 use crate::error::{Result, RootlessError};
+use crate::fsroot::{DotDot, Entry, Root};
 use crate::overlay::Overlay;
-use crate::pathsafe::{DotDot, resolve_in_root};
 use crate::patterns::{Filter, glob};
 use crate::proto::{Chown, CopyAction, CopySource, FileAction, IdSpec, UserDb};
-use crate::unpack::remove_any;
 
 /// Delete a tree (as uid 0 of the namespace, so subordinate-owned files go too).
 pub fn remove_all(path: &Path) -> Result<()> {
@@ -51,69 +50,72 @@ pub fn run_actions(
     actions: &[FileAction],
 ) -> Result<()> {
     let mut ov = Overlay::mount(lowers, Some((upper, work)))?;
+    let root = Root::open(&ov.merged)?;
     for (i, a) in actions.iter().enumerate() {
-        run_one(&ov.merged, a)
-            .map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
+        run_one(&root, a).map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
     }
     ov.finish()
 }
 
-fn chown(p: &Path, owner: Option<(u32, u32)>) -> Result<()> {
-    if let Some((u, g)) = owner {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            p,
-            Some(Uid::from_raw(u)),
-            Some(Gid::from_raw(g)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| RootlessError::sys(format!("chown {u}:{g} {}", p.display()), e))?;
+/// Performs `actions` in order directly on the directory `dir` (no overlay): what a
+/// FileOp does to its merged view, for tests that drive it with hostile trees.
+pub fn apply_actions(dir: &Path, actions: &[FileAction]) -> Result<()> {
+    let root = Root::open(dir)?;
+    for (i, a) in actions.iter().enumerate() {
+        run_one(&root, a).map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
     }
     Ok(())
 }
 
-fn chmod(p: &Path, mode: u32) -> Result<()> {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| RootlessError::io(p, e))
+fn chown(e: &Entry, owner: Option<(u32, u32)>) -> Result<()> {
+    match owner {
+        Some((u, g)) => e.chown(u, g),
+        None => Ok(()),
+    }
 }
 
 /// Sets atime and mtime (not following a symlink) to `ns` nanoseconds since the epoch.
-fn set_time(p: &Path, ns: Option<i64>) -> Result<()> {
-    if let Some(ns) = ns {
-        let ts = TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            p,
-            &ts,
-            &ts,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| RootlessError::sys(format!("setting the time of {}", p.display()), e))?;
+fn set_time(e: &Entry, ns: Option<i64>) -> Result<()> {
+    match ns {
+        Some(ns) => e.set_times(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Text of `/etc/<name>` in a user database location, if it is there.
-fn db_file(root: &Path, db: &UserDb, name: &str) -> Option<String> {
+fn db_file(root: &Root, db: &UserDb, name: &str) -> Option<String> {
     let path = format!("/etc/{name}");
-    let read = |r: &Path| -> Option<std::result::Result<String, ()>> {
-        let p = resolve_in_root(r, &path, true, DotDot::Clamp).ok()?;
-        let md = std::fs::symlink_metadata(&p).ok()?;
-        if md.file_type().is_char_device() && md.rdev() == 0 {
+    let read = |r: &Root| -> Option<std::result::Result<String, ()>> {
+        let e = r.entry(&path, true, DotDot::Clamp).ok()??;
+        let st = e.stat().ok()??;
+        let fmt = st.st_mode & SFlag::S_IFMT.bits();
+        if fmt == SFlag::S_IFCHR.bits() && st.st_rdev == 0 {
             return Some(Err(())); // an overlay whiteout: deleted in this layer
         }
-        md.is_file()
-            .then(|| std::fs::read_to_string(&p).map_err(|_| ()))
+        if fmt != SFlag::S_IFREG.bits() {
+            return None;
+        }
+        let mut text = String::new();
+        Some(
+            e.open_read()
+                .ok()
+                .and_then(|mut f| f.read_to_string(&mut text).ok())
+                .map(|_| text)
+                .ok_or(()),
+        )
     };
     match db {
         UserDb::Dest => read(root).and_then(|r| r.ok()),
-        UserDb::Lowers(l) => l.iter().find_map(|d| read(d)).and_then(|r| r.ok()),
+        UserDb::Lowers(l) => l
+            .iter()
+            .find_map(|d| Root::open(d).ok().and_then(|r| read(&r)))
+            .and_then(|r| r.ok()),
     }
 }
 
 /// The numeric owner of a [`Chown`], names looked up as BuildKit does (a user name brings
 /// its primary group; a group alone leaves the user 0). An unknown name is an error.
-fn resolve_owner(root: &Path, c: &Chown) -> Result<(u32, u32)> {
+fn resolve_owner(root: &Root, c: &Chown) -> Result<(u32, u32)> {
     let (mut uid, mut gid) = (0, 0);
     match &c.user {
         None => {}
@@ -138,83 +140,60 @@ fn resolve_owner(root: &Path, c: &Chown) -> Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
-fn owner_of(root: &Path, c: &Option<Chown>) -> Result<Option<(u32, u32)>> {
+fn owner_of(root: &Root, c: &Option<Chown>) -> Result<Option<(u32, u32)>> {
     c.as_ref().map(|c| resolve_owner(root, c)).transpose()
 }
 
 /// mkdir -p inside `root` (container path); what it creates gets `mode`, `owner` and the
-/// time. Returns the host path and whether the last element was created.
+/// time. Returns the directory and whether the last element was created.
 fn mkdir_all(
-    root: &Path,
+    root: &Root,
     path: &str,
     mode: u32,
     owner: Option<(u32, u32)>,
     time: Option<i64>,
-) -> Result<(PathBuf, bool)> {
-    let host = resolve_in_root(root, path, true, DotDot::Clamp)?;
-    let rel = host
-        .strip_prefix(root)
-        .unwrap_or(Path::new(""))
-        .to_path_buf();
-    let mut cur = root.to_path_buf();
-    let mut created = false;
-    for c in rel.components() {
-        cur.push(c);
-        created = false;
-        match std::fs::symlink_metadata(&cur) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                return Err(RootlessError::Invalid(format!(
-                    "{}: not a directory",
-                    cur.strip_prefix(root).unwrap_or(&cur).display()
-                )));
-            }
-            Err(_) => {
-                std::fs::create_dir(&cur).map_err(|e| RootlessError::io(&cur, e))?;
-                chmod(&cur, mode)?;
-                chown(&cur, owner)?;
-                set_time(&cur, time)?;
-                created = true;
-            }
-        }
-    }
-    Ok((host, created))
+) -> Result<(Entry, bool)> {
+    root.mkdir_all(path, DotDot::Clamp, &mut |e| {
+        e.chmod(mode)?;
+        chown(e, owner)?;
+        set_time(e, time)
+    })
 }
 
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// Host paths of the entries `path` names in `root`: one, or (wildcards in the last component)
-/// all matches, sorted.
-fn expand(root: &Path, path: &str, wildcard: bool, follow: bool) -> Result<Vec<PathBuf>> {
+/// The entries `path` names in `root`: one, or (wildcards in the last component) all
+/// matches, sorted.
+fn expand(root: &Root, path: &str, wildcard: bool, follow: bool) -> Result<Vec<Entry>> {
     let (dir, last) = match path.trim_end_matches('/').rsplit_once('/') {
         Some((d, l)) => (if d.is_empty() { "/" } else { d }, l),
         None => ("/", path.trim_end_matches('/')),
     };
     if wildcard && has_glob(last) {
-        let d = resolve_in_root(root, dir, true, DotDot::Clamp)?;
+        let Some(d) = root.entry(dir, true, DotDot::Clamp)? else {
+            return Ok(Vec::new());
+        };
+        if !d.is_dir() {
+            return Ok(Vec::new());
+        }
         let mut v = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if glob(last.as_bytes(), e.file_name().as_bytes()) {
-                    let cpath = format!(
-                        "{}/{}",
-                        dir.trim_end_matches('/'),
-                        e.file_name().to_string_lossy()
-                    );
-                    v.push(resolve_in_root(root, &cpath, follow, DotDot::Clamp)?);
+        for n in d.list()? {
+            if glob(last.as_bytes(), n.as_bytes()) {
+                let cpath = format!("{}/{}", dir.trim_end_matches('/'), n.to_string_lossy());
+                if let Some(e) = root.entry(&cpath, follow, DotDot::Clamp)?
+                    && e.stat()?.is_some()
+                {
+                    v.push(e);
                 }
             }
         }
-        v.sort();
         Ok(v)
     } else {
-        let p = resolve_in_root(root, path, follow, DotDot::Clamp)?;
-        if std::fs::symlink_metadata(&p).is_ok() {
-            Ok(vec![p])
-        } else {
-            Ok(vec![])
+        match root.entry(path, follow, DotDot::Clamp)? {
+            Some(e) if e.stat()?.is_some() => Ok(vec![e]),
+            _ => Ok(vec![]),
         }
     }
 }
@@ -227,7 +206,13 @@ fn parent_of(path: &str) -> String {
     }
 }
 
-fn run_one(root: &Path, a: &FileAction) -> Result<()> {
+/// The entry `path` names (its parents must exist).
+fn entry_of(root: &Root, path: &str, follow: bool) -> Result<Entry> {
+    root.entry(path, follow, DotDot::Clamp)?
+        .ok_or_else(|| RootlessError::Invalid(format!("{path}: a parent directory does not exist")))
+}
+
+fn run_one(root: &Root, a: &FileAction) -> Result<()> {
     match a {
         FileAction::Mkdir {
             path,
@@ -240,16 +225,13 @@ fn run_one(root: &Path, a: &FileAction) -> Result<()> {
             if *make_parents {
                 mkdir_all(root, path, *mode, owner, *timestamp)?;
             } else {
-                let p = resolve_in_root(root, path, true, DotDot::Clamp)?;
-                match std::fs::create_dir(&p) {
-                    // Like BuildKit: something already there is fine.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(RootlessError::io(path, e)),
-                    Ok(()) => {
-                        chmod(&p, *mode)?;
-                        chown(&p, owner)?;
-                        set_time(&p, *timestamp)?;
-                    }
+                let e = entry_of(root, path, true)?;
+                // Like BuildKit: something already there is fine.
+                if e.stat()?.is_none() {
+                    e.mkdir(0o700)?;
+                    e.chmod(*mode)?;
+                    chown(&e, owner)?;
+                    set_time(&e, *timestamp)?;
                 }
             }
         }
@@ -261,14 +243,21 @@ fn run_one(root: &Path, a: &FileAction) -> Result<()> {
             timestamp,
         } => {
             let owner = owner_of(root, owner)?;
-            let p = resolve_in_root(root, path, true, DotDot::Clamp)?;
-            let existed = std::fs::symlink_metadata(&p).is_ok();
-            std::fs::write(&p, data).map_err(|e| RootlessError::io(path, e))?;
+            let e = entry_of(root, path, true)?;
+            let existed = e.stat()?.is_some();
+            let mut f = if existed {
+                e.open_truncate()?
+            } else {
+                e.create(0o600)?
+            };
+            f.write_all(data)
+                .map_err(|er| RootlessError::io(path, er))?;
+            drop(f);
             if !existed {
-                chmod(&p, *mode)?;
+                e.chmod(*mode)?;
             }
-            chown(&p, owner)?;
-            set_time(&p, *timestamp)?;
+            chown(&e, owner)?;
+            set_time(&e, *timestamp)?;
         }
         FileAction::Rm {
             path,
@@ -279,13 +268,13 @@ fn run_one(root: &Path, a: &FileAction) -> Result<()> {
             if v.is_empty() && !allow_not_found {
                 return Err(RootlessError::Invalid(format!("rm {path}: not found")));
             }
-            for p in v {
-                if p == root {
+            for e in v {
+                if e.is_dot() {
                     return Err(RootlessError::Invalid(format!(
-                        "rm {path}: refusing to remove /"
+                        "rm {path}: refusing to remove a directory by `.` or `/`"
                     )));
                 }
-                remove_any(&p).map_err(|e| RootlessError::io(&p, e))?;
+                e.remove_all()?;
             }
         }
         FileAction::Symlink {
@@ -295,17 +284,17 @@ fn run_one(root: &Path, a: &FileAction) -> Result<()> {
             timestamp,
         } => {
             let owner = owner_of(root, owner)?;
-            let p = resolve_in_root(root, path, false, DotDot::Clamp)?;
-            std::os::unix::fs::symlink(target, &p).map_err(|e| RootlessError::io(path, e))?;
-            chown(&p, owner)?;
-            set_time(&p, *timestamp)?;
+            let e = entry_of(root, path, false)?;
+            e.symlink(std::ffi::OsStr::new(target))?;
+            chown(&e, owner)?;
+            set_time(&e, *timestamp)?;
         }
         FileAction::Copy(c) => copy(root, c)?,
     }
     Ok(())
 }
 
-fn copy(root: &Path, c: &CopyAction) -> Result<()> {
+fn copy(root: &Root, c: &CopyAction) -> Result<()> {
     let _view;
     let sroot: PathBuf = match &c.src_root {
         CopySource::Dir(d) => d.clone(),
@@ -317,10 +306,13 @@ fn copy(root: &Path, c: &CopyAction) -> Result<()> {
             m
         }
     };
-    let sroot = std::fs::canonicalize(&sroot).map_err(|e| RootlessError::io(&sroot, e))?;
+    let sroot = Root::open(&sroot)?;
     for req in &c.required_paths {
-        let p = resolve_in_root(&sroot, req, false, DotDot::Clamp)?;
-        if std::fs::symlink_metadata(&p).is_err() {
+        let found = match sroot.entry(req, false, DotDot::Clamp)? {
+            Some(e) => e.stat()?.is_some(),
+            None => false,
+        };
+        if !found {
             return Err(RootlessError::Invalid(format!(
                 "copy: required path {req} not found"
             )));
@@ -342,16 +334,21 @@ fn copy(root: &Path, c: &CopyAction) -> Result<()> {
     }
     if !c.create_dest_path {
         let parent = parent_of(&c.dest);
-        let p = resolve_in_root(root, &parent, true, DotDot::Clamp)?;
-        if !p.is_dir() {
+        if !root
+            .entry(&parent, true, DotDot::Clamp)?
+            .is_some_and(|e| e.is_dir())
+        {
             return Err(RootlessError::Invalid(format!(
                 "copy: the destination's parent {parent} does not exist (and creating it was not asked for)"
             )));
         }
     }
     let owner = owner_of(root, &c.owner)?;
-    let dest_host = resolve_in_root(root, &c.dest, true, DotDot::Clamp)?;
-    let dest_is_dir = c.dest.ends_with('/') || srcs.len() > 1 || dest_host.is_dir();
+    let dest_is_dir = c.dest.ends_with('/')
+        || srcs.len() > 1
+        || root
+            .entry(&c.dest, true, DotDot::Clamp)?
+            .is_some_and(|e| e.is_dir());
     let opts = CopyOpts {
         owner,
         mode,
@@ -360,15 +357,20 @@ fn copy(root: &Path, c: &CopyAction) -> Result<()> {
         replace: c.always_replace_existing,
     };
     for s in srcs {
-        let md = std::fs::symlink_metadata(&s).map_err(|e| RootlessError::io(&s, e))?;
-        if c.unpack_archives && md.is_file() && unpack_archive(&s, root, &c.dest, &opts)? {
+        let md = s
+            .stat()?
+            .ok_or_else(|| RootlessError::Invalid(format!("copy: {} vanished", c.src)))?;
+        let is_dir = md.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+        let is_file = md.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+        if c.unpack_archives && is_file && unpack_archive(&s, root, &c.dest, &opts)? {
             continue;
         }
-        let base = s
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let target = if md.is_dir() && c.dir_copy_contents {
+        let base = if s.is_dot() {
+            String::new()
+        } else {
+            String::from_utf8_lossy(s.name().to_bytes()).into_owned()
+        };
+        let target = if is_dir && c.dir_copy_contents {
             c.dest.to_string()
         } else if dest_is_dir {
             format!("{}/{base}", c.dest.trim_end_matches('/'))
@@ -379,12 +381,13 @@ fn copy(root: &Path, c: &CopyAction) -> Result<()> {
         if c.create_dest_path || dest_is_dir {
             mkdir_all(root, &parent_of(&target), 0o755, owner, c.timestamp)?;
         }
-        if md.is_dir() && c.dir_copy_contents {
+        if is_dir && c.dir_copy_contents {
             let (d, _) = mkdir_all(root, &target, 0o755, owner, c.timestamp)?;
-            copy_children(&s, Path::new(""), root, &target, &opts)?;
+            copy_children(&s, Path::new(""), &d, &opts)?;
             set_time(&d, c.timestamp)?;
         } else {
-            copy_entry(&s, Path::new(""), root, &target, &opts)?;
+            let d = entry_of(root, &target, false)?;
+            copy_entry(&s, Path::new(""), &d, &opts)?;
         }
     }
     Ok(())
@@ -496,101 +499,98 @@ struct CopyOpts {
 }
 
 /// Copies the children of the source dir `src` (at `rel` below the copied source) into the
-/// container dir `dest`; returns whether anything was copied.
-fn copy_children(src: &Path, rel: &Path, root: &Path, dest: &str, o: &CopyOpts) -> Result<bool> {
-    let mut names: Vec<_> = std::fs::read_dir(src)
-        .map_err(|e| RootlessError::io(src, e))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
+/// directory `dest`; returns whether anything was copied.
+fn copy_children(src: &Entry, rel: &Path, dest: &Entry, o: &CopyOpts) -> Result<bool> {
+    let names = src.list()?;
+    let (sd, dd) = (src.as_dir()?, dest.as_dir()?);
     let mut any = false;
     for n in names {
-        let t = format!("{}/{}", dest.trim_end_matches('/'), n.to_string_lossy());
-        any |= copy_entry(&src.join(&n), &rel.join(&n), root, &t, o)?;
+        let s = Entry::in_dir(sd.clone(), &n, src.rel().join(&n))?;
+        let d = Entry::in_dir(dd.clone(), &n, dest.rel().join(&n))?;
+        any |= copy_entry(&s, &rel.join(&n), &d, o)?;
     }
     Ok(any)
 }
 
-/// Copy one entry (recursively for dirs) from host path `src` (at `rel` below the copied
-/// source; empty for the source itself) to container path `dest`. Returns whether it was
-/// copied (the patterns may leave it out).
-fn copy_entry(src: &Path, rel: &Path, root: &Path, dest: &str, o: &CopyOpts) -> Result<bool> {
-    let md = std::fs::symlink_metadata(src).map_err(|e| RootlessError::io(src, e))?;
+/// Copy one entry (recursively for dirs) from `src` (at `rel` below the copied source;
+/// empty for the source itself) to `dest`. Returns whether it was copied (the patterns may
+/// leave it out).
+fn copy_entry(src: &Entry, rel: &Path, dest: &Entry, o: &CopyOpts) -> Result<bool> {
+    let md = src.stat()?.ok_or_else(|| {
+        RootlessError::Invalid(format!("copy: /{} vanished", src.rel().display()))
+    })?;
+    let fmt = SFlag::from_bits_truncate(md.st_mode & SFlag::S_IFMT.bits());
+    let is_dir = fmt == SFlag::S_IFDIR;
     let mut partial = false;
     if !o.filter.is_empty() && !rel.as_os_str().is_empty() {
         let r = rel.to_string_lossy();
-        match o.filter.decide(&r, md.is_dir()) {
+        match o.filter.decide(&r, is_dir) {
             crate::patterns::Keep::No => return Ok(false),
             crate::patterns::Keep::Partial => partial = true,
             crate::patterns::Keep::Yes => {}
         }
     }
-    let d = resolve_in_root(root, dest, false, DotDot::Clamp)?;
-    let existing = std::fs::symlink_metadata(&d).ok();
-    let owner = o.owner.or(Some((md.uid(), md.gid())));
+    let existing = dest.kind()?;
+    let owner = o.owner.or(Some((md.st_uid, md.st_gid)));
     let mode = o
         .mode
         .as_ref()
-        .map(|m| m.apply(md.mode(), md.is_dir()))
-        .unwrap_or(md.mode());
-    if md.is_dir() {
+        .map(|m| m.apply(md.st_mode, is_dir))
+        .unwrap_or(md.st_mode);
+    if is_dir {
         let created = match existing {
-            Some(e) if e.is_dir() => false,
+            Some(SFlag::S_IFDIR) => false,
             Some(_) => {
-                remove_any(&d).map_err(|e| RootlessError::io(&d, e))?;
-                std::fs::create_dir(&d).map_err(|e| RootlessError::io(&d, e))?;
+                dest.remove_all()?;
+                dest.mkdir(0o700)?;
                 true
             }
             None => {
-                std::fs::create_dir(&d).map_err(|e| RootlessError::io(&d, e))?;
+                dest.mkdir(0o700)?;
                 true
             }
         };
-        let any = copy_children(src, rel, root, dest, o)?;
+        let any = copy_children(src, rel, dest, o)?;
         if partial && !any {
             // Only there for what the patterns might have kept below it: nothing was.
             if created {
-                let _ = std::fs::remove_dir(&d);
+                let _ = dest.remove_all();
             }
             return Ok(false);
         }
-        chmod(&d, mode)?;
-        chown(&d, owner)?;
+        dest.chmod(mode)?;
+        chown(dest, owner)?;
     } else {
-        if let Some(e) = &existing {
-            if e.is_dir() && !o.replace {
+        if let Some(k) = existing {
+            if k == SFlag::S_IFDIR && !o.replace {
                 return Err(RootlessError::Invalid(format!(
-                    "copy: cannot replace directory {dest} with a file"
+                    "copy: cannot replace directory /{} with a file",
+                    dest.rel().display()
                 )));
             }
-            remove_any(&d).map_err(|e| RootlessError::io(&d, e))?;
+            dest.remove_all()?;
         }
-        if md.file_type().is_symlink() {
-            let t = std::fs::read_link(src).map_err(|e| RootlessError::io(src, e))?;
-            std::os::unix::fs::symlink(&t, &d).map_err(|e| RootlessError::io(&d, e))?;
-            chown(&d, owner)?;
-        } else if md.is_file() {
-            std::fs::copy(src, &d).map_err(|e| RootlessError::io(&d, e))?;
-            chown(&d, owner)?;
-            chmod(&d, mode)?;
+        if fmt == SFlag::S_IFLNK {
+            dest.symlink(&src.readlink()?)?;
+            chown(dest, owner)?;
+        } else if fmt == SFlag::S_IFREG {
+            let mut from = src.open_read()?;
+            let mut to = dest.create(0o600)?;
+            std::io::copy(&mut from, &mut to).map_err(|e| RootlessError::io(dest.rel(), e))?;
+            drop(to);
+            chown(dest, owner)?;
+            dest.chmod(mode)?;
         } else {
             return Err(RootlessError::Invalid(format!(
-                "copy: {} is not a file, dir or symlink",
-                src.display()
+                "copy: /{} is not a file, dir or symlink",
+                src.rel().display()
             )));
         }
     }
     match o.time {
-        Some(_) => set_time(&d, o.time)?,
+        Some(_) => set_time(dest, o.time)?,
         None => {
-            let ts = TimeSpec::new(md.mtime(), md.mtime_nsec());
-            let _ = nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &d,
-                &ts,
-                &ts,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            );
+            let _ = dest.set_times(md.st_mtime, md.st_mtime_nsec);
         }
     }
     Ok(true)
@@ -598,17 +598,18 @@ fn copy_entry(src: &Path, rel: &Path, root: &Path, dest: &str, o: &CopyOpts) -> 
 
 /// If `src` is a tar archive (plain or gzip), unpacks it into the container dir `dest`, as
 /// Dockerfile's ADD does; returns false (nothing done) for any other file.
-fn unpack_archive(src: &Path, root: &Path, dest: &str, o: &CopyOpts) -> Result<bool> {
-    use std::io::{Read, Seek};
-    let mut f = std::fs::File::open(src).map_err(|e| RootlessError::io(src, e))?;
+fn unpack_archive(src: &Entry, root: &Root, dest: &str, o: &CopyOpts) -> Result<bool> {
+    use std::io::Seek;
+    let shown = PathBuf::from("/").join(src.rel());
+    let mut f = src.open_read()?;
     let mut head = vec![0u8; 512];
-    let n = read_full(&mut f, &mut head).map_err(|e| RootlessError::io(src, e))?;
+    let n = read_full(&mut f, &mut head).map_err(|e| RootlessError::io(&shown, e))?;
     head.truncate(n);
     let gzip = head.starts_with(&[0x1f, 0x8b]);
     let is_tar = |h: &[u8]| h.len() >= 262 && &h[257..262] == b"ustar";
     if gzip {
         // Look at the first block of the decompressed stream.
-        f.rewind().map_err(|e| RootlessError::io(src, e))?;
+        f.rewind().map_err(|e| RootlessError::io(&shown, e))?;
         let mut dec = flate2::read::GzDecoder::new(&mut f);
         let mut block = vec![0u8; 512];
         let Ok(n) = read_full(&mut dec, &mut block) else {
@@ -620,9 +621,9 @@ fn unpack_archive(src: &Path, root: &Path, dest: &str, o: &CopyOpts) -> Result<b
     } else if !is_tar(&head) {
         return Ok(false);
     }
-    f.rewind().map_err(|e| RootlessError::io(src, e))?;
+    f.rewind().map_err(|e| RootlessError::io(&shown, e))?;
     let (d, _) = mkdir_all(root, dest, 0o755, o.owner, o.time)?;
-    let d = std::fs::canonicalize(&d).map_err(|e| RootlessError::io(&d, e))?;
+    let into = Root::at(&d)?;
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
             f,
@@ -639,7 +640,7 @@ fn unpack_archive(src: &Path, root: &Path, dest: &str, o: &CopyOpts) -> Result<b
             .map(|ns| (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))),
         max_bytes: None,
     };
-    crate::unpack::unpack_tar(reader, src, &d, &mut notes, mode)?;
+    crate::unpack::unpack_tar_in(reader, &shown, &into, &mut notes, mode)?;
     Ok(true)
 }
 

@@ -2,15 +2,15 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use nix::sys::stat::UtimensatFlags;
-use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
+use nix::sys::stat::SFlag;
 
 use crate::error::{Result, RootlessError};
-use crate::pathsafe::{DotDot, clean_archive_path, resolve_in_root};
+use crate::fsroot::{DotDot, Entry, Root};
+use crate::pathsafe::clean_archive_path;
 use crate::proto::{Compression, LayerFile};
 
 const WH_PREFIX: &str = ".wh.";
@@ -66,6 +66,17 @@ pub fn unpack_tar(
     notes: &mut Vec<String>,
     tm: TarMode,
 ) -> Result<()> {
+    unpack_tar_in(r, layer, &Root::open(dest)?, notes, tm)
+}
+
+/// [`unpack_tar`] into a directory already opened as a [`Root`].
+pub(crate) fn unpack_tar_in(
+    r: impl Read,
+    layer: &Path,
+    root: &Root,
+    notes: &mut Vec<String>,
+    tm: TarMode,
+) -> Result<()> {
     let mut ar = tar::Archive::new(r);
     let bad = |entry: &str, reason: String| RootlessError::UnsafeEntry {
         layer: layer.to_path_buf(),
@@ -75,7 +86,12 @@ pub fn unpack_tar(
     let io = |e: std::io::Error| RootlessError::io(layer, e);
     // Paths (relative) written by this layer: an opaque marker keeps them.
     let mut this_layer: HashSet<PathBuf> = HashSet::new();
-    let mut dir_times: Vec<(PathBuf, (i64, i64))> = Vec::new();
+    // Directory times are set last (entries below would change them), found again by path:
+    // holding a descriptor for each would run out of them.
+    let mut dir_times: Vec<(String, (i64, i64))> = Vec::new();
+    // The directory the last entry went into: most entries follow their siblings. Dropped
+    // whenever something is removed (it could be that directory or one above it).
+    let mut parent_cache: Option<(String, Rc<OwnedFd>)> = None;
     let mut budget = tm.max_bytes.unwrap_or(u64::MAX);
     let too_big = |name: &str| {
         bad(
@@ -91,33 +107,52 @@ pub fn unpack_tar(
         let raw_path = entry.path().map_err(io)?.into_owned();
         let name = raw_path.to_string_lossy().into_owned();
         let rel = clean_archive_path(&raw_path).map_err(|r| bad(&name, r))?;
-        let Some(file_name) = rel.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+        let Some(file_name) = rel.file_name().map(|f| f.to_os_string()) else {
             continue; // the root itself
         };
-        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        let parent = resolve_in_root(dest, &parent_rel.to_string_lossy(), true, DotDot::Reject)
-            .map_err(|e| bad(&name, e.to_string()))?;
-        if tm.layer && file_name == WH_OPAQUE {
-            if parent.is_dir() {
-                clear_dir(&parent, &parent_rel, &this_layer)
-                    .map_err(|e| bad(&name, e.to_string()))?;
+        let parent_rel = rel
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
+        let fname = file_name.to_string_lossy();
+        let be = |e: RootlessError| bad(&name, e.to_string());
+        if tm.layer && fname == WH_OPAQUE {
+            if let Some(dir) = root.entry(&parent_rel, true, DotDot::Reject).map_err(be)?
+                && dir.is_dir()
+            {
+                let keep = &this_layer;
+                dir.clear_dir(&mut |c| keep_opaque(c, keep)).map_err(be)?;
             }
+            parent_cache = None;
             continue;
         }
-        if let Some(victim) = file_name.strip_prefix(WH_PREFIX).filter(|_| tm.layer) {
+        if let Some(victim) = fname.strip_prefix(WH_PREFIX).filter(|_| tm.layer) {
             if victim.is_empty() || victim == "." || victim == ".." {
                 return Err(bad(&name, "bad whiteout name".into()));
             }
-            let p = parent.join(victim);
-            remove_any(&p).map_err(|e| bad(&name, e.to_string()))?;
+            if let Some(dir) = root.entry(&parent_rel, true, DotDot::Reject).map_err(be)?
+                && dir.is_dir()
+            {
+                let v = dir.child(std::ffi::OsStr::new(victim)).map_err(be)?;
+                v.remove_all().map_err(be)?;
+            }
+            parent_cache = None;
             continue;
         }
-        // Parents must be real directories.
-        if !parent.is_dir() {
-            std::fs::create_dir_all(&parent)
-                .map_err(|e| bad(&name, format!("creating parent: {e}")))?;
-        }
-        let target = parent.join(&file_name);
+        // Parents must be real directories (made where missing).
+        let pdir = match &parent_cache {
+            Some((p, fd)) if *p == parent_rel => fd.clone(),
+            _ => {
+                let (dir, _) = root
+                    .mkdir_all(&parent_rel, DotDot::Reject, &mut |_| Ok(()))
+                    .map_err(|e| bad(&name, format!("creating parent: {e}")))?;
+                let fd = dir.as_dir().map_err(be)?;
+                parent_cache = Some((parent_rel.clone(), fd.clone()));
+                fd
+            }
+        };
+        let target = Entry::in_dir(pdir, &file_name, rel.clone()).map_err(be)?;
         let hdr = entry.header().clone();
         let et = hdr.entry_type();
         let mut uid = hdr.uid().map_err(io)?;
@@ -150,17 +185,20 @@ pub fn unpack_tar(
             u32::try_from(uid).map_err(|_| bad(&name, format!("uid {uid} out of range")))?,
             u32::try_from(gid).map_err(|_| bad(&name, format!("gid {gid} out of range")))?,
         );
-        let existing = std::fs::symlink_metadata(&target).ok();
+        let existing = target.kind().map_err(be)?;
+        let is_dir = existing == Some(SFlag::S_IFDIR);
+        if existing.is_some() && !(is_dir && et == tar::EntryType::Directory) {
+            // What stands there goes (or is linked to): the cached directory may be it.
+            parent_cache = None;
+        }
         use tar::EntryType as T;
         match et {
             T::Directory => {
-                if let Some(md) = &existing
-                    && !md.is_dir()
-                {
-                    remove_any(&target).map_err(|e| bad(&name, e.to_string()))?;
+                if existing.is_some() && !is_dir {
+                    target.remove_all().map_err(be)?;
                 }
-                if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-                    std::fs::create_dir(&target).map_err(|e| bad(&name, e.to_string()))?;
+                if !is_dir {
+                    target.mkdir(0o700).map_err(be)?;
                 }
             }
             T::Regular | T::Continuous | T::GNUSparse => {
@@ -170,21 +208,15 @@ pub fn unpack_tar(
                     return Err(too_big(&name));
                 }
                 if existing.is_some() {
-                    remove_any(&target).map_err(|e| bad(&name, e.to_string()))?;
+                    target.remove_all().map_err(be)?;
                 }
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .map_err(|e| bad(&name, e.to_string()))?;
+                let mut f = target.create(0o600).map_err(be)?;
                 let copied =
                     std::io::copy(&mut (&mut entry).take(budget.saturating_add(1)), &mut f)
                         .map_err(|e| bad(&name, e.to_string()))?;
                 if copied > budget {
                     drop(f);
-                    let _ = std::fs::remove_file(&target);
+                    let _ = target.remove_all();
                     return Err(too_big(&name));
                 }
                 budget -= copied;
@@ -196,10 +228,9 @@ pub fn unpack_tar(
                     .ok_or_else(|| bad(&name, "symlink without target".into()))?
                     .into_owned();
                 if existing.is_some() {
-                    remove_any(&target).map_err(|e| bad(&name, e.to_string()))?;
+                    target.remove_all().map_err(be)?;
                 }
-                std::os::unix::fs::symlink(&link, &target)
-                    .map_err(|e| bad(&name, e.to_string()))?;
+                target.symlink(link.as_os_str()).map_err(be)?;
             }
             T::Link => {
                 let link = entry
@@ -209,29 +240,42 @@ pub fn unpack_tar(
                     .into_owned();
                 let lrel = clean_archive_path(&link)
                     .map_err(|r| bad(&name, format!("hardlink target: {r}")))?;
-                let src = resolve_in_root(dest, &lrel.to_string_lossy(), false, DotDot::Reject)
-                    .map_err(|e| bad(&name, format!("hardlink target: {e}")))?;
-                let smd = std::fs::symlink_metadata(&src)
-                    .map_err(|e| bad(&name, format!("hardlink target {}: {e}", lrel.display())))?;
-                if smd.is_dir() {
+                let src = root
+                    .entry(&lrel.to_string_lossy(), false, DotDot::Reject)
+                    .map_err(|e| bad(&name, format!("hardlink target: {e}")))?
+                    .filter(|e| !e.is_dot());
+                let smd = src
+                    .as_ref()
+                    .map(|s| s.stat())
+                    .transpose()
+                    .map_err(|e| bad(&name, format!("hardlink target: {e}")))?
+                    .flatten();
+                let (Some(src), Some(smd)) = (src, smd) else {
+                    return Err(bad(
+                        &name,
+                        format!("hardlink target {}: not found", lrel.display()),
+                    ));
+                };
+                if smd.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits() {
                     return Err(bad(&name, "hardlink to a directory".into()));
                 }
-                if src == target {
+                if let Some(t) = target.stat().map_err(be)?
+                    && (t.st_dev, t.st_ino) == (smd.st_dev, smd.st_ino)
+                {
                     continue;
                 }
                 if existing.is_some() {
-                    remove_any(&target).map_err(|e| bad(&name, e.to_string()))?;
+                    target.remove_all().map_err(be)?;
                 }
-                std::fs::hard_link(&src, &target).map_err(|e| bad(&name, e.to_string()))?;
+                target.link_to(&src).map_err(be)?;
                 this_layer.insert(rel.clone());
                 continue; // metadata belongs to the target inode
             }
             T::Fifo => {
                 if existing.is_some() {
-                    remove_any(&target).map_err(|e| bad(&name, e.to_string()))?;
+                    target.remove_all().map_err(be)?;
                 }
-                nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(|e| bad(&name, e.to_string()))?;
+                target.mkfifo(0o600).map_err(be)?;
             }
             T::Char | T::Block => {
                 notes.push(format!("{}: skipped device node {name}", layer.display()));
@@ -249,53 +293,34 @@ pub fn unpack_tar(
         }
         this_layer.insert(rel.clone());
         let (uid, gid) = tm.owner.unwrap_or((uid, gid));
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &target,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| {
-            bad(
-                &name,
-                format!("chown {uid}:{gid}: {e} (id not mapped in the namespace?)"),
-            )
-        })?;
+        target
+            .chown(uid, gid)
+            .map_err(|e| bad(&name, format!("{e} (id not mapped in the namespace?)")))?;
         for (k, v) in &xattrs {
-            if let Err(e) = xattr::set(&target, k, v) {
+            if let Err(e) = target.set_xattr(k, v) {
                 notes.push(format!("{name}: xattr {k} not set: {e}"));
             }
         }
         if et != T::Symlink {
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| bad(&name, e.to_string()))?;
+            target.chmod(mode).map_err(be)?;
         }
         let mtime = tm.mtime.unwrap_or((mtime, 0));
         if et == T::Directory {
-            dir_times.push((target, mtime));
+            dir_times.push((rel.to_string_lossy().into_owned(), mtime));
         } else {
-            set_mtime(&target, mtime);
+            let _ = target.set_times(mtime.0, mtime.1);
         }
     }
     for (d, t) in dir_times.iter().rev() {
-        set_mtime(d, *t);
+        if let Ok(Some(e)) = root.entry(d, false, DotDot::Reject) {
+            let _ = e.set_times(t.0, t.1);
+        }
     }
     Ok(())
 }
 
-fn set_mtime(p: &Path, (secs, nanos): (i64, i64)) {
-    let ts = TimeSpec::new(secs, nanos);
-    let _ = nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &ts,
-        &ts,
-        UtimensatFlags::NoFollowSymlink,
-    );
-}
-
-/// Remove whatever is at `p` (not following symlinks); missing is fine.
+/// Remove whatever is at `p` (not following symlinks); missing is fine. For trees the
+/// caller owns (not found by resolving a container path).
 pub(crate) fn remove_any(p: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(md) if md.is_dir() => std::fs::remove_dir_all(p),
@@ -305,20 +330,17 @@ pub(crate) fn remove_any(p: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Opaque marker: delete the dir's children that earlier layers wrote.
-fn clear_dir(dir: &Path, rel: &Path, keep: &HashSet<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let crel = rel.join(e.file_name());
-        if keep.contains(&crel) {
-            if e.file_type()?.is_dir() {
-                clear_dir(&e.path(), &crel, keep)?;
-            }
-            continue;
-        }
-        remove_any(&e.path())?;
+/// Opaque marker: whether a child of the marked dir stays (this layer wrote it). A kept
+/// directory is cleared of what earlier layers wrote below it in turn.
+fn keep_opaque(c: &Entry, keep: &HashSet<PathBuf>) -> bool {
+    if !keep.contains(c.rel()) {
+        return false;
     }
-    Ok(())
+    if c.is_dir() {
+        // Errors surface when the parent removes what it could not clear.
+        let _ = c.clear_dir(&mut |g| keep_opaque(g, keep));
+    }
+    true
 }
 
 #[cfg(test)]

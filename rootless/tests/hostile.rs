@@ -181,11 +181,12 @@ fn survey(top: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
             } else {
                 let bytes = std::fs::read(&p).unwrap_or_default();
                 format!(
-                    "file {:o} {} {:?} ino {}",
+                    "file {:o} {} {:?} ino {} links {}",
                     md.mode(),
                     md.len(),
                     bytes,
-                    md.ino()
+                    md.ino(),
+                    md.nlink()
                 )
             };
             out.insert(p, what);
@@ -360,6 +361,31 @@ fn symlinks_cannot_carry_writes_outside() {
         std::fs::read(o.outside.join("keep")).expect("keep"),
         b"keep"
     );
+}
+
+/// The security issue's defect 1: once a component was missing, the string resolver stopped
+/// looking at later ones, so `x/../esc` popped the missing `x` and the kernel then followed the
+/// symlink `esc` to the host. Every kind of write through such a path stays inside now.
+#[test]
+fn resolver_escape_missing_component_dotdot_symlink() {
+    let base = [E::Sym("esc", "@OUT@"), E::Sym("l", "x/../esc")];
+    let cases: [(&str, E); 6] = [
+        ("file", E::File("l/f", b"x")),
+        ("directory", E::Dir("l/d")),
+        ("whiteout", E::File("l/.wh.keep", b"")),
+        ("opaque marker", E::File("l/.wh..wh..opq", b"")),
+        ("hardlink to a host file", E::Hard("h", "l/keep")),
+        ("symlink", E::Sym("l/s", "/")),
+    ];
+    for (label, last) in cases {
+        let mut entries = base.to_vec();
+        entries.push(last);
+        // Refused or contained, either is fine; `unpack` proves nothing outside changed
+        // (contents, modes, link counts).
+        let o = unpack(label, &entries);
+        eprintln!("{label}: {:?}", o.result);
+        assert!(o.outside.join("keep").exists(), "{label}");
+    }
 }
 
 #[test]

@@ -138,25 +138,17 @@ pub(super) async fn run(
                     )));
                 }
                 match src.snap.chain.as_slice() {
-                    // One read-only layer: bind its directory directly.
-                    [id] if m.readonly => {
-                        let mut source = ctx.worker.snapshots.fs(id);
-                        if !sel.is_empty() {
-                            source = source.join(sel);
-                            if std::fs::symlink_metadata(&source).is_err() {
-                                return Err(OpsError::Invalid(format!(
-                                    "mount {}: {} does not exist in its input",
-                                    m.dest, m.selector
-                                )));
-                            }
-                        }
+                    // One read-only layer and no selector: bind its directory directly. A
+                    // selector is resolved by the helper inside the layer (a symlink in an
+                    // image must not lead the bind out of it).
+                    [id] if m.readonly && sel.is_empty() => {
                         mounts.push(rootless::Mount {
-                            source,
+                            source: ctx.worker.snapshots.fs(id),
                             target: m.dest.clone(),
                             kind: rootless::MountKind::Bind { readonly: true },
                         });
                     }
-                    // Several layers, or writable: an overlay view of the input; a writable
+                    // Several layers, a selector, or writable: a view of the input; a writable
                     // view's changes are discarded (the engine keeps only the root's output).
                     _ => mounts.push(rootless::Mount {
                         source: PathBuf::new(),
