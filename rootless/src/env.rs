@@ -25,6 +25,7 @@ use crate::exec::{
 };
 use crate::overlay::Overlay;
 use crate::proto::{EnvRequest, JoinRequest};
+use crate::tty::Terminal;
 use crate::userdb::resolve_user;
 
 /// Environment variable that makes the process a [`join_main`] (its value: the JSON
@@ -394,29 +395,23 @@ fn join() -> Result<i32> {
         return Ok(127);
     };
     step.stdin_null = false;
+    // The command's terminal: its own pty (or none), never the caller's (see crate::tty).
+    let term = Terminal::prepare(req.tty)?;
     // SAFETY: single-threaded; the child execs or exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| RootlessError::sys("fork", e))? {
         ForkResult::Child => {
-            let e = exec_step(&step);
+            let e = match term.attach_child() {
+                Ok(()) => exec_step(&step),
+                Err(e) => e,
+            };
             eprintln!("envkit exec: {e}");
             // SAFETY: forked child.
             unsafe { libc::_exit(127) }
         }
-        ForkResult::Parent { child } => {
-            // Ctrl-C and Ctrl-\ are for the command (same terminal), not for us.
-            // SAFETY: ignoring two signals in this single-threaded process.
-            unsafe {
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
-                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-            }
-            loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, c)) => return Ok(c),
-                    Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(RootlessError::sys("waitpid", e)),
-                }
-            }
-        }
+        ForkResult::Parent { child } => match term.relay(child)? {
+            WaitStatus::Exited(_, c) => Ok(c),
+            WaitStatus::Signaled(_, s, _) => Ok(128 + s as i32),
+            _ => Ok(125),
+        },
     }
 }

@@ -18,6 +18,7 @@ mod parent;
 pub mod pathsafe;
 pub mod patterns;
 mod proto;
+mod tty;
 mod unpack;
 pub mod userdb;
 
@@ -33,4 +34,5 @@ pub use proto::{
     ExecRequest, ExitStatus, FileAction, IdSpec, JoinRequest, LayerFile, Mount, MountKind,
     ProbeResult, Request, Response, SecretBytes, Service, UserDb,
 };
+pub use tty::TtyMode;
 pub use unpack::{TarMode, unpack_layers, unpack_tar};

@@ -345,4 +345,7 @@ pub struct JoinRequest {
     pub cwd: String,
     /// As [`ExecRequest::user`].
     pub user: String,
+    /// Whether the command gets a pty of the environment's own.
+    #[serde(default)]
+    pub tty: crate::tty::TtyMode,
 }

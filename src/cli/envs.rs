@@ -361,7 +361,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
 
 /// Runs `args` (the shell when empty) in a running environment, with this terminal; returns
 /// its exit code.
-fn join(state: &EnvState, args: Vec<String>) -> anyhow::Result<i32> {
+fn join(state: &EnvState, args: Vec<String>, tty: rootless::TtyMode) -> anyhow::Result<i32> {
     if state.status() != Status::Running {
         bail!(
             "the environment {} is not running (its processes are gone): `envkit destroy {}` \
@@ -381,6 +381,7 @@ fn join(state: &EnvState, args: Vec<String>) -> anyhow::Result<i32> {
         env: state.env.clone(),
         cwd: state.cwd.clone(),
         user: state.user.clone(),
+        tty,
     };
     let exe = std::env::current_exe().context("finding the envkit executable")?;
     let mut child = rootless::join_command(&exe, &req)?
@@ -438,7 +439,9 @@ pub(super) async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let code = tokio::task::block_in_place(|| join(&state, Vec::new()))?;
+    let code = tokio::task::block_in_place(|| {
+        join(&state, Vec::new(), super::tty_mode(args.tty, args.no_tty))
+    })?;
     eprintln!(
         "left {n} (the shell said {code}); it keeps running: `envkit exec {n}` to come back, \
          `envkit destroy {n}` to stop it",
@@ -491,7 +494,7 @@ pub(super) fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<i32> {
         }
         None => args.args.clone(),
     };
-    join(&state, argv)
+    join(&state, argv, super::tty_mode(args.tty, args.no_tty))
 }
 
 /// Stops the environment's processes and removes what it left (idempotent).
@@ -550,7 +553,8 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
     }
     let suffix = format!("run-{}", std::process::id());
     let state = start(cli, &args.up, Some(&suffix)).await?;
-    let code = tokio::task::block_in_place(|| join(&state, args.args.clone()));
+    let tty = super::tty_mode(args.up.tty, args.up.no_tty);
+    let code = tokio::task::block_in_place(|| join(&state, args.args.clone(), tty));
     if args.keep {
         eprintln!(
             "kept the environment {} (`envkit destroy {}`)",

@@ -252,6 +252,23 @@ pub struct UpArgs {
     /// No GPUs even if the build file asks for them.
     #[arg(long = "no-gpu")]
     pub no_gpu: bool,
+    /// Give the command a pseudo-terminal of the environment's own (default: when stdin and
+    /// stdout are terminals); the caller's terminal itself is never passed in.
+    #[arg(long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// No pseudo-terminal: stdin, stdout and stderr as they are (never as a controlling
+    /// terminal of the command).
+    #[arg(long = "no-tty")]
+    pub no_tty: bool,
+}
+
+/// The pty choice of `-t` / `--no-tty`.
+pub(crate) fn tty_mode(tty: bool, no_tty: bool) -> rootless::TtyMode {
+    match (tty, no_tty) {
+        (true, _) => rootless::TtyMode::Always,
+        (_, true) => rootless::TtyMode::Never,
+        _ => rootless::TtyMode::Auto,
+    }
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +283,14 @@ pub struct ExecArgs {
         conflicts_with = "args"
     )]
     pub command: Option<String>,
+    /// Give the command a pseudo-terminal of the environment's own (default: when stdin and
+    /// stdout are terminals); the caller's terminal itself is never passed in.
+    #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// No pseudo-terminal: stdin, stdout and stderr as they are (never as a controlling
+    /// terminal of the command).
+    #[arg(long = "no-tty")]
+    pub no_tty: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
