@@ -1,12 +1,206 @@
 //! The security issue's defects, each as a regression test named after it, run as the
-//! unprivileged test user.
+//! unprivileged test user (see SECURITY.md for the rules they hold).
 
 mod common;
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::{TestEnv, stderr, stdout};
+
+/// Writes a marshalled Definition into the test dir (owned by the test user).
+fn def_file(env: &TestEnv, name: &str, def: &envkit::llb::Definition) -> PathBuf {
+    let p = env.dir.join(format!("{name}.pb"));
+    std::fs::write(&p, def.to_bytes()).unwrap();
+    env.chown(&p);
+    p
+}
+
+/// A busybox step that prints what it finds at `/m/<file>` with `local` (the build context
+/// named `ctx`) mounted read-only at `/m`, only its `selector` part.
+fn selector_definition(env: &TestEnv, name: &str, selector: &str, file: &str) -> PathBuf {
+    use envkit::llb::{self, LocalOptions, Mount, Run};
+    let ctx = llb::local("ctx", LocalOptions::default());
+    let step = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(
+            Run::args([
+                "sh",
+                "-c",
+                &format!("cat /m/{file} || echo nothing-at-{file}; ls /m | sed 's/^/entry-/'"),
+            ])
+            .mount(Mount::bind("/m", &ctx).selector(selector).readonly()),
+        )
+        .root();
+    let def = step
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    def_file(env, name, &def)
+}
+
+/// Defect 2: a read-only bind with a selector on a one-snapshot input (here the build
+/// context) joined the selector to the snapshot's host path, so an absolute symlink in the
+/// input bound a host directory into the step, which read the user's secret.
+#[test]
+fn ro_bind_selector_symlink_stays_in_its_input() {
+    let env = TestEnv::new("selector");
+    let secret = env.dir.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("s.txt"), "TOPSECRET\n").unwrap();
+    let ctx = env.dir.join("ctx");
+    std::fs::create_dir_all(ctx.join("sub")).unwrap();
+    std::fs::write(ctx.join("sub/ok.txt"), "fine\n").unwrap();
+    std::os::unix::fs::symlink(&secret, ctx.join("link")).unwrap();
+    std::os::unix::fs::symlink("sub", ctx.join("rel")).unwrap();
+    env.chown(&env.dir);
+    let local = format!("ctx={}", ctx.display());
+    // A plain selector and a relative link inside the input work.
+    for (sel, name) in [("sub", "plain"), ("rel", "relative")] {
+        let pb = selector_definition(&env, name, sel, "ok.txt");
+        let out = env.envkit(&[
+            "solve",
+            "--progress",
+            "plain",
+            "--local",
+            &local,
+            pb.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("fine"), "{}", stderr(&out));
+    }
+    // The absolute link is the input's own path, where nothing is: never the host's.
+    let pb = selector_definition(&env, "absolute", "link", "s.txt");
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--local",
+        &local,
+        pb.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(
+        !log.contains("TOPSECRET"),
+        "the step read the host's file:\n{log}"
+    );
+    assert!(
+        !out.status.success() && log.contains("does not exist in its input"),
+        "{log}"
+    );
+}
+
+/// Defect 4: the store was 0755, so another user could reach its files (and run an image's
+/// setuid file, which is setuid to the store's owner).
+#[test]
+fn store_root_is_private() {
+    let env = TestEnv::new("private");
+    let out = env.envkit(&["images"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&env.store()), 0o700);
+    std::fs::set_permissions(env.store(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.envkit(&["images"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&env.store()), 0o700, "a wide store root is narrowed");
+}
+
+/// Pids of the test user's processes whose command line holds every one of `needles`.
+fn pids_with(needles: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if needles.iter().all(|n| cmd.contains(n)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Defect 5: a prune killed midway left a snapshot record over a half-deleted tree; the next
+/// build said CACHED and exported a part of the files. Now a tree leaves in one rename.
+#[test]
+fn prune_killed_midway_leaves_no_partial_cache() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("prunekill");
+    const FILES: u32 = 20_000;
+    let many = llb::image("busybox").add_env("PATH", "/bin").run(Run::args([
+        "sh",
+        "-c",
+        &format!("mkdir /many && cd /many && i=0; while [ $i -lt {FILES} ]; do : > f$i; i=$((i+1)); done"),
+    ]));
+    let def = many
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "many", &def);
+    let store = env.store();
+    let store_s = store.to_str().unwrap().to_string();
+    let tar = env.dir.join("many.tar");
+    let tar_s = format!("type=tar,dest={}", tar.display());
+    // The root filesystem the build gives, as `type=tar`: how many files are in /many.
+    let files_built = || {
+        let out = env.envkit(&["solve", pb.to_str().unwrap(), "-o", &tar_s]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let f = std::fs::File::open(&tar).expect("tar");
+        let mut a = tar::Archive::new(f);
+        let n = a
+            .entries()
+            .expect("entries")
+            .filter(|e| {
+                e.as_ref()
+                    .ok()
+                    .and_then(|e| {
+                        e.path()
+                            .ok()
+                            .map(|p| p.to_string_lossy().starts_with("many/f"))
+                    })
+                    .unwrap_or(false)
+            })
+            .count();
+        (n, stderr(&out))
+    };
+    for delay_ms in [30u64, 120, 300, 700] {
+        let (n, log) = files_built();
+        assert_eq!(n, FILES as usize, "{log}");
+        let mut child = env
+            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .args(["--root", &store_s, "prune", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prune");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        for pid in pids_with(&["envkit", &store_s, "prune"]) {
+            // SAFETY: kill(2) of a process the test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        // The next build gives every file: from a whole cached tree or rebuilt, never a part.
+        let (n, log) = files_built();
+        assert_eq!(
+            n, FILES as usize,
+            "after a prune killed at {delay_ms} ms the build gave {n} files:\n{log}"
+        );
+    }
+    // What the killed prunes left is removed by the next run and shown by nothing after.
+    let out = env.envkit(&["prune", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let du = stdout(&env.envkit(&["du"]));
+    let temporary = du
+        .lines()
+        .find(|l| l.starts_with("temporary"))
+        .unwrap_or_else(|| panic!("no temporary line in\n{du}"));
+    assert_eq!(
+        temporary.split_whitespace().nth(1),
+        Some("0"),
+        "leftovers stay:\n{du}"
+    );
+}
 
 /// A dev environment project on the python test image (no daemons).
 fn devenv_project(env: &TestEnv, name: &str) -> PathBuf {
@@ -33,8 +227,9 @@ fn under_a_pty(env: &TestEnv, cmd: &str) -> String {
     format!("{}{}", stdout(&out), stderr(&out))
 }
 
-/// Defect 3: a process in an environment pushed keystrokes into the user's host shell with
-/// TIOCSTI through the terminal `exec` handed it.
+/// Defects 3 and 6: a process in an environment pushed keystrokes into the user's host shell
+/// with TIOCSTI through the terminal `exec` handed it; and a prune run with another
+/// `$XDG_RUNTIME_DIR` deleted a running environment's layers.
 #[test]
 fn tiocsti_from_an_environment_reaches_no_host_shell() {
     let env = TestEnv::new("tiocsti");
@@ -83,6 +278,151 @@ fn tiocsti_from_an_environment_reaches_no_host_shell() {
         "{text}"
     );
 
+    // Defect 6: prune from another runtime dir keeps what the environment stands on.
+    let other_runtime = env.dir.join("other-runtime");
+    std::fs::create_dir_all(&other_runtime).unwrap();
+    env.chown(&other_runtime);
+    let out = env
+        .user_command(envkit)
+        .args(["prune", "--all"])
+        .env("XDG_RUNTIME_DIR", &other_runtime)
+        .output()
+        .expect("prune");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.envkit(&[
+        "exec",
+        "--no-tty",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "ls /usr/bin | wc -l",
+    ]);
+    let n: u32 = stdout(&out).trim().parse().unwrap_or(0);
+    assert!(
+        out.status.success() && n > 20,
+        "the environment lost its files: {n} in /usr/bin\n{}",
+        stderr(&out)
+    );
     let out = env.envkit(&["destroy", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Writes a tar archive with `entries` (name, bytes) into the test dir; gzip when `gz`.
+fn archive(env: &TestEnv, name: &str, entries: &[(&str, Vec<u8>)], gz: bool) -> PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    for (n, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, n, &data[..]).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    let bytes = if gz {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&bytes).unwrap();
+        e.finish().unwrap()
+    } else {
+        bytes
+    };
+    let p = env.dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    env.chown(&p);
+    p
+}
+
+fn layer_tar(file: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, file, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Defects 7 and 9: `envkit load` kept every JSON entry in memory without a total cap, let
+/// gzip input expand without bound, and did not check layers against `rootfs.diff_ids`.
+#[test]
+fn load_refuses_altered_layers_bombs_and_metadata_floods() {
+    let env = TestEnv::new("loadcaps");
+    // A docker archive whose layer is not the one its config names.
+    let real = layer_tar("hello.txt", b"hello\n");
+    let other = layer_tar("hello.txt", b"altered\n");
+    let config = format!(
+        "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{}},\
+         \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"sha256:{}\"]}}}}",
+        sha256_hex(&real)
+    );
+    let manifest =
+        "[{\"Config\":\"config.json\",\"RepoTags\":[\"altered:1\"],\"Layers\":[\"l/layer.tar\"]}]";
+    let good = archive(
+        &env,
+        "good.tar",
+        &[
+            ("config.json", config.clone().into_bytes()),
+            ("l/layer.tar", real.clone()),
+            ("manifest.json", manifest.as_bytes().to_vec()),
+        ],
+        false,
+    );
+    let out = env.envkit(&["load", "-i", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bad = archive(
+        &env,
+        "altered.tar",
+        &[
+            ("config.json", config.into_bytes()),
+            ("l/layer.tar", other),
+            ("manifest.json", manifest.as_bytes().to_vec()),
+        ],
+        false,
+    );
+    let out = env.envkit(&["load", "-i", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("rootfs.diff_ids") && stderr(&out).contains("l/layer.tar"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Metadata flood: 80 JSON entries of 1 MiB each (a few KiB gzipped).
+    let flood: Vec<(String, Vec<u8>)> = (0..80)
+        .map(|i| (format!("m{i}.json"), vec![b' '; 1 << 20]))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = flood.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let p = archive(&env, "flood.tar.gz", &refs, true);
+    let out = env.envkit(&["load", "-i", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("too much metadata"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A gzip bomb against a small max-layer-size.
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str("max-layer-size = 1048576\n");
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let p = archive(&env, "bomb.tar.gz", &[("blob", vec![0u8; 8 << 20])], true);
+    let out = env.envkit(&["load", "-i", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expands to more than 1048576 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing half-written stays behind.
+    let ingest = env.store().join("content/ingest");
+    let left: Vec<_> = std::fs::read_dir(&ingest)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }

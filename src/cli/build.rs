@@ -899,12 +899,17 @@ pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
     let u = crate::gc::usage(&root);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<16} {:>8} {:>10}", "KIND", "COUNT", "SIZE")?;
-    let total = u.snapshots.bytes + u.content.bytes + u.cache_mounts.bytes + u.metadata.bytes;
+    let total = u.snapshots.bytes
+        + u.content.bytes
+        + u.cache_mounts.bytes
+        + u.metadata.bytes
+        + u.temporary.bytes;
     for (kind, a) in [
         ("build cache", u.snapshots),
         ("blobs", u.content),
         ("cache mounts", u.cache_mounts),
         ("metadata", u.metadata),
+        ("temporary", u.temporary),
     ] {
         writeln!(out, "{kind:<16} {:>8} {:>10}", a.count, human_size(a.bytes))?;
     }

@@ -163,12 +163,13 @@ pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
+    let limit = worker.config.worker.max_layer_size();
     let loaded = match &args.input {
         Some(p) if p.as_os_str() != "-" => {
             let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            export::load::load_archive(f, &worker.content)
+            export::load::load_archive(f, &worker.content, limit)
         }
-        _ => export::load::load_archive(std::io::stdin().lock(), &worker.content),
+        _ => export::load::load_archive(std::io::stdin().lock(), &worker.content, limit),
     }
     .with_context(|| match &args.input {
         Some(p) => format!("loading {}", p.display()),

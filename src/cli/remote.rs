@@ -102,21 +102,31 @@ pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
 }
 
 /// The names of the local sources the Definition reads.
-fn local_sources(bytes: &[u8]) -> anyhow::Result<Vec<String>> {
+/// The local sources a Definition reads (by name) and the registries its image sources name
+/// (as credentials are keyed: `docker.io` for Docker Hub).
+fn sources(bytes: &[u8]) -> anyhow::Result<(Vec<String>, std::collections::BTreeSet<String>)> {
     let def = crate::pb::Definition::decode(bytes).context("decoding the Definition")?;
     let mut names = Vec::new();
+    let mut registries = std::collections::BTreeSet::new();
     for op in &def.def {
         let Ok(op) = crate::pb::Op::decode(&op[..]) else {
             continue;
         };
-        if let Some(crate::pb::op::Op::Source(src)) = &op.op
-            && let Some(name) = src.identifier.strip_prefix("local://")
+        let Some(crate::pb::op::Op::Source(src)) = &op.op else {
+            continue;
+        };
+        if let Some(name) = src.identifier.strip_prefix("local://")
             && !names.iter().any(|n| n == name)
         {
             names.push(name.to_string());
         }
+        if let Some(r) = src.identifier.strip_prefix("docker-image://")
+            && let Ok(r) = crate::registry::normalize(r)
+        {
+            registries.insert(r.registry().to_string());
+        }
     }
-    Ok(names)
+    Ok((names, registries))
 }
 
 /// A remote BuildKit, connected: what it is decides how the graph is lowered and which
@@ -303,7 +313,7 @@ pub(super) async fn solve_remote(
 ) -> anyhow::Result<()> {
     let ep = &remote.ep;
     // Local sources are read through a session the client serves.
-    let wanted = local_sources(bytes)?;
+    let (wanted, mut registries) = sources(bytes)?;
     let mut offered = remote::session::Locals::default();
     for n in &wanted {
         let Some(dir) = locals.get(n) else {
@@ -339,8 +349,19 @@ pub(super) async fn solve_remote(
         }
         Back::Nothing | Back::Saved => (None, None),
     };
+    // The output's names are registries the build names too (a push needs credentials).
+    for n in attrs
+        .get("name")
+        .map(|v| v.split(',').collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if let Ok(r) = crate::registry::normalize(n.trim()) {
+            registries.insert(r.registry().to_string());
+        }
+    }
     let offer = remote::session::Offer {
         locals: offered,
+        registries,
         receive: match (&tmp_file, &tmp_dir) {
             (Some(f), _) => Some(remote::session::Receive::File(f.path().to_path_buf())),
             (_, Some(d)) => Some(remote::session::Receive::Tree(d.path().to_path_buf())),
@@ -491,8 +512,11 @@ async fn fetch_saved(
         }
         _ => {
             let store = crate::content::Store::open(root)?;
-            let loaded =
-                crate::export::load::load_archive(std::fs::File::open(tmp.path())?, &store)?;
+            let loaded = crate::export::load::load_archive(
+                std::fs::File::open(tmp.path())?,
+                &store,
+                crate::config::DEFAULT_MAX_LAYER_SIZE,
+            )?;
             let Some(img) = loaded.first() else {
                 bail!("docker save of {image} held no image");
             };

@@ -9,8 +9,12 @@
 //! Several processes may share one store: ingests never write to a final path, and renaming a
 //! blob over an existing one with the same name replaces identical content.
 
+mod private;
+pub use private::private_root;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -91,11 +95,13 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store under `root` (the envkit store root).
     pub fn open(root: &Path) -> Result<Store, ContentError> {
+        private_root(root).map_err(io_err(root))?;
         let content = root.join("content");
         let blobs = content.join("blobs").join("sha256");
         let ingest = content.join("ingest");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         fs::create_dir_all(&ingest).map_err(io_err(&ingest))?;
+        sweep_ingests(&ingest);
         Ok(Store { blobs, ingest })
     }
 
@@ -153,10 +159,15 @@ impl Store {
         }
     }
 
-    /// Starts an ingest: write the bytes, then [`BlobWriter::commit`].
+    /// Starts an ingest: write the bytes, then [`BlobWriter::commit`]. The temporary file is
+    /// flocked while it is written, which tells a live ingest from a killed one's leftover.
     pub fn writer(&self) -> Result<BlobWriter, ContentError> {
         let file =
             NamedTempFile::with_prefix_in("ingest-", &self.ingest).map_err(io_err(&self.ingest))?;
+        // SAFETY: flock on a descriptor the temp file owns; released when it is closed.
+        if unsafe { libc::flock(file.as_file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io_err(file.path())(io::Error::last_os_error()));
+        }
         Ok(BlobWriter {
             blobs: self.blobs.clone(),
             file: Some(file),
@@ -275,6 +286,15 @@ impl Store {
     }
 }
 
+/// The digest and length of everything `r` gives (`what` names it in errors).
+pub fn hash_reader(r: &mut impl Read, what: &Path) -> Result<BlobInfo, ContentError> {
+    let (hasher, size) = hash_all(r, what)?;
+    Ok(BlobInfo {
+        digest: digest_from_hasher(hasher),
+        size,
+    })
+}
+
 /// Reads `r` to its end: the sha256 state and the byte count (`path` names it in errors).
 fn hash_all(r: &mut impl Read, path: &Path) -> Result<(Sha256, u64), ContentError> {
     let mut hasher = Sha256::new();
@@ -291,6 +311,37 @@ fn hash_all(r: &mut impl Read, path: &Path) -> Result<(Sha256, u64), ContentErro
         size += n as u64;
     }
     Ok((hasher, size))
+}
+
+/// Ingests older than this are checked for a live writer by [`sweep_ingests`]: a younger one
+/// may not have taken its lock yet.
+const STALE_INGEST: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes `ingest-*` files of writers that are gone (killed mid-ingest): no flock on them and
+/// older than [`STALE_INGEST`]. Resumable `partial-*` downloads are prune's business.
+fn sweep_ingests(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let now = std::time::SystemTime::now();
+    for e in rd.flatten() {
+        let p = e.path();
+        if !e.file_name().to_string_lossy().starts_with("ingest-") {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= STALE_INGEST);
+        if !old {
+            continue;
+        }
+        let Ok(f) = File::open(&p) else { continue };
+        // SAFETY: flock on a descriptor we own; dropped right after.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = fs::remove_file(&p);
+        }
+    }
 }
 
 /// An ingest in progress. Dropping it without [`commit`](BlobWriter::commit) removes the
@@ -419,6 +470,35 @@ mod tests {
 
     fn ingest_dir_is_empty(dir: &Path) -> bool {
         fs::read_dir(dir.join("content/ingest")).unwrap().count() == 0
+    }
+
+    /// The security issue's defect 8: a killed ingest's file stayed for ever.
+    #[test]
+    fn stale_ingests_are_removed_on_open_and_live_ones_kept() {
+        let (dir, s) = store();
+        let mut live = s.writer().unwrap();
+        live.update(b"in progress").unwrap();
+        let dead = dir.path().join("content/ingest/ingest-killed");
+        fs::write(&dead, b"left by a killed process").unwrap();
+        let young = dir.path().join("content/ingest/ingest-young");
+        fs::write(&young, b"maybe not locked yet").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in fs::read_dir(dir.path().join("content/ingest")).unwrap() {
+            let p = p.unwrap().path();
+            if p != young {
+                let f = File::options().write(true).open(&p).unwrap();
+                f.set_modified(old).unwrap();
+            }
+        }
+        let _again = Store::open(dir.path()).unwrap();
+        let left: Vec<String> = fs::read_dir(dir.path().join("content/ingest"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(!dead.exists());
+        assert!(young.exists());
+        live.update(b" and still writable").unwrap();
     }
 
     #[test]

@@ -173,8 +173,20 @@ impl EnvState {
             })
     }
 
-    /// Written atomically.
+    /// Written atomically; the snapshots the environment stands on are also pinned in the
+    /// store (`<layer dir>/pins.json`), where every prune finds them whatever
+    /// `$XDG_RUNTIME_DIR` it runs with.
     pub fn save(&self, root: &Path) -> Result<(), EnvError> {
+        if self.layer_dir.is_dir() {
+            let pins = self.layer_dir.join(PINS);
+            let tmp = self.layer_dir.join(".pins.json.tmp");
+            let bytes = serde_json::to_vec(&self.lowers).map_err(|e| EnvError::State {
+                path: pins.clone(),
+                message: e.to_string(),
+            })?;
+            std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &pins).map_err(io_err(&pins))?;
+        }
         let dir = Self::dir(root, &self.name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let p = dir.join("state.json");
@@ -205,9 +217,23 @@ impl EnvState {
     }
 }
 
-/// Snapshots that environments stand on, for `prune` to keep.
+/// The file in an environment's layer dir that pins its snapshots.
+const PINS: &str = "pins.json";
+
+/// Snapshots that environments stand on, for `prune` to keep: the pins in the store (every
+/// environment, whoever's runtime dir holds its state) and the states this process sees.
 pub fn lowers_in_use(store: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(store.join("envs")) {
+        for e in rd.flatten() {
+            let Ok(bytes) = std::fs::read(e.path().join(PINS)) else {
+                continue;
+            };
+            if let Ok(v) = serde_json::from_slice::<Vec<PathBuf>>(&bytes) {
+                out.extend(v);
+            }
+        }
+    }
     for s in EnvState::list(&state_root(store)).into_iter().flatten() {
         out.extend(s.lowers);
     }

@@ -18,8 +18,32 @@ use crate::content::{self, BlobInfo, Store};
 use crate::image;
 use crate::registry::Platform;
 
-/// Small JSON files of an archive are read into memory up to this size.
+/// Small JSON files of an archive are read into memory up to this size each…
 const MAX_JSON: u64 = 16 << 20;
+/// …and up to this size together.
+const MAX_JSON_TOTAL: u64 = 64 << 20;
+
+/// A reader that fails once more than `left` bytes came through: a decompressed archive may
+/// not expand past `[worker] max-layer-size`.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "the archive expands to more than {} bytes ([worker] max-layer-size)",
+                self.limit
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
 
 /// One image found in an archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +66,13 @@ struct Stored {
     magic: [u8; 4],
 }
 
-/// Reads an archive from `r` into `store`; returns its images.
-pub fn load_archive(r: impl Read, store: &Store) -> Result<Vec<LoadedImage>, ExportError> {
+/// Reads an archive from `r` into `store`; returns its images. `limit` bounds what the
+/// archive may expand to (decompressed), and each layer's uncompressed size.
+pub fn load_archive(
+    r: impl Read,
+    store: &Store,
+    limit: u64,
+) -> Result<Vec<LoadedImage>, ExportError> {
     let mut buf = BufReader::with_capacity(256 * 1024, r);
     let head = buf
         .fill_buf()
@@ -54,7 +83,13 @@ pub fn load_archive(r: impl Read, store: &Store) -> Result<Vec<LoadedImage>, Exp
     } else {
         Box::new(buf)
     };
+    let reader = Capped {
+        inner: reader,
+        left: limit,
+        limit,
+    };
     let mut ar = tar::Archive::new(reader);
+    let mut json_total = 0u64;
     let mut json_files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut files: BTreeMap<String, Stored> = BTreeMap::new();
     let mut links: BTreeMap<String, String> = BTreeMap::new();
@@ -116,6 +151,13 @@ pub fn load_archive(r: impl Read, store: &Store) -> Result<Vec<LoadedImage>, Exp
                     "{path} is {size} bytes: too large for metadata"
                 )));
             }
+            json_total += size;
+            if json_total > MAX_JSON_TOTAL {
+                return Err(bad(format!(
+                    "{path}: the archive's JSON files together pass {MAX_JSON_TOTAL} bytes: \
+                     too much metadata"
+                )));
+            }
             let mut bytes = Vec::with_capacity(size as usize);
             entry
                 .read_to_end(&mut bytes)
@@ -167,7 +209,7 @@ pub fn load_archive(r: impl Read, store: &Store) -> Result<Vec<LoadedImage>, Exp
         return oci_images(index, store);
     }
     if let Some(manifest) = json_files.get("manifest.json") {
-        return docker_images(manifest, store, &lookup);
+        return docker_images(manifest, store, &lookup, limit);
     }
     Err(bad(
         "neither an OCI image layout (index.json + blobs/) nor a docker save archive (manifest.json)",
@@ -277,10 +319,31 @@ struct DockerEntry {
     layers: Vec<String>,
 }
 
+/// The digest of a layer's uncompressed tar (its diff id), reading it back from the store.
+fn diff_id(store: &Store, s: &Stored, limit: u64) -> Result<oci_spec::image::Digest, ExportError> {
+    if s.magic.starts_with(&[0x1f, 0x8b]) || s.magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        let f = BufReader::new(store.open_blob(&s.info.digest)?);
+        let dec: Box<dyn Read> = if s.magic[0] == 0x1f {
+            Box::new(flate2::read::MultiGzDecoder::new(f))
+        } else {
+            Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(|e| bad(e.to_string()))?)
+        };
+        let mut capped = Capped {
+            inner: dec,
+            left: limit,
+            limit,
+        };
+        Ok(content::hash_reader(&mut capped, Path::new(&s.info.digest.to_string()))?.digest)
+    } else {
+        Ok(s.info.digest.clone())
+    }
+}
+
 fn docker_images<'a>(
     manifest: &[u8],
     store: &Store,
     lookup: &dyn Fn(&str) -> Option<&'a Stored>,
+    limit: u64,
 ) -> Result<Vec<LoadedImage>, ExportError> {
     let entries: Vec<DockerEntry> =
         serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest.json: {e}")))?;
@@ -301,7 +364,7 @@ fn docker_images<'a>(
         }
         let mut layers = Vec::new();
         let mut size = config.info.size;
-        for l in &e.layers {
+        for (l, want) in e.layers.iter().zip(parsed.rootfs().diff_ids()) {
             let s = lookup(l).ok_or_else(|| missing(l))?;
             let media_type = if s.magic.starts_with(&[0x1f, 0x8b]) {
                 image::MEDIA_TYPE_LAYER_GZIP
@@ -310,6 +373,14 @@ fn docker_images<'a>(
             } else {
                 image::MEDIA_TYPE_LAYER_TAR
             };
+            let got = diff_id(store, s, limit).map_err(|err| bad(format!("{l}: {err}")))?;
+            if got.to_string() != *want {
+                return Err(bad(format!(
+                    "{l}: its contents hash to {got}, but the config {} says {want} \
+                     (rootfs.diff_ids): a corrupt or altered archive",
+                    e.config
+                )));
+            }
             size += s.info.size;
             layers.push(json!({
                 "mediaType": media_type,

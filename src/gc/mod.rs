@@ -49,6 +49,9 @@ pub struct Usage {
     pub content: Amount,
     pub cache_mounts: Amount,
     pub metadata: Amount,
+    /// Ingests in progress or left by killed processes, interrupted downloads kept for
+    /// resuming, and temporary snapshot dirs.
+    pub temporary: Amount,
 }
 
 /// Bytes under `dir` (files' sizes; what the user cannot read is left out).
@@ -82,7 +85,17 @@ pub fn usage(root: &Path) -> Usage {
         if is_snapshot_id(&p) && p.join("ref.json").is_file() {
             u.snapshots.count += 1;
             u.snapshots.bytes += tree_bytes(&p);
+        } else if p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("tmp-"))
+        {
+            u.temporary.count += 1;
+            u.temporary.bytes += tree_bytes(&p);
         }
+    }
+    for p in entries(&root.join("content/ingest")) {
+        u.temporary.count += 1;
+        u.temporary.bytes += std::fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
     }
     for p in entries(&root.join("content/blobs/sha256")) {
         if let Ok(m) = std::fs::metadata(&p) {

@@ -87,8 +87,8 @@ impl Meta {
 
     /// Like [`Meta::open`], with a custom wait for a busy database.
     pub fn open_with_timeout(root: &Path, timeout: Duration) -> Result<Meta, MetaError> {
-        std::fs::create_dir_all(root).map_err(|source| MetaError::Io {
-            path: root.join("meta.db"),
+        crate::content::private_root(root).map_err(|source| MetaError::Io {
+            path: root.to_path_buf(),
             source,
         })?;
         let path = root.join("meta.db");

@@ -50,6 +50,10 @@ pub enum Receive {
 pub struct Offer {
     pub locals: Locals,
     pub receive: Option<Receive>,
+    /// The registries the build names (image sources, the output's names), as envkit keys
+    /// credentials (`docker.io` for Docker Hub): the only ones the session answers
+    /// credentials for. A remote BuildKit asking for any other host gets none.
+    pub registries: std::collections::BTreeSet<String>,
 }
 
 /// The tree a `local` exporter sent: its entries in the order they came, once all came.
@@ -208,7 +212,11 @@ fn serve<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Offer { locals, receive } = offer;
+    let Offer {
+        locals,
+        receive,
+        registries,
+    } = offer;
     let tree: TreeSlot = Arc::new(tokio::sync::watch::channel(None).0);
     let router = Router {
         files: file_sync_server::FileSyncServer::new(FileSyncService {
@@ -226,7 +234,9 @@ where
             }),
             None => Sink::None,
         },
-        auth: auth_server::AuthServer::new(AuthService),
+        auth: auth_server::AuthServer::new(AuthService {
+            registries: Arc::new(registries),
+        }),
         health: health_server::HealthServer::new(HealthService),
     };
     tasks.push(tokio::spawn(async move {
@@ -629,8 +639,11 @@ pub fn tree_to_tar(
 }
 
 /// Registry credentials from docker's config (`auths`, credential helpers), as for envkit's
-/// own pulls and pushes; empty (anonymous) where it has none.
-struct AuthService;
+/// own pulls and pushes; empty (anonymous) where it has none, and for every registry the
+/// build does not name.
+struct AuthService {
+    registries: Arc<std::collections::BTreeSet<String>>,
+}
 
 #[tonic::async_trait]
 impl auth_server::Auth for AuthService {
@@ -640,11 +653,18 @@ impl auth_server::Auth for AuthService {
     ) -> Result<Response<CredentialsResponse>, Status> {
         let host = request.into_inner().host;
         // BuildKit asks for Docker Hub's credentials as registry-1.docker.io.
-        let key = if host == "registry-1.docker.io" {
+        let key = if host == "registry-1.docker.io" || host == "index.docker.io" {
             "docker.io".to_string()
         } else {
             host
         };
+        if !self.registries.contains(&key) {
+            tracing::warn!(
+                "the remote BuildKit asked for credentials of {key}, which this build does not \
+                 name: none given"
+            );
+            return Ok(Response::new(CredentialsResponse::default()));
+        }
         let creds =
             tokio::task::spawn_blocking(move || crate::registry::auth::credentials_for(&key))
                 .await
@@ -966,6 +986,7 @@ mod tests {
         let offer = Offer {
             locals: Locals::default(),
             receive: Some(Receive::Tree(d.path().to_path_buf())),
+            ..Offer::default()
         };
         let (session, ch) = session_and_channel(offer).await;
         (d, session, ch)
@@ -1047,6 +1068,28 @@ mod tests {
         }
         drop(tx);
         seen
+    }
+
+    /// The security issue's defect 11: the session answered registry credentials for any
+    /// host a remote BuildKit named.
+    #[tokio::test]
+    async fn credentials_only_for_registries_the_build_names() {
+        use auth_server::Auth;
+        let svc = AuthService {
+            registries: Arc::new(["registry.example".to_string()].into_iter().collect()),
+        };
+        let asked = |host: &str| {
+            Request::new(CredentialsRequest {
+                host: host.to_string(),
+            })
+        };
+        let r = svc.credentials(asked("attacker.example")).await.unwrap();
+        assert_eq!(r.into_inner(), CredentialsResponse::default());
+        let r = svc
+            .credentials(asked("registry-1.docker.io"))
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner(), CredentialsResponse::default());
     }
 
     #[tokio::test]

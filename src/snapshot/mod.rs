@@ -126,19 +126,34 @@ fn take_lease(leases: &Path) -> Result<Lease, SnapshotError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let id = format!("{}_{nanos}", std::process::id());
-    let path = leases.join(format!("{id}.lock"));
-    let file = fs::File::create(&path).map_err(io_err(&path))?;
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, e)| SnapshotError::Io {
-            path: path.clone(),
-            source: std::io::Error::from(e),
-        },
-    )?;
-    Ok(Lease {
-        id,
-        path,
-        _lock: lock,
+    // Another process's clean-up may take the file's lock and unlink it between our create
+    // and our flock (it looks dead then): a lease counts only once its locked file is still
+    // the one at its path; else take a new one.
+    for attempt in 0..16u32 {
+        let id = format!("{}_{nanos}_{attempt}", std::process::id());
+        let path = leases.join(format!("{id}.lock"));
+        let file = fs::File::create(&path).map_err(io_err(&path))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| SnapshotError::Io {
+                path: path.clone(),
+                source: std::io::Error::from(e),
+            })?;
+        use std::os::unix::fs::MetadataExt;
+        let held = lock.metadata().map_err(io_err(&path))?;
+        let same = fs::metadata(&path)
+            .map(|m| (m.dev(), m.ino()) == (held.dev(), held.ino()))
+            .unwrap_or(false);
+        if same {
+            return Ok(Lease {
+                id,
+                path,
+                _lock: lock,
+            });
+        }
+    }
+    Err(SnapshotError::Io {
+        path: leases.to_path_buf(),
+        source: std::io::Error::other("could not take a lease (its file kept being removed)"),
     })
 }
 
@@ -228,6 +243,21 @@ impl Snapshots {
         &self.root
     }
 
+    /// A fresh name for a tree on its way out (`tmp-<lease>-del-…`): a tree renamed here is
+    /// gone from where it was in one step, so a record never sits over a half-deleted tree,
+    /// and what a crash leaves of it is stale like any other temporary dir.
+    pub fn trash_path(&self) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.root
+            .join(format!("{}del-{n}-{nanos:x}", self.tmp_prefix()))
+    }
+
     fn check_id(id: &str) -> Result<(), SnapshotError> {
         if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SnapshotError::BadId(id.to_string()));
@@ -311,10 +341,17 @@ impl Snapshots {
             })?,
         )?;
         let target = self.root.join(id);
+        // What the step wrote reaches the disk before its record can be found (a crash after
+        // the rename must not leave a record over lost data): one syncfs of the store's file
+        // system, then the rename, then the directory that holds it.
+        sync_fs(&prepared.dir)?;
         // rename(2) of a directory onto an existing non-empty directory fails: the first
         // committer wins.
         match fs::rename(&prepared.dir, &target) {
-            Ok(()) => Ok((r.clone(), None)),
+            Ok(()) => {
+                sync_dir(&self.root)?;
+                Ok((r.clone(), None))
+            }
             Err(e) => match self.lookup(id)? {
                 Some(existing) => Ok((existing, Some(prepared.dir))),
                 None => Err(SnapshotError::Io {
@@ -351,6 +388,24 @@ impl Snapshots {
         }
         Ok(out)
     }
+}
+
+/// `syncfs(2)` of the file system `path` is on.
+fn sync_fs(path: &Path) -> Result<(), SnapshotError> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).map_err(io_err(path))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io_err(path)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// fsync of a directory (a rename in it is then durable).
+fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), SnapshotError> {

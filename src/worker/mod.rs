@@ -119,7 +119,7 @@ impl Worker {
         ca_bundle: Option<PathBuf>,
         gc: nix::fcntl::FlockArg,
     ) -> Result<Self, WorkerError> {
-        std::fs::create_dir_all(root).map_err(|source| WorkerError::Io {
+        content::private_root(root).map_err(|source| WorkerError::Io {
             path: root.to_path_buf(),
             source,
         })?;
@@ -207,19 +207,26 @@ impl Worker {
         }
     }
 
-    /// Deletes a tree that may hold files of subordinate ids (only the namespace can).
+    /// Deletes a tree that may hold files of subordinate ids (only the namespace can). The
+    /// tree is first renamed into the snapshot dir under a temporary name (one atomic step:
+    /// whatever stood for it is gone at once), then deleted there; a crash in between leaves
+    /// a stale temporary dir that the next run removes.
     pub async fn remove_tree(&self, path: &Path) -> Result<(), WorkerError> {
-        if !path.exists() {
-            return Ok(());
-        }
-        self.run_helper(
-            rootless::Request::RemoveAll {
-                path: path.to_path_buf(),
-            },
-            None,
-            None,
-        )
-        .await?;
+        let trash = self.snapshots.trash_path();
+        let path = match std::fs::rename(path, &trash) {
+            Ok(()) => trash,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // Another file system (a store root with mounts in it): delete where it is.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => path.to_path_buf(),
+            Err(source) => {
+                return Err(WorkerError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        self.run_helper(rootless::Request::RemoveAll { path }, None, None)
+            .await?;
         Ok(())
     }
 
