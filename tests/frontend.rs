@@ -680,6 +680,38 @@ fn data_envd_mounts_a_managed_directory() -> TestResult {
     let want = home.path().join("data/mnist");
     assert_eq!(env.mounts[0].host_path, want.display().to_string());
     assert!(want.is_dir());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode(&want)?, 0o755, "not world-writable");
+    Ok(())
+}
+
+/// The security issue's defect 11: `data.envd("")` named the data root itself and made it
+/// world-writable.
+#[test]
+fn data_envd_needs_a_name_and_leaves_the_data_root_alone() -> TestResult {
+    let home = tempfile::tempdir()?;
+    for bad in ["", ".", ".."] {
+        let dir = context(&format!(
+            "def build():\n    runtime.mount(host_path=data.envd(name=\"{bad}\"), envd_path=\"/data\")\n"
+        ))?;
+        let err = evaluate_with(
+            dir.path(),
+            "build.envd",
+            "build",
+            &Options::hermetic(home.path()),
+        )
+        .expect_err("a data set without a name");
+        assert!(err.to_string().contains("invalid data.envd name"), "{err}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = std::fs::metadata(home.path().join("data")) {
+        assert_eq!(
+            md.permissions().mode() & 0o002,
+            0,
+            "the data root became world-writable"
+        );
+    }
     Ok(())
 }
 

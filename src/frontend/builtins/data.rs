@@ -37,17 +37,27 @@ impl<'v> StarlarkValue<'v> for DataSource {}
 
 impl DataSource {
     /// The host directory `<cache>/data/<name>` (`~/.cache/envkit/data/<name>`), created
-    /// (mode 0777, like envd) when missing.
+    /// (mode 0755) when missing. envd makes it 0777 for its container user; envkit's
+    /// environments run as the user themself, and a world-writable directory in the user's
+    /// home is not wanted on a shared host. The name must be one plain component: an empty
+    /// one would name (and once chmod) the data root itself.
     pub fn host_dir(&self, cache: &Path) -> Result<String, String> {
-        if self.name.contains('/') || self.name == ".." {
-            return Err(format!("invalid data.envd name {:?}", self.name));
+        let n = self.name.as_str();
+        if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+            return Err(format!(
+                "invalid data.envd name {n:?}: give the data set a name, e.g. data.envd(name=\"mnist\")"
+            ));
         }
-        let dir = cache.join("data").join(&self.name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("creating data directory {}: {e}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| format!("setting mode of {}: {e}", dir.display()))?;
+        let root = cache.join("data");
+        std::fs::create_dir_all(&root)
+            .map_err(|e| format!("creating data directory {}: {e}", root.display()))?;
+        let dir = root.join(n);
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(format!("creating data directory {}: {e}", dir.display())),
+        }
         Ok(dir.display().to_string())
     }
 }
