@@ -127,7 +127,7 @@ fn pids_with(needles: &[&str]) -> Vec<i32> {
 fn prune_killed_midway_leaves_no_partial_cache() {
     use envkit::llb::{self, Run};
     let env = TestEnv::new("prunekill");
-    const FILES: u32 = 20_000;
+    const FILES: u32 = 10_000;
     let many = llb::image("busybox").add_env("PATH", "/bin").run(Run::args([
         "sh",
         "-c",
@@ -164,7 +164,7 @@ fn prune_killed_midway_leaves_no_partial_cache() {
             .count();
         (n, stderr(&out))
     };
-    for delay_ms in [30u64, 120, 300, 700] {
+    for delay_ms in [40u64, 200, 600] {
         let (n, log) = files_built();
         assert_eq!(n, FILES as usize, "{log}");
         let mut child = env
@@ -185,6 +185,13 @@ fn prune_killed_midway_leaves_no_partial_cache() {
         assert_eq!(
             n, FILES as usize,
             "after a prune killed at {delay_ms} ms the build gave {n} files:\n{log}"
+        );
+        // And the store is sound.
+        let out = env.envkit(&["check"]);
+        assert!(
+            out.status.success(),
+            "after a prune killed at {delay_ms} ms: {}",
+            stdout(&out)
         );
     }
     // What the killed prunes left is removed by the next run and shown by nothing after.
@@ -425,4 +432,76 @@ fn load_refuses_altered_layers_bombs_and_metadata_floods() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// `envkit check` finds a corrupt blob, a snapshot without its record (and what stands on
+/// it), a dead process's temporary dir and a killed ingest; `--repair` removes them, a check
+/// after that is clean, and the next build makes what was lost again.
+#[test]
+fn check_finds_and_repairs_damage() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("check");
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    let a = base.run(Run::args(["sh", "-c", "echo one > /one"])).root();
+    let b = a.run(Run::args(["sh", "-c", "echo two > /two"])).root();
+    let def = b.marshal(&llb::MarshalOptions::default()).expect("marshal");
+    let pb = def_file(&env, "check", &def);
+    let build = || env.envkit(&["solve", pb.to_str().unwrap(), "-t", "checked:1"]);
+    let out = build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.envkit(&["check"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("no damage"), "{}", stdout(&out));
+
+    let store = env.store();
+    // A corrupt blob: the image's config.
+    let inspect = stdout(&env.envkit(&["images", "inspect", "checked:1"]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).expect("inspect json");
+    let config = v
+        .pointer("/0/manifest/config/digest")
+        .or_else(|| v.pointer("/manifest/config/digest"))
+        .and_then(|d| d.as_str())
+        .unwrap_or_else(|| panic!("no config digest in {inspect}"))
+        .trim_start_matches("sha256:")
+        .to_string();
+    std::fs::write(store.join("content/blobs/sha256").join(&config), b"{}").unwrap();
+    // A snapshot without its record: the first step's.
+    let snaps = store.join("snapshots");
+    let mut ids: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("ref.json").is_file())
+        .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
+        .collect();
+    ids.sort();
+    assert!(ids.len() >= 3, "{ids:?}");
+    let victim = ids[1].1.clone();
+    std::fs::remove_file(victim.join("ref.json")).unwrap();
+    // Leftovers of killed processes.
+    std::fs::create_dir_all(snaps.join("tmp-999999_1_0-left")).unwrap();
+    std::fs::write(store.join("content/ingest/ingest-killed"), b"half").unwrap();
+    env.chown(&store.join("content"));
+
+    let out = env.envkit(&["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "do not hash to its name",
+        "record (ref.json) is missing",
+        "its chain needs snapshot",
+        "left by a process that is gone",
+        "an ingest a killed process left",
+        "image docker.io/library/checked:1",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let out = env.envkit(&["check", "--repair"]);
+    assert!(stdout(&out).contains("repaired"), "{}", stdout(&out));
+    let out = env.envkit(&["check"]);
+    assert!(out.status.success(), "after --repair: {}", stdout(&out));
+    let out = build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.envkit(&["check"]);
+    assert!(out.status.success(), "after the rebuild: {}", stdout(&out));
 }

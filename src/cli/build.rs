@@ -969,24 +969,7 @@ pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    let cfg = Config::load(cli.config.as_deref())?;
-    let root = config::store_root(cli.root.as_deref());
-    let worker = match Worker::new_exclusive(&root, cfg.clone(), false) {
-        Ok(w) => w,
-        Err(crate::worker::WorkerError::Busy) => {
-            eprintln!(
-                "waiting for the builds running on {} to finish…",
-                root.display()
-            );
-            tokio::task::spawn_blocking({
-                let root = root.clone();
-                move || Worker::new_exclusive(&root, cfg, true)
-            })
-            .await
-            .context("opening the store")??
-        }
-        Err(e) => return Err(e).context("opening the store"),
-    };
+    let worker = open_exclusive(cli).await?;
     worker.clean_stale().await;
     let r = crate::gc::prune(&worker, &opts).await?;
     println!(
@@ -999,6 +982,58 @@ pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
         human_size(r.cache_mounts.bytes)
     );
     Ok(())
+}
+
+/// The store with no build running on it (waiting for running ones, and saying so).
+async fn open_exclusive(cli: &Cli) -> anyhow::Result<Worker> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let root = config::store_root(cli.root.as_deref());
+    match Worker::new_exclusive(&root, cfg.clone(), false) {
+        Ok(w) => Ok(w),
+        Err(crate::worker::WorkerError::Busy) => {
+            eprintln!(
+                "waiting for the builds running on {} to finish…",
+                root.display()
+            );
+            Ok(tokio::task::spawn_blocking({
+                let root = root.clone();
+                move || Worker::new_exclusive(&root, cfg, true)
+            })
+            .await
+            .context("opening the store")??)
+        }
+        Err(e) => Err(e).context("opening the store"),
+    }
+}
+
+/// `envkit check [--repair]`: exit code 1 when anything was wrong.
+pub(super) async fn check(cli: &Cli, repair: bool) -> anyhow::Result<i32> {
+    let worker = open_exclusive(cli).await?;
+    let r = crate::gc::check(&worker, repair).await?;
+    let mut out = std::io::stdout().lock();
+    for p in &r.problems {
+        let fix = match &p.fix {
+            crate::gc::Fix::RemoveFile(f) | crate::gc::Fix::RemoveTree(f) => {
+                format!("remove {}", f.display())
+            }
+            crate::gc::Fix::RemoveImage(n) => format!("remove the image name {n}"),
+        };
+        writeln!(out, "{}  [--repair: {fix}]", p.what)?;
+    }
+    writeln!(
+        out,
+        "checked {} blobs, {} build cache entries, {} images in {}: {}",
+        r.blobs,
+        r.snapshots,
+        r.images,
+        worker.root.display(),
+        match (r.problems.len(), repair) {
+            (0, _) => "no damage".to_string(),
+            (n, false) => format!("{n} problems (`envkit check --repair` removes what is broken)"),
+            (n, true) => format!("{n} problems, {} repaired", r.repaired),
+        }
+    )?;
+    Ok(if r.problems.is_empty() { 0 } else { 1 })
 }
 
 pub(super) fn human_size(n: u64) -> String {

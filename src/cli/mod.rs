@@ -45,6 +45,13 @@ pub enum Command {
     Du,
     /// Remove build cache no image needs (and then unreferenced blobs).
     Prune(PruneArgs),
+    /// Verify the store (blob digests, build cache records and chains, images' blobs,
+    /// leftovers of killed processes); exit code 1 when something is wrong.
+    Check {
+        /// Remove what is broken (a rebuild or pull makes it again).
+        #[arg(long)]
+        repair: bool,
+    },
     /// The images in envkit's image store: list (the default), inspect, remove.
     #[command(alias = "image")]
     Images {
@@ -554,6 +561,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(ref args) => build::push(&cli, args).await,
         Command::Du => build::du(&cli),
         Command::Prune(ref args) => build::prune(&cli, args).await,
+        Command::Check { repair } => {
+            let code = build::check(&cli, repair).await?;
+            set_exit_code(code);
+            Ok(())
+        }
         Command::Debug {
             what: DebugCommand::Llb(ref args),
         } => build::debug_llb(&cli, args).await,

@@ -336,12 +336,18 @@ fn sweep_ingests(dir: &Path) {
         if !old {
             continue;
         }
-        let Ok(f) = File::open(&p) else { continue };
-        // SAFETY: flock on a descriptor we own; dropped right after.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if !is_locked(&p) {
             let _ = fs::remove_file(&p);
         }
     }
+}
+
+/// Whether a writer holds the ingest file `p` (its flock is taken); a file that cannot be
+/// opened counts as held (it is gone, or not ours to judge).
+pub fn is_locked(p: &Path) -> bool {
+    let Ok(f) = File::open(p) else { return true };
+    // SAFETY: flock on a descriptor we own; released when it is dropped right after.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 /// An ingest in progress. Dropping it without [`commit`](BlobWriter::commit) removes the

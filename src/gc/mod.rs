@@ -14,6 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 
+mod check;
+pub use check::{CheckReport, Fix, Problem, check};
+
 use crate::content;
 use crate::meta;
 use crate::snapshot::SnapRef;
