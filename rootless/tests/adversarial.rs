@@ -5,10 +5,11 @@
 //! no host inode may gain a link, every look-up must land inside the root, and nothing may
 //! panic. Errors are fine: a hostile tree may be refused.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::survey;
 use rootless::fsroot::{DotDot, Root};
 use rootless::{Compression, CopyAction, CopySource, FileAction, LayerFile};
 
@@ -166,32 +167,6 @@ fn action(r: &mut Rng, out: &Path, src_root: &Path) -> FileAction {
             timestamp: None,
         })),
     }
-}
-
-/// Every path under `top` except `skip`, with what identifies its state.
-fn survey(top: &Path, skip: &[&Path]) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if skip.contains(&p.as_path()) {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).expect("lstat");
-            let what = if md.file_type().is_symlink() {
-                format!("link {:?}", std::fs::read_link(&p).ok())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {:o} {}", md.mode(), md.nlink())
-            } else {
-                let bytes = std::fs::read(&p).unwrap_or_default();
-                format!("file {:o} {:?} links {}", md.mode(), bytes, md.nlink())
-            };
-            out.insert(p, what);
-        }
-    }
-    out
 }
 
 fn one_case(seed: u64) {

@@ -4,11 +4,13 @@
 //! before and after: type, mode, size, contents, link target) and that the case ended as it
 //! must: refused with an error naming the entry and the reason, or contained inside `root`.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use common::survey;
 use rootless::{Compression, LayerFile, TarMode};
 
 /// One tar entry, written raw. `@OUT@` in a name or link is replaced by the absolute path of a
@@ -161,40 +163,6 @@ fn tarball(entries: &[E], outside: &Path) -> Vec<u8> {
     out
 }
 
-/// Everything under `top` except `skip`: path → a description that changes when the file
-/// does.
-fn survey(top: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p == skip {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&p).expect("lstat");
-            let what = if md.file_type().is_symlink() {
-                format!("link {:?}", std::fs::read_link(&p).ok())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {:o}", md.mode())
-            } else {
-                let bytes = std::fs::read(&p).unwrap_or_default();
-                format!(
-                    "file {:o} {} {:?} ino {} links {}",
-                    md.mode(),
-                    md.len(),
-                    bytes,
-                    md.ino(),
-                    md.nlink()
-                )
-            };
-            out.insert(p, what);
-        }
-    }
-    out
-}
-
 struct Outcome {
     result: Result<(), String>,
     notes: Vec<String>,
@@ -230,7 +198,7 @@ fn unpack_bytes(
         f.write_all(&data).expect("write layer");
         drop(f);
     }
-    let before = survey(&t, &root);
+    let before = survey(&t, &[&root]);
     let files = [LayerFile {
         path: layer.clone(),
         compression: if gz {
@@ -243,7 +211,7 @@ fn unpack_bytes(
         Ok(n) => (Ok(()), n),
         Err(e) => (Err(e.to_string()), Vec::new()),
     };
-    let after = survey(&t, &root);
+    let after = survey(&t, &[&root]);
     assert_eq!(
         before, after,
         "{label}: something outside the target changed"
