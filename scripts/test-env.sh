@@ -41,6 +41,15 @@ if ((${#absent[@]})); then
     >>"$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log" >&2; exit 1; }
 fi
 
+# --- /dev/net/tun ----------------------------------------------------------------------------
+# Build steps get a network of their own behind slirp4netns, which opens /dev/net/tun as the
+# user. Stock Debian makes it 0666; some machines (these test hosts) have it 0600 root.
+if [ ! -e /dev/net/tun ]; then
+  mkdir -p /dev/net
+  mknod -m 0666 /dev/net/tun c 10 200
+fi
+chmod 0666 /dev/net/tun
+
 # --- the unprivileged user -------------------------------------------------------------------
 if ! id "$TUSER" >/dev/null 2>&1; then
   say "creating user $TUSER"

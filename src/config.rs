@@ -76,6 +76,23 @@ pub struct WorkerConfig {
     /// a number of bytes or a size such as `"64GiB"`; default [`DEFAULT_MAX_LAYER_SIZE`].
     #[serde(default, deserialize_with = "size_opt")]
     pub max_layer_size: Option<u64>,
+    /// The network of build steps that ask for none in particular (LLB's default mode).
+    #[serde(default)]
+    pub network: StepNetwork,
+}
+
+/// `[worker] network`: what LLB's default network mode means for a build step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepNetwork {
+    /// A network namespace of its own behind slirp4netns (BuildKit's `sandbox`); a build
+    /// fails, saying why, where that cannot run.
+    #[default]
+    Sandbox,
+    /// The sandbox where it can run, else the host's network (said once per build).
+    Auto,
+    /// The host's network, as steps had before (what `network.host` gives anyway).
+    Host,
 }
 
 /// The default of `[worker] max-layer-size`: larger than any sane layer, smaller than a disk

@@ -55,30 +55,24 @@ fn ro_bind_selector_symlink_stays_in_its_input() {
     std::os::unix::fs::symlink("sub", ctx.join("rel")).unwrap();
     env.chown(&env.dir);
     let local = format!("ctx={}", ctx.display());
-    // A plain selector and a relative link inside the input work.
-    for (sel, name) in [("sub", "plain"), ("rel", "relative")] {
-        let pb = selector_definition(&env, name, sel, "ok.txt");
-        let out = env.envkit(&[
+    let solve = |pb: &Path| {
+        env.envkit(&[
             "solve",
             "--progress",
             "plain",
             "--local",
             &local,
             pb.to_str().unwrap(),
-        ]);
+        ])
+    };
+    // A plain selector and a relative link inside the input work.
+    for (sel, name) in [("sub", "plain"), ("rel", "relative")] {
+        let out = solve(&selector_definition(&env, name, sel, "ok.txt"));
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stderr(&out).contains("fine"), "{}", stderr(&out));
     }
     // The absolute link is the input's own path, where nothing is: never the host's.
-    let pb = selector_definition(&env, "absolute", "link", "s.txt");
-    let out = env.envkit(&[
-        "solve",
-        "--progress",
-        "plain",
-        "--local",
-        &local,
-        pb.to_str().unwrap(),
-    ]);
+    let out = solve(&selector_definition(&env, "absolute", "link", "s.txt"));
     let log = stderr(&out);
     assert!(
         !log.contains("TOPSECRET"),
@@ -504,4 +498,81 @@ fn check_finds_and_repairs_damage() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.envkit(&["check"]);
     assert!(out.status.success(), "after the rebuild: {}", stdout(&out));
+}
+
+/// A TCP server on the host's loopback that answers every connection with `reply`, and an
+/// abstract unix socket of the host, for as long as the returned guards live.
+fn host_services(reply: &'static str) -> (u16, String, std::os::unix::net::UnixListener) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            use std::io::Write;
+            let _ = c.write_all(reply.as_bytes());
+        }
+    });
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("envkit-sec-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
+    let u = std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract socket");
+    (port, name, u)
+}
+
+/// Defect 10: build steps shared the host's network namespace and reached the user's
+/// loopback services and abstract unix sockets. By default a step now has a network of its
+/// own (slirp4netns, host loopback disabled); `network.host` still gives the host's.
+#[test]
+fn build_steps_get_a_network_of_their_own() {
+    use envkit::llb::{self, Run};
+    use envkit::pb;
+    let env = TestEnv::new("sandboxnet");
+    let (port, name, _unix) = host_services("HOST-SECRET\n");
+    let probe = format!(
+        "import socket\n\
+         for host in ('127.0.0.1', '10.0.2.2'):\n    \
+           try:\n        \
+             s = socket.create_connection((host, {port}), 3); print(host, s.recv(64))\n    \
+           except OSError as e: print(host, 'refused', e)\n\
+         try:\n    \
+           u = socket.socket(socket.AF_UNIX); u.connect('\\0{name}'); print('abstract connected')\n\
+         except OSError as e: print('abstract refused', e)\n\
+         print('probe-done')\n"
+    );
+    let step = |net: Option<pb::NetMode>| {
+        let mut base = llb::image("python:3.11-slim");
+        if let Some(n) = net {
+            base = base.network(n);
+        }
+        base.run(Run::args(["python3", "-c", &probe]))
+            .root()
+            .marshal(&llb::MarshalOptions::default())
+            .expect("marshal")
+    };
+    let pb_sandbox = def_file(&env, "sandbox", &step(None));
+    let out = env.envkit(&["solve", "--progress", "plain", pb_sandbox.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("probe-done"), "{log}");
+    assert!(
+        !log.contains("HOST-SECRET"),
+        "a sandboxed step reached the host's loopback:\n{log}"
+    );
+    assert!(log.contains("abstract refused"), "{log}");
+    // The host's network is an entitlement, and then everything is reachable.
+    let pb_host = def_file(&env, "host", &step(Some(pb::NetMode::Host)));
+    let out = env.envkit(&["solve", "--progress", "plain", pb_host.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("network.host"), "{}", stderr(&out));
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--allow",
+        "network.host",
+        pb_host.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("HOST-SECRET"), "{log}");
+    assert!(log.contains("abstract connected"), "{log}");
 }

@@ -1,4 +1,5 @@
-//! One container step: overlay + new mount/PID namespace + pivot_root + exec. Host networking.
+//! One container step: overlay + new mount/PID namespace + pivot_root + exec; the network is
+//! the host's, none (loopback only) or a namespace of its own behind slirp4netns.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -27,6 +28,8 @@ pub(crate) enum Plan {
     /// /dev, with /dev/shm of this many bytes.
     Dev(PathBuf, u64),
     Rbind(PathBuf, PathBuf),
+    /// A fresh, read-only sysfs (the step's own network namespace shows in it).
+    Sysfs(PathBuf),
     BindRo(PathBuf, PathBuf),
     Bind {
         src: PathBuf,
@@ -130,6 +133,11 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     if r.args.is_empty() {
         return Err(RootlessError::Invalid("exec: empty args".into()));
     }
+    // A network of its own: slirp4netns comes up while the root is mounted.
+    let mut net = match r.sandbox_net {
+        true => Some(crate::slirp::SandboxNet::start()?),
+        false => None,
+    };
     let mut ov = Overlay::mount(&r.lowers, Some((&r.upper, &r.work)))?;
     let root = ov.merged.clone();
     // Layer views are mounted here (the step's own mount namespace inherits them) and bound
@@ -151,7 +159,7 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     );
     let mut res = mounted.and_then(|()| {
         let mut mp = MountPoints::new(&root)?;
-        let res = prepare_and_run(&resolved, &root, &mut mp);
+        let res = prepare_and_run(&resolved, &root, &mut mp, net.as_mut());
         created = std::mem::take(&mut mp.created);
         res
     });
@@ -164,6 +172,9 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
         }
     }
     drop(views);
+    if r.sandbox_net {
+        let _ = std::fs::remove_file(sandbox_resolv_path(r));
+    }
     for d in &scratch_dirs {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -197,6 +208,12 @@ pub fn run_step(r: &ExecRequest) -> Result<ExitStatus> {
     res
 }
 
+/// Where a sandboxed step's resolv.conf is written: beside its work dir, inside the snapshot
+/// being prepared (removed after the step; a crash leaves it to the store's clean-up).
+fn sandbox_resolv_path(r: &ExecRequest) -> PathBuf {
+    r.work.with_file_name("sandbox-resolv.conf")
+}
+
 /// Removes the mount points made for a step (empty dirs and files, deepest first) under
 /// `base`. The step may have changed the tree: they are found inside `base` by descriptors.
 fn remove_mount_points(base: &Path, created: &[PathBuf]) {
@@ -209,7 +226,7 @@ fn remove_mount_points(base: &Path, created: &[PathBuf]) {
 }
 
 /// Brings up `lo` in a fresh network namespace (it starts down).
-fn loopback_up() -> Result<()> {
+pub(crate) fn loopback_up() -> Result<()> {
     // SAFETY: plain socket/ioctl calls on a struct we own; the fd is closed below.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -448,10 +465,22 @@ pub(crate) fn build_plan(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> 
     let mut plan = vec![
         Plan::Proc(mp.ensure("/proc", Kind::Dir)?),
         Plan::Dev(mp.ensure("/dev", Kind::Dir)?, 64 << 20),
-        Plan::Rbind(PathBuf::from("/sys"), mp.ensure("/sys", Kind::Dir)?),
+        // sysfs shows the network namespace of whoever mounted it: a step with a network of
+        // its own gets a fresh one (read-only); on the host's network, the host's is bound.
+        if r.network_none || r.sandbox_net {
+            Plan::Sysfs(mp.ensure("/sys", Kind::Dir)?)
+        } else {
+            Plan::Rbind(PathBuf::from("/sys"), mp.ensure("/sys", Kind::Dir)?)
+        },
     ];
     for f in ["/etc/resolv.conf", "/etc/hosts"] {
-        if Path::new(f).exists() {
+        if f == "/etc/resolv.conf" && r.sandbox_net {
+            // Behind slirp4netns the name server is slirp's forwarder.
+            let rc = sandbox_resolv_path(r);
+            std::fs::write(&rc, crate::slirp::resolv_conf())
+                .map_err(|e| RootlessError::io(&rc, e))?;
+            plan.push(Plan::BindRo(rc, mp.ensure(f, Kind::File)?));
+        } else if Path::new(f).exists() {
             plan.push(Plan::BindRo(PathBuf::from(f), mp.ensure(f, Kind::File)?));
         }
     }
@@ -506,12 +535,17 @@ pub(crate) fn build_plan(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> 
     Ok(Prepared { plan, env, user })
 }
 
-fn prepare_and_run(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result<ExitStatus> {
+fn prepare_and_run(
+    r: &ExecRequest,
+    root: &Path,
+    mp: &mut MountPoints,
+    net: Option<&mut crate::slirp::SandboxNet>,
+) -> Result<ExitStatus> {
     let Prepared { plan, env, user } = build_plan(r, root, mp)?;
     let Some(step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
         return Ok(ExitStatus::Code(127));
     };
-    run_in_pid_ns(root, &plan, r, &step)
+    run_in_pid_ns(root, &plan, r, &step, net)
 }
 
 /// The process to exec: `args[0]` looked up on the env's PATH inside `root`. None (and a
@@ -576,7 +610,17 @@ pub(crate) fn make_step(
     }))
 }
 
-fn run_in_pid_ns(root: &Path, plan: &[Plan], r: &ExecRequest, step: &Step) -> Result<ExitStatus> {
+fn run_in_pid_ns(
+    root: &Path,
+    plan: &[Plan],
+    r: &ExecRequest,
+    step: &Step,
+    net: Option<&mut crate::slirp::SandboxNet>,
+) -> Result<ExitStatus> {
+    if let Some(n) = net {
+        n.wait_ready()
+            .map_err(|e| RootlessError::Helper(format!("step setup: {e}")))?;
+    }
     let (fork, st_r, st_w) = fork_pid1()?;
     match fork {
         ForkResult::Child => {
@@ -802,7 +846,8 @@ fn pid1_inner(
     Ok(())
 }
 
-/// In a fresh mount (and UTS, network) namespace: mounts `plan` and pivots into `root`.
+/// In a fresh mount (and UTS, network) namespace: mounts `plan` and pivots into `root`. (A
+/// sandboxed step's network namespace is the helper's own, inherited: see [`crate::slirp`].)
 pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<()> {
     let mut ns = CloneFlags::CLONE_NEWNS;
     if !r.hostname.is_empty() {
@@ -829,6 +874,13 @@ pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<
             )?,
             Plan::Dev(t, shm) => setup_dev(t, *shm)?,
             Plan::Rbind(s, t) => m(Some(s), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?,
+            Plan::Sysfs(t) => m(
+                Some(Path::new("sysfs")),
+                t,
+                Some("sysfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                None,
+            )?,
             Plan::BindRo(s, t) => {
                 m(Some(s), t, None, MsFlags::MS_BIND, None)?;
                 remount_ro(t)?;

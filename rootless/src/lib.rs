@@ -18,6 +18,7 @@ mod parent;
 pub mod pathsafe;
 pub mod patterns;
 mod proto;
+pub mod slirp;
 mod tty;
 mod unpack;
 pub mod userdb;

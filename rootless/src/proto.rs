@@ -89,10 +89,13 @@ pub struct ExecRequest {
     /// A host CA bundle bound read-only at [`CA_BUNDLE_PATH`].
     pub ca_bundle: Option<PathBuf>,
     pub readonly_rootfs: bool,
-    /// Run in a network namespace of its own with only loopback (LLB's network mode none);
-    /// otherwise the host's network.
+    /// Run in a network namespace of its own with only loopback (LLB's network mode none).
     #[serde(default)]
     pub network_none: bool,
+    /// Run in a network namespace of its own connected to the outside by slirp4netns (LLB's
+    /// default network mode, BuildKit's `sandbox`); see [`crate::slirp`].
+    #[serde(default)]
+    pub sandbox_net: bool,
     /// Resource limits of the step's process: (name as in `ulimit`/BuildKit, e.g. `nofile`,
     /// soft, hard).
     #[serde(default)]

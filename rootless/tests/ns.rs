@@ -200,6 +200,7 @@ fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
         ca_bundle: None,
         readonly_rootfs: false,
         network_none: false,
+        sandbox_net: false,
         rlimits: Vec::new(),
     }
 }
@@ -210,6 +211,53 @@ fn tar_names(p: &Path) -> Vec<String> {
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect()
+}
+
+/// A sandboxed step (BuildKit's default network) has a namespace of its own: loopback and
+/// slirp4netns's tap0, none of the host's interfaces, slirp's name server, and no way to the
+/// host's abstract unix sockets.
+#[test]
+fn a_sandboxed_step_has_a_network_of_its_own() {
+    as_test_user("a_sandboxed_step_has_a_network_of_its_own", || {
+        if let Err(why) = rootless::slirp::available() {
+            panic!("the sandbox network cannot run here: {why} (scripts/test-env.sh sets this up)");
+        }
+        let t = Tmp::new();
+        let rootfs = t.0.join("rootfs");
+        ok(&Request::Unpack {
+            layers: busybox_layers(&t.0),
+            dest: rootfs.clone(),
+            max_layer_bytes: None,
+        });
+        // An abstract unix socket of the host: in the step's namespace it does not exist.
+        let name = format!("envkit-ns-test-{}", std::process::id());
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let mut req = exec_req(
+            vec![rootfs.clone()],
+            &t.0,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "ls /sys/class/net; cat /etc/resolv.conf; grep -q {name} /proc/net/unix \
+                     && echo host-socket-visible || echo no-host-socket"
+                ),
+            ],
+        );
+        req.sandbox_net = true;
+        let (r, out) = ok(&Request::Exec(req));
+        assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{out}");
+        let names: Vec<&str> = out.lines().take_while(|l| !l.contains(' ')).collect();
+        assert!(names.contains(&"lo") && names.contains(&"tap0"), "{out}");
+        assert_eq!(names.len(), 2, "host interfaces in the step: {out}");
+        assert!(out.contains("nameserver 10.0.2.3"), "{out}");
+        assert!(out.contains("no-host-socket"), "{out}");
+        // The resolv.conf written for the step is gone, and nothing leaked into the layer.
+        assert!(!t.0.join("sandbox-resolv.conf").exists());
+        assert!(!t.0.join("upper/etc/resolv.conf").exists());
+    });
 }
 
 #[test]

@@ -296,6 +296,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             ca_bundle: None,
             readonly_rootfs: false,
             network_none: false,
+            sandbox_net: false,
             rlimits: Vec::new(),
         },
         shm_size: shm_mb << 20,

@@ -22,6 +22,42 @@ const MOUNT_TMPFS: i32 = 4;
 /// `pb::NetMode` values.
 const NET_HOST: i32 = 1;
 const NET_NONE: i32 = 2;
+
+/// Whether a step with LLB's default network gets a sandbox of its own (`[worker] network`):
+/// where slirp4netns cannot run, `sandbox` is an error that says why and what to do, `auto`
+/// says so once and uses the host's network.
+fn sandbox(cfg: &crate::config::Config) -> Result<bool, OpsError> {
+    use crate::config::StepNetwork;
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if cfg.worker.network == StepNetwork::Host {
+        return Ok(false);
+    }
+    match (
+        PROBE.get_or_init(rootless::slirp::available),
+        cfg.worker.network,
+    ) {
+        (Ok(()), _) => Ok(true),
+        (Err(why), StepNetwork::Auto) => {
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "build steps run on the host's network: a network of their own needs \
+                     slirp4netns, and {why}"
+                );
+                eprintln!(
+                    "envkit: build steps run on the host's network here ([worker] network = \
+                     \"auto\"): {why}"
+                );
+            });
+            Ok(false)
+        }
+        (Err(why), _) => Err(OpsError::Invalid(format!(
+            "build steps run in a network namespace of their own (BuildKit's sandbox), which \
+             needs slirp4netns here: {why}. Fix that, or set `[worker] network = \"host\"` \
+             (or \"auto\": the sandbox where it can run) in envkit's config.toml"
+        ))),
+    }
+}
 /// `pb::SecurityMode::Insecure`.
 const SECURITY_INSECURE: i32 = 1;
 
@@ -47,10 +83,11 @@ pub(super) async fn run(
             "running a step for {platform} on this {host} machine (envkit runs no emulator)"
         )));
     }
-    // Network: none gets a namespace with only loopback; host and the default (BuildKit's
-    // sandbox, which envkit runs on the host network, like rootless BuildKit with host
-    // networking) share the host's.
+    // Network: none gets a namespace with only loopback, host the host's, and the default a
+    // namespace of its own behind slirp4netns (BuildKit's sandbox; `[worker] network`).
     let network_none = exec.network == NET_NONE;
+    let sandbox_net =
+        exec.network != NET_NONE && exec.network != NET_HOST && sandbox(&ctx.worker.config)?;
     // As in BuildKit, the host's network and insecure mode are entitlements the user grants.
     // Insecure changes nothing here: a rootless step already has every capability of its
     // user namespace and no seccomp filter, and gets no host devices either way.
@@ -343,6 +380,7 @@ pub(super) async fn run(
         ca_bundle: w.ca_bundle.clone(),
         readonly_rootfs,
         network_none,
+        sandbox_net,
         rlimits,
     });
     let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
