@@ -576,3 +576,170 @@ fn build_steps_get_a_network_of_their_own() {
     assert!(log.contains("HOST-SECRET"), "{log}");
     assert!(log.contains("abstract connected"), "{log}");
 }
+
+/// Runs `envkit --root STORE ARGS` as the test user in the background, kills it (and so its
+/// helpers, which die with it) with SIGKILL after `delay_ms`, and waits for it.
+fn run_and_kill(env: &TestEnv, store: &Path, args: &[&str], delay_ms: u64) {
+    let store_s = store.to_str().unwrap();
+    let mut child = env
+        .user_command(env!("CARGO_BIN_EXE_envkit"))
+        .args(["--root", store_s])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("envkit");
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    for pid in pids_with(&["envkit", store_s]) {
+        // SAFETY: kill(2) of a process the test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = child.wait();
+}
+
+/// The security issue's crash suite: kill -9 at 20 points (a fixed seed) of build, pull,
+/// export, push, load and prune; after each, the same command run again succeeds, and
+/// `envkit check` finds nothing wrong with the store.
+#[test]
+fn kill9_at_random_points_leaves_a_sound_store() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("kill9");
+    let def = llb::image("busybox")
+        .add_env("PATH", "/bin")
+        .run(Run::args([
+            "sh",
+            "-c",
+            "mkdir /d && cd /d && i=0; while [ $i -lt 2000 ]; do echo $i > f$i; i=$((i+1)); done; \
+             dd if=/dev/zero of=/big bs=1M count=16 2>/dev/null",
+        ]))
+        .root()
+        .marshal(&llb::MarshalOptions::default())
+        .expect("marshal");
+    let pb = def_file(&env, "kill9", &def);
+    let pb = pb.to_str().unwrap().to_string();
+    let main = env.store();
+    let oci = env.dir.join("k.oci.tar");
+    let saved = env.dir.join("k.saved.tar");
+    let oci_out = format!("type=oci,dest={}", oci.display());
+    let envkit_on = |store: &Path, args: &[&str]| {
+        env.user_command(env!("CARGO_BIN_EXE_envkit"))
+            .args(["--root", store.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("envkit")
+    };
+    // An image to export, push and save.
+    let out = envkit_on(&main, &["solve", &pb, "-t", "kill9:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = envkit_on(&main, &["save", "kill9:1", "-o", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let registry = env.registry.clone();
+    let mut seed: u64 = 0x5eed_cafe;
+    for point in 0..20u64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = 20 + seed % 900;
+        let op = ["build", "pull", "export", "push", "load", "prune"][(seed >> 20) as usize % 6];
+        // A pull needs a store without the base: each pull point gets a fresh one.
+        let store = if op == "pull" {
+            env.dir.join(format!("pull-store-{point}"))
+        } else {
+            main.clone()
+        };
+        let push_to = format!("{registry}/kill9/k:{point}");
+        let args: Vec<&str> = match op {
+            "build" => vec!["solve", &pb, "--no-cache", "-t", "kill9:1"],
+            "pull" => vec!["solve", &pb],
+            "export" => vec!["solve", &pb, "-o", &oci_out],
+            "push" => vec!["push", "kill9:1", "--to", &push_to],
+            "load" => vec!["load", "-i", saved.to_str().unwrap()],
+            _ => vec!["prune", "--all"],
+        };
+        run_and_kill(&env, &store, &args, delay);
+        let again = envkit_on(&store, &args);
+        assert!(
+            again.status.success(),
+            "point {point}: {op} killed at {delay} ms, then run again: {}",
+            stderr(&again)
+        );
+        let check = envkit_on(&store, &["check"]);
+        assert!(
+            check.status.success(),
+            "point {point}: {op} killed at {delay} ms: {}",
+            stdout(&check)
+        );
+        if op == "prune" {
+            // Put the image back for the points that need it.
+            let out = envkit_on(&main, &["load", "-i", saved.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+    }
+}
+
+/// Four builds and a prune at once on one store, three times: every command succeeds (prune
+/// waits for the builds, builds for the prune) or fails with a message, never a panic, and
+/// `envkit check` finds the store sound after each round.
+#[test]
+fn four_builds_and_a_prune_at_once_keep_the_store_sound() {
+    use envkit::llb::{self, Run};
+    let env = TestEnv::new("concurrent");
+    let base = llb::image("busybox").add_env("PATH", "/bin");
+    let shared = base
+        .run(Run::args(["sh", "-c", "echo shared > /shared"]))
+        .root();
+    let pbs: Vec<String> = (0..4)
+        .map(|i| {
+            let def = shared
+                .run(Run::args([
+                    "sh",
+                    "-c",
+                    &format!("i=0; while [ $i -lt 300 ]; do echo $i > /f{i}-$i; i=$((i+1)); done"),
+                ]))
+                .root()
+                .marshal(&llb::MarshalOptions::default())
+                .expect("marshal");
+            def_file(&env, &format!("c{i}"), &def)
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for round in 0..3 {
+        let mut children = Vec::new();
+        for (i, pb) in pbs.iter().enumerate() {
+            let name = format!("conc{i}:{round}");
+            let mut args = vec!["solve", pb.as_str(), "-t", &name];
+            if round > 0 {
+                args.push("--no-cache");
+            }
+            let c = env
+                .user_command(env!("CARGO_BIN_EXE_envkit"))
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("solve");
+            children.push((format!("solve {i}"), c));
+        }
+        let c = env
+            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .args(["prune", "--all"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("prune");
+        children.push(("prune".to_string(), c));
+        for (what, c) in children {
+            let out = c.wait_with_output().expect("wait");
+            let err = stderr(&out);
+            assert!(
+                !err.contains("panicked"),
+                "round {round}: {what} panicked: {err}"
+            );
+            assert!(out.status.success(), "round {round}: {what} failed: {err}");
+        }
+        let out = env.envkit(&["check"]);
+        assert!(out.status.success(), "round {round}: {}", stdout(&out));
+    }
+}
