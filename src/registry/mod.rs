@@ -757,18 +757,18 @@ impl Registry {
                 ),
             ));
         }
-        let mut config_bytes = Vec::new();
-        match self.stored(config_descriptor.digest()) {
-            Some(b) => config_bytes = b,
-            None => client
-                .pull_blob(
-                    &on_host,
-                    config_descriptor.digest().as_ref(),
-                    &mut config_bytes,
-                )
-                .await
-                .map_err(|e| fail(&curl, describe(&e)))?,
-        }
+        let config_bytes = match self.stored(config_descriptor.digest()) {
+            Some(b) => b,
+            None => {
+                // No more than the descriptor says: a registry that keeps sending is cut off.
+                let mut capped = CappedVec::new(config_descriptor.size());
+                client
+                    .pull_blob(&on_host, config_descriptor.digest().as_ref(), &mut capped)
+                    .await
+                    .map_err(|e| fail(&curl, describe(&e)))?;
+                capped.buf
+            }
+        };
         let actual = content::sha256_digest(&config_bytes);
         if actual != *config_descriptor.digest()
             || config_bytes.len() as u64 != config_descriptor.size()
@@ -1060,6 +1060,52 @@ impl Failure {
 }
 
 /// Whether a descriptor's media type is one of the manifest kinds this module understands.
+/// A buffer that refuses bytes past `cap` (what a descriptor announced).
+struct CappedVec {
+    buf: Vec<u8>,
+    cap: u64,
+}
+
+impl CappedVec {
+    fn new(cap: u64) -> CappedVec {
+        CappedVec {
+            buf: Vec::with_capacity(usize::try_from(cap.min(1 << 20)).unwrap_or(0)),
+            cap,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedVec {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.buf.len() as u64 + data.len() as u64 > self.cap {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {} bytes the descriptor announced",
+                self.cap
+            ))));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 pub fn is_manifest_media_type(mt: &MediaType) -> bool {
     matches!(mt, MediaType::ImageManifest | MediaType::ImageIndex)
         || matches!(mt, MediaType::Other(s) if s == DOCKER_MANIFEST || s == DOCKER_MANIFEST_LIST)
@@ -1068,6 +1114,17 @@ pub fn is_manifest_media_type(mt: &MediaType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry that sends more than a config's descriptor announced is cut off there
+    /// (the security issue's defect 11: unbounded reads from registries).
+    #[tokio::test]
+    async fn a_capped_buffer_refuses_what_the_descriptor_did_not_announce() {
+        use tokio::io::AsyncWriteExt;
+        let mut v = CappedVec::new(8);
+        v.write_all(b"12345678").await.unwrap();
+        assert!(v.write_all(b"9").await.is_err());
+        assert_eq!(v.buf, b"12345678");
+    }
 
     #[test]
     fn normalises_like_docker() {
