@@ -97,6 +97,21 @@ fn store_root_is_private() {
     let out = env.envkit(&["images"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(mode(&env.store()), 0o700, "a wide store root is narrowed");
+    // Another local user cannot get in (as root, the test can ask `nobody`).
+    // SAFETY: getuid has no preconditions and cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "ls"])
+            .arg(env.store().join("content"))
+            .output()
+            .expect("runuser");
+        assert!(!out.status.success(), "nobody listed the store");
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 /// Pids of the test user's processes whose command line holds every one of `needles`.

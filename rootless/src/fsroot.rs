@@ -4,15 +4,16 @@
 //! component at a time with `openat(dir, name, O_PATH|O_NOFOLLOW)` from that descriptor: a
 //! symlink is read with `readlinkat` and its target walked in turn (an absolute target restarts
 //! at the root), and `..` pops the walk's own stack of directories, so it never climbs above
-//! the root, even through a directory that was renamed away meanwhile. Where the kernel has
-//! `openat2` (Linux 5.6+), plain look-ups use `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`, which
-//! is the same rule done by the kernel; the walk serves the rest (creating parents, rejecting a
-//! `..` above the root, kernels without openat2).
+//! the root, even through a directory that was renamed away meanwhile. The walk is the one
+//! implementation every caller uses, because it also does what `openat2` cannot: make missing
+//! parents on the way, refuse a `..` above the root, and tell the real directories it went
+//! through. The kernel's `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` (Linux 5.6+)
+//! answers [`Root::open_path`] and is the oracle the tests hold the walk to.
 //!
 //! What is found is an [`Entry`]: the descriptor of the directory that holds it plus one name.
 //! Every change (create, open, unlink, link, rename, mkdir, mknod, chown, chmod, xattr, times)
 //! is a `*at` call on that pair with the final component never followed, or goes through
-//! `/proc/self/fd/N` of an `O_PATH` descriptor of the entry itself (chmod, xattrs, mounts),
+//! `/proc/self/fd/N` of an `O_PATH` descriptor of the entry itself (chmod, xattrs),
 //! which names exactly that inode. Nothing is ever done with a host path built from strings
 //! found in the tree.
 
@@ -21,7 +22,7 @@ use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -77,17 +78,19 @@ pub fn proc_path(fd: BorrowedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// Splits a container path into its normal components and `..`; `/`, `.` and empty
-/// components vanish.
+/// Splits a container path into its components; empty ones vanish. A `.` is kept (it says
+/// the component before it must be a directory, as the kernel reads `file/.`), and a
+/// trailing `/` becomes one for the same reason.
 fn split(p: &[u8]) -> VecDeque<OsString> {
-    Path::new(OsStr::from_bytes(p))
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect()
+    let mut v: VecDeque<OsString> = p
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(|c| OsString::from_vec(c.to_vec()))
+        .collect();
+    if p.ends_with(b"/") && !v.is_empty() {
+        v.push_back(OsString::from("."));
+    }
+    v
 }
 
 fn cstr(name: &OsStr) -> Result<CString> {
@@ -111,7 +114,7 @@ struct OpenHow {
 static OPENAT2: AtomicU8 = AtomicU8::new(0);
 
 /// `openat2(dir, path, O_PATH [|O_NOFOLLOW], RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)`; None
-/// where the kernel has no openat2 (or it is disabled by [`set_openat2`]).
+/// where the kernel has no openat2.
 fn openat2_in_root(dir: BorrowedFd, path: &CStr, follow: bool) -> Option<nix::Result<OwnedFd>> {
     if OPENAT2.load(Ordering::Relaxed) == 2 {
         return None;
@@ -153,12 +156,6 @@ fn openat2_in_root(dir: BorrowedFd, path: &CStr, follow: bool) -> Option<nix::Re
             e => return Some(Err(e)),
         }
     }
-}
-
-/// Turns the kernel's openat2 fast path off (`false`) or back on: for tests that compare it
-/// with the walk, and for `ENVKIT_NO_OPENAT2`.
-pub fn set_openat2(on: bool) {
-    OPENAT2.store(if on { 0 } else { 2 }, Ordering::Relaxed);
 }
 
 // ---- Root ---------------------------------------------------------------------------------
@@ -345,6 +342,9 @@ impl Root {
             p
         };
         while let Some(comp) = queue.pop_front() {
+            if comp == "." {
+                continue;
+            }
             if comp == ".." {
                 if stack.pop().is_none() && dd == DotDot::Reject {
                     return Err(escape(path, "`..` above the root"));

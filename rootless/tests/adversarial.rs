@@ -209,6 +209,13 @@ fn one_case(seed: u64) {
     let fs = Root::open(&root).expect("open root");
     for _ in 0..4 {
         let p = path(&mut r);
+        // The walk agrees with the kernel's openat2(RESOLVE_IN_ROOT) on what is there.
+        if let (Ok(k), Ok(w)) = (fs.open_path(&p, true), fs.entry(&p, true, DotDot::Clamp)) {
+            let id = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
+            let k = k.and_then(|fd| nix::sys::stat::fstat(&fd).ok()).map(id);
+            let w = w.and_then(|e| e.stat().ok().flatten()).map(id);
+            assert_eq!(k, w, "seed {seed}: the walk and openat2 disagree on {p}");
+        }
         for dd in [DotDot::Clamp, DotDot::Reject] {
             if let Ok(Some(e)) = fs.entry(&p, true, dd) {
                 let host = root.join(e.rel());
