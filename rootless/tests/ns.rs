@@ -104,6 +104,17 @@ const APPLETS: [&str; 12] = [
 ];
 
 /// A busybox image: layer 1 = rootfs (gzip), layer 2 = whiteout + opaque + hardlink.
+/// The busybox test layers unpacked into `<t>/rootfs`.
+fn busybox_rootfs(t: &Tmp) -> PathBuf {
+    let rootfs = t.0.join("rootfs");
+    ok(&Request::Unpack {
+        layers: busybox_layers(&t.0),
+        dest: rootfs.clone(),
+        max_layer_bytes: None,
+    });
+    rootfs
+}
+
 fn busybox_layers(dir: &Path) -> Vec<LayerFile> {
     let l1 = dir.join("l1.tar.gz");
     {
@@ -223,12 +234,7 @@ fn a_sandboxed_step_has_a_network_of_its_own() {
             panic!("the sandbox network cannot run here: {why} (scripts/test-env.sh sets this up)");
         }
         let t = Tmp::new();
-        let rootfs = t.0.join("rootfs");
-        ok(&Request::Unpack {
-            layers: busybox_layers(&t.0),
-            dest: rootfs.clone(),
-            max_layer_bytes: None,
-        });
+        let rootfs = busybox_rootfs(&t);
         // An abstract unix socket of the host: in the step's namespace it does not exist.
         let name = format!("envkit-ns-test-{}", std::process::id());
         use std::os::linux::net::SocketAddrExt;
@@ -439,12 +445,7 @@ ro
 fn remove_all_cleans_subordinate_files() {
     as_test_user("remove_all_cleans_subordinate_files", || {
         let t = Tmp::new();
-        let rootfs = t.0.join("rootfs");
-        ok(&Request::Unpack {
-            layers: busybox_layers(&t.0),
-            dest: rootfs.clone(),
-            max_layer_bytes: None,
-        });
+        let rootfs = busybox_rootfs(&t);
         assert!(
             std::fs::remove_dir_all(&rootfs).is_err(),
             "host user cannot remove it"
@@ -473,12 +474,7 @@ fn file_actions_copy_mkfile_owner() {
     as_test_user("file_actions_copy_mkfile_owner", || {
         let t = Tmp::new();
         let ids = ids();
-        let rootfs = t.0.join("rootfs");
-        ok(&Request::Unpack {
-            layers: busybox_layers(&t.0),
-            dest: rootfs.clone(),
-            max_layer_bytes: None,
-        });
+        let rootfs = busybox_rootfs(&t);
         let ctx = t.0.join("ctx");
         std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
         std::fs::write(ctx.join("hello.py"), "print('hi')").unwrap();
@@ -589,12 +585,7 @@ fn file_actions_names_patterns_times_links_archives() {
         let t = Tmp::new();
         let ids = ids();
         let me = nix::unistd::getuid().as_raw();
-        let rootfs = t.0.join("rootfs");
-        ok(&Request::Unpack {
-            layers: busybox_layers(&t.0),
-            dest: rootfs.clone(),
-            max_layer_bytes: None,
-        });
+        let rootfs = busybox_rootfs(&t);
         let ctx = t.0.join("ctx");
         std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
         std::fs::create_dir_all(ctx.join("dir/empty")).unwrap();
@@ -796,12 +787,7 @@ fn long_layer_chains_mount() {
 fn copy_snapshotter_gives_the_same_layers_as_overlay() {
     as_test_user("copy_snapshotter_gives_the_same_layers_as_overlay", || {
         let t = Tmp::new();
-        let rootfs = t.0.join("rootfs");
-        ok(&Request::Unpack {
-            layers: busybox_layers(&t.0),
-            dest: rootfs.clone(),
-            max_layer_bytes: None,
-        });
+        let rootfs = busybox_rootfs(&t);
         let with = |args: &[&str], req: &Request| {
             let mut out = Vec::new();
             let r = run_helper(Path::new(HELPER), args, &ids(), req, &mut |b: &[u8]| {
