@@ -69,7 +69,9 @@ impl Drop for Slirp {
         self.pid_w.take();
         self.exit_w.take();
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.pid, None);
+        // Not waited for: its exit unregisters tap0, which waits for the kernel's RCU grace
+        // periods (~25 ms here). The helper exits right after; the zombie goes to init.
+        let _ = nix::sys::wait::waitpid(self.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
 }
 
