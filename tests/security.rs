@@ -283,11 +283,15 @@ fn tiocsti_from_an_environment_reaches_no_host_shell() {
         );
         assert!(!text.contains("host-read:[echo INJECTED"), "{text}");
     }
-    // A pty's output and exit code come through.
+    // A pty's output, exit code and window size come through.
     let text = under_a_pty(
         &env,
-        &format!("{envkit} exec {name} -- sh -c 'tty; echo on-a-pty; exit 7'; echo code=$?"),
+        &format!(
+            "stty rows 41 cols 123; {envkit} exec {name} -- sh -c \
+             'tty; echo size=$(stty size); echo on-a-pty; exit 7'; echo code=$?"
+        ),
     );
+    assert!(text.contains("size=41 123"), "{text}");
     assert!(text.contains("/dev/pts/"), "{text}");
     assert!(
         text.contains("on-a-pty") && text.contains("code=7"),
