@@ -542,9 +542,10 @@ fn prepare_and_run(
     net: Option<&mut crate::slirp::SandboxNet>,
 ) -> Result<ExitStatus> {
     let Prepared { plan, env, user } = build_plan(r, root, mp)?;
-    let Some(step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
+    let Some(mut step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
         return Ok(ExitStatus::Code(127));
     };
+    step.confine = !r.insecure;
     run_in_pid_ns(root, &plan, r, &step, net)
 }
 
@@ -607,6 +608,7 @@ pub(crate) fn make_step(
         user,
         rlimits,
         stdin_null: true,
+        confine: false,
     }))
 }
 
@@ -666,6 +668,8 @@ pub(crate) struct Step {
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit, String)>,
     /// Replace stdin by /dev/null (build steps); else it is inherited (a terminal).
     pub(crate) stdin_null: bool,
+    /// Keep only Docker's default capabilities (build steps that are not insecure).
+    pub(crate) confine: bool,
 }
 
 /// A resource by its `ulimit` name (as BuildKit's `Ulimit.Name` spells them).
@@ -925,6 +929,9 @@ pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<
             }
         }
     }
+    if !r.insecure {
+        crate::confine::mask_paths(root)?;
+    }
     if r.readonly_rootfs {
         let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         m(
@@ -992,6 +999,11 @@ pub(crate) fn exec_step(s: &Step) -> String {
                 lim.rlim_cur, lim.rlim_max
             );
         }
+    }
+    if s.confine
+        && let Err(e) = crate::confine::drop_capabilities()
+    {
+        return e;
     }
     let groups: Vec<Gid> = s.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {

@@ -4,6 +4,7 @@
 //! re-executed with a hidden argument) with [`run_helper`]; the helper's `main` calls
 //! [`helper_main`] first thing, before any thread exists.
 
+pub mod confine;
 mod copysnap;
 mod difftar;
 mod env;

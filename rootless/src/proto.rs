@@ -96,6 +96,10 @@ pub struct ExecRequest {
     /// default network mode, BuildKit's `sandbox`); see [`crate::slirp`].
     #[serde(default)]
     pub sandbox_net: bool,
+    /// `security.insecure`: every capability of the user namespace and an unmasked /proc
+    /// (see [`crate::confine`]).
+    #[serde(default)]
+    pub insecure: bool,
     /// Resource limits of the step's process: (name as in `ulimit`/BuildKit, e.g. `nofile`,
     /// soft, hard).
     #[serde(default)]

@@ -212,6 +212,7 @@ fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
         readonly_rootfs: false,
         network_none: false,
         sandbox_net: false,
+        insecure: false,
         rlimits: Vec::new(),
     }
 }

@@ -297,6 +297,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             readonly_rootfs: false,
             network_none: false,
             sandbox_net: false,
+            insecure: false,
             rlimits: Vec::new(),
         },
         shm_size: shm_mb << 20,

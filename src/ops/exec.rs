@@ -89,8 +89,9 @@ pub(super) async fn run(
     let sandbox_net =
         exec.network != NET_NONE && exec.network != NET_HOST && sandbox(&ctx.worker.config)?;
     // As in BuildKit, the host's network and insecure mode are entitlements the user grants.
-    // Insecure changes nothing here: a rootless step already has every capability of its
-    // user namespace and no seccomp filter, and gets no host devices either way.
+    // Insecure keeps every capability of the user namespace and an unmasked /proc (a step
+    // otherwise gets Docker's default capabilities and runc's masked paths); either way it
+    // gets no host devices.
     for (asked, ent) in [
         (exec.network == NET_HOST, "network.host"),
         (exec.security == SECURITY_INSECURE, "security.insecure"),
@@ -381,6 +382,7 @@ pub(super) async fn run(
         readonly_rootfs,
         network_none,
         sandbox_net,
+        insecure: exec.security == SECURITY_INSECURE,
         rlimits,
     });
     let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
