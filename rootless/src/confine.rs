@@ -43,8 +43,18 @@ pub const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29,
 /// mounted), before pivot_root. A path that does not exist there is left alone.
 pub(crate) fn mask_paths(root: &Path) -> Result<()> {
     let null = Path::new("/dev/null");
+    // Found inside the root like every mount target (an image's /proc may be a symlink).
+    let fs = crate::fsroot::Root::open(root)?;
+    let find = |p: &str| -> Option<std::path::PathBuf> {
+        let e = fs
+            .entry(p, true, crate::fsroot::DotDot::Clamp)
+            .ok()
+            .flatten()?;
+        e.stat().ok().flatten()?;
+        Some(root.join(e.rel()))
+    };
     for p in MASKED {
-        let t = root.join(p.trim_start_matches('/'));
+        let Some(t) = find(p) else { continue };
         let Ok(md) = std::fs::symlink_metadata(&t) else {
             continue;
         };
@@ -62,10 +72,7 @@ pub(crate) fn mask_paths(root: &Path) -> Result<()> {
         res.map_err(|e| RootlessError::sys(format!("masking {p}"), e))?;
     }
     for p in READ_ONLY {
-        let t = root.join(p.trim_start_matches('/'));
-        if std::fs::symlink_metadata(&t).is_err() {
-            continue;
-        }
+        let Some(t) = find(p) else { continue };
         nix::mount::mount(
             Some(&t),
             &t,
