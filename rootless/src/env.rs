@@ -47,7 +47,7 @@ pub(crate) fn start_env(r: &EnvRequest) -> Result<u32> {
     // when the helper exits. Nothing here must unmount or delete it first.
     std::mem::forget(ov);
     let mut mp = MountPoints::new(&root)?;
-    let mut prepared = build_plan(&r.exec, &root, &mut mp)?;
+    let mut prepared = build_plan(&r.exec, &mut mp)?;
     for p in &mut prepared.plan {
         if let Plan::Dev(_, shm) = p {
             *shm = r.shm_size.max(1 << 20);

@@ -92,10 +92,9 @@ impl MountPoints {
     }
 }
 
-pub(crate) fn read_in_root(root: &Path, p: &str) -> String {
-    Root::open(root)
-        .ok()
-        .and_then(|r| r.read(p))
+/// The text of the file `p` names inside `fs` (empty when there is none).
+fn read_text(fs: &Root, p: &str) -> String {
+    fs.read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
@@ -444,13 +443,13 @@ pub(crate) struct Prepared {
     pub(crate) user: ExecUser,
 }
 
-/// The mounts, environment and user of `r` in `root` (mount points are made in `mp`); the
+/// The mounts, environment and user of `r` in the root of `mp` (where mount points are made); the
 /// cwd is created.
-pub(crate) fn build_plan(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> Result<Prepared> {
+pub(crate) fn build_plan(r: &ExecRequest, mp: &mut MountPoints) -> Result<Prepared> {
     let user = resolve_user(
         &r.user,
-        &read_in_root(root, "/etc/passwd"),
-        &read_in_root(root, "/etc/group"),
+        &read_text(&mp.fs, "/etc/passwd"),
+        &read_text(&mp.fs, "/etc/group"),
     )?;
     let mut env = r.env.clone();
     if env_get(&env, "PATH").is_none() {
@@ -529,7 +528,7 @@ pub(crate) fn build_plan(r: &ExecRequest, root: &Path, mp: &mut MountPoints) -> 
     }
     // cwd: created if missing, and it persists.
     let cwd = if r.cwd.is_empty() { "/" } else { &r.cwd };
-    Root::open(root)?
+    mp.fs
         .mkdir_all(cwd, DotDot::Clamp, &mut |_| Ok(()))
         .map_err(|e| RootlessError::Invalid(format!("working directory {cwd}: {e}")))?;
     Ok(Prepared { plan, env, user })
@@ -541,7 +540,7 @@ fn prepare_and_run(
     mp: &mut MountPoints,
     net: Option<&mut crate::slirp::SandboxNet>,
 ) -> Result<ExitStatus> {
-    let Prepared { plan, env, user } = build_plan(r, root, mp)?;
+    let Prepared { plan, env, user } = build_plan(r, mp)?;
     let Some(mut step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
         return Ok(ExitStatus::Code(127));
     };

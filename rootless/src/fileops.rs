@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::SFlag;
@@ -13,32 +12,23 @@ use crate::overlay::Overlay;
 use crate::patterns::{Filter, glob};
 use crate::proto::{Chown, CopyAction, CopySource, FileAction, IdSpec, UserDb};
 
-/// Delete a tree (as uid 0 of the namespace, so subordinate-owned files go too).
+/// Delete a tree (as uid 0 of the namespace, so subordinate-owned files go too), descending
+/// by descriptors; directories without write or search permission are opened up on the way.
 pub fn remove_all(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(RootlessError::io(path, e)),
-        Ok(_) => {}
-    }
-    make_writable(path);
-    crate::unpack::remove_any(path).map_err(|e| RootlessError::io(path, e))
-}
-
-/// Directories without write/exec bits block removal even for namespace root on some trees
-/// (e.g. files of unmapped ids are not ours): add u+rwx to dirs first.
-fn make_writable(p: &Path) {
-    if let Ok(md) = std::fs::symlink_metadata(p)
-        && md.is_dir()
-    {
-        let mode = md.permissions().mode();
-        if mode & 0o700 != 0o700 {
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o700));
-        }
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                make_writable(&e.path());
-            }
-        }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(RootlessError::Invalid(format!(
+            "refusing to remove {}",
+            path.display()
+        )));
+    };
+    let dir = match Root::open(parent) {
+        Ok(d) => d,
+        Err(_) if !path.exists() && !path.is_symlink() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match dir.entry(&name.to_string_lossy(), false, DotDot::Reject)? {
+        Some(e) => e.remove_all(),
+        None => Ok(()),
     }
 }
 

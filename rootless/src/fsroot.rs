@@ -216,12 +216,7 @@ impl Root {
         })
     }
 
-    /// The host path the root was opened at (for messages).
-    pub fn host(&self) -> &Path {
-        &self.host
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
@@ -707,17 +702,6 @@ impl Entry {
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
         .map_err(|e| self.err("setting the time of", e))
-    }
-
-    /// Renames this entry to `to` (both found in roots; nothing followed).
-    pub fn rename_to(&self, to: &Entry) -> Result<()> {
-        nix::fcntl::renameat(
-            self.dir(),
-            self.name.as_c_str(),
-            to.dir(),
-            to.name.as_c_str(),
-        )
-        .map_err(|e| self.err(&format!("rename to /{}", to.rel.display()), e))
     }
 
     /// Removes whatever is there, a directory with everything in it; missing is fine.
