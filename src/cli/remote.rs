@@ -101,7 +101,6 @@ pub(super) fn context_cmd(what: &ContextCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The names of the local sources the Definition reads.
 /// The local sources a Definition reads (by name) and the registries its image sources name
 /// (as credentials are keyed: `docker.io` for Docker Hub).
 fn sources(bytes: &[u8]) -> anyhow::Result<(Vec<String>, std::collections::BTreeSet<String>)> {

@@ -164,8 +164,7 @@ impl Store {
     pub fn writer(&self) -> Result<BlobWriter, ContentError> {
         let file =
             NamedTempFile::with_prefix_in("ingest-", &self.ingest).map_err(io_err(&self.ingest))?;
-        // SAFETY: flock on a descriptor the temp file owns; released when it is closed.
-        if unsafe { libc::flock(file.as_file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !try_lock(file.as_file()) {
             return Err(io_err(file.path())(io::Error::last_os_error()));
         }
         Ok(BlobWriter {
@@ -320,34 +319,37 @@ const STALE_INGEST: std::time::Duration = std::time::Duration::from_secs(60);
 /// Removes `ingest-*` files of writers that are gone (killed mid-ingest): no flock on them and
 /// older than [`STALE_INGEST`]. Resumable `partial-*` downloads are prune's business.
 fn sweep_ingests(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    let now = std::time::SystemTime::now();
-    for e in rd.flatten() {
-        let p = e.path();
-        if !e.file_name().to_string_lossy().starts_with("ingest-") {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age >= STALE_INGEST);
-        if !old {
-            continue;
-        }
-        if !is_locked(&p) {
-            let _ = fs::remove_file(&p);
-        }
+    for p in stale_ingests(dir, STALE_INGEST) {
+        let _ = fs::remove_file(&p);
     }
 }
 
-/// Whether a writer holds the ingest file `p` (its flock is taken); a file that cannot be
-/// opened counts as held (it is gone, or not ours to judge).
-pub fn is_locked(p: &Path) -> bool {
-    let Ok(f) = File::open(p) else { return true };
-    // SAFETY: flock on a descriptor we own; released when it is dropped right after.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+/// The `ingest-*` files in `dir` that no writer holds (their flock is free) and that are at
+/// least `min_age` old.
+pub fn stale_ingests(dir: &Path, min_age: std::time::Duration) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now();
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ingest-"))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= min_age)
+        })
+        .map(|e| e.path())
+        .filter(|p| File::open(p).is_ok_and(|f| try_lock(&f)))
+        .collect()
+}
+
+/// Takes `f`'s exclusive flock without waiting; false when another holder has it. The lock
+/// goes with the descriptor.
+fn try_lock(f: &File) -> bool {
+    // SAFETY: flock on a descriptor the caller owns.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// An ingest in progress. Dropping it without [`commit`](BlobWriter::commit) removes the

@@ -110,7 +110,7 @@ fn cores() -> usize {
 }
 
 /// A reader of a blob's uncompressed bytes.
-fn decompressed(store: &Store, d: &Descriptor) -> Result<Box<dyn Read>, ExportError> {
+pub(super) fn decompressed(store: &Store, d: &Descriptor) -> Result<Box<dyn Read>, ExportError> {
     let f = store.open_blob(d.digest())?;
     let f = io::BufReader::with_capacity(1 << 20, f);
     Ok(match Compression::of(d.media_type()) {

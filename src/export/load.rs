@@ -319,24 +319,24 @@ struct DockerEntry {
     layers: Vec<String>,
 }
 
-/// The digest of a layer's uncompressed tar (its diff id), reading it back from the store.
-fn diff_id(store: &Store, s: &Stored, limit: u64) -> Result<oci_spec::image::Digest, ExportError> {
-    if s.magic.starts_with(&[0x1f, 0x8b]) || s.magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        let f = BufReader::new(store.open_blob(&s.info.digest)?);
-        let dec: Box<dyn Read> = if s.magic[0] == 0x1f {
-            Box::new(flate2::read::MultiGzDecoder::new(f))
-        } else {
-            Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(|e| bad(e.to_string()))?)
-        };
-        let mut capped = Capped {
-            inner: dec,
-            left: limit,
-            limit,
-        };
-        Ok(content::hash_reader(&mut capped, Path::new(&s.info.digest.to_string()))?.digest)
-    } else {
-        Ok(s.info.digest.clone())
+/// The digest of a layer's uncompressed tar (its diff id), reading it back from the store
+/// (at most `limit` bytes of it).
+fn diff_id(
+    store: &Store,
+    d: &Descriptor,
+    limit: u64,
+) -> Result<oci_spec::image::Digest, ExportError> {
+    if super::compress::Compression::of(d.media_type())
+        == Some(super::compress::Compression::Uncompressed)
+    {
+        return Ok(d.digest().clone());
     }
+    let mut capped = Capped {
+        inner: super::compress::decompressed(store, d)?,
+        left: limit,
+        limit,
+    };
+    Ok(content::hash_reader(&mut capped, Path::new(&d.digest().to_string()))?.digest)
 }
 
 fn docker_images<'a>(
@@ -373,7 +373,12 @@ fn docker_images<'a>(
             } else {
                 image::MEDIA_TYPE_LAYER_TAR
             };
-            let got = diff_id(store, s, limit).map_err(|err| bad(format!("{l}: {err}")))?;
+            let desc = Descriptor::new(
+                MediaType::from(media_type),
+                s.info.size,
+                s.info.digest.clone(),
+            );
+            let got = diff_id(store, &desc, limit).map_err(|err| bad(format!("{l}: {err}")))?;
             if got.to_string() != *want {
                 return Err(bad(format!(
                     "{l}: its contents hash to {got}, but the config {} says {want} \
@@ -384,8 +389,8 @@ fn docker_images<'a>(
             size += s.info.size;
             layers.push(json!({
                 "mediaType": media_type,
-                "digest": s.info.digest.to_string(),
-                "size": s.info.size,
+                "digest": desc.digest().to_string(),
+                "size": desc.size(),
             }));
         }
         let manifest = image::canonical_json(&json!({

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::{GcError, entries, manifest_refs};
+use super::{GcError, entries, hex_name, manifest_refs};
 use crate::content;
 use crate::meta;
 use crate::snapshot::SnapRef;
@@ -45,13 +45,6 @@ pub struct CheckReport {
     pub repaired: usize,
 }
 
-fn hex_name(p: &std::path::Path) -> Option<String> {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-}
-
 /// Checks the store `worker` holds exclusively; with `repair`, applies every fix.
 pub async fn check(worker: &Worker, repair: bool) -> Result<CheckReport, GcError> {
     let mut r = CheckReport::default();
@@ -66,11 +59,9 @@ pub async fn check(worker: &Worker, repair: bool) -> Result<CheckReport, GcError
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let ok = hex_name(&p).is_some_and(|h| h.len() == 64)
-            && std::fs::File::open(&p)
-                .ok()
-                .and_then(|mut f| content::hash_reader(&mut f, &p).ok())
-                .is_some_and(|info| info.digest.digest() == name);
+        let ok = hex_name(&p)
+            .and_then(|h| content::parse_digest(&format!("sha256:{h}")).ok())
+            .is_some_and(|d| worker.content.verify(&d).is_ok());
         if ok {
             blobs.insert(format!("sha256:{name}"));
         } else {
@@ -101,7 +92,9 @@ pub async fn check(worker: &Worker, repair: bool) -> Result<CheckReport, GcError
             });
             continue;
         }
-        let Some(id) = hex_name(&p) else { continue };
+        let Some(id) = hex_name(&p).map(str::to_string) else {
+            continue;
+        };
         r.snapshots += 1;
         let rec = std::fs::read(p.join("ref.json"))
             .ok()
@@ -131,18 +124,16 @@ pub async fn check(worker: &Worker, repair: bool) -> Result<CheckReport, GcError
         }
     }
 
-    // Ingests of killed processes (an unlocked `ingest-*`; live writers hold a lock).
-    for p in entries(&root.join("content/ingest")) {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with("ingest-") && !content::is_locked(&p) {
-            r.problems.push(Problem {
-                what: format!("content/ingest/{name}: an ingest a killed process left"),
-                fix: Fix::RemoveFile(p),
-            });
-        }
+    // Ingests of killed processes (live writers hold a lock; with the store held exclusively
+    // there are none, so any age counts).
+    for p in content::stale_ingests(&root.join("content/ingest"), std::time::Duration::ZERO) {
+        r.problems.push(Problem {
+            what: format!(
+                "{}: an ingest a killed process left",
+                p.strip_prefix(&root).unwrap_or(&p).display()
+            ),
+            fix: Fix::RemoveFile(p),
+        });
     }
 
     // Image records: what they name must be in the content store.

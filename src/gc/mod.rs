@@ -75,10 +75,15 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn is_snapshot_id(p: &Path) -> bool {
+/// A file name of hex digits (a snapshot id, a blob's digest), as a string.
+fn hex_name(p: &Path) -> Option<&str> {
     p.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn is_snapshot_id(p: &Path) -> bool {
+    hex_name(p).is_some()
 }
 
 /// The store's usage by kind.

@@ -23,6 +23,9 @@ const MOUNT_TMPFS: i32 = 4;
 const NET_HOST: i32 = 1;
 const NET_NONE: i32 = 2;
 
+/// `pb::SecurityMode::Insecure`.
+const SECURITY_INSECURE: i32 = 1;
+
 /// Whether a step with LLB's default network gets a sandbox of its own (`[worker] network`):
 /// where slirp4netns cannot run, `sandbox` is an error that says why and what to do, `auto`
 /// says so once and uses the host's network.
@@ -58,8 +61,6 @@ fn sandbox(cfg: &crate::config::Config) -> Result<bool, OpsError> {
         ))),
     }
 }
-/// `pb::SecurityMode::Insecure`.
-const SECURITY_INSECURE: i32 = 1;
 
 /// How many lines of output a failed step shows.
 const TAIL_LINES: usize = 20;

@@ -1059,7 +1059,6 @@ impl Failure {
     }
 }
 
-/// Whether a descriptor's media type is one of the manifest kinds this module understands.
 /// A buffer that refuses bytes past `cap` (what a descriptor announced).
 struct CappedVec {
     buf: Vec<u8>,
@@ -1106,6 +1105,7 @@ impl tokio::io::AsyncWrite for CappedVec {
     }
 }
 
+/// Whether a descriptor's media type is one of the manifest kinds this module understands.
 pub fn is_manifest_media_type(mt: &MediaType) -> bool {
     matches!(mt, MediaType::ImageManifest | MediaType::ImageIndex)
         || matches!(mt, MediaType::Other(s) if s == DOCKER_MANIFEST || s == DOCKER_MANIFEST_LIST)
