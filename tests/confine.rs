@@ -6,13 +6,6 @@ mod common;
 
 use common::{TestEnv, stderr};
 
-fn def_file(env: &TestEnv, name: &str, def: &envkit::llb::Definition) -> std::path::PathBuf {
-    let p = env.dir.join(format!("{name}.pb"));
-    std::fs::write(&p, def.to_bytes()).unwrap();
-    env.chown(&p);
-    p
-}
-
 /// What a step reports about itself: its capabilities, what the masked /proc/keys and
 /// /proc/interrupts give (/proc/kcore is absent from some kernels, this machine's among them)
 /// and whether /proc/sys can be written.
@@ -36,7 +29,7 @@ fn steps_get_default_capabilities_and_a_masked_proc() {
             .marshal(&llb::MarshalOptions::default())
             .expect("marshal")
     };
-    let pb = def_file(&env, "default", &step(false));
+    let pb = env.def_file("default", &step(false));
     let out = env.envkit(&["solve", "--progress", "plain", pb.to_str().unwrap()]);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
@@ -47,7 +40,7 @@ fn steps_get_default_capabilities_and_a_masked_proc() {
         "{log}"
     );
 
-    let pb = def_file(&env, "insecure", &step(true));
+    let pb = env.def_file("insecure", &step(true));
     let out = env.envkit(&["solve", "--progress", "plain", pb.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(

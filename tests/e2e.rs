@@ -279,7 +279,7 @@ fn merged_branches_run_concurrently_and_a_warm_solve_runs_nothing() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "parallel", &def);
+    let pb = env.def_file("parallel", &def);
     let args = [
         "solve",
         pb.to_str().unwrap(),
@@ -485,7 +485,7 @@ fn a_secret_reaches_the_step_and_no_layer() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "secret", &def);
+    let pb = env.def_file("secret", &def);
     let missing = env.envkit(&["solve", pb.to_str().unwrap()]);
     assert!(!missing.status.success());
     assert!(
@@ -826,7 +826,7 @@ fn network_none_isolates_a_step_and_extra_hosts_are_added() {
     )
     .marshal(&llb::MarshalOptions::default())
     .expect("marshal");
-    let pb_path = def_file(&env, "net", &def);
+    let pb_path = env.def_file("net", &def);
     let out = env.envkit(&["solve", pb_path.to_str().unwrap()]);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
@@ -874,7 +874,7 @@ fn local_source_patterns_filter_the_context_and_its_key() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = def_file(&env, "patterns", &def);
+    let pb_path = env.def_file("patterns", &def);
     let local_arg = format!("src={}", ctx.display());
     let solve = || {
         env.envkit(&[
@@ -933,7 +933,7 @@ fn an_ssh_mount_forwards_the_agent_to_a_non_root_step() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = def_file(&env, "ssh", &def);
+    let pb_path = env.def_file("ssh", &def);
     let out = env.envkit(&[
         "solve",
         "--progress",
@@ -1138,7 +1138,7 @@ fn git_sources_check_out_refs_and_follow_new_commits() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = def_file(&env, "git", &def);
+    let pb_path = env.def_file("git", &def);
     let solve = || env.envkit(&["solve", "--progress", "plain", pb_path.to_str().unwrap()]);
     let out = solve();
     let log = stderr(&out);
@@ -1182,10 +1182,7 @@ fn a_cache_mount_is_shared_by_two_builds_and_kept_out_of_layers() {
             .root()
             .marshal(&llb::MarshalOptions::default())
             .expect("marshal");
-        let p = env.dir.join(format!("{name}.pb"));
-        std::fs::write(&p, def.to_bytes()).unwrap();
-        env.chown(&p);
-        p
+        env.def_file(name, &def)
     };
     let first = def(
         "first",
@@ -1304,7 +1301,7 @@ fn ulimits_exit_codes_and_entitlements() {
     )
     .marshal(&llb::MarshalOptions::default())
     .expect("marshal");
-    let pb_path = def_file(&env, "execopts", &def);
+    let pb_path = env.def_file("execopts", &def);
     let p = pb_path.to_str().unwrap();
     let refused = env.envkit(&["solve", "--progress", "plain", p]);
     let log = stderr(&refused);
@@ -1346,10 +1343,7 @@ fn prefer_local_resolve_needs_no_registry_for_a_known_tag() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-        let p = env.dir.join(format!("{name}.pb"));
-        std::fs::write(&p, def.to_bytes()).unwrap();
-        env.chown(&p);
-        p
+        env.def_file(name, &def)
     };
     let local = def("local", Some(ResolveMode::PreferLocal));
     let default = def("default", None);
@@ -1457,7 +1451,7 @@ fn cache_mount_sharing_modes() {
     let def = llb::merge(&inputs, Constraints::new())
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = def_file(&env, "sharing", &def);
+    let pb_path = env.def_file("sharing", &def);
     let out = env.envkit(&[
         "solve",
         "--progress",
@@ -1517,7 +1511,7 @@ fn an_exec_mount_output_is_a_result_of_its_own() {
     let def = check
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb_path = def_file(&env, "mountout", &def);
+    let pb_path = env.def_file("mountout", &def);
     let solve = || env.envkit(&["solve", "--progress", "plain", pb_path.to_str().unwrap()]);
     let out = solve();
     let log = stderr(&out);
@@ -1574,14 +1568,6 @@ fn build_and_run(env: &TestEnv, ctx: &std::path::Path, name: &str, script: &str)
     stdout(&out)
 }
 
-/// Writes a marshalled Definition into the test dir (owned by the test user) as `<name>.pb`.
-fn def_file(env: &TestEnv, name: &str, def: &envkit::llb::Definition) -> std::path::PathBuf {
-    let p = env.dir.join(format!("{name}.pb"));
-    std::fs::write(&p, def.to_bytes()).unwrap();
-    env.chown(&p);
-    p
-}
-
 /// The other exporters: `type=docker` loads in podman, `type=tar` is the root filesystem
 /// with the image's owners, `type=local` writes it into a directory owned by the user, and
 /// `compression=zstd` gives zstd layers skopeo reads.
@@ -1599,7 +1585,7 @@ fn docker_tar_local_and_zstd_exports() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "exporters", &def);
+    let pb = env.def_file("exporters", &def);
     let solve = |out: &str| {
         let o = env.envkit(&[
             "solve",
@@ -1722,7 +1708,7 @@ fn push_and_pull_through_an_authenticating_registry() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "push", &def);
+    let pb = env.def_file("push", &def);
     let target = format!("{areg}/envkit/pushed:1");
     let out = env.envkit(&[
         "solve",
@@ -1780,7 +1766,7 @@ fn push_and_pull_through_an_authenticating_registry() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let check_pb = def_file(&env, "push-check", &check);
+    let check_pb = env.def_file("push-check", &check);
     let fresh = env.dir.join("fresh-store");
     let out = env.envkit(&[
         "--root",
@@ -1909,7 +1895,7 @@ fn containerd_exporter_imports_into_ctr() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "containerd", &def);
+    let pb = env.def_file("containerd", &def);
     let out_spec =
         format!("type=containerd,name=envkit-e2e/ctd:1,address={sock},namespace={ns},unpack=true");
     let o = env.envkit(&[
@@ -1995,7 +1981,7 @@ fn the_layer_size_limit_refuses_a_large_base() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "layerlimit", &def);
+    let pb = env.def_file("layerlimit", &def);
     let o = env.envkit(&["solve", pb.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("max-layer-size"), "{}", stderr(&o));
@@ -2017,7 +2003,7 @@ fn save_load_inspect_and_remove_images() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "saveload", &def);
+    let pb = env.def_file("saveload", &def);
     let o = env.envkit(&["solve", "-t", "saveload:1", pb.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 
@@ -2680,7 +2666,7 @@ fn dockerd_context_builds_into_dockerd() {
         .root()
         .marshal(&envkit::llb::MarshalOptions::default())
         .expect("marshal");
-    let auth_pb = def_file(&env, "remote-auth", &auth_def);
+    let auth_pb = env.def_file("remote-auth", &auth_def);
     let o = env.envkit(&["solve", "--progress", "plain", auth_pb.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(env.dir.join(".docker/config.json"), "{}").unwrap();

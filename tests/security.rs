@@ -9,14 +9,6 @@ use std::process::Stdio;
 
 use common::{TestEnv, stderr, stdout};
 
-/// Writes a marshalled Definition into the test dir (owned by the test user).
-fn def_file(env: &TestEnv, name: &str, def: &envkit::llb::Definition) -> PathBuf {
-    let p = env.dir.join(format!("{name}.pb"));
-    std::fs::write(&p, def.to_bytes()).unwrap();
-    env.chown(&p);
-    p
-}
-
 /// A busybox step that prints what it finds at `/m/<file>` with `local` (the build context
 /// named `ctx`) mounted read-only at `/m`, only its `selector` part.
 fn selector_definition(env: &TestEnv, name: &str, selector: &str, file: &str) -> PathBuf {
@@ -36,7 +28,7 @@ fn selector_definition(env: &TestEnv, name: &str, selector: &str, file: &str) ->
     let def = step
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    def_file(env, name, &def)
+    env.def_file(name, &def)
 }
 
 /// Defect 2: a read-only bind with a selector on a one-snapshot input (here the build
@@ -146,7 +138,7 @@ fn prune_killed_midway_leaves_no_partial_cache() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "many", &def);
+    let pb = env.def_file("many", &def);
     let store = env.store();
     let store_s = store.to_str().unwrap().to_string();
     let tar = env.dir.join("many.tar");
@@ -458,7 +450,7 @@ fn check_finds_and_repairs_damage() {
     let a = base.run(Run::args(["sh", "-c", "echo one > /one"])).root();
     let b = a.run(Run::args(["sh", "-c", "echo two > /two"])).root();
     let def = b.marshal(&llb::MarshalOptions::default()).expect("marshal");
-    let pb = def_file(&env, "check", &def);
+    let pb = env.def_file("check", &def);
     let build = || env.envkit(&["solve", pb.to_str().unwrap(), "-t", "checked:1"]);
     let out = build();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -567,7 +559,7 @@ fn build_steps_get_a_network_of_their_own() {
             .marshal(&llb::MarshalOptions::default())
             .expect("marshal")
     };
-    let pb_sandbox = def_file(&env, "sandbox", &step(None));
+    let pb_sandbox = env.def_file("sandbox", &step(None));
     let out = env.envkit(&["solve", "--progress", "plain", pb_sandbox.to_str().unwrap()]);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
@@ -578,7 +570,7 @@ fn build_steps_get_a_network_of_their_own() {
     );
     assert!(log.contains("abstract refused"), "{log}");
     // The host's network is an entitlement, and then everything is reachable.
-    let pb_host = def_file(&env, "host", &step(Some(pb::NetMode::Host)));
+    let pb_host = env.def_file("host", &step(Some(pb::NetMode::Host)));
     let out = env.envkit(&["solve", "--progress", "plain", pb_host.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("network.host"), "{}", stderr(&out));
@@ -634,7 +626,7 @@ fn kill9_at_random_points_leaves_a_sound_store() {
         .root()
         .marshal(&llb::MarshalOptions::default())
         .expect("marshal");
-    let pb = def_file(&env, "kill9", &def);
+    let pb = env.def_file("kill9", &def);
     let pb = pb.to_str().unwrap().to_string();
     let main = env.store();
     let oci = env.dir.join("k.oci.tar");
@@ -718,7 +710,7 @@ fn four_builds_and_a_prune_at_once_keep_the_store_sound() {
                 .root()
                 .marshal(&llb::MarshalOptions::default())
                 .expect("marshal");
-            def_file(&env, &format!("c{i}"), &def)
+            env.def_file(&format!("c{i}"), &def)
                 .to_str()
                 .unwrap()
                 .to_string()

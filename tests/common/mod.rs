@@ -126,6 +126,15 @@ impl TestEnv {
         dest
     }
 
+    /// Writes a marshalled Definition into the test dir (owned by the test user) as
+    /// `<name>.pb`.
+    pub fn def_file(&self, name: &str, def: &envkit::llb::Definition) -> PathBuf {
+        let p = self.dir.join(format!("{name}.pb"));
+        std::fs::write(&p, def.to_bytes()).expect("write the Definition");
+        self.chown(&p);
+        p
+    }
+
     /// A command that runs as the test user, with a clean, predictable environment.
     pub fn user_command(&self, program: &str) -> Command {
         let uid = self.uid();
