@@ -52,6 +52,10 @@ const ACCEPTED: &[&str] = &[
     DOCKER_MANIFEST_LIST,
 ];
 
+/// Largest manifest or index accepted from a registry (containerd's limit too; real ones
+/// are a few KiB).
+const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
 /// Largest image config accepted (they are a few KiB in practice).
 const MAX_CONFIG_SIZE: u64 = 64 << 20;
 
@@ -266,6 +270,10 @@ fn section_for(host: &str) -> &str {
 }
 
 /// Renders an oci-client error for a user: the registry's own messages where it sent some.
+/// What a 401 means to the user.
+const UNAUTHORIZED: &str =
+    "unauthorized (give credentials in docker's config.json: `auths` or a credential helper)";
+
 fn describe(e: &oci_client::errors::OciDistributionError) -> String {
     use oci_client::errors::OciDistributionError as E;
     match e {
@@ -285,10 +293,7 @@ fn describe(e: &oci_client::errors::OciDistributionError) -> String {
         }
         E::ImageManifestNotFoundError(_) => "manifest unknown".to_string(),
         E::ServerError { code, message, .. } => format!("HTTP {code}: {message}"),
-        E::UnauthorizedError { .. } => {
-            "unauthorized (give credentials in docker's config.json: `auths` or a credential helper)"
-                .into()
-        }
+        E::UnauthorizedError { .. } => UNAUTHORIZED.into(),
         other => chain(other),
     }
 }
@@ -329,6 +334,134 @@ fn proxies_from_env() -> (Option<String>, Option<String>, Option<String>) {
         }
     }
     (https, http, Some(no_proxy))
+}
+
+/// A plain HTTP client with the distribution client's settings: extra CAs, `insecure`,
+/// proxies and timeouts.
+fn plain_client(
+    certs: &[Certificate],
+    insecure: bool,
+    (https, http, no_proxy): (&Option<String>, &Option<String>, &Option<String>),
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut roots = Vec::new();
+    for c in certs {
+        roots.push(reqwest::Certificate::from_pem(&c.data)?);
+    }
+    let no_proxy = no_proxy.as_deref().and_then(reqwest::NoProxy::from_string);
+    let mut b = reqwest::Client::builder()
+        .danger_accept_invalid_certs(insecure)
+        .tls_certs_merge(roots)
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(300))
+        .user_agent(concat!("envkit/", env!("CARGO_PKG_VERSION")));
+    if let Some(p) = https {
+        b = b.proxy(reqwest::Proxy::https(p)?.no_proxy(no_proxy.clone()));
+    }
+    if let Some(p) = http {
+        b = b.proxy(reqwest::Proxy::http(p)?.no_proxy(no_proxy));
+    }
+    b.build()
+}
+
+/// How a manifest request authenticates: what the distribution client's auth step found.
+#[derive(Clone)]
+enum ManifestAuth {
+    Anonymous,
+    Bearer(String),
+    Basic(String, String),
+}
+
+impl ManifestAuth {
+    fn of(token: Option<String>, creds: &RegistryAuth) -> ManifestAuth {
+        match (token, creds) {
+            (Some(t), _) => ManifestAuth::Bearer(t),
+            (None, RegistryAuth::Basic(u, p)) => ManifestAuth::Basic(u.clone(), p.clone()),
+            _ => ManifestAuth::Anonymous,
+        }
+    }
+}
+
+/// A registry's error answer in one line: the messages of its error envelope, else the
+/// status and the start of the body.
+fn registry_answer(status: reqwest::StatusCode, body: &[u8]) -> String {
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return UNAUTHORIZED.into();
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(env) = serde_json::from_slice::<Envelope>(body)
+        && !env.errors.is_empty()
+    {
+        let msgs: Vec<String> = env
+            .errors
+            .into_iter()
+            .map(|e| {
+                if e.message.is_empty() {
+                    e.code
+                } else {
+                    e.message
+                }
+            })
+            .collect();
+        return msgs.join("; ");
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    format!("HTTP {}: {}", status.as_u16(), text.trim())
+}
+
+/// GETs `url` for a manifest and reads at most `cap` bytes of it. An error says whether
+/// another try may help (5xx, 429) and what went wrong.
+async fn get_capped(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &ManifestAuth,
+    cap: u64,
+) -> Result<Vec<u8>, (bool, String)> {
+    let mut req = http
+        .get(url)
+        .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+    req = match auth {
+        ManifestAuth::Anonymous => req,
+        ManifestAuth::Bearer(t) => req.bearer_auth(t),
+        ManifestAuth::Basic(u, p) => req.basic_auth(u, Some(p)),
+    };
+    let mut resp = req.send().await.map_err(|e| (false, chain(&e)))?;
+    let status = resp.status();
+    let too_big =
+        |n: u64| format!("manifest of {n} bytes or more is larger than the {cap}-byte limit");
+    if let Some(n) = resp.content_length()
+        && n > cap
+        && status.is_success()
+    {
+        return Err((false, too_big(n)));
+    }
+    // An error body is only read for its message: a few KiB are enough.
+    let limit = if status.is_success() { cap } else { 64 << 10 };
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| (true, chain(&e)))? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            if status.is_success() {
+                return Err((false, too_big(limit + 1)));
+            }
+            body.extend_from_slice(&chunk[..(limit as usize).saturating_sub(body.len())]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let busy = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+        return Err((busy, registry_answer(status, &body)));
+    }
+    Ok(body)
 }
 
 /// What a manifest fetch returned.
@@ -407,7 +540,9 @@ fn pick_platform<'a>(index: &'a ImageIndex, want: &Platform) -> Result<&'a Descr
 /// Pulls images with the settings of a [`Config`].
 pub struct Registry {
     config: Config,
-    clients: Mutex<HashMap<String, Client>>,
+    /// Per host: the distribution client, and a plain HTTP client with the same TLS, proxy
+    /// and timeout settings for the requests that must be read with a cap (manifests).
+    clients: Mutex<HashMap<String, (Client, reqwest::Client)>>,
     /// Where manifests and configs are kept once fetched (the content store), so that a
     /// digest reference resolves without the network and a tag costs one manifest request.
     blobs: Option<content::Store>,
@@ -519,6 +654,15 @@ impl Registry {
     }
 
     fn client(&self, host: &str, section: &str) -> Result<Client, RegistryError> {
+        self.clients_for(host, section).map(|c| c.0)
+    }
+
+    /// [`Registry::client`] and its plain HTTP twin.
+    fn clients_for(
+        &self,
+        host: &str,
+        section: &str,
+    ) -> Result<(Client, reqwest::Client), RegistryError> {
         let mut clients = self
             .clients
             .lock()
@@ -539,6 +683,15 @@ impl Registry {
             });
         }
         let (https_proxy, http_proxy, no_proxy) = proxies_from_env();
+        let http = plain_client(
+            &extra_root_certificates,
+            settings.insecure,
+            (&https_proxy, &http_proxy, &no_proxy),
+        )
+        .map_err(|e| RegistryError::Client {
+            host: host.to_string(),
+            message: chain(&e),
+        })?;
         let protocol = if self.config.is_plain_http(host) {
             ClientProtocol::Http
         } else {
@@ -559,8 +712,8 @@ impl Registry {
             host: host.to_string(),
             message: chain(&e),
         })?;
-        clients.insert(host.to_string(), client.clone());
-        Ok(client)
+        clients.insert(host.to_string(), (client.clone(), http.clone()));
+        Ok((client, http))
     }
 
     /// Resolves a reference to the image manifest for this machine's platform and its
@@ -700,8 +853,8 @@ impl Registry {
             url: url.to_string(),
             error,
         };
-        let client = self
-            .client(host, section)
+        let (client, http) = self
+            .clients_for(host, section)
             .map_err(|e| fail(&url, e.to_string()))?;
         let on_host = match norm.digest() {
             Some(d) => Reference::with_digest(host.to_string(), repo.clone(), d.to_string()),
@@ -710,13 +863,14 @@ impl Registry {
         let creds = self
             .credentials(host)
             .map_err(|e| fail(&url, e.to_string()))?;
-        client
+        let token = client
             .auth(&on_host, &creds, RegistryOperation::Pull)
             .await
             .map_err(|e| fail(&url, describe(&e)))?;
+        let auth = ManifestAuth::of(token, &creds);
 
         let (bytes, digest) = self
-            .fetch_manifest(&client, &on_host, &creds)
+            .fetch_manifest(&http, &url, &auth, &on_host)
             .await
             .map_err(|e| fail(&url, e))?;
         let (index_digest, manifest_digest, bytes, manifest, media_type) = match classify(&bytes)
@@ -733,7 +887,7 @@ impl Registry {
                 let (cbytes, cdigest) = match self.stored(&child) {
                     Some(b) => (b, child.clone()),
                     None => self
-                        .fetch_manifest(&client, &child_ref, &creds)
+                        .fetch_manifest(&http, &curl, &auth, &child_ref)
                         .await
                         .map_err(|e| fail(&curl, e))?,
                 };
@@ -801,25 +955,24 @@ impl Registry {
         })
     }
 
-    /// Fetches a manifest and checks its digest when the reference names one.
+    /// Fetches a manifest and checks its digest when the reference names one. It is read
+    /// with a cap ([`MAX_MANIFEST_SIZE`]): a registry that announces or sends more is cut off.
     async fn fetch_manifest(
         &self,
-        client: &Client,
+        http: &reqwest::Client,
+        url: &str,
+        auth: &ManifestAuth,
         on_host: &Reference,
-        creds: &RegistryAuth,
     ) -> Result<(Vec<u8>, Digest), String> {
         // A registry under load (5xx, 429) gets a few more tries; a refused connection does
         // not (the next mirror, or the error, comes sooner).
         let mut attempt = 0;
-        let (bytes, _) = loop {
-            match client.pull_manifest_raw(on_host, creds, ACCEPTED).await {
-                Ok(r) => break r,
-                Err(e) => {
-                    let busy = matches!(&e,
-                        oci_client::errors::OciDistributionError::ServerError { code, .. }
-                            if *code >= 500 || *code == 429);
+        let bytes = loop {
+            match get_capped(http, url, auth, MAX_MANIFEST_SIZE).await {
+                Ok(b) => break b,
+                Err((busy, message)) => {
                     if !busy || attempt >= 2 {
-                        return Err(describe(&e));
+                        return Err(message);
                     }
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -832,7 +985,7 @@ impl Registry {
         {
             return Err(format!("manifest digest mismatch: got {actual}"));
         }
-        Ok((bytes.to_vec(), actual))
+        Ok((bytes, actual))
     }
 
     /// Downloads the config and every layer of `resolved` that the store lacks. Each blob is
@@ -1124,6 +1277,129 @@ mod tests {
         v.write_all(b"12345678").await.unwrap();
         assert!(v.write_all(b"9").await.is_err());
         assert_eq!(v.buf, b"12345678");
+    }
+
+    /// A registry stand-in: `/v2/` says no auth is needed; a manifest request gets
+    /// `head` and then `body` bytes of `x`, repeated `repeat` times (the connection closes
+    /// when the client goes away).
+    async fn manifest_server(head: &'static str, body: usize, repeat: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        if c.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        req.push(b[0]);
+                    }
+                    if req.starts_with(b"GET /v2/ ") {
+                        let _ = c
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                            .await;
+                        return;
+                    }
+                    if c.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; body];
+                    for _ in 0..repeat {
+                        if c.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn resolve_from(addr: &str) -> Result<Resolved, RegistryError> {
+        let text = format!("[registry.\"{addr}\"]\nhttp = true\n");
+        let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        Registry::new(&config)
+            .resolve(&format!("{addr}/big/manifest:1"))
+            .await
+    }
+
+    /// The security issue's defect 11: a manifest is read with a cap, whether the registry
+    /// announces its size or streams without end.
+    #[tokio::test]
+    async fn registry_manifests_are_read_with_a_size_cap() {
+        // Announced: refused before the body is read.
+        let addr = manifest_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1073741824\r\n\r\n",
+            1 << 16,
+            16384,
+        )
+        .await;
+        let e = resolve_from(&addr).await.unwrap_err().to_string();
+        assert!(e.contains("larger than the 4194304-byte limit"), "{e}");
+        // Unannounced (read to the end of the connection): cut off at the cap.
+        let addr = manifest_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
+            1 << 16,
+            usize::MAX,
+        )
+        .await;
+        let e = resolve_from(&addr).await.unwrap_err().to_string();
+        assert!(e.contains("larger than the 4194304-byte limit"), "{e}");
+        // An error answer is read for its message, not to its end.
+        let addr = manifest_server(
+            "HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n",
+            1 << 16,
+            usize::MAX,
+        )
+        .await;
+        let e = resolve_from(&addr).await.unwrap_err().to_string();
+        assert!(e.contains("HTTP 404"), "{e}");
+    }
+
+    /// Docker Hub's flow: `/v2/` answers 401 naming a token realm, the token comes from
+    /// there, and the manifest request carries it.
+    #[tokio::test]
+    async fn manifest_requests_carry_the_bearer_token() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let realm = realm.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        if c.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        req.push(b[0]);
+                    }
+                    let req = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                    let (status, extra, body) = if req.starts_with("get /token") {
+                        ("200 OK", String::new(), r#"{"token":"t0ken"}"#.to_string())
+                    } else if req.contains("authorization: bearer t0ken") {
+                        let e = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"the token came"}]}"#;
+                        ("404 Not Found", String::new(), e.to_string())
+                    } else {
+                        let h =
+                            format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"t\"\r\n");
+                        ("401 Unauthorized", h, r#"{"errors":[]}"#.to_string())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let e = resolve_from(&addr).await.unwrap_err().to_string();
+        assert!(e.contains("the token came"), "{e}");
     }
 
     #[test]
