@@ -221,6 +221,12 @@ fn devenv_project(env: &TestEnv, name: &str) -> PathBuf {
 /// Runs `cmd` (a shell line, as the test user) under a pty made by `script`; returns what the
 /// terminal showed.
 fn under_a_pty(env: &TestEnv, cmd: &str) -> String {
+    under_a_pty_typing(env, cmd, b"")
+}
+
+/// [`under_a_pty`], typing `input` at the terminal.
+fn under_a_pty_typing(env: &TestEnv, cmd: &str, input: &[u8]) -> String {
+    use std::io::Write;
     let mut child = env
         .user_command("script")
         .args(["-qec", cmd, "/dev/null"])
@@ -229,7 +235,10 @@ fn under_a_pty(env: &TestEnv, cmd: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("script");
-    let stdin = child.stdin.take();
+    let mut stdin = child.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        s.write_all(input).expect("typing");
+    }
     let out = child.wait_with_output().expect("script");
     drop(stdin);
     format!("{}{}", stdout(&out), stderr(&out))
@@ -260,7 +269,7 @@ fn tiocsti_from_an_environment_reaches_no_host_shell() {
     std::fs::write(&script, inject).unwrap();
     env.chown(&script);
     let envkit = env!("CARGO_BIN_EXE_envkit");
-    for flags in ["", "--no-tty", "-t"] {
+    for flags in ["", "--no-tty", "-t", "-i", "-it"] {
         // The host side: after envkit returns, whatever sits in the terminal's input queue is
         // what the user's shell would run next.
         let line = format!(
@@ -287,6 +296,19 @@ fn tiocsti_from_an_environment_reaches_no_host_shell() {
     assert!(text.contains("/dev/pts/"), "{text}");
     assert!(
         text.contains("on-a-pty") && text.contains("code=7"),
+        "{text}"
+    );
+    // `-i` alone is docker's: stdin attached through a pipe, no terminal; what is typed
+    // reaches the command.
+    let text = under_a_pty_typing(
+        &env,
+        &format!(
+            "{envkit} exec -i {name} -- sh -c 'tty; test -t 1 || echo out-piped; read x; echo got=$x'"
+        ),
+        b"typed-line\n",
+    );
+    assert!(
+        text.contains("not a tty") && text.contains("out-piped") && text.contains("got=typed-line"),
         "{text}"
     );
 

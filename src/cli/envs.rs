@@ -496,7 +496,9 @@ pub(super) fn exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<i32> {
         }
         None => args.args.clone(),
     };
-    join(&state, argv, super::tty_mode(args.tty, args.no_tty))
+    // `-i` without `-t` is docker's "stdin, no terminal".
+    let no_tty = args.no_tty || (args.interactive && !args.tty);
+    join(&state, argv, super::tty_mode(args.tty, no_tty))
 }
 
 /// Stops the environment's processes and removes what it left (idempotent).

@@ -298,6 +298,10 @@ pub struct ExecArgs {
     /// terminal of the command).
     #[arg(long = "no-tty")]
     pub no_tty: bool,
+    /// Keep stdin attached, as `docker exec -i`: alone it means no pseudo-terminal (like
+    /// `--no-tty`), with `-t` (`-it`) a pseudo-terminal.
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
