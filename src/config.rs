@@ -79,6 +79,10 @@ pub struct WorkerConfig {
     /// The network of build steps that ask for none in particular (LLB's default mode).
     #[serde(default)]
     pub network: StepNetwork,
+    /// Set `no_new_privs` in build steps and environments (off by default, as in BuildKit
+    /// and `docker run`: setuid tools such as sudo then stop gaining privileges).
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 /// `[worker] network`: what LLB's default network mode means for a build step.

@@ -1,7 +1,8 @@
 //! What confines a build step beyond its namespaces, as runc and containerd set it for Docker
 //! and BuildKit: masked and read-only `/proc` paths (steps and environments), and Docker's
-//! default capability set (steps; environments keep theirs for now). `security.insecure` lifts
-//! both (every capability of the user namespace, an unmasked /proc). Seccomp is not here yet.
+//! default capability set (steps and environments). `security.insecure` lifts both (every
+//! capability of the user namespace, an unmasked /proc), and the seccomp filter
+//! ([`crate::seccomp`]) with them.
 
 use std::path::Path;
 
@@ -38,6 +39,24 @@ pub const READ_ONLY: [&str; 5] = [
 /// SYS_CHROOT 18, MKNOD 27, AUDIT_WRITE 29, SETFCAP 31 — CapEff 0x00000000a80425fb for a root
 /// step.
 pub const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+/// [`DEFAULT_CAPS`] by name, in the same order.
+pub const DEFAULT_CAP_NAMES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SYS_CHROOT",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+];
 
 /// Masks and read-only binds under `root` (the step's root, with its /proc and /sys already
 /// mounted), before pivot_root. A path that does not exist there is left alone.

@@ -154,6 +154,10 @@ fn init(
     // Its own session: the terminal that ran `envkit up` may go away.
     let _ = nix::unistd::setsid();
     enter_root(root, plan, &r.exec)?;
+    if !r.exec.insecure {
+        // Built once here; each service's process installs it before exec.
+        crate::seccomp::prepare();
+    }
     let mut steps: Vec<Option<Step>> = Vec::new();
     for s in &r.services {
         let step = make_step(
@@ -164,6 +168,11 @@ fn init(
             prepared.user.clone(),
             &r.exec.rlimits,
         )?;
+        let step = step.map(|mut st| {
+            st.confine = !r.exec.insecure;
+            st.no_new_privs = r.exec.no_new_privs;
+            st
+        });
         if step.is_none() {
             eprintln!(
                 "envkit init: service {}: {:?} not found",
@@ -285,8 +294,17 @@ fn supervise(r: &EnvRequest, steps: &[Option<Step>], logs: &[std::fs::File]) {
                     } else {
                         Duration::from_secs(1)
                     };
+                    // A daemon that keeps failing may want what the default confinement
+                    // takes away (mount, other capabilities): say how to lift it.
+                    let hint = if !r.exec.insecure && ran < Duration::from_secs(10) {
+                        " (it runs confined as under `docker run`: Docker's default \
+                         capabilities and seccomp profile; `envkit up --allow \
+                         security.insecure` lifts that)"
+                    } else {
+                        ""
+                    };
                     say(format!(
-                        "{} (pid {p}) exited after {:.1} s; starting it again in {} s",
+                        "{} (pid {p}) exited after {:.1} s; starting it again in {} s{hint}",
                         r.services[i].name,
                         ran.as_secs_f64(),
                         delay[i].as_secs()
@@ -395,6 +413,11 @@ fn join() -> Result<i32> {
         return Ok(127);
     };
     step.stdin_null = false;
+    step.confine = !req.insecure;
+    step.no_new_privs = req.no_new_privs;
+    if step.confine {
+        crate::seccomp::prepare();
+    }
     // The command's terminal: its own pty (or none), never the caller's (see crate::tty).
     let term = Terminal::prepare(req.tty)?;
     // SAFETY: single-threaded; the child execs or exits.

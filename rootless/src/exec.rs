@@ -545,7 +545,22 @@ fn prepare_and_run(
         return Ok(ExitStatus::Code(127));
     };
     step.confine = !r.insecure;
+    step.no_new_privs = r.no_new_privs;
+    if step.confine && !crate::seccomp::prepare() {
+        warn_once_no_seccomp();
+    }
     run_in_pid_ns(root, &plan, r, &step, net)
+}
+
+/// Said once per helper where this architecture has no seccomp profile.
+fn warn_once_no_seccomp() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "envkit: no seccomp profile for {}: build steps run without a syscall filter",
+            std::env::consts::ARCH
+        );
+    });
 }
 
 /// The process to exec: `args[0]` looked up on the env's PATH inside `root`. None (and a
@@ -608,6 +623,7 @@ pub(crate) fn make_step(
         rlimits,
         stdin_null: true,
         confine: false,
+        no_new_privs: false,
     }))
 }
 
@@ -667,8 +683,11 @@ pub(crate) struct Step {
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit, String)>,
     /// Replace stdin by /dev/null (build steps); else it is inherited (a terminal).
     pub(crate) stdin_null: bool,
-    /// Keep only Docker's default capabilities (build steps that are not insecure).
+    /// Keep only Docker's default capabilities and install the seccomp filter (steps and
+    /// environments that are not insecure).
     pub(crate) confine: bool,
+    /// Set `no_new_privs` before exec.
+    pub(crate) no_new_privs: bool,
 }
 
 /// A resource by its `ulimit` name (as BuildKit's `Ulimit.Name` spells them).
@@ -999,10 +1018,19 @@ pub(crate) fn exec_step(s: &Step) -> String {
             );
         }
     }
-    if s.confine
-        && let Err(e) = crate::confine::drop_capabilities()
-    {
-        return e;
+    if s.confine {
+        if let Err(e) = crate::confine::drop_capabilities() {
+            return e;
+        }
+        // Last before dropping to the user: the filter allows setgroups/setuid and execve,
+        // and installing it needs the CAP_SYS_ADMIN the process still has (no no_new_privs).
+        if let Err(e) = crate::seccomp::install() {
+            return e;
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    if s.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return format!("no_new_privs: {}", std::io::Error::last_os_error());
     }
     let groups: Vec<Gid> = s.user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {

@@ -19,6 +19,7 @@ mod parent;
 pub mod pathsafe;
 pub mod patterns;
 mod proto;
+pub mod seccomp;
 pub mod slirp;
 mod tty;
 mod unpack;

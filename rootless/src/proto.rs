@@ -96,10 +96,14 @@ pub struct ExecRequest {
     /// default network mode, BuildKit's `sandbox`); see [`crate::slirp`].
     #[serde(default)]
     pub sandbox_net: bool,
-    /// `security.insecure`: every capability of the user namespace and an unmasked /proc
-    /// (see [`crate::confine`]).
+    /// `security.insecure`: every capability of the user namespace, no seccomp filter and an
+    /// unmasked /proc (see [`crate::confine`]).
     #[serde(default)]
     pub insecure: bool,
+    /// Set `no_new_privs` before exec (`[worker] no-new-privileges`): setuid files no longer
+    /// raise privileges.
+    #[serde(default)]
+    pub no_new_privs: bool,
     /// Resource limits of the step's process: (name as in `ulimit`/BuildKit, e.g. `nofile`,
     /// soft, hard).
     #[serde(default)]
@@ -355,4 +359,11 @@ pub struct JoinRequest {
     /// Whether the command gets a pty of the environment's own.
     #[serde(default)]
     pub tty: crate::tty::TtyMode,
+    /// The environment was started with `security.insecure`: the command is not confined
+    /// either (else Docker's default capabilities and seccomp profile).
+    #[serde(default)]
+    pub insecure: bool,
+    /// The environment was started with `no_new_privs`: the command gets it too.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }

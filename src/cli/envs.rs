@@ -281,6 +281,14 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
     }
     let lowers = worker.snapshots.lowers(&built.snap);
     let user = "0".to_string();
+    // As for a build step: `--allow security.insecure` runs the environment unconfined.
+    let cfg_no_new_privs = worker.config.worker.no_new_privileges;
+    let insecure = args
+        .build
+        .engine
+        .allow
+        .iter()
+        .any(|a| a == "security.insecure");
     let log_dir = EnvState::log_dir(&states, &name);
     let req = rootless::EnvRequest {
         exec: rootless::ExecRequest {
@@ -297,7 +305,8 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             readonly_rootfs: false,
             network_none: false,
             sandbox_net: false,
-            insecure: false,
+            insecure,
+            no_new_privs: cfg_no_new_privs,
             rlimits: Vec::new(),
         },
         shm_size: shm_mb << 20,
@@ -338,6 +347,8 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
         lowers,
         layer_dir,
         gpus,
+        insecure,
+        no_new_privs: cfg_no_new_privs,
     };
     state.save(&states)?;
     let mut err = std::io::stderr().lock();
@@ -384,6 +395,8 @@ fn join(state: &EnvState, args: Vec<String>, tty: rootless::TtyMode) -> anyhow::
         cwd: state.cwd.clone(),
         user: state.user.clone(),
         tty,
+        insecure: state.insecure,
+        no_new_privs: state.no_new_privs,
     };
     let exe = std::env::current_exe().context("finding the envkit executable")?;
     let mut child = rootless::join_command(&exe, &req)?

@@ -3,6 +3,7 @@
 mod build;
 mod envs;
 mod images;
+mod info;
 mod remote;
 
 use std::io::Write;
@@ -88,6 +89,13 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Push an image of envkit's store to a registry (credentials from docker's config).
     Push(PushArgs),
+    /// What the engine is and does here: version, store, snapshotter, the network of build
+    /// steps, platforms, and how steps and environments are confined.
+    Info {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect what envkit would build.
     Debug {
         #[command(subcommand)]
@@ -564,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load(ref args) => images::load(&cli, args),
         Command::Push(ref args) => build::push(&cli, args).await,
         Command::Du => build::du(&cli),
+        Command::Info { json } => info::info(&cli, json).await,
         Command::Prune(ref args) => build::prune(&cli, args).await,
         Command::Check { repair } => {
             let code = build::check(&cli, repair).await?;

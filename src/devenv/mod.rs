@@ -75,6 +75,13 @@ pub struct EnvState {
     pub lowers: Vec<PathBuf>,
     pub layer_dir: PathBuf,
     pub gpus: bool,
+    /// Started with `--allow security.insecure`: unconfined (every capability of its user
+    /// namespace, no seccomp filter, an unmasked /proc).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Started with `[worker] no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// Running, or what is left of one that is not.
@@ -350,6 +357,8 @@ mod tests {
             lowers: vec![],
             layer_dir: "/l".into(),
             gpus: false,
+            insecure: false,
+            no_new_privs: false,
         };
         s.save(d.path()).unwrap();
         assert_eq!(EnvState::load(d.path(), "demo").unwrap().as_ref(), Some(&s));

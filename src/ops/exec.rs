@@ -384,8 +384,18 @@ pub(super) async fn run(
         network_none,
         sandbox_net,
         insecure: exec.security == SECURITY_INSECURE,
+        no_new_privs: ctx.worker.config.worker.no_new_privileges,
         rlimits,
     });
+    if exec.security == SECURITY_INSECURE {
+        // The progress says so (the entitlement was granted for the build).
+        ctx.reporter.event(crate::progress::Event::Log {
+            vertex: ctx.vertex,
+            data: b"envkit: security.insecure: this step runs unconfined (every capability of \
+its user namespace, no seccomp filter, an unmasked /proc)\n"
+                .to_vec(),
+        });
+    }
     let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
     let sink = OutputSink {
         reporter: ctx.reporter.clone(),
