@@ -276,17 +276,24 @@ fn environments_are_confined_unless_started_insecure() {
             "--",
             "sh",
             "-c",
-            "grep -E '^(CapEff|Seccomp):' /proc/self/status; echo keys=$(wc -c < /proc/keys)",
+            "grep -E '^(CapEff|Seccomp):' /proc/self/status; echo keys=$(wc -c < /proc/keys); \
+             awk '$2 == \"/sys\" { split($4, o, \",\"); print \"sys=\" o[1] }' /proc/mounts",
         ]);
         let text = common::stdout(&out);
         assert!(out.status.success(), "{text}{}", stderr(&out));
         if insecure {
             assert!(text.contains("Seccomp:\t0"), "{text}");
             assert!(!text.contains("CapEff:\t00000000a80425fb"), "{text}");
+            assert!(text.contains("sys=rw"), "{text}");
         } else {
             assert!(text.contains("Seccomp:\t2"), "{text}");
             assert!(text.contains("CapEff:\t00000000a80425fb"), "{text}");
             assert!(text.contains("keys=0"), "{text}");
+            // The host's /sys (environments use the host's network) is bound read-only.
+            assert!(
+                text.contains("sys=ro") && !text.contains("sys=rw"),
+                "{text}"
+            );
             // sudo (setuid root) works for a user of the environment: no no_new_privs, and
             // SETUID/SETGID stay in the bounding set.
             let out = env.envkit(&[

@@ -10,8 +10,10 @@ use nix::mount::MsFlags;
 
 use crate::error::{Result, RootlessError};
 
-/// Paths runc hides (files: /dev/null bound over them; directories: an empty read-only tmpfs).
-pub const MASKED: [&str; 11] = [
+/// Paths hidden from a step (files: /dev/null bound over them; directories: an empty
+/// read-only tmpfs): containerd's defaults, which BuildKit v0.32.2 uses, and /proc/interrupts,
+/// which Docker's own list (moby) hides as well.
+pub const MASKED: [&str; 12] = [
     "/proc/acpi",
     "/proc/asound",
     "/proc/interrupts",
@@ -23,6 +25,7 @@ pub const MASKED: [&str; 11] = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
 /// Paths runc makes read-only.

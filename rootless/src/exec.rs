@@ -27,7 +27,9 @@ pub(crate) enum Plan {
     Proc(PathBuf),
     /// /dev, with /dev/shm of this many bytes.
     Dev(PathBuf, u64),
-    Rbind(PathBuf, PathBuf),
+    /// A recursive bind (the host's /sys on the host's network), its top read-only unless
+    /// the step is insecure (as runc mounts /sys for an unprivileged container).
+    Rbind(PathBuf, PathBuf, bool),
     /// A fresh, read-only sysfs (the step's own network namespace shows in it).
     Sysfs(PathBuf),
     BindRo(PathBuf, PathBuf),
@@ -469,7 +471,11 @@ pub(crate) fn build_plan(r: &ExecRequest, mp: &mut MountPoints) -> Result<Prepar
         if r.network_none || r.sandbox_net {
             Plan::Sysfs(mp.ensure("/sys", Kind::Dir)?)
         } else {
-            Plan::Rbind(PathBuf::from("/sys"), mp.ensure("/sys", Kind::Dir)?)
+            Plan::Rbind(
+                PathBuf::from("/sys"),
+                mp.ensure("/sys", Kind::Dir)?,
+                !r.insecure,
+            )
         },
     ];
     for f in ["/etc/resolv.conf", "/etc/hosts"] {
@@ -895,7 +901,12 @@ pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<
                 None,
             )?,
             Plan::Dev(t, shm) => setup_dev(t, *shm)?,
-            Plan::Rbind(s, t) => m(Some(s), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?,
+            Plan::Rbind(s, t, ro) => {
+                m(Some(s), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+                if *ro {
+                    remount_ro(t)?;
+                }
+            }
             Plan::Sysfs(t) => m(
                 Some(Path::new("sysfs")),
                 t,

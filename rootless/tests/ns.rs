@@ -213,6 +213,7 @@ fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
         network_none: false,
         sandbox_net: false,
         insecure: false,
+        no_new_privs: false,
         rlimits: Vec::new(),
     }
 }

@@ -619,8 +619,8 @@ fn program(arches: &[Arch]) -> Vec<libc::sock_filter> {
 }
 
 /// The default profile for this machine's architecture; None where envkit has no syscall
-/// table for it.
-fn default_program() -> Option<Vec<libc::sock_filter>> {
+/// table for it. (Builds it anew: steps use the one [`prepare`] keeps.)
+pub fn default_program() -> Option<Vec<libc::sock_filter>> {
     if cfg!(target_arch = "x86_64") {
         Some(program(&[
             Arch {
@@ -651,14 +651,14 @@ fn default_program() -> Option<Vec<libc::sock_filter>> {
 static PROGRAM: OnceLock<Option<Vec<libc::sock_filter>>> = OnceLock::new();
 
 /// Builds the filter once (call before forking a step: the child only installs it).
-pub(crate) fn prepare() -> bool {
+pub fn prepare() -> bool {
     PROGRAM.get_or_init(default_program).is_some()
 }
 
 /// In the step's process, while it still has CAP_SYS_ADMIN in its user namespace: installs
 /// the default filter. Does nothing where this architecture has no profile (said once by
 /// the helper, see [`prepare`]). Returns an error message (the caller prints it).
-pub(crate) fn install() -> std::result::Result<(), String> {
+pub fn install() -> std::result::Result<(), String> {
     let Some(Some(prog)) = PROGRAM.get() else {
         return Ok(());
     };
