@@ -233,8 +233,7 @@ fn store_root_from(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<OsStrin
 }
 
 fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    nix::unistd::getuid().as_raw()
 }
 
 /// envkit's config directory: `$XDG_CONFIG_HOME/envkit`, else `~/.config/envkit`.

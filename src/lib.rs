@@ -1,5 +1,9 @@
 //! envkit: builds envd environments (`build.envd`) into OCI images without a daemon, Docker or
 //! root. See ARCHITECTURE.md for the module map and the data flow.
+//!
+//! No `unsafe` here: system calls go through `nix`, `std` or the `rootless` crate. The one
+//! exception is starlark's `owned_frozen_value` (see `frontend::builtins::base`).
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;

@@ -1,6 +1,8 @@
 //! The `envkit` command. The rootless helper (a hidden first argument) is dispatched before
 //! anything else runs, so that it is still single-threaded when it creates its namespace.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -37,5 +37,5 @@ pub use proto::{
     ExecRequest, ExitStatus, FileAction, IdSpec, JoinRequest, LayerFile, Mount, MountKind,
     ProbeResult, Request, Response, SecretBytes, Service, UserDb,
 };
-pub use tty::TtyMode;
+pub use tty::{IgnoreInterrupts, TtyMode, terminal_size};
 pub use unpack::{TarMode, unpack_layers, unpack_tar};

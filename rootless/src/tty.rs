@@ -241,9 +241,10 @@ impl Pump {
 
     /// Moves what `from` has now (its end closes the pump).
     fn pump(&mut self, buf: &mut [u8]) {
-        // SAFETY (both): the fds stay open while the relay runs (the caller's stdio, or fds
-        // the Terminal owns).
+        // SAFETY: the fds stay open while the relay runs (the caller's stdio, or fds the
+        // Terminal owns).
         let from = unsafe { BorrowedFd::borrow_raw(self.from) };
+        // SAFETY: as `from`.
         let to = unsafe { BorrowedFd::borrow_raw(self.to) };
         if self.output {
             loop {
@@ -412,4 +413,44 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = nix::sys::termios::tcsetattr(stdin(), SetArg::TCSADRAIN, &self.saved);
     }
+}
+
+/// SIGINT and SIGQUIT ignored until dropped (the previous handlers come back).
+pub struct IgnoreInterrupts {
+    old: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl IgnoreInterrupts {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let mut old = Vec::new();
+        for sig in [libc::SIGINT, libc::SIGQUIT] {
+            // SAFETY: sigaction with zeroed structs we own; SIG_IGN needs no handler code.
+            unsafe {
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = libc::SIG_IGN;
+                let mut prev: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &new, &mut prev) == 0 {
+                    old.push((sig, prev));
+                }
+            }
+        }
+        IgnoreInterrupts { old }
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        for (sig, prev) in &self.old {
+            // SAFETY: restoring the disposition saved above.
+            unsafe {
+                libc::sigaction(*sig, prev, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// The rows and columns of the terminal `fd` is on; None when it is not one.
+pub fn terminal_size(fd: BorrowedFd) -> Option<(u16, u16)> {
+    window_size(fd).map(|ws| (ws.ws_row, ws.ws_col))
 }

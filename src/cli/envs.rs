@@ -403,46 +403,12 @@ fn join(state: &EnvState, args: Vec<String>, tty: rootless::TtyMode) -> anyhow::
         .spawn()
         .context("starting envkit exec")?;
     // The terminal's Ctrl-C and Ctrl-\ are for the command: this process waits them out.
-    let _ignore = IgnoreInterrupts::new();
+    let _ignore = rootless::IgnoreInterrupts::new();
     let status = child.wait().context("waiting for the command")?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// SIGINT and SIGQUIT ignored until dropped (the previous handlers come back).
-struct IgnoreInterrupts {
-    old: Vec<(libc::c_int, libc::sigaction)>,
-}
-
-impl IgnoreInterrupts {
-    fn new() -> Self {
-        let mut old = Vec::new();
-        for sig in [libc::SIGINT, libc::SIGQUIT] {
-            // SAFETY: sigaction with zeroed structs we own; SIG_IGN needs no handler code.
-            unsafe {
-                let mut new: libc::sigaction = std::mem::zeroed();
-                new.sa_sigaction = libc::SIG_IGN;
-                let mut prev: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, &new, &mut prev) == 0 {
-                    old.push((sig, prev));
-                }
-            }
-        }
-        IgnoreInterrupts { old }
-    }
-}
-
-impl Drop for IgnoreInterrupts {
-    fn drop(&mut self) {
-        for (sig, prev) in &self.old {
-            // SAFETY: restoring the disposition saved above.
-            unsafe {
-                libc::sigaction(*sig, prev, std::ptr::null_mut());
-            }
-        }
-    }
 }
 
 pub(super) async fn up(cli: &Cli, args: &UpArgs) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@ pub use private::private_root;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -348,8 +347,7 @@ pub fn stale_ingests(dir: &Path, min_age: std::time::Duration) -> Vec<PathBuf> {
 /// Takes `f`'s exclusive flock without waiting; false when another holder has it. The lock
 /// goes with the descriptor.
 fn try_lock(f: &File) -> bool {
-    // SAFETY: flock on a descriptor the caller owns.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    f.try_lock().is_ok()
 }
 
 /// An ingest in progress. Dropping it without [`commit`](BlobWriter::commit) removes the

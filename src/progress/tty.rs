@@ -134,13 +134,10 @@ impl<W: Write + Send + 'static> Tty<W> {
 
     /// The width of the terminal on stderr, or 80.
     pub fn stderr_width() -> usize {
-        // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-        if ok && ws.ws_col > 0 {
-            ws.ws_col as usize
-        } else {
-            80
+        use std::os::fd::AsFd;
+        match rootless::terminal_size(std::io::stderr().as_fd()) {
+            Some((_, cols)) if cols > 0 => cols as usize,
+            _ => 80,
         }
     }
 }

@@ -392,13 +392,8 @@ impl Snapshots {
 
 /// `syncfs(2)` of the file system `path` is on.
 fn sync_fs(path: &Path) -> Result<(), SnapshotError> {
-    use std::os::fd::AsRawFd;
     let f = fs::File::open(path).map_err(io_err(path))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io_err(path)(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    nix::unistd::syncfs(&f).map_err(|e| io_err(path)(std::io::Error::from(e)))
 }
 
 /// fsync of a directory (a rename in it is then durable).

@@ -775,7 +775,10 @@ mod tests {
         }
     }
 
-    fn errno_of(r: libc::c_long) -> i32 {
+    /// The errno of a raw syscall with integer arguments (0 when it succeeded).
+    fn sys(nr: libc::c_long, a: [libc::c_ulong; 5]) -> i32 {
+        // SAFETY: the syscalls tested here take integers (or NULL pointers, which they refuse).
+        let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4]) };
         if r >= 0 {
             0
         } else {
@@ -787,68 +790,47 @@ mod tests {
     fn the_filter_allows_and_refuses_as_the_profile_says() {
         // Ordinary calls work.
         assert_eq!(
-            under_filter(|| {
-                // SAFETY: plain syscalls without pointers.
-                let pid = unsafe { libc::syscall(libc::SYS_getpid) };
-                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-                if pid > 0 && fd >= 0 { 0 } else { 1 }
-            }),
+            under_filter(|| sys(libc::SYS_getpid, [0; 5])
+                + sys(
+                    libc::SYS_socket,
+                    [libc::AF_INET as _, libc::SOCK_STREAM as _, 0, 0, 0]
+                )),
             0
         );
-        // unshare and mount: EPERM.
-        assert_eq!(
-            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_unshare, 0) } as _)),
-            libc::EPERM
-        );
-        assert_eq!(
-            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) })),
-            libc::EPERM
-        );
+        // unshare and keyctl: EPERM.
+        assert_eq!(under_filter(|| sys(libc::SYS_unshare, [0; 5])), libc::EPERM);
+        assert_eq!(under_filter(|| sys(libc::SYS_keyctl, [0; 5])), libc::EPERM);
         // clone3: ENOSYS (a C library falls back to clone).
-        assert_eq!(
-            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) })),
-            libc::ENOSYS
-        );
+        assert_eq!(under_filter(|| sys(libc::SYS_clone3, [0; 5])), libc::ENOSYS);
         // socket: AF_VSOCK and AF_ALG refused, the rest allowed.
         assert_eq!(
-            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_socket, 40, 1, 0) })),
+            under_filter(|| sys(libc::SYS_socket, [40, 1, 0, 0, 0])),
             libc::EPERM
         );
         assert_eq!(
-            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_socket, 38, 5, 0) })),
+            under_filter(|| sys(libc::SYS_socket, [38, 5, 0, 0, 0])),
             libc::EPERM
         );
         // personality: the query is allowed, READ_IMPLIES_EXEC is not.
         assert_eq!(
-            under_filter(|| errno_of(unsafe {
-                libc::syscall(libc::SYS_personality, 0xffff_ffffu32 as libc::c_ulong)
-            })),
+            under_filter(|| sys(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0])),
             0
         );
         assert_eq!(
-            under_filter(|| errno_of(unsafe {
-                libc::syscall(libc::SYS_personality, 0x0040_0000 as libc::c_ulong)
-            })),
+            under_filter(|| sys(libc::SYS_personality, [0x0040_0000, 0, 0, 0, 0])),
             libc::EPERM
         );
         // clone with a namespace flag: EPERM; a plain fork works.
+        const NEWUSER: libc::c_ulong = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
         assert_eq!(
-            under_filter(|| errno_of(unsafe {
-                libc::syscall(
-                    libc::SYS_clone,
-                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                    0,
-                )
-            })),
+            under_filter(|| sys(libc::SYS_clone, [NEWUSER, 0, 0, 0, 0])),
             libc::EPERM
         );
         assert_eq!(
             under_filter(|| {
                 // SAFETY: fork in a single-threaded child; the grandchild exits at once.
                 match unsafe { libc::fork() } {
+                    // SAFETY: _exit in the forked grandchild.
                     0 => unsafe { libc::_exit(0) },
                     p if p > 0 => 0,
                     _ => 1,

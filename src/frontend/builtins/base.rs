@@ -83,6 +83,7 @@ fn implemented(builder: &mut GlobalsBuilder) {
                 // member's heap alive, so the value lives as long as the module holding the
                 // result (what `OwnedFrozenValue::owned_value` does, without its lifetime
                 // tie to the heap reference).
+                #[allow(unsafe_code)]
                 let fv = unsafe { v.owned_frozen_value(frozen) };
                 (n.clone(), fv.to_value())
             })

@@ -18,13 +18,21 @@ pub const HUGGINGFACE_PATH: &str = "~/.cache/huggingface";
 /// `data.path.dgl`: DGL's data directory on the host.
 pub const DGL_PATH: &str = "~/.dgl";
 
-/// The value `data.envd(name)` returns: a named data directory under envkit's cache dir.
-#[derive(Debug, Clone, ProvidesStaticType, NoSerialize, Allocative)]
-pub struct DataSource {
-    pub name: String,
-}
+// starlark's derives and `starlark_simple_value!` implement unsafe marker traits: the type
+// lives in a module of its own where that is allowed (the crate denies `unsafe` code).
+#[allow(unsafe_code)]
+mod data_source_type {
+    use super::*;
 
-starlark_simple_value!(DataSource);
+    /// The value `data.envd(name)` returns: a named data directory under envkit's cache dir.
+    #[derive(Debug, Clone, ProvidesStaticType, NoSerialize, Allocative)]
+    pub struct DataSource {
+        pub name: String,
+    }
+
+    starlark_simple_value!(DataSource);
+}
+pub use data_source_type::DataSource;
 
 impl fmt::Display for DataSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

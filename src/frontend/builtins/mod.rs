@@ -21,28 +21,36 @@ pub mod install;
 pub mod io;
 pub mod runtime;
 
-/// Per-evaluation state: what the build file has said so far, and what every module of the
-/// evaluation shares (the builtins, `load()`ed and `include()`d modules).
-#[derive(ProvidesStaticType)]
-pub(crate) struct Recorder {
-    pub(crate) env: RefCell<Environment>,
-    /// The build context, absolute (`_build_context_dir`).
-    pub(crate) context_abs: String,
-    /// The predeclared names every module sees.
-    pub(crate) globals: Globals,
-    /// `load()`ed modules by the string the file gave (`None` while it is being loaded).
-    pub(crate) modules: RefCell<HashMap<String, Option<starlark::environment::FrozenModule>>>,
-    /// `include()`d repositories' members, by the `git` argument.
-    pub(crate) includes:
-        RefCell<HashMap<String, Vec<(String, starlark::values::OwnedFrozenValue)>>>,
-    /// envkit's cache directory (`data.envd`, `include`).
-    pub(crate) cache_dir: Option<std::path::PathBuf>,
-    /// The first error inside a nested module, reported instead of the outer one.
-    pub(crate) failure: RefCell<Option<super::error::FrontendError>>,
-    /// Where `config.entrypoint` was first called, to point at it if the environment is
-    /// rejected as a whole (entrypoint in dev mode).
-    pub(crate) entrypoint_site: RefCell<Option<FileSpan>>,
+// starlark's `ProvidesStaticType` derive implements an unsafe marker trait: the type lives in a
+// module of its own where that is allowed (the crate denies `unsafe` code).
+#[allow(unsafe_code)]
+mod recorder_type {
+    use super::*;
+
+    /// Per-evaluation state: what the build file has said so far, and what every module of the
+    /// evaluation shares (the builtins, `load()`ed and `include()`d modules).
+    #[derive(ProvidesStaticType)]
+    pub(crate) struct Recorder {
+        pub(crate) env: RefCell<Environment>,
+        /// The build context, absolute (`_build_context_dir`).
+        pub(crate) context_abs: String,
+        /// The predeclared names every module sees.
+        pub(crate) globals: Globals,
+        /// `load()`ed modules by the string the file gave (`None` while it is being loaded).
+        pub(crate) modules: RefCell<HashMap<String, Option<starlark::environment::FrozenModule>>>,
+        /// `include()`d repositories' members, by the `git` argument.
+        pub(crate) includes:
+            RefCell<HashMap<String, Vec<(String, starlark::values::OwnedFrozenValue)>>>,
+        /// envkit's cache directory (`data.envd`, `include`).
+        pub(crate) cache_dir: Option<std::path::PathBuf>,
+        /// The first error inside a nested module, reported instead of the outer one.
+        pub(crate) failure: RefCell<Option<crate::frontend::error::FrontendError>>,
+        /// Where `config.entrypoint` was first called, to point at it if the environment is
+        /// rejected as a whole (entrypoint in dev mode).
+        pub(crate) entrypoint_site: RefCell<Option<FileSpan>>,
+    }
 }
+pub(crate) use recorder_type::Recorder;
 
 impl Recorder {
     pub(crate) fn new(context_abs: String, cache_dir: Option<std::path::PathBuf>) -> Recorder {
