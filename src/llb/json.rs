@@ -17,6 +17,9 @@ pub(crate) fn push_go_string(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            // Go 1.22 and later (BuildKit v0.32.2 is built with 1.26).
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             '<' => out.push_str("\\u003c"),
             '>' => out.push_str("\\u003e"),
             '&' => out.push_str("\\u0026"),
@@ -510,6 +513,10 @@ mod tests {
         let mut s = String::new();
         push_go_string(&mut s, "a > b && \"c\"\n");
         assert_eq!(s, r#""a \u003e b \u0026\u0026 \"c\"\n""#);
+        // Go 1.22's short forms for backspace and form feed; other controls as \u00XX.
+        let mut s = String::new();
+        push_go_string(&mut s, "\u{8}\u{c}\u{1}");
+        assert_eq!(s, r#""\b\f\u0001""#);
         assert_eq!(base64(b"a"), "YQ==");
         assert_eq!(base64(b"hello world\n"), "aGVsbG8gd29ybGQK");
     }

@@ -6,7 +6,7 @@
 //! v0.32.2's Go client.
 
 mod dot;
-mod json;
+pub(crate) mod json;
 mod load;
 mod marshal;
 mod platform;
