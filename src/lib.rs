@@ -19,6 +19,7 @@ pub mod lower;
 pub mod meta;
 pub mod ops;
 pub mod pb;
+pub mod platform;
 pub mod progress;
 pub mod registry;
 pub mod remote;

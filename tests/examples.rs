@@ -106,7 +106,8 @@ fn render(name: &str) -> Result<Rendered, String> {
             context_dir: ctx.clone(),
             env_name: name.to_string(),
             owner: (1000, 1000),
-            platform: Default::default(),
+            // The goldens are for linux/amd64, whatever the host.
+            platform: envkit::llb::Platform::linux_amd64(),
             target,
             ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVudmtpdC1nb2xkZW4 envkit\n"
                 .into(),

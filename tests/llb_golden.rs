@@ -39,6 +39,8 @@ fn read(name: &str, ext: &str) -> Vec<u8> {
 
 fn opts() -> MarshalOptions {
     MarshalOptions {
+        // The vectors were marshalled by BuildKit's client on linux/amd64.
+        platform: Platform::linux_amd64(),
         local_unique_id: "envkit-golden-0001".to_string(),
         ..MarshalOptions::default()
     }

@@ -51,7 +51,7 @@ pub(super) async fn info(cli: &Cli, json: bool) -> anyhow::Result<()> {
         (StepNetwork::Auto, Err(why)) => format!("host (the sandbox cannot run here: {why})"),
         (_, Err(why)) => format!("sandbox, which cannot run here: {why}"),
     };
-    let host = crate::registry::Platform::host();
+    let host = crate::platform::Platform::host();
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),
         store: root.display().to_string(),

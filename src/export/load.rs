@@ -16,7 +16,7 @@ use serde_json::json;
 use super::ExportError;
 use crate::content::{self, BlobInfo, Store};
 use crate::image;
-use crate::registry::Platform;
+use crate::platform::Platform;
 
 /// Small JSON files of an archive are read into memory up to this size each…
 const MAX_JSON: u64 = 16 << 20;

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use prost::Message;
 use sha2::{Digest as _, Sha256};
 
-use super::platform::Platform;
 use super::state::{
     ActionNode, Chmod, Chown, FileActionKind, Node, NodeKind, Output, State, UserRef, caps,
     normalize_path,
 };
 use super::{LlbError, wire};
 use crate::pb;
+use crate::platform::Platform;
 
 /// A content digest, `sha256:<64 hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

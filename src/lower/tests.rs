@@ -9,7 +9,7 @@ fn opts() -> LowerOptions {
         context_dir: PathBuf::from("/work/proj"),
         env_name: "proj".into(),
         owner: (1000, 1000),
-        platform: Platform::default(),
+        platform: Platform::linux_amd64(),
         // The chain shape: these tests walk the chain stage by stage.
         target: Target::Dockerd,
         ssh_public_key: "ssh-ed25519 AAAAtest user@host\n".into(),

@@ -78,7 +78,7 @@ pub(super) async fn run(
         return Err(OpsError::Invalid("exec op with no arguments".into()));
     }
     let platform = super::op_platform(ctx);
-    let host = crate::registry::Platform::host();
+    let host = crate::platform::Platform::host();
     if platform.os != host.os || platform.architecture != host.architecture {
         return Err(OpsError::Unsupported(format!(
             "running a step for {platform} on this {host} machine (envkit runs no emulator)"

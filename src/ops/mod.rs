@@ -182,15 +182,8 @@ pub fn cache_key(op_digest: &str, input_keys: &[&str], extra: &[&str]) -> String
 }
 
 /// The platform an op is for: its own, else this machine's.
-pub(crate) fn op_platform(ctx: &Ctx) -> crate::registry::Platform {
-    match &ctx.me().op.platform {
-        Some(p) if !p.os.is_empty() && !p.architecture.is_empty() => crate::registry::Platform {
-            os: p.os.clone(),
-            architecture: p.architecture.clone(),
-            variant: (!p.variant.is_empty()).then(|| p.variant.clone()),
-        },
-        _ => crate::registry::Platform::host(),
-    }
+pub(crate) fn op_platform(ctx: &Ctx) -> crate::platform::Platform {
+    crate::platform::Platform::of_op(ctx.me().op.platform.as_ref())
 }
 
 impl Ctx {

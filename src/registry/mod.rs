@@ -125,52 +125,7 @@ impl ResolveMode {
     }
 }
 
-/// An image platform, as OCI names it (`linux`, `amd64`, variant `v7`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform this machine runs.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Platform {
-            os: std::env::consts::OS.to_string(),
-            architecture: architecture.to_string(),
-            variant: None,
-        }
-    }
-
-    /// Whether an image of `os`/`architecture`/`variant` serves this platform (a variant
-    /// is compared only when both name one).
-    fn accepts(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.architecture == architecture
-            && match (&self.variant, variant) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::platform::Platform;
 
 struct Attempts<'a>(&'a [Attempt]);
 
@@ -1437,11 +1392,7 @@ mod tests {
     }
 
     fn amd64() -> Platform {
-        Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        }
+        Platform::linux_amd64()
     }
 
     #[test]
@@ -1457,17 +1408,14 @@ mod tests {
             Fetched::Index(i) => {
                 let d = pick_platform(&i, &amd64()).unwrap();
                 assert_eq!(d.size(), 2);
-                let arm = Platform {
-                    os: "linux".into(),
-                    architecture: "arm64".into(),
-                    variant: None,
-                };
-                assert_eq!(pick_platform(&i, &arm).unwrap().size(), 1, "any variant");
-                let v7 = Platform {
-                    variant: Some("v7".into()),
-                    ..arm
-                };
-                assert!(pick_platform(&i, &v7).is_err(), "variants differ");
+                let arm = Platform::linux_arm64();
+                assert_eq!(
+                    pick_platform(&i, &arm).unwrap().size(),
+                    1,
+                    "arm64/v8 is arm64"
+                );
+                let v7 = Platform::new("linux", "arm", "v7");
+                assert!(pick_platform(&i, &v7).is_err(), "no arm/v7 image");
             }
             Fetched::Manifest(..) => panic!("expected an index"),
         }

@@ -1,11 +1,13 @@
-//! OCI platform (`os/arch[/variant]`) with containerd's normalisation.
+//! The one OCI platform type (`os/arch[/variant]`, containerd's normalisation) used by
+//! lowering, LLB, the registry, ops and exports. The default is this machine's platform, as
+//! BuildKit's client and containerd take it.
 
 use std::fmt;
 
-use super::LlbError;
+use crate::llb::LlbError;
 use crate::pb;
 
-/// A target platform. Default: `linux/amd64`.
+/// A target platform (`variant` empty when there is none). Default: [`Platform::host`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Platform {
     pub os: String,
@@ -15,7 +17,7 @@ pub struct Platform {
 
 impl Default for Platform {
     fn default() -> Self {
-        Platform::new("linux", "amd64", "")
+        Platform::host()
     }
 }
 
@@ -32,8 +34,13 @@ impl Platform {
         }
     }
 
+    /// The platform this machine runs.
+    pub fn host() -> Platform {
+        Platform::new(std::env::consts::OS, std::env::consts::ARCH, "")
+    }
+
     pub fn linux_amd64() -> Platform {
-        Platform::default()
+        Platform::new("linux", "amd64", "")
     }
 
     pub fn linux_arm64() -> Platform {
@@ -49,6 +56,27 @@ impl Platform {
                 Ok(Platform::new(os, arch, variant))
             }
             _ => Err(LlbError::InvalidPlatform(s.to_string())),
+        }
+    }
+
+    /// Whether an image of `os`/`architecture`/`variant` serves this platform (a variant
+    /// is compared only when both name one).
+    pub fn accepts(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+        let other = Platform::new(os, architecture, variant.unwrap_or(""));
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_empty()
+                || other.variant.is_empty()
+                || self.variant == other.variant)
+    }
+
+    /// The platform of an LLB op (its own, else this machine's).
+    pub fn of_op(p: Option<&pb::Platform>) -> Platform {
+        match p {
+            Some(p) if !p.os.is_empty() && !p.architecture.is_empty() => {
+                Platform::new(&p.os, &p.architecture, &p.variant)
+            }
+            _ => Platform::host(),
         }
     }
 
@@ -75,7 +103,8 @@ impl fmt::Display for Platform {
 
 fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     match arch {
-        "i386" => ("386".into(), String::new()),
+        "i386" | "x86" => ("386".into(), String::new()),
+        "powerpc64" | "ppc64le" => ("ppc64le".into(), variant.into()),
         "x86_64" | "x86-64" | "amd64" => {
             let v = if variant == "v1" { "" } else { variant };
             ("amd64".into(), v.into())
@@ -110,7 +139,7 @@ mod tests {
     fn parse_and_normalise() {
         assert_eq!(
             Platform::parse("linux/amd64").ok(),
-            Some(Platform::default())
+            Some(Platform::linux_amd64())
         );
         assert_eq!(
             Platform::parse("linux/aarch64").ok(),
@@ -119,5 +148,20 @@ mod tests {
         let arm = Platform::parse("linux/arm").ok();
         assert_eq!(arm.map(|p| p.to_string()), Some("linux/arm/v7".to_string()));
         assert!(Platform::parse("linux").is_err());
+    }
+
+    #[test]
+    fn the_host_is_the_default_and_variants_match_loosely() {
+        assert_eq!(Platform::default(), Platform::host());
+        let arm = Platform::linux_arm64();
+        assert!(
+            arm.accepts("linux", "arm64", Some("v8")),
+            "v8 is arm64's default"
+        );
+        assert!(arm.accepts("linux", "aarch64", None));
+        assert!(!arm.accepts("linux", "amd64", None));
+        let v7 = Platform::new("linux", "arm", "v7");
+        assert!(!v7.accepts("linux", "arm", Some("v6")));
+        assert!(v7.accepts("linux", "arm", None));
     }
 }
