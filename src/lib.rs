@@ -11,6 +11,7 @@ pub mod content;
 pub mod devenv;
 pub mod export;
 pub mod frontend;
+pub mod fsutil;
 pub mod gc;
 pub mod image;
 pub mod ir;

@@ -61,6 +61,11 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// The hex sha256 of a byte slice (keys and names; [`sha256_digest`] for content).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Computes `sha256:<hex>` of a byte slice.
 pub fn sha256_digest(bytes: &[u8]) -> Digest {
     digest_from_hasher(Sha256::new_with_prefix(bytes))
@@ -118,10 +123,7 @@ impl Store {
         if let Some(dir) = p.parent()
             && fs::create_dir_all(dir).is_ok()
         {
-            let tmp = dir.join(format!(".{key}.{}", std::process::id()));
-            if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &p).is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
+            let _ = crate::fsutil::write_atomic(&p, bytes, false);
         }
     }
 

@@ -186,24 +186,20 @@ impl EnvState {
     pub fn save(&self, root: &Path) -> Result<(), EnvError> {
         if self.layer_dir.is_dir() {
             let pins = self.layer_dir.join(PINS);
-            let tmp = self.layer_dir.join(".pins.json.tmp");
             let bytes = serde_json::to_vec(&self.lowers).map_err(|e| EnvError::State {
                 path: pins.clone(),
                 message: e.to_string(),
             })?;
-            std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &pins).map_err(io_err(&pins))?;
+            crate::fsutil::write_atomic(&pins, &bytes, true).map_err(io_err(&pins))?;
         }
         let dir = Self::dir(root, &self.name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let p = dir.join("state.json");
-        let tmp = dir.join(".state.json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| EnvError::State {
             path: p.clone(),
             message: e.to_string(),
         })?;
-        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io_err(&p))
+        crate::fsutil::write_atomic(&p, &bytes, true).map_err(io_err(&p))
     }
 
     /// Every environment with a readable state, by name.

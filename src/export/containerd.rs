@@ -14,7 +14,6 @@ use containerd_client::services::v1 as cd;
 use containerd_client::services::v1::snapshots as snap;
 use containerd_client::types::Descriptor as CdDescriptor;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest};
-use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -294,10 +293,9 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(prev) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))
-            ),
+            Some(prev) => {
+                crate::content::sha256_digest(format!("{prev} {d}").as_bytes()).to_string()
+            }
         };
         out.push(next);
     }
@@ -546,10 +544,7 @@ mod tests {
         let b = format!("sha256:{}", "b".repeat(64));
         let ids = chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(ids[0], a);
-        let want = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(format!("{a} {b}").as_bytes()))
-        );
+        let want = crate::content::sha256_digest(format!("{a} {b}").as_bytes()).to_string();
         assert_eq!(ids[1], want);
         assert!(chain_ids(&[]).is_empty());
     }

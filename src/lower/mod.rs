@@ -207,7 +207,7 @@ pub fn base_image_ref(env: &Environment) -> String {
 /// `local.unique` for the build context: derived from its path, so one project always gives
 /// the same graph (the Go client uses a random id per marshal).
 fn local_unique_id(opts: &LowerOptions) -> String {
-    let digest = crate::ops::sha256_hex(opts.context_dir.as_os_str().as_encoded_bytes());
+    let digest = crate::content::sha256_hex(opts.context_dir.as_os_str().as_encoded_bytes());
     format!("envkit-{}", &digest[..16])
 }
 

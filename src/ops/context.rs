@@ -253,14 +253,8 @@ impl StatCache {
         if fs::create_dir_all(parent).is_err() {
             return;
         }
-        let tmp = parent.join(format!(
-            ".{}.{}",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, path).is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        // Best effort: a cache that is not written is computed again next time.
+        let _ = crate::fsutil::write_atomic(path, &bytes, false);
         self.dirty = false;
     }
 

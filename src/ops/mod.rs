@@ -289,8 +289,3 @@ pub(crate) enum Claim {
     /// Build it, holding the lock until the result is committed.
     Mine(crate::snapshot::KeyLock),
 }
-
-/// Hex sha256 of bytes.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}

@@ -461,8 +461,7 @@ fn classify(bytes: &[u8]) -> Result<Fetched, String> {
 
 /// The note name under which what a tag resolved to (for a platform) is kept.
 fn tag_note_key(whole: &str, want: &Platform) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(format!("{whole} {want}").as_bytes()))
+    content::sha256_hex(format!("{whole} {want}").as_bytes())
 }
 
 /// Picks the entry of an index for `want`.

@@ -119,10 +119,8 @@ impl Contexts {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| err(e.to_string()))?;
         }
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        crate::fsutil::write_atomic(path, &bytes, true).map_err(|e| err(e.to_string()))
     }
 
     /// Every context, `embedded` first.

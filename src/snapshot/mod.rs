@@ -9,7 +9,6 @@
 //! from cache keys, so a committed snapshot *is* the cache entry for its step.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -408,17 +407,9 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SnapshotError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))
 }
 
-/// Writes a file through a temporary sibling and a rename.
+/// [`crate::fsutil::write_atomic`] with this module's error.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(data).map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    crate::fsutil::write_atomic(path, data, true).map_err(io_err(path))
 }
 
 #[cfg(test)]

@@ -322,7 +322,11 @@ impl Worker {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .take(40)
             .collect();
-        let name = format!("{}-{}", &crate::ops::sha256_hex(id.as_bytes())[..16], hint);
+        let name = format!(
+            "{}-{}",
+            &crate::content::sha256_hex(id.as_bytes())[..16],
+            hint
+        );
         let dir = self.root.join("cache-mounts").join(name);
         std::fs::create_dir_all(&dir).map_err(|source| WorkerError::Io {
             path: dir.clone(),
