@@ -486,10 +486,7 @@ pub fn main() -> ExitCode {
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
     match outcome {
-        Some(Ok(())) => {
-            let code = EXIT_CODE.load(std::sync::atomic::Ordering::SeqCst);
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
+        Some(Ok(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Some(Err(e)) => {
             let _ = std::io::stdout().flush();
             eprintln!("{}", render_error(&e));
@@ -538,15 +535,9 @@ fn render_error(e: &anyhow::Error) -> String {
     out
 }
 
-/// The exit code of a command that ran in an environment (`exec`, `run`).
-static EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-fn set_exit_code(code: i32) {
-    EXIT_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs the command; its exit code (0, or what `exec`/`run`'s command or `check` says).
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let done = match cli.command {
         Command::Build(ref args) => build::build(&cli, args).await,
         Command::Solve(ref args) => build::solve(&cli, args).await,
         Command::Images { ref what } => match what {
@@ -556,16 +547,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Save(ref args) => images::save(&cli, args),
         Command::Up(ref args) => envs::up(&cli, args).await,
-        Command::Exec(ref args) => {
-            let code = tokio::task::block_in_place(|| envs::exec(&cli, args))?;
-            set_exit_code(code);
-            Ok(())
-        }
-        Command::Run(ref args) => {
-            let code = envs::run(&cli, args).await?;
-            set_exit_code(code);
-            Ok(())
-        }
+        Command::Exec(ref args) => return tokio::task::block_in_place(|| envs::exec(&cli, args)),
+        Command::Run(ref args) => return envs::run(&cli, args).await,
         Command::Envs { ref what } => envs::envs(&cli, what),
         Command::Context { ref what } => remote::context_cmd(what),
         Command::Destroy(ref args) => envs::destroy(&cli, args).await,
@@ -574,11 +557,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Du => build::du(&cli),
         Command::Info { json } => info::info(&cli, json).await,
         Command::Prune(ref args) => build::prune(&cli, args).await,
-        Command::Check { repair } => {
-            let code = build::check(&cli, repair).await?;
-            set_exit_code(code);
-            Ok(())
-        }
+        Command::Check { repair } => return build::check(&cli, repair).await,
         Command::Debug {
             what: DebugCommand::Llb(ref args),
         } => build::debug_llb(&cli, args).await,
@@ -588,5 +567,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::stdout().write_all(crate::frontend::builtins_reference().as_bytes())?;
             Ok(())
         }
-    }
+    };
+    done.map(|()| 0)
 }
