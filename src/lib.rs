@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod compile;
 pub mod config;
 pub mod content;
 pub mod devenv;

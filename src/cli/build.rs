@@ -10,159 +10,29 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::{BuildArgs, Cli, EngineArgs, LlbArgs, PruneArgs, SolveArgs, SourceArgs};
+use crate::compile;
 use crate::config::{self, Config};
 use crate::export::{self, Output};
-use crate::frontend;
 use crate::image;
 use crate::llb;
 use crate::lower;
 use crate::meta;
 use crate::ops::{LlbRunner, OpVertex};
 use crate::progress::{Event, Plain, RawJson, Reporter, Tty};
-use crate::registry::{Registry, Resolved};
+use crate::registry::Registry;
 use crate::snapshot::{SnapRef, write_atomic};
 use crate::solver::{self, SolveOptions};
 use crate::worker::Worker;
 use oci_spec::image::ImageConfiguration;
 
-/// A build file compiled to LLB, with what the exporter needs to know.
-pub(super) struct Compiled {
-    pub(super) context_dir: PathBuf,
-    pub(super) env_name: String,
-    pub(super) lowered: lower::Lowered,
-    pub(super) env: crate::ir::Environment,
-    /// The base image's config (what a remote BuildKit's image config starts from).
-    pub(super) base_config: ImageConfiguration,
-    pub(super) base_layers: Vec<oci_spec::image::Descriptor>,
-}
-
-impl Compiled {
-    /// The local sources its Definition reads: the build context.
-    fn locals(&self) -> BTreeMap<String, PathBuf> {
-        let mut locals = BTreeMap::new();
-        locals.insert(lower::CONTEXT_LOCAL.to_string(), self.context_dir.clone());
-        locals
-    }
-
-    /// The image's full name: `-t`, else `<env name>:dev` as envd names it.
-    fn image_name(&self, tag: Option<&String>) -> anyhow::Result<String> {
-        full_name(
-            &tag.cloned()
-                .unwrap_or_else(|| format!("{}:dev", self.env_name)),
-        )
-    }
-}
-
-/// frontend → IR → (base image config from the registry) → lower.
-pub(super) async fn compile(
-    source: &SourceArgs,
-    registry: &Registry,
-    target: lower::Target,
-    ca_bundle: Option<String>,
-) -> anyhow::Result<Compiled> {
-    let context_dir = std::fs::canonicalize(&source.path)
-        .with_context(|| format!("build context {}", source.path.display()))?;
-    if !context_dir.is_dir() {
-        bail!("build context {} is not a directory", context_dir.display());
-    }
-    let env_name = context_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "envkit".to_string());
-    let (file, func) = frontend::parse_from(&source.from)?;
-    let env = frontend::evaluate(&context_dir, &file, &func)?;
-    let base = registry.resolve(&lower::base_image_ref(&env)).await?;
-    let owner = env.owner.unwrap_or_else(|| {
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
-        (uid, gid)
-    });
-    let opts = lower::LowerOptions {
-        context_dir: context_dir.clone(),
-        env_name: env_name.clone(),
-        owner,
-        platform: Default::default(),
-        target,
-        ssh_public_key: String::new(),
-        ssh_public_key_path: String::new(),
-        ca_bundle,
-    };
-    let opts = if env.dev {
-        let (path, key) = ssh_public_key()?;
-        lower::LowerOptions {
-            ssh_public_key: key,
-            ssh_public_key_path: path.display().to_string(),
-            ..opts
-        }
-    } else {
-        opts
-    };
-    let lowered = lower::lower(&env, &base_image(&base), &opts)?;
-    Ok(Compiled {
-        context_dir,
-        env_name,
-        lowered,
-        env,
-        base_config: base.config.clone(),
-        base_layers: base.layers.clone(),
-    })
-}
-
-/// The public key dev environments authorise for envd-sshd: envd's own key
-/// (`~/.config/envd/id_rsa_envd.pub`) when the user has one, else envkit's
-/// (`$XDG_CONFIG_HOME/envkit/id_envkit.pub`), made with `ssh-keygen` the first time.
-fn ssh_public_key() -> anyhow::Result<(PathBuf, String)> {
-    if let Some(h) = config::home() {
-        let envd = h.join(".config/envd/id_rsa_envd.pub");
-        if let Ok(key) = std::fs::read_to_string(&envd) {
-            return Ok((envd, key));
-        }
-    }
-    let dir = config::config_dir().context("finding envkit's config directory")?;
-    let private = dir.join("id_envkit");
-    let public = dir.join("id_envkit.pub");
-    if let Ok(key) = std::fs::read_to_string(&public) {
-        return Ok((public, key));
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "envkit", "-f"])
-        .arg(&private)
-        .output()
-        .context(
-            "a dev environment needs an SSH key pair and `ssh-keygen` could not be run \
-             (install openssh-client, or create ~/.config/envd/id_rsa_envd.pub)",
-        )?;
-    if !out.status.success() {
-        bail!(
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let key = std::fs::read_to_string(&public)
-        .with_context(|| format!("reading {}", public.display()))?;
-    Ok((public, key))
+/// What `-p` and `-f` ask to compile, for this machine's platform.
+fn source_request(source: &SourceArgs, target: lower::Target) -> compile::Request {
+    compile::request(&source.path, &source.from, target)
 }
 
 /// A tag as a full reference (`app:dev` → `docker.io/library/app:dev`), like envd and docker.
 pub(super) fn full_name(tag: &str) -> anyhow::Result<String> {
-    let r = crate::registry::normalize(&tag.to_ascii_lowercase())
-        .with_context(|| format!("invalid image name {tag:?}"))?;
-    Ok(r.to_string())
-}
-
-/// The parts of the base image's config that lowering needs.
-fn base_image(r: &Resolved) -> lower::BaseImage {
-    let cfg = r.config.config().as_ref();
-    lower::BaseImage {
-        env: cfg.and_then(|c| c.env().clone()).unwrap_or_default(),
-        entrypoint: cfg.and_then(|c| c.entrypoint().clone()),
-        cmd: cfg.and_then(|c| c.cmd().clone()),
-        user: cfg.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()),
-        working_dir: cfg
-            .and_then(|c| c.working_dir().clone())
-            .filter(|w| !w.is_empty()),
-    }
+    Ok(compile::full_name(tag)?)
 }
 
 /// The solver's view and the ops' view of a loaded Definition, and the vertex to build.
@@ -646,13 +516,11 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let compiled = compile(
-            &args.source,
-            &registry,
-            target,
-            ca.as_ref().map(|(_, f)| f.clone()),
-        )
-        .await?;
+        let req = compile::Request {
+            ca_bundle: ca.as_ref().map(|(_, f)| f.clone()),
+            ..source_request(&args.source, target)
+        };
+        let compiled = compile::compile(&req, &registry).await?;
         let mut locals = compiled.locals();
         if let Some((dir, _)) = &ca {
             locals.insert(lower::CA_LOCAL.to_string(), dir.clone());
@@ -706,13 +574,8 @@ pub(super) async fn build_for(
     output: Option<Output>,
 ) -> anyhow::Result<Built> {
     let started = std::time::Instant::now();
-    let compiled = compile(
-        &args.source,
-        &engine.worker.registry,
-        lower::Target::Embedded,
-        None,
-    )
-    .await?;
+    let req = source_request(&args.source, lower::Target::Embedded);
+    let compiled = compile::compile(&req, &engine.worker.registry).await?;
     // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
     let bytes = compiled.lowered.definition.to_bytes();
     let snap = engine.solve(&bytes, compiled.locals()).await?;
@@ -1077,7 +940,7 @@ fn render_svg(dot: &str) -> anyhow::Result<Vec<u8>> {
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let registry = Registry::new(&cfg);
-    let compiled = compile(&args.source, &registry, args.target, None).await?;
+    let compiled = compile::compile(&source_request(&args.source, args.target), &registry).await?;
     let bytes = compiled.lowered.definition.to_bytes();
     let mut out = std::io::stdout().lock();
     if args.pb {
