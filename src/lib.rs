@@ -10,6 +10,7 @@ pub mod compile;
 pub mod config;
 pub mod content;
 pub mod devenv;
+pub mod engine;
 pub mod export;
 pub mod frontend;
 pub mod fsutil;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::build::{Engine, build_for};
+use super::build::{build_for, open_engine};
 use super::{Cli, DestroyArgs, EnvsCommand, ExecArgs, RunArgs, UpArgs};
 use crate::config::{self, Config};
 use crate::devenv::{self, EnvState, Port, Status};
@@ -78,7 +78,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
         Some(o) => Some(export::parse_output(o)?),
         None => None,
     };
-    let engine = Engine::open(cli, &args.build.engine).await?;
+    let engine = open_engine(cli, &args.build.engine).await?;
     let built = build_for(&engine, &args.build, output).await;
     engine.reporter.finish();
     let built = built?;

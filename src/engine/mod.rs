@@ -1,0 +1,182 @@
+//! The embedded engine as a library: open a store with [`Options`], then [`Engine::solve`]
+//! Definition bytes (what any BuildKit client sends) with the local sources they read. The
+//! engine sees only the bytes: it loads them (checking every digest), hands the graph to the
+//! solver and the ops, and returns the result's snapshot stack. Exporting the result is the
+//! caller's next step (`crate::export`, the CLI for now).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::llb::{self, LlbError};
+use crate::ops::{LlbRunner, OpVertex};
+use crate::progress::{Event, Reporter};
+use crate::snapshot::SnapRef;
+use crate::solver::{self, SolveError, SolveOptions};
+use crate::worker::{Worker, WorkerError};
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("opening the store at {}: {source}", path.display())]
+    Store { path: PathBuf, source: WorkerError },
+    #[error("CA bundle {} does not exist", .0.display())]
+    CaBundle(PathBuf),
+    #[error("--allow {0:?}: envkit knows the entitlements network.host and security.insecure")]
+    Entitlement(String),
+    #[error("loading the LLB Definition: {0}")]
+    Load(#[from] LlbError),
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error("the Definition's result is output {0} of an op that has no such output")]
+    NoSuchOutput(i64),
+}
+
+/// The entitlements a build may be granted (`--allow`), as in BuildKit.
+pub const ENTITLEMENTS: [&str; 2] = ["network.host", "security.insecure"];
+
+/// How to open an engine.
+pub struct Options {
+    /// The store's root directory.
+    pub root: PathBuf,
+    pub config: Config,
+    /// A CA bundle on the host that build steps trust (else `[worker] ca-bundle`).
+    pub ca_bundle: Option<PathBuf>,
+    /// Steps at once (else `[worker] max-parallelism`, else the solver's default).
+    pub parallelism: Option<usize>,
+    /// Every exec and file op runs again (sources are content-addressed and stay cached).
+    pub no_cache: bool,
+    /// Granted entitlements (members of [`ENTITLEMENTS`]).
+    pub entitlements: BTreeSet<String>,
+    /// Secrets by id, for secret mounts and env vars.
+    pub secrets: BTreeMap<String, rootless::SecretBytes>,
+    /// SSH agent sockets by id, for ssh mounts.
+    pub ssh: BTreeMap<String, PathBuf>,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+/// What a build runs on: the store, the registry and the rootless helper.
+pub struct Engine {
+    pub root: PathBuf,
+    pub worker: Arc<Worker>,
+    pub reporter: Arc<dyn Reporter>,
+    parallelism: usize,
+    secrets: Arc<BTreeMap<String, rootless::SecretBytes>>,
+    ssh: Arc<BTreeMap<String, PathBuf>>,
+    no_cache: bool,
+    entitlements: Arc<BTreeSet<String>>,
+}
+
+impl Engine {
+    /// Opens the store (shared with other builds) and removes what killed processes left.
+    pub async fn open(o: Options) -> Result<Engine, EngineError> {
+        if let Some(bad) = o
+            .entitlements
+            .iter()
+            .find(|e| !ENTITLEMENTS.contains(&e.as_str()))
+        {
+            return Err(EngineError::Entitlement(bad.clone()));
+        }
+        let ca_bundle = o.ca_bundle.or_else(|| o.config.worker.ca_bundle.clone());
+        if let Some(ca) = &ca_bundle
+            && !ca.is_file()
+        {
+            return Err(EngineError::CaBundle(ca.clone()));
+        }
+        let parallelism = o
+            .parallelism
+            .or(o.config.worker.max_parallelism)
+            .unwrap_or_else(|| SolveOptions::default().parallelism)
+            .max(1);
+        let worker =
+            Worker::new(&o.root, o.config, ca_bundle).map_err(|source| EngineError::Store {
+                path: o.root.clone(),
+                source,
+            })?;
+        let worker = Arc::new(worker);
+        worker.clean_stale().await;
+        Ok(Engine {
+            root: o.root,
+            worker,
+            reporter: o.reporter,
+            parallelism,
+            secrets: Arc::new(o.secrets),
+            ssh: Arc::new(o.ssh),
+            entitlements: Arc::new(o.entitlements),
+            no_cache: o.no_cache,
+        })
+    }
+
+    /// Loads Definition bytes (checking every digest) and solves them with `locals` as the
+    /// local sources: the result's snapshot stack.
+    pub async fn solve(
+        &self,
+        bytes: &[u8],
+        locals: BTreeMap<String, PathBuf>,
+    ) -> Result<SnapRef, EngineError> {
+        let graph = llb::load(bytes)?;
+        let Some((sv, mut ov, root_v)) = vertices(&graph) else {
+            self.reporter.event(Event::Note(
+                "the Definition is empty: the result is an empty filesystem".into(),
+            ));
+            return Ok(SnapRef::scratch());
+        };
+        if self.no_cache {
+            for v in &mut ov {
+                if !matches!(v.op.op, Some(crate::pb::op::Op::Source(_))) {
+                    v.ignore_cache = true;
+                }
+            }
+        }
+        let runner = Arc::new(LlbRunner {
+            worker: self.worker.clone(),
+            vertices: Arc::new(ov),
+            locals,
+            secrets: self.secrets.clone(),
+            ssh: self.ssh.clone(),
+            entitlements: self.entitlements.clone(),
+            reporter: self.reporter.clone(),
+        });
+        let opts = SolveOptions {
+            parallelism: self.parallelism,
+        };
+        let result = solver::solve(&sv, root_v, runner, self.reporter.clone(), &opts).await?;
+        let out = result
+            .output(graph.head_output)
+            .ok_or(EngineError::NoSuchOutput(graph.head_output))?;
+        Ok(out.snap)
+    }
+}
+
+/// The solver's view and the ops' view of a loaded Definition, and the vertex to build.
+type Vertices = (Vec<solver::Vertex>, Vec<OpVertex>, usize);
+
+/// [`Vertices`] of a loaded Definition (None for an empty Definition: the empty
+/// filesystem, as in BuildKit).
+fn vertices(graph: &llb::LoadedGraph) -> Option<Vertices> {
+    let head = graph.head?;
+    let mut sv = Vec::with_capacity(graph.vertices.len());
+    let mut ov = Vec::with_capacity(graph.vertices.len());
+    for v in &graph.vertices {
+        let name = v
+            .metadata
+            .description
+            .get("llb.customname")
+            .cloned()
+            .unwrap_or_else(|| llb::op_label(&v.op));
+        sv.push(solver::Vertex {
+            id: v.digest.to_string(),
+            name,
+            inputs: v.inputs.clone(),
+        });
+        ov.push(OpVertex {
+            digest: v.digest.to_string(),
+            op: v.op.clone(),
+            inputs: v.inputs.clone(),
+            ignore_cache: v.metadata.ignore_cache,
+        });
+    }
+    Some((sv, ov, head))
+}
