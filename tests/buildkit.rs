@@ -331,4 +331,17 @@ fn buildkitd_suite() {
     assert_eq!(common::remote::registry_digest(&target, &creds), digest);
 
     common::remote::every_example_definition_loads(&env, "bk", envkit::lower::Target::Buildkitd);
+
+    // The step-confinement table: the same Definition gives the same capabilities, seccomp,
+    // no_new_privs, unshare, masked /proc/keys and read-only /proc/sys on buildkitd as in
+    // envkit's engine (tests/confine.rs).
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    let def = common::confine::probe_definition_with(false, Some(&nonce));
+    let pb = env.def_file("confine-probe", &def);
+    let o = env.envkit(&["solve", "--progress", "plain", pb.to_str().unwrap()]);
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    for want in common::confine::DEFAULT_TABLE {
+        assert!(log.contains(want), "buildkitd: {want}: {log}");
+    }
 }

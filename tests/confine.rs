@@ -4,16 +4,8 @@
 
 mod common;
 
+use common::confine::{DEFAULT_TABLE, probe_definition};
 use common::{TestEnv, stderr};
-
-/// What a step reports about itself: its capabilities, what the masked /proc/keys and
-/// /proc/interrupts give (/proc/kcore is absent from some kernels, this machine's among them)
-/// and whether /proc/sys can be written.
-const PROBE: &str = "grep CapEff /proc/self/status; grep -E '^(Seccomp|Seccomp_filters|NoNewPrivs):' /proc/self/status; \
-                     unshare -U true 2>/dev/null && echo unshare=ok || echo unshare=refused; echo keys=$(cat /proc/keys | wc -c) irq=$(cat /proc/interrupts | wc -c); \
-                     echo x 2>&1 > /proc/sys/kernel/hostname && echo sys=written \
-                     || echo sys=refused; grep -q ' /proc/sys .*ro,' /proc/mounts \
-                     && echo sys-ro || echo sys-rw";
 
 /// The probe's `name=result` lines in a build log (the last of each name).
 fn results(log: &str) -> std::collections::BTreeMap<String, String> {
@@ -147,23 +139,15 @@ fn a_default_step_is_refused_what_an_insecure_one_may_do() {
 
 #[test]
 fn steps_get_default_capabilities_and_a_masked_proc() {
-    use envkit::llb::{self, Run};
-    use envkit::pb;
     let env = TestEnv::new("confine");
-    let step = |insecure: bool| {
-        let mut base = llb::image("busybox").add_env("PATH", "/bin");
-        if insecure {
-            base = base.security(pb::SecurityMode::Insecure);
-        }
-        base.run(Run::args(["sh", "-c", PROBE]))
-            .root()
-            .marshal(&llb::MarshalOptions::default())
-            .expect("marshal")
-    };
+    let step = probe_definition;
     let pb = env.def_file("default", &step(false));
     let out = env.envkit(&["solve", "--progress", "plain", pb.to_str().unwrap()]);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
+    for want in DEFAULT_TABLE {
+        assert!(log.contains(want), "{want}: {log}");
+    }
     assert!(log.contains("CapEff:\t00000000a80425fb"), "{log}");
     // The default seccomp profile: one filter, unshare refused.
     assert!(
@@ -281,6 +265,32 @@ fn environments_are_confined_unless_started_insecure() {
         ]);
         let text = common::stdout(&out);
         assert!(out.status.success(), "{text}{}", stderr(&out));
+        // The probe table, in the environment.
+        let out = env.envkit(&[
+            "exec",
+            "--no-tty",
+            &name,
+            "--",
+            "python3",
+            "-c",
+            include_str!("data/confine_probe.py"),
+        ]);
+        let r = results(&common::stdout(&out));
+        assert!(out.status.success(), "{r:?}{}", stderr(&out));
+        let want = if insecure { "ok" } else { "EPERM" };
+        for n in ["unshare", "keyctl", "mount", "ptrace"] {
+            assert_eq!(r.get(n).map(String::as_str), Some(want), "{n}: {r:?}");
+        }
+        if !insecure {
+            for n in ["bpf", "perf_event_open"] {
+                assert_eq!(r.get(n).map(String::as_str), Some("EPERM"), "{n}: {r:?}");
+            }
+            assert_ne!(
+                r.get("proc_sys_write").map(String::as_str),
+                Some("ok"),
+                "{r:?}"
+            );
+        }
         if insecure {
             assert!(text.contains("Seccomp:\t0"), "{text}");
             assert!(!text.contains("CapEff:\t00000000a80425fb"), "{text}");
