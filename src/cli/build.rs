@@ -18,11 +18,10 @@ use crate::image;
 use crate::llb;
 use crate::lower;
 use crate::meta;
-use crate::progress::{Event, Plain, RawJson, Reporter, Tty};
+use crate::progress::{Plain, RawJson, Reporter, Tty};
 use crate::registry::Registry;
-use crate::snapshot::{SnapRef, write_atomic};
+use crate::snapshot::SnapRef;
 use crate::worker::Worker;
-use oci_spec::image::ImageConfiguration;
 
 /// What `-p` and `-f` ask to compile, for this machine's platform.
 fn source_request(source: &SourceArgs, target: lower::Target) -> compile::Request {
@@ -123,195 +122,6 @@ pub(super) async fn open_engine(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Eng
     Ok(Engine::open(options).await?)
 }
 
-// The exporter dispatch stays with the CLI for now (the engine-API issue moves it behind an
-// `Exporter` seam).
-impl Engine {
-    /// Makes the result an image named `name` in the store, and writes the `-o` output.
-    async fn export(
-        &self,
-        snap: &SnapRef,
-        spec: &image::ImageSpec,
-        name: &str,
-        output: Option<Output>,
-        started: std::time::Instant,
-    ) -> anyhow::Result<()> {
-        self.reporter.event(Event::Note("exporting layers".into()));
-        let (assembled, created) = export_image(&self.worker, snap, spec).await?;
-        let size = assembled.manifest_bytes.len() as u64
-            + assembled.config_bytes.len() as u64
-            + assembled.layers.iter().map(|l| l.size()).sum::<u64>();
-        let record = meta::ImageRecord {
-            manifest_digest: assembled.manifest_digest.to_string(),
-            size,
-            created,
-        };
-        // A warm rebuild makes the same image: nothing to write.
-        if meta::Meta::peek_image(&self.root, name).as_ref() != Some(&record) {
-            meta::Meta::open(&self.root)?.put_image(name, &record)?;
-        }
-        let ref_for = |n: Option<String>| -> anyhow::Result<String> {
-            Ok(match n {
-                Some(n) => full_name(&n)?,
-                None => name.to_string(),
-            })
-        };
-        let content = &self.worker.content;
-        match output {
-            None => {}
-            Some(Output::Image {
-                name: image_name,
-                push,
-                compression,
-            }) => {
-                let Some(n) = image_name else {
-                    // The image is in the store under `name` already.
-                    return self.built(name, &assembled, started);
-                };
-                let target = ref_for(Some(n))?;
-                if target != name {
-                    meta::Meta::open(&self.root)?.put_image(&target, &record)?;
-                }
-                if push {
-                    self.reporter
-                        .event(Event::Note(format!("pushing {target}")));
-                    let manifest = export::convert_manifest(
-                        &assembled.manifest_descriptor,
-                        content,
-                        &compression,
-                    )?;
-                    let p = self
-                        .worker
-                        .registry
-                        .push(&target, &manifest, content)
-                        .await?;
-                    self.reporter.event(Event::Note(pushed_note(&p)));
-                }
-            }
-            Some(Output::Containerd {
-                name: cd_name,
-                target,
-                compression,
-            }) => {
-                let ref_name = ref_for(cd_name)?;
-                self.reporter.event(Event::Note(format!(
-                    "importing {ref_name} into containerd at {} (namespace {})",
-                    target.address.display(),
-                    target.namespace
-                )));
-                let manifest = export::convert_manifest(
-                    &assembled.manifest_descriptor,
-                    content,
-                    &compression,
-                )?;
-                let done =
-                    export::containerd::import(&target, &ref_name, &manifest, content).await?;
-                let unpacked = match &done.unpacked {
-                    Some(chain) => format!(
-                        ", unpacked into {} as {chain}",
-                        target.unpack.as_deref().unwrap_or("")
-                    ),
-                    None => String::new(),
-                };
-                self.reporter.event(Event::Note(format!(
-                    "containerd has {ref_name} ({}): {} blobs written, {} already there{unpacked}",
-                    manifest.digest(),
-                    done.written,
-                    done.present
-                )));
-            }
-            Some(Output::Oci {
-                dest,
-                name: oci_name,
-                compression,
-            }) => {
-                let ref_name = ref_for(oci_name)?;
-                self.reporter.event(Event::Note(format!(
-                    "writing OCI image layout to {}",
-                    dest.display()
-                )));
-                let manifest = export::convert_manifest(
-                    &assembled.manifest_descriptor,
-                    content,
-                    &compression,
-                )?;
-                export::oci_tar(&dest, &manifest, &ref_name, content)?;
-            }
-            Some(Output::Docker {
-                dest,
-                name: docker_name,
-                compression,
-            }) => {
-                let ref_name = ref_for(docker_name)?;
-                self.reporter.event(Event::Note(format!(
-                    "writing docker image tarball to {}",
-                    dest.display()
-                )));
-                export::docker_tar(
-                    &dest,
-                    &assembled.manifest_descriptor,
-                    &ref_name,
-                    content,
-                    &compression,
-                )?;
-            }
-            Some(Output::Tar { dest }) => {
-                self.reporter.event(Event::Note(format!(
-                    "writing the root filesystem as a tar to {}",
-                    dest.display()
-                )));
-                let tar = rootfs_tar(&self.worker, &assembled.layers).await?;
-                export::write_to_dest(&dest, |out| {
-                    let mut f = std::fs::File::open(tar.path()).map_err(|source| {
-                        export::ExportError::Io {
-                            path: tar.path().to_path_buf(),
-                            source,
-                        }
-                    })?;
-                    std::io::copy(&mut f, out).map_err(|source| export::ExportError::Io {
-                        path: dest.clone(),
-                        source,
-                    })?;
-                    Ok(())
-                })?;
-            }
-            Some(Output::Local { dest }) => {
-                self.reporter.event(Event::Note(format!(
-                    "writing the root filesystem into {}",
-                    dest.display()
-                )));
-                let tar = rootfs_tar(&self.worker, &assembled.layers).await?;
-                let notes = extract_as_user(tar.path(), &dest)?;
-                for n in notes {
-                    self.reporter.event(Event::Note(n));
-                }
-            }
-        }
-        self.built(name, &assembled, started)
-    }
-
-    fn built(
-        &self,
-        name: &str,
-        assembled: &image::Assembled,
-        started: std::time::Instant,
-    ) -> anyhow::Result<()> {
-        self.reporter.event(Event::Note(format!(
-            "built {name} ({}) in {:.1}s",
-            assembled.manifest_digest,
-            started.elapsed().as_secs_f64()
-        )));
-        Ok(())
-    }
-}
-
-/// One line on what a push did.
-fn pushed_note(p: &crate::registry::Pushed) -> String {
-    format!(
-        "pushed {} ({}): {} blobs uploaded, {} mounted, {} already there",
-        p.reference, p.manifest_digest, p.uploaded, p.mounted, p.present
-    )
-}
-
 /// `envkit push REF`: pushes an image of envkit's store to the registry its name names.
 pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
@@ -345,7 +155,7 @@ pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()
         .registry
         .push(&target, &manifest, &worker.content)
         .await?;
-    println!("{}", pushed_note(&p));
+    println!("{}", crate::engine::pushed_note(&p));
     Ok(())
 }
 
@@ -415,7 +225,7 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
             &compiled.lowered.image,
             &compiled.base_layers,
             &[],
-            reproducible_epoch() as u64,
+            crate::engine::reproducible_epoch() as u64,
         )?;
         return super::remote::solve_remote(
             &remote,
@@ -521,124 +331,12 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         let name = full_name(&args.tag)?;
         engine
             .export(&snap, &image::ImageSpec::default(), &name, output, started)
-            .await
+            .await?;
+        anyhow::Ok(())
     }
     .await;
     engine.reporter.finish();
     res
-}
-
-/// The time reproducible images carry: `$SOURCE_DATE_EPOCH`, else the epoch itself. Layer
-/// entries are clamped to it and it is the config's `created`, so two clean builds of the same
-/// file on two stores give the same image (unless the build itself is not deterministic).
-fn reproducible_epoch() -> i64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .filter(|e| *e >= 0)
-        .unwrap_or(0)
-}
-
-/// Turns a result chain into an image: the base image's layers as they are, plus one layer per
-/// own snapshot (its diff, cached next to the snapshot), stored in the content store. Also
-/// returns when the image was made for envkit's image list: when its newest own layer was
-/// first made, so a warm rebuild changes nothing.
-async fn export_image(
-    worker: &Worker,
-    snap: &SnapRef,
-    spec: &crate::image::ImageSpec,
-) -> anyhow::Result<(image::Assembled, u64)> {
-    let mut new_layers = Vec::new();
-    let mut made: Option<u64> = None;
-    for id in snap.own_layers() {
-        if let Some(layer) = layer_for(worker, id).await? {
-            new_layers.push(layer);
-        }
-        let t = std::fs::metadata(worker.snapshots.dir(id).join("layer.json"))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
-        made = made.max(t);
-    }
-    let made = made.unwrap_or_else(image::created_now);
-    let created = reproducible_epoch() as u64;
-    let (base_cfg, base_layers) = match &snap.base {
-        Some(b) => {
-            let digest = crate::content::parse_digest(&b.config_digest)?;
-            let bytes = worker.content.read_blob(&digest)?;
-            let cfg: ImageConfiguration =
-                serde_json::from_slice(&bytes).context("parsing the base image's config")?;
-            (cfg, b.layers.clone())
-        }
-        None => (scratch_config(), Vec::new()),
-    };
-    let assembled = image::assemble(&base_cfg, spec, &base_layers, &new_layers, created)?;
-    assembled.store(&worker.content)?;
-    Ok((assembled, made))
-}
-
-/// The config an image built from scratch starts from.
-fn scratch_config() -> ImageConfiguration {
-    let mut cfg = ImageConfiguration::default();
-    cfg.set_os(oci_spec::image::Os::Linux);
-    cfg.set_architecture(oci_spec::image::Arch::Amd64);
-    cfg
-}
-
-/// A layer as cached beside its snapshot (`layer.json`): `None` when the step changed nothing.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct LayerRecord {
-    descriptor: oci_spec::image::Descriptor,
-    diff_id: String,
-    /// The mtime clamp the layer was made with (see [`reproducible_epoch`]).
-    #[serde(default)]
-    clamp: Option<i64>,
-}
-
-/// The layer of one snapshot, or `None` when the step changed nothing.
-async fn layer_for(worker: &Worker, id: &str) -> anyhow::Result<Option<image::NewLayer>> {
-    let clamp = reproducible_epoch();
-    let record_path = worker.snapshots.dir(id).join("layer.json");
-    if let Ok(bytes) = std::fs::read(&record_path)
-        && let Ok(record) = serde_json::from_slice::<Option<LayerRecord>>(&bytes)
-    {
-        match record {
-            None => return Ok(None),
-            Some(r) if worker.content.has(r.descriptor.digest()) && r.clamp == Some(clamp) => {
-                return Ok(Some(image::NewLayer {
-                    descriptor: r.descriptor,
-                    diff_id: crate::content::parse_digest(&r.diff_id)?,
-                    created_by: None,
-                }));
-            }
-            Some(_) => {} // the blob is gone, or another clamp is asked for: make it again
-        }
-    }
-    let tmp = worker.snapshots.temp_file()?;
-    let req = rootless::Request::DiffTar {
-        upper: worker.snapshots.fs(id),
-        out: tmp.path().to_path_buf(),
-        mtime_clamp: Some(clamp),
-    };
-    let resp = worker
-        .run_helper(req, None, None)
-        .await
-        .with_context(|| format!("computing the layer of snapshot {id}"))?;
-    let layer = match resp {
-        rootless::Response::DiffWritten { entries: 0 } => None,
-        rootless::Response::DiffWritten { .. } => {
-            Some(export::raw_layer_from_tar(tmp.path(), &worker.content)?)
-        }
-        other => bail!("computing the layer of snapshot {id}: unexpected answer {other:?}"),
-    };
-    let record = layer.as_ref().map(|l| LayerRecord {
-        descriptor: l.descriptor.clone(),
-        diff_id: l.diff_id.to_string(),
-        clamp: Some(clamp),
-    });
-    write_atomic(&record_path, &serde_json::to_vec(&record)?)?;
-    Ok(layer)
 }
 
 pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
@@ -840,99 +538,6 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
         out.write_all(graph.to_json_lines().as_bytes())?;
     }
     Ok(())
-}
-
-/// The root filesystem of an image's layers (base first) as one tar in a temporary file: the
-/// helper unpacks the layers in the user namespace (whiteouts applied, ids as in the image)
-/// and tars the result with the image's ids.
-async fn rootfs_tar(
-    worker: &Worker,
-    layers: &[oci_spec::image::Descriptor],
-) -> anyhow::Result<tempfile::NamedTempFile> {
-    let mut files = Vec::with_capacity(layers.len());
-    for l in layers {
-        let compression = match export::Compression::of(l.media_type()) {
-            Some(export::Compression::Gzip) => rootless::Compression::Gzip,
-            Some(export::Compression::Uncompressed) => rootless::Compression::None,
-            _ => bail!(
-                "layer {} is {}: envkit unpacks gzip and plain layers",
-                l.digest(),
-                l.media_type()
-            ),
-        };
-        files.push(rootless::LayerFile {
-            path: worker.content.path(l.digest())?,
-            compression,
-        });
-    }
-    let dir = worker.snapshots.temp_dir()?;
-    let rootfs = dir.path().join("rootfs");
-    let out = worker.snapshots.temp_file()?;
-    let res = async {
-        worker
-            .run_helper(
-                rootless::Request::Unpack {
-                    layers: files,
-                    dest: rootfs.clone(),
-                    max_layer_bytes: Some(worker.config.worker.max_layer_size()),
-                },
-                None,
-                None,
-            )
-            .await
-            .context("unpacking the image's layers")?;
-        worker
-            .run_helper(
-                rootless::Request::DiffTar {
-                    upper: rootfs.clone(),
-                    out: out.path().to_path_buf(),
-                    mtime_clamp: None,
-                },
-                None,
-                None,
-            )
-            .await
-            .context("writing the root filesystem tar")?;
-        anyhow::Ok(())
-    }
-    .await;
-    // The unpacked files belong to subordinate ids: only the helper removes them.
-    let dir = dir.keep();
-    let cleaned = worker.remove_tree(&dir).await;
-    res?;
-    cleaned.context("removing the unpacked root filesystem")?;
-    Ok(out)
-}
-
-/// Extracts a root filesystem tar into `dest` as the user running envkit: every file is
-/// theirs (ids in the image cannot be kept outside the user namespace), entries that would
-/// land outside `dest` are refused, device nodes are skipped. Returns notes on skipped entries.
-pub(super) fn extract_as_user(
-    tar: &std::path::Path,
-    dest: &std::path::Path,
-) -> anyhow::Result<Vec<String>> {
-    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let dest = std::fs::canonicalize(dest).with_context(|| format!("{}", dest.display()))?;
-    let f = std::fs::File::open(tar).with_context(|| format!("{}", tar.display()))?;
-    let me = (
-        nix::unistd::getuid().as_raw(),
-        nix::unistd::getgid().as_raw(),
-    );
-    let mut notes = Vec::new();
-    rootless::unpack_tar(
-        std::io::BufReader::new(f),
-        tar,
-        &dest,
-        &mut notes,
-        rootless::TarMode {
-            layer: false,
-            owner: Some(me),
-            mtime: None,
-            max_bytes: None,
-        },
-    )
-    .with_context(|| format!("extracting into {}", dest.display()))?;
-    Ok(notes)
 }
 
 #[cfg(test)]

@@ -423,7 +423,7 @@ pub(super) async fn solve_remote(
             remote::session::tree_to_tar(&stats, staging.path(), out)
                 .with_context(|| format!("the files {ep} sent"))?;
             drop(staging);
-            let notes = super::build::extract_as_user(tar.path(), dest)?;
+            let notes = crate::engine::extract_as_user(tar.path(), dest)?;
             for n in notes {
                 eprintln!("=> {n}");
             }

@@ -2,7 +2,14 @@
 //! Definition bytes (what any BuildKit client sends) with the local sources they read. The
 //! engine sees only the bytes: it loads them (checking every digest), hands the graph to the
 //! solver and the ops, and returns the result's snapshot stack. Exporting the result is the
-//! caller's next step (`crate::export`, the CLI for now).
+//! caller's next step: [`Engine::image`] makes it an image in the store (`image.rs`), the
+//! exporters (`crate::export`) write it out, dispatched by [`Engine::export`] (`export.rs`).
+
+mod export;
+mod image;
+
+pub use export::{extract_as_user, pushed_note, rootfs_tar};
+pub use image::reproducible_epoch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -32,6 +39,24 @@ pub enum EngineError {
     Solve(#[from] SolveError),
     #[error("the Definition's result is output {0} of an op that has no such output")]
     NoSuchOutput(i64),
+    #[error("parsing the base image's config: {0}")]
+    BaseConfig(String),
+    #[error("computing the layer of snapshot {id}: {message}")]
+    Layer { id: String, message: String },
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("{0}")]
+    Output(String),
 }
 
 /// The entitlements a build may be granted (`--allow`), as in BuildKit.
