@@ -1,11 +1,13 @@
-//! `envkit images [ls|inspect|rm]`, `envkit save`, `envkit load`: the local image store.
+//! `envkit images [ls|inspect|rm]`, `envkit save`, `envkit load`, `envkit push`: the local
+//! image store.
 
 use std::io::Write;
 
 use anyhow::{Context, bail};
 use oci_spec::image::{Descriptor, MediaType};
 
-use super::build::{full_name, human_size};
+use super::build::full_name;
+use super::store::human_size;
 use super::{Cli, LoadArgs, SaveArgs};
 use crate::config::{self, Config};
 use crate::export;
@@ -209,5 +211,42 @@ pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
             println!("loaded {n} ({})", img.manifest.digest());
         }
     }
+    Ok(())
+}
+
+/// `envkit push REF`: pushes an image of envkit's store to the registry its name names.
+pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let root = config::store_root(cli.root.as_deref());
+    let name = full_name(&args.image)?;
+    let db = meta::Meta::open(&root)?;
+    let Some(img) = db.get_image(&name)? else {
+        bail!("no image {name} in envkit's store (see `envkit images`)");
+    };
+    drop(db);
+    let worker = Worker::new(&root, cfg, None)
+        .with_context(|| format!("opening the store at {}", root.display()))?;
+    let digest = crate::content::parse_digest(&img.manifest_digest)?;
+    let size = worker.content.size(&digest)?;
+    let desc =
+        oci_spec::image::Descriptor::new(oci_spec::image::MediaType::ImageManifest, size, digest);
+    let compression = match &args.compression {
+        Some(c) => export::parse_output(&format!("type=image,name=x,push=true,compression={c}"))
+            .map(|o| match o {
+                export::Output::Image { compression, .. } => compression,
+                _ => export::CompressionOpts::default(),
+            })?,
+        None => export::CompressionOpts::default(),
+    };
+    let manifest = export::convert_manifest(&desc, &worker.content, &compression)?;
+    let target = match &args.to {
+        Some(t) => full_name(t)?,
+        None => name.clone(),
+    };
+    let p = worker
+        .registry
+        .push(&target, &manifest, &worker.content)
+        .await?;
+    println!("{}", crate::engine::pushed_note(&p));
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! The command line: clap commands, the only place that prints and that uses `anyhow`.
 
 mod build;
+mod debug;
 mod envs;
 mod images;
 mod info;
 mod remote;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -553,14 +555,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Context { ref what } => remote::context_cmd(what),
         Command::Destroy(ref args) => envs::destroy(&cli, args).await,
         Command::Load(ref args) => images::load(&cli, args),
-        Command::Push(ref args) => build::push(&cli, args).await,
-        Command::Du => build::du(&cli),
+        Command::Push(ref args) => images::push(&cli, args).await,
+        Command::Du => store::du(&cli),
         Command::Info { json } => info::info(&cli, json).await,
-        Command::Prune(ref args) => build::prune(&cli, args).await,
-        Command::Check { repair } => return build::check(&cli, repair).await,
+        Command::Prune(ref args) => store::prune(&cli, args).await,
+        Command::Check { repair } => return store::check(&cli, repair).await,
         Command::Debug {
             what: DebugCommand::Llb(ref args),
-        } => build::debug_llb(&cli, args).await,
+        } => debug::debug_llb(&cli, args).await,
         Command::Reference {
             what: ReferenceCommand::Builtins,
         } => {
