@@ -7,18 +7,21 @@ mod common;
 use common::confine::{DEFAULT_TABLE, probe_definition};
 use common::{TestEnv, stderr};
 
+/// What `tests/data/confine_probe.py` tries; a default step is refused the first six.
+const PROBES: [&str; 8] = [
+    "unshare",
+    "keyctl",
+    "mount",
+    "bpf",
+    "perf_event_open",
+    "ptrace",
+    "proc_sys_write",
+    "kcore_read",
+];
+
 /// The probe's `name=result` lines in a build log (the last of each name).
 fn results(log: &str) -> std::collections::BTreeMap<String, String> {
-    let names = [
-        "unshare",
-        "keyctl",
-        "mount",
-        "bpf",
-        "perf_event_open",
-        "ptrace",
-        "proc_sys_write",
-        "kcore_read",
-    ];
+    let names = PROBES;
     let mut out = std::collections::BTreeMap::new();
     for line in log.lines() {
         for n in names {
@@ -68,18 +71,9 @@ fn a_default_step_is_refused_what_an_insecure_one_may_do() {
         .expect("marshal")
     };
     let pb = env.def_file("probe-default", &step(false));
-    let out = env.envkit(&["solve", "--progress", "plain", pb.to_str().unwrap()]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
+    let log = env.solve_log(&pb, &[]);
     let r = results(&log);
-    for n in [
-        "unshare",
-        "keyctl",
-        "mount",
-        "bpf",
-        "perf_event_open",
-        "ptrace",
-    ] {
+    for &n in &PROBES[..6] {
         assert_eq!(
             r.get(n).map(String::as_str),
             Some("EPERM"),
@@ -101,16 +95,7 @@ fn a_default_step_is_refused_what_an_insecure_one_may_do() {
     }
 
     let pb = env.def_file("probe-insecure", &step(true));
-    let out = env.envkit(&[
-        "solve",
-        "--progress",
-        "plain",
-        "--allow",
-        "security.insecure",
-        pb.to_str().unwrap(),
-    ]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
+    let log = env.solve_log(&pb, &["--allow", "security.insecure"]);
     let r = results(&log);
     for n in ["unshare", "keyctl", "mount", "ptrace", "proc_sys_write"] {
         assert_eq!(
@@ -142,9 +127,7 @@ fn steps_get_default_capabilities_and_a_masked_proc() {
     let env = TestEnv::new("confine");
     let step = probe_definition;
     let pb = env.def_file("default", &step(false));
-    let out = env.envkit(&["solve", "--progress", "plain", pb.to_str().unwrap()]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
+    let log = env.solve_log(&pb, &[]);
     for want in DEFAULT_TABLE {
         assert!(log.contains(want), "{want}: {log}");
     }
@@ -170,16 +153,7 @@ fn steps_get_default_capabilities_and_a_masked_proc() {
         "{}",
         stderr(&out)
     );
-    let out = env.envkit(&[
-        "solve",
-        "--progress",
-        "plain",
-        "--allow",
-        "security.insecure",
-        pb.to_str().unwrap(),
-    ]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
+    let log = env.solve_log(&pb, &["--allow", "security.insecure"]);
     assert!(!log.contains("CapEff:\t00000000a80425fb"), "{log}");
     assert!(log.contains("CapEff:\t000001ff"), "{log}");
     assert!(log.contains("sys-rw"), "{log}");
@@ -193,15 +167,7 @@ fn steps_get_default_capabilities_and_a_masked_proc() {
     text.push_str("no-new-privileges = true\n");
     std::fs::write(env.config_path(), text).unwrap();
     let pb = env.def_file("default", &step(false));
-    let out = env.envkit(&[
-        "solve",
-        "--progress",
-        "plain",
-        "--no-cache",
-        pb.to_str().unwrap(),
-    ]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
+    let log = env.solve_log(&pb, &["--no-cache"]);
     assert!(log.contains("NoNewPrivs:\t1"), "{log}");
 
     // `envkit info` shows the profile in force.
@@ -253,16 +219,12 @@ fn environments_are_confined_unless_started_insecure() {
         }
         let out = env.envkit(&up);
         assert!(out.status.success(), "{}", stderr(&out));
-        let out = env.envkit(&[
-            "exec",
-            "--no-tty",
-            &name,
-            "--",
-            "sh",
-            "-c",
+        let exec_sh =
+            |script: &str| env.envkit(&["exec", "--no-tty", &name, "--", "sh", "-c", script]);
+        let out = exec_sh(
             "grep -E '^(CapEff|Seccomp):' /proc/self/status; echo keys=$(wc -c < /proc/keys); \
              awk '$2 == \"/sys\" { split($4, o, \",\"); print \"sys=\" o[1] }' /proc/mounts",
-        ]);
+        );
         let text = common::stdout(&out);
         assert!(out.status.success(), "{text}{}", stderr(&out));
         // The probe table, in the environment.
@@ -306,17 +268,11 @@ fn environments_are_confined_unless_started_insecure() {
             );
             // sudo (setuid root) works for a user of the environment: no no_new_privs, and
             // SETUID/SETGID stay in the bounding set.
-            let out = env.envkit(&[
-                "exec",
-                "--no-tty",
-                &name,
-                "--",
-                "sh",
-                "-c",
+            let out = exec_sh(
                 "useradd -m alice && echo 'alice ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/alice \
                  && setpriv --reuid=alice --regid=alice --init-groups sh -c \
                  'echo as=$(id -u); sudo -n id -u | sed s/^/sudo=/'",
-            ]);
+            );
             let text = common::stdout(&out);
             assert!(out.status.success(), "{text}{}", stderr(&out));
             assert!(

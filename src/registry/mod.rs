@@ -1233,24 +1233,33 @@ mod tests {
         assert_eq!(v.buf, b"12345678");
     }
 
+    /// The request line and headers of one HTTP request; None when the client went away.
+    async fn read_head(c: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut req = Vec::new();
+        let mut b = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            if c.read(&mut b).await.unwrap_or(0) == 0 {
+                return None;
+            }
+            req.push(b[0]);
+        }
+        Some(req)
+    }
+
     /// A registry stand-in: `/v2/` says no auth is needed; a manifest request gets
     /// `head` and then `body` bytes of `x`, repeated `repeat` times (the connection closes
     /// when the client goes away).
     async fn manifest_server(head: &'static str, body: usize, repeat: usize) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             while let Ok((mut c, _)) = l.accept().await {
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !req.ends_with(b"\r\n\r\n") {
-                        if c.read(&mut b).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        req.push(b[0]);
-                    }
+                    let Some(req) = read_head(&mut c).await else {
+                        return;
+                    };
                     if req.starts_with(b"GET /v2/ ") {
                         let _ = c
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
@@ -1284,40 +1293,40 @@ mod tests {
     /// announces its size or streams without end.
     #[tokio::test]
     async fn registry_manifests_are_read_with_a_size_cap() {
-        // Announced: refused before the body is read.
-        let addr = manifest_server(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1073741824\r\n\r\n",
-            1 << 16,
-            16384,
-        )
-        .await;
-        let e = resolve_from(&addr).await.unwrap_err().to_string();
-        assert!(e.contains("larger than the 4194304-byte limit"), "{e}");
-        // Unannounced (read to the end of the connection): cut off at the cap.
-        let addr = manifest_server(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
-            1 << 16,
-            usize::MAX,
-        )
-        .await;
-        let e = resolve_from(&addr).await.unwrap_err().to_string();
-        assert!(e.contains("larger than the 4194304-byte limit"), "{e}");
-        // An error answer is read for its message, not to its end.
-        let addr = manifest_server(
-            "HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n",
-            1 << 16,
-            usize::MAX,
-        )
-        .await;
-        let e = resolve_from(&addr).await.unwrap_err().to_string();
-        assert!(e.contains("HTTP 404"), "{e}");
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+        let cases: [(String, usize, &str); 3] = [
+            // Announced: refused before the body is read.
+            (
+                format!("{ok}Content-Length: 1073741824\r\n\r\n"),
+                16384,
+                "larger than the 4194304-byte limit",
+            ),
+            // Unannounced (read to the end of the connection): cut off at the cap.
+            (
+                format!("{ok}Connection: close\r\n\r\n"),
+                usize::MAX,
+                "larger than the 4194304-byte limit",
+            ),
+            // An error answer is read for its message, not to its end.
+            (
+                "HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n".to_string(),
+                usize::MAX,
+                "HTTP 404",
+            ),
+        ];
+        for (head, repeat, want) in cases {
+            let head: &'static str = Box::leak(head.into_boxed_str());
+            let addr = manifest_server(head, 1 << 16, repeat).await;
+            let e = resolve_from(&addr).await.unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     /// Docker Hub's flow: `/v2/` answers 401 naming a token realm, the token comes from
     /// there, and the manifest request carries it.
     #[tokio::test]
     async fn manifest_requests_carry_the_bearer_token() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let realm = format!("http://{addr}/token");
@@ -1325,14 +1334,9 @@ mod tests {
             while let Ok((mut c, _)) = l.accept().await {
                 let realm = realm.clone();
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !req.ends_with(b"\r\n\r\n") {
-                        if c.read(&mut b).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        req.push(b[0]);
-                    }
+                    let Some(req) = read_head(&mut c).await else {
+                        return;
+                    };
                     let req = String::from_utf8_lossy(&req).to_ascii_lowercase();
                     let (status, extra, body) = if req.starts_with("get /token") {
                         ("200 OK", String::new(), r#"{"token":"t0ken"}"#.to_string())

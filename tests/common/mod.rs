@@ -136,6 +136,18 @@ impl TestEnv {
         p
     }
 
+    /// `envkit solve --progress plain EXTRA… PB`, which must succeed: its log (stderr).
+    pub fn solve_log(&self, pb: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["solve", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        let pb = pb.to_str().expect("a UTF-8 path");
+        args.push(pb);
+        let out = self.envkit(&args);
+        let log = stderr(&out);
+        assert!(out.status.success(), "envkit {}: {log}", args.join(" "));
+        log
+    }
+
     /// A command that runs as the test user, with a clean, predictable environment.
     pub fn user_command(&self, program: &str) -> Command {
         let uid = self.uid();
