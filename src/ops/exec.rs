@@ -70,6 +70,161 @@ pub(super) async fn run(
     exec: &pb::ExecOp,
     inputs: &[Res],
 ) -> Result<Outcome<Res>, OpsError> {
+    let Checked {
+        meta,
+        network_none,
+        sandbox_net,
+        rlimits,
+    } = check(ctx, exec)?;
+    let MountPlan {
+        root,
+        mut mounts,
+        readonly_rootfs,
+        ssh_mounts,
+        caches,
+        outs,
+    } = plan_mounts(ctx, exec, inputs)?;
+    let base = root
+        .map(|r| r.snap.clone())
+        .unwrap_or_else(SnapRef::scratch);
+    let env = process_env(ctx, exec, meta, &mut mounts)?;
+    let input_keys: Vec<Res> = inputs.to_vec();
+    let key = ctx.cache_key(&input_keys, &[]);
+    let out_key = |n: i64| super::cache_key(&key, &[], &[&format!("output {n}")]);
+    let _claim = match ctx.claim(&key).await? {
+        super::Claim::Cached(mut hit) => {
+            // The other outputs are committed first, so they are normally there too.
+            let mut more = BTreeMap::new();
+            for (_, n, _) in &outs {
+                let k = out_key(*n);
+                if let Some(o) = ctx.cached(&k)? {
+                    more.insert(*n, (o.value.snap, k));
+                }
+            }
+            if more.len() == outs.len() {
+                hit.value.more = more;
+                return Ok(hit);
+            }
+            ctx.worker.snapshots.lock_key(&key).await?
+        }
+        super::Claim::Mine(lock) => lock,
+    };
+
+    // Cache mounts, held (shared, locked or a private instance) until the step is over.
+    let mut held = Vec::with_capacity(caches.len());
+    for (i, id, sharing) in caches {
+        let cm = ctx.worker.cache_mount(&id, sharing).await?;
+        mounts[i].source = cm.dir.clone();
+        held.push(cm);
+    }
+    // One agent proxy per ssh mount, alive until the step is over.
+    let mut proxies = Vec::with_capacity(ssh_mounts.len());
+    for (agent, dest, opt) in ssh_mounts {
+        let proxy = super::ssh::AgentProxy::start(&agent)?;
+        mounts.push(rootless::Mount {
+            source: proxy.socket.clone(),
+            target: dest,
+            kind: rootless::MountKind::Socket {
+                uid: opt.uid,
+                gid: opt.gid,
+                mode: if opt.mode == 0 { 0o600 } else { opt.mode },
+            },
+        });
+        proxies.push(proxy);
+    }
+    let w = &ctx.worker;
+    let prepared = w.snapshots.prepare()?;
+    let mut out_prepared = Vec::with_capacity(outs.len());
+    for (i, _, _) in &outs {
+        let p = match w.snapshots.prepare() {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.discard(prepared).await;
+                for p in out_prepared {
+                    ctx.discard(p).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if let rootless::MountKind::Layers { keep, .. } = &mut mounts[*i].kind {
+            *keep = Some((p.fs.clone(), p.work.clone()));
+        }
+        out_prepared.push(p);
+    }
+    let req = rootless::Request::Exec(rootless::ExecRequest {
+        lowers: w.snapshots.lowers(&base),
+        upper: prepared.fs.clone(),
+        work: prepared.work.clone(),
+        args: meta.args.clone(),
+        env,
+        cwd: if meta.cwd.is_empty() {
+            "/".into()
+        } else {
+            meta.cwd.clone()
+        },
+        user: meta.user.clone(),
+        mounts,
+        hostname: meta.hostname.clone(),
+        ca_bundle: w.ca_bundle.clone(),
+        readonly_rootfs,
+        network_none,
+        sandbox_net,
+        insecure: exec.security == SECURITY_INSECURE,
+        no_new_privs: ctx.worker.config.worker.no_new_privileges,
+        rlimits,
+    });
+    if exec.security == SECURITY_INSECURE {
+        // The progress says so (the entitlement was granted for the build).
+        ctx.reporter.event(crate::progress::Event::Log {
+            vertex: ctx.vertex,
+            data: b"envkit: security.insecure: this step runs unconfined (every capability of \
+its user namespace, no seccomp filter, an unmasked /proc)\n"
+                .to_vec(),
+        });
+    }
+    let failed = run_step(w, req, ctx, meta).await.err();
+    if let Some(e) = failed {
+        ctx.discard(prepared).await;
+        for p in out_prepared {
+            ctx.discard(p).await;
+        }
+        return Err(e);
+    }
+    // Further outputs first: a cached main result then implies them.
+    let mut more = BTreeMap::new();
+    for ((_, n, over), p) in outs.into_iter().zip(out_prepared) {
+        let k = out_key(n);
+        let mut chain = over.chain.clone();
+        chain.push(k.clone());
+        let snap = SnapRef {
+            chain,
+            base: over.base.clone(),
+        };
+        let done = ctx.commit(p, &k, snap).await?;
+        more.insert(n, (done.value.snap, k));
+    }
+    let mut chain = base.chain.clone();
+    chain.push(key.clone());
+    let snap = SnapRef {
+        chain,
+        base: base.base.clone(),
+    };
+    let mut done = ctx.commit(prepared, &key, snap).await?;
+    done.value.more = more;
+    Ok(done)
+}
+
+/// What an exec op may do here, checked before anything is prepared.
+struct Checked<'a> {
+    meta: &'a pb::Meta,
+    network_none: bool,
+    sandbox_net: bool,
+    rlimits: Vec<(String, u64, u64)>,
+}
+
+/// Checks an exec op against this machine and the build's grants: its platform, network mode
+/// and entitlements, devices and ulimits.
+fn check<'a>(ctx: &Ctx, exec: &'a pb::ExecOp) -> Result<Checked<'a>, OpsError> {
     let meta = exec
         .meta
         .as_ref()
@@ -114,6 +269,36 @@ pub(super) async fn run(
         };
         rlimits.push((u.name.clone(), soft, hard));
     }
+    Ok(Checked {
+        meta,
+        network_none,
+        sandbox_net,
+        rlimits,
+    })
+}
+
+/// What an exec op's mounts ask for, before the step is sure to run.
+#[derive(Default)]
+struct MountPlan<'a> {
+    /// The root mount's input (None: scratch).
+    root: Option<&'a Res>,
+    mounts: Vec<rootless::Mount>,
+    readonly_rootfs: bool,
+    /// Agent socket, target and options of each ssh mount.
+    ssh_mounts: Vec<(PathBuf, String, pb::SshOpt)>,
+    /// Index in `mounts`, id and sharing of each cache mount (its dir is picked later).
+    caches: Vec<(usize, String, CacheSharing)>,
+    /// Mounts that are outputs: (index in `mounts`, output index, the chain they are over).
+    outs: Vec<(usize, i64, SnapRef)>,
+}
+
+/// The mounts of an exec op: the root, binds of inputs (a selector or several layers as a
+/// view), cache, tmpfs, secret and ssh mounts, and which mounts are outputs.
+fn plan_mounts<'a>(
+    ctx: &Ctx,
+    exec: &pb::ExecOp,
+    inputs: &'a [Res],
+) -> Result<MountPlan<'a>, OpsError> {
     let mut root: Option<&Res> = None;
     let mut mounts = Vec::new();
     let mut readonly_rootfs = false;
@@ -265,10 +450,24 @@ pub(super) async fn run(
             other => return Err(OpsError::Invalid(format!("mount type {other}"))),
         }
     }
-    let base = root
-        .map(|r| r.snap.clone())
-        .unwrap_or_else(SnapRef::scratch);
-    // Secret env vars reach the process only (not the op, the cache key or a layer).
+    Ok(MountPlan {
+        root,
+        mounts,
+        readonly_rootfs,
+        ssh_mounts,
+        caches,
+        outs,
+    })
+}
+
+/// The step's environment: the op's, plus secret env vars (they reach the process only: not
+/// the op, the cache key or a layer); extra hosts become a bind over /etc/hosts.
+fn process_env(
+    ctx: &Ctx,
+    exec: &pb::ExecOp,
+    meta: &pb::Meta,
+    mounts: &mut Vec<rootless::Mount>,
+) -> Result<Vec<String>, OpsError> {
     let mut env = meta.env.clone();
     for se in &exec.secretenv {
         match ctx.secrets.get(&se.id) {
@@ -302,100 +501,17 @@ pub(super) async fn run(
             },
         });
     }
-    let input_keys: Vec<Res> = inputs.to_vec();
-    let key = ctx.cache_key(&input_keys, &[]);
-    let out_key = |n: i64| super::cache_key(&key, &[], &[&format!("output {n}")]);
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(mut hit) => {
-            // The other outputs are committed first, so they are normally there too.
-            let mut more = BTreeMap::new();
-            for (_, n, _) in &outs {
-                let k = out_key(*n);
-                if let Some(o) = ctx.cached(&k)? {
-                    more.insert(*n, (o.value.snap, k));
-                }
-            }
-            if more.len() == outs.len() {
-                hit.value.more = more;
-                return Ok(hit);
-            }
-            ctx.worker.snapshots.lock_key(&key).await?
-        }
-        super::Claim::Mine(lock) => lock,
-    };
+    Ok(env)
+}
 
-    // Cache mounts, held (shared, locked or a private instance) until the step is over.
-    let mut held = Vec::with_capacity(caches.len());
-    for (i, id, sharing) in caches {
-        let cm = ctx.worker.cache_mount(&id, sharing).await?;
-        mounts[i].source = cm.dir.clone();
-        held.push(cm);
-    }
-    // One agent proxy per ssh mount, alive until the step is over.
-    let mut proxies = Vec::with_capacity(ssh_mounts.len());
-    for (agent, dest, opt) in ssh_mounts {
-        let proxy = super::ssh::AgentProxy::start(&agent)?;
-        mounts.push(rootless::Mount {
-            source: proxy.socket.clone(),
-            target: dest,
-            kind: rootless::MountKind::Socket {
-                uid: opt.uid,
-                gid: opt.gid,
-                mode: if opt.mode == 0 { 0o600 } else { opt.mode },
-            },
-        });
-        proxies.push(proxy);
-    }
-    let w = &ctx.worker;
-    let prepared = w.snapshots.prepare()?;
-    let mut out_prepared = Vec::with_capacity(outs.len());
-    for (i, _, _) in &outs {
-        let p = match w.snapshots.prepare() {
-            Ok(p) => p,
-            Err(e) => {
-                ctx.discard(prepared).await;
-                for p in out_prepared {
-                    ctx.discard(p).await;
-                }
-                return Err(e.into());
-            }
-        };
-        if let rootless::MountKind::Layers { keep, .. } = &mut mounts[*i].kind {
-            *keep = Some((p.fs.clone(), p.work.clone()));
-        }
-        out_prepared.push(p);
-    }
-    let req = rootless::Request::Exec(rootless::ExecRequest {
-        lowers: w.snapshots.lowers(&base),
-        upper: prepared.fs.clone(),
-        work: prepared.work.clone(),
-        args: meta.args.clone(),
-        env,
-        cwd: if meta.cwd.is_empty() {
-            "/".into()
-        } else {
-            meta.cwd.clone()
-        },
-        user: meta.user.clone(),
-        mounts,
-        hostname: meta.hostname.clone(),
-        ca_bundle: w.ca_bundle.clone(),
-        readonly_rootfs,
-        network_none,
-        sandbox_net,
-        insecure: exec.security == SECURITY_INSECURE,
-        no_new_privs: ctx.worker.config.worker.no_new_privileges,
-        rlimits,
-    });
-    if exec.security == SECURITY_INSECURE {
-        // The progress says so (the entitlement was granted for the build).
-        ctx.reporter.event(crate::progress::Event::Log {
-            vertex: ctx.vertex,
-            data: b"envkit: security.insecure: this step runs unconfined (every capability of \
-its user namespace, no seccomp filter, an unmasked /proc)\n"
-                .to_vec(),
-        });
-    }
+/// Runs the step in the helper; an error when it could not run or exited with a code the op
+/// does not accept (the command, the code and the last lines of its output).
+async fn run_step(
+    w: &crate::worker::Worker,
+    req: rootless::Request,
+    ctx: &Ctx,
+    meta: &pb::Meta,
+) -> Result<(), OpsError> {
     let tail = Arc::new(Mutex::new(LogTail::new(TAIL_LINES)));
     let sink = OutputSink {
         reporter: ctx.reporter.clone(),
@@ -416,15 +532,18 @@ its user namespace, no seccomp filter, an unmasked /proc)\n"
         }
         Err(e) => Err(e.into()),
     };
-    let failed = match ran {
-        Err(e) => Some(e),
+    match ran {
+        Err(e) => Err(e),
         Ok(code) => {
             let valid = if meta.valid_exit_codes.is_empty() {
                 code == 0
             } else {
                 meta.valid_exit_codes.contains(&code)
             };
-            (!valid).then(|| OpsError::ExecFailed {
+            if valid {
+                return Ok(());
+            }
+            Err(OpsError::ExecFailed {
                 command: command_line(&meta.args),
                 code,
                 tail: tail
@@ -433,36 +552,7 @@ its user namespace, no seccomp filter, an unmasked /proc)\n"
                     .unwrap_or_default(),
             })
         }
-    };
-    if let Some(e) = failed {
-        ctx.discard(prepared).await;
-        for p in out_prepared {
-            ctx.discard(p).await;
-        }
-        return Err(e);
     }
-    // Further outputs first: a cached main result then implies them.
-    let mut more = BTreeMap::new();
-    for ((_, n, over), p) in outs.into_iter().zip(out_prepared) {
-        let k = out_key(n);
-        let mut chain = over.chain.clone();
-        chain.push(k.clone());
-        let snap = SnapRef {
-            chain,
-            base: over.base.clone(),
-        };
-        let done = ctx.commit(p, &k, snap).await?;
-        more.insert(n, (done.value.snap, k));
-    }
-    let mut chain = base.chain.clone();
-    chain.push(key.clone());
-    let snap = SnapRef {
-        chain,
-        base: base.base.clone(),
-    };
-    let mut done = ctx.commit(prepared, &key, snap).await?;
-    done.value.more = more;
-    Ok(done)
 }
 
 /// The argv as a person would type it.
