@@ -657,12 +657,15 @@ pub fn prepare() -> bool {
 
 /// In the step's process, while it still has CAP_SYS_ADMIN in its user namespace: installs
 /// the default filter. Does nothing where this architecture has no profile (said once by
-/// the helper, see [`prepare`]). Returns an error message (the caller prints it).
+/// the helper, see [`prepare`]); fails, rather than run the step unfiltered, when
+/// [`prepare`] was not called before the fork. Returns an error message (the caller prints
+/// it).
 pub fn install() -> std::result::Result<(), String> {
-    let Some(Some(prog)) = PROGRAM.get() else {
-        return Ok(());
-    };
-    install_program(prog)
+    match PROGRAM.get() {
+        Some(Some(prog)) => install_program(prog),
+        Some(None) => Ok(()),
+        None => Err("the seccomp filter was not built before the step's process started".into()),
+    }
 }
 
 fn install_program(prog: &[libc::sock_filter]) -> std::result::Result<(), String> {
