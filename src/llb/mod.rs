@@ -9,7 +9,6 @@ mod dot;
 pub(crate) mod json;
 mod load;
 mod marshal;
-mod reference;
 pub mod shlex;
 mod state;
 mod wire;
@@ -17,10 +16,10 @@ mod wire;
 use thiserror::Error;
 
 pub use crate::platform::Platform;
+pub use crate::reference::normalize_image_ref;
 pub use json::{metadata_json, op_json};
 pub use load::{LoadedGraph, Vertex, load, load_definition, op_label};
 pub use marshal::{Definition, Digest, ExecExtra, MarshalOptions};
-pub use reference::normalize_image_ref;
 pub use state::{
     CUSTOM_NAME_KEY, CacheSharing, Chmod, Chown, Constraints, CopyOptions, ExecState, FileAction,
     GitOptions, HttpOptions, ImageOptions, LocalOptions, MkdirOptions, MkfileOptions, Mount,

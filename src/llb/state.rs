@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::pb;
 
-use super::reference::normalize_image_ref;
 use crate::platform::Platform;
+use crate::reference::normalize_image_ref;
 
 // ---------------------------------------------------------------------------------------------
 // Capability names (BuildKit `solver/pb/caps.go`) used by the builder.

@@ -13,18 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Event, Reporter};
 
-/// RFC 3339 UTC with nanoseconds, trailing zeros trimmed (Go's `RFC3339Nano`).
-pub(crate) fn rfc3339_nano(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let base = crate::image::rfc3339(d.as_secs());
-    let nanos = d.subsec_nanos();
-    if nanos == 0 {
-        return base;
-    }
-    let frac = format!("{nanos:09}");
-    let frac = frac.trim_end_matches('0');
-    format!("{}.{frac}Z", base.trim_end_matches('Z'))
-}
+pub(crate) use crate::timefmt::rfc3339_nano;
 
 #[derive(Clone)]
 struct VertexInfo {

@@ -180,14 +180,14 @@ impl Resolved {
 /// Normalises a reference like Docker: adds `docker.io`, `library/` and `:latest` where
 /// missing. Returns the parsed reference.
 ///
-/// Parsed by envkit's own grammar check (`llb::normalize_image_ref`): the registry client's
+/// Parsed by envkit's own grammar check (`reference::normalize_image_ref`): the registry client's
 /// parser compiles a Unicode regex that cost 15 MiB of heap per process.
 pub fn normalize(reference: &str) -> Result<Reference, RegistryError> {
     let bad = |message: String| RegistryError::InvalidReference {
         reference: reference.to_string(),
         message,
     };
-    let norm = crate::llb::normalize_image_ref(reference.trim()).map_err(bad)?;
+    let norm = crate::reference::normalize_image_ref(reference.trim()).map_err(bad)?;
     let (name_tag, digest) = match norm.split_once('@') {
         Some((n, d)) => (n, Some(d)),
         None => (norm.as_str(), None),
