@@ -125,7 +125,7 @@ impl ResolveMode {
     }
 }
 
-pub use crate::platform::Platform;
+use crate::platform::Platform;
 
 struct Attempts<'a>(&'a [Attempt]);
 
@@ -224,28 +224,28 @@ fn section_for(host: &str) -> &str {
     }
 }
 
-/// Renders an oci-client error for a user: the registry's own messages where it sent some.
 /// What a 401 means to the user.
 const UNAUTHORIZED: &str =
     "unauthorized (give credentials in docker's config.json: `auths` or a credential helper)";
 
+/// A registry's error envelope in one line: each error's message, else its code.
+fn envelope_text(errors: impl Iterator<Item = (String, String)>) -> String {
+    let msgs: Vec<String> = errors
+        .map(|(message, code)| if message.is_empty() { code } else { message })
+        .collect();
+    msgs.join("; ")
+}
+
+/// Renders an oci-client error for a user: the registry's own messages where it sent some.
 fn describe(e: &oci_client::errors::OciDistributionError) -> String {
     use oci_client::errors::OciDistributionError as E;
     match e {
-        E::RegistryError { envelope, .. } => {
-            let msgs: Vec<String> = envelope
+        E::RegistryError { envelope, .. } => envelope_text(
+            envelope
                 .errors
                 .iter()
-                .map(|x| {
-                    if x.message.is_empty() {
-                        format!("{:?}", x.code)
-                    } else {
-                        x.message.clone()
-                    }
-                })
-                .collect();
-            msgs.join("; ")
-        }
+                .map(|x| (x.message.clone(), format!("{:?}", x.code))),
+        ),
         E::ImageManifestNotFoundError(_) => "manifest unknown".to_string(),
         E::ServerError { code, message, .. } => format!("HTTP {code}: {message}"),
         E::UnauthorizedError { .. } => UNAUTHORIZED.into(),
@@ -356,18 +356,7 @@ fn registry_answer(status: reqwest::StatusCode, body: &[u8]) -> String {
     if let Ok(env) = serde_json::from_slice::<Envelope>(body)
         && !env.errors.is_empty()
     {
-        let msgs: Vec<String> = env
-            .errors
-            .into_iter()
-            .map(|e| {
-                if e.message.is_empty() {
-                    e.code
-                } else {
-                    e.message
-                }
-            })
-            .collect();
-        return msgs.join("; ");
+        return envelope_text(env.errors.into_iter().map(|e| (e.message, e.code)));
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
     format!("HTTP {}: {}", status.as_u16(), text.trim())
