@@ -154,10 +154,6 @@ fn init(
     // Its own session: the terminal that ran `envkit up` may go away.
     let _ = nix::unistd::setsid();
     enter_root(root, plan, &r.exec)?;
-    if !r.exec.insecure {
-        // Built once here; each service's process installs it before exec.
-        crate::seccomp::prepare();
-    }
     let mut steps: Vec<Option<Step>> = Vec::new();
     for s in &r.services {
         let step = make_step(
@@ -169,8 +165,7 @@ fn init(
             &r.exec.rlimits,
         )?;
         let step = step.map(|mut st| {
-            st.confine = !r.exec.insecure;
-            st.no_new_privs = r.exec.no_new_privs;
+            st.set_confinement(r.exec.insecure, r.exec.no_new_privs);
             st
         });
         if step.is_none() {
@@ -413,11 +408,7 @@ fn join() -> Result<i32> {
         return Ok(127);
     };
     step.stdin_null = false;
-    step.confine = !req.insecure;
-    step.no_new_privs = req.no_new_privs;
-    if step.confine {
-        crate::seccomp::prepare();
-    }
+    step.set_confinement(req.insecure, req.no_new_privs);
     // The command's terminal: its own pty (or none), never the caller's (see crate::tty).
     let term = Terminal::prepare(req.tty)?;
     // SAFETY: single-threaded; the child execs or exits.

@@ -550,23 +550,27 @@ fn prepare_and_run(
     let Some(mut step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
         return Ok(ExitStatus::Code(127));
     };
-    step.confine = !r.insecure;
-    step.no_new_privs = r.no_new_privs;
-    if step.confine && !crate::seccomp::prepare() {
-        warn_once_no_seccomp();
-    }
+    step.set_confinement(r.insecure, r.no_new_privs);
     run_in_pid_ns(root, &plan, r, &step, net)
 }
 
-/// Said once per helper where this architecture has no seccomp profile.
-fn warn_once_no_seccomp() {
-    static SAID: std::sync::Once = std::sync::Once::new();
-    SAID.call_once(|| {
-        eprintln!(
-            "envkit: no seccomp profile for {}: build steps run without a syscall filter",
-            std::env::consts::ARCH
-        );
-    });
+impl Step {
+    /// Confined as BuildKit confines a step (Docker's default capabilities and seccomp
+    /// profile) unless `insecure`; `no_new_privs` as asked. Call before forking the step's
+    /// process: the seccomp filter is built here, once per process, and only installed there.
+    pub(crate) fn set_confinement(&mut self, insecure: bool, no_new_privs: bool) {
+        self.confine = !insecure;
+        self.no_new_privs = no_new_privs;
+        if self.confine && !crate::seccomp::prepare() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "envkit: no seccomp profile for {}: steps run without a syscall filter",
+                    std::env::consts::ARCH
+                );
+            });
+        }
+    }
 }
 
 /// The process to exec: `args[0]` looked up on the env's PATH inside `root`. None (and a

@@ -63,7 +63,7 @@ pub(super) async fn info(cli: &Cli, json: bool) -> anyhow::Result<()> {
             capabilities: rootless::confine::DEFAULT_CAP_NAMES.to_vec(),
             seccomp: rootless::seccomp::program_len().map(|n| Seccomp {
                 profile: rootless::seccomp::PROFILE,
-                abis: rootless::seccomp::abis().to_vec(),
+                abis: rootless::seccomp::abis(),
                 instructions: n,
             }),
             masked_paths: rootless::confine::MASKED.to_vec(),

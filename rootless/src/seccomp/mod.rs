@@ -514,6 +514,7 @@ const AF_VSOCK: u32 = 40;
 
 /// One architecture's part of the filter.
 struct Arch {
+    name: &'static str,
     audit: u32,
     table: &'static [(&'static str, u32)],
     extra: &'static [&'static str],
@@ -618,34 +619,45 @@ fn program(arches: &[Arch]) -> Vec<libc::sock_filter> {
     p
 }
 
+const X86_64: Arch = Arch {
+    name: "x86_64",
+    audit: AUDIT_ARCH_X86_64,
+    table: tables::X86_64,
+    extra: X86_64_EXTRA,
+    x32: true,
+};
+const I386: Arch = Arch {
+    name: "i386",
+    audit: AUDIT_ARCH_I386,
+    table: tables::I386,
+    extra: I386_EXTRA,
+    x32: false,
+};
+const AARCH64: Arch = Arch {
+    name: "aarch64",
+    audit: AUDIT_ARCH_AARCH64,
+    table: tables::AARCH64,
+    extra: AARCH64_EXTRA,
+    x32: false,
+};
+
+/// The syscall ABIs of this machine the filter has rules for (the host's first); none where
+/// envkit has no syscall table for it.
+fn host_arches() -> &'static [Arch] {
+    if cfg!(target_arch = "x86_64") {
+        &[X86_64, I386]
+    } else if cfg!(target_arch = "aarch64") {
+        &[AARCH64]
+    } else {
+        &[]
+    }
+}
+
 /// The default profile for this machine's architecture; None where envkit has no syscall
 /// table for it. (Builds it anew: steps use the one [`prepare`] keeps.)
 pub fn default_program() -> Option<Vec<libc::sock_filter>> {
-    if cfg!(target_arch = "x86_64") {
-        Some(program(&[
-            Arch {
-                audit: AUDIT_ARCH_X86_64,
-                table: tables::X86_64,
-                extra: X86_64_EXTRA,
-                x32: true,
-            },
-            Arch {
-                audit: AUDIT_ARCH_I386,
-                table: tables::I386,
-                extra: I386_EXTRA,
-                x32: false,
-            },
-        ]))
-    } else if cfg!(target_arch = "aarch64") {
-        Some(program(&[Arch {
-            audit: AUDIT_ARCH_AARCH64,
-            table: tables::AARCH64,
-            extra: AARCH64_EXTRA,
-            x32: false,
-        }]))
-    } else {
-        None
-    }
+    let arches = host_arches();
+    (!arches.is_empty()).then(|| program(arches))
 }
 
 static PROGRAM: OnceLock<Option<Vec<libc::sock_filter>>> = OnceLock::new();
@@ -698,14 +710,8 @@ pub fn program_len() -> Option<usize> {
 }
 
 /// The syscall ABIs the filter has rules for on this machine.
-pub fn abis() -> &'static [&'static str] {
-    if cfg!(target_arch = "x86_64") {
-        &["x86_64", "i386"]
-    } else if cfg!(target_arch = "aarch64") {
-        &["aarch64"]
-    } else {
-        &[]
-    }
+pub fn abis() -> Vec<&'static str> {
+    host_arches().iter().map(|a| a.name).collect()
 }
 
 /// Where the profile comes from.
