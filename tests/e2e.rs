@@ -2289,6 +2289,98 @@ fn dev_environment_up_exec_daemon_and_destroy() {
     assert!(o.status.success() && stdout(&o).contains("nothing to destroy"));
 }
 
+/// `envkit up --image`: an image built elsewhere (saved, then loaded into another store) starts
+/// as its envd labels describe it (runtime.command, runtime.environ, runtime.init, the
+/// daemon), with another project mounted; a plain image pulled from its registry starts too.
+#[test]
+fn dev_environment_from_an_image_built_elsewhere() {
+    let env = TestEnv::new("devimage");
+    let name = format!("devimg-{}", std::process::id());
+    let port = free_port();
+    let ctx = devenv_project(&env, &name, port);
+    let p = ctx.to_str().unwrap();
+    let tag = format!("{name}:built");
+    let o = env.envkit(&["build", "--progress", "plain", "-p", p, "-t", &tag]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let archive = env.dir.join("devimage.tar");
+    let o = env.envkit(&["save", &tag, "-o", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = env.dir.join("other-store");
+    let root = format!("--root={}", other.display());
+    let o = env.envkit(&[&root, "load", "-i", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another project: nothing of the build's context is needed.
+    let project = env.dir.join("elsewhere");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("notes.txt"), "another project\n").unwrap();
+    env.chown(&project);
+    let envname = format!("img-{}", std::process::id());
+    let o = env.envkit(&[
+        &root,
+        "up",
+        "--detach",
+        "--image",
+        &tag,
+        "--name",
+        &envname,
+        "-p",
+        project.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.envkit(&[&root, "exec", &envname, "--command", "greet"]);
+    assert!(
+        stdout(&o).contains("greet-hello-from-env"),
+        "{}",
+        stderr(&o)
+    );
+    let o = env.envkit(&[
+        &root,
+        "exec",
+        &envname,
+        "--",
+        "sh",
+        "-c",
+        "cat notes.txt /tmp/init-marker; pwd",
+    ]);
+    let text = stdout(&o);
+    for want in ["another project", "init-ran", "/home/envd/elsewhere"] {
+        assert!(text.contains(want), "{want}: {text} {}", stderr(&o));
+    }
+    let status = http_status(port).unwrap_or_else(|| panic!("nothing answers on {port}"));
+    assert!(status.contains("200"), "{status}");
+    let o = env.envkit(&[&root, "destroy", &envname]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(process_with(&format!("http.server {port}")), None);
+
+    // A plain image from the registry (through the mirror): no labels, nothing supervised.
+    let o = env.envkit(&[
+        &root,
+        "run",
+        "--image",
+        "busybox",
+        "-p",
+        project.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "cat notes.txt; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stdout(&o).contains("another project"), "{}", stdout(&o));
+    // A name that is nowhere is a clear error.
+    let o = env.envkit(&[
+        &root,
+        "up",
+        "--detach",
+        "--image",
+        "no-such-image:1",
+        "-p",
+        ".",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no-such-image"), "{}", stderr(&o));
+}
+
 /// `envkit run` propagates the command's exit code and removes its environment; a stale
 /// environment (its init killed) is shown as such, refuses `exec`, and `destroy` cleans it.
 #[test]

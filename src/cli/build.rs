@@ -207,7 +207,6 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
 pub(super) struct Built {
     pub snap: SnapRef,
     pub name: String,
-    pub env: crate::ir::Environment,
     pub context_dir: PathBuf,
     pub env_name: String,
 }
@@ -238,7 +237,6 @@ pub(super) async fn build_for(
     Ok(Built {
         snap,
         name,
-        env: compiled.env,
         context_dir: compiled.context_dir,
         env_name: compiled.env_name,
     })

@@ -9,9 +9,10 @@ use anyhow::{Context, bail};
 use super::build::{build_for, open_engine};
 use super::{Cli, DestroyArgs, EnvsCommand, ExecArgs, RunArgs, UpArgs};
 use crate::config::{self, Config};
-use crate::devenv::{self, EnvState, Port, Status};
+use crate::devenv::spec::{PlanArgs, Spec};
+use crate::devenv::{self, EnvState, Status};
+use crate::engine::Engine;
 use crate::export;
-use crate::meta;
 use crate::worker::Worker;
 
 /// Where the project is mounted (envd's working directory).
@@ -19,51 +20,72 @@ fn project_path(env_name: &str) -> String {
     format!("/home/envd/{env_name}")
 }
 
-/// `~` at the start of a host path is the user's home; in a container path, /home/envd.
-fn expand_host(p: &str) -> PathBuf {
-    match (p.strip_prefix('~'), config::home()) {
-        (Some(rest), Some(home)) => home.join(rest.trim_start_matches('/')),
-        _ => PathBuf::from(p),
-    }
+/// What an environment is started from: an image as a snapshot, and the project.
+struct From {
+    image: String,
+    manifest_digest: String,
+    config: oci_spec::image::ImageConfiguration,
+    snap: crate::snapshot::SnapRef,
+    project: PathBuf,
+    env_name: String,
 }
 
-fn expand_target(p: &str) -> String {
-    match p.strip_prefix('~') {
-        Some(rest) => format!("/home/envd{rest}"),
-        None => p.to_string(),
-    }
-}
-
-/// The image's config from the store: env, user, working dir.
-fn image_config(
-    root: &Path,
-    store: &crate::content::Store,
-    name: &str,
-) -> anyhow::Result<(String, oci_spec::image::ImageConfiguration)> {
-    let db = meta::Meta::open(root)?;
-    let Some(rec) = db.get_image(name)? else {
-        bail!("the image {name} is not in the store");
+/// Builds the project (or, with `--image`, takes that image from the store or its registry).
+async fn from(engine: &Engine, args: &UpArgs) -> anyhow::Result<From> {
+    let Some(image) = &args.image else {
+        let output = match &args.build.output {
+            Some(o) => Some(export::parse_output(o)?),
+            None => None,
+        };
+        let built = build_for(engine, &args.build, output).await?;
+        let Some(found) = engine.stored_image(&built.name)? else {
+            bail!("the image {} is not in the store", built.name);
+        };
+        return Ok(From {
+            image: built.name,
+            manifest_digest: found.manifest_digest,
+            config: found.config,
+            snap: built.snap,
+            project: built.context_dir,
+            env_name: built.env_name,
+        });
     };
-    let d = crate::content::parse_digest(&rec.manifest_digest)?;
-    let m: oci_spec::image::ImageManifest = serde_json::from_slice(&store.read_blob(&d)?)
-        .with_context(|| format!("the manifest of {name}"))?;
-    let c = serde_json::from_slice(&store.read_blob(m.config().digest())?)
-        .with_context(|| format!("the config of {name}"))?;
-    Ok((rec.manifest_digest, c))
+    if args.build.output.is_some() || args.build.tag.is_some() {
+        bail!("--image starts an image as it is: --output and --tag are for building");
+    }
+    let project = std::fs::canonicalize(&args.build.source.path)
+        .with_context(|| format!("the project {}", args.build.source.path.display()))?;
+    let found = engine
+        .image_rootfs(image)
+        .await
+        .with_context(|| format!("the image {image}"))?;
+    let env_name = project
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "envkit".to_string());
+    Ok(From {
+        image: found.name,
+        manifest_digest: found.manifest_digest,
+        config: found.config,
+        snap: found.snap,
+        project,
+        env_name,
+    })
 }
 
 /// Whether GPUs are asked for: `--no-gpu` wins, then `--gpus`, then `config.gpu`.
-fn wants_gpus(args: &UpArgs, env: &crate::ir::Environment) -> bool {
+fn wants_gpus(args: &UpArgs, spec: &Spec) -> bool {
     if args.no_gpu {
         return false;
     }
     match &args.gpus {
         Some(g) => g != "0",
-        None => env.num_gpus != 0,
+        None => spec.num_gpus != 0,
     }
 }
 
-/// Builds, then starts the environment; returns its state (and the exec to attach with).
+/// Builds (or finds the image), then starts the environment as the image's labels describe
+/// it; returns its state.
 async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::Result<EnvState> {
     // Environments run on this machine, from envkit's own store.
     let ctx = super::remote::current(cli)?;
@@ -74,21 +96,17 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             ctx.name
         );
     }
-    let output = match &args.build.output {
-        Some(o) => Some(export::parse_output(o)?),
-        None => None,
-    };
     let engine = open_engine(cli, &args.build.engine).await?;
-    let built = build_for(&engine, &args.build, output).await;
+    let from = from(&engine, args).await;
     engine.reporter.finish();
-    let built = built?;
+    let from = from?;
     let worker = &engine.worker;
     let mut name = match &args.name {
         Some(n) => {
             devenv::check_name(n)?;
             n.clone()
         }
-        None => devenv::normalize_name(&built.env_name)?,
+        None => devenv::normalize_name(&from.env_name)?,
     };
     if let Some(s) = name_suffix {
         name = format!("{name}-{s}");
@@ -104,42 +122,9 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
         }
         destroy_env(worker, &states, &old).await?;
     }
-    let (digest, config) = image_config(&engine.root, &worker.content, &built.name)?;
-    let cfg = config.config().clone().unwrap_or_default();
-    let env_ir = &built.env;
-
-    // The environment of every process: the image's, runtime.environ over it, extra PATH.
-    let mut env: Vec<String> = cfg.env().clone().unwrap_or_default();
-    for (k, v) in &env_ir.environ {
-        env.retain(|kv| kv.split_once('=').map(|(a, _)| a) != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
-    }
-    if !env_ir.extra_path.is_empty() {
-        let base = env
-            .iter()
-            .find_map(|kv| kv.strip_prefix("PATH=").map(str::to_string))
-            .unwrap_or_else(|| {
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-            });
-        env.retain(|kv| !kv.starts_with("PATH="));
-        env.push(format!("PATH={base}:{}", env_ir.extra_path.join(":")));
-    }
-    let image_user = cfg.user().clone().unwrap_or_default();
-    if image_user == "envd" && !env.iter().any(|kv| kv.starts_with("HOME=")) {
-        env.push("HOME=/home/envd".into());
-    }
-    let shell = env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("SHELL=").map(str::to_string))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "bash".into());
-
-    // Mounts: the project, runtime.mount, -v.
-    let cwd = project_path(&built.env_name);
-    let mut mounts: Vec<(PathBuf, String)> = vec![(built.context_dir.clone(), cwd.clone())];
-    for m in &env_ir.mounts {
-        mounts.push((expand_host(&m.host_path), expand_target(&m.envd_path)));
-    }
+    let cfg = from.config.config().clone().unwrap_or_default();
+    let spec = Spec::from_labels(&cfg.labels().clone().unwrap_or_default())?;
+    let mut volumes = Vec::new();
     for v in &args.volume {
         let Some((h, c)) = v.split_once(':') else {
             bail!("-v {v:?}: want HOST:CONTAINER");
@@ -147,15 +132,28 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
         if c.contains(':') || !c.starts_with('/') {
             bail!("-v {v:?}: the container path must be absolute (HOST:CONTAINER)");
         }
-        mounts.push((PathBuf::from(h), c.to_string()));
+        volumes.push((PathBuf::from(h), c.to_string()));
     }
-    for (h, _) in &mounts {
+    let cwd = project_path(&from.env_name);
+    let gpus = wants_gpus(args, &spec);
+    let plan = spec.plan(
+        &cfg.env().clone().unwrap_or_default(),
+        &cfg.user().clone().unwrap_or_default(),
+        &PlanArgs {
+            project: from.project.clone(),
+            cwd: cwd.clone(),
+            volumes,
+            home: config::home(),
+        },
+        gpus,
+    );
+    for (h, _) in &plan.mounts {
         if !h.exists() {
             bail!("the mount source {} does not exist", h.display());
         }
     }
-    let gpus = wants_gpus(args, env_ir);
-    let mut binds: Vec<rootless::Mount> = mounts
+    let mut binds: Vec<rootless::Mount> = plan
+        .mounts
         .iter()
         .map(|(h, c)| rootless::Mount {
             source: h.clone(),
@@ -179,96 +177,9 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             });
         }
     }
-    let mut ports = Vec::new();
-    for e in &env_ir.runtime_expose {
-        ports.push(Port {
-            service: if e.service.is_empty() {
-                format!("port-{}", e.envd_port)
-            } else {
-                e.service.clone()
-            },
-            port: e.envd_port,
-            listen: e.listen_addr.clone(),
-        });
-    }
-    if env_ir.jupyter.is_some() {
-        ports.push(Port {
-            service: "jupyter".into(),
-            port: 8888,
-            listen: "127.0.0.1".into(),
-        });
-    }
-    // runtime.init groups run once, in order, before the daemons (each group one shell).
-    let mut services: Vec<rootless::Service> = env_ir
-        .runtime_init
-        .iter()
-        .enumerate()
-        .filter(|(_, g)| !g.is_empty())
-        .map(|(i, g)| rootless::Service {
-            name: format!("init-{i}"),
-            args: vec!["sh".into(), "-c".into(), g.join("\n")],
-            once: true,
-        })
-        .collect();
-    if gpus {
-        // The driver's libraries were bound in: tell the dynamic linker (what the NVIDIA
-        // container toolkit does with its ldconfig hook).
-        services.insert(
-            0,
-            rootless::Service {
-                name: "gpu-ldconfig".into(),
-                args: vec!["sh".into(), "-c".into(), "ldconfig || true".into()],
-                once: true,
-            },
-        );
-    }
-    services.extend(
-        env_ir
-            .runtime_daemon
-            .iter()
-            .enumerate()
-            .map(|(i, args)| rootless::Service {
-                name: format!("daemon-{i}"),
-                args: args.clone(),
-                once: false,
-            }),
-    );
-    if let (true, Some(j)) = (env_ir.dev, &env_ir.jupyter) {
-        // What envd's horust service runs; as namespace root it needs --allow-root, and it
-        // listens on the loopback only (host network).
-        let port = if j.port > 0 {
-            j.port.to_string()
-        } else {
-            "8888".into()
-        };
-        services.push(rootless::Service {
-            name: "jupyter".into(),
-            args: [
-                "python3",
-                "-m",
-                "notebook",
-                "--allow-root",
-                "--ip",
-                "127.0.0.1",
-                "--notebook-dir",
-                &cwd,
-                "--NotebookApp.token",
-                &j.token,
-                "--port",
-                &port,
-            ]
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-            once: false,
-        });
-        if let Some(p) = ports.iter_mut().find(|p| p.service == "jupyter") {
-            p.port = port.parse().unwrap_or(8888);
-        }
-    }
     let shm_mb = args
         .shm_size
-        .or(u64::try_from(env_ir.shm_size).ok().filter(|s| *s > 0))
+        .or(u64::try_from(spec.shm_size).ok().filter(|s| *s > 0))
         .unwrap_or(2048);
 
     let layer_dir = engine.root.join("envs").join(&name);
@@ -279,7 +190,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let lowers = worker.snapshots.lowers(&built.snap);
+    let lowers = worker.snapshots.lowers(&from.snap);
     let user = "0".to_string();
     // As for a build step: `--allow security.insecure` runs the environment unconfined.
     let cfg_no_new_privs = worker.config.worker.no_new_privileges;
@@ -296,7 +207,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             upper,
             work,
             args: Vec::new(),
-            env: env.clone(),
+            env: plan.env.clone(),
             cwd: cwd.clone(),
             user: user.clone(),
             mounts: binds,
@@ -310,7 +221,7 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             rlimits: Vec::new(),
         },
         shm_size: shm_mb << 20,
-        services: services.clone(),
+        services: plan.services.clone(),
         log_dir: log_dir.clone(),
     };
     let resp = worker
@@ -322,27 +233,24 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
     };
     let state = EnvState {
         name: name.clone(),
-        image: built.name.clone(),
-        manifest_digest: digest,
+        image: from.image,
+        manifest_digest: from.manifest_digest,
         pid,
         pid_start: devenv::start_time(pid).unwrap_or(0),
-        project: built.context_dir.clone(),
-        mounts,
-        ports,
-        services: services
+        project: from.project,
+        mounts: plan.mounts,
+        ports: plan.ports,
+        services: plan
+            .services
             .into_iter()
             .filter(|s| !s.once)
             .map(|s| (s.name, s.args))
             .collect(),
-        env,
+        env: plan.env,
         user,
         cwd,
-        shell,
-        commands: env_ir
-            .runtime_commands
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        shell: plan.shell,
+        commands: spec.commands,
         created: crate::image::unix_now(),
         lowers,
         layer_dir,

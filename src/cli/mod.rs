@@ -248,6 +248,10 @@ pub enum ContextCommand {
 pub struct UpArgs {
     #[command(flatten)]
     pub build: BuildArgs,
+    /// Start this image instead of building (from envkit's store, else pulled from its
+    /// registry); its envd labels say what runs in it. `--path` is the project mounted.
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
     /// The environment's name (default: the project directory's name, as envd normalizes it).
     #[arg(long)]
     pub name: Option<String>,

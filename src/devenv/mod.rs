@@ -13,6 +13,8 @@
 //! An environment "runs" while its init's pid exists with the start time recorded; anything
 //! else is stale, shown as such, and can be destroyed.
 
+pub mod spec;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,8 @@ pub enum EnvError {
     },
     #[error("{path}: not an environment's state: {message}")]
     State { path: PathBuf, message: String },
+    #[error("the image's environment description: {0}")]
+    Image(String),
     #[error("invalid environment name {0:?}: use letters, digits, `_`, `.` and `-` (at most 30)")]
     Name(String),
 }

@@ -7,9 +7,11 @@
 
 mod export;
 mod image;
+mod rootfs;
 
 pub use export::{extract_as_user, pushed_note, rootfs_tar};
 pub use image::reproducible_epoch;
+pub use rootfs::{ImageRootfs, StoredImage};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -55,6 +57,10 @@ pub enum EngineError {
     Meta(#[from] crate::meta::MetaError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    OutputCount(#[from] crate::solver::cache::OutputCount),
     #[error("{0}")]
     Output(String),
 }
@@ -97,6 +103,21 @@ pub struct Engine {
 impl Engine {
     /// Opens the store (shared with other builds) and removes what killed processes left.
     pub async fn open(o: Options) -> Result<Engine, EngineError> {
+        Self::open_with(o, None).await
+    }
+
+    /// [`Engine::open`] with `executor` doing the namespace work (a fake, in tests).
+    pub async fn with_executor(
+        o: Options,
+        executor: Arc<dyn crate::worker::Executor>,
+    ) -> Result<Engine, EngineError> {
+        Self::open_with(o, Some(executor)).await
+    }
+
+    async fn open_with(
+        o: Options,
+        executor: Option<Arc<dyn crate::worker::Executor>>,
+    ) -> Result<Engine, EngineError> {
         if let Some(bad) = o
             .entitlements
             .iter()
@@ -115,11 +136,14 @@ impl Engine {
             .or(o.config.worker.max_parallelism)
             .unwrap_or_else(|| SolveOptions::default().parallelism)
             .max(1);
-        let worker =
-            Worker::new(&o.root, o.config, ca_bundle).map_err(|source| EngineError::Store {
-                path: o.root.clone(),
-                source,
-            })?;
+        let worker = match executor {
+            None => Worker::new(&o.root, o.config, ca_bundle),
+            Some(e) => Worker::with_executor(&o.root, o.config, ca_bundle, e),
+        }
+        .map_err(|source| EngineError::Store {
+            path: o.root.clone(),
+            source,
+        })?;
         let worker = Arc::new(worker);
         worker.clean_stale().await;
         Ok(Engine {
@@ -174,6 +198,9 @@ impl Engine {
         Ok(out.snap)
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// The solver's view and the ops' view of a loaded Definition, and the vertex to build.
 type Vertices = (Vec<solver::Vertex>, Vec<OpVertex>, usize);

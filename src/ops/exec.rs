@@ -1,7 +1,6 @@
 //! ExecOp: one process in a container whose root is an overlay of the input chain; the
 //! overlay's upper dir becomes the output snapshot.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -88,36 +87,108 @@ pub(super) async fn run(
         .map(|r| r.snap.clone())
         .unwrap_or_else(SnapRef::scratch);
     let env = process_env(ctx, exec, meta, &mut mounts)?;
-    let input_keys: Vec<Res> = inputs.to_vec();
-    let key = ctx.cache_key(&input_keys, &[]);
-    let out_key = |n: i64| super::cache_key(&key, &[], &[&format!("output {n}")]);
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(mut hit) => {
-            // The other outputs are committed first, so they are normally there too.
-            let mut more = BTreeMap::new();
-            for (_, n, _) in &outs {
-                let k = out_key(*n);
-                if let Some(o) = ctx.cached(&k)? {
-                    more.insert(*n, (o.value.snap, k));
+    let key = ctx.cache_key(inputs, &[]);
+    // Output 0 is the root's upper dir; each further output is a mount's, keyed apart.
+    let mut keys = vec![key.clone()];
+    keys.extend(
+        outs.iter()
+            .map(|(_, n, _)| super::cache_key(&key, &[], &[&format!("output {n}")])),
+    );
+    let (key, key_list, outs_ref) = (&key, &keys.clone(), &outs);
+    let resolved = ctx
+        .resolve(keys, |drafts| async move {
+            let outs = outs_ref;
+            let mut drafts = drafts.into_iter();
+            let prepared = drafts
+                .next()
+                .ok_or(super::OutputCount { built: 0, keys: 1 })?;
+            // Each output mount keeps its upper dir in its own draft.
+            for ((i, _, _), p) in outs.iter().zip(drafts) {
+                if let rootless::MountKind::Layers { keep, .. } = &mut mounts[*i].kind {
+                    *keep = Some((p.fs.clone(), p.work.clone()));
                 }
             }
-            if more.len() == outs.len() {
-                hit.value.more = more;
-                return Ok(hit);
+            let held = hold_resources(ctx, &mut mounts, caches, ssh_mounts).await?;
+            let w = &ctx.worker;
+            let req = rootless::Request::Exec(rootless::ExecRequest {
+                lowers: w.snapshots.lowers(&base),
+                upper: prepared.fs.clone(),
+                work: prepared.work.clone(),
+                args: meta.args.clone(),
+                env,
+                cwd: if meta.cwd.is_empty() {
+                    "/".into()
+                } else {
+                    meta.cwd.clone()
+                },
+                user: meta.user.clone(),
+                mounts,
+                hostname: meta.hostname.clone(),
+                ca_bundle: w.ca_bundle.clone(),
+                readonly_rootfs,
+                network_none,
+                sandbox_net,
+                insecure: exec.security == SECURITY_INSECURE,
+                no_new_privs: w.config.worker.no_new_privileges,
+                rlimits,
+            });
+            if exec.security == SECURITY_INSECURE {
+                // The progress says so (the entitlement was granted for the build).
+                ctx.reporter.event(crate::progress::Event::Log {
+                    vertex: ctx.vertex,
+                    data: b"envkit: security.insecure: this step runs unconfined (every capability of \
+its user namespace, no seccomp filter, an unmasked /proc)\n"
+                        .to_vec(),
+                });
             }
-            ctx.worker.snapshots.lock_key(&key).await?
-        }
-        super::Claim::Mine(lock) => lock,
-    };
+            run_step(w, req, ctx, meta).await?;
+            drop(held);
+            // The records: the root's on top of its base, each mount's on top of its input.
+            let mut chain = base.chain.clone();
+            chain.push(key.clone());
+            let mut snaps = vec![SnapRef {
+                chain,
+                base: base.base.clone(),
+            }];
+            for ((_, _, over), k) in outs.iter().zip(&key_list[1..]) {
+                let mut chain = over.chain.clone();
+                chain.push(k.clone());
+                snaps.push(SnapRef {
+                    chain,
+                    base: over.base.clone(),
+                });
+            }
+            Ok(snaps)
+        })
+        .await?;
+    let mut values = resolved.values.into_iter();
+    let snap = values
+        .next()
+        .ok_or(super::OutputCount { built: 0, keys: 1 })?;
+    let mut res = Res::new(snap, key);
+    for (((_, n, _), v), k) in outs.iter().zip(values).zip(&key_list[1..]) {
+        res.more.insert(*n, (v, k.clone()));
+    }
+    Ok(Outcome {
+        value: res,
+        cached: resolved.cached,
+    })
+}
 
-    // Cache mounts, held (shared, locked or a private instance) until the step is over.
+/// Cache mounts (shared, locked or a private instance) and one ssh agent proxy per ssh
+/// mount, held until the step is over.
+async fn hold_resources(
+    ctx: &Ctx,
+    mounts: &mut Vec<rootless::Mount>,
+    caches: Vec<(usize, String, CacheSharing)>,
+    ssh_mounts: Vec<(PathBuf, String, pb::SshOpt)>,
+) -> Result<(Vec<crate::worker::CacheMount>, Vec<super::ssh::AgentProxy>), OpsError> {
     let mut held = Vec::with_capacity(caches.len());
     for (i, id, sharing) in caches {
         let cm = ctx.worker.cache_mount(&id, sharing).await?;
         mounts[i].source = cm.dir.clone();
         held.push(cm);
     }
-    // One agent proxy per ssh mount, alive until the step is over.
     let mut proxies = Vec::with_capacity(ssh_mounts.len());
     for (agent, dest, opt) in ssh_mounts {
         let proxy = super::ssh::AgentProxy::start(&agent)?;
@@ -132,86 +203,7 @@ pub(super) async fn run(
         });
         proxies.push(proxy);
     }
-    let w = &ctx.worker;
-    let prepared = w.snapshots.prepare()?;
-    let mut out_prepared = Vec::with_capacity(outs.len());
-    for (i, _, _) in &outs {
-        let p = match w.snapshots.prepare() {
-            Ok(p) => p,
-            Err(e) => {
-                ctx.discard(prepared).await;
-                for p in out_prepared {
-                    ctx.discard(p).await;
-                }
-                return Err(e.into());
-            }
-        };
-        if let rootless::MountKind::Layers { keep, .. } = &mut mounts[*i].kind {
-            *keep = Some((p.fs.clone(), p.work.clone()));
-        }
-        out_prepared.push(p);
-    }
-    let req = rootless::Request::Exec(rootless::ExecRequest {
-        lowers: w.snapshots.lowers(&base),
-        upper: prepared.fs.clone(),
-        work: prepared.work.clone(),
-        args: meta.args.clone(),
-        env,
-        cwd: if meta.cwd.is_empty() {
-            "/".into()
-        } else {
-            meta.cwd.clone()
-        },
-        user: meta.user.clone(),
-        mounts,
-        hostname: meta.hostname.clone(),
-        ca_bundle: w.ca_bundle.clone(),
-        readonly_rootfs,
-        network_none,
-        sandbox_net,
-        insecure: exec.security == SECURITY_INSECURE,
-        no_new_privs: ctx.worker.config.worker.no_new_privileges,
-        rlimits,
-    });
-    if exec.security == SECURITY_INSECURE {
-        // The progress says so (the entitlement was granted for the build).
-        ctx.reporter.event(crate::progress::Event::Log {
-            vertex: ctx.vertex,
-            data: b"envkit: security.insecure: this step runs unconfined (every capability of \
-its user namespace, no seccomp filter, an unmasked /proc)\n"
-                .to_vec(),
-        });
-    }
-    let failed = run_step(w, req, ctx, meta).await.err();
-    if let Some(e) = failed {
-        ctx.discard(prepared).await;
-        for p in out_prepared {
-            ctx.discard(p).await;
-        }
-        return Err(e);
-    }
-    // Further outputs first: a cached main result then implies them.
-    let mut more = BTreeMap::new();
-    for ((_, n, over), p) in outs.into_iter().zip(out_prepared) {
-        let k = out_key(n);
-        let mut chain = over.chain.clone();
-        chain.push(k.clone());
-        let snap = SnapRef {
-            chain,
-            base: over.base.clone(),
-        };
-        let done = ctx.commit(p, &k, snap).await?;
-        more.insert(n, (done.value.snap, k));
-    }
-    let mut chain = base.chain.clone();
-    chain.push(key.clone());
-    let snap = SnapRef {
-        chain,
-        base: base.base.clone(),
-    };
-    let mut done = ctx.commit(prepared, &key, snap).await?;
-    done.value.more = more;
-    Ok(done)
+    Ok((held, proxies))
 }
 
 /// What an exec op may do here, checked before anything is prepared.

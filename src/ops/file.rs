@@ -44,31 +44,22 @@ pub(super) async fn run(
         actions.push(action(ctx, a, inputs, n_inputs)?);
     }
     let key = ctx.cache_key(inputs, &[]);
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
-        super::Claim::Mine(lock) => lock,
-    };
-    let prepared = w.snapshots.prepare()?;
-    let req = rootless::Request::FileActions {
-        lowers: w.snapshots.lowers(&base),
-        upper: prepared.fs.clone(),
-        work: prepared.work.clone(),
-        actions,
-    };
-    if let Err(e) = super::source::helper_ok(ctx, req, "file operation").await {
-        ctx.discard(prepared).await;
-        return Err(e);
-    }
-    let mut chain = base.chain.clone();
-    chain.push(key.clone());
-    ctx.commit(
-        prepared,
-        &key,
-        SnapRef {
+    let key = &key;
+    ctx.resolve_one(key, |prepared| async move {
+        let req = rootless::Request::FileActions {
+            lowers: w.snapshots.lowers(&base),
+            upper: prepared.fs.clone(),
+            work: prepared.work.clone(),
+            actions,
+        };
+        super::source::helper_ok(ctx, req, "file operation").await?;
+        let mut chain = base.chain.clone();
+        chain.push(key.clone());
+        Ok(SnapRef {
             chain,
             base: base.base.clone(),
-        },
-    )
+        })
+    })
     .await
 }
 

@@ -206,109 +206,102 @@ pub(super) async fn run(ctx: &Ctx, id: &str, src: &pb::SourceOp) -> Result<Outco
     }
     let keep = if w.keep_git_dir { "keep-git-dir" } else { "" };
     let key = ctx.cache_key(&[], &[&commit, &w.subdir, keep]);
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
-        super::Claim::Mine(lock) => lock,
-    };
-    let tmp = ctx.worker.snapshots.temp_dir()?;
-    let repo = tmp.path().join("repo");
-    let repo_s = repo.to_string_lossy().into_owned();
-    let what = format!("fetching {} of {}", ref_name(&w), w.url);
-    git(&env, None, &["init", "-q", &repo_s], &what).await?;
-    git(
-        &env,
-        Some(&repo),
-        &["remote", "add", "origin", &w.url],
-        &what,
-    )
-    .await?;
-    // Shallow by commit; servers that refuse an unadvertised commit get the ref itself, and
-    // dumb ones a full fetch.
-    let by_commit = git(
-        &env,
-        Some(&repo),
-        &["fetch", "-q", "--depth", "1", "origin", &commit],
-        &what,
-    )
-    .await;
-    if by_commit.is_err() {
-        let by_ref = if w.git_ref.is_empty() || is_commit(&w.git_ref) {
-            Err(OpsError::Invalid(String::new()))
-        } else {
-            git(
-                &env,
-                Some(&repo),
-                &["fetch", "-q", "--depth", "1", "origin", &w.git_ref],
-                &what,
-            )
-            .await
-        };
-        if by_ref.is_err() {
-            git(
-                &env,
-                Some(&repo),
-                &["fetch", "-q", "--tags", "origin"],
-                &what,
-            )
-            .await?;
-        }
-    }
-    git(
-        &env,
-        Some(&repo),
-        &["checkout", "-q", "--detach", &commit],
-        &what,
-    )
-    .await?;
-    if repo.join(".gitmodules").exists() {
+    let key = &key;
+    ctx.resolve_one(key, |prepared| async move {
+        let tmp = ctx.worker.snapshots.temp_dir()?;
+        let repo = tmp.path().join("repo");
+        let repo_s = repo.to_string_lossy().into_owned();
+        let what = format!("fetching {} of {}", ref_name(&w), w.url);
+        git(&env, None, &["init", "-q", &repo_s], &what).await?;
         git(
             &env,
             Some(&repo),
-            &[
-                "submodule",
-                "update",
-                "-q",
-                "--init",
-                "--recursive",
-                "--depth",
-                "1",
-            ],
-            &format!("{what}: submodules"),
+            &["remote", "add", "origin", &w.url],
+            &what,
         )
         .await?;
-    }
-    let from = if w.subdir.is_empty() {
-        repo.clone()
-    } else {
-        repo.join(&w.subdir)
-    };
-    if !from.is_dir() {
-        return Err(OpsError::Git {
-            what,
-            message: format!("commit {commit} has no directory {}", w.subdir),
-        });
-    }
-    let filter = if w.keep_git_dir && w.subdir.is_empty() {
-        rootless::patterns::Filter::default()
-    } else {
-        rootless::patterns::Filter::from_lists(&[], &[".git".to_string()])
-    };
-    let prepared = ctx.worker.snapshots.prepare()?;
-    let dest = prepared.fs.clone();
-    let copied =
+        // Shallow by commit; servers that refuse an unadvertised commit get the ref itself, and
+        // dumb ones a full fetch.
+        let by_commit = git(
+            &env,
+            Some(&repo),
+            &["fetch", "-q", "--depth", "1", "origin", &commit],
+            &what,
+        )
+        .await;
+        if by_commit.is_err() {
+            let by_ref = if w.git_ref.is_empty() || is_commit(&w.git_ref) {
+                Err(OpsError::Invalid(String::new()))
+            } else {
+                git(
+                    &env,
+                    Some(&repo),
+                    &["fetch", "-q", "--depth", "1", "origin", &w.git_ref],
+                    &what,
+                )
+                .await
+            };
+            if by_ref.is_err() {
+                git(
+                    &env,
+                    Some(&repo),
+                    &["fetch", "-q", "--tags", "origin"],
+                    &what,
+                )
+                .await?;
+            }
+        }
+        git(
+            &env,
+            Some(&repo),
+            &["checkout", "-q", "--detach", &commit],
+            &what,
+        )
+        .await?;
+        if repo.join(".gitmodules").exists() {
+            git(
+                &env,
+                Some(&repo),
+                &[
+                    "submodule",
+                    "update",
+                    "-q",
+                    "--init",
+                    "--recursive",
+                    "--depth",
+                    "1",
+                ],
+                &format!("{what}: submodules"),
+            )
+            .await?;
+        }
+        let from = if w.subdir.is_empty() {
+            repo.clone()
+        } else {
+            repo.join(&w.subdir)
+        };
+        if !from.is_dir() {
+            return Err(OpsError::Git {
+                what,
+                message: format!("commit {commit} has no directory {}", w.subdir),
+            });
+        }
+        let filter = if w.keep_git_dir && w.subdir.is_empty() {
+            rootless::patterns::Filter::default()
+        } else {
+            rootless::patterns::Filter::from_lists(&[], &[".git".to_string()])
+        };
+        let dest = prepared.fs.clone();
         tokio::task::spawn_blocking(move || super::context::copy_tree(&from, &dest, &filter))
             .await
-            .map_err(|e| OpsError::Invalid(e.to_string()))?;
-    if let Err(e) = copied {
-        ctx.discard(prepared).await;
-        return Err(e);
-    }
-    drop(tmp);
-    let snap = SnapRef {
-        chain: vec![key.clone()],
-        base: None,
-    };
-    ctx.commit(prepared, &key, snap).await
+            .map_err(|e| OpsError::Invalid(e.to_string()))??;
+        drop(tmp);
+        Ok(SnapRef {
+            chain: vec![key.clone()],
+            base: None,
+        })
+    })
+    .await
 }
 
 #[cfg(test)]

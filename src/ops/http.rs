@@ -82,7 +82,7 @@ pub(super) async fn run(
     if let Some(ck) = &w.checksum {
         let parts = extra(ck);
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-        if let Some(hit) = ctx.cached(&ctx.cache_key(&[], &refs))? {
+        if let Some(hit) = ctx.peek(&ctx.cache_key(&[], &refs))? {
             return Ok(hit);
         }
     }
@@ -108,35 +108,30 @@ pub(super) async fn run(
         }
         None => ctx.cache_key(&[], &refs),
     };
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
-        super::Claim::Mine(lock) => lock,
-    };
-    let prepared = ctx.worker.snapshots.prepare()?;
-    // The helper writes the file into the snapshot, so owner and mode are the container's.
-    let req = rootless::Request::FileActions {
-        lowers: Vec::new(),
-        upper: prepared.fs.clone(),
-        work: prepared.work.clone(),
-        actions: vec![rootless::FileAction::Copy(Box::new(rootless::CopyAction {
-            src_root: rootless::CopySource::Dir(dl.path().to_path_buf()),
-            src: format!("/{}", w.filename),
-            dest: format!("/{}", w.filename),
-            owner: Some(rootless::Chown::ids(w.uid, w.gid)),
-            mode: Some(w.perm),
-            create_dest_path: true,
-            ..rootless::CopyAction::default()
-        }))],
-    };
-    if let Err(e) = super::source::helper_ok(ctx, req, "storing a download").await {
-        ctx.discard(prepared).await;
-        return Err(e);
-    }
-    let snap = SnapRef {
-        chain: vec![key.clone()],
-        base: None,
-    };
-    ctx.commit(prepared, &key, snap).await
+    let key = &key;
+    ctx.resolve_one(key, |prepared| async move {
+        // The helper writes the file into the snapshot, so owner and mode are the container's.
+        let req = rootless::Request::FileActions {
+            lowers: Vec::new(),
+            upper: prepared.fs.clone(),
+            work: prepared.work.clone(),
+            actions: vec![rootless::FileAction::Copy(Box::new(rootless::CopyAction {
+                src_root: rootless::CopySource::Dir(dl.path().to_path_buf()),
+                src: format!("/{}", w.filename),
+                dest: format!("/{}", w.filename),
+                owner: Some(rootless::Chown::ids(w.uid, w.gid)),
+                mode: Some(w.perm),
+                create_dest_path: true,
+                ..rootless::CopyAction::default()
+            }))],
+        };
+        super::source::helper_ok(ctx, req, "storing a download").await?;
+        Ok(SnapRef {
+            chain: vec![key.clone()],
+            base: None,
+        })
+    })
+    .await
 }
 
 /// Streams `url` into `dest`; returns the `sha256:<hex>` of what was written.

@@ -61,10 +61,7 @@ pub(super) async fn diff(
 /// Commits the result under the op's cache key (an empty snapshot dir with the record).
 async fn record(ctx: &Ctx, inputs: &[Res], snap: SnapRef) -> Result<Outcome<Res>, OpsError> {
     let key = ctx.cache_key(inputs, &[]);
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
-        super::Claim::Mine(lock) => lock,
-    };
-    let prepared = ctx.worker.snapshots.prepare()?;
-    ctx.commit(prepared, &key, snap).await
+    let key = &key;
+    ctx.resolve_one(key, |_prepared| async move { Ok(snap) })
+        .await
 }

@@ -1,8 +1,10 @@
 //! LLB ops on top of the worker: each turns its inputs (snapshot chains) into an output chain.
 //!
 //! [`LlbRunner`] is the solver's [`OpRunner`] for a loaded Definition. Every op first computes
-//! its cache key (op digest + input keys + content checksums of local sources); a committed
-//! snapshot with that key is the cached result. Op kinds live in their own files.
+//! its cache key (op digest + input keys + content checksums of local sources), then hands it
+//! with its build to [`Ctx::resolve`]: the solver's cache protocol looks it up, locks it,
+//! builds and commits (a committed snapshot with that key is the cached result). Op kinds live
+//! in their own files.
 
 pub mod context;
 mod exec;
@@ -22,7 +24,9 @@ use thiserror::Error;
 
 use crate::pb;
 use crate::progress::Reporter;
+use crate::snapshot::Prepared;
 use crate::snapshot::{SnapRef, SnapshotError};
+use crate::solver::cache::{self, CacheMap, OutputCount, Resolved};
 use crate::solver::{BoxFuture, OpError, OpRunner, Outcome};
 use crate::worker::{Worker, WorkerError};
 
@@ -77,6 +81,8 @@ pub enum OpsError {
     Download { url: String, message: String },
     #[error("{what}: {message}")]
     Git { what: String, message: String },
+    #[error(transparent)]
+    OutputCount(#[from] OutputCount),
 }
 
 /// One vertex of a loaded Definition, as the ops need it.
@@ -225,22 +231,53 @@ impl Ctx {
         cache_key(&self.me().digest, &keys, extra)
     }
 
-    /// The cached result for `key`, or the right to build it: an exclusive lock on the key
-    /// that other envkit processes on the same store wait for (they then find the result in
-    /// the cache), so a step two concurrent builds share runs once.
-    pub async fn claim(&self, key: &str) -> Result<Claim, OpsError> {
-        if let Some(hit) = self.cached(key)? {
-            return Ok(Claim::Cached(hit));
-        }
-        let lock = self.worker.snapshots.lock_key(key).await?;
-        match self.cached(key)? {
-            Some(hit) => Ok(Claim::Cached(hit)),
-            None => Ok(Claim::Mine(lock)),
-        }
+    /// This op's results for `keys` (output 0 first): from the cache, or built by `build`
+    /// into one prepared snapshot per key and committed (the protocol is the solver's:
+    /// [`crate::solver::cache`]). `build` returns the record of each output, in order.
+    pub async fn resolve<F, Fut>(
+        &self,
+        keys: Vec<String>,
+        build: F,
+    ) -> Result<Resolved<SnapRef>, OpsError>
+    where
+        F: FnOnce(Vec<Prepared>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<SnapRef>, OpsError>>,
+    {
+        let map = CacheMap {
+            keys,
+            ignore_cache: self.me().ignore_cache,
+        };
+        cache::resolve(&*self.worker, &map, build).await
     }
 
-    /// A cached result for `key`, unless the op asks to ignore the cache.
-    pub fn cached(&self, key: &str) -> Result<Option<Outcome<Res>>, OpsError> {
+    /// [`Ctx::resolve`] for an op with one output.
+    pub async fn resolve_one<F, Fut>(&self, key: &str, build: F) -> Result<Outcome<Res>, OpsError>
+    where
+        F: FnOnce(Prepared) -> Fut,
+        Fut: std::future::Future<Output = Result<SnapRef, OpsError>>,
+    {
+        let out = self
+            .resolve(vec![key.to_string()], |mut drafts| async move {
+                match drafts.pop() {
+                    Some(p) => Ok(vec![build(p).await?]),
+                    None => Ok(Vec::new()),
+                }
+            })
+            .await?;
+        let snap = out
+            .values
+            .into_iter()
+            .next()
+            .ok_or(OutputCount { built: 0, keys: 1 })?;
+        Ok(Outcome {
+            value: Res::new(snap, key),
+            cached: out.cached,
+        })
+    }
+
+    /// The committed result for `key`, without taking its lock or building it (none where the
+    /// op ignores the cache).
+    pub fn peek(&self, key: &str) -> Result<Option<Outcome<Res>>, OpsError> {
         if self.me().ignore_cache {
             return Ok(None);
         }
@@ -250,30 +287,6 @@ impl Ctx {
         }))
     }
 
-    /// Commits a prepared snapshot under `key`; a concurrent winner's result is used instead.
-    pub async fn commit(
-        &self,
-        prepared: crate::snapshot::Prepared,
-        key: &str,
-        snap: SnapRef,
-    ) -> Result<Outcome<Res>, OpsError> {
-        let (snap, loser) = self.worker.snapshots.commit(prepared, key, &snap)?;
-        if let Some(dir) = loser {
-            self.worker.remove_tree(&dir).await?;
-        }
-        Ok(Outcome {
-            value: Res::new(snap, key),
-            cached: false,
-        })
-    }
-
-    /// Drops a prepared snapshot after a failure, keeping the original error.
-    pub async fn discard(&self, prepared: crate::snapshot::Prepared) {
-        if let Err(e) = self.worker.remove_tree(&prepared.dir).await {
-            tracing::warn!("cannot remove {}: {e}", prepared.dir.display());
-        }
-    }
-
     /// The result for the op input `i`.
     pub fn input<'a>(&self, inputs: &'a [Res], i: i64) -> Result<&'a Res, OpsError> {
         usize::try_from(i)
@@ -281,11 +294,4 @@ impl Ctx {
             .and_then(|i| inputs.get(i))
             .ok_or_else(|| OpsError::Invalid(format!("input index {i} out of range")))
     }
-}
-
-/// What [`Ctx::claim`] found.
-pub(crate) enum Claim {
-    Cached(Outcome<Res>),
-    /// Build it, holding the lock until the result is committed.
-    Mine(crate::snapshot::KeyLock),
 }

@@ -50,48 +50,43 @@ async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome
     };
     let resolved = w.registry.resolve_with(reference, &platform, mode).await?;
     let key = ctx.cache_key(&[], &[resolved.manifest_digest.as_ref()]);
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
-        super::Claim::Mine(lock) => lock,
-    };
-    w.registry.pull(&resolved, &w.content).await?;
-    let mut files = Vec::new();
-    for l in &resolved.layers {
-        let media_type = l.media_type().to_string();
-        let compression = if media_type.ends_with("gzip") {
-            rootless::Compression::Gzip
-        } else if media_type.ends_with("tar") {
-            rootless::Compression::None
-        } else {
-            return Err(OpsError::Unsupported(format!(
-                "layer media type {media_type}"
-            )));
+    let key = &key;
+    ctx.resolve_one(key, |prepared| async move {
+        w.registry.pull(&resolved, &w.content).await?;
+        let mut files = Vec::new();
+        for l in &resolved.layers {
+            let media_type = l.media_type().to_string();
+            let compression = if media_type.ends_with("gzip") {
+                rootless::Compression::Gzip
+            } else if media_type.ends_with("tar") {
+                rootless::Compression::None
+            } else {
+                return Err(OpsError::Unsupported(format!(
+                    "layer media type {media_type}"
+                )));
+            };
+            files.push(rootless::LayerFile {
+                path: w.content.path(l.digest())?,
+                compression,
+            });
+        }
+        let req = rootless::Request::Unpack {
+            layers: files,
+            dest: prepared.fs.clone(),
+            max_layer_bytes: Some(w.config.worker.max_layer_size()),
         };
-        files.push(rootless::LayerFile {
-            path: w.content.path(l.digest())?,
-            compression,
-        });
-    }
-    let prepared = w.snapshots.prepare()?;
-    let req = rootless::Request::Unpack {
-        layers: files,
-        dest: prepared.fs.clone(),
-        max_layer_bytes: Some(w.config.worker.max_layer_size()),
-    };
-    if let Err(e) = helper_ok(ctx, req, "unpacking image layers").await {
-        ctx.discard(prepared).await;
-        return Err(e);
-    }
-    let snap = SnapRef {
-        chain: vec![key.clone()],
-        base: Some(BaseImage {
-            reference: resolved.reference.clone(),
-            manifest_digest: resolved.manifest_digest.to_string(),
-            config_digest: resolved.config_digest().to_string(),
-            layers: resolved.layers.clone(),
-        }),
-    };
-    ctx.commit(prepared, &key, snap).await
+        helper_ok(ctx, req, "unpacking image layers").await?;
+        Ok(SnapRef {
+            chain: vec![key.clone()],
+            base: Some(BaseImage {
+                reference: resolved.reference.clone(),
+                manifest_digest: resolved.manifest_digest.to_string(),
+                config_digest: resolved.config_digest().to_string(),
+                layers: resolved.layers.clone(),
+            }),
+        })
+    })
+    .await
 }
 
 /// Runs a helper request that produces no step output; a failure becomes an error.
@@ -147,24 +142,18 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
     } else {
         ctx.cache_key(&[], &[&checksum, &filter_key])
     };
-    let _claim = match ctx.claim(&key).await? {
-        super::Claim::Cached(hit) => return Ok(hit),
-        super::Claim::Mine(lock) => lock,
-    };
-    let prepared = ctx.worker.snapshots.prepare()?;
-    let dest = prepared.fs.clone();
-    let copied = tokio::task::spawn_blocking(move || context::copy_tree(&dir, &dest, &filter))
-        .await
-        .map_err(|e| OpsError::Invalid(e.to_string()))?;
-    if let Err(e) = copied {
-        ctx.discard(prepared).await;
-        return Err(e);
-    }
-    let snap = SnapRef {
-        chain: vec![key.clone()],
-        base: None,
-    };
-    ctx.commit(prepared, &key, snap).await
+    let key = &key;
+    ctx.resolve_one(key, |prepared| async move {
+        let dest = prepared.fs.clone();
+        tokio::task::spawn_blocking(move || context::copy_tree(&dir, &dest, &filter))
+            .await
+            .map_err(|e| OpsError::Invalid(e.to_string()))??;
+        Ok(SnapRef {
+            chain: vec![key.clone()],
+            base: None,
+        })
+    })
+    .await
 }
 
 /// `reference` (tag or digest) named by `digest` instead: `host:port/repo:tag` →

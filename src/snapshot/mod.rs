@@ -77,7 +77,8 @@ impl SnapRef {
 }
 
 /// A snapshot being written: `fs/` (overlay upper or plain dir) and `work/` (overlay workdir).
-#[derive(Debug)]
+/// Copies name the same directory; [`Snapshots::commit`] takes one of them.
+#[derive(Debug, Clone)]
 pub struct Prepared {
     pub dir: PathBuf,
     pub fs: PathBuf,

@@ -3,7 +3,10 @@
 //! The solver knows vertices only as ids with inputs; what a vertex *does* is an [`OpRunner`]'s
 //! business (the `ops` module for LLB, fake ops in the tests). It runs every vertex the root
 //! depends on, each once, in dependency order, independent vertices concurrently up to a limit;
-//! the first failure cancels the rest.
+//! the first failure cancels the rest. What a vertex's result is keyed by, and how it is looked
+//! up, locked and committed, is [`cache`]'s protocol, which every op goes through.
+
+pub mod cache;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -428,11 +431,11 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(60));
     }
 
-    /// A fake op with a cache: a key of its id and its inputs' values; a hit returns the
-    /// stored value without "executing" (nothing is logged as run).
+    /// A fake op that goes through the cache protocol: its key is its id and its inputs'
+    /// values; a hit returns the committed value without "executing" (nothing is logged).
     struct Cached {
         fake: Arc<Fake>,
-        cache: Arc<Mutex<std::collections::HashMap<String, String>>>,
+        cache: Arc<cache::fake::MapStore>,
     }
 
     impl OpRunner<String> for Cached {
@@ -445,18 +448,19 @@ mod tests {
             let cache = self.cache.clone();
             let inner = Runner(self.fake.clone());
             Box::pin(async move {
-                if let Some(v) = cache.lock().map_err(|e| e.to_string())?.get(&key).cloned() {
-                    return Ok(Outcome {
-                        value: v,
-                        cached: true,
-                    });
-                }
-                let out = inner.run(vertex, inputs).await?;
-                cache
-                    .lock()
-                    .map_err(|e| e.to_string())?
-                    .insert(key, out.value.clone());
-                Ok(out)
+                let map = cache::CacheMap::one(key, false);
+                let out = cache::resolve(&*cache, &map, |_drafts| async move {
+                    let out = inner
+                        .run(vertex, inputs)
+                        .await
+                        .map_err(|e| cache::fake::FakeError(e.to_string()))?;
+                    Ok::<_, cache::fake::FakeError>(vec![out.value])
+                })
+                .await?;
+                Ok(Outcome {
+                    value: out.values.into_iter().next().unwrap_or_default(),
+                    cached: out.cached,
+                })
             })
         }
     }
@@ -478,7 +482,7 @@ mod tests {
     #[tokio::test]
     async fn a_warm_solve_is_all_cache_hits_and_a_change_reruns_only_its_dependents() {
         let g = vec![vx("a", &[]), vx("b", &[0]), vx("c", &[]), vx("d", &[1, 2])];
-        let cache = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let cache = Arc::new(cache::fake::MapStore::default());
         let run = |ids: &[&str]| {
             let fake = Fake::new(ids, 0, None);
             let rec = Arc::new(Record::default());

@@ -63,6 +63,42 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs one request of namespace work to its end (on a blocking thread): output of the step
+/// goes to `on_output`; `cancel` stops it.
+pub trait Executor: Send + Sync {
+    fn run(
+        &self,
+        req: &rootless::Request,
+        on_output: &mut dyn FnMut(&[u8]),
+        cancel: &rootless::Cancel,
+    ) -> Result<rootless::Response, rootless::RootlessError>;
+}
+
+/// The real executor: a freshly spawned rootless helper process per request.
+struct HelperExecutor {
+    exe: PathBuf,
+    ids: rootless::IdMap,
+    snapshotter: crate::config::Snapshotter,
+}
+
+impl Executor for HelperExecutor {
+    fn run(
+        &self,
+        req: &rootless::Request,
+        on_output: &mut dyn FnMut(&[u8]),
+        cancel: &rootless::Cancel,
+    ) -> Result<rootless::Response, rootless::RootlessError> {
+        rootless::run_helper_cancellable(
+            &self.exe,
+            &[HELPER_ARG, self.snapshotter.helper_arg()],
+            &self.ids,
+            req,
+            on_output,
+            cancel,
+        )
+    }
+}
+
 /// Shared by every op of a build (and by concurrent builds in one process).
 /// How steps share a cache mount (LLB's `CacheSharingOpt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +122,8 @@ pub struct Worker {
     pub config: Config,
     /// Host CA bundle that build steps trust (`[worker] ca-bundle`, `--ca-bundle`).
     pub ca_bundle: Option<PathBuf>,
-    helper_exe: PathBuf,
-    ids: rootless::IdMap,
+    /// What runs namespace work: the rootless helper, or a fake in tests.
+    executor: Arc<dyn Executor>,
     /// The store's GC lock: shared while building, exclusive while pruning.
     _gc: nix::fcntl::Flock<std::fs::File>,
 }
@@ -99,7 +135,29 @@ impl Worker {
         config: Config,
         ca_bundle: Option<PathBuf>,
     ) -> Result<Self, WorkerError> {
-        Self::open(root, config, ca_bundle, nix::fcntl::FlockArg::LockShared)
+        Self::open(
+            root,
+            config,
+            ca_bundle,
+            nix::fcntl::FlockArg::LockShared,
+            None,
+        )
+    }
+
+    /// A worker for building whose namespace work `executor` does (a fake, in tests).
+    pub fn with_executor(
+        root: &Path,
+        config: Config,
+        ca_bundle: Option<PathBuf>,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Self, WorkerError> {
+        Self::open(
+            root,
+            config,
+            ca_bundle,
+            nix::fcntl::FlockArg::LockShared,
+            Some(executor),
+        )
     }
 
     /// A worker for pruning: waits until no build runs on the store (with `wait`; else
@@ -110,7 +168,7 @@ impl Worker {
         } else {
             nix::fcntl::FlockArg::LockExclusiveNonblock
         };
-        Self::open(root, config, None, how)
+        Self::open(root, config, None, how, None)
     }
 
     fn open(
@@ -118,6 +176,7 @@ impl Worker {
         config: Config,
         ca_bundle: Option<PathBuf>,
         gc: nix::fcntl::FlockArg,
+        executor: Option<Arc<dyn Executor>>,
     ) -> Result<Self, WorkerError> {
         content::private_root(root).map_err(|source| WorkerError::Io {
             path: root.to_path_buf(),
@@ -146,8 +205,14 @@ impl Worker {
         let snapshots = Snapshots::open(root)?;
         let content = content::Store::open(root)?;
         let registry = Registry::new(&config).with_store(content.clone());
-        let helper_exe = std::env::current_exe().map_err(WorkerError::SelfExe)?;
-        let ids = rootless::IdMap::for_current_user()?;
+        let executor: Arc<dyn Executor> = match executor {
+            Some(e) => e,
+            None => Arc::new(HelperExecutor {
+                exe: std::env::current_exe().map_err(WorkerError::SelfExe)?,
+                ids: rootless::IdMap::for_current_user()?,
+                snapshotter: config.worker.snapshotter.unwrap_or_default(),
+            }),
+        };
         Ok(Worker {
             root: root.to_path_buf(),
             snapshots,
@@ -155,8 +220,7 @@ impl Worker {
             registry,
             config,
             ca_bundle,
-            helper_exe,
-            ids,
+            executor,
             _gc: gc_lock,
         })
     }
@@ -169,9 +233,7 @@ impl Worker {
         sink: Option<OutputSink>,
         tail: Option<Arc<std::sync::Mutex<LogTail>>>,
     ) -> Result<rootless::Response, WorkerError> {
-        let exe = self.helper_exe.clone();
-        let ids = self.ids;
-        let snapshotter = self.config.worker.snapshotter.unwrap_or_default();
+        let executor = self.executor.clone();
         // Dropping this future (the build failed elsewhere, or was interrupted) kills the
         // helper, and with it every process of the step.
         let cancel = Arc::new(rootless::Cancel::new());
@@ -190,14 +252,7 @@ impl Worker {
                     });
                 }
             };
-            rootless::run_helper_cancellable(
-                &exe,
-                &[HELPER_ARG, snapshotter.helper_arg()],
-                &ids,
-                &req,
-                &mut on_output,
-                &cancel,
-            )
+            executor.run(&req, &mut on_output, &cancel)
         });
         let res = job.await;
         guard.disarm();
@@ -337,5 +392,46 @@ impl Worker {
             let _ = f.set_modified(std::time::SystemTime::now());
         }
         Ok(dir)
+    }
+}
+
+/// The snapshot store as the solver's cache: a committed snapshot is the cache entry for its
+/// key, a draft is a prepared snapshot directory, a key's lock is shared by every process on
+/// the store.
+impl crate::solver::cache::CacheStore for Worker {
+    type Value = crate::snapshot::SnapRef;
+    type Draft = crate::snapshot::Prepared;
+    type Lock = crate::snapshot::KeyLock;
+    type Error = WorkerError;
+
+    fn lookup(&self, key: &str) -> Result<Option<Self::Value>, WorkerError> {
+        Ok(self.snapshots.lookup(key)?)
+    }
+
+    async fn lock(&self, key: &str) -> Result<Self::Lock, WorkerError> {
+        Ok(self.snapshots.lock_key(key).await?)
+    }
+
+    fn prepare(&self) -> Result<Self::Draft, WorkerError> {
+        Ok(self.snapshots.prepare()?)
+    }
+
+    async fn commit(
+        &self,
+        draft: Self::Draft,
+        key: &str,
+        value: Self::Value,
+    ) -> Result<Self::Value, WorkerError> {
+        let (snap, loser) = self.snapshots.commit(draft, key, &value)?;
+        if let Some(dir) = loser {
+            self.remove_tree(&dir).await?;
+        }
+        Ok(snap)
+    }
+
+    async fn discard(&self, draft: Self::Draft) {
+        if let Err(e) = self.remove_tree(&draft.dir).await {
+            tracing::warn!("cannot remove {}: {e}", draft.dir.display());
+        }
     }
 }
