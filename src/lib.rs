@@ -5,6 +5,7 @@
 //! exception is starlark's `owned_frozen_value` (see `frontend::builtins::base`).
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod cli;
 pub mod compile;
 pub mod config;

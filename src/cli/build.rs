@@ -9,11 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::{BuildArgs, Cli, EngineArgs, SolveArgs, SourceArgs};
+use crate::backend::{Backend, Embedded, ImageConfig, Job, RemoteBackend};
 use crate::compile;
 use crate::config::{self, Config};
 use crate::engine::Engine;
 use crate::export::{self, Output};
-use crate::image;
 use crate::lower;
 use crate::progress::{Plain, RawJson, Reporter, Tty};
 use crate::snapshot::SnapRef;
@@ -141,66 +141,62 @@ fn parse_output(o: Option<&String>) -> anyhow::Result<Option<Output>> {
     })
 }
 
+/// The backend of the context this command uses: the embedded engine, or a remote BuildKit.
+async fn open_backend(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Box<dyn Backend>> {
+    let ctx = super::remote::current(cli)?;
+    Ok(match ctx.endpoint()? {
+        Some(ep) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let root = config::store_root(cli.root.as_deref());
+            Box::new(RemoteBackend::connect(ep, &cfg, reporter(&o.progress), root).await?)
+        }
+        None => Box::new(Embedded::new(open_engine(cli, o).await?)),
+    })
+}
+
+/// A build file compiled for `backend`: the job, and what was compiled.
+async fn compile_job(
+    backend: &dyn Backend,
+    args: &BuildArgs,
+    output: Option<Output>,
+) -> anyhow::Result<(Job, compile::Compiled)> {
+    let started = std::time::Instant::now();
+    let ca = backend.ca_bundle_local(args.engine.ca_bundle.as_deref())?;
+    let req = compile::Request {
+        ca_bundle: ca.as_ref().map(|(_, f)| f.clone()),
+        ..source_request(&args.source, backend.target())
+    };
+    let compiled = compile::compile(&req, backend.registry()).await?;
+    let mut locals = compiled.locals();
+    if let Some((dir, _)) = ca {
+        locals.insert(lower::CA_LOCAL.to_string(), dir);
+    }
+    let job = Job {
+        // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
+        definition: compiled.lowered.definition.to_bytes(),
+        locals,
+        name: compiled.image_name(args.tag.as_ref())?,
+        output,
+        image: ImageConfig::Spec {
+            spec: compiled.lowered.image.clone(),
+            base_config: Box::new(compiled.base_config.clone()),
+            base_layers: compiled.base_layers.clone(),
+        },
+        started,
+    };
+    Ok((job, compiled))
+}
+
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
-    let ctx = super::remote::current(cli)?;
-    if let Some(ep) = ctx.endpoint()? {
-        let cfg = Config::load(cli.config.as_deref())?;
-        let registry = crate::registry::Registry::new(&cfg);
-        let remote = super::remote::Remote::connect(ep).await?;
-        let target = remote.target();
-        // The host CA bundle reaches remote steps as a local source of the session.
-        let ca = match args
-            .engine
-            .ca_bundle
-            .clone()
-            .or(cfg.worker.ca_bundle.clone())
-        {
-            Some(p) => {
-                let real = std::fs::canonicalize(&p)
-                    .with_context(|| format!("the CA bundle {}", p.display()))?;
-                match (real.parent(), real.file_name()) {
-                    (Some(dir), Some(f)) => {
-                        Some((dir.to_path_buf(), f.to_string_lossy().into_owned()))
-                    }
-                    _ => bail!("the CA bundle {} is not a file", p.display()),
-                }
-            }
-            None => None,
-        };
-        let req = compile::Request {
-            ca_bundle: ca.as_ref().map(|(_, f)| f.clone()),
-            ..source_request(&args.source, target)
-        };
-        let compiled = compile::compile(&req, &registry).await?;
-        let mut locals = compiled.locals();
-        if let Some((dir, _)) = &ca {
-            locals.insert(lower::CA_LOCAL.to_string(), dir.clone());
+    let backend = open_backend(cli, &args.engine).await?;
+    match compile_job(backend.as_ref(), args, output).await {
+        Ok((job, _)) => Ok(backend.run(job).await?),
+        Err(e) => {
+            backend.finish();
+            Err(e)
         }
-        let name = compiled.image_name(args.tag.as_ref())?;
-        let config = image::assemble(
-            &compiled.base_config,
-            &compiled.lowered.image,
-            &compiled.base_layers,
-            &[],
-            crate::engine::reproducible_epoch() as u64,
-        )?;
-        return super::remote::solve_remote(
-            &remote,
-            &compiled.lowered.definition.to_bytes(),
-            output.as_ref(),
-            &name,
-            Some(config.config_bytes),
-            &locals,
-            &args.engine.progress,
-            &config::store_root(cli.root.as_deref()),
-        )
-        .await;
     }
-    let engine = open_engine(cli, &args.engine).await?;
-    let res = build_with(&engine, args, output).await;
-    engine.reporter.finish();
-    res
 }
 
 /// What a build made, for `envkit up`.
@@ -211,29 +207,15 @@ pub(super) struct Built {
     pub env_name: String,
 }
 
-async fn build_with(
-    engine: &Engine,
-    args: &BuildArgs,
-    output: Option<Output>,
-) -> anyhow::Result<()> {
-    build_for(engine, args, output).await.map(|_| ())
-}
-
+/// Builds on the embedded engine, for `envkit up` (the progress is left open).
 pub(super) async fn build_for(
-    engine: &Engine,
+    backend: &Embedded,
     args: &BuildArgs,
     output: Option<Output>,
 ) -> anyhow::Result<Built> {
-    let started = std::time::Instant::now();
-    let req = source_request(&args.source, lower::Target::Embedded);
-    let compiled = compile::compile(&req, &engine.worker.registry).await?;
-    // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
-    let bytes = compiled.lowered.definition.to_bytes();
-    let snap = engine.solve(&bytes, compiled.locals()).await?;
-    let name = compiled.image_name(args.tag.as_ref())?;
-    engine
-        .export(&snap, &compiled.lowered.image, &name, output, started)
-        .await?;
+    let (job, compiled) = compile_job(backend, args, output).await?;
+    let name = job.name.clone();
+    let snap = backend.build(job).await?;
     Ok(Built {
         snap,
         name,
@@ -265,32 +247,14 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
         locals.insert(name.to_string(), dir);
     }
-    let ctx = super::remote::current(cli)?;
-    if let Some(ep) = ctx.endpoint()? {
-        let remote = super::remote::Remote::connect(ep).await?;
-        return super::remote::solve_remote(
-            &remote,
-            &bytes,
-            output.as_ref(),
-            &full_name(&args.tag)?,
-            None,
-            &locals,
-            &args.engine.progress,
-            &config::store_root(cli.root.as_deref()),
-        )
-        .await;
-    }
-    let engine = open_engine(cli, &args.engine).await?;
-    let started = std::time::Instant::now();
-    let res = async {
-        let snap = engine.solve(&bytes, locals).await?;
-        let name = full_name(&args.tag)?;
-        engine
-            .export(&snap, &image::ImageSpec::default(), &name, output, started)
-            .await?;
-        anyhow::Ok(())
-    }
-    .await;
-    engine.reporter.finish();
-    res
+    let job = Job {
+        definition: bytes,
+        locals,
+        name: full_name(&args.tag)?,
+        output,
+        image: ImageConfig::Base,
+        started: std::time::Instant::now(),
+    };
+    let backend = open_backend(cli, &args.engine).await?;
+    Ok(backend.run(job).await?)
 }

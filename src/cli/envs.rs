@@ -8,10 +8,10 @@ use anyhow::{Context, bail};
 
 use super::build::{build_for, open_engine};
 use super::{Cli, DestroyArgs, EnvsCommand, ExecArgs, RunArgs, UpArgs};
+use crate::backend::{Backend as _, Embedded};
 use crate::config::{self, Config};
 use crate::devenv::spec::{PlanArgs, Spec};
 use crate::devenv::{self, EnvState, Status};
-use crate::engine::Engine;
 use crate::export;
 use crate::worker::Worker;
 
@@ -31,13 +31,14 @@ struct From {
 }
 
 /// Builds the project (or, with `--image`, takes that image from the store or its registry).
-async fn from(engine: &Engine, args: &UpArgs) -> anyhow::Result<From> {
+async fn from(backend: &Embedded, args: &UpArgs) -> anyhow::Result<From> {
+    let engine = &backend.engine;
     let Some(image) = &args.image else {
         let output = match &args.build.output {
             Some(o) => Some(export::parse_output(o)?),
             None => None,
         };
-        let built = build_for(engine, &args.build, output).await?;
+        let built = build_for(backend, &args.build, output).await?;
         let Some(found) = engine.stored_image(&built.name)? else {
             bail!("the image {} is not in the store", built.name);
         };
@@ -96,10 +97,11 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             ctx.name
         );
     }
-    let engine = open_engine(cli, &args.build.engine).await?;
-    let from = from(&engine, args).await;
-    engine.reporter.finish();
+    let backend = Embedded::new(open_engine(cli, &args.build.engine).await?);
+    let from = from(&backend, args).await;
+    backend.finish();
     let from = from?;
+    let engine = &backend.engine;
     let worker = &engine.worker;
     let mut name = match &args.name {
         Some(n) => {

@@ -1,0 +1,61 @@
+//! The embedded engine as a backend: solve here, export from this store.
+
+use std::path::{Path, PathBuf};
+
+use super::{Backend, BackendError, BoxFuture, ImageConfig, Job};
+use crate::engine::Engine;
+use crate::image::ImageSpec;
+use crate::lower;
+use crate::registry::Registry;
+use crate::snapshot::SnapRef;
+
+/// envkit's own engine on this machine.
+pub struct Embedded {
+    pub engine: Engine,
+}
+
+impl Embedded {
+    pub fn new(engine: Engine) -> Self {
+        Embedded { engine }
+    }
+
+    /// Runs the job; the result's snapshots (what `envkit up` starts). The progress is left
+    /// open.
+    pub async fn build(&self, job: Job) -> Result<SnapRef, BackendError> {
+        let snap = self.engine.solve(&job.definition, job.locals).await?;
+        let spec = match &job.image {
+            ImageConfig::Spec { spec, .. } => spec.clone(),
+            ImageConfig::Base => ImageSpec::default(),
+        };
+        self.engine
+            .export(&snap, &spec, &job.name, job.output, job.started)
+            .await?;
+        Ok(snap)
+    }
+}
+
+impl Backend for Embedded {
+    fn target(&self) -> lower::Target {
+        lower::Target::Embedded
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.engine.worker.registry
+    }
+
+    fn ca_bundle_local(&self, _: Option<&Path>) -> Result<Option<(PathBuf, String)>, BackendError> {
+        Ok(None)
+    }
+
+    fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let res = self.build(job).await;
+            self.engine.reporter.finish();
+            res.map(|_| ())
+        })
+    }
+
+    fn finish(&self) {
+        self.engine.reporter.finish();
+    }
+}

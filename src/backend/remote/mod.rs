@@ -1,0 +1,406 @@
+//! A remote BuildKit as a backend: a buildkitd (unix, TCP, TLS) or the BuildKit inside a
+//! dockerd. The Definition goes over gRPC, local sources and registry credentials through
+//! the client's session, and what an exporter makes comes back through it (or from dockerd,
+//! afterwards: `dockerd.rs`). `exporter.rs` maps `-o` to BuildKit's exporters.
+
+mod dockerd;
+mod exporter;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+
+use super::{Backend, BackendError, BoxFuture, ImageConfig, Job};
+use crate::export::Output;
+use crate::lower;
+use crate::progress::Reporter;
+use crate::registry::Registry;
+use crate::remote::{self, Endpoint};
+use exporter::{Back, beside};
+
+/// A remote BuildKit, connected: what it is decides how the graph is lowered and which
+/// exporters exist there.
+pub struct Remote {
+    pub ep: Endpoint,
+    pub channel: tonic::transport::Channel,
+    pub workers: remote::Workers,
+    /// `Control.Info`'s version (None before BuildKit v0.11).
+    pub version: Option<String>,
+}
+
+impl Remote {
+    pub async fn connect(ep: Endpoint) -> Result<Remote, BackendError> {
+        let channel = remote::connect(&ep).await?;
+        let workers = remote::list_workers(&ep, &channel).await?;
+        if workers.ids.is_empty() {
+            return Err(BackendError::Refused(format!(
+                "{ep} has no BuildKit worker"
+            )));
+        }
+        let version = remote::version(&ep, &channel).await?;
+        Ok(Remote {
+            ep,
+            channel,
+            workers,
+            version,
+        })
+    }
+
+    /// The BuildKit inside a dockerd (reached through dockerd, or as a buildkitd).
+    fn moby(&self) -> bool {
+        matches!(self.ep, Endpoint::Dockerd(_)) || self.workers.is_moby()
+    }
+
+    /// How to lower for it: Merge/Diff only where it has them.
+    pub fn target(&self) -> lower::Target {
+        if matches!(self.ep, Endpoint::Dockerd(_))
+            || !remote::has_merge_op(&self.workers, self.version.as_deref())
+        {
+            lower::Target::Dockerd
+        } else {
+            lower::Target::Buildkitd
+        }
+    }
+}
+
+/// A connected remote BuildKit, with what a build on it needs from this machine.
+pub struct RemoteBackend {
+    pub remote: Remote,
+    /// Resolves base images for the frontend (the remote pulls them itself).
+    registry: Registry,
+    /// `[worker] ca-bundle`, unless `--ca-bundle` says otherwise.
+    ca_bundle: Option<PathBuf>,
+    reporter: Arc<dyn Reporter>,
+    /// envkit's store (dockerd's `docker save` becomes an OCI layout through it).
+    root: PathBuf,
+}
+
+impl RemoteBackend {
+    pub async fn connect(
+        ep: Endpoint,
+        config: &crate::config::Config,
+        reporter: Arc<dyn Reporter>,
+        root: PathBuf,
+    ) -> Result<RemoteBackend, BackendError> {
+        Ok(RemoteBackend {
+            remote: Remote::connect(ep).await?,
+            registry: Registry::new(config),
+            ca_bundle: config.worker.ca_bundle.clone(),
+            reporter,
+            root,
+        })
+    }
+}
+
+impl Backend for RemoteBackend {
+    fn target(&self) -> lower::Target {
+        self.remote.target()
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The host CA bundle reaches remote steps as a local source of the session.
+    fn ca_bundle_local(
+        &self,
+        cli_ca: Option<&Path>,
+    ) -> Result<Option<(PathBuf, String)>, BackendError> {
+        let Some(p) = cli_ca.or(self.ca_bundle.as_deref()) else {
+            return Ok(None);
+        };
+        let real = std::fs::canonicalize(p)
+            .map_err(BackendError::io(format!("the CA bundle {}", p.display())))?;
+        match (real.parent(), real.file_name()) {
+            (Some(dir), Some(f)) => Ok(Some((dir.to_path_buf(), f.to_string_lossy().into()))),
+            _ => Err(BackendError::Refused(format!(
+                "the CA bundle {} is not a file",
+                p.display()
+            ))),
+        }
+    }
+
+    fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.solve(job))
+    }
+
+    fn finish(&self) {
+        self.reporter.finish();
+    }
+}
+
+/// The local sources a Definition reads (by name) and the registries its image sources name
+/// (as credentials are keyed: `docker.io` for Docker Hub).
+fn sources(bytes: &[u8]) -> Result<(Vec<String>, BTreeSet<String>), BackendError> {
+    let def = crate::pb::Definition::decode(bytes)
+        .map_err(|e| BackendError::Refused(format!("decoding the Definition: {e}")))?;
+    let mut names = Vec::new();
+    let mut registries = BTreeSet::new();
+    for op in &def.def {
+        let Ok(op) = crate::pb::Op::decode(&op[..]) else {
+            continue;
+        };
+        let Some(crate::pb::op::Op::Source(src)) = &op.op else {
+            continue;
+        };
+        if let Some(name) = src.identifier.strip_prefix("local://")
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+        if let Some(r) = src.identifier.strip_prefix("docker-image://")
+            && let Ok(r) = crate::registry::normalize(r)
+        {
+            registries.insert(r.registry().to_string());
+        }
+    }
+    Ok((names, registries))
+}
+
+/// Where what comes back is staged: a temporary file (or directory) beside its destination,
+/// moved into place once the build has succeeded.
+struct Staging {
+    file: Option<tempfile::NamedTempFile>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Staging {
+    fn for_back(back: &Back) -> Result<Staging, BackendError> {
+        let mut s = Staging {
+            file: None,
+            dir: None,
+        };
+        match back {
+            Back::File(dest) => {
+                let dir = beside(dest);
+                s.file = Some(
+                    tempfile::Builder::new()
+                        .prefix(".envkit-export-")
+                        .tempfile_in(&dir)
+                        .map_err(BackendError::io(format!(
+                            "a temporary file in {}",
+                            dir.display()
+                        )))?,
+                );
+            }
+            Back::Tree(dest) => {
+                // The directory itself is made once the files are here (as the embedded
+                // engine does); its parent holds the staging directory meanwhile.
+                let parent = beside(dest);
+                std::fs::create_dir_all(&parent)
+                    .map_err(BackendError::io(format!("creating {}", parent.display())))?;
+                s.dir = Some(
+                    tempfile::Builder::new()
+                        .prefix(".envkit-export-")
+                        .tempdir_in(&parent)
+                        .map_err(BackendError::io(format!(
+                            "a temporary directory beside {}",
+                            dest.display()
+                        )))?,
+                );
+            }
+            Back::Nothing | Back::Saved => {}
+        }
+        Ok(s)
+    }
+
+    fn receive(&self) -> Option<remote::session::Receive> {
+        match (&self.file, &self.dir) {
+            (Some(f), _) => Some(remote::session::Receive::File(f.path().to_path_buf())),
+            (_, Some(d)) => Some(remote::session::Receive::Tree(d.path().to_path_buf())),
+            _ => None,
+        }
+    }
+}
+
+impl RemoteBackend {
+    /// Runs the job on the remote BuildKit and exports the result as its output asks.
+    async fn solve(&self, job: Job) -> Result<(), BackendError> {
+        let remote = &self.remote;
+        let ep = &remote.ep;
+        // Local sources are read through a session the client serves.
+        let (wanted, mut registries) = sources(&job.definition)?;
+        let mut offered = remote::session::Locals::default();
+        for n in &wanted {
+            let Some(dir) = job.locals.get(n) else {
+                return Err(BackendError::Refused(format!(
+                    "the Definition reads the local source {n:?}, which was not given (--local {n}=DIR)"
+                )));
+            };
+            offered.0.insert(n.clone(), dir.clone());
+        }
+        let output = job.output.as_ref();
+        let (exporter, attrs, back) = exporter::exporter(remote, output, &job.name)?;
+        let staging = Staging::for_back(&back)?;
+        // The output's names are registries the build names too (a push needs credentials).
+        for n in attrs
+            .get("name")
+            .map(|v| v.split(',').collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if let Ok(r) = crate::registry::normalize(n.trim()) {
+                registries.insert(r.registry().to_string());
+            }
+        }
+        let offer = remote::session::Offer {
+            locals: offered,
+            registries,
+            receive: staging.receive(),
+        };
+        // A session always goes along: registry credentials come through it too.
+        let session = match ep {
+            Endpoint::Dockerd(sock) => remote::session::attach_dockerd(sock, offer).await?,
+            _ => remote::session::attach_control(ep, &remote.channel, offer).await?,
+        };
+        let image_config = match &job.image {
+            ImageConfig::Spec {
+                spec,
+                base_config,
+                base_layers,
+            } => Some(
+                crate::image::assemble(
+                    base_config,
+                    spec,
+                    base_layers,
+                    &[],
+                    crate::engine::reproducible_epoch() as u64,
+                )?
+                .config_bytes,
+            ),
+            ImageConfig::Base => None,
+        };
+        let shown = attrs.get("name").cloned();
+        let res = remote::solve(
+            ep,
+            &remote.channel,
+            remote::Job {
+                definition: job.definition.clone(),
+                exporter,
+                exporter_attrs: attrs,
+                entitlements: Vec::new(),
+                image_config,
+                session: session.id.clone(),
+            },
+            self.reporter.clone(),
+        )
+        .await;
+        self.reporter.finish();
+        let resp = res?;
+        let tree = match back {
+            Back::Tree(_) => session.received_tree(Duration::from_secs(30)).await,
+            _ => None,
+        };
+        drop(session);
+        match (&back, staging) {
+            (
+                Back::File(dest),
+                Staging {
+                    file: Some(tmp), ..
+                },
+            ) => place_file(tmp, dest)?,
+            (
+                Back::Tree(dest),
+                Staging {
+                    dir: Some(staging), ..
+                },
+            ) => {
+                let stats = match tree {
+                    Some(Ok(stats)) => stats,
+                    Some(Err(e)) => {
+                        return Err(BackendError::Refused(format!(
+                            "receiving the files for {}: {e}",
+                            dest.display()
+                        )));
+                    }
+                    None => {
+                        return Err(BackendError::Refused(format!(
+                            "{ep} sent no files for {}",
+                            dest.display()
+                        )));
+                    }
+                };
+                place_tree(ep, &stats, staging, dest)?;
+            }
+            (Back::Saved, _) => {
+                if let (Endpoint::Dockerd(sock), Some(out)) = (ep, output) {
+                    dockerd::fetch_saved(sock, out, &job.name, &self.root).await?;
+                }
+            }
+            _ => {}
+        }
+        if let (
+            Endpoint::Dockerd(sock),
+            Some(Output::Image {
+                name: target,
+                push: true,
+                ..
+            }),
+        ) = (ep, output)
+        {
+            let target = target.clone().unwrap_or_else(|| job.name.clone());
+            let target = crate::compile::full_name(&target)
+                .map_err(|e| BackendError::Refused(e.to_string()))?;
+            dockerd::docker_push(sock, &target).await?;
+        }
+        let what = match (shown, resp.get("containerimage.digest")) {
+            (Some(n), Some(d)) => format!("{n} ({d})"),
+            (Some(n), None) => n,
+            (None, _) => "the result".to_string(),
+        };
+        eprintln!(
+            "=> built {what} on {ep} in {:.1}s",
+            job.started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+/// The file an exporter sent, renamed into place (or to stdout for `-`).
+fn place_file(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), BackendError> {
+    if dest.as_os_str() == "-" {
+        let mut f = std::fs::File::open(tmp.path())
+            .map_err(BackendError::io(format!("{}", tmp.path().display())))?;
+        std::io::copy(&mut f, &mut std::io::stdout().lock())
+            .map_err(BackendError::io("writing to stdout"))?;
+        return Ok(());
+    }
+    // A temporary file is private (0600); the result is as any file written here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(BackendError::io(format!("{}", tmp.path().display())))?;
+    tmp.persist(dest)
+        .map_err(|e| BackendError::io(format!("writing {}", dest.display()))(e.error))?;
+    eprintln!("=> wrote {}", dest.display());
+    Ok(())
+}
+
+/// The tree an exporter sent, written into `dest` as this user.
+fn place_tree(
+    ep: &Endpoint,
+    stats: &[crate::remote::pb::filesync::Stat],
+    staging: tempfile::TempDir,
+    dest: &Path,
+) -> Result<(), BackendError> {
+    let tar = tempfile::Builder::new()
+        .prefix(".envkit-export-")
+        .tempfile_in(beside(dest))
+        .map_err(BackendError::io(format!(
+            "a temporary file beside {}",
+            dest.display()
+        )))?;
+    let file = tar
+        .reopen()
+        .map_err(BackendError::io(format!("{}", tar.path().display())))?;
+    remote::session::tree_to_tar(stats, staging.path(), std::io::BufWriter::new(file))
+        .map_err(|e| BackendError::Refused(format!("the files {ep} sent: {e}")))?;
+    drop(staging);
+    let notes = crate::engine::extract_as_user(tar.path(), dest)?;
+    for n in notes {
+        eprintln!("=> {n}");
+    }
+    eprintln!("=> wrote {} entries into {}", stats.len(), dest.display());
+    Ok(())
+}
