@@ -247,6 +247,6 @@ pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()
         .registry
         .push(&target, &manifest, &worker.content)
         .await?;
-    println!("{}", crate::engine::pushed_note(&p));
+    println!("{}", crate::export::exporter::pushed_note(&p));
     Ok(())
 }

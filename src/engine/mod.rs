@@ -9,7 +9,6 @@ mod export;
 mod image;
 mod rootfs;
 
-pub use export::{extract_as_user, pushed_note, rootfs_tar};
 pub use image::reproducible_epoch;
 pub use rootfs::{ImageRootfs, StoredImage};
 

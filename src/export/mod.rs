@@ -24,6 +24,7 @@ use crate::image::{self, NewLayer};
 mod compress;
 pub mod containerd;
 mod docker;
+pub mod exporter;
 pub mod load;
 mod pgzip;
 
@@ -47,6 +48,15 @@ pub enum ExportError {
     Output { spec: String, message: String },
     #[error("image archive: {0}")]
     Archive(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// What an exporter cannot do, or a failure it reports, said plainly.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {

@@ -4,7 +4,6 @@
 //! afterwards: `dockerd.rs`). `exporter.rs` maps `-o` to BuildKit's exporters.
 
 mod dockerd;
-mod exporter;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,11 +14,11 @@ use prost::Message;
 
 use super::{Backend, BackendError, BoxFuture, ImageConfig, Job};
 use crate::export::Output;
+use crate::export::exporter::{Back, RemoteKind};
 use crate::lower;
 use crate::progress::Reporter;
 use crate::registry::Registry;
 use crate::remote::{self, Endpoint};
-use exporter::{Back, beside};
 
 /// A remote BuildKit, connected: what it is decides how the graph is lowered and which
 /// exporters exist there.
@@ -233,7 +232,17 @@ impl RemoteBackend {
             offered.0.insert(n.clone(), dir.clone());
         }
         let output = job.output.as_ref();
-        let (exporter, attrs, back) = exporter::exporter(remote, output, &job.name)?;
+        let kind = RemoteKind {
+            endpoint: ep.to_string(),
+            dockerd: matches!(ep, Endpoint::Dockerd(_)),
+            moby: remote.moby(),
+        };
+        let default = crate::export::exporter::default_output();
+        let mapped = output
+            .unwrap_or(&default)
+            .exporter()
+            .remote(&kind, &job.name)?;
+        let (exporter, attrs, back) = (mapped.exporter.to_string(), mapped.attrs, mapped.back);
         let staging = Staging::for_back(&back)?;
         // The output's names are registries the build names too (a push needs credentials).
         for n in attrs
@@ -397,10 +406,19 @@ fn place_tree(
     remote::session::tree_to_tar(stats, staging.path(), std::io::BufWriter::new(file))
         .map_err(|e| BackendError::Refused(format!("the files {ep} sent: {e}")))?;
     drop(staging);
-    let notes = crate::engine::extract_as_user(tar.path(), dest)?;
+    let notes = crate::export::exporter::extract_as_user(tar.path(), dest)?;
     for n in notes {
         eprintln!("=> {n}");
     }
     eprintln!("=> wrote {} entries into {}", stats.len(), dest.display());
     Ok(())
+}
+
+/// A private place beside `dest` (same file system, so the result is renamed into place).
+fn beside(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() && dest.as_os_str() != "-" => p.to_path_buf(),
+        _ if dest.as_os_str() == "-" => std::env::temp_dir(),
+        _ => PathBuf::from("."),
+    }
 }
