@@ -13,6 +13,7 @@
 //! An environment "runs" while its init's pid exists with the start time recorded; anything
 //! else is stale, shown as such, and can be destroyed.
 
+pub mod lifecycle;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,17 @@ pub enum EnvError {
     State { path: PathBuf, message: String },
     #[error("the image's environment description: {0}")]
     Image(String),
+    #[error(
+        "GPUs were asked for (config.gpu or --gpus) but this host has no NVIDIA GPU \
+         (no /dev/nvidia0); use --no-gpu to start without"
+    )]
+    NoGpu,
+    #[error("the helper could not start the environment {name}: {message}")]
+    Start { name: String, message: String },
+    #[error("the environment {name} (pid {pid}) does not stop")]
+    DoesNotStop { name: String, pid: u32 },
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
     #[error("invalid environment name {0:?}: use letters, digits, `_`, `.` and `-` (at most 30)")]
     Name(String),
 }

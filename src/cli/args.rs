@@ -1,0 +1,219 @@
+//! The command line's arguments: the top level, and building (`build`, `solve`, `debug llb`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::{
+    ContextCommand, DestroyArgs, EnvsCommand, ExecArgs, ImagesCommand, LoadArgs, PruneArgs,
+    PushArgs, RunArgs, SaveArgs, UpArgs,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "envkit",
+    version,
+    about = "Build envd environments into OCI images — no daemon, no Docker, no root"
+)]
+pub struct Cli {
+    /// Store root (default $XDG_DATA_HOME/envkit).
+    #[arg(long, global = true, env = "ENVKIT_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Config file (default $XDG_CONFIG_HOME/envkit/config.toml).
+    #[arg(long, global = true, env = "ENVKIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// The context (builder) to use instead of the current one (`envkit context ls`).
+    #[arg(long, global = true, env = "ENVKIT_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an environment from a build.envd.
+    #[command(alias = "b")]
+    Build(BuildArgs),
+    /// Run an LLB Definition (from any BuildKit client) with envkit's engine.
+    Solve(SolveArgs),
+    /// Show what the store holds, by kind.
+    Du,
+    /// Remove build cache no image needs (and then unreferenced blobs).
+    Prune(PruneArgs),
+    /// Verify the store (blob digests, build cache records and chains, images' blobs,
+    /// leftovers of killed processes); exit code 1 when something is wrong.
+    Check {
+        /// Remove what is broken (a rebuild or pull makes it again).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// The images in envkit's image store: list (the default), inspect, remove.
+    #[command(alias = "image")]
+    Images {
+        #[command(subcommand)]
+        what: Option<ImagesCommand>,
+    },
+    /// Write images of the store to an archive (OCI layout by default; `docker load` reads
+    /// `--format docker`).
+    Save(SaveArgs),
+    /// Read images from an archive (OCI layout or `docker save`, plain or gzip) into the store.
+    Load(LoadArgs),
+    /// Build, start a development environment (rootless, host network, the project mounted)
+    /// and open a shell in it.
+    #[command(alias = "u")]
+    Up(UpArgs),
+    /// Run a command (default: the shell) in a running environment.
+    Exec(ExecArgs),
+    /// Build, run one command in a fresh environment, and remove it; its exit code is ours.
+    #[command(alias = "c")]
+    Run(RunArgs),
+    /// The development environments: list (the default) or describe one.
+    #[command(alias = "env")]
+    Envs {
+        #[command(subcommand)]
+        what: Option<EnvsCommand>,
+    },
+    /// Builders to use: the embedded engine, a buildkitd, or the BuildKit inside a dockerd.
+    Context {
+        #[command(subcommand)]
+        what: ContextCommand,
+    },
+    /// Stop an environment's processes and remove it (idempotent).
+    #[command(alias = "down")]
+    Destroy(DestroyArgs),
+    /// Push an image of envkit's store to a registry (credentials from docker's config).
+    Push(PushArgs),
+    /// What the engine is and does here: version, store, snapshotter, the network of build
+    /// steps, platforms, and how steps and environments are confined.
+    Info {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect what envkit would build.
+    Debug {
+        #[command(subcommand)]
+        what: DebugCommand,
+    },
+    /// Reference documentation.
+    #[command(name = "reference")]
+    Reference {
+        #[command(subcommand)]
+        what: ReferenceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReferenceCommand {
+    /// Every envd builtin envkit implements, with its signature and description (Markdown).
+    Builtins,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Print the LLB Definition a build.envd compiles to.
+    Llb(LlbArgs),
+}
+
+/// Where the build file is: like envd's `-p` and `-f`.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Build context directory.
+    #[arg(short = 'p', long = "path", default_value = ".")]
+    pub path: PathBuf,
+    /// Build file and function, `file[:func]`.
+    #[arg(short = 'f', long = "from", default_value = "build.envd:build")]
+    pub from: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Image name in envkit's store (default `<basename of path>:dev`).
+    #[arg(short = 't', long = "tag")]
+    pub tag: Option<String>,
+    /// Output, buildctl-style: `type=oci,dest=FILE[,name=REF]` or `type=image,name=REF`.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// What `build` and `solve` tell the engine.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Host CA bundle that build steps trust (overrides `[worker] ca-bundle`).
+    #[arg(long = "ca-bundle", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Progress output: `tty` (a live view), `plain` (one line per event, for logs),
+    /// `rawjson` (BuildKit SolveStatus JSON lines); `auto` is tty on a terminal, else plain.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
+    pub progress: String,
+    /// How many steps may run at once (default `[worker] max-parallelism`, else the
+    /// number of cores).
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<usize>,
+    /// A secret for steps that mount one: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable),
+    /// like buildctl's. Secrets never enter a layer, a cache key or a log.
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
+    /// An ssh agent for steps that mount one: `ID[=SOCKET]` (repeatable; `default` alone
+    /// uses $SSH_AUTH_SOCK), like buildctl's.
+    #[arg(long, value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
+    /// Run every step again instead of taking it from the cache (images, local dirs and
+    /// downloads with a checksum are content-addressed and stay cached).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Grant an entitlement a step may ask for: `network.host` or `security.insecure`
+    /// (repeatable), as with buildctl.
+    #[arg(long, value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SolveArgs {
+    /// The Definition's protobuf bytes (`-` or nothing: stdin).
+    #[arg(long = "input", short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// The same as `--input`.
+    #[arg(value_name = "FILE", conflicts_with = "input")]
+    pub file: Option<PathBuf>,
+    /// A local source the Definition names, `NAME=DIR` (repeatable), like buildctl's.
+    #[arg(long, value_name = "NAME=DIR")]
+    pub local: Vec<String>,
+    /// Image name in envkit's store.
+    #[arg(short = 't', long = "tag", default_value = "envkit-solve:latest")]
+    pub tag: String,
+    /// Output, buildctl-style (as for `build`).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LlbArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// One JSON object per op (the default).
+    #[arg(long, conflicts_with_all = ["dot", "pb", "svg"])]
+    pub json: bool,
+    /// A Graphviz graph for people: op kinds, names, commands, cache mounts.
+    #[arg(long, conflicts_with_all = ["pb", "svg"])]
+    pub dot: bool,
+    /// The same graph rendered to SVG by Graphviz (`dot` must be on PATH).
+    #[arg(long, conflicts_with = "pb")]
+    pub svg: bool,
+    /// The Definition's protobuf bytes (for `buildctl build` or `envkit solve`).
+    #[arg(long)]
+    pub pb: bool,
+    /// The BuildKit to lower for: `embedded` (what `envkit build` runs), `buildkitd`
+    /// (parallel branches joined with Merge/Diff, as envd does) or `dockerd` (no Merge/Diff).
+    #[arg(long, default_value = "embedded")]
+    pub target: crate::lower::Target,
+}
