@@ -127,23 +127,7 @@ impl Engine {
         dest: &std::path::Path,
     ) -> Result<(), EngineError> {
         let w = &self.worker;
-        let mut files = Vec::with_capacity(layers.len());
-        for l in layers {
-            let media_type = l.media_type().to_string();
-            let compression = if media_type.ends_with("gzip") {
-                rootless::Compression::Gzip
-            } else if media_type.ends_with("tar") {
-                rootless::Compression::None
-            } else {
-                return Err(EngineError::Output(format!(
-                    "layers of media type {media_type} cannot be unpacked here yet"
-                )));
-            };
-            files.push(rootless::LayerFile {
-                path: w.content.path(l.digest())?,
-                compression,
-            });
-        }
+        let files = w.layer_files(layers)?;
         let req = rootless::Request::Unpack {
             layers: files,
             dest: dest.to_path_buf(),

@@ -53,23 +53,7 @@ async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome
     let key = &key;
     ctx.resolve_one(key, |prepared| async move {
         w.registry.pull(&resolved, &w.content).await?;
-        let mut files = Vec::new();
-        for l in &resolved.layers {
-            let media_type = l.media_type().to_string();
-            let compression = if media_type.ends_with("gzip") {
-                rootless::Compression::Gzip
-            } else if media_type.ends_with("tar") {
-                rootless::Compression::None
-            } else {
-                return Err(OpsError::Unsupported(format!(
-                    "layer media type {media_type}"
-                )));
-            };
-            files.push(rootless::LayerFile {
-                path: w.content.path(l.digest())?,
-                compression,
-            });
-        }
+        let files = w.layer_files(&resolved.layers)?;
         let req = rootless::Request::Unpack {
             layers: files,
             dest: prepared.fs.clone(),

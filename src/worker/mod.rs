@@ -37,6 +37,8 @@ pub enum WorkerError {
     Join(String),
     #[error("builds are running on this store")]
     Busy,
+    #[error("layer {digest} is {media_type}: envkit unpacks gzip and plain tar layers")]
+    LayerType { digest: String, media_type: String },
 }
 
 /// Where step output goes while a helper runs.
@@ -260,6 +262,32 @@ impl Worker {
             Ok(res) => Ok(res?),
             Err(e) => Err(WorkerError::Join(e.to_string())),
         }
+    }
+
+    /// The blobs of `layers` (in the content store) as the helper unpacks them.
+    pub fn layer_files(
+        &self,
+        layers: &[oci_spec::image::Descriptor],
+    ) -> Result<Vec<rootless::LayerFile>, WorkerError> {
+        let mut files = Vec::with_capacity(layers.len());
+        for l in layers {
+            let media_type = l.media_type().to_string();
+            let compression = if media_type.ends_with("gzip") {
+                rootless::Compression::Gzip
+            } else if media_type.ends_with("tar") {
+                rootless::Compression::None
+            } else {
+                return Err(WorkerError::LayerType {
+                    digest: l.digest().to_string(),
+                    media_type,
+                });
+            };
+            files.push(rootless::LayerFile {
+                path: self.content.path(l.digest())?,
+                compression,
+            });
+        }
+        Ok(files)
     }
 
     /// Deletes a tree that may hold files of subordinate ids (only the namespace can). The

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::{Back, BoxFuture, Cx, Exporter, RemoteExport, RemoteKind};
-use crate::export::{Compression, ExportError};
+use crate::export::ExportError;
 use crate::worker::Worker;
 
 pub(super) struct Rootfs<'o> {
@@ -72,24 +72,9 @@ pub async fn rootfs_tar(
     worker: &Worker,
     layers: &[oci_spec::image::Descriptor],
 ) -> Result<tempfile::NamedTempFile, ExportError> {
-    let mut files = Vec::with_capacity(layers.len());
-    for l in layers {
-        let compression = match Compression::of(l.media_type()) {
-            Some(Compression::Gzip) => rootless::Compression::Gzip,
-            Some(Compression::Uncompressed) => rootless::Compression::None,
-            _ => {
-                return Err(ExportError::Refused(format!(
-                    "layer {} is {}: envkit unpacks gzip and plain layers",
-                    l.digest(),
-                    l.media_type()
-                )));
-            }
-        };
-        files.push(rootless::LayerFile {
-            path: worker.content.path(l.digest())?,
-            compression,
-        });
-    }
+    let files = worker
+        .layer_files(layers)
+        .map_err(|e| ExportError::Refused(e.to_string()))?;
     let dir = worker.snapshots.temp_dir()?;
     let rootfs = dir.path().join("rootfs");
     let out = worker.snapshots.temp_file()?;
