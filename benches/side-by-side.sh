@@ -112,9 +112,9 @@ envkit_build() { # WORKLOAD [extra args]
   local wl=$1
   shift
   if [ "$wl" = parallel4 ]; then
-    timed "$ENVKIT" solve --progress plain --parallelism 4 -t parallel4:bench "$@" "$W/ctx/parallel4/def.pb"
+    timed "$ENVKIT" solve --progress plain -t parallel4:bench "$@" "$W/ctx/parallel4/def.pb"
   else
-    timed "$ENVKIT" build --progress plain --parallelism 4 -p "$W/ctx/$wl" -t "$wl:bench" "$@"
+    timed "$ENVKIT" build --progress plain -p "$W/ctx/$wl" -t "$wl:bench" "$@"
   fi
 }
 buildah_build() { # WORKLOAD [extra args]

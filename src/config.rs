@@ -65,7 +65,7 @@ pub struct WorkerConfig {
     /// into a layer).
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
-    /// How many build steps may run at once (default: the number of cores).
+    /// How many build steps may run at once (default 64, `solver::DEFAULT_PARALLELISM`).
     #[serde(default)]
     pub max_parallelism: Option<usize>,
     /// `auto` (overlayfs in the user namespace, copies where the kernel refuses it), `overlay`

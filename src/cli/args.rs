@@ -153,8 +153,8 @@ pub struct EngineArgs {
     /// `rawjson` (BuildKit SolveStatus JSON lines); `auto` is tty on a terminal, else plain.
     #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson"])]
     pub progress: String,
-    /// How many steps may run at once (default `[worker] max-parallelism`, else the
-    /// number of cores).
+    /// How many steps may run at once (default `[worker] max-parallelism`, else 64: steps
+    /// mostly wait, so the number of cores is no limit of theirs).
     #[arg(long, value_name = "N")]
     pub parallelism: Option<usize>,
     /// A secret for steps that mount one: `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable),

@@ -74,12 +74,15 @@ pub struct SolveOptions {
     pub parallelism: usize,
 }
 
+/// Steps at once unless told otherwise. Not the core count: most steps wait (on the network,
+/// on a `sleep`, on a child), and BuildKit sets no limit at all. A bound all the same, so a
+/// graph thousands of steps wide does not start thousands of containers on a shared host.
+pub const DEFAULT_PARALLELISM: usize = 64;
+
 impl Default for SolveOptions {
     fn default() -> Self {
         SolveOptions {
-            parallelism: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            parallelism: DEFAULT_PARALLELISM,
         }
     }
 }
