@@ -64,7 +64,7 @@ EOF
 as_user() {
   runuser -u "$TUSER" -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME="$W" USER="$TUSER" XDG_RUNTIME_DIR="$RUNDIR" \
-    ENVKIT_ROOT="$W/envkit-root" ENVKIT_CONFIG="$W/envkit.toml" \
+    ENVKIT_ROOT="${EK_ROOT:-$W/envkit-root}" ENVKIT_CONFIG="$W/envkit.toml" \
     CONTAINERS_REGISTRIES_CONF="$W/registries.conf" "$@"
 }
 

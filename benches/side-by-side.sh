@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: the same workloads built by envkit and by buildah (Debian's, rootless
-# as the test user, like envkit), cold and warm, medians of $RUNS runs, as a markdown table.
-# dockerd's BuildKit and buildkitd are not part of it yet (neither is installed on these
-# machines; BENCHMARKS.md quotes their measured figures from the issue instead).
+# Side-by-side benchmark: the same workloads built by envkit, by buildkitd (when one is on
+# PATH: Debian has none) and by buildah (Debian's), cold, warm and with the steps rerun,
+# medians of $RUNS runs, with each builder's peak RSS, as a markdown table.
 #
 #   sudo bash benches/side-by-side.sh [RUNS]      (default 3; writes $OUT, default
 #                                                  /var/tmp/envkit-bench/results.md)
 #
 # Needs the test environment (scripts/test-env.sh: local registry, base images, test user).
-# Definitions used here:
-#   cold   the workload's own steps run (envkit/buildah: --no-cache; docker: --no-cache);
-#          the base image is already in each builder's store.
+# envkit and buildah run rootless as the test user; buildkitd as root (its OCI worker,
+# overlayfs, Debian's runc), an instance of its own started here and driven through an envkit
+# buildkitd context (the Definition envkit lowers for a buildkitd).
+# Modes:
+#   cold   nothing cached: envkit and buildah start from an empty store, buildkitd after
+#          `buildctl prune --all`; the base image is pulled again from the local registry.
 #   warm   nothing changed: a fully cached rebuild.
+#   rerun  the workload's own steps run again (--no-cache), the base image in the store.
 # Workloads:
 #   chain20    20 sequential RUN steps on debian:bookworm (envd: 20 `run()` calls).
-#   parallel4  4 independent `sleep 1` branches on busybox, joined (envkit: the golden vector
-#              parallel4.pb; Dockerfile: 4 stages copied into one, `--jobs 4`).
+#   parallel4  4 independent `sleep 1` branches on busybox, joined (envkit and buildkitd: the
+#              Go client's golden vector parallel4.pb with default settings; Dockerfile: 4
+#              stages copied into one, `--jobs 4`).
 #   context    COPY of a context of 2,000 x 4 KiB files + one 100 MiB file (envd: io.copy);
-#              cold rewrites every file first, "1 file" changes one small file.
-#   apt        apt-get install jq with the apt cache in cache mounts; cold: empty cache
-#              mounts, warm: the step runs again (--no-cache) with the caches filled.
+#              cold and rerun rewrite every file first, "1 file" changes one small file.
+#   apt        apt-get install jq with the apt cache in cache mounts; cold: empty stores,
+#              warm: the step runs again (--no-cache) with the caches filled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -94,21 +98,65 @@ EOF
 chown -R "$TUSER:$TUSER" "$W"
 
 declare -A RESULT
-MAXRSS_ENVKIT=0
 record() { # BUILDER WORKLOAD MODE SECONDS...
   local b=$1 wl=$2 mode=$3
   shift 3
   RESULT["$b|$wl|$mode"]=$(median "$@")
   echo "  $b $wl $mode: $* -> median ${RESULT["$b|$wl|$mode"]}" >&2
 }
-note_rss() {
+declare -A RSS
+note_rss() { # BUILDER: the peak RSS of the command just timed (KiB)
   local r
   r=$(cat "$W/rss")
-  [ "$r" -gt "$MAXRSS_ENVKIT" ] && MAXRSS_ENVKIT=$r
+  [ "$r" -gt "${RSS[$1]:-0}" ] && RSS[$1]=$r
   return 0
 }
 
-envkit_build() { # WORKLOAD [extra args]
+BKD_ROOT=$W/bk
+BKD_SOCK=$BKD_ROOT/buildkitd.sock
+BKD_PID=
+start_buildkitd() {
+  mkdir -p "$BKD_ROOT"
+  chmod 0755 "$BKD_ROOT"
+  cat >"$BKD_ROOT/buildkitd.toml" <<CFG
+[worker.oci]
+  enabled = true
+  gc = false
+[worker.containerd]
+  enabled = false
+[registry."docker.io"]
+  mirrors = ["$REG"]
+[registry."$REG"]
+  http = true
+CFG
+  setsid buildkitd --config "$BKD_ROOT/buildkitd.toml" --root "$BKD_ROOT/root" \
+    --addr "unix://$BKD_SOCK" --group "$(id -gn "$TUSER")" --oci-worker-net host \
+    >"$W/buildkitd.log" 2>&1 </dev/null &
+  BKD_PID=$!
+  for _ in $(seq 300); do
+    [ -S "$BKD_SOCK" ] && break
+    sleep 0.1
+  done
+  [ -S "$BKD_SOCK" ] || { tail -20 "$W/buildkitd.log" >&2; echo "buildkitd did not start" >&2; exit 1; }
+  as_user "$ENVKIT" context create --name bench-bk --builder buildkitd \
+    --endpoint "unix://$BKD_SOCK" >/dev/null
+}
+stop_buildkitd() {
+  if [ -n "$BKD_PID" ]; then
+    kill "$BKD_PID" 2>/dev/null || true
+    wait "$BKD_PID" 2>/dev/null || true
+    BKD_PID=
+  fi
+}
+trap stop_buildkitd EXIT
+
+# Per builder: NAME_build WORKLOAD [extra args] prints seconds; NAME_fresh empties its caches.
+COLD_N=0
+envkit_fresh() { # a new, empty store
+  COLD_N=$((COLD_N + 1))
+  EK_ROOT=$W/envkit-cold-$COLD_N
+}
+envkit_build() {
   local wl=$1
   shift
   if [ "$wl" = parallel4 ]; then
@@ -117,63 +165,82 @@ envkit_build() { # WORKLOAD [extra args]
     timed "$ENVKIT" build --progress plain -p "$W/ctx/$wl" -t "$wl:bench" "$@"
   fi
 }
-buildah_build() { # WORKLOAD [extra args]
+buildkitd_fresh() {
+  buildctl --addr "unix://$BKD_SOCK" prune --all >/dev/null
+}
+buildkitd_build() {
+  local wl=$1
+  shift
+  if [ "$wl" = parallel4 ]; then
+    timed "$ENVKIT" --context bench-bk solve --progress plain -t parallel4:bench "$@" \
+      "$W/ctx/parallel4/def.pb"
+  else
+    timed "$ENVKIT" --context bench-bk build --progress plain -p "$W/ctx/$wl" -t "$wl:bench" "$@"
+  fi
+}
+buildah_fresh() { # a new, empty store; no cache mounts
+  COLD_N=$((COLD_N + 1))
+  mkdir -p "$W/bah/root-$COLD_N"
+  chown "$TUSER:$TUSER" "$W/bah/root-$COLD_N"
+  BAH=(buildah --root "$W/bah/root-$COLD_N" --runroot "$W/bah/run" --storage-driver overlay)
+  rm -rf /var/tmp/buildah-cache "/var/tmp/buildah-cache-$TUID"
+}
+buildah_build() {
   local wl=$1
   shift
   timed "${BAH[@]}" "${BAH_BUD[@]}" "$@" -t "$wl-bench" "$W/ctx/$wl"
 }
 
 touch_context() { # every file gets new content
-  python3 - "$W/ctx/context/data" <<'EOF'
+  python3 - "$W/ctx/context/data" <<'PY'
 import os, sys
 for dp, _, fs in os.walk(sys.argv[1]):
     for f in fs:
         with open(os.path.join(dp, f), "r+b") as fh:
             fh.write(os.urandom(16))
-EOF
+PY
   chown -R "$TUSER:$TUSER" "$W/ctx/context/data"
 }
 touch_one() {
   head -c 16 /dev/urandom | dd of="$W/ctx/context/data/dir07/f042.txt" conv=notrunc status=none
 }
 
-clear_caches() { # BUILDER: empty the cache mounts (apt cold)
-  case $1 in
-    envkit) as_user "$ENVKIT" prune --filter type=exec.cachemount >/dev/null ;;
-    buildah) rm -rf /var/tmp/buildah-cache "/var/tmp/buildah-cache-$TUID" ;; # where buildah keeps them
-  esac
-}
-
-bench_builder() { # NAME BUILD-FUNCTION
-  local b=$1 fn=$2 wl i t cold warm one
+bench_builder() { # NAME
+  local b=$1 wl i t cold warm rerun one
   echo "== $b" >&2
-  # Prime: pull bases, fill caches once (not measured).
-  for wl in chain20 parallel4 context apt; do $fn "$wl" >/dev/null; done
-  [ "$b" = envkit ] && note_rss
   for wl in chain20 parallel4 context apt; do
-    cold=() warm=() one=()
+    cold=() warm=() rerun=() one=()
     for i in $(seq 1 "$RUNS"); do
       [ "$wl" = context ] && touch_context
-      [ "$wl" = apt ] && clear_caches "$b"
-      t=$($fn "$wl" --no-cache)
-      [ "$b" = envkit ] && note_rss
+      "${b}_fresh"
+      t=$("${b}_build" "$wl")
+      note_rss "$b"
       cold+=("$t")
     done
     record "$b" "$wl" cold "${cold[@]}"
     for i in $(seq 1 "$RUNS"); do
       if [ "$wl" = apt ]; then
-        t=$($fn "$wl" --no-cache) # the step again, caches warm
+        t=$("${b}_build" "$wl" --no-cache) # the step again, caches warm
       else
-        t=$($fn "$wl")
+        t=$("${b}_build" "$wl")
       fi
-      [ "$b" = envkit ] && note_rss
+      note_rss "$b"
       warm+=("$t")
     done
     record "$b" "$wl" warm "${warm[@]}"
+    if [ "$wl" != apt ]; then
+      for i in $(seq 1 "$RUNS"); do
+        [ "$wl" = context ] && touch_context
+        t=$("${b}_build" "$wl" --no-cache)
+        note_rss "$b"
+        rerun+=("$t")
+      done
+      record "$b" "$wl" rerun "${rerun[@]}"
+    fi
     if [ "$wl" = context ]; then
       for i in $(seq 1 "$RUNS"); do
         touch_one
-        t=$($fn "$wl")
+        t=$("${b}_build" "$wl")
         one+=("$t")
       done
       record "$b" "$wl" "1 file" "${one[@]}"
@@ -182,10 +249,20 @@ bench_builder() { # NAME BUILD-FUNCTION
 }
 
 BUILDERS=(envkit)
-bench_builder envkit envkit_build
+bench_builder envkit
+if command -v buildkitd >/dev/null && command -v buildctl >/dev/null; then
+  start_buildkitd
+  BUILDERS+=(buildkitd)
+  bench_builder buildkitd
+  # The daemon's own peak (the envkit client's is not the builder's).
+  RSS[buildkitd]=$(awk '/VmHWM/ {print $2}' "/proc/$BKD_PID/status")
+  stop_buildkitd
+else
+  echo "buildkitd: not run (no buildkitd and buildctl on PATH)" >&2
+fi
 if command -v buildah >/dev/null; then
   BUILDERS+=(buildah)
-  bench_builder buildah buildah_build
+  bench_builder buildah
 fi
 
 # --- table -----------------------------------------------------------------------------------
@@ -196,8 +273,9 @@ fi
   printf '|---|---|'
   for _ in "${BUILDERS[@]}"; do printf -- '---:|'; done
   echo '---:|'
-  for key in "chain20|cold" "chain20|warm" "parallel4|cold" "parallel4|warm" \
-             "context|cold" "context|warm" "context|1 file" "apt|cold" "apt|warm"; do
+  for key in "chain20|cold" "chain20|warm" "chain20|rerun" "parallel4|cold" "parallel4|warm" \
+             "parallel4|rerun" "context|cold" "context|warm" "context|rerun" "context|1 file" \
+             "apt|cold" "apt|warm"; do
     wl=${key%%|*}
     mode=${key#*|}
     row="| $wl | $mode |"
@@ -215,10 +293,16 @@ fi
     fi
     echo "$row $ratio |"
   done
+  row="| peak RSS | all runs |"
+  for b in "${BUILDERS[@]}"; do row+=" $(( ${RSS[$b]:-0} / 1024 )) MiB |"; done
+  echo "$row |"
   echo
-  echo "envkit peak RSS over all runs: $((MAXRSS_ENVKIT / 1024)) MiB (the envkit process itself; its helpers and the steps' processes are separate)."
+  echo "Peak RSS: the envkit process itself (its helpers and the steps' processes are separate)," \
+       "the buildkitd daemon over its whole run, the buildah process."
+  command -v buildkitd >/dev/null || echo "buildkitd: not run (none on PATH)."
   echo
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr);" \
        "envkit $(git -C "$REPO" rev-parse --short HEAD) (release);" \
+       "$(buildkitd --version 2>/dev/null | head -1);" \
        "$(buildah --version 2>/dev/null | head -1); medians of $RUNS runs."
 } | tee "$OUT"

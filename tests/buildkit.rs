@@ -342,4 +342,11 @@ fn buildkitd_suite() {
     for want in common::confine::DEFAULT_TABLE {
         assert!(log.contains(want), "buildkitd: {want}: {log}");
     }
+    // Solved again it is cached; `--no-cache` reaches the daemon (every op but the sources
+    // marked to ignore the cache) and the step runs again.
+    let probe = common::confine::DEFAULT_TABLE[0];
+    let cached = env.solve_log(&pb, &[]);
+    assert!(!cached.contains(probe), "buildkitd ran it again: {cached}");
+    let rerun = env.solve_log(&pb, &["--no-cache"]);
+    assert!(rerun.contains(probe), "buildkitd --no-cache: {rerun}");
 }

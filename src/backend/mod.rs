@@ -8,7 +8,7 @@ mod embedded;
 mod remote;
 
 pub use embedded::Embedded;
-pub use remote::{Remote, RemoteBackend};
+pub use remote::{Remote, RemoteBackend, RemoteOptions, ignoring_cache};
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::{BuildArgs, Cli, EngineArgs, SolveArgs, SourceArgs};
-use crate::backend::{Backend, Embedded, ImageConfig, Job, RemoteBackend};
+use crate::backend::{Backend, Embedded, ImageConfig, Job, RemoteBackend, RemoteOptions};
 use crate::compile;
 use crate::config::{self, Config};
 use crate::engine::Engine;
@@ -146,9 +146,19 @@ async fn open_backend(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Box<dyn Backe
     let ctx = super::remote::current(cli)?;
     Ok(match ctx.endpoint()? {
         Some(ep) => {
+            if !o.secret.is_empty() || !o.ssh.is_empty() {
+                bail!(
+                    "--secret and --ssh reach build steps on the embedded engine only: envkit's \
+                     session with a remote BuildKit does not serve them yet (`--context embedded`)"
+                );
+            }
             let cfg = Config::load(cli.config.as_deref())?;
             let root = config::store_root(cli.root.as_deref());
-            Box::new(RemoteBackend::connect(ep, &cfg, reporter(&o.progress), root).await?)
+            let options = RemoteOptions {
+                no_cache: o.no_cache,
+                entitlements: o.allow.clone(),
+            };
+            Box::new(RemoteBackend::connect(ep, &cfg, reporter(&o.progress), root, options).await?)
         }
         None => Box::new(Embedded::new(open_engine(cli, o).await?)),
     })

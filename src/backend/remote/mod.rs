@@ -75,6 +75,17 @@ pub struct RemoteBackend {
     reporter: Arc<dyn Reporter>,
     /// envkit's store (dockerd's `docker save` becomes an OCI layout through it).
     root: PathBuf,
+    options: RemoteOptions,
+}
+
+/// What a build asks of a remote BuildKit besides the job.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOptions {
+    /// `--no-cache`: every op but the sources is marked to ignore the cache, as BuildKit's
+    /// own clients do.
+    pub no_cache: bool,
+    /// `--allow`: the entitlements the solve asks for (the daemon must grant them too).
+    pub entitlements: Vec<String>,
 }
 
 impl RemoteBackend {
@@ -83,6 +94,7 @@ impl RemoteBackend {
         config: &crate::config::Config,
         reporter: Arc<dyn Reporter>,
         root: PathBuf,
+        options: RemoteOptions,
     ) -> Result<RemoteBackend, BackendError> {
         Ok(RemoteBackend {
             remote: Remote::connect(ep).await?,
@@ -90,8 +102,29 @@ impl RemoteBackend {
             ca_bundle: config.worker.ca_bundle.clone(),
             reporter,
             root,
+            options,
         })
     }
+}
+
+/// The Definition with every op but the sources marked `ignore_cache` (`--no-cache`); only
+/// the metadata changes, so every digest stays what it was.
+pub fn ignoring_cache(bytes: &[u8]) -> Result<Vec<u8>, BackendError> {
+    let bad =
+        |e: prost::DecodeError| BackendError::Refused(format!("decoding the Definition: {e}"));
+    let mut def = crate::pb::Definition::decode(bytes).map_err(bad)?;
+    for op in &def.def {
+        let parsed = crate::pb::Op::decode(&op[..]).map_err(bad)?;
+        if matches!(parsed.op, Some(crate::pb::op::Op::Source(_))) {
+            continue;
+        }
+        let digest = crate::content::sha256_hex(op);
+        def.metadata
+            .entry(format!("sha256:{digest}"))
+            .or_default()
+            .ignore_cache = true;
+    }
+    Ok(def.encode_to_vec())
 }
 
 impl Backend for RemoteBackend {
@@ -286,10 +319,14 @@ impl RemoteBackend {
             ep,
             &remote.channel,
             remote::Job {
-                definition: job.definition.clone(),
+                definition: if self.options.no_cache {
+                    ignoring_cache(&job.definition)?
+                } else {
+                    job.definition.clone()
+                },
                 exporter,
                 exporter_attrs: attrs,
-                entitlements: Vec::new(),
+                entitlements: self.options.entitlements.clone(),
                 image_config,
                 session: session.id.clone(),
             },
@@ -420,5 +457,42 @@ fn beside(dest: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() && dest.as_os_str() != "-" => p.to_path_buf(),
         _ if dest.as_os_str() == "-" => std::env::temp_dir(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llb::{self, MarshalOptions, Run};
+
+    #[test]
+    fn no_cache_marks_every_op_but_the_sources_and_keeps_the_digests() {
+        let def = llb::image("busybox")
+            .run(Run::args(["sh", "-c", "date > /stamp"]))
+            .root()
+            .marshal(&MarshalOptions::default())
+            .unwrap();
+        let bytes = def.to_bytes();
+        let marked = crate::pb::Definition::decode(&ignoring_cache(&bytes).unwrap()[..]).unwrap();
+        let before = crate::pb::Definition::decode(&bytes[..]).unwrap();
+        assert_eq!(
+            marked.def, before.def,
+            "the ops' bytes (and digests) are unchanged"
+        );
+        let mut sources = 0;
+        let mut others = 0;
+        for op in &marked.def {
+            let digest = format!("sha256:{}", crate::content::sha256_hex(op));
+            let ignored = marked.metadata.get(&digest).is_some_and(|m| m.ignore_cache);
+            let parsed = crate::pb::Op::decode(&op[..]).unwrap();
+            if matches!(parsed.op, Some(crate::pb::op::Op::Source(_))) {
+                assert!(!ignored, "a source is content-addressed and stays cached");
+                sources += 1;
+            } else if parsed.op.is_some() {
+                assert!(ignored, "{digest} should ignore the cache");
+                others += 1;
+            }
+        }
+        assert_eq!((sources, others), (1, 1));
     }
 }
