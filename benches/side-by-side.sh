@@ -24,6 +24,9 @@
 #              cold and rerun rewrite every file first, "1 file" changes one small file.
 #   apt        apt-get install jq with the apt cache in cache mounts; cold: empty stores,
 #              warm: the step runs again (--no-cache) with the caches filled.
+#   python     examples/python-basic: python:3.11-slim, an apt package, a PyPI package
+#              (through the host's CA bundle), a file copied in, one run step.
+# WORKLOADS="chain20 python" (say) runs only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -80,6 +83,21 @@ for d in range(20):
 with open(f"{root}/big.bin", "wb") as fh:
     for _ in range(100):
         fh.write(os.urandom(1 << 20))
+EOF
+
+mk python
+cp examples/python-basic/build.envd examples/python-basic/hello.py "$W/ctx/python/"
+cat >"$W/ctx/python/Dockerfile" <<'EOF'
+FROM python:3.11-slim
+RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
+    --mount=type=cache,target=/var/lib/apt,sharing=locked \
+    rm -f /etc/apt/apt.conf.d/docker-clean && apt-get update && \
+    apt-get install -y --no-install-recommends curl
+RUN --mount=type=cache,target=/root/.cache/pip \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt pip install six
+COPY hello.py /opt/hello.py
+ENV GREETING=hi
+RUN python3 /opt/hello.py > /opt/hello.out
 EOF
 
 mk apt
@@ -186,9 +204,11 @@ buildah_fresh() { # a new, empty store; no cache mounts
   rm -rf /var/tmp/buildah-cache "/var/tmp/buildah-cache-$TUID"
 }
 buildah_build() {
-  local wl=$1
+  local wl=$1 ca=()
   shift
-  timed "${BAH[@]}" "${BAH_BUD[@]}" "$@" -t "$wl-bench" "$W/ctx/$wl"
+  # pip goes through the host's TLS-intercepting proxy: its CA bundle over the image's.
+  [ "$wl" = python ] && ca=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+  timed "${BAH[@]}" "${BAH_BUD[@]}" "${ca[@]}" "$@" -t "$wl-bench" "$W/ctx/$wl"
 }
 
 touch_context() { # every file gets new content
@@ -208,7 +228,7 @@ touch_one() {
 bench_builder() { # NAME
   local b=$1 wl i t cold warm rerun one
   echo "== $b" >&2
-  for wl in chain20 parallel4 context apt; do
+  for wl in ${WORKLOADS:-chain20 parallel4 context apt python}; do
     cold=() warm=() rerun=() one=()
     for i in $(seq 1 "$RUNS"); do
       [ "$wl" = context ] && touch_context
@@ -275,7 +295,8 @@ fi
   echo '---:|'
   for key in "chain20|cold" "chain20|warm" "chain20|rerun" "parallel4|cold" "parallel4|warm" \
              "parallel4|rerun" "context|cold" "context|warm" "context|rerun" "context|1 file" \
-             "apt|cold" "apt|warm"; do
+             "apt|cold" "apt|warm" "python|cold" "python|warm" "python|rerun"; do
+    [ -n "${RESULT["envkit|${key%%|*}|${key#*|}"]:-}" ] || continue
     wl=${key%%|*}
     mode=${key#*|}
     row="| $wl | $mode |"
