@@ -149,9 +149,16 @@ async fn start(cli: &Cli, args: &UpArgs, name_suffix: Option<&str>) -> anyhow::R
             cwd: cwd.clone(),
             volumes: volumes(args)?,
             home: config::home(),
+            host_mounts: args.image.is_none(),
         },
         gpus,
     );
+    for (host, inside) in &plan.refused_mounts {
+        eprintln!(
+            "envkit: the image asks for the host's {host} at {inside} (runtime.mount); an image \
+             from elsewhere does not choose host paths: give `-v HOST:{inside}` to bind it"
+        );
+    }
     for (h, _) in &plan.mounts {
         if !h.exists() {
             bail!("the mount source {} does not exist", h.display());

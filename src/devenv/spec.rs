@@ -68,6 +68,10 @@ pub struct PlanArgs {
     pub volumes: Vec<(PathBuf, String)>,
     /// The user's home, for `~` in `runtime.mount` sources.
     pub home: Option<PathBuf>,
+    /// Bind the host directories `runtime.mount` names. Only for an image just built from
+    /// the user's own build file: an image from elsewhere (`up --image`) must not choose host
+    /// paths that its processes, running as the user, could then read and write.
+    pub host_mounts: bool,
 }
 
 /// What the environment is started with.
@@ -79,6 +83,8 @@ pub struct Plan {
     pub mounts: Vec<(PathBuf, String)>,
     pub services: Vec<rootless::Service>,
     pub ports: Vec<Port>,
+    /// `runtime.mount`s of the labels not bound (`host_mounts` is off): host path → inside.
+    pub refused_mounts: Vec<(String, String)>,
 }
 
 fn bad(message: impl Into<String>) -> EnvError {
@@ -227,9 +233,14 @@ impl Spec {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "bash".into());
 
-        // Mounts: the project, runtime.mount, -v.
+        // Mounts: the project, runtime.mount (when the user's own file asked), -v.
         let mut mounts = vec![(args.project.clone(), args.cwd.clone())];
+        let mut refused_mounts = Vec::new();
         for (host, inside) in &self.mounts {
+            if !args.host_mounts {
+                refused_mounts.push((host.clone(), inside.clone()));
+                continue;
+            }
             mounts.push((
                 expand_host(host, args.home.as_deref()),
                 expand_target(inside),
@@ -324,6 +335,7 @@ impl Spec {
             mounts,
             services,
             ports,
+            refused_mounts,
         }
     }
 }
@@ -358,6 +370,7 @@ mod tests {
             cwd: "/home/envd/proj".into(),
             volumes: vec![("/data".into(), "/data".into())],
             home: Some("/home/me".into()),
+            host_mounts: true,
         }
     }
 
@@ -429,6 +442,45 @@ mod tests {
             .collect();
         assert_eq!(ports, [("port-6380", 6380), ("jupyter", 8888)]);
         assert_eq!(spec.commands, [("train".into(), "python train.py".into())]);
+    }
+
+    #[test]
+    fn an_image_from_elsewhere_does_not_choose_host_mounts() {
+        let hostile = r#"{"Mount":[{"Source":"~/.ssh","Destination":"/loot"},
+            {"Source":"/etc","Destination":"/host-etc"}]}"#;
+        let spec = Spec::from_labels(&labels(hostile)).unwrap();
+        let plan = spec.plan(
+            &[],
+            "",
+            &PlanArgs {
+                host_mounts: false,
+                ..args()
+            },
+            false,
+        );
+        // Only the project and the user's own -v.
+        assert_eq!(
+            plan.mounts,
+            [
+                (PathBuf::from("/work/proj"), "/home/envd/proj".to_string()),
+                (PathBuf::from("/data"), "/data".to_string()),
+            ]
+        );
+        assert_eq!(
+            plan.refused_mounts,
+            [
+                ("~/.ssh".to_string(), "/loot".to_string()),
+                ("/etc".to_string(), "/host-etc".to_string()),
+            ]
+        );
+        // The user's own build file may.
+        let own = spec.plan(&[], "", &args(), false);
+        assert!(
+            own.mounts
+                .iter()
+                .any(|(h, _)| h == Path::new("/home/me/.ssh"))
+        );
+        assert!(own.refused_mounts.is_empty());
     }
 
     #[test]
