@@ -127,12 +127,7 @@ impl Engine {
         dest: &std::path::Path,
     ) -> Result<(), EngineError> {
         let w = &self.worker;
-        let files = w.layer_files(layers)?;
-        let req = rootless::Request::Unpack {
-            layers: files,
-            dest: dest.to_path_buf(),
-            max_layer_bytes: Some(w.config.worker.max_layer_size()),
-        };
+        let req = w.unpack_request(layers, dest)?;
         w.run_helper(req, None, None)
             .await
             .map_err(|e| EngineError::Output(format!("unpacking image layers: {e}")))?;

@@ -53,12 +53,7 @@ async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome
     let key = &key;
     ctx.resolve_one(key, |prepared| async move {
         w.registry.pull(&resolved, &w.content).await?;
-        let files = w.layer_files(&resolved.layers)?;
-        let req = rootless::Request::Unpack {
-            layers: files,
-            dest: prepared.fs.clone(),
-            max_layer_bytes: Some(w.config.worker.max_layer_size()),
-        };
+        let req = w.unpack_request(&resolved.layers, &prepared.fs)?;
         helper_ok(ctx, req, "unpacking image layers").await?;
         Ok(SnapRef {
             chain: vec![key.clone()],

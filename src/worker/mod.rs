@@ -264,11 +264,13 @@ impl Worker {
         }
     }
 
-    /// The blobs of `layers` (in the content store) as the helper unpacks them.
-    pub fn layer_files(
+    /// The helper's request to unpack `layers` (blobs of the content store, gzip or plain
+    /// tar) into `dest`, each bounded by `[worker] max-layer-size`.
+    pub fn unpack_request(
         &self,
         layers: &[oci_spec::image::Descriptor],
-    ) -> Result<Vec<rootless::LayerFile>, WorkerError> {
+        dest: &Path,
+    ) -> Result<rootless::Request, WorkerError> {
         let mut files = Vec::with_capacity(layers.len());
         for l in layers {
             let media_type = l.media_type().to_string();
@@ -287,7 +289,11 @@ impl Worker {
                 compression,
             });
         }
-        Ok(files)
+        Ok(rootless::Request::Unpack {
+            layers: files,
+            dest: dest.to_path_buf(),
+            max_layer_bytes: Some(self.config.worker.max_layer_size()),
+        })
     }
 
     /// Deletes a tree that may hold files of subordinate ids (only the namespace can). The

@@ -72,23 +72,15 @@ pub async fn rootfs_tar(
     worker: &Worker,
     layers: &[oci_spec::image::Descriptor],
 ) -> Result<tempfile::NamedTempFile, ExportError> {
-    let files = worker
-        .layer_files(layers)
-        .map_err(|e| ExportError::Refused(e.to_string()))?;
     let dir = worker.snapshots.temp_dir()?;
     let rootfs = dir.path().join("rootfs");
+    let unpack = worker
+        .unpack_request(layers, &rootfs)
+        .map_err(|e| ExportError::Refused(e.to_string()))?;
     let out = worker.snapshots.temp_file()?;
     let res = async {
         worker
-            .run_helper(
-                rootless::Request::Unpack {
-                    layers: files,
-                    dest: rootfs.clone(),
-                    max_layer_bytes: Some(worker.config.worker.max_layer_size()),
-                },
-                None,
-                None,
-            )
+            .run_helper(unpack, None, None)
             .await
             .map_err(|e| ExportError::Refused(format!("unpacking the image's layers: {e}")))?;
         worker
