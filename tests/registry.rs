@@ -2,6 +2,8 @@
 //! (`ENVKIT_TEST_REGISTRY=127.0.0.1:5000`). Extra images (a Docker v2 schema 2 manifest list, an
 //! OCI index) are pushed with skopeo into `envkit-test/*` repositories.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -141,6 +143,86 @@ async fn resolve_and_pull_busybox_through_docker_io_mirror() {
         r2.reference,
         format!("docker.io/library/busybox@{}", r.manifest_digest)
     );
+}
+
+/// An https registry (a TLS front for the local registry, its certificate from a test CA):
+/// the host's `ca` file makes it trusted, without it the certificate is refused (the
+/// system's roots do not know the test CA), and `insecure = true` skips the check.
+#[tokio::test]
+async fn https_registries_use_the_system_roots_their_ca_files_or_insecure() {
+    use tokio_rustls::rustls;
+    let reg = test_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::remote::make_certs(dir.path());
+    let pem = |p: &Path| std::fs::read(p).unwrap();
+    let chain: Vec<_> = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(&pem(&certs.server_cert))
+            .map(|c| c.unwrap())
+            .collect()
+    };
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem(&certs.server_key)).unwrap()
+    };
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = l.local_addr().unwrap().to_string();
+    let backend = reg.clone();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(c).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let config = |extra: &str| {
+        let text = format!("[registry.\"{front}\"]\n{extra}\n");
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    };
+    let image = format!("{front}/library/busybox:latest");
+    let pull = |cfg: Config| {
+        let image = image.clone();
+        async move {
+            let root = tempfile::tempdir().unwrap();
+            let store = Store::open(root.path()).unwrap();
+            let registry = Registry::new(&cfg);
+            let r = registry.resolve(&image).await?;
+            registry.pull(&r, &store).await?;
+            for l in &r.layers {
+                assert_eq!(store.verify(l.digest()).unwrap(), l.size());
+            }
+            Ok::<_, RegistryError>(())
+        }
+    };
+    let ca = format!("ca = [{:?}]", certs.ca.display().to_string());
+    pull(config(&ca))
+        .await
+        .expect("trusted through its ca file");
+    pull(config("insecure = true")).await.expect("insecure");
+    let e = pull(config("")).await.unwrap_err().to_string();
+    assert!(
+        e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").unwrap();
+    let e = pull(config(&format!("ca = [{:?}]", bad.display().to_string())))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not-a-ca.pem") && e.contains("PEM"), "{e}");
 }
 
 #[tokio::test]

@@ -11,9 +11,12 @@
 //! * Blobs are streamed into the [`content::Store`](crate::content::Store), which checks digest
 //!   and size before they become visible.
 //!
-//! The HTTP, token-auth and TLS work is done by `oci-client`; one client per host, so that
-//! per-host TLS settings (`ca`, `insecure`) stay per host. Proxies come from the usual
-//! environment variables, and loopback addresses never go through a proxy.
+//! Token auth, blobs and pushes go through `oci-client`; manifests through a plain HTTP
+//! client. Both are per host, so that per-host TLS settings (`ca`, `insecure`) stay per host,
+//! and both are built only when needed: a manifest is first asked for without auth, and the
+//! auth step runs only when the registry answers 401 or credentials are configured. TLS trust
+//! is [`tls`]'s (the system's roots read once, at the first handshake). Proxies come from the
+//! usual environment variables, and loopback addresses never go through a proxy.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +35,7 @@ use crate::config::Config;
 
 pub mod auth;
 mod push;
+pub(crate) mod tls;
 
 use crate::content::{self, ContentError};
 pub use push::Pushed;
@@ -291,21 +295,15 @@ fn proxies_from_env() -> (Option<String>, Option<String>, Option<String>) {
     (https, http, Some(no_proxy))
 }
 
-/// A plain HTTP client with the distribution client's settings: extra CAs, `insecure`,
-/// proxies and timeouts.
+/// A plain HTTP client with the distribution client's settings: the host's TLS (system
+/// roots read on first handshake, its `ca` files, `insecure`), proxies and timeouts.
 fn plain_client(
-    certs: &[Certificate],
-    insecure: bool,
+    tls: rustls::ClientConfig,
     (https, http, no_proxy): (&Option<String>, &Option<String>, &Option<String>),
 ) -> Result<reqwest::Client, reqwest::Error> {
-    let mut roots = Vec::new();
-    for c in certs {
-        roots.push(reqwest::Certificate::from_pem(&c.data)?);
-    }
     let no_proxy = no_proxy.as_deref().and_then(reqwest::NoProxy::from_string);
     let mut b = reqwest::Client::builder()
-        .danger_accept_invalid_certs(insecure)
-        .tls_certs_merge(roots)
+        .tls_backend_preconfigured(tls)
         .connect_timeout(std::time::Duration::from_secs(30))
         .read_timeout(std::time::Duration::from_secs(300))
         .user_agent(concat!("envkit/", env!("CARGO_PKG_VERSION")));
@@ -483,9 +481,13 @@ fn pick_platform<'a>(index: &'a ImageIndex, want: &Platform) -> Result<&'a Descr
 /// Pulls images with the settings of a [`Config`].
 pub struct Registry {
     config: Config,
-    /// Per host: the distribution client, and a plain HTTP client with the same TLS, proxy
-    /// and timeout settings for the requests that must be read with a cap (manifests).
-    clients: Mutex<HashMap<String, (Client, reqwest::Client)>>,
+    /// Per host, the distribution client (token auth, blobs, push), built when first needed.
+    clients: Mutex<HashMap<String, Client>>,
+    /// Per host, a plain HTTP client with the same TLS, proxy and timeout settings for the
+    /// requests that must be read with a cap (manifests).
+    http_clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// Hosts that answered a manifest request without auth (their blobs need none either).
+    anonymous: Mutex<std::collections::HashSet<String>>,
     /// Where manifests and configs are kept once fetched (the content store), so that a
     /// digest reference resolves without the network and a tag costs one manifest request.
     blobs: Option<content::Store>,
@@ -499,6 +501,8 @@ impl Registry {
         Registry {
             config: config.clone(),
             clients: Mutex::new(HashMap::new()),
+            http_clients: Mutex::new(HashMap::new()),
+            anonymous: Mutex::new(std::collections::HashSet::new()),
             blobs: None,
             resolved: Mutex::new(HashMap::new()),
         }
@@ -596,16 +600,27 @@ impl Registry {
         })
     }
 
-    fn client(&self, host: &str, section: &str) -> Result<Client, RegistryError> {
-        self.clients_for(host, section).map(|c| c.0)
-    }
-
-    /// [`Registry::client`] and its plain HTTP twin.
-    fn clients_for(
+    /// The extra CA certificates configured for a host (`ca` files of its section).
+    fn host_cas(
         &self,
         host: &str,
         section: &str,
-    ) -> Result<(Client, reqwest::Client), RegistryError> {
+    ) -> Result<Vec<tls::CertificateDer<'static>>, RegistryError> {
+        let mut certs = Vec::new();
+        for path in &self.config.registry(section).ca {
+            let fail = |message: String| RegistryError::Client {
+                host: host.to_string(),
+                message: format!("CA file {}: {message}", path.display()),
+            };
+            let data = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            certs.extend(tls::pem_certs(&data).map_err(fail)?);
+        }
+        Ok(certs)
+    }
+
+    /// The distribution client for one host (built on first use: it reads the system's CA
+    /// roots, which a warm build against a plain-http mirror never needs).
+    fn client(&self, host: &str, section: &str) -> Result<Client, RegistryError> {
         let mut clients = self
             .clients
             .lock()
@@ -614,36 +629,27 @@ impl Registry {
             return Ok(c.clone());
         }
         let settings = self.config.registry(section);
-        let mut extra_root_certificates = Vec::new();
-        for path in &settings.ca {
-            let data = std::fs::read(path).map_err(|e| RegistryError::Client {
-                host: host.to_string(),
-                message: format!("reading CA file {}: {e}", path.display()),
-            })?;
-            extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
+        let is_http = self.config.is_plain_http(host);
+        let mut tls_certs_only = Vec::new();
+        if !is_http {
+            // The same trust as the plain client: the system's roots (read once per
+            // process) and the host's own CAs.
+            let der = |c: &tls::CertificateDer<'_>| Certificate {
+                encoding: CertificateEncoding::Der,
+                data: c.as_ref().to_vec(),
+            };
+            tls_certs_only.extend(tls::system_roots().iter().map(der));
+            tls_certs_only.extend(self.host_cas(host, section)?.iter().map(der));
         }
         let (https_proxy, http_proxy, no_proxy) = proxies_from_env();
-        let http = plain_client(
-            &extra_root_certificates,
-            settings.insecure,
-            (&https_proxy, &http_proxy, &no_proxy),
-        )
-        .map_err(|e| RegistryError::Client {
-            host: host.to_string(),
-            message: chain(&e),
-        })?;
-        let protocol = if self.config.is_plain_http(host) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
         let cc = ClientConfig {
-            protocol,
+            protocol: if is_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             accept_invalid_certificates: settings.insecure,
-            extra_root_certificates,
+            tls_certs_only,
             https_proxy,
             http_proxy,
             no_proxy,
@@ -655,8 +661,33 @@ impl Registry {
             host: host.to_string(),
             message: chain(&e),
         })?;
-        clients.insert(host.to_string(), (client.clone(), http.clone()));
-        Ok((client, http))
+        clients.insert(host.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The plain HTTP client for one host.
+    fn http_client(&self, host: &str, section: &str) -> Result<reqwest::Client, RegistryError> {
+        let mut clients = self
+            .http_clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(host) {
+            return Ok(c.clone());
+        }
+        let fail = |message: String| RegistryError::Client {
+            host: host.to_string(),
+            message,
+        };
+        let tls = tls::client_config(
+            self.host_cas(host, section)?,
+            self.config.registry(section).insecure,
+        )
+        .map_err(fail)?;
+        let (https_proxy, http_proxy, no_proxy) = proxies_from_env();
+        let http = plain_client(tls, (&https_proxy, &http_proxy, &no_proxy))
+            .map_err(|e| fail(chain(&e)))?;
+        clients.insert(host.to_string(), http.clone());
+        Ok(http)
     }
 
     /// Resolves a reference to the image manifest for this machine's platform and its
@@ -796,8 +827,8 @@ impl Registry {
             url: url.to_string(),
             error,
         };
-        let (client, http) = self
-            .clients_for(host, section)
+        let http = self
+            .http_client(host, section)
             .map_err(|e| fail(&url, e.to_string()))?;
         let on_host = match norm.digest() {
             Some(d) => Reference::with_digest(host.to_string(), repo.clone(), d.to_string()),
@@ -806,16 +837,41 @@ impl Registry {
         let creds = self
             .credentials(host)
             .map_err(|e| fail(&url, e.to_string()))?;
-        let token = client
-            .auth(&on_host, &creds, RegistryOperation::Pull)
-            .await
-            .map_err(|e| fail(&url, describe(&e)))?;
-        let auth = ManifestAuth::of(token, &creds);
-
-        let (bytes, digest) = self
-            .fetch_manifest(&http, &url, &auth, &on_host)
-            .await
-            .map_err(|e| fail(&url, e))?;
+        // Without credentials the manifest is asked for at once (one round trip, which is
+        // all a warm build costs); only a registry that answers 401 gets the auth dance
+        // (its challenge, a token) and the request again. With credentials the dance comes
+        // first, as before.
+        let mut first = None;
+        if matches!(creds, RegistryAuth::Anonymous) {
+            match self
+                .fetch_manifest(&http, &url, &ManifestAuth::Anonymous, &on_host)
+                .await
+            {
+                Ok(got) => {
+                    // It serves pulls without auth: its blobs are fetched the same way (the
+                    // distribution client, given no auth, probes nothing).
+                    if let Ok(mut open) = self.anonymous.lock() {
+                        open.insert(host.to_string());
+                    }
+                    first = Some(got)
+                }
+                Err(e) if e == UNAUTHORIZED => {}
+                Err(e) => return Err(fail(&url, e)),
+            }
+        }
+        let mut auth = ManifestAuth::Anonymous;
+        let (bytes, digest) = match first {
+            Some(got) => got,
+            None => {
+                auth = self
+                    .authenticate(host, section, &on_host, &creds)
+                    .await
+                    .map_err(|e| fail(&url, e))?;
+                self.fetch_manifest(&http, &url, &auth, &on_host)
+                    .await
+                    .map_err(|e| fail(&url, e))?
+            }
+        };
         let (index_digest, manifest_digest, bytes, manifest, media_type) = match classify(&bytes)
             .map_err(|e| fail(&url, e))?
         {
@@ -858,6 +914,9 @@ impl Registry {
             Some(b) => b,
             None => {
                 // No more than the descriptor says: a registry that keeps sending is cut off.
+                let client = self
+                    .client(host, section)
+                    .map_err(|e| fail(&curl, e.to_string()))?;
                 let mut capped = CappedVec::new(config_descriptor.size());
                 client
                     .pull_blob(&on_host, config_descriptor.digest().as_ref(), &mut capped)
@@ -896,6 +955,23 @@ impl Registry {
             config_bytes,
             config,
         })
+    }
+
+    /// The distribution client's auth step for a pull from `host`: its challenge, a token
+    /// when it hands out tokens; what a manifest request then carries.
+    async fn authenticate(
+        &self,
+        host: &str,
+        section: &str,
+        on_host: &Reference,
+        creds: &RegistryAuth,
+    ) -> Result<ManifestAuth, String> {
+        let client = self.client(host, section).map_err(|e| e.to_string())?;
+        let token = client
+            .auth(on_host, creds, RegistryOperation::Pull)
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(ManifestAuth::of(token, creds))
     }
 
     /// Fetches a manifest and checks its digest when the reference names one. It is read
@@ -944,13 +1020,30 @@ impl Registry {
                 Some((resolved.config_digest(), resolved.config_descriptor.size())),
             )?;
         }
+        // Several layers at once (as docker and containerd do); the first failure stops the
+        // rest, whose partial downloads stay for the next attempt.
+        let mut missing: Vec<&Descriptor> = Vec::new();
+        for l in &resolved.layers {
+            if !store.has(l.digest()) && !missing.iter().any(|m| m.digest() == l.digest()) {
+                missing.push(l);
+            }
+        }
+        if missing.is_empty() {
+            // Nothing to download: no client, no auth round trip.
+            return Ok(());
+        }
         let client = self.client(&resolved.host, section_for(&resolved.host))?;
         let on_host = Reference::with_digest(
             resolved.host.clone(),
             resolved.repository.clone(),
             resolved.manifest_digest.to_string(),
         );
-        if resolved.layers.iter().any(|l| !store.has(l.digest())) {
+        let open = self
+            .anonymous
+            .lock()
+            .map(|a| a.contains(&resolved.host))
+            .unwrap_or(false);
+        if !open {
             let creds = self.credentials(&resolved.host)?;
             client
                 .auth(&on_host, &creds, RegistryOperation::Pull)
@@ -959,14 +1052,6 @@ impl Registry {
                     host: resolved.host.clone(),
                     message: describe(&e),
                 })?;
-        }
-        // Several layers at once (as docker and containerd do); the first failure stops the
-        // rest, whose partial downloads stay for the next attempt.
-        let mut missing: Vec<&Descriptor> = Vec::new();
-        for l in &resolved.layers {
-            if !store.has(l.digest()) && !missing.iter().any(|m| m.digest() == l.digest()) {
-                missing.push(l);
-            }
         }
         let futures: Vec<_> = missing
             .into_iter()
@@ -1309,6 +1394,83 @@ mod tests {
             let e = resolve_from(&addr).await.unwrap_err().to_string();
             assert!(e.contains(want), "{want}: {e}");
         }
+    }
+
+    /// A warm resolve of a tag from an anonymous registry is one request (the manifest):
+    /// no `/v2/` auth probe, no config download, and no client that reads the system's CA
+    /// roots. The first resolve also fetches the config, still without probing.
+    #[tokio::test]
+    async fn a_tag_resolved_again_costs_one_manifest_request() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+        let p = Platform::host();
+        let config = format!(
+            r#"{{"architecture":"{}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#,
+            p.architecture
+        );
+        let cdigest = content::sha256_digest(config.as_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cdigest}","size":{}}},"layers":[]}}"#,
+            config.len()
+        );
+        let counts: std::sync::Arc<[AtomicUsize; 3]> = std::sync::Arc::new(Default::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (seen, manifest, config) = (seen.clone(), manifest.clone(), config.clone());
+                tokio::spawn(async move {
+                    while let Some(req) = read_head(&mut c).await {
+                        let (i, ty, body) = if req.starts_with(b"GET /v2/ ") {
+                            (0, "application/json", "{}".to_string())
+                        } else if req.starts_with(b"GET /v2/r/manifests/1 ") {
+                            (1, OCI_MANIFEST, manifest.clone())
+                        } else {
+                            (2, "application/octet-stream", config.clone())
+                        };
+                        seen[i].fetch_add(1, Ordering::SeqCst);
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if c.write_all(head.as_bytes()).await.is_err()
+                            || c.write_all(body.as_bytes()).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = content::Store::open(dir.path()).unwrap();
+        let text = format!("[registry.\"{addr}\"]\nhttp = true\n");
+        let cfg = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let reference = format!("{addr}/r:1");
+        let first = Registry::new(&cfg).with_store(store.clone());
+        let r = first.resolve(&reference).await.unwrap();
+        first.pull(&r, &store).await.unwrap();
+        let n = |i: usize| counts[i].load(Ordering::SeqCst);
+        assert_eq!(
+            (n(0), n(1), n(2)),
+            (0, 1, 1),
+            "manifest, config, no auth probe"
+        );
+        // A new process (a new client) with the same store: the manifest only.
+        let again = Registry::new(&cfg).with_store(store.clone());
+        let r2 = again.resolve(&reference).await.unwrap();
+        again.pull(&r2, &store).await.unwrap();
+        assert_eq!(r2.manifest_digest, r.manifest_digest);
+        assert_eq!(
+            (n(0), n(1), n(2)),
+            (0, 2, 1),
+            "one more manifest request only"
+        );
+        assert!(
+            again.clients.lock().unwrap().is_empty(),
+            "no distribution client was built"
+        );
     }
 
     /// Docker Hub's flow: `/v2/` answers 401 naming a token realm, the token comes from
