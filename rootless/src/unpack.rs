@@ -29,8 +29,10 @@ pub fn unpack_layers(
     for l in layers {
         let f = std::fs::File::open(&l.path).map_err(|e| RootlessError::io(&l.path, e))?;
         let f = std::io::BufReader::with_capacity(256 * 1024, f);
+        // Decompression runs on a thread of its own, a few MiB ahead of the unpacking (which
+        // mostly waits on file system calls): on two cores the two overlap.
         let r: Box<dyn Read> = match l.compression {
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::Gzip => Box::new(ReadAhead::spawn(flate2::read::MultiGzDecoder::new(f))),
             Compression::None => Box::new(f),
         };
         let mode = TarMode {
@@ -41,6 +43,102 @@ pub fn unpack_layers(
         unpack_tar(r, &l.path, &dest, &mut notes, mode)?;
     }
     Ok(notes)
+}
+
+/// A reader whose source is read on another thread, up to [`ReadAhead::DEPTH`] chunks
+/// ahead. Dropping it stops the thread (its next send fails) and waits for it.
+pub struct ReadAhead {
+    rx: Option<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    const CHUNK: usize = 1 << 20;
+    const DEPTH: usize = 4;
+
+    pub fn spawn<R: Read + Send + 'static>(mut src: R) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(Self::DEPTH);
+        let thread = std::thread::spawn(move || {
+            loop {
+                let mut buf = vec![0u8; Self::CHUNK];
+                let mut n = 0;
+                // Fill the chunk (decoders hand out small pieces), or stop at the end.
+                let r = loop {
+                    match src.read(&mut buf[n..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(k) => {
+                            n += k;
+                            if n == buf.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(n);
+                let last = n < Self::CHUNK || r.is_err();
+                if n > 0 && tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+                if let Err(e) = r {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            rx: Some(rx),
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.as_ref().map(|rx| rx.recv()) {
+                Some(Ok(Ok(chunk))) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Some(Ok(Err(e))) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The thread finished: everything was read.
+                Some(Err(_)) | None => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How [`unpack_tar`] treats a stream.
@@ -346,6 +444,52 @@ fn keep_opaque(c: &Entry, keep: &HashSet<PathBuf>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The read-ahead thread hands on exactly its source's bytes, across chunk borders and
+    /// with a source that gives small pieces; an error comes through after the bytes before
+    /// it; a reader dropped half-way stops the thread.
+    #[test]
+    fn read_ahead_passes_bytes_and_errors_through() {
+        struct Trickle(Vec<u8>, usize, bool);
+        impl Read for Trickle {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                if self.1 == self.0.len() {
+                    return if self.2 {
+                        Err(std::io::Error::other("corrupt deflate stream"))
+                    } else {
+                        Ok(0)
+                    };
+                }
+                let n = out.len().min(777).min(self.0.len() - self.1);
+                out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let data: Vec<u8> = (0..(3 * ReadAhead::CHUNK + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut got = Vec::new();
+        ReadAhead::spawn(Trickle(data.clone(), 0, false))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert!(got == data);
+        let mut got = Vec::new();
+        let e = ReadAhead::spawn(Trickle(data.clone(), 0, true))
+            .read_to_end(&mut got)
+            .unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(got == data, "the bytes before the error");
+        let mut r = ReadAhead::spawn(Trickle(data.clone(), 0, false));
+        let mut head = [0u8; 10];
+        r.read_exact(&mut head).unwrap();
+        drop(r); // joins the thread: must not hang
+        let mut empty = Vec::new();
+        ReadAhead::spawn(Trickle(Vec::new(), 0, false))
+            .read_to_end(&mut empty)
+            .unwrap();
+        assert!(empty.is_empty());
+    }
 
     fn unpack_one(r: impl Read, layer: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
         let mode = TarMode {
