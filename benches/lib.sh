@@ -13,7 +13,14 @@ bench_setup() {
   ENVKIT=$CARGO_TARGET_DIR/release/envkit
   chmod 0755 "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR/release"
 
-  rm -rf "$W"
+  if [ -e "$W" ]; then
+    # See side-by-side.sh ("cold"): files created right after many were deleted cost the
+    # kernel far more; let ext4's window for freshly freed inodes pass.
+    rm -rf "$W"
+    sync
+    echo "waiting 65 s after deleting the previous run's stores" >&2
+    sleep 65
+  fi
   mkdir -p "$W"/{envkit-root,bah/root,bah/run,run,ctx}
   RUNDIR=/tmp/envkit-run-$TUID
   mkdir -p "$RUNDIR"
