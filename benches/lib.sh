@@ -46,21 +46,31 @@ location = "$REG"
 insecure = true
 EOF
 
-  # Runs a command, polling its own peak RSS (VmHWM, KiB; the step processes it starts are
-  # not counted) into $W/rss.
+  # Runs a command; writes its wall time in seconds (from its start to its exit, timed here so
+  # that runuser and this script's own start are not counted) to $W/elapsed, and its own peak
+  # RSS (VmHWM, KiB, polled; the step processes it starts are not counted) to $W/rss.
   cat >"$W/hwm.sh" <<'EOF'
 #!/bin/bash
+dir=$(dirname "$0")
+t0=$EPOCHREALTIME
 "$@" &
 pid=$!
-max=0
-while kill -0 "$pid" 2>/dev/null; do
-  v=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null)
-  [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
-  sleep 0.005
-done
+(
+  max=0
+  while kill -0 "$pid" 2>/dev/null; do
+    while read -r k v _; do
+      if [ "$k" = VmHWM: ] && [ "$v" -gt "$max" ]; then max=$v; fi
+    done <"/proc/$pid/status" 2>/dev/null
+    sleep 0.005
+  done
+  echo "$max" >"$dir/rss"
+) &
+poll=$!
 wait "$pid"
 rc=$?
-echo "$max" >"$(dirname "$0")/rss"
+t1=$EPOCHREALTIME
+wait "$poll"
+printf '%s %s\n' "$t0" "$t1" | awk '{ printf "%.3f\n", $2 - $1 }' >"$dir/elapsed"
 exit $rc
 EOF
   chmod 0755 "$W/hwm.sh"
@@ -75,18 +85,16 @@ as_user() {
     CONTAINERS_REGISTRIES_CONF="$W/registries.conf" "$@"
 }
 
-# Seconds (and the command's peak RSS in KiB into $W/rss) of one command as the test user;
+# Seconds (and the command's peak RSS in KiB into $W/rss) of one command as the test user,
+# timed by hwm.sh around the command itself;
 # its output goes to $W/last.log, and a failure stops the benchmark.
 timed() {
-  local t0 t1
-  t0=$(date +%s.%N)
   if ! as_user "$W/hwm.sh" "$@" >"$W/last.log" 2>&1; then
     echo "FAILED: $*" >&2
     tail -20 "$W/last.log" >&2
     exit 1
   fi
-  t1=$(date +%s.%N)
-  python3 -c "print(f'{$t1 - $t0:.3f}')"
+  cat "$W/elapsed"
 }
 
 median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.3f}")' "$@"; }
