@@ -115,11 +115,15 @@ impl Store {
         fs::read(self.note_path(kind, key)?).ok()
     }
 
-    /// Writes a note atomically (best effort).
+    /// Writes a note atomically (best effort). A note that already says `bytes` is left
+    /// alone: a warm build rewrites nothing (a rename over a file costs ext4 a data flush).
     pub fn write_note(&self, kind: &str, key: &str, bytes: &[u8]) {
         let Some(p) = self.note_path(kind, key) else {
             return;
         };
+        if fs::read(&p).is_ok_and(|old| old == bytes) {
+            return;
+        }
         if let Some(dir) = p.parent()
             && fs::create_dir_all(dir).is_ok()
         {
@@ -507,6 +511,24 @@ mod tests {
         assert!(!dead.exists());
         assert!(young.exists());
         live.update(b" and still writable").unwrap();
+    }
+
+    #[test]
+    fn notes_are_written_once_and_replaced_when_they_change() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, s) = store();
+        assert_eq!(s.read_note("tags", "k"), None);
+        s.write_note("tags", "k", b"sha256:aa");
+        let path = dir.path().join("content/tags/k.json");
+        let first = fs::metadata(&path).unwrap().ino();
+        // The same content again: the file is not replaced (a rename would give a new inode).
+        s.write_note("tags", "k", b"sha256:aa");
+        assert_eq!(fs::metadata(&path).unwrap().ino(), first);
+        s.write_note("tags", "k", b"sha256:bb");
+        assert_eq!(s.read_note("tags", "k").as_deref(), Some(&b"sha256:bb"[..]));
+        // Keys that would leave the notes dir are refused.
+        s.write_note("tags", "../escape", b"x");
+        assert!(!dir.path().join("content/escape.json").exists());
     }
 
     #[test]

@@ -87,10 +87,11 @@ impl<W: Write + Send> Reporter for Plain<W> {
         };
         let at = st.start.elapsed().as_secs_f64();
         let st = &mut *st;
-        // Write errors (closed stderr) are not the build's problem.
+        // One write per event (stderr is unbuffered): formatted here, written below.
+        let mut out = Vec::new();
         let _ = match event {
             Event::Started { vertex, name, .. } => {
-                writeln!(st.out, "#{} {}", vertex + 1, one_line(&name))
+                writeln!(out, "#{} {}", vertex + 1, one_line(&name))
             }
             Event::Log { vertex, data } => {
                 let mut buf = match st.partial.iter().position(|(v, _)| *v == vertex) {
@@ -102,7 +103,7 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 let mut rest: &[u8] = &buf;
                 while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
                     let line = String::from_utf8_lossy(&rest[..nl]);
-                    res = res.and(writeln!(st.out, "#{} {:>6.2} {}", vertex + 1, at, line));
+                    res = res.and(writeln!(out, "#{} {:>6.2} {}", vertex + 1, at, line));
                     rest = &rest[nl + 1..];
                 }
                 if !rest.is_empty() {
@@ -115,19 +116,23 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 cached,
                 elapsed,
             } => {
-                flush_partial(st, vertex, at);
+                flush_partial(&mut st.partial, &mut out, vertex, at);
                 if cached {
-                    writeln!(st.out, "#{} CACHED", vertex + 1)
+                    writeln!(out, "#{} CACHED", vertex + 1)
                 } else {
-                    writeln!(st.out, "#{} DONE {:.1}s", vertex + 1, elapsed.as_secs_f64())
+                    writeln!(out, "#{} DONE {:.1}s", vertex + 1, elapsed.as_secs_f64())
                 }
             }
             Event::Failed { vertex, error } => {
-                flush_partial(st, vertex, at);
-                writeln!(st.out, "#{} ERROR: {}", vertex + 1, error)
+                flush_partial(&mut st.partial, &mut out, vertex, at);
+                writeln!(out, "#{} ERROR: {}", vertex + 1, error)
             }
-            Event::Note(msg) => writeln!(st.out, "=> {msg}"),
+            Event::Note(msg) => writeln!(out, "=> {msg}"),
         };
+        // Write errors (closed stderr) are not the build's problem.
+        if !out.is_empty() {
+            let _ = st.out.write_all(&out);
+        }
     }
 }
 
@@ -145,11 +150,11 @@ pub(crate) fn one_line(name: &str) -> String {
     out
 }
 
-fn flush_partial<W: Write>(st: &mut PlainState<W>, vertex: usize, at: f64) {
-    if let Some(i) = st.partial.iter().position(|(v, _)| *v == vertex) {
-        let (_, rest) = st.partial.swap_remove(i);
+fn flush_partial(partial: &mut Vec<(usize, Vec<u8>)>, out: &mut Vec<u8>, vertex: usize, at: f64) {
+    if let Some(i) = partial.iter().position(|(v, _)| *v == vertex) {
+        let (_, rest) = partial.swap_remove(i);
         let _ = writeln!(
-            st.out,
+            out,
             "#{} {:>6.2} {}",
             vertex + 1,
             at,
