@@ -92,10 +92,28 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "envkit".to_string());
     let (file, func) = frontend::parse_from(&req.from)?;
-    let env = frontend::evaluate(&context_dir, &file, &func)?;
-    let base = registry
-        .resolve_for(&lower::base_image_ref(&env), &req.platform)
-        .await?;
+    // The base image this build file named last time is asked for while the file is
+    // evaluated (a warm build spends about as long in each); a different base, or none
+    // remembered, is resolved afterwards as before.
+    let note_key = base_note_key(&context_dir, &file, &func, &req.platform);
+    let guess = registry.note(BASE_NOTES, &note_key);
+    let (env, speculated) = evaluate_while(&context_dir, &file, &func, async {
+        match guess {
+            Some(r) => {
+                let res = registry.resolve_for(&r, &req.platform).await;
+                Some((r, res))
+            }
+            None => None,
+        }
+    })
+    .await;
+    let env = env?;
+    let base_ref = lower::base_image_ref(&env);
+    let base = match speculated {
+        Some((r, res)) if r == base_ref => res?,
+        _ => registry.resolve_for(&base_ref, &req.platform).await?,
+    };
+    registry.set_note(BASE_NOTES, &note_key, &base_ref);
     let owner = env.owner.unwrap_or_else(|| {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
@@ -125,6 +143,81 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
         base_config: base.config.clone(),
         base_layers: base.layers.clone(),
     })
+}
+
+/// The content store's notes of the base image each build file named.
+const BASE_NOTES: &str = "bases";
+
+/// The note of `file:func` in `context_dir` built for `platform`.
+fn base_note_key(context_dir: &Path, file: &str, func: &str, platform: &Platform) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        context_dir.as_os_str().as_encoded_bytes(),
+        file.as_bytes(),
+        func.as_bytes(),
+        platform.to_string().as_bytes(),
+    ] {
+        h.update(part);
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Evaluates the build file on a thread of its own (with the stack the main thread has)
+/// while `meanwhile` runs here. A failed evaluation is returned at once, without waiting
+/// for `meanwhile`, which is dropped.
+async fn evaluate_while<T>(
+    context_dir: &Path,
+    file: &str,
+    func: &str,
+    meanwhile: impl std::future::Future<Output = Option<T>>,
+) -> (Result<crate::ir::Environment, FrontendError>, Option<T>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (dir, f, entry) = (
+        context_dir.to_path_buf(),
+        file.to_string(),
+        func.to_string(),
+    );
+    let thread = std::thread::Builder::new()
+        .name("envkit-eval".into())
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let _ = tx.send(frontend::evaluate(&dir, &f, &entry));
+        });
+    let Ok(thread) = thread else {
+        // No thread to be had: evaluate here, then do the rest.
+        let env = frontend::evaluate(context_dir, file, func);
+        let other = match env {
+            Ok(_) => meanwhile.await,
+            Err(_) => None,
+        };
+        return (env, other);
+    };
+    let meanwhile = std::pin::pin!(meanwhile);
+    let mut meanwhile = futures_util::FutureExt::fuse(meanwhile);
+    let mut rx = rx;
+    let mut other = None;
+    let env = loop {
+        tokio::select! {
+            got = &mut rx => break got,
+            o = &mut meanwhile, if other.is_none() => other = Some(o),
+        }
+    };
+    let env = match env {
+        Ok(env) => env,
+        // The sender went away without a result: the evaluation panicked, and so does this
+        // (as it did when the evaluation ran here).
+        Err(_) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => frontend::evaluate(context_dir, file, func),
+        },
+    };
+    let other = match (&env, other) {
+        (Ok(_), None) => meanwhile.await,
+        (_, other) => other.flatten(),
+    };
+    (env, other)
 }
 
 /// The public key dev environments authorise for envd-sshd: envd's own key
@@ -200,5 +293,156 @@ pub fn request(context: &Path, from: &str, target: lower::Target) -> Request {
         target,
         ca_bundle: None,
         platform: Platform::host(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    async fn read_head(c: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            if c.read(&mut b).await.unwrap_or(0) == 0 {
+                return None;
+            }
+            req.push(b[0]);
+        }
+        Some(String::from_utf8_lossy(&req).into_owned())
+    }
+
+    /// A registry stand-in with repositories `a` and `b` (tag `1`; their configs set
+    /// `WHICH=a` / `WHICH=b`), counting manifest requests per repository; requests for `slow`
+    /// are read and never answered.
+    async fn registry() -> (String, Arc<[AtomicUsize; 2]>) {
+        let p = Platform::host();
+        let mut images = Vec::new();
+        for name in ["a", "b"] {
+            let config = format!(
+                r#"{{"architecture":"{}","os":"linux","config":{{"Env":["WHICH={name}"]}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#,
+                p.architecture
+            );
+            let digest = crate::content::sha256_digest(config.as_bytes());
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":{}}},"layers":[]}}"#,
+                config.len()
+            );
+            images.push((name, manifest, digest.to_string(), config));
+        }
+        let counts: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (seen, images) = (counts.clone(), Arc::new(images));
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (seen, images) = (seen.clone(), images.clone());
+                tokio::spawn(async move {
+                    while let Some(req) = read_head(&mut c).await {
+                        if req.starts_with("GET /v2/slow/") {
+                            std::future::pending::<()>().await;
+                        }
+                        let mut answer = None;
+                        for (i, (name, manifest, digest, config)) in images.iter().enumerate() {
+                            if req.starts_with(&format!("GET /v2/{name}/manifests/1 ")) {
+                                seen[i].fetch_add(1, Ordering::SeqCst);
+                                answer = Some((OCI_MANIFEST, manifest.clone()));
+                            } else if req.contains(digest.as_str()) {
+                                answer = Some(("application/octet-stream", config.clone()));
+                            }
+                        }
+                        let (ty, body) = answer.unwrap_or(("application/json", "{}".into()));
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if c.write_all(head.as_bytes()).await.is_err()
+                            || c.write_all(body.as_bytes()).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, counts)
+    }
+
+    fn which(c: &Compiled) -> Vec<String> {
+        c.base_config
+            .config()
+            .as_ref()
+            .and_then(|c| c.env().clone())
+            .unwrap_or_default()
+    }
+
+    /// The base a build file named last time is resolved while the file is evaluated: the
+    /// same base costs one manifest request, a changed base is still the one built on, and
+    /// an evaluation error does not wait for a registry that does not answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_base_is_resolved_during_evaluation_and_only_used_when_it_is_still_the_base() {
+        let (addr, counts) = registry().await;
+        let n = |i: usize| counts[i].load(Ordering::SeqCst);
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::content::Store::open(root.path()).unwrap();
+        let cfg = config::Config::parse(
+            &format!("[registry.\"{addr}\"]\nhttp = true\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let ctx = tempfile::tempdir().unwrap();
+        let write = |image: &str| {
+            std::fs::write(
+                ctx.path().join("build.envd"),
+                format!("# syntax=v1\ndef build():\n    base(image=\"{image}\", dev=False)\n"),
+            )
+            .unwrap();
+        };
+        let req = request(ctx.path(), "build.envd:build", lower::Target::Embedded);
+        let compile_new = || {
+            let registry = Registry::new(&cfg).with_store(store.clone());
+            let req = req.clone();
+            async move { compile(&req, &registry).await }
+        };
+
+        write(&format!("{addr}/a:1"));
+        let first = compile_new().await.unwrap();
+        assert_eq!(which(&first), ["WHICH=a"]);
+        assert_eq!((n(0), n(1)), (1, 0));
+        // Again, as a new process would: the remembered base is the base, asked for once.
+        let again = compile_new().await.unwrap();
+        assert_eq!(which(&again), ["WHICH=a"]);
+        assert_eq!((n(0), n(1)), (2, 0));
+
+        // The file now names another base: the guess is asked for in vain, the new base is
+        // resolved and built on, and remembered.
+        write(&format!("{addr}/b:1"));
+        let changed = compile_new().await.unwrap();
+        assert_eq!(which(&changed), ["WHICH=b"]);
+        assert_eq!((n(0), n(1)), (3, 1));
+        let settled = compile_new().await.unwrap();
+        assert_eq!(which(&settled), ["WHICH=b"]);
+        assert_eq!((n(0), n(1)), (3, 2));
+
+        // A remembered base whose registry never answers does not hold up a file's error.
+        let registry = Registry::new(&cfg).with_store(store.clone());
+        let dir = std::fs::canonicalize(ctx.path()).unwrap();
+        let key = base_note_key(&dir, "build.envd", "build", &req.platform);
+        registry.set_note(BASE_NOTES, &key, &format!("{addr}/slow:1"));
+        std::fs::write(ctx.path().join("build.envd"), "# syntax=v1\ndef build(:\n").unwrap();
+        let failed =
+            tokio::time::timeout(std::time::Duration::from_secs(60), compile(&req, &registry))
+                .await
+                .expect("the syntax error is reported without waiting for the registry");
+        assert!(
+            matches!(failed, Err(CompileError::Frontend(_))),
+            "{:?}",
+            failed.err()
+        );
     }
 }

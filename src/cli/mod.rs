@@ -24,6 +24,16 @@ use clap::Parser;
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Build(_)
+            | Command::Up(_)
+            | Command::Debug {
+                what: DebugCommand::Llb(_)
+            }
+    ) {
+        crate::frontend::prewarm();
+    }
     let filter = if cli.debug {
         "envkit=debug,info"
     } else {

@@ -523,6 +523,19 @@ impl Registry {
         store.read_blob(digest).ok()
     }
 
+    /// A note kept beside the content store's blobs (none without a store).
+    pub fn note(&self, kind: &str, key: &str) -> Option<String> {
+        let bytes = self.blobs.as_ref()?.read_note(kind, key)?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Keeps a note beside the content store's blobs (best effort; nothing without a store).
+    pub fn set_note(&self, kind: &str, key: &str, value: &str) {
+        if let Some(store) = &self.blobs {
+            store.write_note(kind, key, value.as_bytes());
+        }
+    }
+
     /// Writes a manifest or config into the content store (best effort: it is a cache).
     fn keep(&self, bytes: &[u8]) {
         if let Some(store) = &self.blobs {
