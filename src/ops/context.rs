@@ -9,7 +9,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rootless::patterns::Filter;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::OpsError;
@@ -146,57 +145,80 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
     }
 }
 
-/// Sorted relative paths of a tree (the root excluded) that `filter` keeps, without
-/// following symlinks; a directory the filter drops is not descended into.
-fn walk(root: &Path, filter: &Filter) -> Result<Vec<PathBuf>, OpsError> {
+/// One entry of a tree: its path relative to the root, and its metadata (not following
+/// a symlink).
+struct Entry {
+    rel: PathBuf,
+    md: fs::Metadata,
+}
+
+/// The entries of one directory, sorted by name, each stat'ed relative to the open directory
+/// (no walk down the whole path per file).
+fn list_dir(
+    dir: &Path,
+) -> Result<std::vec::IntoIter<(std::ffi::OsString, fs::Metadata)>, OpsError> {
     let mut out = Vec::new();
-    let keep = |e: &walkdir::DirEntry| {
-        if filter.is_empty() || e.depth() == 0 {
-            return true;
-        }
-        match e.path().strip_prefix(root) {
-            Ok(rel) => filter.keeps(&rel.to_string_lossy(), e.file_type().is_dir()),
-            Err(_) => true,
-        }
-    };
-    for entry in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(keep)
-    {
-        let entry = entry.map_err(|e| OpsError::Local {
-            path: e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.to_path_buf()),
-            source: e.into(),
+    for e in fs::read_dir(dir).map_err(local_err(dir))? {
+        let e = e.map_err(local_err(dir))?;
+        let md = e.metadata().map_err(|source| OpsError::Local {
+            path: e.path(),
+            source,
         })?;
-        if let Ok(rel) = entry.path().strip_prefix(root) {
-            out.push(rel.to_path_buf());
+        out.push((e.file_name(), md));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter())
+}
+
+/// The entries of a tree (the root excluded) that `filter` keeps, depth first with
+/// siblings sorted by name, without following symlinks; a directory the filter drops is not
+/// descended into.
+fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(PathBuf::new(), list_dir(root)?)];
+    while let Some((prefix, entries)) = stack.last_mut() {
+        let Some((name, md)) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let rel = prefix.join(name);
+        let is_dir = md.is_dir();
+        if !filter.is_empty() && !filter.keeps(&rel.to_string_lossy(), is_dir) {
+            continue;
+        }
+        if is_dir {
+            let below = list_dir(&root.join(&rel))?;
+            out.push(Entry {
+                rel: rel.clone(),
+                md,
+            });
+            stack.push((rel, below));
+        } else {
+            out.push(Entry { rel, md });
         }
     }
     Ok(out)
 }
 
 /// What a file looked like when its content was hashed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
     ino: u64,
     dev: u64,
-    /// Hex SHA-256 of the content.
-    sha256: String,
+    /// SHA-256 of the content.
+    sha256: [u8; 32],
+    /// Met in the walk that is under way (entries not met are forgotten after it).
+    live: bool,
 }
 
 impl Seen {
     fn matches(&self, md: &fs::Metadata) -> bool {
         self.size == md.size()
             && self.mtime_ns == mtime_ns(md)
-            && self.ctime_ns == md.ctime() * 1_000_000_000 + md.ctime_nsec()
+            && self.ctime_ns == ctime_ns(md)
             && self.ino == md.ino()
             && self.dev == md.dev()
     }
@@ -206,13 +228,21 @@ fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
-/// Content hashes of one directory's files by relative path, remembered with their
-/// metadata (size, mtime, ctime, inode): a file whose metadata is unchanged is not read again.
-/// Kept in the store as JSON; a missing or damaged cache is simply empty.
-#[derive(Debug, Default, Serialize, Deserialize)]
+fn ctime_ns(md: &fs::Metadata) -> i64 {
+    md.ctime() * 1_000_000_000 + md.ctime_nsec()
+}
+
+/// The first bytes of a stat cache file (the format's version).
+const STAT_CACHE_MAGIC: &[u8] = b"envkit stat cache 1\n";
+
+/// Content hashes of one directory's files by relative path (its bytes), remembered with
+/// their metadata (size, mtime, ctime, inode): a file whose metadata is unchanged is not
+/// read again. Kept in the store in a compact binary form (a warm build of a context of
+/// thousands of files loads it in well under a millisecond); a missing or damaged cache is
+/// simply empty.
+#[derive(Debug, Default)]
 pub struct StatCache {
-    files: HashMap<String, Seen>,
-    #[serde(skip)]
+    files: HashMap<Vec<u8>, Seen>,
     dirty: bool,
 }
 
@@ -223,14 +253,70 @@ impl StatCache {
         h.update(dir.as_os_str().as_encoded_bytes());
         h.update([0]);
         h.update(filter.key().as_bytes());
-        cache_root.join(format!("{}.json", hex::encode(h.finalize())))
+        cache_root.join(format!("{}.stat", hex::encode(h.finalize())))
     }
 
     pub fn load(path: &Path) -> StatCache {
         fs::read(path)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| Self::decode(&b))
+            .map(|files| StatCache {
+                files,
+                dirty: false,
+            })
             .unwrap_or_default()
+    }
+
+    /// Records: path length (u32), path, size, mtime, ctime, inode, device (8 bytes each,
+    /// little-endian), SHA-256 (32 bytes).
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(STAT_CACHE_MAGIC.len() + self.files.len() * 96);
+        out.extend_from_slice(STAT_CACHE_MAGIC);
+        for (rel, s) in &self.files {
+            let Ok(len) = u32::try_from(rel.len()) else {
+                continue;
+            };
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(rel);
+            out.extend_from_slice(&s.size.to_le_bytes());
+            out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+            out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            out.extend_from_slice(&s.ino.to_le_bytes());
+            out.extend_from_slice(&s.dev.to_le_bytes());
+            out.extend_from_slice(&s.sha256);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<HashMap<Vec<u8>, Seen>> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if b.len() < n {
+                return None;
+            }
+            let (head, rest) = b.split_at(n);
+            *b = rest;
+            Some(head)
+        }
+        fn u64_of(b: &mut &[u8]) -> Option<u64> {
+            Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+        }
+        let mut b = bytes.strip_prefix(STAT_CACHE_MAGIC)?;
+        let mut files = HashMap::new();
+        while !b.is_empty() {
+            let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
+            let rel = take(&mut b, usize::try_from(len).ok()?)?.to_vec();
+            let seen = Seen {
+                size: u64_of(&mut b)?,
+                mtime_ns: u64_of(&mut b)? as i64,
+                ctime_ns: u64_of(&mut b)? as i64,
+                ino: u64_of(&mut b)?,
+                dev: u64_of(&mut b)?,
+                sha256: take(&mut b, 32)?.try_into().ok()?,
+                live: false,
+            };
+            files.insert(rel, seen);
+        }
+        Some(files)
     }
 
     /// Writes the cache if it changed (atomically; a failure only costs the next build a
@@ -246,24 +332,26 @@ impl StatCache {
             .unwrap_or(0);
         self.files
             .retain(|_, s| now_ns - s.mtime_ns.max(s.ctime_ns) > 1_000_000_000);
-        let Ok(bytes) = serde_json::to_vec(&self) else {
-            return;
-        };
+        let bytes = self.encode();
         let Some(parent) = path.parent() else { return };
         if fs::create_dir_all(parent).is_err() {
             return;
         }
         // Best effort: a cache that is not written is computed again next time.
         let _ = crate::fsutil::write_atomic(path, &bytes, false);
+        // The JSON form earlier versions kept beside it is not read any more.
+        let _ = fs::remove_file(path.with_extension("json"));
         self.dirty = false;
     }
 
     /// The content hash of the file `rel` with metadata `md`, from the cache or by reading it.
-    fn hash(&mut self, root: &Path, rel: &str, md: &fs::Metadata) -> Result<String, OpsError> {
-        if let Some(seen) = self.files.get(rel)
+    fn hash(&mut self, root: &Path, rel: &Path, md: &fs::Metadata) -> Result<[u8; 32], OpsError> {
+        let key = rel.as_os_str().as_encoded_bytes();
+        if let Some(seen) = self.files.get_mut(key)
             && seen.matches(md)
         {
-            return Ok(seen.sha256.clone());
+            seen.live = true;
+            return Ok(seen.sha256);
         }
         let path = root.join(rel);
         let mut f = fs::File::open(&path).map_err(local_err(&path))?;
@@ -276,16 +364,17 @@ impl StatCache {
             }
             fh.update(&buf[..n]);
         }
-        let sha256 = hex::encode(fh.finalize());
+        let sha256: [u8; 32] = fh.finalize().into();
         self.files.insert(
-            rel.to_string(),
+            key.to_vec(),
             Seen {
                 size: md.size(),
                 mtime_ns: mtime_ns(md),
-                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                ctime_ns: ctime_ns(md),
                 ino: md.ino(),
                 dev: md.dev(),
-                sha256: sha256.clone(),
+                sha256,
+                live: true,
             },
         );
         self.dirty = true;
@@ -303,27 +392,30 @@ pub fn tree_checksum(
     cache: &mut StatCache,
 ) -> Result<String, OpsError> {
     let mut h = Sha256::new();
-    let mut live = std::collections::HashSet::new();
-    for rel in walk(root, filter)? {
-        let path = root.join(&rel);
-        let md = fs::symlink_metadata(&path).map_err(local_err(&path))?;
+    for s in cache.files.values_mut() {
+        s.live = false;
+    }
+    let mut hex_sha = [0u8; 64];
+    for Entry { rel, md } in walk(root, filter)? {
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
         h.update(md.mode().to_le_bytes());
         if md.file_type().is_symlink() {
+            let path = root.join(&rel);
             let target = fs::read_link(&path).map_err(local_err(&path))?;
             h.update(target.as_os_str().as_encoded_bytes());
         } else if md.is_file() {
-            let rel = rel.to_string_lossy().into_owned();
             let sha = cache.hash(root, &rel, &md)?;
-            h.update(sha.as_bytes());
-            live.insert(rel);
+            // The hex form, as the checksum has always hashed it.
+            if hex::encode_to_slice(sha, &mut hex_sha).is_ok() {
+                h.update(hex_sha);
+            }
         }
         h.update([0xff]);
     }
     // Forget files that are gone (or filtered out): the cache tracks the tree as it is.
     let before = cache.files.len();
-    cache.files.retain(|k, _| live.contains(k));
+    cache.files.retain(|_, s| s.live);
     cache.dirty |= cache.files.len() != before;
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
@@ -346,10 +438,9 @@ pub fn checksum_dir(dir: &Path, cache_root: Option<&Path>) -> Result<String, Ops
 
 /// Copies a tree as the host user (inside the namespace the files then belong to uid 0).
 pub fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsError> {
-    for rel in walk(src, filter)? {
+    for Entry { rel, md } in walk(src, filter)? {
         let from = src.join(&rel);
         let to = dest.join(&rel);
-        let md = fs::symlink_metadata(&from).map_err(local_err(&from))?;
         let ft = md.file_type();
         if ft.is_dir() {
             fs::create_dir(&to).map_err(local_err(&to))?;
@@ -421,6 +512,89 @@ mod tests {
         );
     }
 
+    /// The checksum of a small tree, computed independently (Python's hashlib over names,
+    /// modes, hex content hashes and link targets): cache keys of earlier versions hold.
+    #[test]
+    fn the_checksum_of_a_known_tree_is_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), b"1").unwrap();
+        fs::set_permissions(d.path().join("a"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir(d.path().join("d")).unwrap();
+        fs::set_permissions(d.path().join("d"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("../a", d.path().join("d/l")).unwrap();
+        let want = "sha256:c129c48d39e3a3b10533ff84e0adcd699a5283563a3d1dacf0510de979067bed";
+        let mut cache = StatCache::default();
+        assert_eq!(
+            tree_checksum(d.path(), &Filter::default(), &mut cache).unwrap(),
+            want
+        );
+        assert_eq!(
+            tree_checksum(d.path(), &Filter::default(), &mut cache).unwrap(),
+            want
+        );
+    }
+
+    /// The walk (directory by directory, stat'ed relative to each) visits what walkdir's
+    /// sorted walk did, in its order, so checksums and cache keys did not change with it.
+    #[test]
+    fn the_walk_keeps_walkdirs_sorted_order() {
+        let s = tempfile::tempdir().unwrap();
+        for d in ["dir/sub", "dir2", "empty", "Dir"] {
+            fs::create_dir_all(s.path().join(d)).unwrap();
+        }
+        for f in [
+            "b",
+            "a",
+            "A",
+            ".hidden",
+            "a.b",
+            "a-b",
+            "dir/x",
+            "dir/sub/y",
+            "dir2/z",
+            "é",
+            "Dir/q",
+        ] {
+            fs::write(s.path().join(f), f.as_bytes()).unwrap();
+        }
+        std::os::unix::fs::symlink("dir", s.path().join("ln")).unwrap();
+        let reference = |filter: &Filter| -> Vec<PathBuf> {
+            walkdir::WalkDir::new(s.path())
+                .follow_links(false)
+                .sort_by_file_name()
+                .min_depth(1)
+                .into_iter()
+                .filter_entry(|e| {
+                    let rel = e.path().strip_prefix(s.path()).unwrap();
+                    filter.is_empty()
+                        || filter.keeps(&rel.to_string_lossy(), e.file_type().is_dir())
+                })
+                .map(|e| {
+                    e.unwrap()
+                        .path()
+                        .strip_prefix(s.path())
+                        .unwrap()
+                        .to_path_buf()
+                })
+                .collect()
+        };
+        for filter in [
+            Filter::default(),
+            Filter::from_lists(&[], &["dir/sub".into(), "*.b".into()]),
+            Filter::from_lists(&["dir".into(), "a".into()], &[]),
+        ] {
+            let got: Vec<PathBuf> = walk(s.path(), &filter)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.rel)
+                .collect();
+            assert_eq!(got, reference(&filter));
+        }
+        let ln = walk(s.path(), &Filter::default()).unwrap();
+        let ln = ln.iter().find(|e| e.rel == Path::new("ln")).unwrap();
+        assert!(ln.md.file_type().is_symlink(), "links are not followed");
+    }
+
     #[test]
     fn filters_apply_to_checksum_and_copy() {
         let s = tempfile::tempdir().unwrap();
@@ -469,7 +643,7 @@ mod tests {
         let kept: Vec<String> = walk(s.path(), &f)
             .unwrap()
             .iter()
-            .map(|p| p.to_string_lossy().into_owned())
+            .map(|p| p.rel.to_string_lossy().into_owned())
             .collect();
         assert_eq!(
             kept,
@@ -505,7 +679,7 @@ mod tests {
         let mut cache = StatCache::default();
         assert_eq!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
         // A planted hash for unchanged metadata is believed: the file was not read.
-        cache.files.get_mut("big").unwrap().sha256 = "0".repeat(64);
+        cache.files.get_mut(&b"big"[..]).unwrap().sha256 = [0; 32];
         assert_ne!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
         // New content (and so new metadata) is read again.
         fs::write(&f, b"content2").unwrap();
@@ -515,7 +689,7 @@ mod tests {
             tree_checksum(d.path(), &none, &mut StatCache::default()).unwrap()
         );
         // Saved and loaded; entries younger than a second are not kept.
-        let store = d.path().join("cache.json");
+        let store = d.path().join("cache.stat");
         cache.save(&store);
         assert!(
             StatCache::load(&store).files.is_empty(),
@@ -536,7 +710,13 @@ mod tests {
         c.dirty = true;
         c.save(&store);
         assert_eq!(StatCache::load(&store).files.len(), 1);
+        // A damaged cache is an empty one: cut short, or of another format.
+        let whole = fs::read(&store).unwrap();
+        fs::write(&store, &whole[..whole.len() - 5]).unwrap();
+        assert!(StatCache::load(&store).files.is_empty());
         fs::write(&store, b"{not json").unwrap();
         assert!(StatCache::load(&store).files.is_empty());
+        fs::write(&store, &whole).unwrap();
+        assert_eq!(StatCache::load(&store).files.len(), 1);
     }
 }
