@@ -299,23 +299,11 @@ pub fn request(context: &Path, from: &str, target: lower::Target) -> Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::test_http::{ok, read_head};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-    async fn read_head(c: &mut tokio::net::TcpStream) -> Option<String> {
-        let mut req = Vec::new();
-        let mut b = [0u8; 1];
-        while !req.ends_with(b"\r\n\r\n") {
-            if c.read(&mut b).await.unwrap_or(0) == 0 {
-                return None;
-            }
-            req.push(b[0]);
-        }
-        Some(String::from_utf8_lossy(&req).into_owned())
-    }
 
     /// A registry stand-in with repositories `a` and `b` (tag `1`; their configs set
     /// `WHICH=a` / `WHICH=b`), counting manifest requests per repository; requests for `slow`
@@ -344,6 +332,7 @@ mod tests {
                 let (seen, images) = (seen.clone(), images.clone());
                 tokio::spawn(async move {
                     while let Some(req) = read_head(&mut c).await {
+                        let req = String::from_utf8_lossy(&req);
                         if req.starts_with("GET /v2/slow/") {
                             std::future::pending::<()>().await;
                         }
@@ -357,13 +346,7 @@ mod tests {
                             }
                         }
                         let (ty, body) = answer.unwrap_or(("application/json", "{}".into()));
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if c.write_all(head.as_bytes()).await.is_err()
-                            || c.write_all(body.as_bytes()).await.is_err()
-                        {
+                        if !ok(&mut c, ty, &body).await {
                             return;
                         }
                     }

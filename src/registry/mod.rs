@@ -1305,6 +1305,34 @@ pub fn is_manifest_media_type(mt: &MediaType) -> bool {
         || matches!(mt, MediaType::Other(s) if s == DOCKER_MANIFEST || s == DOCKER_MANIFEST_LIST)
 }
 
+/// Pieces of the registry stand-ins that tests here and elsewhere serve.
+#[cfg(test)]
+pub(crate) mod test_http {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The request line and headers of one HTTP request; None when the client went away.
+    pub(crate) async fn read_head(c: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            if c.read(&mut b).await.unwrap_or(0) == 0 {
+                return None;
+            }
+            req.push(b[0]);
+        }
+        Some(req)
+    }
+
+    /// Answers `200 OK` with `body` of type `ty`; false when the client went away.
+    pub(crate) async fn ok(c: &mut tokio::net::TcpStream, ty: &str, body: &str) -> bool {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).await.is_ok() && c.write_all(body.as_bytes()).await.is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1320,19 +1348,7 @@ mod tests {
         assert_eq!(v.buf, b"12345678");
     }
 
-    /// The request line and headers of one HTTP request; None when the client went away.
-    async fn read_head(c: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-        use tokio::io::AsyncReadExt;
-        let mut req = Vec::new();
-        let mut b = [0u8; 1];
-        while !req.ends_with(b"\r\n\r\n") {
-            if c.read(&mut b).await.unwrap_or(0) == 0 {
-                return None;
-            }
-            req.push(b[0]);
-        }
-        Some(req)
-    }
+    use super::test_http::{ok, read_head};
 
     /// A registry stand-in: `/v2/` says no auth is needed; a manifest request gets
     /// `head` and then `body` bytes of `x`, repeated `repeat` times (the connection closes
@@ -1415,7 +1431,6 @@ mod tests {
     #[tokio::test]
     async fn a_tag_resolved_again_costs_one_manifest_request() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::AsyncWriteExt;
         let p = Platform::host();
         let config = format!(
             r#"{{"architecture":"{}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#,
@@ -1443,13 +1458,7 @@ mod tests {
                             (2, "application/octet-stream", config.clone())
                         };
                         seen[i].fetch_add(1, Ordering::SeqCst);
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if c.write_all(head.as_bytes()).await.is_err()
-                            || c.write_all(body.as_bytes()).await.is_err()
-                        {
+                        if !ok(&mut c, ty, &body).await {
                             return;
                         }
                     }
