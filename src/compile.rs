@@ -97,6 +97,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
     // remembered, is resolved afterwards as before.
     let note_key = base_note_key(&context_dir, &file, &func, &req.platform);
     let guess = registry.note(BASE_NOTES, &note_key);
+    let remembered = guess.clone();
     let (env, speculated) = evaluate_while(&context_dir, &file, &func, async {
         match guess {
             Some(r) => {
@@ -113,7 +114,9 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
         Some((r, res)) if r == base_ref => res?,
         _ => registry.resolve_for(&base_ref, &req.platform).await?,
     };
-    registry.set_note(BASE_NOTES, &note_key, &base_ref);
+    if remembered.as_deref() != Some(base_ref.as_str()) {
+        registry.set_note(BASE_NOTES, &note_key, &base_ref);
+    }
     let owner = env.owner.unwrap_or_else(|| {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
@@ -150,18 +153,17 @@ const BASE_NOTES: &str = "bases";
 
 /// The note of `file:func` in `context_dir` built for `platform`.
 fn base_note_key(context_dir: &Path, file: &str, func: &str, platform: &Platform) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+    let mut parts = Vec::new();
     for part in [
         context_dir.as_os_str().as_encoded_bytes(),
         file.as_bytes(),
         func.as_bytes(),
         platform.to_string().as_bytes(),
     ] {
-        h.update(part);
-        h.update([0]);
+        parts.extend_from_slice(part);
+        parts.push(0);
     }
-    hex::encode(h.finalize())
+    crate::content::sha256_hex(&parts)
 }
 
 /// Evaluates the build file on a thread of its own (with the stack the main thread has)
@@ -185,33 +187,30 @@ async fn evaluate_while<T>(
         .spawn(move || {
             let _ = tx.send(frontend::evaluate(&dir, &f, &entry));
         });
-    let Ok(thread) = thread else {
-        // No thread to be had: evaluate here, then do the rest.
-        let env = frontend::evaluate(context_dir, file, func);
-        let other = match env {
-            Ok(_) => meanwhile.await,
-            Err(_) => None,
-        };
-        return (env, other);
-    };
     let meanwhile = std::pin::pin!(meanwhile);
     let mut meanwhile = futures_util::FutureExt::fuse(meanwhile);
-    let mut rx = rx;
     let mut other = None;
-    let env = loop {
-        tokio::select! {
-            got = &mut rx => break got,
-            o = &mut meanwhile, if other.is_none() => other = Some(o),
+    let env = match thread {
+        // No thread to be had: evaluate here, then do the rest.
+        Err(_) => frontend::evaluate(context_dir, file, func),
+        Ok(thread) => {
+            let mut rx = rx;
+            let got = loop {
+                tokio::select! {
+                    got = &mut rx => break got,
+                    o = &mut meanwhile, if other.is_none() => other = Some(o),
+                }
+            };
+            match got {
+                Ok(env) => env,
+                // The sender went away without a result: the evaluation panicked, and so
+                // does this (as it did when the evaluation ran here).
+                Err(_) => match thread.join() {
+                    Err(panic) => std::panic::resume_unwind(panic),
+                    Ok(()) => frontend::evaluate(context_dir, file, func),
+                },
+            }
         }
-    };
-    let env = match env {
-        Ok(env) => env,
-        // The sender went away without a result: the evaluation panicked, and so does this
-        // (as it did when the evaluation ran here).
-        Err(_) => match thread.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => frontend::evaluate(context_dir, file, func),
-        },
     };
     let other = match (&env, other) {
         (Ok(_), None) => meanwhile.await,
