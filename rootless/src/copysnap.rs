@@ -12,7 +12,8 @@
 //! something below it changed.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
+use std::ffi::{CStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -305,22 +306,48 @@ fn ensure_parents(merged: &Path, upper: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A whiteout at `upper/rel`: a 0/0 char device if this kernel lets us make one, else an
-/// empty file marked with `user.overlay.whiteout`.
+/// A whiteout at `upper/rel` (see [`make_whiteout`]).
 fn whiteout(upper: &Path, rel: &Path, merged: &Path) -> Result<()> {
     ensure_parents(merged, upper, rel)?;
     let p = upper.join(rel);
-    let dev = nix::sys::stat::mknod(
-        &p,
-        nix::sys::stat::SFlag::S_IFCHR,
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(RootlessError::Invalid(format!(
+            "whiteout {}: no parent",
+            p.display()
+        )));
+    };
+    let dir = nix::fcntl::open(
+        parent,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
-        0,
-    );
-    if dev.is_err() {
-        std::fs::write(&p, b"").map_err(io(&p))?;
-        xattr::set(&p, "user.overlay.whiteout", b"y").map_err(io(&p))?;
+    )
+    .map_err(|e| RootlessError::sys(format!("opening {}", parent.display()), e))?;
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| RootlessError::Invalid(format!("bad file name {name:?}")))?;
+    make_whiteout(dir.as_fd(), &name).map_err(io(&p))
+}
+
+/// Makes the whiteout `name` (which must not exist; never followed) in the directory `dir`:
+/// a 0/0 char device if this kernel lets us make one, else an empty file marked with
+/// `user.overlay.whiteout`. The format of every upper dir envkit writes (the copy
+/// snapshotter's, and a layer unpacked as an upper dir).
+pub(crate) fn make_whiteout(dir: BorrowedFd, name: &CStr) -> std::io::Result<()> {
+    use nix::sys::stat::{Mode, SFlag};
+    if nix::sys::stat::mknodat(dir, name, SFlag::S_IFCHR, Mode::empty(), 0).is_ok() {
+        return Ok(());
     }
-    Ok(())
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_EXCL
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    use xattr::FileExt;
+    std::fs::File::from(fd).set_xattr("user.overlay.whiteout", b"y")
 }
 
 /// Moves `merged/rel` (a whole subtree) into the upper dir.

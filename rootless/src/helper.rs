@@ -109,6 +109,14 @@ fn dispatch(req: Request) -> Result<Response> {
             let notes = crate::unpack::unpack_layers(&layers, &dest, max_layer_bytes)?;
             Ok(Response::Unpacked { notes })
         }
+        Request::UnpackUpper {
+            layer,
+            dest,
+            max_layer_bytes,
+        } => {
+            let notes = crate::unpack::unpack_upper(&layer, &dest, max_layer_bytes)?;
+            Ok(Response::Unpacked { notes })
+        }
         Request::Exec(r) => Ok(Response::Exited(crate::exec::run_step(&r)?)),
         Request::StartEnv(r) => {
             if r.exec.hostname.is_empty() {

@@ -38,4 +38,4 @@ pub use proto::{
     ProbeResult, Request, Response, SecretBytes, Service, UserDb,
 };
 pub use tty::{IgnoreInterrupts, TtyMode, terminal_size};
-pub use unpack::{TarMode, unpack_layers, unpack_tar};
+pub use unpack::{TarMode, unpack_layers, unpack_tar, unpack_upper};

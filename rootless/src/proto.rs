@@ -252,6 +252,17 @@ pub enum Request {
         #[serde(default)]
         max_layer_bytes: Option<u64>,
     },
+    /// Unpack one layer into `dest` (made if missing; it must be empty) as an overlay upper
+    /// dir of that layer: whiteouts and opaque markers are recorded overlay-style (0/0 char
+    /// devices or `user.overlay.whiteout` files, `user.overlay.opaque`), not applied. Answered
+    /// with [`Response::Unpacked`].
+    UnpackUpper {
+        layer: LayerFile,
+        dest: PathBuf,
+        /// The most bytes of file content the layer may unpack to (None: no limit).
+        #[serde(default)]
+        max_layer_bytes: Option<u64>,
+    },
     /// Run one container step on an overlay.
     Exec(ExecRequest),
     /// Mount an overlay and apply file actions in order.
@@ -366,4 +377,41 @@ pub struct JoinRequest {
     /// The environment was started with `no_new_privs`: the command gets it too.
     #[serde(default)]
     pub no_new_privs: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests of older builds still parse; the limit of an upper-dir unpack may be left out.
+    #[test]
+    fn unpack_requests_parse() {
+        let old = r#"{"Unpack":{"layers":[{"path":"/l","compression":"Gzip"}],"dest":"/d"}}"#;
+        let r: Request = serde_json::from_str(old).unwrap();
+        assert!(
+            matches!(
+                r,
+                Request::Unpack {
+                    max_layer_bytes: None,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let up = r#"{"UnpackUpper":{"layer":{"path":"/l","compression":"None"},"dest":"/d"}}"#;
+        let r: Request = serde_json::from_str(up).unwrap();
+        assert_eq!(
+            r,
+            Request::UnpackUpper {
+                layer: LayerFile {
+                    path: "/l".into(),
+                    compression: Compression::None,
+                },
+                dest: "/d".into(),
+                max_layer_bytes: None,
+            }
+        );
+        let back: Request = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
 }

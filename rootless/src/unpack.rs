@@ -2,14 +2,14 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use nix::sys::stat::SFlag;
 
 use crate::error::{Result, RootlessError};
-use crate::fsroot::{DotDot, Entry, Root};
+use crate::fsroot::{DotDot, Entry, Root, proc_path};
 use crate::pathsafe::clean_archive_path;
 use crate::proto::{Compression, LayerFile};
 
@@ -27,22 +27,71 @@ pub fn unpack_layers(
     let dest = std::fs::canonicalize(dest).map_err(|e| RootlessError::io(dest, e))?;
     let mut notes = Vec::new();
     for l in layers {
-        let f = std::fs::File::open(&l.path).map_err(|e| RootlessError::io(&l.path, e))?;
-        let f = std::io::BufReader::with_capacity(256 * 1024, f);
-        // Decompression runs on a thread of its own, a few MiB ahead of the unpacking (which
-        // mostly waits on file system calls): on two cores the two overlap.
-        let r: Box<dyn Read> = match l.compression {
-            Compression::Gzip => Box::new(ReadAhead::spawn(flate2::read::MultiGzDecoder::new(f))),
-            Compression::None => Box::new(f),
-        };
         let mode = TarMode {
             layer: true,
             max_bytes: max_layer_bytes,
             ..TarMode::default()
         };
-        unpack_tar(r, &l.path, &dest, &mut notes, mode)?;
+        unpack_tar(open_layer(l)?, &l.path, &dest, &mut notes, mode)?;
     }
     Ok(notes)
+}
+
+/// Unpack one layer into `dest` (made if missing; it must be empty) as an overlay upper dir
+/// of that layer, the format of envkit's snapshots: whiteouts are recorded instead of applied
+/// (`dir/.wh.NAME` becomes a whiteout `dir/NAME`, a 0/0 char device or, where mknod is
+/// refused, an empty file with `user.overlay.whiteout`; `dir/.wh..wh..opq` marks `dir` with
+/// `user.overlay.opaque` = `y`), and nothing is deleted. Everything else is unpacked as by
+/// [`unpack_layers`], with the same checks and the same `max_layer_bytes`. Returns notes
+/// about skipped entries.
+///
+/// The inverse of the layer differ: for a layer it wrote from an upper dir, the layer it
+/// writes from the unpacked dir is the same, byte for byte. Entries of the layer follow the
+/// OCI rule that a whiteout hides only what lies below the layer: a name the layer both
+/// writes and whites out keeps the layer's entry (a directory becomes opaque, since what was
+/// below it is hidden). Overlay metadata xattrs (`user.overlay.*`, `trusted.overlay.*`) in
+/// the archive are dropped: only whiteout entries make whiteouts.
+pub fn unpack_upper(
+    layer: &LayerFile,
+    dest: &Path,
+    max_layer_bytes: Option<u64>,
+) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dest).map_err(|e| RootlessError::io(dest, e))?;
+    let dest = std::fs::canonicalize(dest).map_err(|e| RootlessError::io(dest, e))?;
+    let mut rd = std::fs::read_dir(&dest).map_err(|e| RootlessError::io(&dest, e))?;
+    if rd.next().is_some() {
+        return Err(RootlessError::Invalid(format!(
+            "{}: unpacking a layer as an upper dir needs an empty directory",
+            dest.display()
+        )));
+    }
+    let mut notes = Vec::new();
+    let mode = TarMode {
+        layer: true,
+        max_bytes: max_layer_bytes,
+        ..TarMode::default()
+    };
+    unpack_stream(
+        open_layer(layer)?,
+        &layer.path,
+        &Root::open(&dest)?,
+        &mut notes,
+        mode,
+        Whiteouts::Record,
+    )?;
+    Ok(notes)
+}
+
+/// The decompressed stream of a layer file.
+fn open_layer(l: &LayerFile) -> Result<Box<dyn Read>> {
+    let f = std::fs::File::open(&l.path).map_err(|e| RootlessError::io(&l.path, e))?;
+    let f = std::io::BufReader::with_capacity(256 * 1024, f);
+    // Decompression runs on a thread of its own, a few MiB ahead of the unpacking (which
+    // mostly waits on file system calls): on two cores the two overlap.
+    Ok(match l.compression {
+        Compression::Gzip => Box::new(ReadAhead::spawn(flate2::read::MultiGzDecoder::new(f))),
+        Compression::None => Box::new(f),
+    })
 }
 
 /// A reader whose source is read on another thread, up to [`ReadAhead::DEPTH`] chunks
@@ -175,6 +224,111 @@ pub(crate) fn unpack_tar_in(
     notes: &mut Vec<String>,
     tm: TarMode,
 ) -> Result<()> {
+    let wh = if tm.layer {
+        Whiteouts::Apply
+    } else {
+        Whiteouts::Files
+    };
+    unpack_stream(r, layer, root, notes, tm, wh)
+}
+
+/// What `.wh.` entries of a stream mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// Ordinary files (an archive, not a layer).
+    Files,
+    /// Deletions, applied to what the layers before wrote (flattening).
+    Apply,
+    /// Recorded overlay-style, as in an upper dir (see [`unpack_upper`]).
+    Record,
+}
+
+/// Owner, time and xattrs of a tar entry (PAX records win over the header).
+struct EntryMeta {
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn entry_meta<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    bad: &dyn Fn(String) -> RootlessError,
+    io: &dyn Fn(std::io::Error) -> RootlessError,
+) -> Result<EntryMeta> {
+    let hdr = entry.header();
+    let mut uid = hdr.uid().map_err(io)?;
+    let mut gid = hdr.gid().map_err(io)?;
+    let mut mtime = hdr.mtime().unwrap_or(0) as i64;
+    let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Ok(Some(pax)) = entry.pax_extensions() {
+        for ext in pax.flatten() {
+            let Ok(k) = ext.key() else { continue };
+            let v = ext.value_bytes();
+            let num = || {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.split('.').next()?.parse::<u64>().ok())
+            };
+            match k {
+                "uid" => uid = num().unwrap_or(uid),
+                "gid" => gid = num().unwrap_or(gid),
+                "mtime" => mtime = num().map(|n| n as i64).unwrap_or(mtime),
+                _ => {
+                    if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
+                        xattrs.push((x.to_string(), v.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(EntryMeta {
+        uid: u32::try_from(uid).map_err(|_| bad(format!("uid {uid} out of range")))?,
+        gid: u32::try_from(gid).map_err(|_| bad(format!("gid {gid} out of range")))?,
+        mtime,
+        xattrs,
+    })
+}
+
+/// Overlay's own metadata, which an archive must not smuggle into an upper dir.
+fn is_overlay_xattr(k: &str) -> bool {
+    k.starts_with("user.overlay.") || k.starts_with("trusted.overlay.")
+}
+
+const OVL_OPAQUE: &str = "user.overlay.opaque";
+
+/// Whether `e` is a whiteout of an upper dir (as [`crate::classify`] reads them). In a layer
+/// unpacked as an upper dir only its own whiteouts are: device nodes are skipped and overlay
+/// xattrs dropped.
+fn is_whiteout(e: &Entry) -> Result<bool> {
+    let Some(st) = e.stat()? else {
+        return Ok(false);
+    };
+    let fmt = st.st_mode & SFlag::S_IFMT.bits();
+    if fmt == SFlag::S_IFCHR.bits() {
+        return Ok(st.st_rdev == 0);
+    }
+    if fmt != SFlag::S_IFREG.bits() || st.st_size != 0 {
+        return Ok(false);
+    }
+    let Some(fd) = e.open_path()? else {
+        return Ok(false);
+    };
+    Ok(matches!(
+        xattr::get(proc_path(fd.as_fd()), "user.overlay.whiteout"),
+        Ok(Some(_))
+    ))
+}
+
+/// The stream loop of [`unpack_tar_in`] and [`unpack_upper`].
+fn unpack_stream(
+    r: impl Read,
+    layer: &Path,
+    root: &Root,
+    notes: &mut Vec<String>,
+    tm: TarMode,
+    wh: Whiteouts,
+) -> Result<()> {
     let mut ar = tar::Archive::new(r);
     let bad = |entry: &str, reason: String| RootlessError::UnsafeEntry {
         layer: layer.to_path_buf(),
@@ -215,7 +369,8 @@ pub(crate) fn unpack_tar_in(
             .into_owned();
         let fname = file_name.to_string_lossy();
         let be = |e: RootlessError| bad(&name, e.to_string());
-        if tm.layer && fname == WH_OPAQUE {
+        let ebad = |r: String| bad(&name, r);
+        if wh == Whiteouts::Apply && fname == WH_OPAQUE {
             if let Some(dir) = root.entry(&parent_rel, true, DotDot::Reject).map_err(be)?
                 && dir.is_dir()
             {
@@ -225,17 +380,71 @@ pub(crate) fn unpack_tar_in(
             parent_cache = None;
             continue;
         }
-        if let Some(victim) = fname.strip_prefix(WH_PREFIX).filter(|_| tm.layer) {
+        if wh == Whiteouts::Record && fname == WH_OPAQUE {
+            // The directory hides what lies below it; this layer's entries in it stay. Made
+            // if missing (its own entry, before or after, gives it its metadata).
+            if parent_rel.is_empty() {
+                return Err(bad(
+                    &name,
+                    "an opaque marker for the root cannot be kept in an overlay upper dir".into(),
+                ));
+            }
+            let (dir, _) = root
+                .mkdir_all(&parent_rel, DotDot::Reject, &mut |_| Ok(()))
+                .map_err(|e| bad(&name, format!("opaque directory: {e}")))?;
+            if dir.rel().as_os_str().is_empty() {
+                // Reached through a symlink to `/` (or `..`).
+                return Err(bad(
+                    &name,
+                    "an opaque marker for the root cannot be kept in an overlay upper dir".into(),
+                ));
+            }
+            dir.set_xattr(OVL_OPAQUE, b"y").map_err(be)?;
+            continue;
+        }
+        if let Some(victim) = fname
+            .strip_prefix(WH_PREFIX)
+            .filter(|_| wh != Whiteouts::Files)
+        {
             if victim.is_empty() || victim == "." || victim == ".." {
                 return Err(bad(&name, "bad whiteout name".into()));
             }
-            if let Some(dir) = root.entry(&parent_rel, true, DotDot::Reject).map_err(be)?
-                && dir.is_dir()
-            {
-                let v = dir.child(std::ffi::OsStr::new(victim)).map_err(be)?;
-                v.remove_all().map_err(be)?;
+            if wh == Whiteouts::Apply {
+                if let Some(dir) = root.entry(&parent_rel, true, DotDot::Reject).map_err(be)?
+                    && dir.is_dir()
+                {
+                    let v = dir.child(std::ffi::OsStr::new(victim)).map_err(be)?;
+                    v.remove_all().map_err(be)?;
+                }
+                parent_cache = None;
+                continue;
             }
-            parent_cache = None;
+            if victim.starts_with(WH_PREFIX) {
+                // `.wh..wh.*` other than the opaque marker: aufs metadata (containerd skips
+                // it too).
+                notes.push(format!("{}: skipped aufs metadata {name}", layer.display()));
+                continue;
+            }
+            let meta = entry_meta(&mut entry, &ebad, &io)?;
+            let (dir, _) = root
+                .mkdir_all(&parent_rel, DotDot::Reject, &mut |_| Ok(()))
+                .map_err(|e| bad(&name, format!("creating parent: {e}")))?;
+            let v = dir.child(std::ffi::OsStr::new(victim)).map_err(be)?;
+            match v.kind().map_err(be)? {
+                None => {
+                    let pdir = dir.as_dir().map_err(be)?;
+                    crate::copysnap::make_whiteout(pdir.as_fd(), v.name())
+                        .map_err(|e| bad(&name, format!("making the whiteout: {e}")))?;
+                    v.chown(meta.uid, meta.gid).map_err(|e| {
+                        bad(&name, format!("{e} (id not mapped in the namespace?)"))
+                    })?;
+                    let _ = v.set_times(meta.mtime, 0);
+                }
+                // This layer's own directory: what lay below it is hidden.
+                Some(SFlag::S_IFDIR) => v.set_xattr(OVL_OPAQUE, b"y").map_err(be)?,
+                // This layer's own entry (or whiteout) hides what lies below already.
+                Some(_) => {}
+            }
             continue;
         }
         // Parents must be real directories (made where missing).
@@ -251,38 +460,23 @@ pub(crate) fn unpack_tar_in(
             }
         };
         let target = Entry::in_dir(pdir, &file_name, rel.clone()).map_err(be)?;
-        let hdr = entry.header().clone();
-        let et = hdr.entry_type();
-        let mut uid = hdr.uid().map_err(io)?;
-        let mut gid = hdr.gid().map_err(io)?;
-        let mut mtime = hdr.mtime().unwrap_or(0) as i64;
-        let mode = hdr.mode().map_err(io)? & 0o7777;
-        let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax.flatten() {
-                let Ok(k) = ext.key() else { continue };
-                let v = ext.value_bytes();
-                let num = || {
-                    std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.split('.').next()?.parse::<u64>().ok())
-                };
-                match k {
-                    "uid" => uid = num().unwrap_or(uid),
-                    "gid" => gid = num().unwrap_or(gid),
-                    "mtime" => mtime = num().map(|n| n as i64).unwrap_or(mtime),
-                    _ => {
-                        if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
-                            xattrs.push((x.to_string(), v.to_vec()));
-                        }
-                    }
+        let et = entry.header().entry_type();
+        let mode = entry.header().mode().map_err(io)? & 0o7777;
+        let EntryMeta {
+            uid,
+            gid,
+            mtime,
+            mut xattrs,
+        } = entry_meta(&mut entry, &ebad, &io)?;
+        if wh == Whiteouts::Record {
+            xattrs.retain(|(k, _)| {
+                let keep = !is_overlay_xattr(k);
+                if !keep {
+                    notes.push(format!("{name}: overlay xattr {k} dropped"));
                 }
-            }
+                keep
+            });
         }
-        let (uid, gid) = (
-            u32::try_from(uid).map_err(|_| bad(&name, format!("uid {uid} out of range")))?,
-            u32::try_from(gid).map_err(|_| bad(&name, format!("gid {gid} out of range")))?,
-        );
         let existing = target.kind().map_err(be)?;
         let is_dir = existing == Some(SFlag::S_IFDIR);
         if existing.is_some() && !(is_dir && et == tar::EntryType::Directory) {
@@ -297,6 +491,11 @@ pub(crate) fn unpack_tar_in(
                 }
                 if !is_dir {
                     target.mkdir(0o700).map_err(be)?;
+                }
+                if wh == Whiteouts::Record && existing.is_some() && !is_dir {
+                    // Made where this layer had a whiteout or another non-directory, which
+                    // hid what lay below: the directory must hide it too.
+                    target.set_xattr(OVL_OPAQUE, b"y").map_err(be)?;
                 }
             }
             T::Regular | T::Continuous | T::GNUSparse => {
@@ -348,6 +547,15 @@ pub(crate) fn unpack_tar_in(
                     .transpose()
                     .map_err(|e| bad(&name, format!("hardlink target: {e}")))?
                     .flatten();
+                // A whiteout this layer made is no file to link to.
+                let smd = match (&src, smd) {
+                    (Some(s), Some(_))
+                        if wh == Whiteouts::Record && is_whiteout(s).map_err(be)? =>
+                    {
+                        None
+                    }
+                    (_, smd) => smd,
+                };
                 let (Some(src), Some(smd)) = (src, smd) else {
                     return Err(bad(
                         &name,
@@ -575,5 +783,383 @@ mod tests {
         unpack_one(&data[..], Path::new("l"), &dest, &mut notes).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
         assert!(std::fs::symlink_metadata(dest.join("f")).unwrap().is_file());
+    }
+
+    // ---- unpacking a layer as an upper dir (no namespace: whiteouts are whatever mknod
+    // allows here, 0/0 char devices as root, else `user.overlay.whiteout` files) -----------
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use crate::difftar::{UpperKind, classify, write_diff_tar};
+
+    fn kind_of(p: &Path) -> UpperKind {
+        classify(p, &std::fs::symlink_metadata(p).unwrap())
+    }
+
+    fn set_mtime(p: &Path, secs: i64) {
+        let ts = nix::sys::time::TimeSpec::new(secs, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &ts,
+            &ts,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    fn wh(dir: &Path, name: &str) {
+        let d = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let c = std::ffi::CString::new(name).unwrap();
+        crate::copysnap::make_whiteout(d.as_fd(), &c).unwrap();
+    }
+
+    fn plain(path: &Path) -> LayerFile {
+        LayerFile {
+            path: path.to_path_buf(),
+            compression: Compression::None,
+        }
+    }
+
+    /// An upper dir with every kind of entry the differ writes: files with modes, xattrs and
+    /// hard links, symlinks, a fifo, both forms of whiteout (of a file and of a directory),
+    /// opaque directories (one nested, one at the top), a long path.
+    fn sample_upper(u: &Path) {
+        let mk = |p: &str| std::fs::create_dir_all(u.join(p)).unwrap();
+        let file = |p: &str, data: &str, mode: u32| {
+            std::fs::write(u.join(p), data).unwrap();
+            std::fs::set_permissions(u.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mk("etc");
+        file("etc/a", "alpha", 0o640);
+        xattr::set(u.join("etc/a"), "user.test", b"hello").unwrap();
+        std::fs::hard_link(u.join("etc/a"), u.join("etc/hl")).unwrap();
+        file("etc/suid", "s", 0o4755);
+        wh(&u.join("etc"), "gone");
+        std::fs::write(u.join("etc/gone-too"), b"").unwrap();
+        xattr::set(u.join("etc/gone-too"), "user.overlay.whiteout", b"y").unwrap();
+        wh(u, "was-a-dir");
+        mk("opq/inner");
+        xattr::set(u.join("opq"), "user.overlay.opaque", b"y").unwrap();
+        xattr::set(u.join("opq/inner"), "user.overlay.opaque", b"y").unwrap();
+        xattr::set(u.join("opq/inner"), "user.dir", b"d").unwrap();
+        file("opq/new", "n", 0o644);
+        file("opq/inner/deeper", "d", 0o600);
+        wh(&u.join("opq/inner"), "x");
+        std::os::unix::fs::symlink("/etc/a", u.join("abs")).unwrap();
+        std::os::unix::fs::symlink("etc/a", u.join("rel")).unwrap();
+        nix::unistd::mkfifo(
+            &u.join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        let long = format!("{}/{}", "l".repeat(90), "m".repeat(80));
+        mk(&long);
+        file(&format!("{long}/file-with-a-long-path"), "long", 0o644);
+        std::fs::set_permissions(u.join("etc"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        // Times: leaves first, then directories bottom up.
+        for (i, p) in [
+            "etc/a",
+            "etc/suid",
+            "etc/gone",
+            "etc/gone-too",
+            "was-a-dir",
+            "opq/new",
+            "opq/inner/deeper",
+            "opq/inner/x",
+            "abs",
+            "rel",
+            "pipe",
+        ]
+        .iter()
+        .enumerate()
+        {
+            set_mtime(&u.join(p), 1_600_000_000 + i as i64);
+        }
+        set_mtime(
+            &u.join(format!("{long}/file-with-a-long-path")),
+            1_600_000_100,
+        );
+        for (i, d) in [long.as_str(), &long[..90], "opq/inner", "opq", "etc"]
+            .iter()
+            .enumerate()
+        {
+            set_mtime(&u.join(d), 1_650_000_000 + i as i64);
+        }
+    }
+
+    fn tar_entry_names(data: &[u8]) -> Vec<String> {
+        tar::Archive::new(data)
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The differ's layer of an upper dir, unpacked as an upper dir, diffs to the same
+    /// bytes; whiteouts and opaque dirs come back as such (and from a gzip layer too).
+    #[test]
+    fn an_upper_dir_round_trips_through_its_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let u = t.path().join("u");
+        std::fs::create_dir(&u).unwrap();
+        sample_upper(&u);
+        let t1 = t.path().join("t1.tar");
+        write_diff_tar(&u, &t1, None).unwrap();
+        let b1 = std::fs::read(&t1).unwrap();
+        let names = tar_entry_names(&b1);
+        for want in [
+            "etc/.wh.gone",
+            "etc/.wh.gone-too",
+            ".wh.was-a-dir",
+            "opq/.wh..wh..opq",
+            "opq/inner/.wh..wh..opq",
+            "opq/inner/.wh.x",
+            "etc/hl",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        for (i, layer) in [plain(&t1), {
+            let gz = t.path().join("t1.tar.gz");
+            let mut enc = flate2::write::GzEncoder::new(
+                std::fs::File::create(&gz).unwrap(),
+                flate2::Compression::fast(),
+            );
+            std::io::Write::write_all(&mut enc, &b1).unwrap();
+            enc.finish().unwrap();
+            LayerFile {
+                path: gz,
+                compression: Compression::Gzip,
+            }
+        }]
+        .iter()
+        .enumerate()
+        {
+            let u2 = t.path().join(format!("u2-{i}"));
+            let notes = unpack_upper(layer, &u2, Some(1 << 20)).unwrap();
+            assert!(notes.is_empty(), "{notes:?}");
+            let t2 = t.path().join(format!("t2-{i}.tar"));
+            write_diff_tar(&u2, &t2, None).unwrap();
+            let b2 = std::fs::read(&t2).unwrap();
+            assert_eq!(tar_entry_names(&b1), tar_entry_names(&b2));
+            assert!(b1 == b2, "the layers differ");
+            for w in ["etc/gone", "etc/gone-too", "was-a-dir", "opq/inner/x"] {
+                assert_eq!(kind_of(&u2.join(w)), UpperKind::Whiteout, "{w}");
+            }
+            for o in ["opq", "opq/inner"] {
+                assert_eq!(
+                    kind_of(&u2.join(o)),
+                    UpperKind::Entry { opaque: true },
+                    "{o}"
+                );
+            }
+            assert_eq!(kind_of(&u2.join("etc")), UpperKind::Entry { opaque: false });
+            assert_eq!(
+                std::fs::symlink_metadata(u2.join("etc/hl")).unwrap().ino(),
+                std::fs::symlink_metadata(u2.join("etc/a")).unwrap().ino()
+            );
+            assert_eq!(
+                xattr::get(u2.join("etc/a"), "user.test").unwrap(),
+                Some(b"hello".to_vec())
+            );
+            assert_eq!(
+                std::fs::symlink_metadata(u2.join("etc/gone"))
+                    .unwrap()
+                    .mtime(),
+                1_600_000_002
+            );
+        }
+    }
+
+    struct Ent<'a> {
+        path: &'a str,
+        et: tar::EntryType,
+        mode: u32,
+        data: &'a [u8],
+        link: Option<&'a str>,
+        xattrs: &'a [(&'a str, &'a [u8])],
+    }
+
+    fn ent(path: &str, et: tar::EntryType) -> Ent<'_> {
+        Ent {
+            path,
+            et,
+            mode: if et == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            },
+            data: b"",
+            link: None,
+            xattrs: &[],
+        }
+    }
+
+    fn layer_of(entries: &[Ent]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            if !e.xattrs.is_empty() {
+                let kv: Vec<(String, &[u8])> = e
+                    .xattrs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                    .collect();
+                b.append_pax_extensions(kv.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .unwrap();
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(e.et);
+            h.set_mode(e.mode);
+            h.set_uid(nix::unistd::getuid().as_raw() as u64);
+            h.set_gid(nix::unistd::getgid().as_raw() as u64);
+            h.set_mtime(1_700_000_000);
+            h.set_size(e.data.len() as u64);
+            match e.link {
+                Some(l) => b.append_link(&mut h, e.path, l).unwrap(),
+                None => b.append_data(&mut h, e.path, e.data).unwrap(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn unpack_upper_bytes(entries: &[Ent]) -> (tempfile::TempDir, PathBuf, Result<Vec<String>>) {
+        let t = tempfile::tempdir().unwrap();
+        let l = t.path().join("layer.tar");
+        std::fs::write(&l, layer_of(entries)).unwrap();
+        let u = t.path().join("upper");
+        let r = unpack_upper(&plain(&l), &u, None);
+        (t, u, r)
+    }
+
+    /// Whiteouts and opaque markers in any order, with the OCI rule that a whiteout hides
+    /// only what lies below the layer: the layer's own entries stay.
+    #[test]
+    fn whiteouts_are_recorded_not_applied() {
+        use tar::EntryType as T;
+        let (_t, u, r) = unpack_upper_bytes(&[
+            // the marker first, the directory's own entry after it
+            ent("a/.wh..wh..opq", T::Regular),
+            Ent {
+                mode: 0o750,
+                ..ent("a/", T::Directory)
+            },
+            Ent {
+                data: b"x",
+                ..ent("a/x", T::Regular)
+            },
+            // a directory of this layer, then a whiteout of its name
+            ent("b/", T::Directory),
+            ent("b/y", T::Regular),
+            ent(".wh.b", T::Regular),
+            // a whiteout, then a directory of that name
+            ent(".wh.c", T::Regular),
+            ent("c/", T::Directory),
+            ent("c/z", T::Regular),
+            // a file, then its whiteout; a whiteout, then a file
+            ent("f", T::Regular),
+            ent(".wh.f", T::Regular),
+            ent(".wh.g", T::Regular),
+            ent("g", T::Regular),
+            // a whiteout whose directory the layer does not list
+            ent("h/.wh.i", T::Regular),
+            // aufs metadata
+            ent(".wh..wh.plnk/", T::Directory),
+            // overlay xattrs in the archive do not make whiteouts
+            Ent {
+                xattrs: &[("user.overlay.whiteout", b"y"), ("user.keep", b"1")],
+                ..ent("k", T::Regular)
+            },
+            Ent {
+                xattrs: &[("user.overlay.opaque", b"y")],
+                ..ent("m/", T::Directory)
+            },
+        ]);
+        let notes = r.unwrap();
+        assert_eq!(kind_of(&u.join("a")), UpperKind::Entry { opaque: true });
+        let a = std::fs::metadata(u.join("a")).unwrap();
+        assert_eq!((a.mode() & 0o7777, a.mtime()), (0o750, 1_700_000_000));
+        assert_eq!(std::fs::read(u.join("a/x")).unwrap(), b"x");
+        assert_eq!(kind_of(&u.join("b")), UpperKind::Entry { opaque: true });
+        assert!(u.join("b/y").is_file());
+        assert_eq!(kind_of(&u.join("c")), UpperKind::Entry { opaque: true });
+        assert!(u.join("c/z").is_file());
+        for f in ["f", "g", "k"] {
+            assert!(
+                std::fs::symlink_metadata(u.join(f)).unwrap().is_file(),
+                "{f}"
+            );
+            assert_eq!(
+                kind_of(&u.join(f)),
+                UpperKind::Entry { opaque: false },
+                "{f}"
+            );
+        }
+        assert_eq!(kind_of(&u.join("h/i")), UpperKind::Whiteout);
+        assert_eq!(kind_of(&u.join("h")), UpperKind::Entry { opaque: false });
+        assert_eq!(kind_of(&u.join("m")), UpperKind::Entry { opaque: false });
+        assert!(!u.join(".wh.plnk").exists() && !u.join(".wh..wh.plnk").exists());
+        assert_eq!(
+            xattr::get(u.join("k"), "user.keep").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert!(notes.iter().any(|n| n.contains("aufs")), "{notes:?}");
+        assert!(
+            notes.iter().filter(|n| n.contains("overlay xattr")).count() == 2,
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn upper_mode_refusals() {
+        use tar::EntryType as T;
+        let err = |entries: &[Ent]| match unpack_upper_bytes(entries).2 {
+            Ok(n) => panic!("unpacked: {n:?}"),
+            Err(e) => e.to_string(),
+        };
+        let e = err(&[
+            ent(".wh.w", T::Regular),
+            Ent {
+                link: Some("w"),
+                ..ent("l", T::Link)
+            },
+        ]);
+        assert!(e.contains("\"l\"") && e.contains("not found"), "{e}");
+        let e = err(&[ent(".wh..wh..opq", T::Regular)]);
+        assert!(e.contains("root"), "{e}");
+        let e = err(&[
+            Ent {
+                link: Some("/"),
+                ..ent("s", T::Symlink)
+            },
+            ent("s/.wh..wh..opq", T::Regular),
+        ]);
+        assert!(e.contains("root"), "{e}");
+        let e = err(&[ent("x/.wh..", T::Regular)]);
+        assert!(e.contains("whiteout"), "{e}");
+        // the destination must be empty
+        let t = tempfile::tempdir().unwrap();
+        let l = t.path().join("layer.tar");
+        std::fs::write(&l, layer_of(&[ent("f", T::Regular)])).unwrap();
+        let u = t.path().join("u");
+        std::fs::create_dir(&u).unwrap();
+        std::fs::write(u.join("old"), "").unwrap();
+        let e = unpack_upper(&plain(&l), &u, None).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        // the size limit holds as when flattening
+        std::fs::remove_file(u.join("old")).unwrap();
+        let big = layer_of(&[Ent {
+            data: &[7u8; 4096],
+            ..ent("big", T::Regular)
+        }]);
+        std::fs::write(&l, big).unwrap();
+        let e = unpack_upper(&plain(&l), &u, Some(1000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max-layer-size"), "{e}");
     }
 }

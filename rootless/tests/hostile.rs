@@ -179,6 +179,17 @@ fn unpack_bytes(
     gz: bool,
     limit: Option<u64>,
 ) -> Outcome {
+    unpack_bytes_as(label, bytes, gz, limit, false)
+}
+
+/// [`unpack_bytes`], flattening (`upper` false) or as an upper dir ([`rootless::unpack_upper`]).
+fn unpack_bytes_as(
+    label: &str,
+    bytes: impl FnOnce(&Path) -> Vec<u8>,
+    gz: bool,
+    limit: Option<u64>,
+    upper: bool,
+) -> Outcome {
     let tmp = tempfile::tempdir().expect("tempdir");
     let t = tmp.path().canonicalize().expect("canonical");
     let root = t.join("a/b/root");
@@ -207,7 +218,12 @@ fn unpack_bytes(
             Compression::None
         },
     }];
-    let (result, notes) = match rootless::unpack_layers(&files, &root, limit) {
+    let unpacked = if upper {
+        rootless::unpack_upper(&files[0], &root, limit)
+    } else {
+        rootless::unpack_layers(&files, &root, limit)
+    };
+    let (result, notes) = match unpacked {
         Ok(n) => (Ok(()), n),
         Err(e) => (Err(e.to_string()), Vec::new()),
     };
@@ -632,4 +648,106 @@ fn broken_streams_fail_clearly() {
     )
     .expect("archive");
     assert!(root.join(".wh.kept").exists());
+}
+
+/// Unpacked as an upper dir (whiteouts recorded, not applied), a layer is held to the same
+/// rules: nothing lands or is marked outside the root.
+#[test]
+fn upper_dirs_are_held_to_the_same_rules() {
+    let upper = |label: &str, entries: &[E]| {
+        let entries = entries.to_vec();
+        unpack_bytes_as(label, move |out| tarball(&entries, out), false, None, true)
+    };
+    let refused_upper = |label: &str, entries: &[E], entry: &str, reason: &str| {
+        let o = upper(label, entries);
+        match o.result {
+            Ok(()) => panic!("{label}: unpacked, but must be refused"),
+            Err(e) => assert!(
+                e.contains(entry) && e.contains(reason),
+                "{label}: the error should name {entry:?} and say {reason:?}: {e}"
+            ),
+        }
+    };
+    refused_upper(
+        "whiteout under a relative symlink",
+        &[E::Sym("s", "../../../outside"), E::File("s/.wh.new", b"")],
+        "s/.wh.new",
+        "escapes its root",
+    );
+    refused_upper(
+        "opaque marker under a relative symlink",
+        &[
+            E::Sym("s", "../../../outside"),
+            E::File("s/.wh..wh..opq", b""),
+        ],
+        "s/.wh..wh..opq",
+        "escapes its root",
+    );
+    refused_upper(
+        "whiteout of ..",
+        &[E::File("a/.wh...", b"")],
+        "a/.wh...",
+        "whiteout",
+    );
+    refused_upper(
+        "parent directory name",
+        &[E::File("../evil", b"x")],
+        "../evil",
+        "..",
+    );
+    refused_upper(
+        "absolute path",
+        &[E::File("/abs", b"x")],
+        "/abs",
+        "absolute",
+    );
+    refused_upper(
+        "hardlink out",
+        &[E::Hard("l", "../../../outside/keep")],
+        "l",
+        "..",
+    );
+    refused_upper(
+        "file under a relative symlink",
+        &[E::Sym("s", "../../../outside"), E::File("s/x", b"x")],
+        "s/x",
+        "escapes its root",
+    );
+    // Through an absolute symlink, whiteouts and opaque markers land inside the root.
+    let o = upper(
+        "whiteout and opaque marker under an absolute symlink",
+        &[
+            E::Sym("s", "@OUT@"),
+            E::File("s/.wh.keep", b""),
+            E::File("s/.wh.new", b""),
+            E::File("s/.wh..wh..opq", b""),
+        ],
+    );
+    assert!(o.result.is_ok(), "{:?}", o.result);
+    let inside = rerooted(&o.root, &o.outside);
+    assert!(std::fs::symlink_metadata(inside.join("keep")).is_ok());
+    assert!(std::fs::symlink_metadata(o.outside.join("new")).is_err());
+    assert_eq!(
+        xattr_get(&inside, "user.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(xattr_get(&o.outside, "user.overlay.opaque"), None);
+    // Devices are skipped (a 0/0 char device would read as a whiteout).
+    let o = upper("devices", &[E::Char("null"), E::Block("sda")]);
+    assert!(o.result.is_ok(), "{:?}", o.result);
+    assert!(std::fs::symlink_metadata(o.root.join("null")).is_err());
+    assert!(std::fs::symlink_metadata(o.root.join("sda")).is_err());
+    // The size limit.
+    let o = unpack_bytes_as(
+        "claimed size",
+        |out| tarball(&[E::Claims("bomb", 2 << 30, b"tiny")], out),
+        false,
+        Some(1 << 20),
+        true,
+    );
+    assert!(o.result.is_err(), "a bomb must not unpack");
+}
+
+fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
+    xattr::get(p, name).ok().flatten()
 }

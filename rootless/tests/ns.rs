@@ -880,6 +880,202 @@ fn copy_snapshotter_gives_the_same_layers_as_overlay() {
     });
 }
 
+/// Sets distinct old mtimes on the entries below `dir` that belong to us (children before
+/// their directory); returns how many.
+fn age_tree(dir: &Path, mut t: i64) -> usize {
+    let mut n = 0;
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for p in names {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() && md.uid() == nix::unistd::getuid().as_raw() {
+            n += age_tree(&p, t + 1000);
+        }
+        t += 1;
+        let ts = nix::sys::time::TimeSpec::new(t, 0);
+        if nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            &ts,
+            &ts,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A layer unpacked as an upper dir (`Request::UnpackUpper`) is the upper dir it was made
+/// from: the layer differ gives the same bytes back, whiteouts are 0/0 char devices (mknod of
+/// whiteouts works in the namespace), opaque dirs keep `user.overlay.opaque`, ownership lands
+/// in the subordinate range, and a step sees the same tree through either. For the upper dirs
+/// of overlayfs and of the copy snapshotter, from a plain and from a gzip layer.
+#[test]
+fn a_layer_unpacks_to_the_upper_dir_it_came_from() {
+    as_test_user("a_layer_unpacks_to_the_upper_dir_it_came_from", || {
+        let t = Tmp::new();
+        let ids = ids();
+        let rootfs = busybox_rootfs(&t);
+        let with = |args: &[&str], req: &Request| {
+            let mut out = Vec::new();
+            let r = run_helper(Path::new(HELPER), args, &ids, req, &mut |b: &[u8]| {
+                out.extend_from_slice(b)
+            });
+            match r {
+                Ok(r) => (r, String::from_utf8_lossy(&out).into_owned()),
+                Err(e) => panic!("{e}\n{}", String::from_utf8_lossy(&out)),
+            }
+        };
+        let long = format!("/opt/{}/{}", "l".repeat(90), "m".repeat(70));
+        let script = format!(
+            "echo new > /etc/added; ln /etc/added /etc/added-link; rm /bin/cat; \
+             rm -rf /var/lib42; rm -rf /opq; mkdir /opq; echo y > /opq/y; \
+             mkdir -p /opt/d/e; echo deep > /opt/d/e/f; chown 42:43 /opt/d/e/f; \
+             chmod 4755 /opt/d/e/f; ln -s /etc/added /abs-link; ln -s ../etc/added /opt/rel; \
+             mkfifo /opt/pipe; mkdir -p {long}; echo long > {long}/file; chmod 700 /root; \
+             echo ran"
+        );
+        let list = "cd / && find etc bin opq opt var root abs-link | sort | \
+                    while read f; do stat -c '%n %f %u %g %Y' \"$f\"; done; \
+                    cat /opq/y /etc/added /opt/d/e/f";
+        for (mode, args, gzip) in [
+            ("overlay", &[][..], false),
+            ("copy", &["--snapshotter=copy"][..], true),
+        ] {
+            let base = t.0.join(mode);
+            let req = exec_req(vec![rootfs.clone()], &base, &["sh", "-c", &script]);
+            let (r, out) = with(args, &Request::Exec(req.clone()));
+            assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{mode}: {out}");
+            assert!(out.contains("ran"), "{mode}: {out}");
+            let upper = req.upper.clone();
+            // an xattr of a layer entry (the file belongs to the namespace's root: us)
+            xattr::set(upper.join("etc/added"), "user.test", b"kept").unwrap();
+            // Old times, distinct per entry (ours; not those of subordinate ids): the step
+            // and the unpack run within the same second, which would hide a lost time.
+            let touched = age_tree(&upper, 1_500_000_000);
+            assert!(touched > 10, "{mode}: {touched}");
+            let t1 = t.0.join(format!("{mode}-1.tar"));
+            with(
+                args,
+                &Request::DiffTar {
+                    upper: upper.clone(),
+                    out: t1.clone(),
+                    mtime_clamp: None,
+                },
+            );
+            let b1 = std::fs::read(&t1).unwrap();
+            let names = tar_names(&t1);
+            for want in ["bin/.wh.cat", "var/.wh.lib42", "etc/added-link", "opt/pipe"] {
+                assert!(
+                    names.iter().any(|n| n == want),
+                    "{mode}: {want} in {names:?}"
+                );
+            }
+            let layer = if gzip {
+                let gz = t.0.join(format!("{mode}-1.tar.gz"));
+                let mut enc = flate2::write::GzEncoder::new(
+                    std::fs::File::create(&gz).unwrap(),
+                    flate2::Compression::fast(),
+                );
+                std::io::Write::write_all(&mut enc, &b1).unwrap();
+                enc.finish().unwrap();
+                LayerFile {
+                    path: gz,
+                    compression: Compression::Gzip,
+                }
+            } else {
+                LayerFile {
+                    path: t1.clone(),
+                    compression: Compression::None,
+                }
+            };
+            let u2 = t.0.join(format!("{mode}-u2"));
+            let (r, _) = with(
+                args,
+                &Request::UnpackUpper {
+                    layer: layer.clone(),
+                    dest: u2.clone(),
+                    max_layer_bytes: Some(1 << 30),
+                },
+            );
+            assert_eq!(r, Response::Unpacked { notes: vec![] }, "{mode}");
+            let t2 = t.0.join(format!("{mode}-2.tar"));
+            with(
+                args,
+                &Request::DiffTar {
+                    upper: u2.clone(),
+                    out: t2.clone(),
+                    mtime_clamp: None,
+                },
+            );
+            assert_eq!(names, tar_names(&t2), "{mode}");
+            assert!(
+                b1 == std::fs::read(&t2).unwrap(),
+                "{mode}: the layers differ"
+            );
+            // what the upper dir holds
+            for w in ["bin/cat", "var/lib42"] {
+                let md = std::fs::symlink_metadata(u2.join(w)).unwrap();
+                assert!(
+                    md.file_type().is_char_device() && md.rdev() == 0,
+                    "{mode}: {w} is not a 0/0 char device"
+                );
+            }
+            if mode == "overlay" {
+                assert_eq!(
+                    rootless::classify(
+                        &u2.join("opq"),
+                        &std::fs::metadata(u2.join("opq")).unwrap()
+                    ),
+                    rootless::UpperKind::Entry { opaque: true },
+                    "{mode}: /opq is opaque"
+                );
+            } else {
+                assert!(names.iter().any(|n| n == "opq/.wh.new"), "{names:?}");
+            }
+            let f = std::fs::metadata(u2.join("opt/d/e/f")).unwrap();
+            assert_eq!(
+                (f.uid(), f.gid()),
+                (ids.subuid_start + 41, ids.subgid_start + 42)
+            );
+            assert_eq!(f.mode() & 0o7777, 0o4755);
+            assert_eq!(
+                xattr::get(u2.join("etc/added"), "user.test").unwrap(),
+                Some(b"kept".to_vec())
+            );
+            // a second unpack into a dir that is not empty is refused
+            let (r, _) = helper(&Request::UnpackUpper {
+                layer,
+                dest: u2.clone(),
+                max_layer_bytes: None,
+            });
+            let e = r.expect_err("a non-empty destination").to_string();
+            assert!(e.contains("empty"), "{e}");
+            // a step sees the same tree on either upper dir
+            let mut views = Vec::new();
+            for (i, top) in [upper, u2].into_iter().enumerate() {
+                let req = exec_req(
+                    vec![top, rootfs.clone()],
+                    &t.0.join(format!("{mode}-view-{i}")),
+                    &["sh", "-c", list],
+                );
+                let (r, out) = ok(&Request::Exec(req));
+                assert_eq!(r, Response::Exited(ExitStatus::Code(0)), "{out}");
+                views.push(out);
+            }
+            assert!(views[0].contains("etc/added ") && !views[0].contains("bin/cat "));
+            assert!(!views[0].contains("opq/new") && !views[0].contains("var/lib42"));
+            assert_eq!(views[0], views[1], "{mode}: the views differ");
+        }
+    });
+}
+
 /// Manual check: `ENVKIT_DEBIAN_TAR=/tmp/debian-minbase.tar cargo test -p rootless --test ns
 /// apt_update_debian -- --ignored --nocapture` (a tar of the Debian minbase rootfs that
 /// scripts/test-env.sh builds). Needs the network (through the host's CA bundle).

@@ -271,28 +271,52 @@ impl Worker {
         layers: &[oci_spec::image::Descriptor],
         dest: &Path,
     ) -> Result<rootless::Request, WorkerError> {
-        let mut files = Vec::with_capacity(layers.len());
-        for l in layers {
-            let media_type = l.media_type().to_string();
-            let compression = if media_type.ends_with("gzip") {
-                rootless::Compression::Gzip
-            } else if media_type.ends_with("tar") {
-                rootless::Compression::None
-            } else {
-                return Err(WorkerError::LayerType {
-                    digest: l.digest().to_string(),
-                    media_type,
-                });
-            };
-            files.push(rootless::LayerFile {
-                path: self.content.path(l.digest())?,
-                compression,
-            });
-        }
+        let files = layers
+            .iter()
+            .map(|l| self.layer_file(l))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rootless::Request::Unpack {
             layers: files,
             dest: dest.to_path_buf(),
             max_layer_bytes: Some(self.config.worker.max_layer_size()),
+        })
+    }
+
+    /// The helper's request to unpack one layer (a blob of the content store, gzip or plain
+    /// tar) into the empty dir `dest` as an overlay upper dir of that layer (whiteouts and
+    /// opaque markers recorded, not applied: a snapshot like a step's), bounded by
+    /// `[worker] max-layer-size`.
+    pub fn unpack_upper_request(
+        &self,
+        layer: &oci_spec::image::Descriptor,
+        dest: &Path,
+    ) -> Result<rootless::Request, WorkerError> {
+        Ok(rootless::Request::UnpackUpper {
+            layer: self.layer_file(layer)?,
+            dest: dest.to_path_buf(),
+            max_layer_bytes: Some(self.config.worker.max_layer_size()),
+        })
+    }
+
+    /// A layer blob of the content store and its compression (by media type; gzip or none).
+    fn layer_file(
+        &self,
+        l: &oci_spec::image::Descriptor,
+    ) -> Result<rootless::LayerFile, WorkerError> {
+        let media_type = l.media_type().to_string();
+        let compression = if media_type.ends_with("gzip") {
+            rootless::Compression::Gzip
+        } else if media_type.ends_with("tar") {
+            rootless::Compression::None
+        } else {
+            return Err(WorkerError::LayerType {
+                digest: l.digest().to_string(),
+                media_type,
+            });
+        };
+        Ok(rootless::LayerFile {
+            path: self.content.path(l.digest())?,
+            compression,
         })
     }
 
