@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bkcache;
 pub mod cli;
 pub mod compile;
 pub mod config;

@@ -32,7 +32,7 @@ pub(crate) fn push_go_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn base64(data: &[u8]) -> String {
+pub(crate) fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
@@ -321,9 +321,29 @@ fn file_action(out: &mut String, a: &pb::FileAction) {
     o.key("Action");
     let mut ao = Obj::new(o.out);
     match &a.action {
-        Some(Action::Copy(c)) => {
-            ao.key("copy");
-            let mut co = Obj::new(ao.out);
+        Some(Action::Copy(_)) => ao.key("copy"),
+        Some(Action::Mkfile(_)) => ao.key("mkfile"),
+        Some(Action::Mkdir(_)) => ao.key("mkdir"),
+        Some(Action::Rm(_)) => ao.key("rm"),
+        // BuildKit's JSON form has no key for symlinks: it prints `{}`.
+        Some(Action::Symlink(_)) | None => {}
+    }
+    if let Some(action) = &a.action
+        && !matches!(action, Action::Symlink(_))
+    {
+        action_body(ao.out, action);
+    }
+    ao.end();
+    o.end();
+}
+
+/// One file action's own message (`FileActionCopy`, `FileActionMkfile`, ...) as Go's
+/// `encoding/json` writes it.
+pub(crate) fn action_body(out: &mut String, action: &pb::file_action::Action) {
+    use pb::file_action::Action;
+    match action {
+        Action::Copy(c) => {
+            let mut co = Obj::new(out);
             co.str("src", &c.src);
             co.str("dest", &c.dest);
             co.obj("owner", &c.owner, chown);
@@ -348,9 +368,8 @@ fn file_action(out: &mut String, a: &pb::FileAction) {
             co.strs("required_paths", &c.required_paths);
             co.end();
         }
-        Some(Action::Mkfile(m)) => {
-            ao.key("mkfile");
-            let mut mo = Obj::new(ao.out);
+        Action::Mkfile(m) => {
+            let mut mo = Obj::new(out);
             mo.str("path", &m.path);
             mo.int("mode", i64::from(m.mode));
             if !m.data.is_empty() {
@@ -361,9 +380,8 @@ fn file_action(out: &mut String, a: &pb::FileAction) {
             mo.int("timestamp", m.timestamp);
             mo.end();
         }
-        Some(Action::Mkdir(m)) => {
-            ao.key("mkdir");
-            let mut mo = Obj::new(ao.out);
+        Action::Mkdir(m) => {
+            let mut mo = Obj::new(out);
             mo.str("path", &m.path);
             mo.int("mode", i64::from(m.mode));
             mo.bool("makeParents", m.make_parents);
@@ -371,19 +389,56 @@ fn file_action(out: &mut String, a: &pb::FileAction) {
             mo.int("timestamp", m.timestamp);
             mo.end();
         }
-        Some(Action::Rm(r)) => {
-            ao.key("rm");
-            let mut ro = Obj::new(ao.out);
+        Action::Rm(r) => {
+            let mut ro = Obj::new(out);
             ro.str("path", &r.path);
             ro.bool("allowNotFound", r.allow_not_found);
             ro.bool("allowWildcard", r.allow_wildcard);
             ro.end();
         }
-        // BuildKit's JSON form has no key for symlinks: it prints `{}`.
-        Some(Action::Symlink(_)) | None => {}
+        Action::Symlink(l) => {
+            let mut lo = Obj::new(out);
+            lo.str("oldpath", &l.oldpath);
+            lo.str("newpath", &l.newpath);
+            lo.obj("owner", &l.owner, chown);
+            lo.int("timestamp", l.timestamp);
+            lo.end();
+        }
     }
-    ao.end();
-    o.end();
+}
+
+/// `ExecOp` as Go's `encoding/json` writes it.
+pub(crate) fn exec_json(e: &pb::ExecOp) -> String {
+    let mut s = String::with_capacity(256);
+    exec(&mut s, e);
+    s
+}
+
+/// `MergeOp` as Go's `encoding/json` writes it.
+pub(crate) fn merge_json(out: &mut String, m: &pb::MergeOp) {
+    let mut mo = Obj::new(out);
+    mo.list("inputs", &m.inputs, |out, i| {
+        let mut o = Obj::new(out);
+        o.int("input", i.input);
+        o.end();
+    });
+    mo.end();
+}
+
+/// `DiffOp` as Go's `encoding/json` writes it.
+pub(crate) fn diff_json(out: &mut String, d: &pb::DiffOp) {
+    let mut d_o = Obj::new(out);
+    d_o.obj("lower", &d.lower, |out, l| {
+        let mut o = Obj::new(out);
+        o.int("input", l.input);
+        o.end();
+    });
+    d_o.obj("upper", &d.upper, |out, u| {
+        let mut o = Obj::new(out);
+        o.int("input", u.input);
+        o.end();
+    });
+    d_o.end();
 }
 
 /// One op as JSON (`Op` field of a dump-llb line).
@@ -421,28 +476,11 @@ pub fn op_json(op: &pb::Op) -> String {
         }
         Some(K::Merge(m)) => {
             body.key("merge");
-            let mut mo = Obj::new(body.out);
-            mo.list("inputs", &m.inputs, |out, i| {
-                let mut o = Obj::new(out);
-                o.int("input", i.input);
-                o.end();
-            });
-            mo.end();
+            merge_json(body.out, m);
         }
         Some(K::Diff(d)) => {
             body.key("diff");
-            let mut d_o = Obj::new(body.out);
-            d_o.obj("lower", &d.lower, |out, l| {
-                let mut o = Obj::new(out);
-                o.int("input", l.input);
-                o.end();
-            });
-            d_o.obj("upper", &d.upper, |out, u| {
-                let mut o = Obj::new(out);
-                o.int("input", u.input);
-                o.end();
-            });
-            d_o.end();
+            diff_json(body.out, d);
         }
         Some(K::Passthrough(p)) => {
             body.key("passthrough");

@@ -1,0 +1,218 @@
+//! A cache in an OCI image-layout directory (`type=local`), as buildkitd writes one: `index.json`
+//! names a manifest by tag (`org.opencontainers.image.ref.name`); the manifest is an image
+//! manifest whose config is the cache config (BuildKit's default since v0.21), or an index
+//! that lists the config beside the layers (the older form). Every file read here is
+//! untrusted: sizes are capped and digests checked.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::BkCacheError;
+use super::config::{self, CacheConfig};
+
+/// Caps on the small files of a cache (its layers are checked as they are ingested).
+const MAX_INDEX: u64 = 4 << 20;
+const MAX_CONFIG: u64 = 64 << 20;
+
+/// A descriptor as OCI writes it (only what a cache uses).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Desc {
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct IndexJson {
+    #[serde(default)]
+    manifests: Vec<Desc>,
+}
+
+#[derive(Deserialize)]
+struct ManifestJson {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    config: Option<Desc>,
+    #[serde(default)]
+    layers: Vec<Desc>,
+    #[serde(default)]
+    manifests: Vec<Desc>,
+}
+
+/// A cache read from somewhere: its config and the descriptors of the blobs it names.
+#[derive(Debug)]
+pub struct Cache {
+    pub config: CacheConfig,
+    /// Layer descriptors by blob digest.
+    pub blobs: HashMap<String, Desc>,
+    /// What the cache was found as, for messages (`DIR:tag`).
+    pub name: String,
+}
+
+fn bad(what: impl std::fmt::Display) -> BkCacheError {
+    BkCacheError::Config(what.to_string())
+}
+
+/// The file of a blob in a layout directory (the digest must be a sha256 one).
+pub fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, BkCacheError> {
+    if !config::is_sha256(digest) {
+        return Err(bad(format!("{digest:?} is not a sha256 digest")));
+    }
+    Ok(dir.join("blobs/sha256").join(&digest["sha256:".len()..]))
+}
+
+/// Reads a small file with a cap; with `digest`, the bytes must have it.
+fn read_capped(path: &Path, cap: u64, digest: Option<&str>) -> Result<Vec<u8>, BkCacheError> {
+    let f = std::fs::File::open(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let mut buf = Vec::new();
+    f.take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    if buf.len() as u64 > cap {
+        return Err(bad(format!(
+            "{} is larger than {cap} bytes",
+            path.display()
+        )));
+    }
+    if let Some(d) = digest {
+        let have = super::keys::digest_of(&buf);
+        if have != d {
+            return Err(bad(format!(
+                "{} has digest {have}, not {d}",
+                path.display()
+            )));
+        }
+    }
+    Ok(buf)
+}
+
+/// Reads the cache tagged `tag` (or the manifest `digest`) in the layout directory `dir`.
+pub fn read(dir: &Path, tag: &str, digest: Option<&str>) -> Result<Cache, BkCacheError> {
+    let name = format!("{}:{}", dir.display(), digest.unwrap_or(tag));
+    let index: IndexJson =
+        serde_json::from_slice(&read_capped(&dir.join("index.json"), MAX_INDEX, None)?)
+            .map_err(|e| bad(format!("{}/index.json: {e}", dir.display())))?;
+    let found = index.manifests.iter().find(|m| match digest {
+        Some(d) => m.digest == d,
+        None => {
+            m.annotations
+                .get("org.opencontainers.image.ref.name")
+                .map(String::as_str)
+                == Some(tag)
+        }
+    });
+    let Some(m) = found else {
+        return Err(bad(format!(
+            "{name}: no such cache in {}/index.json",
+            dir.display()
+        )));
+    };
+    let manifest_bytes = read_capped(&blob_path(dir, &m.digest)?, MAX_INDEX, Some(&m.digest))?;
+    let manifest: ManifestJson = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| bad(format!("{name}: manifest {}: {e}", m.digest)))?;
+    from_manifest(&name, manifest, |d| {
+        read_capped(
+            &blob_path(dir, &d.digest)?,
+            MAX_CONFIG.min(d.size),
+            Some(&d.digest),
+        )
+    })
+}
+
+/// The cache a manifest (image form or index form) describes; `blob` reads its config.
+fn from_manifest(
+    name: &str,
+    m: ManifestJson,
+    mut blob: impl FnMut(&Desc) -> Result<Vec<u8>, BkCacheError>,
+) -> Result<Cache, BkCacheError> {
+    let (config_desc, layers): (Desc, Vec<Desc>) = match m.config {
+        Some(c) if c.media_type == config::MEDIA_TYPE => (c, m.layers),
+        _ => {
+            // The index form: the config is one of the manifests.
+            let mut cfg = None;
+            let mut layers = Vec::new();
+            for d in m.manifests {
+                if d.media_type == config::MEDIA_TYPE {
+                    cfg = Some(d);
+                } else {
+                    layers.push(d);
+                }
+            }
+            let Some(c) = cfg else {
+                return Err(bad(format!(
+                    "{name}: {} is not a BuildKit cache (no {} config)",
+                    if m.media_type.is_empty() {
+                        "the manifest"
+                    } else {
+                        &m.media_type
+                    },
+                    config::MEDIA_TYPE
+                )));
+            };
+            (c, layers)
+        }
+    };
+    let config =
+        CacheConfig::parse(&blob(&config_desc)?).map_err(|e| bad(format!("{name}: {e}")))?;
+    let mut blobs = HashMap::new();
+    for l in layers {
+        if !config::is_sha256(&l.digest) {
+            return Err(bad(format!("{name}: layer digest {:?}", l.digest)));
+        }
+        blobs.insert(l.digest.clone(), l);
+    }
+    Ok(Cache {
+        config,
+        blobs,
+        name: name.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_blob(dir: &Path, bytes: &[u8]) -> String {
+        let d = super::super::keys::digest_of(bytes);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
+        std::fs::write(blob_path(dir, &d).expect("path"), bytes).expect("write");
+        d
+    }
+
+    #[test]
+    fn reads_buildkitds_local_cache_and_refuses_tampering() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/bkcache/chain3");
+        let t = tempfile::tempdir().expect("tmp");
+        let cfg = std::fs::read(golden.join("cacheconfig.json")).expect("config");
+        write_blob(t.path(), &cfg);
+        let man = std::fs::read(golden.join("manifest.json")).expect("manifest");
+        write_blob(t.path(), &man);
+        std::fs::write(
+            t.path().join("index.json"),
+            std::fs::read(golden.join("index.json")).expect("index"),
+        )
+        .expect("index");
+        let c = read(t.path(), "latest", None).expect("read");
+        assert_eq!(c.config.records.len(), 5);
+        assert_eq!(c.blobs.len(), 4);
+        assert!(
+            read(t.path(), "other", None)
+                .expect_err("tag")
+                .to_string()
+                .contains("no such cache")
+        );
+        // A config whose bytes are not the manifest's digest is refused.
+        let cfg_digest = super::super::keys::digest_of(&cfg);
+        std::fs::write(blob_path(t.path(), &cfg_digest).expect("path"), b"{}").expect("tamper");
+        let e = read(t.path(), "latest", None)
+            .expect_err("tampered")
+            .to_string();
+        assert!(e.contains("has digest"), "{e}");
+    }
+}
