@@ -25,7 +25,7 @@ if [ "$#" != 0 ]; then
 elif [ -n "${ENVKIT_TEST_BUILDKITD:-}" ]; then
   cargo test --test buildkit -- --ignored || status=$?
 else
-  echo "NOT RUN: the buildkitd suite (tests/buildkit.rs, buildkitd_suite): no buildkitd on PATH" \
+  echo "NOT RUN: the buildkitd suite (tests/buildkit.rs: buildkitd_suite, buildkitd_cache_interop): no buildkitd on PATH" \
     "(scripts/test-env.sh starts one when there is); the buildkitd protocol ran against dockerd's BuildKit"
 fi
 exit "$status"

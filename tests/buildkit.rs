@@ -350,3 +350,120 @@ fn buildkitd_suite() {
     let rerun = env.solve_log(&pb, &["--no-cache"]);
     assert!(rerun.contains(probe), "buildkitd --no-cache: {rerun}");
 }
+
+/// The build cache both ways with a real buildkitd v0.32.2: a cache envkit exported
+/// (`type=local,mode=max`) gives buildkitd every step (`buildctl build --import-cache`), and
+/// one buildkitd exported gives a fresh envkit store every step, with the same files.
+#[test]
+#[ignore = "needs a buildkitd and buildctl: scripts/test.sh runs it when scripts/test-env.sh found `buildkitd` on PATH (Debian has none)"]
+fn buildkitd_cache_interop() {
+    use common::cache::{context, graph, ran};
+    let (unix, _) = common::remote::buildkitd();
+    let env = TestEnv::new("bk-cache");
+    let ctx = context(&env, "ctx");
+    let local = format!("ctx={}", ctx.display());
+    // A step text of this run only, so that buildkitd's own cache cannot answer.
+    let last = format!("interop-{}", std::process::id());
+    let pb = env.def_file("g", &graph(&env.registry, &last));
+    let ours = env.dir.join("cache-envkit");
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--export-cache",
+        &format!("type=local,dest={},mode=max", ours.display()),
+        "--local",
+        &local,
+        pb.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let buildctl = |args: &[&str]| {
+        let o = env
+            .user_command("buildctl")
+            .arg("--addr")
+            .arg(format!("unix://{unix}"))
+            .args(args)
+            .stdin(std::fs::File::open(&pb).expect("def"))
+            .output()
+            .expect("buildctl (built with buildkitd, on PATH)");
+        eprintln!("$ buildctl {}\n{}", args.join(" "), stderr(&o));
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let log = buildctl(&[
+        "build",
+        "--progress",
+        "plain",
+        "--local",
+        &local,
+        "--import-cache",
+        &format!("type=local,src={}", ours.display()),
+    ]);
+    // buildctl prints each step's name; the last one must be CACHED, not run.
+    let cached_last = log
+        .split("\n\n")
+        .any(|block| block.contains(&format!("echo {last}")) && block.contains("CACHED"));
+    assert!(
+        cached_last,
+        "buildkitd did not take the last step from envkit's cache:\n{log}"
+    );
+    assert!(!log.contains(&format!("#0 echo {last}")), "{log}");
+
+    // The other way: buildkitd exports, a fresh envkit store imports.
+    let theirs = env.dir.join("cache-buildkitd");
+    let last2 = format!("{last}-b");
+    let pb2 = env.def_file("g2", &graph(&env.registry, &last2));
+    let o = env
+        .user_command("buildctl")
+        .arg("--addr")
+        .arg(format!("unix://{unix}"))
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--local",
+            &local,
+            "--export-cache",
+        ])
+        .arg(format!("type=local,dest={},mode=max", theirs.display()))
+        .stdin(std::fs::File::open(&pb2).expect("def"))
+        .output()
+        .expect("buildctl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let store = env.dir.join("fresh-store");
+    let out = env.envkit(&[
+        "--root",
+        store.to_str().unwrap(),
+        "solve",
+        "--progress",
+        "plain",
+        "--import-cache",
+        &format!("type=local,src={}", theirs.display()),
+        "--local",
+        &local,
+        "-o",
+        &format!("type=local,dest={}", env.dir.join("rootfs").display()),
+        pb2.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        ran(&log).is_empty(),
+        "every step from buildkitd's cache:\n{log}"
+    );
+    let got = std::fs::read_to_string(env.dir.join("rootfs/last")).expect("/last");
+    assert_eq!(got.trim(), last2);
+    assert!(env.dir.join("rootfs/made").is_file());
+    assert_eq!(
+        std::fs::read_to_string(env.dir.join("rootfs/ctx/sub/b.txt")).expect("copied"),
+        "b\n"
+    );
+    assert!(
+        !env.dir.join("rootfs/one").exists(),
+        "the whiteout of /one holds"
+    );
+    assert!(
+        !env.dir.join("rootfs/d").exists(),
+        "the whiteout of /d holds"
+    );
+}

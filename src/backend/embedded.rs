@@ -22,7 +22,11 @@ impl Embedded {
     /// Runs the job; the result's snapshots (what `envkit up` starts). The progress is left
     /// open.
     pub async fn build(&self, job: Job) -> Result<SnapRef, BackendError> {
-        let snap = self.engine.solve(&job.definition, job.locals).await?;
+        let solved = self
+            .engine
+            .solve_with(&job.definition, job.locals, &job.cache)
+            .await?;
+        let snap = solved.snap.clone();
         let spec = match &job.image {
             ImageConfig::Spec { spec, .. } => spec.clone(),
             ImageConfig::Base => ImageSpec::default(),
@@ -30,6 +34,11 @@ impl Embedded {
         self.engine
             .export(&snap, &spec, &job.name, job.output, job.started)
             .await?;
+        if !job.cache.exports.is_empty() {
+            self.engine
+                .export_cache(&solved, &job.cache.exports)
+                .await?;
+        }
         Ok(snap)
     }
 }

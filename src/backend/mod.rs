@@ -79,6 +79,8 @@ pub struct Job {
     pub image: ImageConfig,
     /// When the build began (what the closing line reports).
     pub started: std::time::Instant,
+    /// `--import-cache` / `--export-cache`.
+    pub cache: crate::bkcache::spec::CacheSpecs,
 }
 
 /// A boxed future of a backend (not `Send`: the CLI awaits it where it is).

@@ -165,6 +165,15 @@ pub struct EngineArgs {
     /// uses $SSH_AUTH_SOCK), like buildctl's.
     #[arg(long, value_name = "ID[=SOCKET]")]
     pub ssh: Vec<String>,
+    /// Import a build cache, buildctl-style (repeatable): `type=local,src=DIR[,tag=T]`,
+    /// `type=registry,ref=REF` (or a bare REF). A cache that cannot be read is a warning.
+    #[arg(long = "import-cache", visible_alias = "ic", value_name = "SPEC")]
+    pub import_cache: Vec<String>,
+    /// Export the build cache in BuildKit's format (repeatable): `type=local,dest=DIR`,
+    /// `type=registry,ref=REF` or `type=inline`, with `mode=min|max`, `compression=…`,
+    /// `ignore-error=true` as in buildctl.
+    #[arg(long = "export-cache", visible_alias = "ec", value_name = "SPEC")]
+    pub export_cache: Vec<String>,
     /// Run every step again instead of taking it from the cache (images, local dirs and
     /// downloads with a checksum are content-addressed and stay cached).
     #[arg(long)]

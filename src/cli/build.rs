@@ -193,8 +193,17 @@ async fn compile_job(
             base_layers: compiled.base_layers.clone(),
         },
         started,
+        cache: cache_specs(&args.engine)?,
     };
     Ok((job, compiled))
+}
+
+/// `--import-cache` and `--export-cache`, checked before anything is built.
+fn cache_specs(e: &EngineArgs) -> anyhow::Result<crate::bkcache::spec::CacheSpecs> {
+    Ok(crate::bkcache::spec::CacheSpecs::parse(
+        &e.import_cache,
+        &e.export_cache,
+    )?)
 }
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
@@ -264,6 +273,7 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         output,
         image: ImageConfig::Base,
         started: std::time::Instant::now(),
+        cache: cache_specs(&args.engine)?,
     };
     let backend = open_backend(cli, &args.engine).await?;
     Ok(backend.run(job).await?)

@@ -96,7 +96,10 @@ struct LayerRecord {
 }
 
 /// The layer of one snapshot, or `None` when the step changed nothing.
-async fn layer_for(worker: &Worker, id: &str) -> Result<Option<image::NewLayer>, EngineError> {
+pub(super) async fn layer_for(
+    worker: &Worker,
+    id: &str,
+) -> Result<Option<image::NewLayer>, EngineError> {
     let clamp = reproducible_epoch();
     let record_path = worker.snapshots.dir(id).join("layer.json");
     if let Ok(bytes) = std::fs::read(&record_path)

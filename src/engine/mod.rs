@@ -5,6 +5,8 @@
 //! caller's next step: [`Engine::image`] makes it an image in the store (`image.rs`), the
 //! exporters (`crate::export`) write it out, dispatched by [`Engine::export`] (`export.rs`).
 
+mod cacheexport;
+mod cacheimport;
 mod export;
 mod image;
 mod rootfs;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::bkcache::spec::CacheSpecs;
 use crate::config::Config;
 use crate::llb::{self, LlbError};
 use crate::ops::{LlbRunner, OpVertex};
@@ -164,12 +167,32 @@ impl Engine {
         bytes: &[u8],
         locals: BTreeMap<String, PathBuf>,
     ) -> Result<SnapRef, EngineError> {
+        Ok(self
+            .solve_with(bytes, locals, &CacheSpecs::default())
+            .await?
+            .snap)
+    }
+
+    /// [`Engine::solve`] with imported caches (`cache.imports`); what it built is kept for
+    /// [`Engine::export_cache`] when `cache.exports` asks for it.
+    pub async fn solve_with(
+        &self,
+        bytes: &[u8],
+        locals: BTreeMap<String, PathBuf>,
+        cache: &CacheSpecs,
+    ) -> Result<Solved, EngineError> {
         let graph = llb::load(bytes)?;
         let Some((sv, mut ov, root_v)) = vertices(&graph) else {
             self.reporter.event(Event::Note(
                 "the Definition is empty: the result is an empty filesystem".into(),
             ));
-            return Ok(SnapRef::scratch());
+            return Ok(Solved {
+                snap: SnapRef::scratch(),
+                graph,
+                results: BTreeMap::new(),
+                plan: None,
+                locals,
+            });
         };
         if self.no_cache {
             for v in &mut ov {
@@ -178,24 +201,130 @@ impl Engine {
                 }
             }
         }
+        let ov = Arc::new(ov);
+        // A first pass computes every key; then only what the head needs runs.
+        let plan = if self.no_cache {
+            None
+        } else {
+            match self.keys(&sv, root_v, &ov, &locals).await {
+                Some(keys) => Some(Arc::new(
+                    self.plan(&graph, &ov, &keys, &cache.imports, &locals).await,
+                )),
+                None => None,
+            }
+        };
+        let mut attempt = plan;
+        loop {
+            let results = (!cache.exports.is_empty()).then(Default::default);
+            let runner = Arc::new(LlbRunner {
+                worker: self.worker.clone(),
+                vertices: ov.clone(),
+                locals: locals.clone(),
+                secrets: self.secrets.clone(),
+                ssh: self.ssh.clone(),
+                entitlements: self.entitlements.clone(),
+                reporter: self.reporter.clone(),
+                import: attempt.clone(),
+                results: results.clone(),
+            });
+            let opts = SolveOptions {
+                parallelism: self.parallelism,
+            };
+            match solver::solve(&sv, root_v, runner, self.reporter.clone(), &opts).await {
+                Ok(result) => {
+                    let out = result
+                        .output(graph.head_output)
+                        .ok_or(EngineError::NoSuchOutput(graph.head_output))?;
+                    let results = results
+                        .and_then(
+                            |r: Arc<std::sync::Mutex<BTreeMap<usize, crate::ops::Res>>>| {
+                                r.lock().ok().map(|m| m.clone())
+                            },
+                        )
+                        .unwrap_or_default();
+                    return Ok(Solved {
+                        snap: out.snap,
+                        graph,
+                        results,
+                        plan: attempt,
+                        locals,
+                    });
+                }
+                // A cached result that could not be loaded (a hostile or broken layer): the
+                // build goes on without the imported cache.
+                Err(e) if attempt.is_some() && is_import_failure(&e) => {
+                    self.reporter.event(Event::Note(format!(
+                        "warning: {e}; building again without the imported cache"
+                    )));
+                    attempt = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Every vertex's cache key, computed without building anything (`None` when that fails:
+    /// the real solve then reports why).
+    async fn keys(
+        &self,
+        sv: &[solver::Vertex],
+        root: usize,
+        ov: &Arc<Vec<OpVertex>>,
+        locals: &BTreeMap<String, PathBuf>,
+    ) -> Option<Vec<String>> {
+        let results: Arc<std::sync::Mutex<BTreeMap<usize, crate::ops::Res>>> = Default::default();
         let runner = Arc::new(LlbRunner {
             worker: self.worker.clone(),
-            vertices: Arc::new(ov),
-            locals,
+            vertices: ov.clone(),
+            locals: locals.clone(),
             secrets: self.secrets.clone(),
             ssh: self.ssh.clone(),
             entitlements: self.entitlements.clone(),
-            reporter: self.reporter.clone(),
+            reporter: Arc::new(crate::progress::Silent),
+            import: Some(Arc::new(crate::ops::import::ImportPlan {
+                roles: Vec::new(),
+                keys_only: true,
+            })),
+            results: Some(results.clone()),
         });
         let opts = SolveOptions {
             parallelism: self.parallelism,
         };
-        let result = solver::solve(&sv, root_v, runner, self.reporter.clone(), &opts).await?;
-        let out = result
-            .output(graph.head_output)
-            .ok_or(EngineError::NoSuchOutput(graph.head_output))?;
-        Ok(out.snap)
+        solver::solve(sv, root, runner, Arc::new(crate::progress::Silent), &opts)
+            .await
+            .ok()?;
+        let done = results.lock().ok()?;
+        Some(
+            (0..sv.len())
+                .map(|v| done.get(&v).map(|r| r.key.clone()).unwrap_or_default())
+                .collect(),
+        )
     }
+}
+
+/// What a solve made: the head's snapshots and, for a cache export, every vertex's result.
+pub struct Solved {
+    pub snap: SnapRef,
+    pub graph: llb::LoadedGraph,
+    /// Results by vertex (kept only when a cache export was asked for).
+    pub results: BTreeMap<usize, crate::ops::Res>,
+    /// The import plan the solve went by (vertices it skipped have no real result).
+    pub plan: Option<Arc<crate::ops::import::ImportPlan>>,
+    /// The local sources it was given.
+    pub locals: BTreeMap<String, PathBuf>,
+}
+
+/// Whether a solve failed while loading an imported result.
+fn is_import_failure(e: &SolveError) -> bool {
+    let SolveError::Vertex { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<crate::ops::OpsError>(),
+        Some(crate::ops::OpsError::Import { .. })
+    )
 }
 
 #[cfg(test)]

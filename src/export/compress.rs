@@ -128,8 +128,8 @@ pub(super) fn decompressed(store: &Store, d: &Descriptor) -> Result<Box<dyn Read
     })
 }
 
-/// Stores `d`'s content compressed as `opts` asks; the new descriptor.
-fn convert(
+/// Stores `d`'s content compressed as `opts` asks; the new descriptor (remembered per blob).
+pub fn convert(
     store: &Store,
     d: &Descriptor,
     opts: &CompressionOpts,

@@ -28,7 +28,7 @@ pub mod exporter;
 pub mod load;
 mod pgzip;
 
-pub use compress::{Compression, CompressionOpts, convert_manifest};
+pub use compress::{Compression, CompressionOpts, convert, convert_manifest};
 pub use docker::docker_tar;
 
 /// Errors of the exporters.

@@ -216,6 +216,36 @@ struct Checked<'a> {
 
 /// Checks an exec op against this machine and the build's grants: its platform, network mode
 /// and entitlements, devices and ulimits.
+/// What must hold for the step whether it runs or comes from a cache: a step for this
+/// platform, granted entitlements, the secrets and ssh agents it needs given.
+pub(super) fn validate(ctx: &Ctx, exec: &pb::ExecOp) -> Result<(), OpsError> {
+    check(ctx, exec)?;
+    for m in &exec.mounts {
+        if m.mount_type == MOUNT_SECRET {
+            let opt = m.secret_opt.clone().unwrap_or_default();
+            if !opt.optional && !ctx.secrets.contains_key(&opt.id) {
+                return Err(OpsError::MissingSecret(opt.id));
+            }
+        } else if m.mount_type == MOUNT_SSH {
+            let opt = m.ssh_opt.clone().unwrap_or_default();
+            let id = if opt.id.is_empty() {
+                "default".to_string()
+            } else {
+                opt.id
+            };
+            if !opt.optional && !ctx.ssh.contains_key(&id) {
+                return Err(OpsError::MissingSsh(id));
+            }
+        }
+    }
+    for se in &exec.secretenv {
+        if !se.optional && !ctx.secrets.contains_key(&se.id) {
+            return Err(OpsError::MissingSecret(se.id.clone()));
+        }
+    }
+    Ok(())
+}
+
 fn check<'a>(ctx: &Ctx, exec: &'a pb::ExecOp) -> Result<Checked<'a>, OpsError> {
     let meta = exec
         .meta

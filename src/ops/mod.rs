@@ -11,6 +11,7 @@ mod exec;
 mod file;
 mod git;
 mod http;
+pub mod import;
 mod merge;
 mod source;
 mod ssh;
@@ -83,6 +84,8 @@ pub enum OpsError {
     Git { what: String, message: String },
     #[error(transparent)]
     OutputCount(#[from] OutputCount),
+    #[error("loading {from}: {message}")]
+    Import { from: String, message: String },
 }
 
 /// One vertex of a loaded Definition, as the ops need it.
@@ -140,6 +143,10 @@ pub struct LlbRunner {
     /// Entitlements granted with `--allow` (`network.host`, `security.insecure`).
     pub entitlements: Arc<std::collections::BTreeSet<String>>,
     pub reporter: Arc<dyn Reporter>,
+    /// What an imported cache gives (`--import-cache`), by vertex.
+    pub import: Option<Arc<import::ImportPlan>>,
+    /// Every vertex's result, kept for a cache export (`--export-cache`).
+    pub results: Option<Arc<std::sync::Mutex<BTreeMap<usize, Res>>>>,
 }
 
 impl OpRunner<Res> for LlbRunner {
@@ -152,9 +159,19 @@ impl OpRunner<Res> for LlbRunner {
             ssh: self.ssh.clone(),
             entitlements: self.entitlements.clone(),
             reporter: self.reporter.clone(),
+            import: self.import.clone(),
             vertex,
         };
-        Box::pin(async move { ctx.run(inputs).await.map_err(|e| Box::new(e) as OpError) })
+        let results = self.results.clone();
+        Box::pin(async move {
+            let out = ctx.run(inputs).await.map_err(|e| Box::new(e) as OpError)?;
+            if let Some(r) = results
+                && let Ok(mut r) = r.lock()
+            {
+                r.insert(vertex, out.value.clone());
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -167,6 +184,7 @@ pub(crate) struct Ctx {
     pub ssh: Arc<BTreeMap<String, PathBuf>>,
     pub entitlements: Arc<std::collections::BTreeSet<String>>,
     pub reporter: Arc<dyn Reporter>,
+    pub import: Option<Arc<import::ImportPlan>>,
     pub vertex: usize,
 }
 
@@ -210,6 +228,60 @@ impl Ctx {
             })?);
         }
         let inputs = picked;
+        let plan = self.import.as_deref();
+        if plan.is_some_and(|p| p.keys_only) {
+            // The first pass: keys only (a source whose key needs the download gets none).
+            let res = import::key_only(self, &inputs)
+                .await?
+                .unwrap_or_else(|| Res {
+                    snap: SnapRef::scratch(),
+                    key: format!("unknown-{}", self.vertex),
+                    more: BTreeMap::new(),
+                });
+            return Ok(Outcome {
+                value: res,
+                cached: true,
+            });
+        }
+        let role = plan
+            .and_then(|p| p.roles.get(self.vertex).cloned())
+            .unwrap_or_default();
+        match role {
+            import::Role::Skip => {
+                if let Some(res) = import::key_only(self, &inputs).await? {
+                    return Ok(Outcome {
+                        value: res,
+                        cached: true,
+                    });
+                }
+            }
+            import::Role::Hit => {
+                if let Some(res) = import::key_only(self, &inputs).await?
+                    && let Some(hit) = self.peek(&res.key)?
+                {
+                    return Ok(hit);
+                }
+                // Gone since the plan was made (a prune): the engine solves again without it.
+                return Err(OpsError::Import {
+                    from: "the store".into(),
+                    message: "a cached result went away during the build".into(),
+                });
+            }
+            import::Role::Load(loaded) if !v.ignore_cache => {
+                if let Some(res) = import::key_only(self, &inputs).await? {
+                    return import::load(self, &inputs, &res.key, &loaded)
+                        .await
+                        .map_err(|e| match e {
+                            OpsError::Import { .. } => e,
+                            other => OpsError::Import {
+                                from: loaded.from.clone(),
+                                message: other.to_string(),
+                            },
+                        });
+                }
+            }
+            _ => {}
+        }
         match &v.op.op {
             Some(pb::op::Op::Source(src)) => source::run(self, src).await,
             Some(pb::op::Op::Exec(exec)) => exec::run(self, exec, &inputs).await,

@@ -9,10 +9,10 @@ use crate::solver::Outcome;
 
 pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
     let id = src.identifier.as_str();
-    if let Some(reference) = id.strip_prefix("docker-image://") {
-        image(ctx, reference, src).await
-    } else if let Some(name) = id.strip_prefix("local://") {
-        local(ctx, name, src).await
+    if id.starts_with("docker-image://") {
+        image(ctx, src).await
+    } else if id.starts_with("local://") {
+        local(ctx, src).await
     } else if id.starts_with("https://") || id.starts_with("http://") {
         super::http::run(ctx, id, src).await
     } else if id.starts_with("git://") {
@@ -23,7 +23,16 @@ pub(super) async fn run(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, O
     }
 }
 
-async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
+/// An image source's cache key (by the manifest its reference resolves to) and what it
+/// resolved to, without pulling anything.
+pub(super) async fn image_key(
+    ctx: &Ctx,
+    src: &pb::SourceOp,
+) -> Result<(String, crate::registry::Resolved), OpsError> {
+    let reference = src
+        .identifier
+        .strip_prefix("docker-image://")
+        .unwrap_or(&src.identifier);
     let w = &ctx.worker;
     let platform = super::op_platform(ctx);
     let mode = crate::registry::ResolveMode::from_attr(
@@ -50,6 +59,12 @@ async fn image(ctx: &Ctx, reference: &str, src: &pb::SourceOp) -> Result<Outcome
     };
     let resolved = w.registry.resolve_with(reference, &platform, mode).await?;
     let key = ctx.cache_key(&[], &[resolved.manifest_digest.as_ref()]);
+    Ok((key, resolved))
+}
+
+async fn image(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
+    let w = &ctx.worker;
+    let (key, resolved) = image_key(ctx, src).await?;
     let key = &key;
     ctx.resolve_one(key, |prepared| async move {
         w.registry.pull(&resolved, &w.content).await?;
@@ -86,7 +101,16 @@ pub(super) async fn helper_ok(
     }
 }
 
-async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
+/// A local source's directory, filter and cache key (the checksum of what the filter keeps),
+/// without copying anything.
+pub(super) async fn local_key(
+    ctx: &Ctx,
+    src: &pb::SourceOp,
+) -> Result<(String, std::path::PathBuf, rootless::patterns::Filter), OpsError> {
+    let name = src
+        .identifier
+        .strip_prefix("local://")
+        .unwrap_or(&src.identifier);
     let Some(dir) = ctx.locals.get(name).cloned() else {
         return Err(OpsError::UnknownLocal {
             name: name.to_string(),
@@ -121,6 +145,11 @@ async fn local(ctx: &Ctx, name: &str, src: &pb::SourceOp) -> Result<Outcome<Res>
     } else {
         ctx.cache_key(&[], &[&checksum, &filter_key])
     };
+    Ok((key, dir, filter))
+}
+
+async fn local(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
+    let (key, dir, filter) = local_key(ctx, src).await?;
     let key = &key;
     ctx.resolve_one(key, |prepared| async move {
         let dest = prepared.fs.clone();

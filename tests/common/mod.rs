@@ -6,6 +6,7 @@
 //! `ENVKIT_TEST_AUTH_REGISTRY` and `ENVKIT_TEST_AUTH`). Without them a test fails and says so.
 #![allow(dead_code)]
 
+pub mod cache;
 pub mod confine;
 pub mod remote;
 

@@ -1,0 +1,367 @@
+//! `--export-cache` for the embedded engine: the solved graph's BuildKit keys as records
+//! (`bkcache::config::Builder`), each built result's layers (the base image's blobs as pulled,
+//! one layer per snapshot on top: the step's diff, or BuildKit's empty layer where the step
+//! changed nothing), written as BuildKit writes a cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use oci_spec::image::Descriptor;
+
+use super::{Engine, EngineError, Solved};
+use crate::bkcache::config::{self, Builder};
+use crate::bkcache::keys;
+use crate::bkcache::layout::{self, Desc};
+use crate::bkcache::matching;
+use crate::bkcache::spec::{Export, Location, Mode};
+use crate::ops::import::Role;
+use crate::pb;
+use crate::progress::Event;
+use crate::snapshot::SnapRef;
+
+/// One layer of an exported result.
+#[derive(Clone)]
+struct LayerOut {
+    desc: Descriptor,
+    diff_id: String,
+}
+
+impl Engine {
+    /// Exports the cache of `solved` as each of `exports` asks. A failed export fails the
+    /// build unless it says `ignore-error=true` (then it is a warning).
+    pub async fn export_cache(
+        &self,
+        solved: &Solved,
+        exports: &[Export],
+    ) -> Result<(), EngineError> {
+        for e in exports {
+            if let Err(err) = self.export_one(solved, e).await {
+                if e.ignore_error {
+                    self.reporter.event(Event::Note(format!(
+                        "warning: exporting cache ({}): {err}",
+                        e.kind
+                    )));
+                } else {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn export_one(&self, solved: &Solved, e: &Export) -> Result<(), EngineError> {
+        let fail = |m: String| EngineError::Output(format!("exporting cache ({}): {m}", e.kind));
+        let dir = match &e.location {
+            Location::Local { dir, .. } => dir.clone(),
+            Location::Registry { .. } | Location::Inline => {
+                return Err(fail(
+                    "the embedded engine exports type=local so far (type=registry and type=inline \
+                     pass through to a buildkitd context)"
+                        .into(),
+                ));
+            }
+        };
+        let tag = match &e.location {
+            Location::Local { tag, .. } => tag.clone(),
+            _ => "latest".into(),
+        };
+        let opts = crate::export::CompressionOpts {
+            kind: crate::export::Compression::parse(&e.compression)
+                .ok_or_else(|| fail(format!("compression {}", e.compression)))?,
+            level: e.compression_level.map(|l| l as i32),
+            force: e.force_compression,
+        };
+        opts.validate().map_err(fail)?;
+        let g = &solved.graph;
+        let mut images = self.image_keys(g, &solved.locals).await;
+        let used = matching::used_outputs(g);
+        let created = crate::timefmt::rfc3339_nano(std::time::SystemTime::now());
+        let mut b = Builder::default();
+        let mut recs: Vec<BTreeMap<i64, Vec<usize>>> = vec![BTreeMap::new(); g.vertices.len()];
+        let mut layer_descs: HashMap<String, LayerOut> = HashMap::new();
+        let mut made = 0usize;
+        for (vi, v) in g.vertices.iter().enumerate() {
+            let maps = match keys::op_keys(&v.op, &mut |s| {
+                use crate::bkcache::matching::Resolver as _;
+                images.source(&v.op, s)
+            }) {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            // A skipped vertex was not built here; its result may still be in the store.
+            let skipped = matches!(
+                solved.plan.as_ref().and_then(|p| p.roles.get(vi)),
+                Some(Role::Skip)
+            );
+            let real: Option<crate::ops::Res> = match solved.results.get(&vi) {
+                Some(r) if !skipped => Some(r.clone()),
+                Some(r) => self
+                    .worker
+                    .snapshots
+                    .lookup_quiet(&r.key)
+                    .ok()
+                    .flatten()
+                    .map(|snap| crate::ops::Res {
+                        snap,
+                        key: r.key.clone(),
+                        more: Default::default(),
+                    }),
+                None => None,
+            };
+            let wants_result = match e.mode {
+                Mode::Max => !matches!(v.op.op, Some(pb::op::Op::Source(_))),
+                Mode::Min => Some(vi) == g.head,
+            };
+            for &out in &used[vi] {
+                let mut here = Vec::new();
+                for km in &maps {
+                    let key = keys::root_key(&km.digest, out);
+                    let mut inputs = Vec::with_capacity(v.op.inputs.len());
+                    for (i, (inp, &from)) in v.op.inputs.iter().zip(&v.inputs).enumerate() {
+                        let sel = km
+                            .deps
+                            .get(i)
+                            .and_then(|d| d.selector.clone())
+                            .unwrap_or_default();
+                        let mut links: Vec<(String, usize)> = recs[from]
+                            .get(&inp.index)
+                            .map(|rs| rs.iter().map(|&r| (sel.clone(), r)).collect())
+                            .unwrap_or_default();
+                        // The input's content hash, where it can be had: a key of its own.
+                        if let Some(paths) = km.deps.get(i).and_then(|d| d.content.as_ref()) {
+                            use crate::bkcache::matching::Resolver as _;
+                            if let Some(h) = images.content(from, inp.index, paths) {
+                                links.push((
+                                    String::new(),
+                                    b.record(&keys::root_key(&h, -1), Vec::new()),
+                                ));
+                            }
+                        }
+                        inputs.push(links);
+                    }
+                    if inputs.iter().any(Vec::is_empty) {
+                        continue; // an input without a key (a local directory): no record
+                    }
+                    here.push(b.record(&key, inputs));
+                }
+                if here.is_empty() || !wants_result {
+                    recs[vi].insert(out, here);
+                    continue;
+                }
+                if let Some(res) = real.as_ref().and_then(|r| r.output(out)) {
+                    let layers = self
+                        .result_layers(&res.snap, &opts, &mut layer_descs)
+                        .await?;
+                    let blobs: Vec<String> =
+                        layers.iter().map(|l| l.desc.digest().to_string()).collect();
+                    if let Some(top) = b.chain(&blobs) {
+                        for &r in &here {
+                            b.result(r, top, &created);
+                        }
+                        made += 1;
+                    }
+                }
+                recs[vi].insert(out, here);
+            }
+        }
+        let cfg = b.finish();
+        let blobs: Vec<LayerOut> = {
+            let mut seen = std::collections::BTreeSet::new();
+            cfg.layers
+                .iter()
+                .filter(|l| seen.insert(l.blob.clone()))
+                .filter_map(|l| layer_descs.get(&l.blob).cloned())
+                .collect()
+        };
+        let (store, created2) = (self.worker.content.clone(), created.clone());
+        let (manifest_image, records) = (e.image_manifest, cfg.records.len());
+        tokio::task::spawn_blocking(move || {
+            write_local(&dir, &tag, &cfg, &blobs, &store, manifest_image, &created2)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(fail)?;
+        self.reporter.event(Event::Note(format!(
+            "exported cache ({}): {records} records, {made} results",
+            e.kind
+        )));
+        Ok(())
+    }
+
+    /// The layers of a result: its base image's as pulled, then one per own snapshot.
+    async fn result_layers(
+        &self,
+        snap: &SnapRef,
+        opts: &crate::export::CompressionOpts,
+        seen: &mut HashMap<String, LayerOut>,
+    ) -> Result<Vec<LayerOut>, EngineError> {
+        let w = &self.worker;
+        let mut out = Vec::new();
+        if let Some(base) = &snap.base {
+            let digest = crate::content::parse_digest(&base.config_digest)?;
+            let cfg: oci_spec::image::ImageConfiguration =
+                serde_json::from_slice(&w.content.read_blob(&digest)?)
+                    .map_err(|e| EngineError::BaseConfig(e.to_string()))?;
+            let ids = cfg.rootfs().diff_ids().clone();
+            for (l, id) in base.layers.iter().zip(ids) {
+                let lo = LayerOut {
+                    desc: l.clone(),
+                    diff_id: id,
+                };
+                seen.insert(l.digest().to_string(), lo.clone());
+                out.push(lo);
+            }
+        }
+        for id in snap.own_layers() {
+            let lo = match super::image::layer_for(w, id).await? {
+                Some(l) => {
+                    let store = w.content.clone();
+                    let (d, o) = (l.descriptor.clone(), *opts);
+                    let desc =
+                        tokio::task::spawn_blocking(move || crate::export::convert(&store, &d, &o))
+                            .await
+                            .map_err(|e| EngineError::Output(e.to_string()))??;
+                    LayerOut {
+                        desc,
+                        diff_id: l.diff_id.to_string(),
+                    }
+                }
+                None => empty_layer(&w.content)?,
+            };
+            seen.insert(lo.desc.digest().to_string(), lo.clone());
+            out.push(lo);
+        }
+        Ok(out)
+    }
+}
+
+/// The layer of a step that changed nothing: an empty tar, gzipped (BuildKit has one too).
+fn empty_layer(store: &crate::content::Store) -> Result<LayerOut, EngineError> {
+    use std::io::Write as _;
+    let tar = [0u8; 1024];
+    let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar)
+        .map_err(|e| EngineError::Output(e.to_string()))?;
+    let bytes = gz
+        .finish()
+        .map_err(|e| EngineError::Output(e.to_string()))?;
+    let info = store.write_blob(&bytes)?;
+    Ok(LayerOut {
+        desc: Descriptor::new(
+            oci_spec::image::MediaType::ImageLayerGzip,
+            info.size,
+            info.digest,
+        ),
+        diff_id: keys::digest_of(&tar),
+    })
+}
+
+/// Writes the cache into the OCI layout `dir` under `tag`: layer blobs (those already there
+/// are kept), the config, the manifest (an image manifest, or the older index form), and
+/// index.json with the tag moved to it.
+fn write_local(
+    dir: &Path,
+    tag: &str,
+    cfg: &config::CacheConfig,
+    layers: &[LayerOut],
+    store: &crate::content::Store,
+    image_manifest: bool,
+    created: &str,
+) -> Result<(), String> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io(dir, e))?;
+    let put = |bytes: &[u8]| -> Result<String, String> {
+        let d = keys::digest_of(bytes);
+        let p = layout::blob_path(dir, &d).map_err(|e| e.to_string())?;
+        if !p.exists() {
+            crate::fsutil::write_atomic(&p, bytes, true).map_err(|e| io(&p, e))?;
+        }
+        Ok(d)
+    };
+    let mut descs = Vec::with_capacity(layers.len());
+    for l in layers {
+        let d = l.desc.digest().to_string();
+        let p = layout::blob_path(dir, &d).map_err(|e| e.to_string())?;
+        let have = std::fs::metadata(&p)
+            .map(|m| m.len() == l.desc.size())
+            .unwrap_or(false);
+        if !have {
+            let src = store.path(l.desc.digest()).map_err(|e| e.to_string())?;
+            let tmp = p.with_extension("tmp");
+            std::fs::copy(&src, &tmp).map_err(|e| io(&src, e))?;
+            std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))?;
+        }
+        let mut annotations = BTreeMap::new();
+        annotations.insert("buildkit/createdat".to_string(), created.to_string());
+        annotations.insert("containerd.io/uncompressed".to_string(), l.diff_id.clone());
+        descs.push(Desc {
+            media_type: l.desc.media_type().to_string(),
+            digest: d,
+            size: l.desc.size(),
+            annotations,
+        });
+    }
+    let cfg_bytes = serde_json::to_vec(cfg).map_err(|e| e.to_string())?;
+    let cfg_digest = put(&cfg_bytes)?;
+    let cfg_desc = Desc {
+        media_type: config::MEDIA_TYPE.into(),
+        digest: cfg_digest,
+        size: cfg_bytes.len() as u64,
+        annotations: BTreeMap::new(),
+    };
+    let (manifest, media_type) = if image_manifest {
+        (
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": cfg_desc,
+                "layers": descs,
+            }),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    } else {
+        let mut all = descs;
+        all.push(cfg_desc);
+        (
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": all,
+            }),
+            "application/vnd.oci.image.index.v1+json",
+        )
+    };
+    let man_bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+    let man_digest = put(&man_bytes)?;
+    // index.json: the tag moves to the new manifest; other tags stay.
+    let index_path = dir.join("index.json");
+    let mut entries: Vec<serde_json::Value> = std::fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("manifests").and_then(|m| m.as_array()).cloned())
+        .unwrap_or_default();
+    entries.retain(|m| {
+        m.pointer("/annotations/org.opencontainers.image.ref.name")
+            .and_then(|t| t.as_str())
+            != Some(tag)
+    });
+    entries.push(serde_json::json!({
+        "mediaType": media_type,
+        "digest": man_digest,
+        "size": man_bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    crate::fsutil::write_atomic(&index_path, &bytes, true).map_err(|e| io(&index_path, e))?;
+    let layout_file = dir.join("oci-layout");
+    if !layout_file.exists() {
+        crate::fsutil::write_atomic(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#, true)
+            .map_err(|e| io(&layout_file, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! `--export-cache` / `--import-cache` end to end, as the unprivileged test user: a cache
+//! exported in BuildKit's format (`type=local`, `mode=min` and `mode=max`) gives a fresh store
+//! every step and the identical image; a changed step misses only itself and what follows;
+//! a corrupt layer in the cache is refused and the step runs instead.
+
+mod common;
+
+use std::path::Path;
+
+use common::cache::{built_digest, context, graph, ran, records_with_results};
+use common::{TestEnv, stderr};
+
+fn solve_on(env: &TestEnv, store: &str, pb: &Path, extra: &[&str]) -> String {
+    let store = env.dir.join(store);
+    let pb = pb.to_str().expect("utf-8");
+    let ctx = format!("ctx={}", env.dir.join("ctx").display());
+    let mut args = vec![
+        "--root",
+        store.to_str().expect("utf-8"),
+        "solve",
+        "--progress",
+        "plain",
+        "--local",
+        &ctx,
+    ];
+    args.extend_from_slice(extra);
+    args.push(pb);
+    let out = env.envkit(&args);
+    assert!(
+        out.status.success(),
+        "envkit {}: {}",
+        args.join(" "),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+#[test]
+fn an_exported_cache_gives_a_fresh_store_every_step_and_the_same_image() {
+    let env = TestEnv::new("cache");
+    let ctx = context(&env, "ctx");
+    let pb = env.def_file("g", &graph(&env.registry, "v1"));
+    let max = env.dir.join("cache-max");
+    let min = env.dir.join("cache-min");
+    let log = solve_on(
+        &env,
+        "s1",
+        &pb,
+        &[
+            "--export-cache",
+            &format!("type=local,dest={},mode=max", max.display()),
+            "--export-cache",
+            &format!("type=local,dest={}", min.display()),
+            "-t",
+            "c:one",
+        ],
+    );
+    let image = built_digest(&log);
+    assert_eq!(ran(&log).len(), 7, "{log}");
+    // mode=max: every step's result; mode=min: only the final one.
+    assert_eq!(records_with_results(&max), 7, "{}", max.display());
+    assert_eq!(records_with_results(&min), 1, "{}", min.display());
+
+    for (store, cache) in [("s2", &max), ("s3", &min)] {
+        let log = solve_on(
+            &env,
+            store,
+            &pb,
+            &[
+                "--import-cache",
+                &format!("type=local,src={}", cache.display()),
+                "-t",
+                "c:two",
+            ],
+        );
+        assert!(
+            ran(&log).is_empty(),
+            "every step comes from the cache:\n{log}"
+        );
+        assert_eq!(
+            built_digest(&log),
+            image,
+            "the same image from {}",
+            cache.display()
+        );
+        // Warm on that store now, without the cache.
+        let log = solve_on(&env, store, &pb, &["-t", "c:three"]);
+        assert!(ran(&log).is_empty(), "{log}");
+        assert_eq!(built_digest(&log), image);
+    }
+
+    // A changed last step: the steps before it come from the cache, it runs.
+    let pb2 = env.def_file("g2", &graph(&env.registry, "v2"));
+    let log = solve_on(
+        &env,
+        "s4",
+        &pb2,
+        &[
+            "--import-cache",
+            &format!("type=local,src={}", max.display()),
+        ],
+    );
+    assert_eq!(
+        ran(&log),
+        vec!["exec: sh -c echo v2 > /last".to_string()],
+        "{log}"
+    );
+    // Only the step below it is loaded; the ones under that are not even looked at.
+    assert!(log.contains("1 step taken from it"), "{log}");
+
+    // A changed file of the local source: the copy of it and what follows run, nothing else.
+    std::fs::write(ctx.join("sub/b.txt"), "changed\n").expect("write");
+    let log = solve_on(
+        &env,
+        "s7",
+        &pb,
+        &[
+            "--import-cache",
+            &format!("type=local,src={}", max.display()),
+        ],
+    );
+    assert_eq!(
+        ran(&log),
+        vec![
+            "file: copy{src=/,dest=/ctx}".to_string(),
+            "exec: sh -c rm -rf /d /etc/motd; rm -f /one".to_string(),
+            "file: rm{path=/nothing}".to_string(),
+            "exec: sh -c echo v1 > /last".to_string(),
+        ],
+        "{log}"
+    );
+    std::fs::write(ctx.join("sub/b.txt"), "b\n").expect("write");
+
+    // A layer whose bytes are not its digest is refused: the steps run instead.
+    let bad = env.dir.join("cache-bad");
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&max)
+        .arg(&bad)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    for e in std::fs::read_dir(bad.join("blobs/sha256")).expect("blobs") {
+        let p = e.expect("entry").path();
+        let bytes = std::fs::read(&p).expect("blob");
+        // The layers are gzip; the config and manifests JSON.
+        if bytes.starts_with(&[0x1f, 0x8b]) && bytes.len() > 40 {
+            let mut b = bytes.clone();
+            let n = b.len() - 12;
+            b[n] ^= 0xff;
+            std::fs::write(&p, b).expect("corrupt");
+        }
+    }
+    env.chown(&bad);
+    let log = solve_on(
+        &env,
+        "s5",
+        &pb,
+        &[
+            "--import-cache",
+            &format!("type=local,src={}", bad.display()),
+        ],
+    );
+    assert!(log.contains("the step runs instead"), "{log}");
+    assert_eq!(built_digest(&log), image, "{log}");
+
+    // A cache that is not there is a warning.
+    let log = solve_on(
+        &env,
+        "s6",
+        &pb,
+        &["--import-cache", "type=local,src=/nonexistent/cache"],
+    );
+    assert!(
+        log.contains("warning: importing cache /nonexistent/cache"),
+        "{log}"
+    );
+    assert_eq!(built_digest(&log), image);
+}
+
+#[test]
+fn bad_cache_specs_are_refused_before_building() {
+    let env = TestEnv::new("cache-specs");
+    let pb = env.def_file("g", &graph(&env.registry, "v1"));
+    for (spec, want) in [
+        ("type=s3,bucket=x", "not supported"),
+        ("type=local", "dest="),
+        ("type=local,dest=/x,mode=everything", "mode=everything"),
+    ] {
+        let out = env.envkit(&[
+            "solve",
+            "--export-cache",
+            spec,
+            "--local",
+            &format!("ctx={}", env.dir.display()),
+            pb.to_str().expect("utf-8"),
+        ]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(want), "{spec}: {}", stderr(&out));
+    }
+}
