@@ -325,6 +325,8 @@ pub struct Job {
     pub image_config: Option<Vec<u8>>,
     /// The session serving local sources ("" for none).
     pub session: String,
+    /// `--export-cache` / `--import-cache`, as BuildKit's cache exporters and importers.
+    pub cache: pb::CacheOptions,
 }
 
 /// gRPC metadata that ties gateway calls to the Control.Solve of the same job.
@@ -458,7 +460,7 @@ pub async fn solve(
         session: job.session,
         frontend: String::new(),
         frontend_attrs: HashMap::new(),
-        cache: Some(pb::CacheOptions::default()),
+        cache: Some(job.cache),
         entitlements: job.entitlements,
     };
     let solving = tokio::spawn(async move { client.solve(req).await });

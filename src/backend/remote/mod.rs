@@ -314,6 +314,7 @@ impl RemoteBackend {
             ),
             ImageConfig::Base => None,
         };
+        let cache = cache_options(&job.cache, kind.moby)?;
         let shown = attrs.get("name").cloned();
         let res = remote::solve(
             ep,
@@ -329,6 +330,7 @@ impl RemoteBackend {
                 entitlements: self.options.entitlements.clone(),
                 image_config,
                 session: session.id.clone(),
+                cache,
             },
             self.reporter.clone(),
         )
@@ -460,10 +462,83 @@ fn beside(dest: &Path) -> PathBuf {
     }
 }
 
+/// `--export-cache` / `--import-cache` as the remote BuildKit's cache exporters and importers.
+/// `type=local` would need the session's content store, which envkit does not serve yet;
+/// dockerd's BuildKit exports only `inline` and imports only from registries.
+fn cache_options(
+    specs: &crate::bkcache::spec::CacheSpecs,
+    moby: bool,
+) -> Result<remote::pb::CacheOptions, BackendError> {
+    use crate::bkcache::spec::Location;
+    let entry = |kind: &str, attrs: &std::collections::BTreeMap<String, String>| {
+        remote::pb::CacheOptionsEntry {
+            r#type: kind.to_string(),
+            attrs: attrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    };
+    let local = |what: &str| {
+        BackendError::Refused(format!(
+            "{what} type=local with a remote builder is not supported yet (it would travel \
+             through the session's content store); use type=registry"
+        ))
+    };
+    let mut out = remote::pb::CacheOptions::default();
+    for e in &specs.exports {
+        match &e.location {
+            Location::Local { .. } => return Err(local("--export-cache")),
+            Location::Registry { .. } if moby => {
+                return Err(BackendError::Refused(
+                    "--export-cache type=registry: dockerd's BuildKit exports only type=inline"
+                        .into(),
+                ));
+            }
+            _ => out.exports.push(entry(&e.kind, &e.attrs)),
+        }
+    }
+    for i in &specs.imports {
+        match &i.location {
+            Location::Local { .. } => return Err(local("--import-cache")),
+            _ => out.imports.push(entry(&i.kind, &i.attrs)),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::llb::{self, MarshalOptions, Run};
+
+    #[test]
+    fn cache_flags_become_buildkits_cache_options() {
+        use crate::bkcache::spec::CacheSpecs;
+        let specs = CacheSpecs::parse(
+            &["type=registry,ref=reg.example/app:cache".into()],
+            &[
+                "type=registry,ref=reg.example/app:cache,mode=max".into(),
+                "type=inline".into(),
+            ],
+        )
+        .expect("specs");
+        let o = cache_options(&specs, false).expect("buildkitd");
+        assert_eq!(o.exports.len(), 2);
+        assert_eq!(o.exports[0].r#type, "registry");
+        assert_eq!(
+            o.exports[0].attrs.get("mode").map(String::as_str),
+            Some("max")
+        );
+        assert_eq!(
+            o.imports[0].attrs.get("ref").map(String::as_str),
+            Some("reg.example/app:cache")
+        );
+        let e = cache_options(&specs, true)
+            .expect_err("dockerd")
+            .to_string();
+        assert!(e.contains("only type=inline"), "{e}");
+        let local = CacheSpecs::parse(&[], &["type=local,dest=/c".into()]).expect("specs");
+        let e = cache_options(&local, false).expect_err("local").to_string();
+        assert!(e.contains("type=registry"), "{e}");
+    }
 
     #[test]
     fn no_cache_marks_every_op_but_the_sources_and_keeps_the_digests() {
