@@ -10,6 +10,10 @@
 //!   single-platform image must be of that platform.
 //! * Blobs are streamed into the [`content::Store`](crate::content::Store), which checks digest
 //!   and size before they become visible.
+//! * A manifest that is no image (a BuildKit registry cache's, whose config is a
+//!   `cacheconfig.v0`) is fetched as it is ([`Registry::fetch_manifest_raw`]), from the same
+//!   hosts in the same order, and its blobs by descriptor ([`Registry::fetch_blobs`],
+//!   [`Registry::fetch_blob_bytes`]), with the same checks.
 //!
 //! Token auth, blobs and pushes go through `oci-client`; manifests through a plain HTTP
 //! client. Both are per host, so that per-host TLS settings (`ca`, `insecure`) stay per host,
@@ -181,6 +185,25 @@ impl Resolved {
     }
 }
 
+/// A manifest or index as a registry stored it, whatever its config is (a BuildKit cache's
+/// `application/vnd.buildkit.cacheconfig.v0`, say): see [`Registry::fetch_manifest_raw`].
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    /// The normalised reference, e.g. `127.0.0.1:5000/envkit-test/cache:chain3`.
+    pub reference: String,
+    /// The host that answered (a mirror or the registry itself); its blobs come from there.
+    pub host: String,
+    /// The repository on that host, e.g. `envkit-test/cache`.
+    pub repository: String,
+    /// Digest of `bytes` (the one the reference named, if it named one).
+    pub digest: Digest,
+    /// One of [`OCI_MANIFEST`], [`OCI_INDEX`], [`DOCKER_MANIFEST`], [`DOCKER_MANIFEST_LIST`]:
+    /// the document's own `mediaType`, else the answer's `Content-Type`, else what its shape
+    /// says (`manifests`: an index).
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
 /// Normalises a reference like Docker: adds `docker.io`, `library/` and `:latest` where
 /// missing. Returns the parsed reference.
 ///
@@ -316,6 +339,20 @@ fn plain_client(
     b.build()
 }
 
+/// What a reference named on one host, and how it was asked for (a child manifest is asked
+/// for the same way).
+struct OnHost {
+    http: reqwest::Client,
+    auth: ManifestAuth,
+    /// The reference on that host (for the distribution client).
+    on_host: Reference,
+    repo: String,
+    url: String,
+    bytes: Vec<u8>,
+    digest: Digest,
+    content_type: Option<String>,
+}
+
 /// How a manifest request authenticates: what the distribution client's auth step found.
 #[derive(Clone)]
 enum ManifestAuth {
@@ -360,14 +397,15 @@ fn registry_answer(status: reqwest::StatusCode, body: &[u8]) -> String {
     format!("HTTP {}: {}", status.as_u16(), text.trim())
 }
 
-/// GETs `url` for a manifest and reads at most `cap` bytes of it. An error says whether
-/// another try may help (5xx, 429) and what went wrong.
+/// GETs `url` for a manifest and reads at most `cap` bytes of it; with the media type of its
+/// `Content-Type` (parameters dropped), if it sent one. An error says whether another try may
+/// help (5xx, 429) and what went wrong.
 async fn get_capped(
     http: &reqwest::Client,
     url: &str,
     auth: &ManifestAuth,
     cap: u64,
-) -> Result<Vec<u8>, (bool, String)> {
+) -> Result<(Vec<u8>, Option<String>), (bool, String)> {
     let mut req = http
         .get(url)
         .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
@@ -378,6 +416,13 @@ async fn get_capped(
     };
     let mut resp = req.send().await.map_err(|e| (false, chain(&e)))?;
     let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty());
     let too_big =
         |n: u64| format!("manifest of {n} bytes or more is larger than the {cap}-byte limit");
     if let Some(n) = resp.content_length()
@@ -403,7 +448,7 @@ async fn get_capped(
         let busy = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
         return Err((busy, registry_answer(status, &body)));
     }
-    Ok(body)
+    Ok((body, content_type))
 }
 
 /// What a manifest fetch returned.
@@ -444,6 +489,38 @@ fn classify(bytes: &[u8]) -> Result<Fetched, String> {
             media_type.unwrap_or_else(|| OCI_MANIFEST.to_string()),
         ))
     }
+}
+
+/// The media type of a manifest or index taken as it is (see [`RawManifest::media_type`]),
+/// after the checks that it is one: JSON, schema 2, a known media type, and the field its
+/// kind needs (`manifests` for an index, `config` for a manifest).
+fn raw_media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
+    if schema != Some(2) {
+        return Err(format!(
+            "unsupported manifest schemaVersion {} (only schema 2 / OCI)",
+            schema.map_or("missing".to_string(), |s| s.to_string())
+        ));
+    }
+    let media_type = match value.get("mediaType").and_then(|v| v.as_str()) {
+        Some(mt) if ACCEPTED.contains(&mt) => mt.to_string(),
+        Some(other) => return Err(format!("unsupported manifest media type {other}")),
+        None => match content_type {
+            Some(ct) if ACCEPTED.contains(&ct) => ct.to_string(),
+            _ if value.get("manifests").is_some() => OCI_INDEX.to_string(),
+            _ => OCI_MANIFEST.to_string(),
+        },
+    };
+    let (field, kind) = match media_type.as_str() {
+        OCI_INDEX | DOCKER_MANIFEST_LIST => ("manifests", "index"),
+        _ => ("config", "manifest"),
+    };
+    if value.get(field).is_none() {
+        return Err(format!("invalid {kind} ({media_type}): no {field:?}"));
+    }
+    Ok(media_type)
 }
 
 /// The note name under which what a tag resolved to (for a platform) is kept.
@@ -788,17 +865,9 @@ impl Registry {
                 return Ok(r);
             }
         }
-        let registry = norm.registry().to_string();
         let mut attempts = Vec::new();
-        for host in self.config.hosts_for(&registry) {
-            // The registry itself may have a different endpoint (docker.io); mirrors do not.
-            let endpoint = if host == registry {
-                endpoint_for(&registry).to_string()
-            } else {
-                host.clone()
-            };
-            let section = if host == registry { &registry } else { &host };
-            match self.resolve_on(&norm, &endpoint, section, want).await {
+        for (endpoint, section) in self.hosts_to_try(norm.registry()) {
+            match self.resolve_on(&norm, &endpoint, &section, want).await {
                 Ok(r) => {
                     self.keep(&r.manifest_bytes);
                     self.keep(&r.config_bytes);
@@ -823,13 +892,32 @@ impl Registry {
         })
     }
 
-    async fn resolve_on(
+    /// The hosts to try for a registry, in order, each with the config section whose TLS
+    /// settings apply to it: its mirrors, then the registry itself (at its endpoint:
+    /// `docker.io` is reached as `registry-1.docker.io`; mirrors are reached as written).
+    fn hosts_to_try(&self, registry: &str) -> Vec<(String, String)> {
+        self.config
+            .hosts_for(registry)
+            .into_iter()
+            .map(|host| {
+                if host == registry {
+                    (endpoint_for(registry).to_string(), host)
+                } else {
+                    (host.clone(), host)
+                }
+            })
+            .collect()
+    }
+
+    /// Fetches what `norm` names (a manifest or an index, unparsed) from one host: without
+    /// auth first when no credentials are configured (one round trip), with the auth dance
+    /// when the registry answers 401 or credentials are configured. The failure names the URL.
+    async fn manifest_on(
         &self,
         norm: &Reference,
         host: &str,
         section: &str,
-        want: &Platform,
-    ) -> Result<Resolved, Attempt> {
+    ) -> Result<OnHost, Attempt> {
         let repo = norm.repository().to_string();
         let named = norm
             .digest()
@@ -873,7 +961,7 @@ impl Registry {
             }
         }
         let mut auth = ManifestAuth::Anonymous;
-        let (bytes, digest) = match first {
+        let (bytes, digest, content_type) = match first {
             Some(got) => got,
             None => {
                 auth = self
@@ -884,6 +972,39 @@ impl Registry {
                     .await
                     .map_err(|e| fail(&url, e))?
             }
+        };
+        Ok(OnHost {
+            http,
+            auth,
+            on_host,
+            repo,
+            url,
+            bytes,
+            digest,
+            content_type,
+        })
+    }
+
+    async fn resolve_on(
+        &self,
+        norm: &Reference,
+        host: &str,
+        section: &str,
+        want: &Platform,
+    ) -> Result<Resolved, Attempt> {
+        let OnHost {
+            http,
+            auth,
+            on_host,
+            repo,
+            url,
+            bytes,
+            digest,
+            ..
+        } = self.manifest_on(norm, host, section).await?;
+        let fail = |url: &str, error: String| Attempt {
+            url: url.to_string(),
+            error,
         };
         let (index_digest, manifest_digest, bytes, manifest, media_type) = match classify(&bytes)
             .map_err(|e| fail(&url, e))?
@@ -898,10 +1019,13 @@ impl Registry {
                     Reference::with_digest(host.to_string(), repo.clone(), child.to_string());
                 let (cbytes, cdigest) = match self.stored(&child) {
                     Some(b) => (b, child.clone()),
-                    None => self
-                        .fetch_manifest(&http, &curl, &auth, &child_ref)
-                        .await
-                        .map_err(|e| fail(&curl, e))?,
+                    None => {
+                        let (b, d, _) = self
+                            .fetch_manifest(&http, &curl, &auth, &child_ref)
+                            .await
+                            .map_err(|e| fail(&curl, e))?;
+                        (b, d)
+                    }
                 };
                 match classify(&cbytes).map_err(|e| fail(&curl, e))? {
                     Fetched::Manifest(m, mt) => (Some(digest), cdigest, cbytes, m, mt),
@@ -989,17 +1113,18 @@ impl Registry {
 
     /// Fetches a manifest and checks its digest when the reference names one. It is read
     /// with a cap ([`MAX_MANIFEST_SIZE`]): a registry that announces or sends more is cut off.
+    /// Returns its bytes, digest and the answer's `Content-Type`.
     async fn fetch_manifest(
         &self,
         http: &reqwest::Client,
         url: &str,
         auth: &ManifestAuth,
         on_host: &Reference,
-    ) -> Result<(Vec<u8>, Digest), String> {
+    ) -> Result<(Vec<u8>, Digest, Option<String>), String> {
         // A registry under load (5xx, 429) gets a few more tries; a refused connection does
         // not (the next mirror, or the error, comes sooner).
         let mut attempt = 0;
-        let bytes = loop {
+        let (bytes, content_type) = loop {
             match get_capped(http, url, auth, MAX_MANIFEST_SIZE).await {
                 Ok(b) => break b,
                 Err((busy, message)) => {
@@ -1017,7 +1142,7 @@ impl Registry {
         {
             return Err(format!("manifest digest mismatch: got {actual}"));
         }
-        Ok((bytes, actual))
+        Ok((bytes, actual, content_type))
     }
 
     /// Downloads the config and every layer of `resolved` that the store lacks. Each blob is
@@ -1033,10 +1158,185 @@ impl Registry {
                 Some((resolved.config_digest(), resolved.config_descriptor.size())),
             )?;
         }
-        // Several layers at once (as docker and containerd do); the first failure stops the
+        let source = Source {
+            reference: &resolved.reference,
+            host: &resolved.host,
+            repository: &resolved.repository,
+            manifest: &resolved.manifest_digest,
+        };
+        self.pull_blobs(&source, &resolved.layers, store).await
+    }
+
+    /// Fetches the manifest or index `reference` names as it is: an OCI image manifest or
+    /// index, or a Docker schema 2 manifest or manifest list, whatever its config (a BuildKit
+    /// registry cache's is `application/vnd.buildkit.cacheconfig.v0`). No platform is picked
+    /// and no config is fetched. The hosts are tried as [`Registry::resolve`] tries them
+    /// (mirrors, then the registry; without auth first, the 401 → auth dance when asked); the
+    /// manifest is read with a cap and, when the reference names a digest, checked against it.
+    /// The error names every URL tried.
+    pub async fn fetch_manifest_raw(&self, reference: &str) -> Result<RawManifest, RegistryError> {
+        let norm = normalize(reference)?;
+        let mut attempts = Vec::new();
+        for (endpoint, section) in self.hosts_to_try(norm.registry()) {
+            let got = match self.manifest_on(&norm, &endpoint, &section).await {
+                Ok(got) => got,
+                Err(a) => {
+                    attempts.push(a);
+                    continue;
+                }
+            };
+            match raw_media_type(&got.bytes, got.content_type.as_deref()) {
+                Ok(media_type) => {
+                    return Ok(RawManifest {
+                        reference: norm.whole(),
+                        host: endpoint,
+                        repository: got.repo,
+                        digest: got.digest,
+                        media_type,
+                        bytes: got.bytes,
+                    });
+                }
+                Err(error) => attempts.push(Attempt {
+                    url: got.url,
+                    error,
+                }),
+            }
+        }
+        Err(RegistryError::Resolve {
+            reference: norm.whole(),
+            attempts,
+        })
+    }
+
+    /// Downloads every blob of `blobs` that the store lacks from the repository and host that
+    /// answered for `raw`, as [`Registry::pull`] downloads layers: several at once, retried
+    /// and resumed, each checked against its descriptor's digest and size before it enters
+    /// the store.
+    pub async fn fetch_blobs(
+        &self,
+        raw: &RawManifest,
+        blobs: &[Descriptor],
+        store: &content::Store,
+    ) -> Result<(), RegistryError> {
+        self.pull_blobs(&Source::of(raw), blobs, store).await
+    }
+
+    /// One small blob of `raw`'s repository (a cache config, say) in memory: refused
+    /// unread when its descriptor says it is larger than `cap` bytes, cut off when the registry
+    /// sends more than the descriptor says, and checked against the descriptor's digest and
+    /// size. Taken from the registry's content store when that holds it, and kept there.
+    pub async fn fetch_blob_bytes(
+        &self,
+        raw: &RawManifest,
+        desc: &Descriptor,
+        cap: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let source = Source::of(raw);
+        let digest = desc.digest().to_string();
+        let url = self.blob_url(source.host, source.repository, &digest);
+        let blob_err = |message: String| RegistryError::Blob {
+            reference: raw.reference.clone(),
+            digest: digest.clone(),
+            url: url.clone(),
+            message,
+        };
+        if desc.size() > cap {
+            return Err(blob_err(format!(
+                "blob of {} bytes is larger than the {cap}-byte limit",
+                desc.size()
+            )));
+        }
+        if let Some(b) = self.stored(desc.digest())
+            && b.len() as u64 == desc.size()
+        {
+            return Ok(b);
+        }
+        let client = self.client(source.host, section_for(source.host))?;
+        let on_host = source.on_host();
+        self.authorize_pull(&client, source.host, &on_host).await?;
+        let mut attempt = 0u32;
+        let bytes = loop {
+            // No more than the descriptor says: a registry that keeps sending is cut off.
+            let mut capped = CappedVec::new(desc.size());
+            let outcome = client
+                .pull_blob(&on_host, digest.as_str(), &mut capped)
+                .await;
+            match outcome {
+                Ok(()) => break capped.buf,
+                Err(e) => {
+                    let failure = if capped.over {
+                        Failure::Permanent(capped.over_message())
+                    } else {
+                        Failure::of(e)
+                    };
+                    match failure {
+                        Failure::Transient(m) if attempt < RETRIES => {
+                            let wait = backoff(attempt);
+                            tracing::warn!("{digest}: {m}; retrying in {} ms", wait.as_millis());
+                            tokio::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        Failure::Transient(m) => {
+                            return Err(blob_err(format!(
+                                "{m} (gave up after {} attempts)",
+                                attempt + 1
+                            )));
+                        }
+                        Failure::Permanent(m) => return Err(blob_err(m)),
+                    }
+                }
+            }
+        };
+        let actual = content::sha256_digest(&bytes);
+        if actual != *desc.digest() || bytes.len() as u64 != desc.size() {
+            return Err(blob_err(format!(
+                "blob does not match its descriptor: got {actual} ({} bytes), expected {} ({} bytes)",
+                bytes.len(),
+                desc.digest(),
+                desc.size()
+            )));
+        }
+        self.keep(&bytes);
+        Ok(bytes)
+    }
+
+    /// Authenticates the distribution client for pulls from `host`, unless that host served a
+    /// manifest without auth (then its blobs need none either).
+    async fn authorize_pull(
+        &self,
+        client: &Client,
+        host: &str,
+        on_host: &Reference,
+    ) -> Result<(), RegistryError> {
+        let open = self
+            .anonymous
+            .lock()
+            .map(|a| a.contains(host))
+            .unwrap_or(false);
+        if !open {
+            let creds = self.credentials(host)?;
+            client
+                .auth(on_host, &creds, RegistryOperation::Pull)
+                .await
+                .map_err(|e| RegistryError::Client {
+                    host: host.to_string(),
+                    message: describe(&e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Downloads every blob of `blobs` that the store lacks from `source`.
+    async fn pull_blobs(
+        &self,
+        source: &Source<'_>,
+        blobs: &[Descriptor],
+        store: &content::Store,
+    ) -> Result<(), RegistryError> {
+        // Several blobs at once (as docker and containerd do); the first failure stops the
         // rest, whose partial downloads stay for the next attempt.
         let mut missing: Vec<&Descriptor> = Vec::new();
-        for l in &resolved.layers {
+        for l in blobs {
             if !store.has(l.digest()) && !missing.iter().any(|m| m.digest() == l.digest()) {
                 missing.push(l);
             }
@@ -1045,30 +1345,12 @@ impl Registry {
             // Nothing to download: no client, no auth round trip.
             return Ok(());
         }
-        let client = self.client(&resolved.host, section_for(&resolved.host))?;
-        let on_host = Reference::with_digest(
-            resolved.host.clone(),
-            resolved.repository.clone(),
-            resolved.manifest_digest.to_string(),
-        );
-        let open = self
-            .anonymous
-            .lock()
-            .map(|a| a.contains(&resolved.host))
-            .unwrap_or(false);
-        if !open {
-            let creds = self.credentials(&resolved.host)?;
-            client
-                .auth(&on_host, &creds, RegistryOperation::Pull)
-                .await
-                .map_err(|e| RegistryError::Client {
-                    host: resolved.host.clone(),
-                    message: describe(&e),
-                })?;
-        }
+        let client = self.client(source.host, section_for(source.host))?;
+        let on_host = source.on_host();
+        self.authorize_pull(&client, source.host, &on_host).await?;
         let futures: Vec<_> = missing
             .into_iter()
-            .map(|layer| self.pull_blob(&client, &on_host, resolved, layer, store))
+            .map(|blob| self.pull_blob(&client, &on_host, source, blob, store))
             .collect();
         let mut downloads = futures_util::stream::iter(futures).buffer_unordered(PARALLEL_BLOBS);
         while let Some(r) = downloads.next().await {
@@ -1084,14 +1366,14 @@ impl Registry {
         &self,
         client: &Client,
         on_host: &Reference,
-        resolved: &Resolved,
+        source: &Source<'_>,
         desc: &Descriptor,
         store: &content::Store,
     ) -> Result<(), RegistryError> {
         let digest = desc.digest().to_string();
-        let url = self.blob_url(&resolved.host, &resolved.repository, &digest);
+        let url = self.blob_url(source.host, source.repository, &digest);
         let blob_err = |message: String| RegistryError::Blob {
-            reference: resolved.reference.clone(),
+            reference: source.reference.to_string(),
             digest: digest.clone(),
             url: url.clone(),
             message,
@@ -1142,7 +1424,7 @@ impl Registry {
         store.write_note(
             "origin",
             desc.digest().digest(),
-            format!("{}\n{}", resolved.host, resolved.repository).as_bytes(),
+            format!("{}\n{}", source.host, source.repository).as_bytes(),
         );
         Ok(())
     }
@@ -1208,7 +1490,37 @@ impl Registry {
     }
 }
 
-/// Layers downloaded at once.
+/// Where blobs are pulled from: the repository on the host that answered for a reference.
+struct Source<'a> {
+    /// The reference, for errors.
+    reference: &'a str,
+    host: &'a str,
+    repository: &'a str,
+    /// The manifest the blobs belong to.
+    manifest: &'a Digest,
+}
+
+impl<'a> Source<'a> {
+    fn of(raw: &'a RawManifest) -> Source<'a> {
+        Source {
+            reference: &raw.reference,
+            host: &raw.host,
+            repository: &raw.repository,
+            manifest: &raw.digest,
+        }
+    }
+
+    /// The manifest on its host, as the distribution client names it (for auth and blob URLs).
+    fn on_host(&self) -> Reference {
+        Reference::with_digest(
+            self.host.to_string(),
+            self.repository.to_string(),
+            self.manifest.to_string(),
+        )
+    }
+}
+
+/// Blobs downloaded at once.
 const PARALLEL_BLOBS: usize = 4;
 /// Retries of one blob after the first attempt.
 const RETRIES: u32 = 4;
@@ -1257,6 +1569,8 @@ impl Failure {
 struct CappedVec {
     buf: Vec<u8>,
     cap: u64,
+    /// Whether more than `cap` bytes came (a registry that does so again would again).
+    over: bool,
 }
 
 impl CappedVec {
@@ -1264,7 +1578,15 @@ impl CappedVec {
         CappedVec {
             buf: Vec::with_capacity(usize::try_from(cap.min(1 << 20)).unwrap_or(0)),
             cap,
+            over: false,
         }
+    }
+
+    fn over_message(&self) -> String {
+        format!(
+            "the registry sent more than the {} bytes the descriptor announced",
+            self.cap
+        )
     }
 }
 
@@ -1275,10 +1597,8 @@ impl tokio::io::AsyncWrite for CappedVec {
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         if self.buf.len() as u64 + data.len() as u64 > self.cap {
-            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
-                "the registry sent more than the {} bytes the descriptor announced",
-                self.cap
-            ))));
+            self.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other(self.over_message())));
         }
         self.buf.extend_from_slice(data);
         std::task::Poll::Ready(Ok(data.len()))
@@ -1531,6 +1851,334 @@ mod tests {
         });
         let e = resolve_from(&addr).await.unwrap_err().to_string();
         assert!(e.contains("the token came"), "{e}");
+    }
+
+    /// A registry stand-in serving `routes` (request path → content type and body) over
+    /// keep-alive connections, answering 404 with an error envelope for anything else. Each
+    /// request's head is recorded.
+    async fn registry_stub(
+        routes: Vec<(String, &'static str, String)>,
+    ) -> (String, std::sync::Arc<Mutex<Vec<String>>>) {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let routes = std::sync::Arc::new(routes);
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (log, routes) = (log.clone(), routes.clone());
+                tokio::spawn(async move {
+                    while let Some(req) = read_head(&mut c).await {
+                        let head = String::from_utf8_lossy(&req).to_string();
+                        log.lock().unwrap().push(head.clone());
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let answered = match routes.iter().find(|(p, ..)| *p == path) {
+                            Some((_, ty, body)) => ok(&mut c, ty, body).await,
+                            None => {
+                                let e = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"not here"}]}"#;
+                                let answer = format!(
+                                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{e}",
+                                    e.len()
+                                );
+                                c.write_all(answer.as_bytes()).await.is_ok()
+                            }
+                        };
+                        if !answered {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn plain_http(hosts: &[&str], extra: &str) -> Config {
+        let mut text = String::new();
+        for h in hosts {
+            text.push_str(&format!("[registry.\"{h}\"]\nhttp = true\n"));
+        }
+        text.push_str(extra);
+        Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn descriptor(media_type: &str, bytes: &str) -> Descriptor {
+        Descriptor::new(
+            MediaType::from(media_type),
+            bytes.len() as u64,
+            content::sha256_digest(bytes.as_bytes()),
+        )
+    }
+
+    const CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
+    const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    /// A BuildKit registry cache (an image manifest whose config is a cacheconfig.v0) is read
+    /// as it is, by tag and by digest, with its digest and media type; its config comes back
+    /// in memory and its layer goes into the store. So does an index-style cache.
+    #[tokio::test]
+    async fn a_cache_manifest_is_fetched_raw_with_its_digest() {
+        let config = r#"{"layers":[{"blob":"sha256:x"}],"records":[{"digest":"sha256:y"}]}"#;
+        let layer = "layer bytes";
+        let (cdesc, ldesc) = (descriptor(CACHE_CONFIG, config), descriptor(LAYER, layer));
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{CACHE_CONFIG}","digest":"{}","size":{}}},"layers":[{{"mediaType":"{LAYER}","digest":"{}","size":{},"annotations":{{"buildkit/createdat":"2025-01-01T00:00:00Z"}}}}]}}"#,
+            cdesc.digest(),
+            cdesc.size(),
+            ldesc.digest(),
+            ldesc.size()
+        );
+        let mdigest = content::sha256_digest(manifest.as_bytes());
+        // BuildKit's older layout: an index listing the config among its manifests (no
+        // mediaType of its own here, and a registry that calls it plain JSON).
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{CACHE_CONFIG}","digest":"{}","size":{}}}]}}"#,
+            cdesc.digest(),
+            cdesc.size()
+        );
+        let repo = "/v2/envkit-test/cache";
+        let routes = vec![
+            (
+                format!("{repo}/manifests/chain3"),
+                OCI_MANIFEST,
+                manifest.clone(),
+            ),
+            (
+                format!("{repo}/manifests/{mdigest}"),
+                OCI_MANIFEST,
+                manifest.clone(),
+            ),
+            (
+                format!("{repo}/manifests/idx"),
+                "application/json",
+                index.clone(),
+            ),
+            (
+                format!("{repo}/blobs/{}", cdesc.digest()),
+                "application/octet-stream",
+                config.to_string(),
+            ),
+            (
+                format!("{repo}/blobs/{}", ldesc.digest()),
+                "application/octet-stream",
+                layer.to_string(),
+            ),
+        ];
+        let (addr, seen) = registry_stub(routes).await;
+        let registry = Registry::new(&plain_http(&[&addr], ""));
+
+        let raw = registry
+            .fetch_manifest_raw(&format!("{addr}/envkit-test/cache:chain3"))
+            .await
+            .unwrap();
+        assert_eq!(raw.reference, format!("{addr}/envkit-test/cache:chain3"));
+        assert_eq!(
+            (raw.host.as_str(), raw.repository.as_str()),
+            (addr.as_str(), "envkit-test/cache")
+        );
+        assert_eq!(raw.digest, mdigest);
+        assert_eq!(raw.media_type, OCI_MANIFEST);
+        assert_eq!(raw.bytes, manifest.as_bytes());
+        let head = seen.lock().unwrap()[0].to_ascii_lowercase();
+        for ty in ACCEPTED {
+            assert!(head.contains(ty), "accept {ty}: {head}");
+        }
+        assert!(
+            !head.contains("authorization"),
+            "asked without auth first: {head}"
+        );
+
+        let pinned = registry
+            .fetch_manifest_raw(&format!("{addr}/envkit-test/cache@{mdigest}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (pinned.digest, pinned.bytes),
+            (mdigest, manifest.clone().into_bytes())
+        );
+
+        let got = registry
+            .fetch_blob_bytes(&raw, &cdesc, 64 << 20)
+            .await
+            .unwrap();
+        assert_eq!(got, config.as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let store = content::Store::open(dir.path()).unwrap();
+        registry
+            .fetch_blobs(&raw, &[ldesc.clone(), ldesc.clone()], &store)
+            .await
+            .unwrap();
+        assert_eq!(store.read_blob(ldesc.digest()).unwrap(), layer.as_bytes());
+        let layer_gets = |seen: &Mutex<Vec<String>>| {
+            let want = format!("GET {repo}/blobs/{} ", ldesc.digest());
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|h| h.starts_with(&want))
+                .count()
+        };
+        assert_eq!(layer_gets(&seen), 1, "a blob listed twice is fetched once");
+        registry
+            .fetch_blobs(&raw, std::slice::from_ref(&ldesc), &store)
+            .await
+            .unwrap();
+        assert_eq!(
+            layer_gets(&seen),
+            1,
+            "what the store has is not fetched again"
+        );
+
+        let idx = registry
+            .fetch_manifest_raw(&format!("{addr}/envkit-test/cache:idx"))
+            .await
+            .unwrap();
+        assert_eq!(idx.media_type, OCI_INDEX);
+        assert_eq!(idx.digest, content::sha256_digest(index.as_bytes()));
+    }
+
+    /// The mirrors come first and the registry after them; when none has the manifest (or
+    /// what one has is no manifest), the error names every URL tried.
+    #[tokio::test]
+    async fn a_raw_manifest_is_looked_for_on_the_mirrors_then_the_registry() {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"{CACHE_CONFIG}","digest":"sha256:{a}","size":1}},"layers":[]}}"#,
+            a = "a".repeat(64)
+        );
+        let (mirror, _) = registry_stub(vec![(
+            "/v2/c/manifests/schema1".to_string(),
+            "application/json",
+            r#"{"schemaVersion":1,"fsLayers":[]}"#.to_string(),
+        )])
+        .await;
+        let (origin, _) = registry_stub(vec![(
+            "/v2/c/manifests/t".to_string(),
+            DOCKER_MANIFEST,
+            manifest.clone(),
+        )])
+        .await;
+        let mirrors = format!("mirrors = [\"http://{mirror}\"]\n");
+        let cfg = plain_http(&[&origin], &mirrors);
+        let registry = Registry::new(&cfg);
+        let raw = registry
+            .fetch_manifest_raw(&format!("{origin}/c:t"))
+            .await
+            .unwrap();
+        assert_eq!(raw.host, origin, "the mirror had nothing");
+        assert_eq!(raw.media_type, DOCKER_MANIFEST);
+        for (tag, mirror_says) in [
+            ("gone", "not here"),
+            ("schema1", "unsupported manifest schemaVersion 1"),
+        ] {
+            let e = registry
+                .fetch_manifest_raw(&format!("{origin}/c:{tag}"))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "http://{mirror}/v2/c/manifests/{tag} ({mirror_says}"
+                )),
+                "{e}"
+            );
+            assert!(
+                e.contains(&format!("http://{origin}/v2/c/manifests/{tag} (not here")),
+                "{e}"
+            );
+        }
+    }
+
+    /// A blob whose bytes are not the ones its digest names is refused, and nothing of it
+    /// stays in the store; a blob larger than the caller's cap is not even asked for.
+    #[tokio::test]
+    async fn a_blob_that_does_not_match_its_digest_is_refused() {
+        let good = "the bytes the digest names";
+        let desc = descriptor(LAYER, good);
+        let bad = "X".repeat(good.len());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{CACHE_CONFIG}","digest":"{}","size":{}}},"layers":[]}}"#,
+            desc.digest(),
+            desc.size()
+        );
+        let routes = vec![
+            ("/v2/c/manifests/t".to_string(), OCI_MANIFEST, manifest),
+            (
+                format!("/v2/c/blobs/{}", desc.digest()),
+                "application/octet-stream",
+                bad,
+            ),
+            (
+                format!("/v2/c/blobs/{}", content::sha256_digest(b"abc")),
+                "application/octet-stream",
+                "abcdef".to_string(),
+            ),
+        ];
+        let (addr, seen) = registry_stub(routes).await;
+        let registry = Registry::new(&plain_http(&[&addr], ""));
+        let raw = registry
+            .fetch_manifest_raw(&format!("{addr}/c:t"))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = content::Store::open(dir.path()).unwrap();
+
+        let e = registry
+            .fetch_blobs(&raw, std::slice::from_ref(&desc), &store)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Blob { .. }), "{e}");
+        assert!(e.to_string().contains(&desc.digest().to_string()), "{e}");
+        assert!(!store.has(desc.digest()), "nothing entered the store");
+        let leftovers: Vec<_> = walkdir::WalkDir::new(dir.path())
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        assert!(
+            leftovers
+                .iter()
+                .all(|p| !p.contains(desc.digest().digest())),
+            "{leftovers:?}"
+        );
+
+        let e = registry
+            .fetch_blob_bytes(&raw, &desc, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Blob { .. }), "{e}");
+
+        // One that sends more than its descriptor says is cut off there, and not asked again.
+        let short = descriptor(LAYER, "abc");
+        let more_url = format!("GET /v2/c/blobs/{} ", short.digest());
+        let gets = |seen: &Mutex<Vec<String>>| {
+            let seen = seen.lock().unwrap();
+            seen.iter().filter(|h| h.starts_with(&more_url)).count()
+        };
+        let e = registry
+            .fetch_blob_bytes(&raw, &short, 1 << 20)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 3 bytes"), "{e}");
+        assert_eq!(gets(&seen), 1, "not retried");
+        let e = registry
+            .fetch_blobs(&raw, std::slice::from_ref(&short), &store)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 3 bytes"), "{e}");
+        assert_eq!(gets(&seen), 2, "not retried");
+        assert!(!store.has(short.digest()));
+
+        let asked = seen.lock().unwrap().len();
+        let e = registry
+            .fetch_blob_bytes(&raw, &desc, desc.size() - 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than the"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), asked, "refused unread");
     }
 
     #[test]
