@@ -164,6 +164,74 @@ fn an_exported_cache_gives_a_fresh_store_every_step_and_the_same_image() {
     assert!(log.contains("the step runs instead"), "{log}");
     assert_eq!(built_digest(&log), image, "{log}");
 
+    // The same through the registry: export, then a fresh store imports it.
+    let reference = format!(
+        "{}/envkit-test/cache:e2e-{}",
+        env.registry,
+        std::process::id()
+    );
+    solve_on(
+        &env,
+        "s1",
+        &pb,
+        &[
+            "--export-cache",
+            &format!("type=registry,ref={reference},mode=max"),
+        ],
+    );
+    let log = solve_on(
+        &env,
+        "s8",
+        &pb,
+        &["--import-cache", &format!("type=registry,ref={reference}")],
+    );
+    assert!(
+        ran(&log).is_empty(),
+        "every step from the registry's cache:\n{log}"
+    );
+    assert_eq!(built_digest(&log), image, "{log}");
+    // An unreachable registry: a warning on import; on export a failure unless ignore-error.
+    let gone = "127.0.0.1:1/nothing/cache:x";
+    let log = solve_on(
+        &env,
+        "s9",
+        &pb,
+        &["--import-cache", &format!("type=registry,ref={gone}")],
+    );
+    assert!(
+        log.contains(&format!("warning: importing cache {gone}")),
+        "{log}"
+    );
+    let log = solve_on(
+        &env,
+        "s9",
+        &pb,
+        &[
+            "--export-cache",
+            &format!("type=registry,ref={gone},ignore-error=true"),
+        ],
+    );
+    assert!(log.contains("warning: exporting cache (registry)"), "{log}");
+    let out = env.envkit(&[
+        "--root",
+        env.dir.join("s9").to_str().expect("utf-8"),
+        "solve",
+        "--local",
+        &format!("ctx={}", ctx.display()),
+        "--export-cache",
+        &format!("type=registry,ref={gone}"),
+        pb.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "an export that fails fails the build"
+    );
+    assert!(
+        stderr(&out).contains("exporting cache (registry)"),
+        "{}",
+        stderr(&out)
+    );
+
     // A cache that is not there is a warning.
     let log = solve_on(
         &env,

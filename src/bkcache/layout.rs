@@ -15,7 +15,8 @@ use super::config::{self, CacheConfig};
 
 /// Caps on the small files of a cache (its layers are checked as they are ingested).
 const MAX_INDEX: u64 = 4 << 20;
-const MAX_CONFIG: u64 = 64 << 20;
+/// The largest cache config read (buildkitd's for large builds are a few MiB).
+pub const MAX_CONFIG: u64 = 64 << 20;
 
 /// A descriptor as OCI writes it (only what a cache uses).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -114,27 +115,23 @@ pub fn read(dir: &Path, tag: &str, digest: Option<&str>) -> Result<Cache, BkCach
         )));
     };
     let manifest_bytes = read_capped(&blob_path(dir, &m.digest)?, MAX_INDEX, Some(&m.digest))?;
-    let manifest: ManifestJson = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| bad(format!("{name}: manifest {}: {e}", m.digest)))?;
-    from_manifest(&name, manifest, |d| {
-        read_capped(
-            &blob_path(dir, &d.digest)?,
-            MAX_CONFIG.min(d.size),
-            Some(&d.digest),
-        )
-    })
+    let (cfg, layers) = parse_manifest(&name, &manifest_bytes)?;
+    let cfg_bytes = read_capped(
+        &blob_path(dir, &cfg.digest)?,
+        MAX_CONFIG.min(cfg.size),
+        Some(&cfg.digest),
+    )?;
+    Cache::new(&name, &cfg_bytes, layers)
 }
 
-/// The cache a manifest (image form or index form) describes; `blob` reads its config.
-fn from_manifest(
-    name: &str,
-    m: ManifestJson,
-    mut blob: impl FnMut(&Desc) -> Result<Vec<u8>, BkCacheError>,
-) -> Result<Cache, BkCacheError> {
-    let (config_desc, layers): (Desc, Vec<Desc>) = match m.config {
-        Some(c) if c.media_type == config::MEDIA_TYPE => (c, m.layers),
+/// The config descriptor and the layer descriptors of a cache manifest (the image form, or the
+/// older index form that lists the config among its manifests).
+pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<(Desc, Vec<Desc>), BkCacheError> {
+    let m: ManifestJson =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("{name}: manifest: {e}")))?;
+    match m.config {
+        Some(c) if c.media_type == config::MEDIA_TYPE => Ok((c, m.layers)),
         _ => {
-            // The index form: the config is one of the manifests.
             let mut cfg = None;
             let mut layers = Vec::new();
             for d in m.manifests {
@@ -155,23 +152,28 @@ fn from_manifest(
                     config::MEDIA_TYPE
                 )));
             };
-            (c, layers)
+            Ok((c, layers))
         }
-    };
-    let config =
-        CacheConfig::parse(&blob(&config_desc)?).map_err(|e| bad(format!("{name}: {e}")))?;
-    let mut blobs = HashMap::new();
-    for l in layers {
-        if !config::is_sha256(&l.digest) {
-            return Err(bad(format!("{name}: layer digest {:?}", l.digest)));
-        }
-        blobs.insert(l.digest.clone(), l);
     }
-    Ok(Cache {
-        config,
-        blobs,
-        name: name.to_string(),
-    })
+}
+
+impl Cache {
+    /// A cache from its config's bytes and its manifest's layer descriptors.
+    pub fn new(name: &str, config_bytes: &[u8], layers: Vec<Desc>) -> Result<Cache, BkCacheError> {
+        let config = CacheConfig::parse(config_bytes).map_err(|e| bad(format!("{name}: {e}")))?;
+        let mut blobs = HashMap::new();
+        for l in layers {
+            if !config::is_sha256(&l.digest) {
+                return Err(bad(format!("{name}: layer digest {:?}", l.digest)));
+            }
+            blobs.insert(l.digest.clone(), l);
+        }
+        Ok(Cache {
+            config,
+            blobs,
+            name: name.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]

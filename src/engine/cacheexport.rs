@@ -51,20 +51,12 @@ impl Engine {
 
     async fn export_one(&self, solved: &Solved, e: &Export) -> Result<(), EngineError> {
         let fail = |m: String| EngineError::Output(format!("exporting cache ({}): {m}", e.kind));
-        let dir = match &e.location {
-            Location::Local { dir, .. } => dir.clone(),
-            Location::Registry { .. } | Location::Inline => {
-                return Err(fail(
-                    "the embedded engine exports type=local so far (type=registry and type=inline \
-                     pass through to a buildkitd context)"
-                        .into(),
-                ));
-            }
-        };
-        let tag = match &e.location {
-            Location::Local { tag, .. } => tag.clone(),
-            _ => "latest".into(),
-        };
+        if e.location == Location::Inline {
+            return Err(fail(
+                "type=inline is not done yet by the embedded engine (a buildkitd context takes it)"
+                    .into(),
+            ));
+        }
         let opts = crate::export::CompressionOpts {
             kind: crate::export::Compression::parse(&e.compression)
                 .ok_or_else(|| fail(format!("compression {}", e.compression)))?,
@@ -173,14 +165,38 @@ impl Engine {
                 .filter_map(|l| layer_descs.get(&l.blob).cloned())
                 .collect()
         };
-        let (store, created2) = (self.worker.content.clone(), created.clone());
-        let (manifest_image, records) = (e.image_manifest, cfg.records.len());
-        tokio::task::spawn_blocking(move || {
-            write_local(&dir, &tag, &cfg, &blobs, &store, manifest_image, &created2)
-        })
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(fail)?;
+        let records = cfg.records.len();
+        let made_manifest = manifest(&cfg, &blobs, e.image_manifest, &created).map_err(fail)?;
+        match &e.location {
+            Location::Local { dir, tag, .. } => {
+                let (store, dir, tag) = (self.worker.content.clone(), dir.clone(), tag.clone());
+                tokio::task::spawn_blocking(move || {
+                    write_local(&dir, &tag, &made_manifest, &blobs, &store)
+                })
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(fail)?;
+            }
+            Location::Registry { reference } => {
+                if !e.image_manifest {
+                    return Err(fail(
+                        "image-manifest=false (the index form) is written to directories only"
+                            .into(),
+                    ));
+                }
+                let store = &self.worker.content;
+                store.write_blob(&made_manifest.config)?;
+                let info = store.write_blob(&made_manifest.manifest)?;
+                let desc = Descriptor::new(
+                    oci_spec::image::MediaType::ImageManifest,
+                    info.size,
+                    info.digest,
+                );
+                let pushed = self.worker.registry.push(reference, &desc, store).await;
+                pushed.map_err(|e| fail(e.to_string()))?;
+            }
+            Location::Inline => {}
+        }
         self.reporter.event(Event::Note(format!(
             "exported cache ({}): {records} records, {made} results",
             e.kind
@@ -256,57 +272,40 @@ fn empty_layer(store: &crate::content::Store) -> Result<LayerOut, EngineError> {
     })
 }
 
-/// Writes the cache into the OCI layout `dir` under `tag`: layer blobs (those already there
-/// are kept), the config, the manifest (an image manifest, or the older index form), and
-/// index.json with the tag moved to it.
-fn write_local(
-    dir: &Path,
-    tag: &str,
+/// A cache's config and manifest, as bytes.
+struct Made {
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    media_type: &'static str,
+}
+
+/// The manifest of a cache: an image manifest whose config is the cache config (BuildKit's
+/// default), or the older index form that lists the config beside the layers.
+fn manifest(
     cfg: &config::CacheConfig,
     layers: &[LayerOut],
-    store: &crate::content::Store,
     image_manifest: bool,
     created: &str,
-) -> Result<(), String> {
-    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io(dir, e))?;
-    let put = |bytes: &[u8]| -> Result<String, String> {
-        let d = keys::digest_of(bytes);
-        let p = layout::blob_path(dir, &d).map_err(|e| e.to_string())?;
-        if !p.exists() {
-            crate::fsutil::write_atomic(&p, bytes, true).map_err(|e| io(&p, e))?;
-        }
-        Ok(d)
-    };
-    let mut descs = Vec::with_capacity(layers.len());
-    for l in layers {
-        let d = l.desc.digest().to_string();
-        let p = layout::blob_path(dir, &d).map_err(|e| e.to_string())?;
-        let have = std::fs::metadata(&p)
-            .map(|m| m.len() == l.desc.size())
-            .unwrap_or(false);
-        if !have {
-            let src = store.path(l.desc.digest()).map_err(|e| e.to_string())?;
-            let tmp = p.with_extension("tmp");
-            std::fs::copy(&src, &tmp).map_err(|e| io(&src, e))?;
-            std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))?;
-        }
-        let mut annotations = BTreeMap::new();
-        annotations.insert("buildkit/createdat".to_string(), created.to_string());
-        annotations.insert("containerd.io/uncompressed".to_string(), l.diff_id.clone());
-        descs.push(Desc {
-            media_type: l.desc.media_type().to_string(),
-            digest: d,
-            size: l.desc.size(),
-            annotations,
-        });
-    }
-    let cfg_bytes = serde_json::to_vec(cfg).map_err(|e| e.to_string())?;
-    let cfg_digest = put(&cfg_bytes)?;
+) -> Result<Made, String> {
+    let descs: Vec<Desc> = layers
+        .iter()
+        .map(|l| {
+            let mut annotations = BTreeMap::new();
+            annotations.insert("buildkit/createdat".to_string(), created.to_string());
+            annotations.insert("containerd.io/uncompressed".to_string(), l.diff_id.clone());
+            Desc {
+                media_type: l.desc.media_type().to_string(),
+                digest: l.desc.digest().to_string(),
+                size: l.desc.size(),
+                annotations,
+            }
+        })
+        .collect();
+    let config = serde_json::to_vec(cfg).map_err(|e| e.to_string())?;
     let cfg_desc = Desc {
         media_type: config::MEDIA_TYPE.into(),
-        digest: cfg_digest,
-        size: cfg_bytes.len() as u64,
+        digest: keys::digest_of(&config),
+        size: config.len() as u64,
         annotations: BTreeMap::new(),
     };
     let (manifest, media_type) = if image_manifest {
@@ -331,8 +330,48 @@ fn write_local(
             "application/vnd.oci.image.index.v1+json",
         )
     };
-    let man_bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    let man_digest = put(&man_bytes)?;
+    Ok(Made {
+        config,
+        manifest: serde_json::to_vec(&manifest).map_err(|e| e.to_string())?,
+        media_type,
+    })
+}
+
+/// Writes the cache into the OCI layout `dir` under `tag`: layer blobs (those already there
+/// are kept), the config, the manifest, and index.json with the tag moved to it.
+fn write_local(
+    dir: &Path,
+    tag: &str,
+    made: &Made,
+    layers: &[LayerOut],
+    store: &crate::content::Store,
+) -> Result<(), String> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io(dir, e))?;
+    let put = |bytes: &[u8]| -> Result<String, String> {
+        let d = keys::digest_of(bytes);
+        let p = layout::blob_path(dir, &d).map_err(|e| e.to_string())?;
+        if !p.exists() {
+            crate::fsutil::write_atomic(&p, bytes, true).map_err(|e| io(&p, e))?;
+        }
+        Ok(d)
+    };
+    for l in layers {
+        let d = l.desc.digest().to_string();
+        let p = layout::blob_path(dir, &d).map_err(|e| e.to_string())?;
+        let have = std::fs::metadata(&p)
+            .map(|m| m.len() == l.desc.size())
+            .unwrap_or(false);
+        if !have {
+            let src = store.path(l.desc.digest()).map_err(|e| e.to_string())?;
+            let tmp = p.with_extension("tmp");
+            std::fs::copy(&src, &tmp).map_err(|e| io(&src, e))?;
+            std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))?;
+        }
+    }
+    put(&made.config)?;
+    let man_digest = put(&made.manifest)?;
+    let (man_bytes, media_type) = (&made.manifest, made.media_type);
     // index.json: the tag moves to the new manifest; other tags stay.
     let index_path = dir.join("index.json");
     let mut entries: Vec<serde_json::Value> = std::fs::read(&index_path)

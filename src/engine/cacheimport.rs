@@ -24,6 +24,7 @@ use super::Engine;
 /// Where a cache's blobs are read from.
 enum Blobs {
     Dir(PathBuf),
+    Registry(crate::registry::RawManifest),
 }
 
 struct Opened {
@@ -105,15 +106,50 @@ impl Engine {
                     }
                 }
             }
-            Location::Registry { reference } => {
-                self.warn(format!(
-                    "importing cache {reference}: type=registry is not implemented by the embedded engine yet \
-                     (type=local is; a buildkitd context takes both); building without it"
-                ));
-                None
-            }
+            Location::Registry { reference } => match self.registry_cache(reference).await {
+                Ok((cache, raw)) => {
+                    let index = Index::new(cache.config.clone());
+                    Some(Opened {
+                        cache,
+                        index,
+                        blobs: Blobs::Registry(raw),
+                    })
+                }
+                Err(e) => {
+                    self.warn(format!(
+                        "importing cache {reference}: {e}; building without it"
+                    ));
+                    None
+                }
+            },
             Location::Inline => None,
         }
+    }
+
+    /// A cache in a registry: its manifest (BuildKit's image form or index form) and config.
+    async fn registry_cache(
+        &self,
+        reference: &str,
+    ) -> Result<(Cache, crate::registry::RawManifest), String> {
+        let reg = &self.worker.registry;
+        let raw = reg
+            .fetch_manifest_raw(reference)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (cfg, layers) =
+            layout::parse_manifest(&raw.reference, &raw.bytes).map_err(|e| e.to_string())?;
+        let digest = crate::content::parse_digest(&cfg.digest).map_err(|e| e.to_string())?;
+        let desc = oci_spec::image::Descriptor::new(
+            oci_spec::image::MediaType::Other(cfg.media_type.clone()),
+            cfg.size,
+            digest,
+        );
+        let bytes = reg
+            .fetch_blob_bytes(&raw, &desc, layout::MAX_CONFIG)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cache = Cache::new(&raw.reference, &bytes, layers).map_err(|e| e.to_string())?;
+        Ok((cache, raw))
     }
 
     /// Resolves the graph's image sources to their BuildKit keys (failures leave a source
@@ -345,6 +381,7 @@ impl Engine {
             let digest = crate::content::parse_digest(&layer.blob).map_err(|e| e.to_string())?;
             if seen.insert(layer.blob.clone()) && !self.worker.content.has(&digest) {
                 match &o.blobs {
+                    Blobs::Registry(_) => {} // below, with the descriptor
                     Blobs::Dir(dir) => {
                         let path =
                             layout::blob_path(dir, &layer.blob).map_err(|e| e.to_string())?;
@@ -364,7 +401,17 @@ impl Engine {
                 }
             }
             let mt: oci_spec::image::MediaType = media_type.as_str().into();
-            out.push(oci_spec::image::Descriptor::new(mt, desc.size, digest));
+            let d = oci_spec::image::Descriptor::new(mt, desc.size, digest);
+            if let Blobs::Registry(raw) = &o.blobs
+                && !self.worker.content.has(d.digest())
+            {
+                self.worker
+                    .registry
+                    .fetch_blobs(raw, std::slice::from_ref(&d), &self.worker.content)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            out.push(d);
         }
         Ok(out)
     }

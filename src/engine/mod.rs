@@ -216,17 +216,13 @@ impl Engine {
         let mut attempt = plan;
         loop {
             let results = (!cache.exports.is_empty()).then(Default::default);
-            let runner = Arc::new(LlbRunner {
-                worker: self.worker.clone(),
-                vertices: ov.clone(),
-                locals: locals.clone(),
-                secrets: self.secrets.clone(),
-                ssh: self.ssh.clone(),
-                entitlements: self.entitlements.clone(),
-                reporter: self.reporter.clone(),
-                import: attempt.clone(),
-                results: results.clone(),
-            });
+            let runner = self.runner(
+                &ov,
+                &locals,
+                self.reporter.clone(),
+                attempt.clone(),
+                results.clone(),
+            );
             let opts = SolveOptions {
                 parallelism: self.parallelism,
             };
@@ -264,7 +260,32 @@ impl Engine {
     }
 }
 
+/// Every vertex's result, as a solve collects them.
+type Results = Arc<std::sync::Mutex<BTreeMap<usize, crate::ops::Res>>>;
+
 impl Engine {
+    /// The ops' runner for one pass of a solve.
+    fn runner(
+        &self,
+        ov: &Arc<Vec<OpVertex>>,
+        locals: &BTreeMap<String, PathBuf>,
+        reporter: Arc<dyn Reporter>,
+        import: Option<Arc<crate::ops::import::ImportPlan>>,
+        results: Option<Results>,
+    ) -> Arc<LlbRunner> {
+        Arc::new(LlbRunner {
+            worker: self.worker.clone(),
+            vertices: ov.clone(),
+            locals: locals.clone(),
+            secrets: self.secrets.clone(),
+            ssh: self.ssh.clone(),
+            entitlements: self.entitlements.clone(),
+            reporter,
+            import,
+            results,
+        })
+    }
+
     /// Every vertex's cache key, computed without building anything (`None` when that fails:
     /// the real solve then reports why).
     async fn keys(
@@ -274,21 +295,18 @@ impl Engine {
         ov: &Arc<Vec<OpVertex>>,
         locals: &BTreeMap<String, PathBuf>,
     ) -> Option<Vec<String>> {
-        let results: Arc<std::sync::Mutex<BTreeMap<usize, crate::ops::Res>>> = Default::default();
-        let runner = Arc::new(LlbRunner {
-            worker: self.worker.clone(),
-            vertices: ov.clone(),
-            locals: locals.clone(),
-            secrets: self.secrets.clone(),
-            ssh: self.ssh.clone(),
-            entitlements: self.entitlements.clone(),
-            reporter: Arc::new(crate::progress::Silent),
-            import: Some(Arc::new(crate::ops::import::ImportPlan {
-                roles: Vec::new(),
-                keys_only: true,
-            })),
-            results: Some(results.clone()),
-        });
+        let results: Results = Default::default();
+        let first_pass = crate::ops::import::ImportPlan {
+            roles: Vec::new(),
+            keys_only: true,
+        };
+        let runner = self.runner(
+            ov,
+            locals,
+            Arc::new(crate::progress::Silent),
+            Some(Arc::new(first_pass)),
+            Some(results.clone()),
+        );
         let opts = SolveOptions {
             parallelism: self.parallelism,
         };
