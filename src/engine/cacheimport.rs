@@ -369,10 +369,7 @@ impl Engine {
             } else {
                 desc.media_type.clone()
             };
-            if !(media_type.ends_with("tar+gzip")
-                || media_type.ends_with(".tar")
-                || media_type.ends_with("tar"))
-            {
+            if !(media_type.ends_with("tar+gzip") || media_type.ends_with("tar")) {
                 return Err(format!(
                     "layer {} has media type {media_type:?}, which envkit cannot unpack",
                     layer.blob

@@ -457,7 +457,8 @@ enum Fetched {
     Manifest(Box<ImageManifest>, String),
 }
 
-fn classify(bytes: &[u8]) -> Result<Fetched, String> {
+/// A manifest's JSON, which must be schema 2 (OCI or Docker v2).
+fn schema2(bytes: &[u8]) -> Result<serde_json::Value, String> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
     let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
@@ -467,6 +468,11 @@ fn classify(bytes: &[u8]) -> Result<Fetched, String> {
             schema.map_or("missing".to_string(), |s| s.to_string())
         ));
     }
+    Ok(value)
+}
+
+fn classify(bytes: &[u8]) -> Result<Fetched, String> {
+    let value = schema2(bytes)?;
     let media_type = value
         .get("mediaType")
         .and_then(|v| v.as_str())
@@ -495,15 +501,7 @@ fn classify(bytes: &[u8]) -> Result<Fetched, String> {
 /// after the checks that it is one: JSON, schema 2, a known media type, and the field its
 /// kind needs (`manifests` for an index, `config` for a manifest).
 fn raw_media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not JSON: {e}"))?;
-    let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
-    if schema != Some(2) {
-        return Err(format!(
-            "unsupported manifest schemaVersion {} (only schema 2 / OCI)",
-            schema.map_or("missing".to_string(), |s| s.to_string())
-        ));
-    }
+    let value = schema2(bytes)?;
     let media_type = match value.get("mediaType").and_then(|v| v.as_str()) {
         Some(mt) if ACCEPTED.contains(&mt) => mt.to_string(),
         Some(other) => return Err(format!("unsupported manifest media type {other}")),
