@@ -267,3 +267,55 @@ fn bad_cache_specs_are_refused_before_building() {
         assert!(stderr(&out).contains(want), "{spec}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn explain_cache_says_which_step_file_and_field_changed() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new("explain");
+    let ctx = context(&env, "ctx");
+    let pb = env.def_file("g", &graph(&env.registry, "v1"));
+    let first = solve_on(&env, "e1", &pb, &["-t", "c:explain", "--explain-cache"]);
+    assert!(
+        first.contains("runs: no earlier build of this target is recorded"),
+        "{first}"
+    );
+    // Nothing changed: every step needed is cached.
+    let log = solve_on(&env, "e1", &pb, &["-t", "c:explain", "--explain-cache"]);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("explain: ")).collect();
+    assert!(
+        lines.iter().any(|l| l.ends_with(": cached")) && !lines.iter().any(|l| l.contains("runs:")),
+        "{log}"
+    );
+
+    // A file's mode, another's content, and the last command change.
+    std::fs::set_permissions(ctx.join("a.txt"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(ctx.join("sub/b.txt"), "other\n").expect("write");
+    let pb2 = env.def_file("g2", &graph(&env.registry, "v2"));
+    let log = solve_on(&env, "e1", &pb2, &["-t", "c:explain", "--explain-cache"]);
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains("explain: ") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no explanation with {needle:?}:\n{log}"))
+            .to_string()
+    };
+    assert!(
+        line("files changed").contains("a.txt: mode 0644 → 0755; sub/b.txt: content"),
+        "{log}"
+    );
+    assert!(
+        line("copy{src=/,dest=/ctx}").contains("runs: input 1 changed"),
+        "{log}"
+    );
+    assert!(
+        line("echo v2").contains(
+            r#"the op changed: Op.exec.meta.args[2]: "echo v1 > /last" → "echo v2 > /last""#
+        ),
+        "{log}"
+    );
+    assert!(line("echo v2").contains("; input 0 changed"), "{log}");
+    assert!(line("mkfile").ends_with(": cached"), "{log}");
+    // Without the flag nothing is explained.
+    let log = solve_on(&env, "e1", &pb2, &["-t", "c:explain"]);
+    assert!(!log.contains("explain: "), "{log}");
+}

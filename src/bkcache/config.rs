@@ -295,6 +295,11 @@ impl Index {
             .collect()
     }
 
+    /// Whether any record has this key (on whatever inputs).
+    pub fn knows(&self, key: &str) -> bool {
+        self.by_digest.contains_key(key)
+    }
+
     /// Whether a record has a result to load.
     pub fn has_result(&self, r: usize) -> bool {
         let rec = &self.config.records[r];

@@ -16,6 +16,8 @@ use crate::pb;
 #[derive(Debug, Default, Clone)]
 pub struct Matches {
     pub vertices: Vec<BTreeMap<i64, Vec<usize>>>,
+    /// Per vertex: whether the cache has records of its op at all (on whatever inputs).
+    pub known: Vec<bool>,
 }
 
 impl Matches {
@@ -64,6 +66,7 @@ pub fn match_graph(
     let used = used_outputs(g);
     let mut m = Matches {
         vertices: vec![BTreeMap::new(); g.vertices.len()],
+        known: vec![false; g.vertices.len()],
     };
     for (vi, v) in g.vertices.iter().enumerate() {
         let maps = keys::op_keys(&v.op, &mut |s| resolver.source(&v.op, s))?;
@@ -71,6 +74,7 @@ pub fn match_graph(
             let mut found = BTreeSet::new();
             for km in &maps {
                 let key = keys::root_key(&km.digest, out);
+                m.known[vi] |= index.knows(&key);
                 if v.op.inputs.is_empty() {
                     found.extend(index.roots(&key));
                     continue;

@@ -64,6 +64,10 @@ pub struct Export {
 pub struct CacheSpecs {
     pub imports: Vec<Import>,
     pub exports: Vec<Export>,
+    /// Say for every step whether it is cached and, where not, why (`--explain-cache`).
+    pub explain: bool,
+    /// What the build's graph is remembered as for the next explanation (the image name).
+    pub target: Option<String>,
 }
 
 impl CacheSpecs {
@@ -78,6 +82,8 @@ impl CacheSpecs {
                 .iter()
                 .map(|s| Export::parse(s))
                 .collect::<Result<_, _>>()?,
+            explain: false,
+            target: None,
         })
     }
 

@@ -174,6 +174,11 @@ pub struct EngineArgs {
     /// `ignore-error=true` as in buildctl.
     #[arg(long = "export-cache", visible_alias = "ec", value_name = "SPEC")]
     pub export_cache: Vec<String>,
+    /// Say for every step whether it comes from the cache and, for one that runs, what
+    /// changed since the last build of the same image: the step (which fields), an input, a
+    /// file of the context (which, and how), the base image.
+    #[arg(long = "explain-cache")]
+    pub explain_cache: bool,
     /// Run every step again instead of taking it from the cache (images, local dirs and
     /// downloads with a checksum are content-addressed and stay cached).
     #[arg(long)]

@@ -181,11 +181,13 @@ async fn compile_job(
     if let Some((dir, _)) = ca {
         locals.insert(lower::CA_LOCAL.to_string(), dir);
     }
+    let name = compiled.image_name(args.tag.as_ref())?;
     let job = Job {
         // The engine runs the marshalled bytes, exactly what a remote BuildKit would get.
         definition: compiled.lowered.definition.to_bytes(),
         locals,
-        name: compiled.image_name(args.tag.as_ref())?,
+        cache: cache_specs(&args.engine, &name)?,
+        name,
         output,
         image: ImageConfig::Spec {
             spec: compiled.lowered.image.clone(),
@@ -193,17 +195,17 @@ async fn compile_job(
             base_layers: compiled.base_layers.clone(),
         },
         started,
-        cache: cache_specs(&args.engine)?,
     };
     Ok((job, compiled))
 }
 
 /// `--import-cache` and `--export-cache`, checked before anything is built.
-fn cache_specs(e: &EngineArgs) -> anyhow::Result<crate::bkcache::spec::CacheSpecs> {
-    Ok(crate::bkcache::spec::CacheSpecs::parse(
-        &e.import_cache,
-        &e.export_cache,
-    )?)
+/// `target` is the image name the graph is remembered under for `--explain-cache`.
+fn cache_specs(e: &EngineArgs, target: &str) -> anyhow::Result<crate::bkcache::spec::CacheSpecs> {
+    let mut specs = crate::bkcache::spec::CacheSpecs::parse(&e.import_cache, &e.export_cache)?;
+    specs.explain = e.explain_cache;
+    specs.target = Some(target.to_string());
+    Ok(specs)
 }
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
@@ -266,14 +268,15 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         let dir = std::fs::canonicalize(dir).with_context(|| format!("local dir {dir}"))?;
         locals.insert(name.to_string(), dir);
     }
+    let name = full_name(&args.tag)?;
     let job = Job {
         definition: bytes,
         locals,
-        name: full_name(&args.tag)?,
+        cache: cache_specs(&args.engine, &name)?,
+        name,
         output,
         image: ImageConfig::Base,
         started: std::time::Instant::now(),
-        cache: cache_specs(&args.engine)?,
     };
     let backend = open_backend(cli, &args.engine).await?;
     Ok(backend.run(job).await?)

@@ -20,6 +20,7 @@ use crate::platform::Platform;
 use crate::progress::Event;
 
 use super::Engine;
+use super::explain::ImportSeen;
 
 /// Where a cache's blobs are read from.
 enum Blobs {
@@ -233,7 +234,7 @@ impl Engine {
         keys: &[String],
         imports: &[Import],
         locals: &std::collections::BTreeMap<String, PathBuf>,
-    ) -> ImportPlan {
+    ) -> (ImportPlan, Vec<ImportSeen>) {
         let mut opened = Vec::new();
         for imp in imports {
             if let Some(o) = self.open_cache(imp).await {
@@ -304,10 +305,27 @@ impl Engine {
                 if loaded == 1 { "" } else { "s" }
             )));
         }
-        ImportPlan {
-            roles,
-            keys_only: false,
-        }
+        let seen = (0..n)
+            .map(|v| {
+                if opened.is_empty() {
+                    ImportSeen::NoImport
+                } else if matches
+                    .iter()
+                    .any(|m| m.known.get(v).copied().unwrap_or(false))
+                {
+                    ImportSeen::OtherInputs
+                } else {
+                    ImportSeen::Unknown
+                }
+            })
+            .collect();
+        (
+            ImportPlan {
+                roles,
+                keys_only: false,
+            },
+            seen,
+        )
     }
 
     /// The first record of vertex `v` with a result whose layers can all be had, fetched into

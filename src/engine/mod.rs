@@ -7,6 +7,7 @@
 
 mod cacheexport;
 mod cacheimport;
+mod explain;
 mod export;
 mod image;
 mod rootfs;
@@ -202,15 +203,32 @@ impl Engine {
             }
         }
         let ov = Arc::new(ov);
+        let sums = crate::ops::LocalSums::default();
         // A first pass computes every key; then only what the head needs runs.
         let plan = if self.no_cache {
+            if cache.explain {
+                self.reporter.event(Event::Note(
+                    "explain: every step runs (--no-cache); sources stay cached".into(),
+                ));
+            }
             None
         } else {
-            match self.keys(&sv, root_v, &ov, &locals).await {
-                Some(keys) => Some(Arc::new(
-                    self.plan(&graph, &ov, &keys, &cache.imports, &locals).await,
-                )),
-                None => None,
+            match self.keys(&sv, root_v, &ov, &locals, &sums).await {
+                Some(keys) => {
+                    let (plan, seen) = self.plan(&graph, &ov, &keys, &cache.imports, &locals).await;
+                    let names: Vec<String> = sv.iter().map(|v| v.name.clone()).collect();
+                    self.remember_graph(&graph, &names, &keys, &sums, cache, &plan, &ov, &seen);
+                    Some(Arc::new(plan))
+                }
+                None => {
+                    if cache.explain {
+                        self.reporter.event(Event::Note(
+                            "explain: the steps' keys could not be computed; the build says why"
+                                .into(),
+                        ));
+                    }
+                    None
+                }
             }
         };
         let mut attempt = plan;
@@ -222,6 +240,7 @@ impl Engine {
                 self.reporter.clone(),
                 attempt.clone(),
                 results.clone(),
+                &sums,
             );
             let opts = SolveOptions {
                 parallelism: self.parallelism,
@@ -272,6 +291,7 @@ impl Engine {
         reporter: Arc<dyn Reporter>,
         import: Option<Arc<crate::ops::import::ImportPlan>>,
         results: Option<Results>,
+        sums: &crate::ops::LocalSums,
     ) -> Arc<LlbRunner> {
         Arc::new(LlbRunner {
             worker: self.worker.clone(),
@@ -283,6 +303,7 @@ impl Engine {
             reporter,
             import,
             results,
+            sums: sums.clone(),
         })
     }
 
@@ -294,6 +315,7 @@ impl Engine {
         root: usize,
         ov: &Arc<Vec<OpVertex>>,
         locals: &BTreeMap<String, PathBuf>,
+        sums: &crate::ops::LocalSums,
     ) -> Option<Vec<String>> {
         let results: Results = Default::default();
         let first_pass = crate::ops::import::ImportPlan {
@@ -306,6 +328,7 @@ impl Engine {
             Arc::new(crate::progress::Silent),
             Some(Arc::new(first_pass)),
             Some(results.clone()),
+            sums,
         );
         let opts = SolveOptions {
             parallelism: self.parallelism,
@@ -319,6 +342,48 @@ impl Engine {
                 .map(|v| done.get(&v).map(|r| r.key.clone()).unwrap_or_default())
                 .collect(),
         )
+    }
+}
+
+impl Engine {
+    /// Keeps the graph's record for the next `--explain-cache` (when the keys changed), and
+    /// explains this build against the last one when asked.
+    #[allow(clippy::too_many_arguments)]
+    fn remember_graph(
+        &self,
+        graph: &llb::LoadedGraph,
+        names: &[String],
+        keys: &[String],
+        sums: &crate::ops::LocalSums,
+        cache: &CacheSpecs,
+        plan: &crate::ops::import::ImportPlan,
+        ov: &[OpVertex],
+        seen: &[explain::ImportSeen],
+    ) {
+        let Some(target) = &cache.target else {
+            if cache.explain {
+                let now = explain::Record::new(graph, names, keys, sums);
+                for line in explain::explain(&now, None, &plan.roles, ov, seen) {
+                    self.reporter.event(Event::Note(line));
+                }
+            }
+            return;
+        };
+        let digest = explain::keys_digest(keys);
+        let same = explain::is_recorded(&self.root, target, &digest);
+        if same && !cache.explain {
+            return;
+        }
+        let now = explain::Record::new(graph, names, keys, sums);
+        if cache.explain {
+            let last = explain::Record::load(&self.root, target);
+            for line in explain::explain(&now, last.as_ref(), &plan.roles, ov, seen) {
+                self.reporter.event(Event::Note(line));
+            }
+        }
+        if !same {
+            explain::save(&self.root, target, &digest, &now);
+        }
     }
 }
 

@@ -121,8 +121,12 @@ pub fn usage(root: &Path) -> Usage {
             bytes: m.len(),
         };
     }
-    // Stat caches of local sources (content hashes of build contexts) are metadata too.
-    for p in entries(&root.join("local-checksums")) {
+    // Stat caches and file lists of local sources (content hashes of build contexts) and
+    // the graphs `--explain-cache` compares with are metadata too.
+    let notes = entries(&root.join("local-checksums"))
+        .into_iter()
+        .chain(entries(&root.join("explain")));
+    for p in notes {
         u.metadata.count += 1;
         u.metadata.bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
     }
@@ -245,8 +249,12 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
     report.blobs = prune_blobs(worker, &kept, cutoff)?;
     if opts.all {
         prune_cache_mounts(worker, cutoff, &mut report).await?;
-        // Stat caches are only a speed-up: the next build rehashes its context.
-        for f in entries(&worker.root.join("local-checksums")) {
+        // Stat caches are only a speed-up: the next build rehashes its context; explain
+        // records only make the next explanation more precise.
+        let notes = entries(&worker.root.join("local-checksums"))
+            .into_iter()
+            .chain(entries(&worker.root.join("explain")));
+        for f in notes {
             if modified(&f) < cutoff {
                 let _ = std::fs::remove_file(&f);
             }

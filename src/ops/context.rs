@@ -391,6 +391,17 @@ pub fn tree_checksum(
     filter: &Filter,
     cache: &mut StatCache,
 ) -> Result<String, OpsError> {
+    tree_checksum_listed(root, filter, cache, None)
+}
+
+/// [`tree_checksum`], also listing what it hashed per entry into `listing` (for
+/// `--explain-cache`: which file of a context changed, and how).
+pub fn tree_checksum_listed(
+    root: &Path,
+    filter: &Filter,
+    cache: &mut StatCache,
+    mut listing: Option<&mut Vec<super::manifest::FileEntry>>,
+) -> Result<String, OpsError> {
     let mut h = Sha256::new();
     for s in cache.files.values_mut() {
         s.live = false;
@@ -400,18 +411,29 @@ pub fn tree_checksum(
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
         h.update(md.mode().to_le_bytes());
+        let mut what: &[u8] = &[];
+        let target;
         if md.file_type().is_symlink() {
             let path = root.join(&rel);
-            let target = fs::read_link(&path).map_err(local_err(&path))?;
-            h.update(target.as_os_str().as_encoded_bytes());
+            target = fs::read_link(&path).map_err(local_err(&path))?;
+            what = target.as_os_str().as_encoded_bytes();
+            h.update(what);
         } else if md.is_file() {
             let sha = cache.hash(root, &rel, &md)?;
             // The hex form, as the checksum has always hashed it.
             if hex::encode_to_slice(sha, &mut hex_sha).is_ok() {
                 h.update(hex_sha);
+                what = &hex_sha;
             }
         }
         h.update([0xff]);
+        if let Some(l) = listing.as_deref_mut() {
+            l.push(super::manifest::FileEntry {
+                path: rel.as_os_str().as_encoded_bytes().to_vec(),
+                mode: md.mode(),
+                what: what.to_vec(),
+            });
+        }
     }
     // Forget files that are gone (or filtered out): the cache tracks the tree as it is.
     let before = cache.files.len();

@@ -12,6 +12,7 @@ mod file;
 mod git;
 mod http;
 pub mod import;
+pub mod manifest;
 mod merge;
 mod source;
 mod ssh;
@@ -147,7 +148,23 @@ pub struct LlbRunner {
     pub import: Option<Arc<import::ImportPlan>>,
     /// Every vertex's result, kept for a cache export (`--export-cache`).
     pub results: Option<Arc<std::sync::Mutex<BTreeMap<usize, Res>>>>,
+    /// Local sources' checksums, shared by the passes of one solve.
+    pub sums: LocalSums,
 }
+
+/// A local source's content checksum as a solve computed it.
+#[derive(Debug, Clone)]
+pub struct LocalSum {
+    pub key: String,
+    pub dir: PathBuf,
+    pub filter: rootless::patterns::Filter,
+    pub checksum: String,
+    /// The source's stat cache file (its manifests are kept beside it).
+    pub stat: PathBuf,
+}
+
+/// Local sources' checksums by vertex: the passes of one solve walk each context once.
+pub type LocalSums = Arc<std::sync::Mutex<BTreeMap<usize, LocalSum>>>;
 
 impl OpRunner<Res> for LlbRunner {
     fn run(&self, vertex: usize, inputs: Vec<Res>) -> BoxFuture<Result<Outcome<Res>, OpError>> {
@@ -160,6 +177,7 @@ impl OpRunner<Res> for LlbRunner {
             entitlements: self.entitlements.clone(),
             reporter: self.reporter.clone(),
             import: self.import.clone(),
+            sums: self.sums.clone(),
             vertex,
         };
         let results = self.results.clone();
@@ -185,6 +203,7 @@ pub(crate) struct Ctx {
     pub entitlements: Arc<std::collections::BTreeSet<String>>,
     pub reporter: Arc<dyn Reporter>,
     pub import: Option<Arc<import::ImportPlan>>,
+    pub sums: LocalSums,
     pub vertex: usize,
 }
 

@@ -102,11 +102,16 @@ pub(super) async fn helper_ok(
 }
 
 /// A local source's directory, filter and cache key (the checksum of what the filter keeps),
-/// without copying anything.
+/// without copying anything; computed once per solve (the passes share it).
 pub(super) async fn local_key(
     ctx: &Ctx,
     src: &pb::SourceOp,
 ) -> Result<(String, std::path::PathBuf, rootless::patterns::Filter), OpsError> {
+    if let Ok(sums) = ctx.sums.lock()
+        && let Some(s) = sums.get(&ctx.vertex)
+    {
+        return Ok((s.key.clone(), s.dir.clone(), s.filter.clone()));
+    }
     let name = src
         .identifier
         .strip_prefix("local://")
@@ -124,14 +129,18 @@ pub(super) async fn local_key(
             .await
             .map_err(|e| OpsError::Invalid(e.to_string()))??
     };
+    let stat =
+        context::StatCache::path_for(&ctx.worker.root.join("local-checksums"), &dir, &filter);
     let checksum = {
-        let (dir, filter) = (dir.clone(), filter.clone());
-        let cache_file =
-            context::StatCache::path_for(&ctx.worker.root.join("local-checksums"), &dir, &filter);
+        let (dir, filter, stat) = (dir.clone(), filter.clone(), stat.clone());
         tokio::task::spawn_blocking(move || {
-            let mut cache = context::StatCache::load(&cache_file);
-            let sum = context::tree_checksum(&dir, &filter, &mut cache);
-            cache.save(&cache_file);
+            let mut cache = context::StatCache::load(&stat);
+            let mut listing = Vec::new();
+            let sum = context::tree_checksum_listed(&dir, &filter, &mut cache, Some(&mut listing));
+            cache.save(&stat);
+            if let Ok(sum) = &sum {
+                super::manifest::remember(&stat, sum, &listing);
+            }
             sum
         })
         .await
@@ -145,6 +154,18 @@ pub(super) async fn local_key(
     } else {
         ctx.cache_key(&[], &[&checksum, &filter_key])
     };
+    if let Ok(mut sums) = ctx.sums.lock() {
+        sums.insert(
+            ctx.vertex,
+            super::LocalSum {
+                key: key.clone(),
+                dir: dir.clone(),
+                filter: filter.clone(),
+                checksum,
+                stat,
+            },
+        );
+    }
     Ok((key, dir, filter))
 }
 

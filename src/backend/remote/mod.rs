@@ -482,6 +482,13 @@ fn cache_options(
              through the session's content store); use type=registry"
         ))
     };
+    if specs.explain {
+        return Err(BackendError::Refused(
+            "--explain-cache needs envkit's own engine (`--context embedded`): a remote \
+             BuildKit does not say why a step missed"
+                .into(),
+        ));
+    }
     let mut out = remote::pb::CacheOptions::default();
     for e in &specs.exports {
         match &e.location {
