@@ -466,4 +466,93 @@ fn buildkitd_cache_interop() {
         !env.dir.join("rootfs/d").exists(),
         "the whiteout of /d holds"
     );
+
+    // Inline caches, both ways: buildkitd pushes an image with one, a fresh envkit store
+    // takes every step from it; envkit pushes one, buildkitd takes the last step from it.
+    let last3 = format!("{last}-inline");
+    let pb3 = env.def_file("g3", &graph(&env.registry, &last3));
+    let theirs = format!("{}/envkit-test/bk-inline:{last3}", env.registry);
+    let o = env
+        .user_command("buildctl")
+        .arg("--addr")
+        .arg(format!("unix://{unix}"))
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--local",
+            &local,
+            "--export-cache",
+            "type=inline",
+            "--output",
+        ])
+        .arg(format!("type=image,name={theirs},push=true"))
+        .stdin(std::fs::File::open(&pb3).expect("def"))
+        .output()
+        .expect("buildctl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = env.envkit(&[
+        "--root",
+        env.dir.join("fresh-inline").to_str().unwrap(),
+        "solve",
+        "--progress",
+        "plain",
+        "--import-cache",
+        &format!("type=registry,ref={theirs}"),
+        "--local",
+        &local,
+        "-o",
+        &format!("type=local,dest={}", env.dir.join("rootfs3").display()),
+        pb3.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        ran(&log).is_empty(),
+        "every step from buildkitd's inline cache:\n{log}"
+    );
+    let got = std::fs::read_to_string(env.dir.join("rootfs3/last")).expect("/last");
+    assert_eq!(got.trim(), last3);
+
+    let last4 = format!("{last}-inline-envkit");
+    let pb4 = env.def_file("g4", &graph(&env.registry, &last4));
+    let ours = format!("{}/envkit-test/ek-inline:{last4}", env.registry);
+    let out = env.envkit(&[
+        "solve",
+        "--progress",
+        "plain",
+        "--export-cache",
+        "type=inline",
+        "--local",
+        &local,
+        "-o",
+        &format!("type=image,name={ours},push=true"),
+        pb4.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = env
+        .user_command("buildctl")
+        .arg("--addr")
+        .arg(format!("unix://{unix}"))
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--local",
+            &local,
+            "--import-cache",
+        ])
+        .arg(format!("type=registry,ref={ours}"))
+        .stdin(std::fs::File::open(&pb4).expect("def"))
+        .output()
+        .expect("buildctl");
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    let cached_last = log
+        .split("\n\n")
+        .any(|block| block.contains(&format!("echo {last4}")) && block.contains("CACHED"));
+    assert!(
+        cached_last,
+        "buildkitd did not take the last step from envkit's inline cache:\n{log}"
+    );
 }

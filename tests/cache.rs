@@ -319,3 +319,64 @@ fn explain_cache_says_which_step_file_and_field_changed() {
     let log = solve_on(&env, "e1", &pb2, &["-t", "c:explain"]);
     assert!(!log.contains("explain: "), "{log}");
 }
+
+#[test]
+fn an_inline_cache_travels_in_the_pushed_image() {
+    let env = TestEnv::new("inline");
+    context(&env, "ctx");
+    let pb = env.def_file("g", &graph(&env.registry, "inline"));
+    let image = format!(
+        "{}/envkit-test/inline:e2e-{}",
+        env.registry,
+        std::process::id()
+    );
+    let push = format!("type=image,name={image},push=true");
+    let log = solve_on(
+        &env,
+        "i1",
+        &pb,
+        &["--export-cache", "type=inline", "-o", &push],
+    );
+    assert!(log.contains("exported cache (inline)"), "{log}");
+    let first = built_digest(&log);
+    // The config carries BuildKit's field: base64 of the records' JSON.
+    let cfg = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config", "--raw"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo");
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).expect("config json");
+    assert!(
+        cfg["moby.buildkit.cache.v0"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{cfg}"
+    );
+
+    // A fresh store takes every step from the image; exporting inline again gives the same
+    // image (the records' times are the image's own).
+    let log = solve_on(
+        &env,
+        "i2",
+        &pb,
+        &[
+            "--import-cache",
+            &format!("type=registry,ref={image}"),
+            "--export-cache",
+            "type=inline",
+        ],
+    );
+    assert!(ran(&log).is_empty(), "every step from the image:\n{log}");
+    assert_eq!(built_digest(&log), first, "{log}");
+
+    // An image without one: a warning, and the build runs.
+    let plain = format!("{}/library/busybox:latest", env.registry);
+    let log = solve_on(
+        &env,
+        "i3",
+        &pb,
+        &["--import-cache", &format!("type=registry,ref={plain}")],
+    );
+    assert!(log.contains("has no inline cache"), "{log}");
+    assert_eq!(ran(&log).len(), 7, "{log}");
+}

@@ -27,10 +27,28 @@ impl Embedded {
             .solve_with(&job.definition, job.locals, &job.cache)
             .await?;
         let snap = solved.snap.clone();
-        let spec = match &job.image {
-            ImageConfig::Spec { spec, .. } => spec.clone(),
+        let mut spec = match &job.image {
+            ImageConfig::Spec { spec, .. } => (**spec).clone(),
             ImageConfig::Base => ImageSpec::default(),
         };
+        if let Some(e) = job
+            .cache
+            .exports
+            .iter()
+            .find(|e| e.location == crate::bkcache::spec::Location::Inline)
+        {
+            match self.engine.inline_cache(&solved).await {
+                Ok(records) => spec.inline_cache = records,
+                Err(err) if e.ignore_error => {
+                    self.engine
+                        .reporter
+                        .event(crate::progress::Event::Note(format!(
+                            "warning: exporting cache (inline): {err}"
+                        )))
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         self.engine
             .export(&snap, &spec, &job.name, job.output, job.started)
             .await?;

@@ -59,7 +59,7 @@ impl BackendError {
 pub enum ImageConfig {
     /// envd's spec over its base image (a build file).
     Spec {
-        spec: ImageSpec,
+        spec: Box<ImageSpec>,
         base_config: Box<oci_spec::image::ImageConfiguration>,
         base_layers: Vec<oci_spec::image::Descriptor>,
     },

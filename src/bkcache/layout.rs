@@ -157,6 +157,80 @@ pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<(Desc, Vec<Desc>), BkC
     }
 }
 
+/// The image config field that holds an inline cache (BuildKit's `type=inline`): the records
+/// as JSON, base64-encoded, whose results are indexes into the image's own layers.
+pub const INLINE_KEY: &str = "moby.buildkit.cache.v0";
+
+/// The inline cache an image carries (its config's [`INLINE_KEY`]), as a cache whose layers
+/// are the image's (`layers`, from its manifest); `None` when it carries none.
+pub fn inline(
+    name: &str,
+    image_config: &[u8],
+    layers: &[Desc],
+) -> Result<Option<Cache>, BkCacheError> {
+    let cfg: serde_json::Value = serde_json::from_slice(image_config)
+        .map_err(|e| bad(format!("{name}: image config: {e}")))?;
+    let Some(encoded) = cfg.get(INLINE_KEY) else {
+        return Ok(None);
+    };
+    let Some(encoded) = encoded.as_str() else {
+        return Err(bad(format!("{name}: {INLINE_KEY} is not a string")));
+    };
+    use base64::Engine as _;
+    let records = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| bad(format!("{name}: {INLINE_KEY}: {e}")))?;
+    let records: serde_json::Value =
+        serde_json::from_slice(&records).map_err(|e| bad(format!("{name}: {INLINE_KEY}: {e}")))?;
+    let diff_ids: Vec<&str> = cfg
+        .pointer("/rootfs/diff_ids")
+        .and_then(|d| d.as_array())
+        .map(|a| a.iter().filter_map(|d| d.as_str()).collect())
+        .unwrap_or_default();
+    if diff_ids.len() != layers.len() {
+        return Err(bad(format!(
+            "{name}: the image's config lists {} layers and its manifest {}",
+            diff_ids.len(),
+            layers.len()
+        )));
+    }
+    // When each layer was made, from the history entries that made layers.
+    let created: Vec<String> = cfg
+        .get("history")
+        .and_then(|h| h.as_array())
+        .map(|h| {
+            h.iter()
+                .filter(|e| e.get("empty_layer").and_then(|b| b.as_bool()) != Some(true))
+                .map(|e| {
+                    e.get("created")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let cache_layers: Vec<serde_json::Value> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::json!({
+                "blob": l.digest,
+                "parent": i as i64 - 1,
+                "annotations": {
+                    "mediaType": l.media_type,
+                    "diffID": diff_ids[i],
+                    "size": l.size,
+                    "createdAt": created.get(i).cloned().unwrap_or_default(),
+                },
+            })
+        })
+        .collect();
+    let config = serde_json::json!({"layers": cache_layers, "records": records});
+    let bytes = serde_json::to_vec(&config).map_err(|e| bad(format!("{name}: {e}")))?;
+    Cache::new(name, &bytes, layers.to_vec()).map(Some)
+}
+
 impl Cache {
     /// A cache from its config's bytes and its manifest's layer descriptors.
     pub fn new(name: &str, config_bytes: &[u8], layers: Vec<Desc>) -> Result<Cache, BkCacheError> {
@@ -185,6 +259,68 @@ mod tests {
         std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
         std::fs::write(blob_path(dir, &d).expect("path"), bytes).expect("write");
         d
+    }
+
+    #[test]
+    fn an_inline_cache_is_read_from_an_image_config_and_bad_ones_are_refused() {
+        use base64::Engine as _;
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let layers = vec![
+            Desc {
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                digest: d('a'),
+                size: 10,
+                annotations: Default::default(),
+            },
+            Desc {
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                digest: d('b'),
+                size: 20,
+                annotations: Default::default(),
+            },
+        ];
+        let records = format!(
+            r#"[{{"digest":"{}"}},{{"layers":[{{"layer":1}}],"digest":"{}","inputs":[[{{"link":0}}]]}}]"#,
+            d('c'),
+            d('e')
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&records);
+        let cfg = |key: &str, ids: usize| {
+            let ids: Vec<String> = (0..ids).map(|i| d(['1', '2', '3'][i])).collect();
+            serde_json::to_vec(&serde_json::json!({
+                "rootfs": {"type": "layers", "diff_ids": ids},
+                "history": [{"created": "2026-01-01T00:00:00Z"}, {"empty_layer": true}, {}],
+                key: b64,
+            }))
+            .expect("json")
+        };
+        let c = inline("img", &cfg(INLINE_KEY, 2), &layers)
+            .expect("parse")
+            .expect("has one");
+        assert_eq!(c.config.records.len(), 2);
+        assert_eq!(c.config.layer_chain(1), vec![0, 1]);
+        assert_eq!(c.config.layers[1].blob, d('b'));
+        assert_eq!(c.blobs.len(), 2);
+        assert!(
+            inline("img", &cfg("other", 2), &layers)
+                .expect("parse")
+                .is_none()
+        );
+        let e = inline("img", &cfg(INLINE_KEY, 1), &layers).expect_err("count");
+        assert!(e.to_string().contains("lists 1 layers"), "{e}");
+        let bad = serde_json::to_vec(&serde_json::json!({INLINE_KEY: "%%%"})).expect("json");
+        assert!(inline("img", &bad, &layers).is_err());
+        // Records that point past the image's layers are refused by the config's checks.
+        let far = base64::engine::general_purpose::STANDARD.encode(format!(
+            r#"[{{"layers":[{{"layer":7}}],"digest":"{}"}}]"#,
+            d('c')
+        ));
+        let cfg2 = serde_json::to_vec(&serde_json::json!({
+            "rootfs": {"diff_ids": [d('1'), d('2')]},
+            INLINE_KEY: far,
+        }))
+        .expect("json");
+        assert!(inline("img", &cfg2, &layers).is_err());
     }
 
     #[test]

@@ -190,7 +190,7 @@ async fn compile_job(
         name,
         output,
         image: ImageConfig::Spec {
-            spec: compiled.lowered.image.clone(),
+            spec: Box::new(compiled.lowered.image.clone()),
             base_config: Box::new(compiled.base_config.clone()),
             base_layers: compiled.base_layers.clone(),
         },

@@ -52,10 +52,8 @@ impl Engine {
     async fn export_one(&self, solved: &Solved, e: &Export) -> Result<(), EngineError> {
         let fail = |m: String| EngineError::Output(format!("exporting cache ({}): {m}", e.kind));
         if e.location == Location::Inline {
-            return Err(fail(
-                "type=inline is not done yet by the embedded engine (a buildkitd context takes it)"
-                    .into(),
-            ));
+            // Written into the image's config before the image was made (`inline_cache`).
+            return Ok(());
         }
         let opts = crate::export::CompressionOpts {
             kind: crate::export::Compression::parse(&e.compression)
@@ -64,99 +62,10 @@ impl Engine {
             force: e.force_compression,
         };
         opts.validate().map_err(fail)?;
-        let g = &solved.graph;
-        let mut images = self.image_keys(g, &solved.locals).await;
-        let used = matching::used_outputs(g);
         let created = crate::timefmt::rfc3339_nano(std::time::SystemTime::now());
-        let mut b = Builder::default();
-        let mut recs: Vec<BTreeMap<i64, Vec<usize>>> = vec![BTreeMap::new(); g.vertices.len()];
-        let mut layer_descs: HashMap<String, LayerOut> = HashMap::new();
-        let mut made = 0usize;
-        for (vi, v) in g.vertices.iter().enumerate() {
-            let maps = match keys::op_keys(&v.op, &mut |s| {
-                use crate::bkcache::matching::Resolver as _;
-                images.source(&v.op, s)
-            }) {
-                Ok(m) => m,
-                Err(_) => continue,
-            };
-            // A skipped vertex was not built here; its result may still be in the store.
-            let skipped = matches!(
-                solved.plan.as_ref().and_then(|p| p.roles.get(vi)),
-                Some(Role::Skip)
-            );
-            let real: Option<crate::ops::Res> = match solved.results.get(&vi) {
-                Some(r) if !skipped => Some(r.clone()),
-                Some(r) => self
-                    .worker
-                    .snapshots
-                    .lookup_quiet(&r.key)
-                    .ok()
-                    .flatten()
-                    .map(|snap| crate::ops::Res {
-                        snap,
-                        key: r.key.clone(),
-                        more: Default::default(),
-                    }),
-                None => None,
-            };
-            let wants_result = match e.mode {
-                Mode::Max => !matches!(v.op.op, Some(pb::op::Op::Source(_))),
-                Mode::Min => Some(vi) == g.head,
-            };
-            for &out in &used[vi] {
-                let mut here = Vec::new();
-                for km in &maps {
-                    let key = keys::root_key(&km.digest, out);
-                    let mut inputs = Vec::with_capacity(v.op.inputs.len());
-                    for (i, (inp, &from)) in v.op.inputs.iter().zip(&v.inputs).enumerate() {
-                        let sel = km
-                            .deps
-                            .get(i)
-                            .and_then(|d| d.selector.clone())
-                            .unwrap_or_default();
-                        let mut links: Vec<(String, usize)> = recs[from]
-                            .get(&inp.index)
-                            .map(|rs| rs.iter().map(|&r| (sel.clone(), r)).collect())
-                            .unwrap_or_default();
-                        // The input's content hash, where it can be had: a key of its own.
-                        if let Some(paths) = km.deps.get(i).and_then(|d| d.content.as_ref()) {
-                            use crate::bkcache::matching::Resolver as _;
-                            if let Some(h) = images.content(from, inp.index, paths) {
-                                links.push((
-                                    String::new(),
-                                    b.record(&keys::root_key(&h, -1), Vec::new()),
-                                ));
-                            }
-                        }
-                        inputs.push(links);
-                    }
-                    if inputs.iter().any(Vec::is_empty) {
-                        continue; // an input without a key (a local directory): no record
-                    }
-                    here.push(b.record(&key, inputs));
-                }
-                if here.is_empty() || !wants_result {
-                    recs[vi].insert(out, here);
-                    continue;
-                }
-                if let Some(res) = real.as_ref().and_then(|r| r.output(out)) {
-                    let layers = self
-                        .result_layers(&res.snap, &opts, &mut layer_descs)
-                        .await?;
-                    let blobs: Vec<String> =
-                        layers.iter().map(|l| l.desc.digest().to_string()).collect();
-                    if let Some(top) = b.chain(&blobs) {
-                        for &r in &here {
-                            b.result(r, top, &created);
-                        }
-                        made += 1;
-                    }
-                }
-                recs[vi].insert(out, here);
-            }
-        }
-        let cfg = b.finish();
+        let (cfg, layer_descs, made) = self
+            .cache_config(solved, e.mode, Some(&opts), &created)
+            .await?;
         let blobs: Vec<LayerOut> = {
             let mut seen = std::collections::BTreeSet::new();
             cfg.layers
@@ -204,11 +113,149 @@ impl Engine {
         Ok(())
     }
 
+    /// BuildKit's records of the solved graph, and the layers of the results `mode` keeps:
+    /// compressed as `opts` asks, or (`None`, for an inline cache) the image's own layers as
+    /// they are, steps that changed nothing left out as in the image.
+    async fn cache_config(
+        &self,
+        solved: &Solved,
+        mode: Mode,
+        opts: Option<&crate::export::CompressionOpts>,
+        created: &str,
+    ) -> Result<(config::CacheConfig, HashMap<String, LayerOut>, usize), EngineError> {
+        let g = &solved.graph;
+        let mut images = self.image_keys(g, &solved.locals).await;
+        let used = matching::used_outputs(g);
+        let mut b = Builder::default();
+        let mut recs: Vec<BTreeMap<i64, Vec<usize>>> = vec![BTreeMap::new(); g.vertices.len()];
+        let mut layer_descs: HashMap<String, LayerOut> = HashMap::new();
+        let mut made = 0usize;
+        for (vi, v) in g.vertices.iter().enumerate() {
+            let maps = match keys::op_keys(&v.op, &mut |s| {
+                use crate::bkcache::matching::Resolver as _;
+                images.source(&v.op, s)
+            }) {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            // A skipped vertex was not built here; its result may still be in the store.
+            let skipped = matches!(
+                solved.plan.as_ref().and_then(|p| p.roles.get(vi)),
+                Some(Role::Skip)
+            );
+            let real: Option<crate::ops::Res> = match solved.results.get(&vi) {
+                Some(r) if !skipped => Some(r.clone()),
+                Some(r) => self
+                    .worker
+                    .snapshots
+                    .lookup_quiet(&r.key)
+                    .ok()
+                    .flatten()
+                    .map(|snap| crate::ops::Res {
+                        snap,
+                        key: r.key.clone(),
+                        more: Default::default(),
+                    }),
+                None => None,
+            };
+            let wants_result = match mode {
+                Mode::Max => !matches!(v.op.op, Some(pb::op::Op::Source(_))),
+                Mode::Min => Some(vi) == g.head,
+            };
+            for &out in &used[vi] {
+                let mut here = Vec::new();
+                for km in &maps {
+                    let key = keys::root_key(&km.digest, out);
+                    let mut inputs = Vec::with_capacity(v.op.inputs.len());
+                    for (i, (inp, &from)) in v.op.inputs.iter().zip(&v.inputs).enumerate() {
+                        let sel = km
+                            .deps
+                            .get(i)
+                            .and_then(|d| d.selector.clone())
+                            .unwrap_or_default();
+                        let mut links: Vec<(String, usize)> = recs[from]
+                            .get(&inp.index)
+                            .map(|rs| rs.iter().map(|&r| (sel.clone(), r)).collect())
+                            .unwrap_or_default();
+                        // The input's content hash, where it can be had: a key of its own.
+                        if let Some(paths) = km.deps.get(i).and_then(|d| d.content.as_ref()) {
+                            use crate::bkcache::matching::Resolver as _;
+                            if let Some(h) = images.content(from, inp.index, paths) {
+                                links.push((
+                                    String::new(),
+                                    b.record(&keys::root_key(&h, -1), Vec::new()),
+                                ));
+                            }
+                        }
+                        inputs.push(links);
+                    }
+                    if inputs.iter().any(Vec::is_empty) {
+                        continue; // an input without a key (a local directory): no record
+                    }
+                    here.push(b.record(&key, inputs));
+                }
+                if here.is_empty() || !wants_result {
+                    recs[vi].insert(out, here);
+                    continue;
+                }
+                if let Some(res) = real.as_ref().and_then(|r| r.output(out)) {
+                    let layers = self
+                        .result_layers(&res.snap, opts, &mut layer_descs)
+                        .await?;
+                    let blobs: Vec<String> =
+                        layers.iter().map(|l| l.desc.digest().to_string()).collect();
+                    if let Some(top) = b.chain(&blobs) {
+                        for &r in &here {
+                            b.result(r, top, created);
+                        }
+                        made += 1;
+                    }
+                }
+                recs[vi].insert(out, here);
+            }
+        }
+        Ok((b.finish(), layer_descs, made))
+    }
+
+    /// The inline cache of the solved graph (`--export-cache type=inline`): the records of
+    /// its final result (BuildKit's records JSON, results as indexes into the image's
+    /// layers), for the image config's `moby.buildkit.cache.v0`. `None` (with a warning)
+    /// when the result has no layers to point at.
+    pub async fn inline_cache(&self, solved: &Solved) -> Result<Option<Vec<u8>>, EngineError> {
+        // The image's own time, so that the image stays reproducible.
+        let created = crate::timefmt::rfc3339_nano(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(super::reproducible_epoch().max(0) as u64),
+        );
+        let (cfg, _, _) = self.cache_config(solved, Mode::Min, None, &created).await?;
+        let mut image = Vec::new();
+        let mut seen = HashMap::new();
+        image.extend(
+            self.result_layers(&solved.snap, None, &mut seen)
+                .await?
+                .into_iter()
+                .map(|l| l.desc.digest().to_string()),
+        );
+        let records = inline_records(&cfg, &image).map_err(EngineError::Output)?;
+        if records.is_empty() {
+            self.reporter.event(Event::Note(
+                "warning: exporting cache (inline): the result has no layers to point at".into(),
+            ));
+            return Ok(None);
+        }
+        let n = records.len();
+        let bytes = serde_json::to_vec(&records).map_err(|e| EngineError::Output(e.to_string()))?;
+        self.reporter.event(Event::Note(format!(
+            "exported cache (inline): {n} records in the image's config"
+        )));
+        Ok(Some(bytes))
+    }
+
     /// The layers of a result: its base image's as pulled, then one per own snapshot.
     async fn result_layers(
         &self,
         snap: &SnapRef,
-        opts: &crate::export::CompressionOpts,
+        opts: Option<&crate::export::CompressionOpts>,
         seen: &mut HashMap<String, LayerOut>,
     ) -> Result<Vec<LayerOut>, EngineError> {
         let w = &self.worker;
@@ -229,8 +276,13 @@ impl Engine {
             }
         }
         for id in snap.own_layers() {
-            let lo = match super::image::layer_for(w, id).await? {
-                Some(l) => {
+            let lo = match (super::image::layer_for(w, id).await?, opts) {
+                (Some(l), None) => LayerOut {
+                    desc: l.descriptor,
+                    diff_id: l.diff_id.to_string(),
+                },
+                (None, None) => continue,
+                (Some(l), Some(opts)) => {
                     let store = w.content.clone();
                     let (d, o) = (l.descriptor.clone(), *opts);
                     let desc =
@@ -242,13 +294,68 @@ impl Engine {
                         diff_id: l.diff_id.to_string(),
                     }
                 }
-                None => empty_layer(&w.content)?,
+                (None, Some(_)) => empty_layer(&w.content)?,
             };
             seen.insert(lo.desc.digest().to_string(), lo.clone());
             out.push(lo);
         }
         Ok(out)
     }
+}
+
+/// An inline cache's records: `cfg`'s, each result given by where its layers are in the
+/// image (`image`: its layers' digests, bottom first) — the top layer's index when they are
+/// the image's first layers, else every layer's index; results whose layers the image does
+/// not have are left out, and records left without results keep only their links.
+fn inline_records(
+    cfg: &config::CacheConfig,
+    image: &[String],
+) -> Result<Vec<config::Record>, String> {
+    let at: HashMap<&str, i64> = image
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.as_str(), i as i64))
+        .collect();
+    let mut any = false;
+    let records = cfg
+        .records
+        .iter()
+        .map(|r| {
+            let mut out = config::Record {
+                digest: r.digest.clone(),
+                inputs: r.inputs.clone(),
+                ..Default::default()
+            };
+            for res in &r.results {
+                let blobs: Vec<&str> = cfg
+                    .layer_chain(res.layer)
+                    .into_iter()
+                    .map(|l| cfg.layers[l].blob.as_str())
+                    .collect();
+                let Some(idx) = blobs
+                    .iter()
+                    .map(|b| at.get(b).copied())
+                    .collect::<Option<Vec<i64>>>()
+                else {
+                    continue;
+                };
+                any = true;
+                if idx.iter().enumerate().all(|(i, &x)| x == i as i64) && !idx.is_empty() {
+                    out.results.push(config::RecordResult {
+                        layer: idx.len() as i64 - 1,
+                        created_at: res.created_at.clone(),
+                    });
+                } else {
+                    out.chained.push(config::ChainedResult {
+                        layers: idx,
+                        created_at: res.created_at.clone(),
+                    });
+                }
+            }
+            out
+        })
+        .collect();
+    Ok(if any { records } else { Vec::new() })
 }
 
 /// The layer of a step that changed nothing: an empty tar, gzipped (BuildKit has one too).
@@ -403,4 +510,50 @@ fn write_local(
             .map_err(|e| io(&layout_file, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_results_are_indexes_into_the_image_layers() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let layer = |c: char, parent: i64| config::Layer {
+            blob: d(c),
+            parent,
+            annotations: None,
+        };
+        let result = |layer: i64| config::RecordResult {
+            layer,
+            created_at: "t".into(),
+        };
+        let cfg = config::CacheConfig {
+            // 0: a, 1: b on a, 2: c (not in the image), 3: b alone
+            layers: vec![layer('a', -1), layer('b', 0), layer('c', -1), layer('b', -1)],
+            records: vec![
+                config::Record {
+                    digest: d('1'),
+                    results: vec![result(1)],
+                    ..Default::default()
+                },
+                config::Record {
+                    digest: d('2'),
+                    results: vec![result(2), result(3)],
+                    inputs: vec![vec![config::Input {
+                        selector: String::new(),
+                        link: 0,
+                    }]],
+                    ..Default::default()
+                },
+            ],
+        };
+        let out = inline_records(&cfg, &[d('a'), d('b')]).expect("records");
+        assert_eq!(out[0].results[0].layer, 1);
+        // Layers the image lacks: left out; layers out of the image's order: a chain.
+        assert!(out[1].results.is_empty());
+        assert_eq!(out[1].chained[0].layers, vec![1]);
+        assert_eq!(out[1].inputs, cfg.records[1].inputs);
+        assert!(inline_records(&cfg, &[d('x')]).expect("none").is_empty());
+    }
 }

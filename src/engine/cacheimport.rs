@@ -137,8 +137,11 @@ impl Engine {
             .fetch_manifest_raw(reference)
             .await
             .map_err(|e| e.to_string())?;
-        let (cfg, layers) =
-            layout::parse_manifest(&raw.reference, &raw.bytes).map_err(|e| e.to_string())?;
+        let (cfg, layers) = match layout::parse_manifest(&raw.reference, &raw.bytes) {
+            Ok(found) => found,
+            // Not a cache: an image may carry one inline.
+            Err(e) => return self.inline_cache_of(reference, e.to_string()).await,
+        };
         let digest = crate::content::parse_digest(&cfg.digest).map_err(|e| e.to_string())?;
         let desc = oci_spec::image::Descriptor::new(
             oci_spec::image::MediaType::Other(cfg.media_type.clone()),
@@ -150,6 +153,47 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         let cache = Cache::new(&raw.reference, &bytes, layers).map_err(|e| e.to_string())?;
+        Ok((cache, raw))
+    }
+
+    /// The inline cache of the image `reference` (for this machine's platform): its records,
+    /// with the image's layers as the cache's. `not_cache` says why the manifest was no cache,
+    /// for an image that carries none.
+    async fn inline_cache_of(
+        &self,
+        reference: &str,
+        not_cache: String,
+    ) -> Result<(Cache, crate::registry::RawManifest), String> {
+        let reg = &self.worker.registry;
+        let r = reg
+            .resolve_with(
+                reference,
+                &Platform::host(),
+                crate::registry::ResolveMode::Default,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let layers: Vec<layout::Desc> = r
+            .layers
+            .iter()
+            .map(|l| layout::Desc {
+                media_type: l.media_type().to_string(),
+                digest: l.digest().to_string(),
+                size: l.size(),
+                annotations: Default::default(),
+            })
+            .collect();
+        let cache = layout::inline(&r.reference, &r.config_bytes, &layers)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{not_cache}, and the image has no inline cache"))?;
+        let raw = crate::registry::RawManifest {
+            reference: r.reference.clone(),
+            host: r.host.clone(),
+            repository: r.repository.clone(),
+            digest: r.manifest_digest.clone(),
+            media_type: r.manifest_media_type.clone(),
+            bytes: r.manifest_bytes.clone(),
+        };
         Ok((cache, raw))
     }
 

@@ -27,6 +27,10 @@ pub struct ImageSpec {
     pub labels: BTreeMap<String, String>,
     /// e.g. `2222/tcp`.
     pub exposed_ports: Vec<String>,
+    /// An inline build cache (`--export-cache type=inline`): BuildKit's records as JSON, kept
+    /// in the config as `moby.buildkit.cache.v0`. A base image's own is never carried over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_cache: Option<Vec<u8>>,
 }
 
 /// OCI image manifest media type.
@@ -284,6 +288,14 @@ pub fn assemble(
         obj.insert("history".into(), Value::Array(history));
     }
     obj.insert("created".into(), json!(created));
+    obj.remove(crate::bkcache::layout::INLINE_KEY);
+    if let Some(records) = &spec.inline_cache {
+        use base64::Engine as _;
+        obj.insert(
+            crate::bkcache::layout::INLINE_KEY.into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(records)),
+        );
+    }
     obj.insert("architecture".into(), json!("amd64"));
     obj.insert("os".into(), json!("linux"));
     obj.remove("variant");

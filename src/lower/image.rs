@@ -64,6 +64,7 @@ impl Compiler<'_> {
             working_dir: self.image_working_dir(),
             labels,
             exposed_ports,
+            inline_cache: None,
         }
     }
 

@@ -54,6 +54,7 @@ pub fn graph(reg: &str, last: &str) -> llb::Definition {
 /// The image digest a build's last line names.
 pub fn built_digest(log: &str) -> String {
     log.lines()
+        .filter(|l| l.starts_with("=> built "))
         .find_map(|l| l.split_once("(sha256:").map(|(_, d)| d.to_string()))
         .and_then(|d| d.split_once(')').map(|(d, _)| format!("sha256:{d}")))
         .unwrap_or_else(|| panic!("no image digest in:\n{log}"))
