@@ -172,6 +172,17 @@ impl Snapshotter {
     }
 }
 
+/// `[cache]`: the caches a build imports and exports when its command line names none for
+/// that direction (each entry in buildctl's syntax, as `--import-cache` / `--export-cache`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CacheDefaults {
+    #[serde(default)]
+    pub import: Vec<String>,
+    #[serde(default)]
+    pub export: Vec<String>,
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -180,6 +191,8 @@ pub struct Config {
     pub registry: BTreeMap<String, RegistryConfig>,
     #[serde(default)]
     pub worker: WorkerConfig,
+    #[serde(default)]
+    pub cache: CacheDefaults,
     /// The file this was read from; `None` for defaults.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -392,8 +405,16 @@ insecure = false
 ca = ["/path/ca.pem"]
 [worker]
 ca-bundle = "/etc/ssl/certs/ca-certificates.crt"
+[cache]
+import = ["type=registry,ref=reg/p:cache"]
+export = ["type=registry,ref=reg/p:cache,mode=max"]
 "#;
         let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.cache.import, vec!["type=registry,ref=reg/p:cache"]);
+        assert_eq!(
+            c.cache.export,
+            vec!["type=registry,ref=reg/p:cache,mode=max"]
+        );
         assert_eq!(c.registry("docker.io").mirrors, vec!["127.0.0.1:5000"]);
         assert!(c.is_plain_http("127.0.0.1:5000"));
         assert!(!c.is_plain_http("docker.io"));

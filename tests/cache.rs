@@ -380,3 +380,36 @@ fn an_inline_cache_travels_in_the_pushed_image() {
     assert!(log.contains("has no inline cache"), "{log}");
     assert_eq!(ran(&log).len(), 7, "{log}");
 }
+
+#[test]
+fn config_cache_defaults_apply_where_the_command_line_names_none() {
+    let env = TestEnv::new("cache-defaults");
+    context(&env, "ctx");
+    let pb = env.def_file("g", &graph(&env.registry, "defaults"));
+    let dest = env.dir.join("from-config");
+    let mut text = std::fs::read_to_string(env.config_path()).expect("config");
+    text.push_str(&format!(
+        "\n[cache]\nexport = [\"type=local,dest={}\"]\n",
+        dest.display()
+    ));
+    std::fs::write(env.config_path(), text).expect("config");
+    // --no-cache-defaults: nothing exported.
+    solve_on(&env, "d1", &pb, &["--no-cache-defaults"]);
+    assert!(!dest.exists());
+    // The config's export.
+    let log = solve_on(&env, "d1", &pb, &[]);
+    assert!(log.contains("exported cache (local)"), "{log}");
+    assert_eq!(records_with_results(&dest), 1, "{log}");
+    // A command line export replaces it.
+    let other = env.dir.join("from-flag");
+    solve_on(
+        &env,
+        "d1",
+        &pb,
+        &[
+            "--export-cache",
+            &format!("type=local,dest={}", other.display()),
+        ],
+    );
+    assert!(other.join("index.json").is_file());
+}

@@ -179,6 +179,9 @@ pub struct EngineArgs {
     /// file of the context (which, and how), the base image.
     #[arg(long = "explain-cache")]
     pub explain_cache: bool,
+    /// Leave out the `[cache]` imports and exports of config.toml.
+    #[arg(long = "no-cache-defaults")]
+    pub no_cache_defaults: bool,
     /// Run every step again instead of taking it from the cache (images, local dirs and
     /// downloads with a checksum are content-addressed and stay cached).
     #[arg(long)]

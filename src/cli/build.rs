@@ -200,6 +200,33 @@ async fn compile_job(
 }
 
 /// `--import-cache` and `--export-cache`, checked before anything is built.
+/// The `[cache]` imports and exports of config.toml, for a build command whose command line
+/// names none in that direction (`--no-cache-defaults`: none at all).
+pub(super) fn apply_cache_defaults(cli: &mut Cli) -> anyhow::Result<()> {
+    use super::Command;
+    let config = cli.config.clone();
+    let engine = match &mut cli.command {
+        Command::Build(a) => &mut a.engine,
+        Command::Solve(a) => &mut a.engine,
+        Command::Up(a) => &mut a.build.engine,
+        Command::Run(a) => &mut a.up.build.engine,
+        _ => return Ok(()),
+    };
+    if engine.no_cache_defaults
+        || (!engine.import_cache.is_empty() && !engine.export_cache.is_empty())
+    {
+        return Ok(());
+    }
+    let defaults = Config::load(config.as_deref())?.cache;
+    if engine.import_cache.is_empty() {
+        engine.import_cache = defaults.import;
+    }
+    if engine.export_cache.is_empty() {
+        engine.export_cache = defaults.export;
+    }
+    Ok(())
+}
+
 /// `target` is the image name the graph is remembered under for `--explain-cache`.
 fn cache_specs(e: &EngineArgs, target: &str) -> anyhow::Result<crate::bkcache::spec::CacheSpecs> {
     let mut specs = crate::bkcache::spec::CacheSpecs::parse(&e.import_cache, &e.export_cache)?;

@@ -117,7 +117,8 @@ fn render_error(e: &anyhow::Error) -> String {
 }
 
 /// Runs the command; its exit code (0, or what `exec`/`run`'s command or `check` says).
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+async fn run(mut cli: Cli) -> anyhow::Result<i32> {
+    build::apply_cache_defaults(&mut cli)?;
     let done = match cli.command {
         Command::Build(ref args) => build::build(&cli, args).await,
         Command::Solve(ref args) => build::solve(&cli, args).await,

@@ -530,7 +530,12 @@ mod tests {
         };
         let cfg = config::CacheConfig {
             // 0: a, 1: b on a, 2: c (not in the image), 3: b alone
-            layers: vec![layer('a', -1), layer('b', 0), layer('c', -1), layer('b', -1)],
+            layers: vec![
+                layer('a', -1),
+                layer('b', 0),
+                layer('c', -1),
+                layer('b', -1),
+            ],
             records: vec![
                 config::Record {
                     digest: d('1'),
