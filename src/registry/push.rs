@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use oci_client::{Reference, RegistryOperation};
 use oci_spec::image::{Descriptor, ImageManifest};
 
@@ -14,6 +14,16 @@ use crate::content;
 /// Blobs up to this size go up in one request; larger ones stream in chunks.
 const SMALL: u64 = 8 << 20;
 const CHUNK: usize = 4 << 20;
+
+/// Blobs uploaded at once.
+const PARALLEL_UPLOADS: usize = 4;
+
+/// What became of one blob of a push.
+enum Sent {
+    Present,
+    Mounted,
+    Uploaded,
+}
 
 /// What a push did, for the user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,78 +81,18 @@ impl Registry {
         blobs.extend(parsed.layers().iter().cloned());
         let mut seen = std::collections::BTreeSet::new();
         blobs.retain(|b| seen.insert(b.digest().to_string()));
-        for b in &blobs {
-            let digest = b.digest().to_string();
-            if client
-                .blob_exists(&target, &digest)
-                .await
-                .map_err(|e| fail(format!("checking blob {digest}: {}", describe(&e))))?
-            {
-                out.present += 1;
-                continue;
+        // Blobs go up a few at a time (the manifest only after all of them).
+        let done: Vec<Result<Sent, RegistryError>> = stream::iter(blobs.iter())
+            .map(|b| self.push_blob(&client, &target, b, store, &host, &repo, &fail))
+            .buffer_unordered(PARALLEL_UPLOADS)
+            .collect()
+            .await;
+        for d in done {
+            match d? {
+                Sent::Present => out.present += 1,
+                Sent::Mounted => out.mounted += 1,
+                Sent::Uploaded => out.uploaded += 1,
             }
-            if self
-                .mount_from_origin(&client, &target, b, store, &host)
-                .await
-            {
-                out.mounted += 1;
-                continue;
-            }
-            if !store.has(b.digest()) {
-                return Err(fail(format!("blob {digest} is not in the store")));
-            }
-            if b.size() <= SMALL {
-                let data = store.read_blob(b.digest())?;
-                client
-                    .push_blob(&target, data, &digest)
-                    .await
-                    .map_err(|e| fail(format!("uploading {digest}: {}", describe(&e))))?;
-            } else {
-                let file = store.open_blob(b.digest())?;
-                let chunks = stream::unfold(Some(file), |state| async move {
-                    let mut f = state?;
-                    let mut buf = vec![0u8; CHUNK];
-                    let res = tokio::task::spawn_blocking(move || {
-                        let mut n = 0;
-                        while n < buf.len() {
-                            match f.read(&mut buf[n..]) {
-                                Ok(0) => break,
-                                Ok(k) => n += k,
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        buf.truncate(n);
-                        Ok((f, buf))
-                    })
-                    .await;
-                    match res {
-                        Ok(Ok((_, buf))) if buf.is_empty() => None,
-                        Ok(Ok((f, buf))) => Some((Ok(bytes::Bytes::from(buf)), Some(f))),
-                        Ok(Err(e)) => Some((
-                            Err(oci_client::errors::OciDistributionError::IoError(e)),
-                            None,
-                        )),
-                        Err(e) => Some((
-                            Err(oci_client::errors::OciDistributionError::IoError(
-                                std::io::Error::other(e.to_string()),
-                            )),
-                            None,
-                        )),
-                    }
-                });
-                client
-                    .push_blob_stream(&target, chunks, &digest, Some(b.size()))
-                    .await
-                    .map_err(|e| fail(format!("uploading {digest}: {}", describe(&e))))?;
-            }
-            out.uploaded += 1;
-            // Now it is here too: a later push to another repository can mount it.
-            store.write_note(
-                "origin",
-                b.digest().digest(),
-                format!("{host}\n{repo}").as_bytes(),
-            );
         }
         let media_type = manifest.media_type().to_string();
         let content_type = media_type
@@ -153,6 +103,86 @@ impl Registry {
             .await
             .map_err(|e| fail(format!("uploading the manifest: {}", describe(&e))))?;
         Ok(out)
+    }
+
+    /// One blob of a push: already there, mounted from where it came from, or uploaded.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_blob(
+        &self,
+        client: &oci_client::Client,
+        target: &Reference,
+        b: &Descriptor,
+        store: &content::Store,
+        host: &str,
+        repo: &str,
+        fail: &dyn Fn(String) -> RegistryError,
+    ) -> Result<Sent, RegistryError> {
+        let digest = b.digest().to_string();
+        if client
+            .blob_exists(target, &digest)
+            .await
+            .map_err(|e| fail(format!("checking blob {digest}: {}", describe(&e))))?
+        {
+            return Ok(Sent::Present);
+        }
+        if self.mount_from_origin(client, target, b, store, host).await {
+            return Ok(Sent::Mounted);
+        }
+        if !store.has(b.digest()) {
+            return Err(fail(format!("blob {digest} is not in the store")));
+        }
+        if b.size() <= SMALL {
+            let data = store.read_blob(b.digest())?;
+            client
+                .push_blob(target, data, &digest)
+                .await
+                .map_err(|e| fail(format!("uploading {digest}: {}", describe(&e))))?;
+        } else {
+            let file = store.open_blob(b.digest())?;
+            let chunks = stream::unfold(Some(file), |state| async move {
+                let mut f = state?;
+                let mut buf = vec![0u8; CHUNK];
+                let res = tokio::task::spawn_blocking(move || {
+                    let mut n = 0;
+                    while n < buf.len() {
+                        match f.read(&mut buf[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    buf.truncate(n);
+                    Ok((f, buf))
+                })
+                .await;
+                match res {
+                    Ok(Ok((_, buf))) if buf.is_empty() => None,
+                    Ok(Ok((f, buf))) => Some((Ok(bytes::Bytes::from(buf)), Some(f))),
+                    Ok(Err(e)) => Some((
+                        Err(oci_client::errors::OciDistributionError::IoError(e)),
+                        None,
+                    )),
+                    Err(e) => Some((
+                        Err(oci_client::errors::OciDistributionError::IoError(
+                            std::io::Error::other(e.to_string()),
+                        )),
+                        None,
+                    )),
+                }
+            });
+            client
+                .push_blob_stream(target, chunks, &digest, Some(b.size()))
+                .await
+                .map_err(|e| fail(format!("uploading {digest}: {}", describe(&e))))?;
+        }
+        // Now it is here too: a later push to another repository can mount it.
+        store.write_note(
+            "origin",
+            b.digest().digest(),
+            format!("{host}\n{repo}").as_bytes(),
+        );
+        Ok(Sent::Uploaded)
     }
 
     /// Mounts a blob from the repository it was pulled from, when that is on `host` too.
