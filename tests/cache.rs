@@ -413,3 +413,153 @@ fn config_cache_defaults_apply_where_the_command_line_names_none() {
     );
     assert!(other.join("index.json").is_file());
 }
+
+/// A gzipped tar of one file named `name` (written raw: tar libraries refuse hostile names).
+fn raw_tar_gz(name: &str, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use std::io::Write as _;
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = h.to_vec();
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).expect("gzip");
+    (gz.finish().expect("gzip"), tar)
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// Copies the layout cache `from` to `to`, letting `edit` change its manifest (as JSON) and
+/// write blobs; the config and index follow the changes.
+fn doctor_cache(
+    env: &TestEnv,
+    from: &Path,
+    to: &Path,
+    edit: impl FnOnce(&Path, &mut serde_json::Value, &mut String),
+) {
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let blob = |d: &str| to.join("blobs/sha256").join(&d["sha256:".len()..]);
+    let index_path = to.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("index")).expect("json");
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&m)).expect("manifest")).expect("json");
+    let c = manifest["config"]["digest"]
+        .as_str()
+        .expect("config")
+        .to_string();
+    let mut config = std::fs::read_to_string(blob(&c)).expect("config");
+    edit(to, &mut manifest, &mut config);
+    let cd = sha256(config.as_bytes());
+    std::fs::write(blob(&cd), &config).expect("config");
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = config.len().into();
+    let mb = serde_json::to_vec(&manifest).expect("json");
+    let md = sha256(&mb);
+    std::fs::write(blob(&md), &mb).expect("manifest");
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = mb.len().into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("json")).expect("index");
+    env.chown(to);
+}
+
+#[test]
+fn hostile_cache_layers_are_refused_and_the_steps_run() {
+    let env = TestEnv::new("cache-hostile");
+    context(&env, "ctx");
+    let pb = env.def_file("g", &graph(&env.registry, "hostile"));
+    let max = env.dir.join("max");
+    let log = solve_on(
+        &env,
+        "h1",
+        &pb,
+        &[
+            "--export-cache",
+            &format!("type=local,dest={},mode=max", max.display()),
+        ],
+    );
+    let image = built_digest(&log);
+
+    // A layer with the right digest whose entry climbs out of the root.
+    let evil = env.dir.join("evil");
+    doctor_cache(&env, &max, &evil, |dir, manifest, config| {
+        let (gz, tar) = raw_tar_gz("../../escaped", b"out\n");
+        let d = sha256(&gz);
+        std::fs::write(dir.join("blobs/sha256").join(&d["sha256:".len()..]), &gz).expect("blob");
+        let layers = manifest["layers"].as_array_mut().expect("layers");
+        let last = layers.last_mut().expect("a layer");
+        let old = last["digest"].as_str().expect("digest").to_string();
+        last["digest"] = d.clone().into();
+        last["size"] = gz.len().into();
+        if let Some(a) = last.get_mut("annotations") {
+            a["containerd.io/uncompressed"] = sha256(&tar).into();
+        }
+        *config = config.replace(&old, &d);
+    });
+    let log = solve_on(
+        &env,
+        "h2",
+        &pb,
+        &[
+            "--import-cache",
+            &format!("type=local,src={}", evil.display()),
+        ],
+    );
+    assert!(
+        log.contains("building again without the imported cache"),
+        "{log}"
+    );
+    assert_eq!(built_digest(&log), image, "{log}");
+    assert!(!env.dir.join("escaped").exists());
+    assert!(!env.dir.join("h2/escaped").exists());
+    let out = env.envkit(&[
+        "--root",
+        env.dir.join("h2").to_str().expect("utf-8"),
+        "check",
+    ]);
+    assert!(out.status.success(), "the store is sound: {}", stderr(&out));
+
+    // A layer of a media type envkit cannot unpack.
+    let odd = env.dir.join("odd");
+    doctor_cache(&env, &max, &odd, |_, manifest, _| {
+        for l in manifest["layers"].as_array_mut().expect("layers") {
+            l["mediaType"] = "application/vnd.example.layer.v1.tar+lz4".into();
+        }
+    });
+    let log = solve_on(
+        &env,
+        "h3",
+        &pb,
+        &[
+            "--import-cache",
+            &format!("type=local,src={}", odd.display()),
+        ],
+    );
+    assert!(log.contains("which envkit cannot unpack"), "{log}");
+    assert_eq!(ran(&log).len(), 7, "{log}");
+    assert_eq!(built_digest(&log), image, "{log}");
+}
