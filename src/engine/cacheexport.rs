@@ -180,7 +180,9 @@ impl Engine {
                         // The input's content hash, where it can be had: a key of its own.
                         if let Some(paths) = km.deps.get(i).and_then(|d| d.content.as_ref()) {
                             use crate::bkcache::matching::Resolver as _;
-                            if let Some(h) = images.content(from, inp.index, paths) {
+                            if let Some(h) =
+                                super::blocking(|| images.content(from, inp.index, paths))
+                            {
                                 links.push((
                                     String::new(),
                                     b.record(&keys::root_key(&h, -1), Vec::new()),

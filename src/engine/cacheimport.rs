@@ -289,7 +289,7 @@ impl Engine {
         if !opened.is_empty() {
             let mut images = self.image_keys(graph, locals).await;
             for o in &opened {
-                match matching::match_graph(graph, &o.index, &mut images) {
+                match super::blocking(|| matching::match_graph(graph, &o.index, &mut images)) {
                     Ok(m) => matches.push(m),
                     Err(e) => {
                         self.warn(format!("importing cache {}: {e}", o.cache.name));

@@ -279,6 +279,15 @@ impl Engine {
     }
 }
 
+/// Runs `f`, which reads the disk (content hashes of local sources while a cache is matched
+/// or exported), without stalling the runtime's other tasks where the runtime allows it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Every vertex's result, as a solve collects them.
 type Results = Arc<std::sync::Mutex<BTreeMap<usize, crate::ops::Res>>>;
 

@@ -44,6 +44,61 @@ pub struct ImportPlan {
     pub keys_only: bool,
 }
 
+/// What the solve's plan makes of this vertex, where that is not running it: the first
+/// pass's key, a skipped vertex's key, a hit's stored result, an imported result. `None`:
+/// the op runs.
+pub(super) async fn by_role(ctx: &Ctx, inputs: &[Res]) -> Result<Option<Outcome<Res>>, OpsError> {
+    let Some(plan) = ctx.import.as_deref() else {
+        return Ok(None);
+    };
+    let cached = |value: Res| {
+        Some(Outcome {
+            value,
+            cached: true,
+        })
+    };
+    if plan.keys_only {
+        // The first pass: keys only (a source whose key needs the download gets none).
+        let res = key_only(ctx, inputs).await?.unwrap_or_else(|| Res {
+            snap: SnapRef::scratch(),
+            key: format!("unknown-{}", ctx.vertex),
+            more: BTreeMap::new(),
+        });
+        return Ok(cached(res));
+    }
+    match plan.roles.get(ctx.vertex) {
+        Some(Role::Skip) => Ok(key_only(ctx, inputs).await?.and_then(cached)),
+        Some(Role::Hit) => {
+            if let Some(res) = key_only(ctx, inputs).await?
+                && let Some(hit) = ctx.peek(&res.key)?
+            {
+                return Ok(Some(hit));
+            }
+            // Gone since the plan was made (a prune): the engine solves again without it.
+            Err(OpsError::Import {
+                from: "the store".into(),
+                message: "a cached result went away during the build".into(),
+            })
+        }
+        Some(Role::Load(loaded)) if !ctx.me().ignore_cache => {
+            let Some(res) = key_only(ctx, inputs).await? else {
+                return Ok(None);
+            };
+            load(ctx, inputs, &res.key, loaded)
+                .await
+                .map(Some)
+                .map_err(|e| match e {
+                    OpsError::Import { .. } => e,
+                    other => OpsError::Import {
+                        from: loaded.from.clone(),
+                        message: other.to_string(),
+                    },
+                })
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The input a step's result is layered on: an exec's root mount, a file op's first action's.
 pub fn layered_on(op: &pb::Op) -> Option<usize> {
     match &op.op {

@@ -247,59 +247,8 @@ impl Ctx {
             })?);
         }
         let inputs = picked;
-        let plan = self.import.as_deref();
-        if plan.is_some_and(|p| p.keys_only) {
-            // The first pass: keys only (a source whose key needs the download gets none).
-            let res = import::key_only(self, &inputs)
-                .await?
-                .unwrap_or_else(|| Res {
-                    snap: SnapRef::scratch(),
-                    key: format!("unknown-{}", self.vertex),
-                    more: BTreeMap::new(),
-                });
-            return Ok(Outcome {
-                value: res,
-                cached: true,
-            });
-        }
-        let role = plan
-            .and_then(|p| p.roles.get(self.vertex).cloned())
-            .unwrap_or_default();
-        match role {
-            import::Role::Skip => {
-                if let Some(res) = import::key_only(self, &inputs).await? {
-                    return Ok(Outcome {
-                        value: res,
-                        cached: true,
-                    });
-                }
-            }
-            import::Role::Hit => {
-                if let Some(res) = import::key_only(self, &inputs).await?
-                    && let Some(hit) = self.peek(&res.key)?
-                {
-                    return Ok(hit);
-                }
-                // Gone since the plan was made (a prune): the engine solves again without it.
-                return Err(OpsError::Import {
-                    from: "the store".into(),
-                    message: "a cached result went away during the build".into(),
-                });
-            }
-            import::Role::Load(loaded) if !v.ignore_cache => {
-                if let Some(res) = import::key_only(self, &inputs).await? {
-                    return import::load(self, &inputs, &res.key, &loaded)
-                        .await
-                        .map_err(|e| match e {
-                            OpsError::Import { .. } => e,
-                            other => OpsError::Import {
-                                from: loaded.from.clone(),
-                                message: other.to_string(),
-                            },
-                        });
-                }
-            }
-            _ => {}
+        if let Some(done) = import::by_role(self, &inputs).await? {
+            return Ok(done);
         }
         match &v.op.op {
             Some(pb::op::Op::Source(src)) => source::run(self, src).await,
