@@ -119,96 +119,9 @@ RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
 EOF
 chown -R "$TUSER:$TUSER" "$W"
 
-declare -A RESULT
-record() { # BUILDER WORKLOAD MODE SECONDS...
-  local b=$1 wl=$2 mode=$3
-  shift 3
-  RESULT["$b|$wl|$mode"]=$(median "$@")
-  echo "  $b $wl $mode: $* -> median ${RESULT["$b|$wl|$mode"]}" >&2
-}
-declare -A RSS
-note_rss() { # BUILDER: the peak RSS of the command just timed (KiB)
-  local r
-  r=$(cat "$W/rss")
-  [ "$r" -gt "${RSS[$1]:-0}" ] && RSS[$1]=$r
-  return 0
-}
-
-BKD_ROOT=$W/bk
-BKD_SOCK=$BKD_ROOT/buildkitd.sock
-BKD_PID=
-BKD_GEN=0
-start_buildkitd() {
-  mkdir -p "$BKD_ROOT"
-  rm -f "$BKD_SOCK"
-  chmod 0755 "$BKD_ROOT"
-  cat >"$BKD_ROOT/buildkitd.toml" <<CFG
-[worker.oci]
-  enabled = true
-  gc = false
-[worker.containerd]
-  enabled = false
-[registry."docker.io"]
-  mirrors = ["$REG"]
-[registry."$REG"]
-  http = true
-CFG
-  setsid buildkitd --config "$BKD_ROOT/buildkitd.toml" --root "$BKD_ROOT/root-$BKD_GEN" \
-    --addr "unix://$BKD_SOCK" --group "$(id -gn "$TUSER")" --oci-worker-net host \
-    >"$W/buildkitd.log" 2>&1 </dev/null &
-  BKD_PID=$!
-  for _ in $(seq 300); do
-    [ -S "$BKD_SOCK" ] && break
-    sleep 0.1
-  done
-  [ -S "$BKD_SOCK" ] || { tail -20 "$W/buildkitd.log" >&2; echo "buildkitd did not start" >&2; exit 1; }
-  [ "$BKD_GEN" -gt 0 ] || as_user "$ENVKIT" context create --name bench-bk --builder buildkitd \
-    --endpoint "unix://$BKD_SOCK" >/dev/null
-}
-BKD_HWM=0
-stop_buildkitd() {
-  if [ -n "$BKD_PID" ]; then
-    # The daemon's own peak (the envkit client's is not the builder's), over every daemon.
-    local h
-    h=$(awk '/VmHWM/ {print $2}' "/proc/$BKD_PID/status" 2>/dev/null || echo 0)
-    [ "${h:-0}" -gt "$BKD_HWM" ] && BKD_HWM=$h
-    kill "$BKD_PID" 2>/dev/null || true
-    wait "$BKD_PID" 2>/dev/null || true
-    BKD_PID=
-  fi
-}
+declare -A RESULT RSS
 trap stop_buildkitd EXIT
 
-# Per builder: NAME_build WORKLOAD [extra args] prints seconds; NAME_fresh empties its caches.
-COLD_N=0
-envkit_fresh() { # a new, empty store
-  COLD_N=$((COLD_N + 1))
-  EK_ROOT=$W/envkit-cold-$COLD_N
-}
-envkit_build() {
-  local wl=$1
-  shift
-  if [ "$wl" = parallel4 ]; then
-    timed "$ENVKIT" solve --progress plain -t parallel4:bench "$@" "$W/ctx/parallel4/def.pb"
-  else
-    timed "$ENVKIT" build --progress plain -p "$W/ctx/$wl" -t "$wl:bench" "$@"
-  fi
-}
-buildkitd_fresh() { # a new daemon on a new, empty root (no prune: see "deleting" above)
-  stop_buildkitd
-  BKD_GEN=$((BKD_GEN + 1))
-  start_buildkitd
-}
-buildkitd_build() {
-  local wl=$1
-  shift
-  if [ "$wl" = parallel4 ]; then
-    timed "$ENVKIT" --context bench-bk solve --progress plain -t parallel4:bench "$@" \
-      "$W/ctx/parallel4/def.pb"
-  else
-    timed "$ENVKIT" --context bench-bk build --progress plain -p "$W/ctx/$wl" -t "$wl:bench" "$@"
-  fi
-}
 buildah_fresh() { # a new, empty store; no cache mounts
   COLD_N=$((COLD_N + 1))
   mkdir -p "$W/bah/root-$COLD_N"
