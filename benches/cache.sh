@@ -47,8 +47,9 @@ print(sum(d["size"] for d in descs))
 PY
 }
 
-ran_steps() { # how many steps the last build ran rather than took from a cache
-  grep -cE '^#[0-9]+ DONE' "$W/last.log" || true
+ran_steps() { # the exec and file steps the last build ran rather than took from a cache
+  awk '/^#[0-9]+ (exec|file):/ { step[$1] = 1 } /^#[0-9]+ DONE/ && step[$1] { n++ } END { print n + 0 }' \
+    "$W/last.log"
 }
 
 bench_cache() { # BUILDER
@@ -75,7 +76,7 @@ bench_cache() { # BUILDER
     "${b}_fresh"
     t=$("${b}_build" python --import-cache "type=registry,ref=$REG/bench/cache-$b-max-$RUN_ID-1:latest")
     note_rss "$b"
-    echo "  $b import run $i: $(ran_steps) step(s) ran" >&2
+    [ "$b" = envkit ] && echo "  envkit import run $i: $(ran_steps) exec/file step(s) ran" >&2
     times+=("$t")
   done
   record "$b" python import "${times[@]}"
