@@ -12,6 +12,7 @@ pub mod compile;
 pub mod config;
 pub mod content;
 pub mod devenv;
+pub mod dockerfile;
 pub mod engine;
 pub mod export;
 pub mod frontend;

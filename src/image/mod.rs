@@ -31,6 +31,10 @@ pub struct ImageSpec {
     /// in the config as `moby.buildkit.cache.v0`. A base image's own is never carried over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_cache: Option<Vec<u8>>,
+    /// Further runtime config fields as they are (`Volumes`, `Healthcheck`, `StopSignal`,
+    /// `Shell`, `OnBuild`: what a Dockerfile sets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_extra: BTreeMap<String, Value>,
 }
 
 /// OCI image manifest media type.
@@ -245,6 +249,9 @@ pub fn assemble(
             ports.insert(p, json!({}));
         }
         rc.insert("ExposedPorts".into(), Value::Object(ports));
+    }
+    for (k, v) in &spec.config_extra {
+        rc.insert(k.clone(), v.clone());
     }
     obj.insert("config".into(), Value::Object(rc));
 

@@ -643,6 +643,15 @@ impl State {
         }
     }
 
+    /// `other`'s filesystem with this state's process metadata (the Go client's
+    /// `s.WithOutput(other.Output())`).
+    pub fn with_output(&self, other: &State) -> State {
+        State {
+            out: other.out.clone(),
+            meta: self.meta.clone(),
+        }
+    }
+
     /// Sets (or replaces, moving it last) an environment variable for later `run`s.
     pub fn add_env(&self, key: &str, value: &str) -> State {
         self.edit(|m| {

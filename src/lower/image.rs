@@ -65,6 +65,7 @@ impl Compiler<'_> {
             labels,
             exposed_ports,
             inline_cache: None,
+            config_extra: Default::default(),
         }
     }
 
