@@ -556,3 +556,66 @@ fn buildkitd_cache_interop() {
         "buildkitd did not take the last step from envkit's inline cache:\n{log}"
     );
 }
+
+#[test]
+#[ignore = "needs a buildkitd and buildctl: scripts/test.sh runs it when scripts/test-env.sh found `buildkitd` on PATH (Debian has none)"]
+fn buildkitd_dockerfile_same_rootfs() {
+    let (unix, _) = common::remote::buildkitd();
+    let env = TestEnv::new("bk-dockerfile");
+    let ctx = common::dockerfile::context(&env);
+    let ours = env.dir.join("envkit.tar");
+    let o = env.envkit(&[
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=tar,dest={}", ours.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // BuildKit's own Dockerfile frontend, the same context.
+    let theirs = env.dir.join("buildkitd.tar");
+    let o = env
+        .user_command("buildctl")
+        .arg("--addr")
+        .arg(format!("unix://{unix}"))
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--frontend",
+            "dockerfile.v0",
+        ])
+        .arg("--local")
+        .arg(format!("context={}", ctx.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", ctx.display()))
+        .arg("--output")
+        .arg(format!("type=tar,dest={}", theirs.display()))
+        .output()
+        .expect("buildctl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("this stage is not needed"),
+        "{}",
+        stderr(&o)
+    );
+    let (a, mut b) = (
+        common::remote::rootfs_entries(&ours),
+        common::remote::rootfs_entries(&theirs),
+    );
+    // runc leaves the mount points of /proc and /sys in a step's layer where the base image
+    // has none (busybox); envkit's runtime does not.
+    for d in ["proc", "sys"] {
+        if !a.contains_key(d) {
+            b.remove(d);
+        }
+    }
+    common::remote::assert_same_rootfs(&a, &b, "buildkitd's Dockerfile frontend");
+    assert!(
+        a.contains_key("out") && a.contains_key("greeting"),
+        "{:?}",
+        a.keys()
+    );
+}

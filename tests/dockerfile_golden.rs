@@ -50,6 +50,8 @@ fn options(args: &str) -> (ConvertOpt, bool) {
     let mut opt = ConvertOpt {
         build_platform: Platform::linux_amd64(),
         context_unique: "dfcorpus".into(),
+        // The oracle did not follow `# syntax=` lines either.
+        ignore_syntax: true,
         ..Default::default()
     };
     let words: Vec<&str> = args.split_whitespace().collect();

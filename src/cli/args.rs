@@ -124,9 +124,24 @@ pub struct SourceArgs {
     /// Build context directory.
     #[arg(short = 'p', long = "path", default_value = ".")]
     pub path: PathBuf,
-    /// Build file and function, `file[:func]`.
+    /// Build file and function, `file[:func]`; a file named `Dockerfile`, `Containerfile` or
+    /// `*.Dockerfile` is a Dockerfile (without `-f`, a context that has a Dockerfile and no
+    /// build.envd builds the Dockerfile).
     #[arg(short = 'f', long = "from", default_value = "build.envd:build")]
     pub from: String,
+    /// `envd`, `dockerfile`, or `auto` (by the file's name).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "envd", "dockerfile"])]
+    pub frontend: String,
+    /// A Dockerfile's build argument, `KEY=VALUE` (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_arg: Vec<String>,
+    /// The Dockerfile stage to build (default: the last), as `docker build --target`.
+    #[arg(
+        long = "stage",
+        visible_alias = "dockerfile-target",
+        value_name = "STAGE"
+    )]
+    pub stage: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -164,6 +164,110 @@ async fn open_backend(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Box<dyn Backe
     })
 }
 
+/// The Dockerfile `source` names, if it names one (see `SourceArgs::from`).
+pub(super) fn dockerfile_of(source: &SourceArgs) -> Option<PathBuf> {
+    if source.frontend == "envd" {
+        return None;
+    }
+    let default_from = source.from == "build.envd:build";
+    let file = if crate::dockerfile::is_dockerfile(&source.from) || source.frontend == "dockerfile"
+    {
+        if default_from {
+            "Dockerfile".to_string()
+        } else {
+            source.from.clone()
+        }
+    } else if default_from && !source.path.join("build.envd").exists() {
+        ["Dockerfile", "Containerfile"]
+            .into_iter()
+            .find(|f| source.path.join(f).is_file())?
+            .to_string()
+    } else {
+        return None;
+    };
+    let here = PathBuf::from(&file);
+    Some(if here.is_file() || here.is_absolute() {
+        here
+    } else {
+        source.path.join(file)
+    })
+}
+
+/// `--build-arg KEY=VALUE` (a bare `KEY` takes `$KEY`, as docker does).
+fn build_args(source: &SourceArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in &source.build_arg {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            Some(_) => bail!("--build-arg {a:?}: the name is empty"),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A Dockerfile compiled with the command line's arguments.
+pub(super) async fn compile_dockerfile(
+    source: &SourceArgs,
+    file: PathBuf,
+    registry: &crate::registry::Registry,
+) -> anyhow::Result<crate::dockerfile::Compiled> {
+    let req = crate::dockerfile::Request {
+        context: source.path.clone(),
+        file,
+        target: source.stage.clone(),
+        build_args: build_args(source)?,
+        platform: crate::platform::Platform::host(),
+    };
+    Ok(crate::dockerfile::compile(&req, registry).await?)
+}
+
+/// A Dockerfile build for `backend`.
+async fn dockerfile_job(
+    backend: &dyn Backend,
+    args: &BuildArgs,
+    file: PathBuf,
+    output: Option<Output>,
+) -> anyhow::Result<Job> {
+    let started = std::time::Instant::now();
+    if backend.target() != lower::Target::Embedded {
+        bail!(
+            "Dockerfile builds run on envkit's own engine for now (`--context embedded`); \
+             `envkit debug llb --pb -f {}` gives the Definition for buildctl",
+            file.display()
+        );
+    }
+    let compiled = compile_dockerfile(&args.source, file, backend.registry()).await?;
+    let default_name = format!(
+        "{}:latest",
+        compiled
+            .context_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|| "dockerfile".into())
+    );
+    let name = full_name(args.tag.as_deref().unwrap_or(&default_name))?;
+    Ok(Job {
+        definition: compiled.definition,
+        locals: compiled.locals,
+        cache: cache_specs(&args.engine, &name)?,
+        name,
+        output,
+        image: ImageConfig::Spec {
+            spec: Box::new(compiled.spec),
+            base_config: Box::default(),
+            base_layers: Vec::new(),
+        },
+        started,
+    })
+}
+
 /// A build file compiled for `backend`: the job, and what was compiled.
 async fn compile_job(
     backend: &dyn Backend,
@@ -238,6 +342,15 @@ fn cache_specs(e: &EngineArgs, target: &str) -> anyhow::Result<crate::bkcache::s
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
     let backend = open_backend(cli, &args.engine).await?;
+    if let Some(file) = dockerfile_of(&args.source) {
+        return match dockerfile_job(backend.as_ref(), args, file, output).await {
+            Ok(job) => Ok(backend.run(job).await?),
+            Err(e) => {
+                backend.finish();
+                Err(e)
+            }
+        };
+    }
     match compile_job(backend.as_ref(), args, output).await {
         Ok((job, _)) => Ok(backend.run(job).await?),
         Err(e) => {

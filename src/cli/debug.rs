@@ -38,8 +38,18 @@ fn render_svg(dot: &str) -> anyhow::Result<Vec<u8>> {
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let registry = Registry::new(&cfg);
-    let compiled = compile::compile(&source_request(&args.source, args.target), &registry).await?;
-    let bytes = compiled.lowered.definition.to_bytes();
+    let bytes = match super::build::dockerfile_of(&args.source) {
+        Some(file) => {
+            super::build::compile_dockerfile(&args.source, file, &registry)
+                .await?
+                .definition
+        }
+        None => compile::compile(&source_request(&args.source, args.target), &registry)
+            .await?
+            .lowered
+            .definition
+            .to_bytes(),
+    };
     let mut out = std::io::stdout().lock();
     if args.pb {
         out.write_all(&bytes)?;

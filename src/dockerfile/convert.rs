@@ -43,6 +43,9 @@ pub struct ConvertOpt {
     pub context_unique: String,
     /// Patterns of `.dockerignore`, excluded from the context.
     pub context_excludes: Vec<String>,
+    /// Compile with the built-in frontend whatever `# syntax=` names (as the golden vectors
+    /// were made); otherwise another frontend image is refused.
+    pub ignore_syntax: bool,
     /// Base images by (normalised reference, platform).
     pub images: HashMap<(String, Platform), ResolvedImage>,
 }
@@ -57,6 +60,7 @@ impl Default for ConvertOpt {
             context_name: "context".into(),
             context_unique: String::new(),
             context_excludes: Vec::new(),
+            ignore_syntax: false,
             images: HashMap::new(),
         }
     }
@@ -473,9 +477,37 @@ fn dest_path(st: &State, p: &str) -> String {
     normalize_path(st.get_dir(), p, true)
 }
 
+/// `# syntax=`: the built-in frontend stands for `docker/dockerfile:1` (and its 1.x tags);
+/// any other frontend image would run as a gateway frontend, which envkit does not.
+fn check_syntax(syntax: &str) -> Result<(), ConvertError> {
+    let image = syntax.split_whitespace().next().unwrap_or_default();
+    let name = image.split('@').next().unwrap_or(image);
+    let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+    let repo = repo.trim_start_matches("docker.io/");
+    let ours = repo == "docker/dockerfile"
+        && (tag == "1" || tag.starts_with("1.") || tag.starts_with("1-"))
+        && !tag.contains("labs");
+    if ours {
+        return Ok(());
+    }
+    Err(at(
+        1,
+        format!(
+            "# syntax={syntax}: envkit compiles Dockerfiles with its own frontend, which is \
+             docker/dockerfile:1; it does not run other frontend images (remove the line, or \
+             build with a buildkitd context)"
+        ),
+    ))
+}
+
 /// Converts a Dockerfile.
 pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> {
     let parsed = parser::parse(text).map_err(|e| at(e.line, e.message))?;
+    if let Some(syntax) = parsed.directives.get("syntax")
+        && !opt.ignore_syntax
+    {
+        check_syntax(syntax)?;
+    }
     let ins = instructions::parse(&parsed.nodes).map_err(|e| at(e.line, e.message))?;
     if ins.stages.is_empty() {
         return Err(ConvertError::Other(
@@ -1885,6 +1917,26 @@ fn http_dfcmd(cfg: &CopyCfg) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_dockerfile_1_syntax_is_accepted() {
+        for ok in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7",
+            "docker.io/docker/dockerfile:1.4@sha256:abc",
+            "docker/dockerfile:1-labs-not",
+        ] {
+            let r = check_syntax(ok);
+            assert_eq!(r.is_ok(), !ok.contains("labs"), "{ok}");
+        }
+        for bad in [
+            "docker/dockerfile:1-labs",
+            "example.com/my/frontend:2",
+            "docker/dockerfile:2",
+        ] {
+            assert!(check_syntax(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn paths_clean_and_normalize_like_go() {

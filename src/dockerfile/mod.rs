@@ -141,6 +141,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Doc
             [..16]
             .to_string(),
         context_excludes: dockerignore(&context_dir, &req.file),
+        ignore_syntax: false,
         images: Default::default(),
     };
     let at = |line: usize, message: String| DockerfileError::At {

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod confine;
+pub mod dockerfile;
 pub mod remote;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,161 @@
+//! Dockerfile builds end to end, as the unprivileged test user: a multi-stage Dockerfile
+//! (offline: the local registry's busybox) builds only what its target needs, with a cache
+//! mount, a here-document, a stage copy, build arguments and the image config BuildKit
+//! writes; the image runs in podman; `--stage` builds an earlier stage; a mistake points at
+//! its line.
+
+mod common;
+
+use common::dockerfile::context;
+use common::{TestEnv, stderr, stdout};
+
+fn build(env: &TestEnv, args: &[&str]) -> String {
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    let out = env.envkit(&all);
+    assert!(
+        out.status.success(),
+        "envkit {}: {}",
+        all.join(" "),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+#[test]
+fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
+    let env = TestEnv::new("dockerfile");
+    let ctx = context(&env);
+    let ctx_s = ctx.to_str().expect("utf-8");
+    let rootfs = env.dir.join("rootfs");
+    let log = build(
+        &env,
+        &[
+            "-p",
+            ctx_s,
+            "-t",
+            "df:test",
+            "-o",
+            &format!("type=local,dest={}", rootfs.display()),
+        ],
+    );
+    assert!(
+        !log.contains("this stage is not needed"),
+        "an unused stage ran:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("out")).expect("/out"),
+        "built\nhello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("greeting")).expect("/greeting"),
+        "hi\n"
+    );
+
+    // The image config BuildKit writes.
+    let out = env.envkit(&["images", "inspect", "df:test"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let cfg = &v[0]["config"]["config"];
+    assert_eq!(cfg["Cmd"], serde_json::json!(["cat", "/out"]), "{v}");
+    assert_eq!(cfg["Labels"]["org.example.k"], "v", "{v}");
+    assert!(cfg["ExposedPorts"].get("8080/tcp").is_some(), "{v}");
+    assert!(
+        cfg["Env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x == "G=hi")),
+        "{v}"
+    );
+
+    // The image runs in podman.
+    let oci = env.dir.join("df.tar");
+    build(
+        &env,
+        &[
+            "-p",
+            ctx_s,
+            "-t",
+            "df:test",
+            "-o",
+            &format!("type=oci,dest={},name=df:test", oci.display()),
+        ],
+    );
+    let out = env.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        &format!("oci-archive:{}", oci.display()),
+    ]);
+    assert!(out.status.success(), "podman: {}", stderr(&out));
+    assert_eq!(stdout(&out), "built\nhello\n");
+
+    // A build argument, and an earlier stage as the target.
+    let yo = env.dir.join("yo");
+    build(
+        &env,
+        &[
+            "-p",
+            ctx_s,
+            "--build-arg",
+            "GREETING=yo",
+            "-o",
+            &format!("type=local,dest={}", yo.display()),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(yo.join("greeting")).expect("greeting"),
+        "yo\n"
+    );
+    let stage = env.dir.join("stage");
+    build(
+        &env,
+        &[
+            "-p",
+            ctx_s,
+            "--stage",
+            "build",
+            "-o",
+            &format!("type=local,dest={}", stage.display()),
+        ],
+    );
+    assert!(stage.join("src/out").is_file());
+    assert!(!stage.join("greeting").exists());
+
+    // `debug llb` of the Dockerfile: the context is read only where it is copied from, and
+    // .dockerignore leaves files out.
+    let out = env.envkit(&["debug", "llb", "-p", ctx_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&out);
+    assert!(
+        json.contains(r#"local.followpaths":"[\"hello.txt\"]"#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#"local.excludepatterns":"[\"ignored.txt\"]"#),
+        "{json}"
+    );
+
+    // A mistake names its line.
+    std::fs::write(
+        ctx.join("Bad.Dockerfile"),
+        "FROM busybox\nRUN --mount=type=nope true\n",
+    )
+    .expect("bad");
+    env.chown(&ctx);
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        ctx_s,
+        "-f",
+        &ctx.join("Bad.Dockerfile").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("Bad.Dockerfile:2:1: unsupported mount type \"nope\"")
+            && err.contains("RUN --mount=type=nope true")
+            && err.contains('^'),
+        "{err}"
+    );
+}
