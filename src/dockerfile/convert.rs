@@ -172,22 +172,9 @@ impl ImageConfig {
             shell: strs(&c["Shell"]),
             cmd: c.get("Cmd").filter(|x| !x.is_null()).map(strs),
             entrypoint: c.get("Entrypoint").filter(|x| !x.is_null()).map(strs),
-            labels: c["Labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            exposed: c["ExposedPorts"]
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default(),
-            volumes: c["Volumes"]
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default(),
+            labels: string_map(&c["Labels"]),
+            exposed: object_keys(&c["ExposedPorts"]).into_iter().collect(),
+            volumes: object_keys(&c["Volumes"]).into_iter().collect(),
             healthcheck: None,
             stop_signal: s(&c["StopSignal"]),
             on_build: strs(&c["OnBuild"]),
@@ -317,6 +304,24 @@ impl ImageConfig {
         }
         v
     }
+}
+
+/// A JSON object of strings (`Labels`), empty when it is none.
+pub(crate) fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The keys of a JSON object (`ExposedPorts`, `Volumes`), none when it is none.
+pub(crate) fn object_keys(v: &Value) -> Vec<String> {
+    v.as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1377,15 +1382,7 @@ fn run_command(
                     (_, false) => Some(m.target.clone()),
                     (Some(_), true) => None,
                 };
-                let (uid, gid, mode) = if m.uid.is_some() || m.gid.is_some() || m.mode.is_some() {
-                    (
-                        m.uid.unwrap_or(0),
-                        m.gid.unwrap_or(0),
-                        m.mode.unwrap_or(0o400),
-                    )
-                } else {
-                    (0, 0, 0o400)
-                };
+                let (uid, gid, mode) = file_info(&m, 0o400);
                 secrets.push(llb::SecretMount {
                     id,
                     target,
@@ -1401,15 +1398,7 @@ fn run_command(
                 if !m.source.is_empty() {
                     return Err("ssh does not support source".into());
                 }
-                let (uid, gid, mode) = if m.uid.is_some() || m.gid.is_some() || m.mode.is_some() {
-                    (
-                        m.uid.unwrap_or(0),
-                        m.gid.unwrap_or(0),
-                        m.mode.unwrap_or(0o600),
-                    )
-                } else {
-                    (0, 0, 0o600)
-                };
+                let (uid, gid, mode) = file_info(&m, 0o600);
                 ssh.push(llb::SshMount {
                     id: m.id.clone(),
                     target: (!m.target.is_empty()).then(|| m.target.clone()),
@@ -1557,6 +1546,15 @@ fn run_command(
     hist.extend(args);
     image.commit(format!("RUN {}", hist.join(" ")), true, true);
     Ok(())
+}
+
+/// A secret's or ssh socket's owner and mode: as given, 0 and `mode` by default.
+fn file_info(m: &instructions::MountSpec, mode: u32) -> (u32, u32, u32) {
+    (
+        m.uid.unwrap_or(0),
+        m.gid.unwrap_or(0),
+        m.mode.unwrap_or(mode),
+    )
 }
 
 fn base_name(p: &str) -> String {
@@ -1865,11 +1863,6 @@ fn parse_git_ref(src: &str) -> Result<GitRef, String> {
         checksum: String::new(),
         keep_git_dir: None,
     };
-    let parse_bool = |k: &str, v: &str| match v {
-        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(format!("invalid {k} value: {v:?}")),
-    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -1880,7 +1873,8 @@ fn parse_git_ref(src: &str) -> Result<GitRef, String> {
             "branch" => git_ref = format!("refs/heads/{v}"),
             "subdir" => subdir = v.to_string(),
             "checksum" | "commit" => g.checksum = v.to_string(),
-            "keep-git-dir" => g.keep_git_dir = Some(parse_bool(k, v)?),
+            "keep-git-dir" if v.is_empty() => g.keep_git_dir = Some(true),
+            "keep-git-dir" => g.keep_git_dir = Some(instructions::parse_go_bool(k, v)?),
             _ => {
                 return Err(format!(
                     "git source option {k:?} is not supported by envkit's Dockerfile frontend yet"

@@ -915,6 +915,15 @@ pub struct MountSpec {
     pub gid: Option<u32>,
 }
 
+/// Go's `strconv.ParseBool`.
+pub fn parse_go_bool(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid value for {key}: {v}")),
+    }
+}
+
 /// Comma-separated fields, double quotes around a field keeping its commas (`""`: a quote).
 fn csv_fields(s: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
@@ -1006,13 +1015,6 @@ pub fn parse_mount(val: &str, expand: Option<Expander>) -> Result<MountSpec, Str
         MountKind::Secret => "secret",
         MountKind::Ssh => "ssh",
     };
-    let parse_bool = |key: &str, v: &str| -> Result<bool, String> {
-        match v {
-            "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-            "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-            _ => Err(format!("invalid value for {key}: {v}")),
-        }
-    };
     for field in csv_fields(val)? {
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.to_ascii_lowercase(), Some(v.to_string())),
@@ -1072,11 +1074,11 @@ pub fn parse_mount(val: &str, expand: Option<Expander>) -> Result<MountSpec, Str
             "source" | "src" => m.source = value,
             "target" | "dst" | "destination" => m.target = value,
             "readonly" | "ro" => {
-                m.readonly = parse_bool(&key, &value)?;
+                m.readonly = parse_go_bool(&key, &value)?;
                 ro_auto = false;
             }
             "readwrite" | "rw" => {
-                m.readonly = !parse_bool(&key, &value)?;
+                m.readonly = !parse_go_bool(&key, &value)?;
                 ro_auto = false;
             }
             "required" => {
@@ -1086,7 +1088,7 @@ pub fn parse_mount(val: &str, expand: Option<Expander>) -> Result<MountSpec, Str
                         kind_name(m.kind)
                     ));
                 }
-                m.required = parse_bool(&key, &value)?;
+                m.required = parse_go_bool(&key, &value)?;
             }
             "size" => {
                 if m.kind != MountKind::Tmpfs {

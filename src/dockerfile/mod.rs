@@ -224,18 +224,8 @@ fn spec_of(image: &serde_json::Value) -> ImageSpec {
         cmd: strs(&c["Cmd"]),
         user: c["User"].as_str().map(str::to_string),
         working_dir: c["WorkingDir"].as_str().map(str::to_string),
-        labels: c["Labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        exposed_ports: c["ExposedPorts"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default(),
+        labels: convert::string_map(&c["Labels"]),
+        exposed_ports: convert::object_keys(&c["ExposedPorts"]),
         inline_cache: None,
         config_extra: extra,
     }
