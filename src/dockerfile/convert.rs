@@ -354,6 +354,8 @@ struct Dispatch {
     cmd_index: usize,
     /// The command being dispatched (its index in the stage).
     cmd_pos: usize,
+    /// How many of the first commands are ONBUILD triggers.
+    onbuild: usize,
     dispatched: bool,
     /// Paths of the build context it reads.
     ctx_paths: BTreeSet<String>,
@@ -389,6 +391,9 @@ fn prefix(d: &mut Dispatch, s: &str) -> String {
     d.cmd_index += 1;
     let width = 1 + (d.cmd_total as f64).log10() as usize;
     out.push_str(&format!("{:>width$}/{}] ", d.cmd_index, d.cmd_total));
+    if d.cmd_pos < d.onbuild {
+        out.push_str("ONBUILD ");
+    }
     out + s
 }
 
@@ -637,11 +642,57 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
             build_args: Vec::new(),
             cmd_total: total,
             cmd_index: 0,
-            cmd_pos: 0,
+            cmd_pos: usize::MAX,
+            onbuild: 0,
             dispatched: false,
             ctx_paths: BTreeSet::new(),
             sources: Vec::new(),
         });
+    }
+    // ONBUILD triggers run first in a stage: those of the stage it starts from, or of the
+    // image (once it is resolved; its config says).
+    for i in 0..ds.len() {
+        let exprs: Vec<String> = match ds[i].base {
+            Some(b) => ins.stages[b]
+                .commands
+                .iter()
+                .filter_map(|c| match &c.kind {
+                    Kind::Onbuild(e) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect(),
+            None if ds[i].stage.base == "scratch" => Vec::new(),
+            None => {
+                let p = ds[i]
+                    .platform
+                    .clone()
+                    .unwrap_or_else(|| target_platform.clone());
+                crate::reference::normalize_image_ref(&ds[i].stage.base)
+                    .ok()
+                    .and_then(|n| opt.images.get(&(n, p)))
+                    .and_then(|r| ImageConfig::from_json(&r.config).ok())
+                    .map(|img| img.on_build)
+                    .unwrap_or_default()
+            }
+        };
+        if exprs.is_empty() {
+            continue;
+        }
+        let line = ds[i].stage.start_line;
+        let mut triggers = Vec::with_capacity(exprs.len());
+        for e in &exprs {
+            let c = instructions::parse_trigger(e, line).map_err(|e| at(e.line, e.message))?;
+            if matches!(
+                c.kind,
+                Kind::Add { .. } | Kind::Copy { .. } | Kind::Run { .. } | Kind::Workdir(_)
+            ) {
+                ds[i].cmd_total += 1;
+            }
+            triggers.push(c);
+        }
+        ds[i].onbuild = triggers.len();
+        triggers.append(&mut ds[i].stage.commands);
+        ds[i].stage.commands = triggers;
     }
     let target = match &opt.target {
         None => ds.len() - 1,
@@ -795,6 +846,7 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
         for d in ds.iter_mut() {
             d.dispatched = false;
             d.cmd_index = 0;
+            d.cmd_pos = usize::MAX;
             d.ctx_paths.clear();
         }
         for i in 0..ds.len() {
@@ -883,7 +935,9 @@ fn dispatch_stage(
                 .images
                 .get(&(norm.clone(), p.clone()))
                 .ok_or_else(|| ConvertError::Unresolved(vec![(norm.clone(), p.clone())]))?;
-            let img = ImageConfig::from_json(&r.config).map_err(|m| at(line, m))?;
+            let mut img = ImageConfig::from_json(&r.config).map_err(|m| at(line, m))?;
+            // Its triggers run in this stage (they were made its first commands).
+            img.on_build.clear();
             let scratch = img.base["rootfs"]["diff_ids"]
                 .as_array()
                 .is_none_or(|a| a.is_empty())
@@ -1911,6 +1965,59 @@ fn http_dfcmd(cfg: &CopyCfg) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolved(onbuild: &[&str]) -> ResolvedImage {
+        let cfg = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "OnBuild": onbuild},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:84ff92691f909a05b224e1c56abb4864f01b4f8e3c854e4bb4c7baf1d3f6d652"]},
+        });
+        ResolvedImage {
+            pinned: "docker.io/library/b:1@sha256:02a06bd82a3b0c73fa36d8723ebd89e68edb1875f8104d76cfdd311c86722654".into(),
+            config: serde_json::to_vec(&cfg).expect("json"),
+        }
+    }
+
+    fn execs(text: &str, opt: &ConvertOpt) -> Vec<String> {
+        let c = convert(text, opt).expect("convert");
+        let g = llb::load(&c.definition.to_bytes()).expect("load");
+        g.vertices
+            .iter()
+            .filter_map(|v| match &v.op.op {
+                Some(crate::pb::op::Op::Exec(e)) => e.meta.as_ref().map(|m| m.args.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn onbuild_triggers_run_first_in_the_stage_that_builds_on_them() {
+        let mut opt = ConvertOpt {
+            build_platform: Platform::linux_amd64(),
+            ..Default::default()
+        };
+        let key = ("docker.io/library/b:1".to_string(), Platform::linux_amd64());
+        opt.images
+            .insert(key.clone(), resolved(&["RUN echo from-image"]));
+        let runs = execs("FROM b:1\nRUN echo mine\n", &opt);
+        assert_eq!(
+            runs,
+            vec!["/bin/sh -c echo from-image", "/bin/sh -c echo mine"]
+        );
+        // A stage's ONBUILD runs in the stage built on it, not in itself.
+        opt.images.insert(key, resolved(&[]));
+        let runs = execs(
+            "FROM b:1 AS base\nONBUILD RUN echo trigger\nFROM base\nRUN echo last\n",
+            &opt,
+        );
+        assert_eq!(
+            runs,
+            vec!["/bin/sh -c echo trigger", "/bin/sh -c echo last"]
+        );
+        let e = convert("FROM b:1 AS base\nONBUILD BOGUS x\nFROM base\n", &opt)
+            .expect_err("bad trigger");
+        assert!(e.to_string().contains("unknown instruction: BOGUS"), "{e}");
+    }
 
     #[test]
     fn only_dockerfile_1_syntax_is_accepted() {

@@ -717,6 +717,28 @@ fn parse_node(n: &Node) -> Result<Parsed, String> {
     }
 }
 
+/// One ONBUILD trigger (`RUN make`, as kept in an image's config) as a command; `line` is
+/// where it is reported (the stage that runs it).
+pub fn parse_trigger(expr: &str, line: usize) -> Result<Command, InstructionError> {
+    let at = |message: String| InstructionError {
+        line,
+        end_line: line,
+        message,
+    };
+    let parsed = parser::parse(expr).map_err(|e| at(e.message))?;
+    let [node] = parsed.nodes.as_slice() else {
+        return Err(at("onbuild trigger should be a single expression".into()));
+    };
+    match parse_node(node).map_err(&at)? {
+        Parsed::Command(mut c) => {
+            c.start_line = line;
+            c.end_line = line;
+            Ok(c)
+        }
+        Parsed::Stage(_) => Err(at("FROM isn't allowed as an ONBUILD trigger".into())),
+    }
+}
+
 /// The stages of a parsed Dockerfile.
 pub fn parse(nodes: &[Node]) -> Result<Instructions, InstructionError> {
     let mut out = Instructions {
