@@ -651,8 +651,8 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
     }
     // ONBUILD triggers run first in a stage: those of the stage it starts from, or of the
     // image (once it is resolved; its config says).
-    for i in 0..ds.len() {
-        let exprs: Vec<String> = match ds[i].base {
+    for d in ds.iter_mut() {
+        let exprs: Vec<String> = match d.base {
             Some(b) => ins.stages[b]
                 .commands
                 .iter()
@@ -661,13 +661,13 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
                     _ => None,
                 })
                 .collect(),
-            None if ds[i].stage.base == "scratch" => Vec::new(),
+            None if d.stage.base == "scratch" => Vec::new(),
             None => {
-                let p = ds[i]
+                let p = d
                     .platform
                     .clone()
                     .unwrap_or_else(|| target_platform.clone());
-                crate::reference::normalize_image_ref(&ds[i].stage.base)
+                crate::reference::normalize_image_ref(&d.stage.base)
                     .ok()
                     .and_then(|n| opt.images.get(&(n, p)))
                     .and_then(|r| ImageConfig::from_json(&r.config).ok())
@@ -678,7 +678,7 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
         if exprs.is_empty() {
             continue;
         }
-        let line = ds[i].stage.start_line;
+        let line = d.stage.start_line;
         let mut triggers = Vec::with_capacity(exprs.len());
         for e in &exprs {
             let c = instructions::parse_trigger(e, line).map_err(|e| at(e.line, e.message))?;
@@ -686,13 +686,13 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
                 c.kind,
                 Kind::Add { .. } | Kind::Copy { .. } | Kind::Run { .. } | Kind::Workdir(_)
             ) {
-                ds[i].cmd_total += 1;
+                d.cmd_total += 1;
             }
             triggers.push(c);
         }
-        ds[i].onbuild = triggers.len();
-        triggers.append(&mut ds[i].stage.commands);
-        ds[i].stage.commands = triggers;
+        d.onbuild = triggers.len();
+        triggers.append(&mut d.stage.commands);
+        d.stage.commands = triggers;
     }
     let target = match &opt.target {
         None => ds.len() - 1,
