@@ -122,6 +122,36 @@ fn pids_with(needles: &[&str]) -> Vec<i32> {
     out
 }
 
+/// Every process below `root` (by parent pid, as /proc says now).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid …`: comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &(pid, ppid) in &parent_of {
+            if ppid == p && !out.contains(&pid) {
+                out.push(pid);
+                todo.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// Defect 5: a prune killed midway left a snapshot record over a half-deleted tree; the next
 /// build said CACHED and exported a part of the files. Now a tree leaves in one rename.
 #[test]
@@ -623,11 +653,25 @@ fn run_and_kill(env: &TestEnv, store: &Path, args: &[&str], delay_ms: u64) {
         .spawn()
         .expect("envkit");
     std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-    for pid in pids_with(&["envkit", store_s]) {
+    let mut pids = pids_with(&["envkit", store_s]);
+    pids.extend(descendants(child.id() as i32));
+    pids.sort_unstable();
+    pids.dedup();
+    for &pid in &pids {
         // SAFETY: kill(2) of a process the test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let _ = child.wait();
+    // The crash is over when every killed process is gone: a helper in the middle of a
+    // write dies only when the write returns, and until then it still holds its lease.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pids
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The security issue's crash suite: kill -9 at 20 points (a fixed seed) of build, pull,
