@@ -618,4 +618,27 @@ fn buildkitd_dockerfile_same_rootfs() {
         "{:?}",
         a.keys()
     );
+
+    // envkit's Definition of the Dockerfile, run by buildkitd through a context.
+    create_context(&env, "bk", &format!("unix://{unix}"), &[]);
+    let remote = env.dir.join("remote.tar");
+    let o = env.envkit(&[
+        "--context",
+        "bk",
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        ctx.to_str().unwrap(),
+        "-o",
+        &format!("type=tar,dest={}", remote.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut c = common::remote::rootfs_entries(&remote);
+    for d in ["proc", "sys"] {
+        if !a.contains_key(d) {
+            c.remove(d);
+        }
+    }
+    common::remote::assert_same_rootfs(&a, &c, "envkit's Definition on buildkitd");
 }

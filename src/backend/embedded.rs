@@ -28,7 +28,7 @@ impl Embedded {
             .await?;
         let snap = solved.snap.clone();
         let mut spec = match &job.image {
-            ImageConfig::Spec { spec, .. } => (**spec).clone(),
+            ImageConfig::Spec { spec, .. } | ImageConfig::Full { spec, .. } => (**spec).clone(),
             ImageConfig::Base => ImageSpec::default(),
         };
         if let Some(e) = job

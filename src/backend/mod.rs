@@ -63,6 +63,12 @@ pub enum ImageConfig {
         base_config: Box<oci_spec::image::ImageConfiguration>,
         base_layers: Vec<oci_spec::image::Descriptor>,
     },
+    /// A Dockerfile's: the spec the embedded engine applies over the result's base image,
+    /// and the whole config a remote BuildKit's exporter starts from (it sets the layers).
+    Full {
+        spec: Box<ImageSpec>,
+        config: Vec<u8>,
+    },
     /// None of its own: the base image's, if any (a bare Definition, `envkit solve`).
     Base,
 }

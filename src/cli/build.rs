@@ -236,13 +236,6 @@ async fn dockerfile_job(
     output: Option<Output>,
 ) -> anyhow::Result<Job> {
     let started = std::time::Instant::now();
-    if backend.target() != lower::Target::Embedded {
-        bail!(
-            "Dockerfile builds run on envkit's own engine for now (`--context embedded`); \
-             `envkit debug llb --pb -f {}` gives the Definition for buildctl",
-            file.display()
-        );
-    }
     let compiled = compile_dockerfile(&args.source, file, backend.registry()).await?;
     let default_name = format!(
         "{}:latest",
@@ -259,10 +252,9 @@ async fn dockerfile_job(
         cache: cache_specs(&args.engine, &name)?,
         name,
         output,
-        image: ImageConfig::Spec {
+        image: ImageConfig::Full {
             spec: Box::new(compiled.spec),
-            base_config: Box::default(),
-            base_layers: Vec::new(),
+            config: compiled.config,
         },
         started,
     })

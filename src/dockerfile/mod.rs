@@ -62,6 +62,8 @@ pub struct Compiled {
     pub definition: Vec<u8>,
     /// The result's image config over its base's.
     pub spec: ImageSpec,
+    /// The whole image config BuildKit's frontend would give its exporter.
+    pub config: Vec<u8>,
     /// The local sources it reads (the context).
     pub locals: BTreeMap<String, PathBuf>,
     pub context_dir: PathBuf,
@@ -162,6 +164,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Doc
                 return Ok(Compiled {
                     definition: c.definition.to_bytes(),
                     spec: spec_of(&c.image),
+                    config: serde_json::to_vec(&c.image).unwrap_or_default(),
                     locals,
                     context_dir,
                 });

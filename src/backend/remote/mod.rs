@@ -312,6 +312,7 @@ impl RemoteBackend {
                 )?
                 .config_bytes,
             ),
+            ImageConfig::Full { config, .. } => Some(config.clone()),
             ImageConfig::Base => None,
         };
         let cache = cache_options(&job.cache, kind.moby)?;
