@@ -30,6 +30,9 @@
 #              warm: the step runs again (--no-cache) with the caches filled.
 #   python     examples/python-basic: python:3.11-slim, an apt package, a PyPI package
 #              (through the host's CA bundle), a file copied in, one run step.
+#   dockerfile a two-stage Dockerfile (buildbench's ex01 shape): "1 file" changes a file only
+#              the second stage copies, so the first stays cached (envkit: its Dockerfile
+#              frontend; buildkitd: envkit's Definition of it; buildah: the Dockerfile).
 # WORKLOADS="chain20 python" (say) runs only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +107,21 @@ ENV GREETING=hi
 RUN python3 /opt/hello.py > /opt/hello.out
 EOF
 
+mk dockerfile
+# The shape of buildbench's ex01: two stages; the rebuild changes a file only the second uses.
+cat >"$W/ctx/dockerfile/Dockerfile" <<'EOF'
+FROM debian:bookworm AS build
+WORKDIR /src
+COPY a.txt .
+RUN for i in $(seq 1 300); do sha256sum a.txt >/dev/null; done && cp a.txt /src/built.txt
+FROM debian:bookworm
+COPY --from=build /src/built.txt /opt/built.txt
+COPY b.txt /opt/b.txt
+RUN cat /opt/built.txt /opt/b.txt > /opt/all.txt
+EOF
+echo "stage one's input" >"$W/ctx/dockerfile/a.txt"
+echo "stage two's input" >"$W/ctx/dockerfile/b.txt"
+
 mk apt
 cat >"$W/ctx/apt/build.envd" <<'EOF'
 # syntax=v1
@@ -147,14 +165,19 @@ for dp, _, fs in os.walk(sys.argv[1]):
 PY
   chown -R "$TUSER:$TUSER" "$W/ctx/context/data"
 }
-touch_one() {
-  head -c 16 /dev/urandom | dd of="$W/ctx/context/data/dir07/f042.txt" conv=notrunc status=none
+touch_one() { # WORKLOAD: one small file changes
+  if [ "$1" = dockerfile ]; then
+    head -c 8 /dev/urandom | od -An -tx1 >"$W/ctx/dockerfile/b.txt"
+    chown "$TUSER:$TUSER" "$W/ctx/dockerfile/b.txt"
+  else
+    head -c 16 /dev/urandom | dd of="$W/ctx/context/data/dir07/f042.txt" conv=notrunc status=none
+  fi
 }
 
 bench_builder() { # NAME
   local b=$1 wl i t cold warm rerun one
   echo "== $b" >&2
-  for wl in ${WORKLOADS:-chain20 parallel4 context apt python}; do
+  for wl in ${WORKLOADS:-chain20 parallel4 context apt python dockerfile}; do
     cold=() warm=() rerun=() one=()
     for i in $(seq 1 "$RUNS"); do
       [ "$wl" = context ] && touch_context
@@ -183,9 +206,9 @@ bench_builder() { # NAME
       done
       record "$b" "$wl" rerun "${rerun[@]}"
     fi
-    if [ "$wl" = context ]; then
+    if [ "$wl" = context ] || [ "$wl" = dockerfile ]; then
       for i in $(seq 1 "$RUNS"); do
-        touch_one
+        touch_one "$wl"
         t=$("${b}_build" "$wl")
         one+=("$t")
       done
@@ -220,7 +243,8 @@ fi
   echo '---:|'
   for key in "chain20|cold" "chain20|warm" "chain20|rerun" "parallel4|cold" "parallel4|warm" \
              "parallel4|rerun" "context|cold" "context|warm" "context|rerun" "context|1 file" \
-             "apt|cold" "apt|warm" "python|cold" "python|warm" "python|rerun"; do
+             "apt|cold" "apt|warm" "python|cold" "python|warm" "python|rerun" \
+             "dockerfile|cold" "dockerfile|warm" "dockerfile|rerun" "dockerfile|1 file"; do
     [ -n "${RESULT["envkit|${key%%|*}|${key#*|}"]:-}" ] || continue
     wl=${key%%|*}
     mode=${key#*|}
