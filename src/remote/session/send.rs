@@ -78,8 +78,10 @@ pub(super) fn walk_dir(
             Stat {
                 path: r.clone(),
                 mode: go_mode(md.mode()),
-                uid: md.uid(),
-                gid: md.gid(),
+                // As BuildKit's own client sends local files (and envkit's engine copies
+                // them): owned by root, whoever owns them here.
+                uid: 0,
+                gid: 0,
                 size: if md.is_file() { md.len() as i64 } else { 0 },
                 mod_time: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                 linkname,
