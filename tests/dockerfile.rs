@@ -67,6 +67,33 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
         "{v}"
     );
 
+    // A file only the last stage copies changes: the build stage stays cached.
+    std::fs::write(ctx.join("other.txt"), "changed\n").expect("other");
+    env.chown(&ctx);
+    let log = build(&env, &["-p", ctx_s, "-t", "df:test"]);
+    let status_of = |needle: &str| {
+        let id = log
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no step {needle:?}:\n{log}"))
+            .to_string();
+        log.lines()
+            .find(|l| {
+                l.starts_with(&format!("{id} ")) && (l.contains("CACHED") || l.contains("DONE"))
+            })
+            .map(|l| {
+                if l.contains("CACHED") {
+                    "cached"
+                } else {
+                    "ran"
+                }
+            })
+            .unwrap_or("?")
+    };
+    assert_eq!(status_of("RUN --mount=type=cache"), "cached", "{log}");
+    assert_eq!(status_of("COPY other.txt"), "ran", "{log}");
+
     // The image runs in podman.
     let oci = env.dir.join("df.tar");
     build(
@@ -128,7 +155,7 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
     assert!(out.status.success(), "{}", stderr(&out));
     let json = stdout(&out);
     assert!(
-        json.contains(r#"local.followpaths":"[\"hello.txt\"]"#),
+        json.contains(r#"local.followpaths":"[\"hello.txt\",\"other.txt\"]"#),
         "{json}"
     );
     assert!(

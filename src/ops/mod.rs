@@ -161,6 +161,8 @@ pub struct LocalSum {
     pub checksum: String,
     /// The source's stat cache file (its manifests are kept beside it).
     pub stat: PathBuf,
+    /// What the checksum covered, entry by entry.
+    pub listing: Arc<Vec<manifest::FileEntry>>,
 }
 
 /// Local sources' checksums by vertex: the passes of one solve walk each context once.
@@ -265,10 +267,97 @@ impl Ctx {
         }
     }
 
-    /// The cache key of this op given its inputs' keys and any extra content checksums.
+    /// The cache key of this op given its inputs' keys and any extra content checksums. An
+    /// input that is a local source, read by this op only at definite paths (copies of a
+    /// path, mounts with a selector), counts by the content of those paths: a change
+    /// elsewhere in the context does not run the op again, as BuildKit's content-hash
+    /// selectors do.
     pub fn cache_key(&self, inputs: &[Res], extra: &[&str]) -> String {
-        let keys: Vec<&str> = inputs.iter().map(|i| i.key.as_str()).collect();
+        let mut keys: Vec<String> = inputs.iter().map(|i| i.key.clone()).collect();
+        for (i, k) in keys.iter_mut().enumerate() {
+            if let Some(sel) = self.selected_key(i) {
+                *k = sel;
+            }
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         cache_key(&self.me().digest, &keys, extra)
+    }
+
+    /// The key of input `i` by the content of the paths this op reads from it, when the input
+    /// is a local source whose file list this solve has and every use of it names a path.
+    fn selected_key(&self, i: usize) -> Option<String> {
+        let v = self.me();
+        let &from = v.inputs.get(i)?;
+        let sum = self.sums.lock().ok()?.get(&from).cloned()?;
+        let idx = i as i64;
+        let mut paths: Vec<String> = Vec::new();
+        match &v.op.op {
+            Some(pb::op::Op::File(f)) => {
+                for a in &f.actions {
+                    if a.input == idx {
+                        return None; // the context itself is changed: all of it counts
+                    }
+                    if a.secondary_input == idx {
+                        match &a.action {
+                            Some(pb::file_action::Action::Copy(c)) => paths.push(c.src.clone()),
+                            _ => return None,
+                        }
+                    }
+                }
+            }
+            Some(pb::op::Op::Exec(e)) => {
+                for m in e.mounts.iter().filter(|m| m.input == idx) {
+                    if m.selector.is_empty() || m.dest == "/" {
+                        return None;
+                    }
+                    paths.push(m.selector.clone());
+                }
+            }
+            _ => return None,
+        }
+        if paths.is_empty() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(b"envkit-local-paths-v1\0");
+        paths.sort();
+        paths.dedup();
+        for p in &paths {
+            let rel = p.trim_start_matches('/').trim_end_matches('/');
+            if rel.is_empty()
+                || rel == "."
+                || rel.contains(['*', '?', '[', '\\'])
+                || rel.contains("..")
+            {
+                return None;
+            }
+            let prefix = format!("{rel}/");
+            let mut found = false;
+            for e in sum.listing.iter() {
+                let path = String::from_utf8_lossy(&e.path);
+                if path == rel {
+                    if e.mode & 0o170000 == 0o120000 {
+                        return None; // a link the copy follows: its target counts
+                    }
+                    found = true;
+                } else if !path.starts_with(&prefix) {
+                    continue;
+                }
+                h.update(&e.path);
+                h.update([0]);
+                h.update(e.mode.to_le_bytes());
+                h.update(&e.what);
+                h.update([0xff]);
+            }
+            if !found {
+                return None;
+            }
+            h.update(b"\0path:");
+            h.update(rel.as_bytes());
+        }
+        // The source's own selection (its filter) is part of what the paths mean.
+        h.update(sum.filter.key().as_bytes());
+        Some(format!("paths:{}", hex::encode(h.finalize())))
     }
 
     /// This op's results for `keys` (output 0 first): from the cache, or built by `build`

@@ -131,7 +131,7 @@ pub(super) async fn local_key(
     };
     let stat =
         context::StatCache::path_for(&ctx.worker.root.join("local-checksums"), &dir, &filter);
-    let checksum = {
+    let (checksum, listing) = {
         let (dir, filter, stat) = (dir.clone(), filter.clone(), stat.clone());
         tokio::task::spawn_blocking(move || {
             let mut cache = context::StatCache::load(&stat);
@@ -141,7 +141,7 @@ pub(super) async fn local_key(
             if let Ok(sum) = &sum {
                 super::manifest::remember(&stat, sum, &listing);
             }
-            sum
+            sum.map(|s| (s, listing))
         })
         .await
         .map_err(|e| OpsError::Invalid(e.to_string()))??
@@ -163,6 +163,7 @@ pub(super) async fn local_key(
                 filter: filter.clone(),
                 checksum,
                 stat,
+                listing: std::sync::Arc::new(listing),
             },
         );
     }

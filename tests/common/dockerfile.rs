@@ -17,6 +17,7 @@ FROM busybox:latest
 ARG GREETING=hi
 ENV G=$GREETING
 COPY --from=build /src/out /out
+COPY other.txt /other.txt
 RUN <<EOF
 echo "$G" > /greeting
 EOF
@@ -31,6 +32,7 @@ pub fn context(env: &TestEnv) -> std::path::PathBuf {
     std::fs::create_dir_all(&ctx).expect("mkdir");
     std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).expect("Dockerfile");
     std::fs::write(ctx.join("hello.txt"), "hello\n").expect("hello");
+    std::fs::write(ctx.join("other.txt"), "other\n").expect("other");
     std::fs::write(ctx.join("ignored.txt"), "no\n").expect("ignored");
     std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").expect("dockerignore");
     env.chown(&ctx);
