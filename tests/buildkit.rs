@@ -563,17 +563,24 @@ fn buildkitd_dockerfile_same_rootfs() {
     let (unix, _) = common::remote::buildkitd();
     let env = TestEnv::new("bk-dockerfile");
     let ctx = common::dockerfile::context(&env);
-    let ours = env.dir.join("envkit.tar");
-    let o = env.envkit(&[
-        "build",
-        "--progress",
-        "plain",
-        "-p",
-        ctx.to_str().unwrap(),
-        "-o",
-        &format!("type=tar,dest={}", ours.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let ctx_s = ctx.to_str().unwrap();
+    let ours = common::remote::rootfs_entries(&embedded_rootfs(&env, ctx_s));
+    assert!(
+        ours.contains_key("out") && ours.contains_key("greeting"),
+        "{:?}",
+        ours.keys()
+    );
+    // runc leaves the mount points of /proc and /sys in a step's layer where the base image
+    // has none (busybox); envkit's runtime does not.
+    let compare = |tar: &std::path::Path, what: &str| {
+        let mut theirs = common::remote::rootfs_entries(tar);
+        for d in ["proc", "sys"] {
+            if !ours.contains_key(d) {
+                theirs.remove(d);
+            }
+        }
+        common::remote::assert_same_rootfs(&ours, &theirs, what);
+    };
     // BuildKit's own Dockerfile frontend, the same context.
     let theirs = env.dir.join("buildkitd.tar");
     let o = env
@@ -601,44 +608,15 @@ fn buildkitd_dockerfile_same_rootfs() {
         "{}",
         stderr(&o)
     );
-    let (a, mut b) = (
-        common::remote::rootfs_entries(&ours),
-        common::remote::rootfs_entries(&theirs),
-    );
-    // runc leaves the mount points of /proc and /sys in a step's layer where the base image
-    // has none (busybox); envkit's runtime does not.
-    for d in ["proc", "sys"] {
-        if !a.contains_key(d) {
-            b.remove(d);
-        }
-    }
-    common::remote::assert_same_rootfs(&a, &b, "buildkitd's Dockerfile frontend");
-    assert!(
-        a.contains_key("out") && a.contains_key("greeting"),
-        "{:?}",
-        a.keys()
-    );
-
+    compare(&theirs, "buildkitd's Dockerfile frontend");
     // envkit's Definition of the Dockerfile, run by buildkitd through a context.
     create_context(&env, "bk", &format!("unix://{unix}"), &[]);
     let remote = env.dir.join("remote.tar");
-    let o = env.envkit(&[
-        "--context",
+    build_with_output(
+        &env,
         "bk",
-        "build",
-        "--progress",
-        "plain",
-        "-p",
-        ctx.to_str().unwrap(),
-        "-o",
+        ctx_s,
         &format!("type=tar,dest={}", remote.display()),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut c = common::remote::rootfs_entries(&remote);
-    for d in ["proc", "sys"] {
-        if !a.contains_key(d) {
-            c.remove(d);
-        }
-    }
-    common::remote::assert_same_rootfs(&a, &c, "envkit's Definition on buildkitd");
+    );
+    compare(&remote, "envkit's Definition on buildkitd");
 }
