@@ -234,3 +234,73 @@ fn dockerfile_golden_vectors() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Envkit's own vectors (`tests/golden/dockerfile/`): Dockerfiles for the instructions and
+/// flags the 44 real ones do not use, with the Definitions BuildKit v0.32.2's dockerfile2llb
+/// made of them in a session (see the README there). Every op must be identical.
+#[test]
+fn own_dockerfile_vectors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dockerfile");
+    let base = (
+        "sha256:02a06bd82a3b0c73fa36d8723ebd89e68edb1875f8104d76cfdd311c86722654".to_string(),
+        std::fs::read(dir.join("base-config.json")).expect("base config"),
+    );
+    let args: BTreeMap<String, String> = std::fs::read_to_string(dir.join("args.txt"))
+        .expect("args")
+        .lines()
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(n, a)| (n.to_string(), a.to_string()))
+        })
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "Dockerfile"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for f in &files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let num = &name[..3];
+        let (mut opt, ok) = options(args.get(num).map(String::as_str).unwrap_or(""));
+        assert!(ok, "{num}: args");
+        opt.ignore_syntax = true;
+        let text = std::fs::read_to_string(f).expect("dockerfile");
+        let want =
+            envkit::llb::load(&std::fs::read(f.with_extension("pb")).expect("pb")).expect("load");
+        let got = match convert_all(&text, opt, &base) {
+            Ok(c) => envkit::llb::load(&c.definition.to_bytes()).expect("ours"),
+            Err(e) => {
+                failures.push(format!("{name}: not converted: {e}"));
+                continue;
+            }
+        };
+        let digests = |g: &envkit::llb::LoadedGraph| -> Vec<String> {
+            let mut d: Vec<String> = g.vertices.iter().map(|v| v.digest.to_string()).collect();
+            d.sort();
+            d
+        };
+        if digests(&want) != digests(&got) {
+            let theirs = digests(&want);
+            let ours = digests(&got);
+            for v in &got.vertices {
+                if !theirs.contains(&v.digest.to_string()) {
+                    eprintln!("{name} ours only: {}", envkit::llb::op_json(&v.op));
+                }
+            }
+            for v in &want.vertices {
+                if !ours.contains(&v.digest.to_string()) {
+                    eprintln!("{name} theirs only: {}", envkit::llb::op_json(&v.op));
+                }
+            }
+            failures.push(format!("{name}: ops differ"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1061,10 +1061,10 @@ fn dispatch(
     match &c.kind {
         Kind::Env(kvs) => {
             let mut msg = String::from("ENV");
+            // Every pair is expanded with the variables as they were before this ENV.
             for kv in kvs {
-                let env = env_pairs(state);
-                let k = word(lex, &kv.key, &env)?;
-                let v = word(lex, &kv.value, &env)?;
+                let k = exp(&kv.key)?;
+                let v = exp(&kv.value)?;
                 msg.push_str(&format!(" {k}={v}"));
                 *state = state.add_env(&k, &v);
                 image.add_env(&k, &v);
@@ -1815,7 +1815,11 @@ fn copy(
             let pattern = normalize_path("/", &pattern, false);
             patterns.push(pattern.trim_start_matches('/').to_string());
             if !contains_wildcards(&src_path) && !contains_wildcards(&pattern) {
-                required.push(normalize_path("/", &format!("{src_path}/{pattern}"), false));
+                required.push(normalize_path(
+                    "/",
+                    &clean(&format!("{src_path}/{pattern}")),
+                    false,
+                ));
             }
         }
         let s = normalize_path("/", &src_path, false);
