@@ -397,6 +397,28 @@ fn prefix(d: &mut Dispatch, s: &str) -> String {
     out + s
 }
 
+/// A step's name as BuildKit shows it: the instruction with the variables it can expand
+/// (quotes kept, unset ones left as written), its keyword upper-cased.
+fn step_name(lex: &Lexer, text: &str, env: &[(String, String)]) -> String {
+    let mut l = lex.clone();
+    l.raw_quotes = true;
+    l.skip_unset_env = true;
+    let w = l
+        .process_word(text, env)
+        .map(|e| e.result)
+        .unwrap_or_else(|_| text.to_string());
+    uppercase_cmd(&w)
+}
+
+/// CMD's and ENTRYPOINT's argv: the exec form as it is, the shell form through the shell.
+fn exec_form(image: &ImageConfig, cl: &CmdLine) -> Vec<String> {
+    if cl.prepend_shell {
+        with_shell(image, &cl.args)
+    } else {
+        cl.args.clone()
+    }
+}
+
 fn uppercase_cmd(s: &str) -> String {
     match s.split_once(' ') {
         Some((a, b)) => format!("{} {b}", a.to_uppercase()),
@@ -1047,17 +1069,6 @@ fn dispatch(
 ) -> Result<(), String> {
     let env = env_pairs(state);
     let exp = |w: &str| word(lex, w, &env);
-    // The instruction as shown, variables expanded where they can be.
-    let shown = |env: &[(String, String)]| {
-        let mut l = lex.clone();
-        l.raw_quotes = true;
-        l.skip_unset_env = true;
-        let w = l
-            .process_word(&c.code, env)
-            .map(|e| e.result)
-            .unwrap_or_else(|_| c.code.clone());
-        uppercase_cmd(&w)
-    };
     match &c.kind {
         Kind::Env(kvs) => {
             let mut msg = String::from("ENV");
@@ -1098,7 +1109,7 @@ fn dispatch(
             *state = state.dir(&wd);
             let mut layer = false;
             if wd != "/" {
-                let name = prefix(d, &shown(&env_pairs(state)));
+                let name = prefix(d, &step_name(lex, &c.code, &env_pairs(state)));
                 let user = image.user.clone();
                 let mut mk = MkdirOptions {
                     make_parents: true,
@@ -1157,20 +1168,12 @@ fn dispatch(
             )?;
         }
         Kind::Cmd(cl) => {
-            let args = if cl.prepend_shell {
-                with_shell(image, &cl.args)
-            } else {
-                cl.args.clone()
-            };
+            let args = exec_form(image, cl);
             image.commit(format!("CMD {args:?}"), false, false);
             image.cmd = Some(args);
         }
         Kind::Entrypoint(cl) => {
-            let args = if cl.prepend_shell {
-                with_shell(image, &cl.args)
-            } else {
-                cl.args.clone()
-            };
+            let args = exec_form(image, cl);
             image.commit(format!("ENTRYPOINT {args:?}"), false, false);
             image.entrypoint = Some(args);
             image.cmd = None;
@@ -1414,6 +1417,7 @@ fn run_command(
     let expand = |v: &str| word(lex, v, &env);
     let mut secrets = Vec::new();
     let mut ssh = Vec::new();
+    let mut masked = Vec::new();
     for (mi, raw) in mounts.iter().enumerate() {
         let m = instructions::parse_mount(raw, Some(&expand))?;
         let source = sources.get(mi).cloned().unwrap_or_default();
@@ -1437,6 +1441,7 @@ fn run_command(
                     (Some(_), true) => None,
                 };
                 let (uid, gid, mode) = file_info(&m, 0o400);
+                masked.extend(m.env.clone());
                 secrets.push(llb::SecretMount {
                     id,
                     target,
@@ -1531,26 +1536,13 @@ fn run_command(
         "sandbox" | "insecure" => {}
         s => return Err(format!("unsupported security mode {s:?}")),
     }
-    let mut shown_lex = lex.clone();
-    shown_lex.raw_quotes = true;
-    shown_lex.skip_unset_env = true;
+    // Secrets given as variables are masked in the step's name.
     let mut shown_env = env.clone();
-    for m in mounts {
-        if let Ok(spec) = instructions::parse_mount(m, Some(&expand))
-            && spec.kind == instructions::MountKind::Secret
-            && let Some(e) = &spec.env
-        {
-            shown_env.retain(|(k, _)| k != e);
-            shown_env.push((e.clone(), "****".into()));
-        }
+    for e in &masked {
+        shown_env.retain(|(k, _)| k != e);
+        shown_env.push((e.clone(), "****".into()));
     }
-    let shown = uppercase_cmd(
-        &shown_lex
-            .process_word(&custom, shown_env.as_slice())
-            .map(|e| e.result)
-            .unwrap_or(custom.clone()),
-    );
-    let name = prefix(d, &shown);
+    let name = prefix(d, &step_name(lex, &custom, &shown_env));
     let mut run = Run::args(args.clone()).constraints(
         Constraints::new()
             .description("com.docker.dockerfile.v1.command", c.code.clone())
@@ -1703,15 +1695,7 @@ fn copy(
     if !chmod.is_empty() {
         msg.push_str(&format!(" --chmod={chmod}"));
     }
-    let mut shown_lex = lex.clone();
-    shown_lex.raw_quotes = true;
-    shown_lex.skip_unset_env = true;
-    let shown = uppercase_cmd(
-        &shown_lex
-            .process_word(&c.code, env)
-            .map(|e| e.result)
-            .unwrap_or_else(|_| c.code.clone()),
-    );
+    let shown = step_name(lex, &c.code, env);
     let name = prefix(d, &shown);
     let chown = (!cfg.chown.is_empty()).then(|| llb::Chown::parse(&cfg.chown));
     let mut fa = FileAction::new();
