@@ -60,7 +60,7 @@ fn record_path(root: &Path, target: &str) -> PathBuf {
 impl Record {
     pub(super) fn new(
         graph: &LoadedGraph,
-        names: &[String],
+        names: &[crate::solver::Vertex],
         keys: &[String],
         sums: &LocalSums,
     ) -> Record {
@@ -72,7 +72,7 @@ impl Record {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| Vertex {
-                    name: names.get(i).cloned().unwrap_or_default(),
+                    name: names.get(i).map(|v| v.name.clone()).unwrap_or_default(),
                     key: keys.get(i).cloned().unwrap_or_default(),
                     op: op_value(&v.op),
                     inputs: v.inputs.clone(),

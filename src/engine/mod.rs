@@ -216,8 +216,7 @@ impl Engine {
             match self.keys(&sv, root_v, &ov, &locals, &sums).await {
                 Some(keys) => {
                     let (plan, seen) = self.plan(&graph, &ov, &keys, &cache.imports, &locals).await;
-                    let names: Vec<String> = sv.iter().map(|v| v.name.clone()).collect();
-                    self.remember_graph(&graph, &names, &keys, &sums, cache, &plan, &ov, &seen);
+                    self.remember_graph(&graph, &sv, &keys, &sums, cache, &plan, &ov, &seen);
                     Some(Arc::new(plan))
                 }
                 None => {
@@ -361,7 +360,7 @@ impl Engine {
     fn remember_graph(
         &self,
         graph: &llb::LoadedGraph,
-        names: &[String],
+        sv: &[solver::Vertex],
         keys: &[String],
         sums: &crate::ops::LocalSums,
         cache: &CacheSpecs,
@@ -369,29 +368,29 @@ impl Engine {
         ov: &[OpVertex],
         seen: &[explain::ImportSeen],
     ) {
-        let Some(target) = &cache.target else {
-            if cache.explain {
-                let now = explain::Record::new(graph, names, keys, sums);
-                for line in explain::explain(&now, None, &plan.roles, ov, seen) {
-                    self.reporter.event(Event::Note(line));
-                }
-            }
-            return;
-        };
-        let digest = explain::keys_digest(keys);
-        let same = explain::is_recorded(&self.root, target, &digest);
-        if same && !cache.explain {
+        let recorded = cache
+            .target
+            .as_ref()
+            .map(|t| (t, explain::keys_digest(keys)));
+        let same = recorded
+            .as_ref()
+            .is_some_and(|(t, d)| explain::is_recorded(&self.root, t, d));
+        if !cache.explain && (same || recorded.is_none()) {
             return;
         }
-        let now = explain::Record::new(graph, names, keys, sums);
+        let now = explain::Record::new(graph, sv, keys, sums);
         if cache.explain {
-            let last = explain::Record::load(&self.root, target);
+            let last = recorded
+                .as_ref()
+                .and_then(|(t, _)| explain::Record::load(&self.root, t));
             for line in explain::explain(&now, last.as_ref(), &plan.roles, ov, seen) {
                 self.reporter.event(Event::Note(line));
             }
         }
-        if !same {
-            explain::save(&self.root, target, &digest, &now);
+        if let Some((t, d)) = &recorded
+            && !same
+        {
+            explain::save(&self.root, t, d, &now);
         }
     }
 }
