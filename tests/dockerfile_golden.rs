@@ -108,6 +108,37 @@ fn convert_all(
     convert::convert(text, &opt)
 }
 
+/// The `*.Dockerfile`s of a directory, in name order.
+fn dockerfiles(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "Dockerfile"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The ops only one of two Definitions has, as JSON, for finding what differs.
+fn print_differences(
+    name: &str,
+    ours: &envkit::llb::LoadedGraph,
+    theirs: &envkit::llb::LoadedGraph,
+) {
+    for (who, g, other) in [("ours", ours, theirs), ("theirs", theirs, ours)] {
+        let others: Vec<String> = other
+            .vertices
+            .iter()
+            .map(|v| v.digest.to_string())
+            .collect();
+        for v in &g.vertices {
+            if !others.contains(&v.digest.to_string()) {
+                eprintln!("{name} {who} only: {}", envkit::llb::op_json(&v.op));
+            }
+        }
+    }
+}
+
 #[test]
 fn dockerfile_golden_vectors() {
     let Some(dir) = golden_dir() else {
@@ -134,12 +165,7 @@ fn dockerfile_golden_vectors() {
             .to_vec(),
     );
     let args = oracle_args(&std::fs::read_to_string(dir.join("INDEX.md")).expect("INDEX.md"));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "Dockerfile"))
-        .collect();
-    files.sort();
+    let files = dockerfiles(&dir);
     let mut report = Vec::new();
     let mut matched = Vec::new();
     let mut failures = Vec::new();
@@ -200,18 +226,7 @@ fn dockerfile_golden_vectors() {
                         &std::fs::read(oracle.join(format!("{stem}.pb"))).expect("pb"),
                     )
                     .expect("theirs");
-                    for (who, g, other) in [("ours", &ours, &theirs), ("theirs", &theirs, &ours)] {
-                        let others: Vec<String> = other
-                            .vertices
-                            .iter()
-                            .map(|v| v.digest.to_string())
-                            .collect();
-                        for v in &g.vertices {
-                            if !others.contains(&v.digest.to_string()) {
-                                eprintln!("{who} only: {}", envkit::llb::op_json(&v.op));
-                            }
-                        }
-                    }
+                    print_differences(&num, &ours, &theirs);
                 }
                 if have.len() == want.len() && common == want.len() {
                     matched.push(num.clone());
@@ -253,12 +268,7 @@ fn own_dockerfile_vectors() {
                 .map(|(n, a)| (n.to_string(), a.to_string()))
         })
         .collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "Dockerfile"))
-        .collect();
-    files.sort();
+    let files = dockerfiles(&dir);
     assert!(!files.is_empty());
     let mut failures = Vec::new();
     for f in &files {
@@ -287,18 +297,7 @@ fn own_dockerfile_vectors() {
             d
         };
         if digests(&want) != digests(&got) {
-            let theirs = digests(&want);
-            let ours = digests(&got);
-            for v in &got.vertices {
-                if !theirs.contains(&v.digest.to_string()) {
-                    eprintln!("{name} ours only: {}", envkit::llb::op_json(&v.op));
-                }
-            }
-            for v in &want.vertices {
-                if !ours.contains(&v.digest.to_string()) {
-                    eprintln!("{name} theirs only: {}", envkit::llb::op_json(&v.op));
-                }
-            }
+            print_differences(&name, &got, &want);
             failures.push(format!("{name}: ops differ"));
         }
     }
