@@ -430,26 +430,34 @@ fn buildkitd_cache_interop() {
         .output()
         .expect("buildctl");
     assert!(o.status.success(), "{}", stderr(&o));
-    let store = env.dir.join("fresh-store");
-    let out = env.envkit(&[
-        "--root",
-        store.to_str().unwrap(),
-        "solve",
-        "--progress",
-        "plain",
-        "--import-cache",
+    // A fresh store solves `pb` with only an imported cache: nothing runs.
+    let fresh_import = |store: &str, cache: &str, pb: &std::path::Path, rootfs: &str| {
+        let out = env.envkit(&[
+            "--root",
+            env.dir.join(store).to_str().unwrap(),
+            "solve",
+            "--progress",
+            "plain",
+            "--import-cache",
+            cache,
+            "--local",
+            &local,
+            "-o",
+            &format!("type=local,dest={}", env.dir.join(rootfs).display()),
+            pb.to_str().unwrap(),
+        ]);
+        let log = stderr(&out);
+        assert!(out.status.success(), "{log}");
+        assert!(
+            ran(&log).is_empty(),
+            "every step from the cache {cache}:\n{log}"
+        );
+    };
+    fresh_import(
+        "fresh-store",
         &format!("type=local,src={}", theirs.display()),
-        "--local",
-        &local,
-        "-o",
-        &format!("type=local,dest={}", env.dir.join("rootfs").display()),
-        pb2.to_str().unwrap(),
-    ]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
-    assert!(
-        ran(&log).is_empty(),
-        "every step from buildkitd's cache:\n{log}"
+        &pb2,
+        "rootfs",
     );
     let got = std::fs::read_to_string(env.dir.join("rootfs/last")).expect("/last");
     assert_eq!(got.trim(), last2);
@@ -491,25 +499,11 @@ fn buildkitd_cache_interop() {
         .output()
         .expect("buildctl");
     assert!(o.status.success(), "{}", stderr(&o));
-    let out = env.envkit(&[
-        "--root",
-        env.dir.join("fresh-inline").to_str().unwrap(),
-        "solve",
-        "--progress",
-        "plain",
-        "--import-cache",
+    fresh_import(
+        "fresh-inline",
         &format!("type=registry,ref={theirs}"),
-        "--local",
-        &local,
-        "-o",
-        &format!("type=local,dest={}", env.dir.join("rootfs3").display()),
-        pb3.to_str().unwrap(),
-    ]);
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
-    assert!(
-        ran(&log).is_empty(),
-        "every step from buildkitd's inline cache:\n{log}"
+        &pb3,
+        "rootfs3",
     );
     let got = std::fs::read_to_string(env.dir.join("rootfs3/last")).expect("/last");
     assert_eq!(got.trim(), last3);
