@@ -377,28 +377,29 @@ fn buildkitd_cache_interop() {
         pb.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let buildctl = |args: &[&str]| {
+    // `buildctl build --local …` of the Definition `pb`, which must succeed; its log.
+    let buildctl = |pb: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain", "--local", &local];
+        args.extend_from_slice(extra);
         let o = env
             .user_command("buildctl")
             .arg("--addr")
             .arg(format!("unix://{unix}"))
-            .args(args)
-            .stdin(std::fs::File::open(&pb).expect("def"))
+            .args(&args)
+            .stdin(std::fs::File::open(pb).expect("def"))
             .output()
             .expect("buildctl (built with buildkitd, on PATH)");
         eprintln!("$ buildctl {}\n{}", args.join(" "), stderr(&o));
         assert!(o.status.success(), "{}", stderr(&o));
         stderr(&o)
     };
-    let log = buildctl(&[
-        "build",
-        "--progress",
-        "plain",
-        "--local",
-        &local,
-        "--import-cache",
-        &format!("type=local,src={}", ours.display()),
-    ]);
+    let log = buildctl(
+        &pb,
+        &[
+            "--import-cache",
+            &format!("type=local,src={}", ours.display()),
+        ],
+    );
     // buildctl prints each step's name; the last one must be CACHED, not run.
     let cached_last = log
         .split("\n\n")
@@ -413,23 +414,13 @@ fn buildkitd_cache_interop() {
     let theirs = env.dir.join("cache-buildkitd");
     let last2 = format!("{last}-b");
     let pb2 = env.def_file("g2", &graph(&env.registry, &last2));
-    let o = env
-        .user_command("buildctl")
-        .arg("--addr")
-        .arg(format!("unix://{unix}"))
-        .args([
-            "build",
-            "--progress",
-            "plain",
-            "--local",
-            &local,
+    buildctl(
+        &pb2,
+        &[
             "--export-cache",
-        ])
-        .arg(format!("type=local,dest={},mode=max", theirs.display()))
-        .stdin(std::fs::File::open(&pb2).expect("def"))
-        .output()
-        .expect("buildctl");
-    assert!(o.status.success(), "{}", stderr(&o));
+            &format!("type=local,dest={},mode=max", theirs.display()),
+        ],
+    );
     // A fresh store solves `pb` with only an imported cache: nothing runs.
     let fresh_import = |store: &str, cache: &str, pb: &std::path::Path, rootfs: &str| {
         let out = env.envkit(&[
@@ -480,25 +471,15 @@ fn buildkitd_cache_interop() {
     let last3 = format!("{last}-inline");
     let pb3 = env.def_file("g3", &graph(&env.registry, &last3));
     let theirs = format!("{}/envkit-test/bk-inline:{last3}", env.registry);
-    let o = env
-        .user_command("buildctl")
-        .arg("--addr")
-        .arg(format!("unix://{unix}"))
-        .args([
-            "build",
-            "--progress",
-            "plain",
-            "--local",
-            &local,
+    buildctl(
+        &pb3,
+        &[
             "--export-cache",
             "type=inline",
             "--output",
-        ])
-        .arg(format!("type=image,name={theirs},push=true"))
-        .stdin(std::fs::File::open(&pb3).expect("def"))
-        .output()
-        .expect("buildctl");
-    assert!(o.status.success(), "{}", stderr(&o));
+            &format!("type=image,name={theirs},push=true"),
+        ],
+    );
     fresh_import(
         "fresh-inline",
         &format!("type=registry,ref={theirs}"),
@@ -524,24 +505,10 @@ fn buildkitd_cache_interop() {
         pb4.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let o = env
-        .user_command("buildctl")
-        .arg("--addr")
-        .arg(format!("unix://{unix}"))
-        .args([
-            "build",
-            "--progress",
-            "plain",
-            "--local",
-            &local,
-            "--import-cache",
-        ])
-        .arg(format!("type=registry,ref={ours}"))
-        .stdin(std::fs::File::open(&pb4).expect("def"))
-        .output()
-        .expect("buildctl");
-    let log = stderr(&o);
-    assert!(o.status.success(), "{log}");
+    let log = buildctl(
+        &pb4,
+        &["--import-cache", &format!("type=registry,ref={ours}")],
+    );
     let cached_last = log
         .split("\n\n")
         .any(|block| block.contains(&format!("echo {last4}")) && block.contains("CACHED"));
