@@ -373,6 +373,8 @@ enum Fault {
     Unavailable,
     /// Forward the registry's answer, but close the connection halfway through the body.
     CutHalf,
+    /// Like `CutHalf`, with every byte of the half that is sent changed.
+    CorruptHalf,
     /// Forward it whole.
     Pass,
 }
@@ -485,7 +487,15 @@ impl Flaky {
                 .map(|p| p + 4)
                 .unwrap_or(resp.len());
             let body = resp.len() - split;
-            let keep = if fault == Fault::CutHalf { split + body / 2 } else { resp.len() };
+            let keep = match fault {
+                Fault::CutHalf | Fault::CorruptHalf => split + body / 2,
+                _ => resp.len(),
+            };
+            if fault == Fault::CorruptHalf {
+                for b in &mut resp[split..keep] {
+                    *b ^= 0x5a;
+                }
+            }
             conn.write_all(&resp[..keep]).await?;
             sent = (keep - split) as u64;
             conn.shutdown().await
@@ -567,6 +577,62 @@ async fn pulls_retry_and_resume_interrupted_blobs() {
         .unwrap()
         .count();
     assert_eq!(ingest, 0);
+}
+
+/// A followed pull: each layer the store lacks can be read while it downloads, through a
+/// 503 and a body cut off halfway (the rest comes by a range request), and what the
+/// follower copied is the blob the store got. A layer the store has gets no follower.
+#[tokio::test]
+async fn followed_pulls_copy_layers_while_they_download() {
+    let (flaky, registry, r, layer) =
+        flaky_busybox(&[Fault::Unavailable, Fault::CutHalf, Fault::Pass]).await;
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let (followers, download) = registry.pull_followed(&r, &store);
+    assert_eq!(followers.len(), r.layers.len());
+    let copies = futures_util::future::join_all(followers.into_iter().map(|f| async move {
+        let f = f.expect("a missing layer is followed");
+        let mut out = Vec::new();
+        let n = f.copy_to(&mut out).await.unwrap();
+        assert_eq!(n, out.len() as u64);
+        out
+    }));
+    let (pulled, copies) = tokio::join!(download, copies);
+    pulled.unwrap();
+    for (l, copy) in r.layers.iter().zip(copies) {
+        assert_eq!(copy, store.read_blob(l.digest()).unwrap());
+    }
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[2].range.is_some(),
+        "the last attempt resumed: {seen:?}"
+    );
+    // Pulled again: nothing to follow.
+    let (followers, download) = registry.pull_followed(&r, &store);
+    download.await.unwrap();
+    assert!(followers.iter().all(Option::is_none));
+    assert!(store.verify(layer.digest()).is_ok());
+}
+
+/// A first attempt that sent wrong bytes: the resumed blob does not add up, the download
+/// starts again from nothing and the store gets the right blob, but a follower that read the
+/// wrong half says so instead of passing it off as the layer.
+#[tokio::test]
+async fn a_follower_that_read_wrong_bytes_says_so() {
+    let (_flaky, registry, r, layer) =
+        flaky_busybox(&[Fault::CorruptHalf, Fault::Pass, Fault::Pass]).await;
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let (mut followers, download) = registry.pull_followed(&r, &store);
+    let follower = followers.remove(0).unwrap();
+    drop(followers);
+    let mut out = Vec::new();
+    let (pulled, copied) = tokio::join!(download, follower.copy_to(&mut out));
+    pulled.unwrap();
+    assert_eq!(store.verify(layer.digest()).unwrap(), layer.size());
+    let e = copied.unwrap_err().to_string();
+    assert!(e.contains("are not the blob"), "{e}");
 }
 
 /// A registry that keeps failing: the pull gives up after its retries and says so; the bytes

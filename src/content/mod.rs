@@ -71,7 +71,8 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
     digest_from_hasher(Sha256::new_with_prefix(bytes))
 }
 
-fn digest_from_hasher(hasher: Sha256) -> Digest {
+/// The sha256 digest a hasher has computed.
+pub(crate) fn digest_from_hasher(hasher: Sha256) -> Digest {
     let hex = hex::encode(hasher.finalize());
     // A lower-case 64-digit hex string is always a valid sha256 digest.
     match Digest::from_str(&format!("sha256:{hex}")) {
@@ -412,6 +413,11 @@ impl BlobWriter {
         self.hasher = Sha256::new();
         self.size = 0;
         Ok(())
+    }
+
+    /// The file being written (until the commit moves it into place).
+    pub fn path(&self) -> Option<PathBuf> {
+        self.file.as_ref().map(|f| f.path().to_path_buf())
     }
 
     /// Bytes written so far.

@@ -41,6 +41,8 @@ pub enum OpsError {
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
+    Follow(#[from] crate::registry::follow::FollowError),
+    #[error(transparent)]
     Content(#[from] crate::content::ContentError),
     #[error("{0} is not supported by envkit's engine yet")]
     Unsupported(String),

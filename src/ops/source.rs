@@ -63,13 +63,10 @@ pub(super) async fn image_key(
 }
 
 async fn image(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
-    let w = &ctx.worker;
     let (key, resolved) = image_key(ctx, src).await?;
     let key = &key;
     ctx.resolve_one(key, |prepared| async move {
-        w.registry.pull(&resolved, &w.content).await?;
-        let req = w.unpack_request(&resolved.layers, &prepared.fs)?;
-        helper_ok(ctx, req, "unpacking image layers").await?;
+        pull_and_unpack(ctx, &resolved, &prepared.fs).await?;
         Ok(SnapRef {
             chain: vec![key.clone()],
             base: Some(BaseImage {
@@ -81,6 +78,92 @@ async fn image(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> 
         })
     })
     .await
+}
+
+/// Pulls `resolved`'s layers and unpacks them into `dest`. A layer the store lacks is
+/// unpacked while it downloads: a pipe per such layer takes its bytes from the download to
+/// the unpacking helper, which reads the layers in order, so later layers download while
+/// earlier ones unpack. What the helper reads is checked against the layer's digest as it
+/// goes through ([`crate::registry::follow`]); should the download have started again with
+/// other bytes, the tree is made again from the verified blobs.
+async fn pull_and_unpack(
+    ctx: &Ctx,
+    resolved: &crate::registry::Resolved,
+    dest: &std::path::Path,
+) -> Result<(), OpsError> {
+    let w = &ctx.worker;
+    let (followers, download) = w.registry.pull_followed(resolved, &w.content);
+    if followers.iter().all(Option::is_none) {
+        download.await?;
+        return unpack_blobs(ctx, resolved, dest).await;
+    }
+    let pipes = w.snapshots.temp_dir()?;
+    let mut from = Vec::new();
+    let mut feeds = Vec::new();
+    for (i, follower) in followers.into_iter().enumerate() {
+        let Some(follower) = follower else {
+            from.push(None);
+            continue;
+        };
+        let pipe = pipes.path().join(format!("layer-{i}"));
+        nix::unistd::mkfifo(
+            &pipe,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .map_err(|e| OpsError::Invalid(format!("making the pipe {}: {e}", pipe.display())))?;
+        from.push(Some(pipe.clone()));
+        feeds.push(feed(follower, pipe));
+    }
+    let req = w.unpack_request_from(&resolved.layers, &from, dest)?;
+    let unpack = helper_ok(ctx, req, "unpacking image layers");
+    let download = async { download.await.map_err(OpsError::from) };
+    let feeds = futures_util::future::try_join_all(feeds);
+    match tokio::try_join!(download, feeds, unpack) {
+        Ok(_) => Ok(()),
+        Err(OpsError::Follow(e @ crate::registry::follow::FollowError::Changed { .. })) => {
+            tracing::warn!("{e}; unpacking the image again from its verified layers");
+            w.registry.pull(resolved, &w.content).await?;
+            w.remove_tree(dest).await?;
+            std::fs::create_dir(dest)
+                .map_err(|e| OpsError::Invalid(format!("making {} again: {e}", dest.display())))?;
+            unpack_blobs(ctx, resolved, dest).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Unpacks `resolved`'s layers from their blobs in the store into `dest`.
+async fn unpack_blobs(
+    ctx: &Ctx,
+    resolved: &crate::registry::Resolved,
+    dest: &std::path::Path,
+) -> Result<(), OpsError> {
+    let req = ctx.worker.unpack_request(&resolved.layers, dest)?;
+    helper_ok(ctx, req, "unpacking image layers").await?;
+    Ok(())
+}
+
+/// Copies a followed layer into its pipe once the unpacking helper opens the pipe (it takes
+/// the layers in order; until it gets to this one, the pipe has no reader).
+async fn feed(
+    follower: crate::registry::follow::Follower,
+    pipe: std::path::PathBuf,
+) -> Result<u64, OpsError> {
+    let mut tx = loop {
+        match tokio::net::unix::pipe::OpenOptions::new().open_sender(&pipe) {
+            Ok(tx) => break tx,
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await
+            }
+            Err(e) => {
+                return Err(OpsError::Invalid(format!(
+                    "opening the pipe {}: {e}",
+                    pipe.display()
+                )));
+            }
+        }
+    };
+    Ok(follower.copy_to(&mut tx).await?)
 }
 
 /// Runs a helper request that produces no step output; a failure becomes an error.

@@ -38,6 +38,7 @@ use thiserror::Error;
 use crate::config::Config;
 
 pub mod auth;
+pub mod follow;
 mod push;
 pub(crate) mod tls;
 
@@ -1150,19 +1151,7 @@ impl Registry {
         resolved: &Resolved,
         store: &content::Store,
     ) -> Result<(), RegistryError> {
-        if !store.has(resolved.config_digest()) {
-            store.ingest(
-                &resolved.config_bytes[..],
-                Some((resolved.config_digest(), resolved.config_descriptor.size())),
-            )?;
-        }
-        let source = Source {
-            reference: &resolved.reference,
-            host: &resolved.host,
-            repository: &resolved.repository,
-            manifest: &resolved.manifest_digest,
-        };
-        self.pull_blobs(&source, &resolved.layers, store).await
+        self.pull_followed(resolved, store).1.await
     }
 
     /// Fetches the manifest or index `reference` names as it is: an OCI image manifest or
@@ -1331,14 +1320,22 @@ impl Registry {
         blobs: &[Descriptor],
         store: &content::Store,
     ) -> Result<(), RegistryError> {
+        let missing = missing_blobs(blobs, store);
+        let taps = missing.iter().map(|_| None).collect();
+        self.pull_missing(source, missing, taps, store).await
+    }
+
+    /// Downloads `missing` (blobs the store lacks, each once), each telling its tap, where it
+    /// has one, how far it got (see [`follow`]).
+    async fn pull_missing(
+        &self,
+        source: &Source<'_>,
+        missing: Vec<&Descriptor>,
+        taps: Vec<Option<follow::Tap>>,
+        store: &content::Store,
+    ) -> Result<(), RegistryError> {
         // Several blobs at once (as docker and containerd do); the first failure stops the
         // rest, whose partial downloads stay for the next attempt.
-        let mut missing: Vec<&Descriptor> = Vec::new();
-        for l in blobs {
-            if !store.has(l.digest()) && !missing.iter().any(|m| m.digest() == l.digest()) {
-                missing.push(l);
-            }
-        }
         if missing.is_empty() {
             // Nothing to download: no client, no auth round trip.
             return Ok(());
@@ -1348,7 +1345,20 @@ impl Registry {
         self.authorize_pull(&client, source.host, &on_host).await?;
         let futures: Vec<_> = missing
             .into_iter()
-            .map(|blob| self.pull_blob(&client, &on_host, source, blob, store))
+            .zip(taps)
+            .map(|(blob, tap)| async {
+                let tap = tap;
+                let r = self
+                    .pull_blob(&client, &on_host, source, blob, store, tap.as_ref())
+                    .await;
+                if let Some(t) = &tap {
+                    t.end(match &r {
+                        Ok(()) => store.path(blob.digest()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                }
+                r
+            })
             .collect();
         let mut downloads = futures_util::stream::iter(futures).buffer_unordered(PARALLEL_BLOBS);
         while let Some(r) = downloads.next().await {
@@ -1367,6 +1377,7 @@ impl Registry {
         source: &Source<'_>,
         desc: &Descriptor,
         store: &content::Store,
+        tap: Option<&follow::Tap>,
     ) -> Result<(), RegistryError> {
         let digest = desc.digest().to_string();
         let url = self.blob_url(source.host, source.repository, &digest);
@@ -1383,7 +1394,10 @@ impl Registry {
             if writer.written() > desc.size() {
                 writer.reset()?;
             }
-            let outcome = self.download(client, on_host, desc, &mut writer).await;
+            if let Some(t) = tap {
+                t.file(writer.path(), writer.written());
+            }
+            let outcome = self.download(client, on_host, desc, &mut writer, tap).await;
             match outcome {
                 Ok(()) => match writer.commit(Some((desc.digest(), desc.size()))) {
                     Ok(_) => break,
@@ -1434,6 +1448,7 @@ impl Registry {
         on_host: &Reference,
         desc: &Descriptor,
         writer: &mut content::BlobWriter,
+        tap: Option<&follow::Tap>,
     ) -> Result<(), Failure> {
         let digest = desc.digest().to_string();
         let offset = writer.written();
@@ -1454,6 +1469,9 @@ impl Registry {
                     writer
                         .reset()
                         .map_err(|e| Failure::Permanent(e.to_string()))?;
+                    if let Some(t) = tap {
+                        t.file(writer.path(), 0);
+                    }
                     s
                 }
             }
@@ -1470,6 +1488,9 @@ impl Registry {
             writer
                 .update(&chunk)
                 .map_err(|e| Failure::Permanent(e.to_string()))?;
+            if let Some(t) = tap {
+                t.written(writer.written());
+            }
             if writer.written() > desc.size() {
                 return Err(Failure::Permanent(format!(
                     "registry sent more than the {} bytes the manifest lists",
@@ -1486,6 +1507,17 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The blobs of `blobs` the store lacks, each once.
+fn missing_blobs<'a>(blobs: &'a [Descriptor], store: &content::Store) -> Vec<&'a Descriptor> {
+    let mut missing: Vec<&Descriptor> = Vec::new();
+    for l in blobs {
+        if !store.has(l.digest()) && !missing.iter().any(|m| m.digest() == l.digest()) {
+            missing.push(l);
+        }
+    }
+    missing
 }
 
 /// Where blobs are pulled from: the repository on the host that answered for a reference.

@@ -271,10 +271,28 @@ impl Worker {
         layers: &[oci_spec::image::Descriptor],
         dest: &Path,
     ) -> Result<rootless::Request, WorkerError> {
+        self.unpack_request_from(layers, &[], dest)
+    }
+
+    /// Like [`Worker::unpack_request`], where `from[i]`, when there is one, is the file layer
+    /// `i`'s bytes are read from instead of its blob (a pipe its download feeds).
+    pub fn unpack_request_from(
+        &self,
+        layers: &[oci_spec::image::Descriptor],
+        from: &[Option<std::path::PathBuf>],
+        dest: &Path,
+    ) -> Result<rootless::Request, WorkerError> {
         let files = layers
             .iter()
-            .map(|l| self.layer_file(l))
-            .collect::<Result<Vec<_>, _>>()?;
+            .enumerate()
+            .map(|(i, l)| {
+                let mut f = self.layer_file(l)?;
+                if let Some(Some(path)) = from.get(i) {
+                    f.path = path.clone();
+                }
+                Ok(f)
+            })
+            .collect::<Result<Vec<_>, WorkerError>>()?;
         Ok(rootless::Request::Unpack {
             layers: files,
             dest: dest.to_path_buf(),
