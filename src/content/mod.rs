@@ -168,11 +168,32 @@ impl Store {
     /// Starts an ingest: write the bytes, then [`BlobWriter::commit`]. The temporary file is
     /// flocked while it is written, which tells a live ingest from a killed one's leftover.
     pub fn writer(&self) -> Result<BlobWriter, ContentError> {
-        let file =
-            NamedTempFile::with_prefix_in("ingest-", &self.ingest).map_err(io_err(&self.ingest))?;
-        if !try_lock(file.as_file()) {
-            return Err(io_err(file.path())(io::Error::last_os_error()));
+        // Made under a name sweeps leave alone for a while (`new-*`), locked, and only then
+        // named `ingest-*`: an `ingest-*` file nobody locks is always a killed writer's.
+        let fresh = tempfile::Builder::new()
+            .prefix(NEW_PREFIX)
+            .tempfile_in(&self.ingest)
+            .map_err(io_err(&self.ingest))?;
+        if !try_lock(fresh.as_file()) {
+            return Err(io_err(fresh.path())(io::Error::last_os_error()));
         }
+        let (file, path) = fresh.into_parts();
+        let suffix = path
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches(NEW_PREFIX)
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let named = self.ingest.join(format!("ingest-{suffix}"));
+        fs::rename(&path, &named).map_err(io_err(&named))?;
+        // The old name is gone: forget it without removing anything there.
+        let _ = path.keep();
+        let file = NamedTempFile::from_parts(
+            file,
+            tempfile::TempPath::try_from_path(&named).map_err(io_err(&named))?,
+        );
         Ok(BlobWriter {
             blobs: self.blobs.clone(),
             file: Some(file),
@@ -318,33 +339,39 @@ fn hash_all(r: &mut impl Read, path: &Path) -> Result<(Sha256, u64), ContentErro
     Ok((hasher, size))
 }
 
-/// Ingests older than this are checked for a live writer by [`sweep_ingests`]: a younger one
-/// may not have taken its lock yet.
-const STALE_INGEST: std::time::Duration = std::time::Duration::from_secs(60);
+/// Where a writer's file starts, before its lock is taken.
+const NEW_PREFIX: &str = "new-";
 
-/// Removes `ingest-*` files of writers that are gone (killed mid-ingest): no flock on them and
-/// older than [`STALE_INGEST`]. Resumable `partial-*` downloads are prune's business.
+/// `new-*` files older than this are a killed writer's (a younger one may not have taken its
+/// lock yet).
+const STALE_NEW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the files of writers that are gone (killed mid-ingest): `ingest-*` files nobody
+/// locks (a writer locks its file before naming it so), and unlocked `new-*` files older than
+/// [`STALE_NEW`]. Resumable `partial-*` downloads are prune's business.
 fn sweep_ingests(dir: &Path) {
-    for p in stale_ingests(dir, STALE_INGEST) {
+    for p in stale_ingests(dir) {
         let _ = fs::remove_file(&p);
     }
 }
 
-/// The `ingest-*` files in `dir` that no writer holds (their flock is free) and that are at
-/// least `min_age` old.
-pub fn stale_ingests(dir: &Path, min_age: std::time::Duration) -> Vec<PathBuf> {
+/// The files of killed writers in `dir`: `ingest-*` files no writer holds (their flock is
+/// free), and such `new-*` files at least [`STALE_NEW`] old.
+pub fn stale_ingests(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
     };
     let now = std::time::SystemTime::now();
     rd.flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("ingest-"))
         .filter(|e| {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age >= min_age)
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("ingest-")
+                || (name.starts_with(NEW_PREFIX)
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .is_some_and(|age| age >= STALE_NEW))
         })
         .map(|e| e.path())
         .filter(|p| File::open(p).is_ok_and(|f| try_lock(&f)))
@@ -498,23 +525,24 @@ mod tests {
         live.update(b"in progress").unwrap();
         let dead = dir.path().join("content/ingest/ingest-killed");
         fs::write(&dead, b"left by a killed process").unwrap();
-        let young = dir.path().join("content/ingest/ingest-young");
+        let young = dir.path().join("content/ingest/new-young");
         fs::write(&young, b"maybe not locked yet").unwrap();
+        let old_new = dir.path().join("content/ingest/new-old");
+        fs::write(&old_new, b"killed before it was named").unwrap();
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        for p in fs::read_dir(dir.path().join("content/ingest")).unwrap() {
-            let p = p.unwrap().path();
-            if p != young {
-                let f = File::options().write(true).open(&p).unwrap();
-                f.set_modified(old).unwrap();
-            }
-        }
+        let f = File::options().write(true).open(&old_new).unwrap();
+        f.set_modified(old).unwrap();
         let _again = Store::open(dir.path()).unwrap();
         let left: Vec<String> = fs::read_dir(dir.path().join("content/ingest"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
-        assert!(!dead.exists());
+        assert!(
+            !dead.exists(),
+            "a fresh unlocked ingest is a killed writer's"
+        );
+        assert!(!old_new.exists());
         assert!(young.exists());
         live.update(b" and still writable").unwrap();
     }

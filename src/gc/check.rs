@@ -124,9 +124,8 @@ pub async fn check(worker: &Worker, repair: bool) -> Result<CheckReport, GcError
         }
     }
 
-    // Ingests of killed processes (live writers hold a lock; with the store held exclusively
-    // there are none, so any age counts).
-    for p in content::stale_ingests(&root.join("content/ingest"), std::time::Duration::ZERO) {
+    // Ingests of killed processes (live writers hold a lock).
+    for p in content::stale_ingests(&root.join("content/ingest")) {
         r.problems.push(Problem {
             what: format!(
                 "{}: an ingest a killed process left",
