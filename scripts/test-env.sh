@@ -10,6 +10,10 @@
 #       library/python:3.11-slim     minbase + python3, pip, python-is-python3, ca-certificates;
 #                                    pip may install globally (no PEP 668 marker), like the official image
 #       library/busybox:latest       busybox-static
+#       library/busybox:arm64, :multiarch        Debian's arm64 busybox-static; an index of both
+#       library/debian:bookworm-arm64, :bookworm-multiarch   the same for debian (debootstrap's
+#                                    second stage under QEMU; only where binfmt_misc can be used)
+#   - qemu-user-static, and its aarch64 handler registered with binfmt_misc
 # Built root filesystems and OCI layouts are cached under $ENVKIT_TEST_ROOT, so a re-run takes seconds.
 # On success the last lines are shell assignments: ENVKIT_TEST_REGISTRY=... ENVKIT_TEST_USER=...
 set -euo pipefail
@@ -31,7 +35,7 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
           jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
-          openssh-client apache2-utils containerd docker.io iproute2 openssl)
+          openssh-client apache2-utils containerd docker.io iproute2 openssl qemu-user-static)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then
@@ -49,6 +53,20 @@ if [ ! -e /dev/net/tun ]; then
   mknod -m 0666 /dev/net/tun c 10 200
 fi
 chmod 0666 /dev/net/tun
+
+# --- binfmt_misc ----------------------------------------------------------------------------
+# Debian's qemu-user-static registers its handlers (flags POF) where binfmt_misc is mounted when
+# it is installed (systemd mounts it at boot); on a machine where it was not, do what a booted
+# Debian does. The handler runs arm64 programs for debootstrap's second stage, podman and
+# envkit's default mode; envkit's tests also use their own binfmt_misc ([worker] binfmt = "own")
+# and none ("off").
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null ||
+    say "binfmt_misc cannot be mounted here: no arm64 images"
+fi
+if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  /lib/systemd/systemd-binfmt /usr/lib/binfmt.d/qemu-aarch64.conf
+fi
 
 # --- the unprivileged user -------------------------------------------------------------------
 if ! id "$TUSER" >/dev/null 2>&1; then
@@ -230,12 +248,12 @@ mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev
 [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
 [ -n "$mirror" ] || { say "cannot find the host's apt mirror"; exit 1; }
 
-bootstrap() { # DIR EXTRA_PACKAGES
-  local dir=$1 extra=$2
+bootstrap() { # DIR EXTRA_PACKAGES [ARCH]
+  local dir=$1 extra=$2 arch=${3:-}
   [ -f "$dir.ok" ] && return 0
   say "debootstrap $(basename "$dir") from $mirror (takes minutes, cached afterwards)"
   rm -rf "$dir"
-  debootstrap --variant=minbase ${extra:+--include=$extra} bookworm "$dir" "$mirror" \
+  debootstrap --variant=minbase ${arch:+--arch=$arch} ${extra:+--include=$extra} bookworm "$dir" "$mirror" \
     >"$LOGS/$(basename "$dir").log" 2>&1 || { tail -20 "$LOGS/$(basename "$dir").log" >&2; exit 1; }
   printf 'deb %s bookworm main\ndeb %s bookworm-updates main\n' "$mirror" "$mirror" \
     >"$dir/etc/apt/sources.list"
@@ -248,14 +266,15 @@ bootstrap() { # DIR EXTRA_PACKAGES
   touch "$dir.ok"
 }
 
-publish() { # NAME TAG ROOTFS CMD
-  local name=$1 tag=$2 rootfs=$3 cmd=$4 layout=$CACHE/oci-$1
+publish() { # NAME TAG ROOTFS CMD [ARCH]
+  local name=$1 tag=$2 rootfs=$3 cmd=$4 arch=${5:-amd64} layout=$CACHE/oci-$1
+  [ "$arch" = amd64 ] || layout=$layout-$arch
   if [ ! -f "$layout/.ok-$tag" ]; then
     rm -rf "$layout"
     umoci init --layout "$layout"
     umoci new --image "$layout:$tag"
     umoci insert --image "$layout:$tag" "$rootfs" / >/dev/null
-    umoci config --image "$layout:$tag" --os linux --architecture amd64 \
+    umoci config --image "$layout:$tag" --os linux --architecture "$arch" \
       --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --config.cmd "$cmd"
     umoci gc --layout "$layout"
@@ -288,6 +307,61 @@ publish busybox latest "$CACHE/rootfs-busybox" sh
 skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --dest-creds "$AUTH_CREDS" \
   "docker://$REGISTRY/library/busybox:latest" "docker://$AUTH_REGISTRY/library/busybox:latest" >/dev/null
 
+# --- another architecture ---------------------------------------------------------------------
+# busybox for arm64 (Debian's busybox-static from the same mirror: dpkg learns the arm64
+# architecture for it), and library/busybox:multiarch, one tag for amd64 and arm64. Steps for
+# arm64 run under QEMU user emulation (qemu-user-static, above).
+if [ ! -x "$CACHE/rootfs-busybox-arm64/bin/busybox" ]; then
+  say "fetching busybox-static for arm64"
+  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+  apt-get update -qq >>"$LOGS/apt.log" 2>&1
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq busybox-static:arm64 >>"$LOGS/apt.log" 2>&1)
+  dpkg-deb -x "$tmp"/busybox-static_*_arm64.deb "$tmp/x"
+  rm -rf "$CACHE/rootfs-busybox-arm64"
+  # The same applets and users as the amd64 image, with the arm64 binary.
+  cp -a "$CACHE/rootfs-busybox" "$CACHE/rootfs-busybox-arm64"
+  cp "$tmp/x/bin/busybox" "$CACHE/rootfs-busybox-arm64/bin/busybox"
+  rm -rf "$tmp" "$CACHE/oci-busybox-arm64"
+fi
+publish busybox arm64 "$CACHE/rootfs-busybox-arm64" sh arm64
+if ! skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/library/busybox:multiarch" 2>/dev/null |
+  grep -q arm64; then
+  say "pushing library/busybox:multiarch (amd64 and arm64)"
+  buildah manifest rm envkit-test-busybox-multiarch >/dev/null 2>&1 || true
+  buildah manifest create envkit-test-busybox-multiarch >/dev/null
+  for t in latest arm64; do
+    buildah manifest add --tls-verify=false envkit-test-busybox-multiarch \
+      "docker://$REGISTRY/library/busybox:$t" >/dev/null
+  done
+  buildah manifest push -q --tls-verify=false --all envkit-test-busybox-multiarch \
+    "docker://$REGISTRY/library/busybox:multiarch" >/dev/null
+  buildah manifest rm envkit-test-busybox-multiarch >/dev/null
+fi
+
+# debian:bookworm for arm64 too (debootstrap's second stage runs under the QEMU handler), and
+# library/debian:bookworm-multiarch, one tag for both.
+arm64=
+if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  bootstrap "$CACHE/rootfs-debian-arm64" "" arm64
+  publish debian bookworm-arm64 "$CACHE/rootfs-debian-arm64" bash arm64
+  if ! skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/library/debian:bookworm-multiarch" \
+    2>/dev/null | grep -q arm64; then
+    say "pushing library/debian:bookworm-multiarch (amd64 and arm64)"
+    buildah manifest rm envkit-test-debian-multiarch >/dev/null 2>&1 || true
+    buildah manifest create envkit-test-debian-multiarch >/dev/null
+    for t in bookworm bookworm-arm64; do
+      buildah manifest add --tls-verify=false envkit-test-debian-multiarch \
+        "docker://$REGISTRY/library/debian:$t" >/dev/null
+    done
+    buildah manifest push -q --tls-verify=false --all envkit-test-debian-multiarch \
+      "docker://$REGISTRY/library/debian:bookworm-multiarch" >/dev/null
+    buildah manifest rm envkit-test-debian-multiarch >/dev/null
+  fi
+  arm64=1
+fi
+
+echo "ENVKIT_TEST_ARM64=$arm64"
 echo "ENVKIT_TEST_REGISTRY=$REGISTRY"
 echo "ENVKIT_TEST_USER=$TUSER"
 echo "ENVKIT_TEST_AUTH_REGISTRY=$AUTH_REGISTRY"

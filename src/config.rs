@@ -83,6 +83,29 @@ pub struct WorkerConfig {
     /// and `docker run`: setuid tools such as sudo then stop gaining privileges).
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// User-mode emulators for steps of other architectures, by architecture (`arm64 =
+    /// "/usr/local/bin/qemu-aarch64-static"`); an architecture not named here uses
+    /// `qemu-<arch>-static` (then `qemu-<arch>`) found on PATH.
+    #[serde(default)]
+    pub emulators: std::collections::BTreeMap<String, PathBuf>,
+    /// How binfmt_misc runs steps of other architectures (`auto`, `own`, `off`).
+    #[serde(default)]
+    pub binfmt: Binfmt,
+}
+
+/// `[worker] binfmt`: how steps of other architectures reach their emulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Binfmt {
+    /// A host handler registered with the `F` flag, else one of the step's own user namespace
+    /// (Linux 6.7 and later), else the emulator before the step's program.
+    #[default]
+    Auto,
+    /// A handler of the step's own user namespace even where the host has one.
+    Own,
+    /// No binfmt_misc: the emulator is bound into the step and put before its program, which
+    /// then runs emulated but cannot start other foreign programs.
+    Off,
 }
 
 /// `[worker] network`: what LLB's default network mode means for a build step.

@@ -999,7 +999,8 @@ impl Drop for FakeAgent {
 /// Every vector of BuildKit's Go client in `tests/golden/llb` executes with `envkit solve`,
 /// except those whose sources cannot be reached here: `git-http` (github.com and
 /// example.com) is not run, and `platform-arm64` and `platform-mixed` must fail with a clear
-/// error (the local registry holds linux/amd64 images only, and envkit runs no emulator).
+/// error (they name busybox:latest and debian:bookworm, which are linux/amd64 only in the
+/// local registry; arm64 steps run in `tests/platforms.rs`, on the multi-arch tags).
 #[test]
 fn every_reachable_golden_vector_executes() {
     let env = TestEnv::new("vectors");

@@ -49,7 +49,7 @@ pub(crate) fn start_env(r: &EnvRequest) -> Result<u32> {
     let mut mp = MountPoints::new(&root)?;
     let mut prepared = build_plan(&r.exec, &mut mp)?;
     for p in &mut prepared.plan {
-        if let Plan::Dev(_, shm) = p {
+        if let Plan::Dev(_, shm, _) = p {
             *shm = r.shm_size.max(1 << 20);
         }
     }

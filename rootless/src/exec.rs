@@ -25,8 +25,8 @@ const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"
 /// What to mount, with targets already resolved to host paths under the rootfs.
 pub(crate) enum Plan {
     Proc(PathBuf),
-    /// /dev, with /dev/shm of this many bytes.
-    Dev(PathBuf, u64),
+    /// /dev, with /dev/shm of this many bytes, and the step's emulator bound in it.
+    Dev(PathBuf, u64, Option<PathBuf>),
     /// A recursive bind (the host's /sys on the host's network), its top read-only unless
     /// the step is insecure (as runc mounts /sys for an unprivileged container).
     Rbind(PathBuf, PathBuf, bool),
@@ -465,7 +465,11 @@ pub(crate) fn build_plan(r: &ExecRequest, mp: &mut MountPoints) -> Result<Prepar
     }
     let mut plan = vec![
         Plan::Proc(mp.ensure("/proc", Kind::Dir)?),
-        Plan::Dev(mp.ensure("/dev", Kind::Dir)?, 64 << 20),
+        Plan::Dev(
+            mp.ensure("/dev", Kind::Dir)?,
+            64 << 20,
+            r.emulator.as_ref().map(|e| e.path.clone()),
+        ),
         // sysfs shows the network namespace of whoever mounted it: a step with a network of
         // its own gets a fresh one (read-only); on the host's network, the host's is bound.
         if r.network_none || r.sandbox_net {
@@ -546,8 +550,34 @@ fn prepare_and_run(
     mp: &mut MountPoints,
     net: Option<&mut crate::slirp::SandboxNet>,
 ) -> Result<ExitStatus> {
+    // A step of another architecture: its own binfmt_misc handler where the kernel allows
+    // one, else the emulator runs the first program only.
+    let mut bound;
+    let r = match &r.emulator {
+        Some(e) => match crate::binfmt::register_if(e) {
+            Ok(()) => {
+                bound = r.clone();
+                bound.emulator = None;
+                &bound
+            }
+            Err(why) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "envkit: {why}; the emulator runs this step's first program only (programs it \
+starts fail with \"Exec format error\"): a binfmt_misc handler registered with the F flag, or \
+Linux 6.7 or later, runs them all"
+                );
+                r
+            }
+        },
+        None => r,
+    };
     let Prepared { plan, env, user } = build_plan(r, mp)?;
-    let Some(mut step) = make_step(root, &r.args, &env, &r.cwd, user, &r.rlimits)? else {
+    let args = match &r.emulator {
+        Some(_) => emulated_args(root, &r.args, &env)?,
+        None => r.args.clone(),
+    };
+    let Some(mut step) = make_step(root, &args, &env, &r.cwd, user, &r.rlimits)? else {
         return Ok(ExitStatus::Code(127));
     };
     step.set_confinement(r.insecure, r.no_new_privs);
@@ -788,6 +818,43 @@ fn m(
     })
 }
 
+/// The argv of a step run by the emulator at [`EMULATOR_PATH`]: the emulator, `-0` and the
+/// program's own argv[0], the program (found on the step's `PATH` in `root`, as the kernel
+/// would not do for the emulator), then the program's arguments. A program that is not found
+/// is left to [`make_step`] to report.
+fn emulated_args(root: &Path, args: &[String], env: &[String]) -> Result<Vec<String>> {
+    let Some(arg0) = args.first() else {
+        return Err(RootlessError::Invalid("exec: empty args".into()));
+    };
+    let path_env = env_get(env, "PATH").unwrap_or(DEFAULT_PATH);
+    let Some(exe) = lookup(root, arg0, path_env) else {
+        return Ok(args.to_vec());
+    };
+    let mut out = vec![
+        crate::proto::EMULATOR_PATH.to_string(),
+        "-0".to_string(),
+        arg0.clone(),
+        exe,
+    ];
+    out.extend(args[1..].iter().cloned());
+    Ok(out)
+}
+
+/// Binds the emulator `src` read-only at [`EMULATOR_PATH`] in the freshly mounted `dev`.
+fn bind_emulator(src: &Path, dev: &Path) -> Result<()> {
+    let name = crate::proto::EMULATOR_PATH.trim_start_matches("/dev/");
+    let t = dev.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o555)
+        .open(&t)
+        .map_err(|e| RootlessError::io(&t, e))?;
+    m(Some(src), &t, None, MsFlags::MS_BIND, None)?;
+    remount_ro(&t)
+}
+
 fn setup_dev(dev: &Path, shm_size: u64) -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID;
     m(
@@ -904,7 +971,12 @@ pub(crate) fn enter_root(root: &Path, plan: &[Plan], r: &ExecRequest) -> Result<
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 None,
             )?,
-            Plan::Dev(t, shm) => setup_dev(t, *shm)?,
+            Plan::Dev(t, shm, emulator) => {
+                setup_dev(t, *shm)?;
+                if let Some(e) = emulator {
+                    bind_emulator(e, t)?;
+                }
+            }
             Plan::Rbind(s, t, ro) => {
                 m(Some(s), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
                 if *ro {

@@ -4,6 +4,7 @@
 //! re-executed with a hidden argument) with [`run_helper`]; the helper's `main` calls
 //! [`helper_main`] first thing, before any thread exists.
 
+mod binfmt;
 pub mod confine;
 mod copysnap;
 mod difftar;
@@ -33,9 +34,9 @@ pub use helper::helper_main;
 pub use idmap::IdMap;
 pub use parent::{Cancel, run_helper, run_helper_cancellable};
 pub use proto::{
-    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Chown, Compression, CopyAction, CopySource, EnvRequest,
-    ExecRequest, ExitStatus, FileAction, IdSpec, JoinRequest, LayerFile, Mount, MountKind,
-    ProbeResult, Request, Response, SecretBytes, Service, UserDb,
+    CA_BUNDLE_ENV, CA_BUNDLE_PATH, Chown, Compression, CopyAction, CopySource, EMULATOR_PATH,
+    Emulator, EnvRequest, ExecRequest, ExitStatus, FileAction, IdSpec, JoinRequest, LayerFile,
+    Mount, MountKind, ProbeResult, Request, Response, SecretBytes, Service, UserDb,
 };
 pub use tty::{IgnoreInterrupts, TtyMode, terminal_size};
 pub use unpack::{TarMode, unpack_layers, unpack_tar, unpack_upper};

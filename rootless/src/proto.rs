@@ -70,6 +70,18 @@ pub struct Mount {
     pub kind: MountKind,
 }
 
+/// A static user-mode emulator (QEMU's) on the host, and QEMU's name of the architecture it
+/// runs (`aarch64`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emulator {
+    pub path: PathBuf,
+    pub arch: String,
+    /// Try a binfmt_misc handler of the step's user namespace first (false: only put the
+    /// emulator before the step's program).
+    #[serde(default)]
+    pub binfmt: bool,
+}
+
 /// One container step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
@@ -108,10 +120,20 @@ pub struct ExecRequest {
     /// soft, hard).
     #[serde(default)]
     pub rlimits: Vec<(String, u64, u64)>,
+    /// A user-mode emulator for a step of another architecture: registered with a
+    /// binfmt_misc instance of the step's user namespace where the kernel allows that, else
+    /// bound read-only at [`EMULATOR_PATH`] and put before the step's program in its argv (as
+    /// BuildKit does without binfmt: then only that first program is emulated).
+    #[serde(default)]
+    pub emulator: Option<Box<Emulator>>,
 }
 
 /// Where the CA bundle of [`ExecRequest::ca_bundle`] appears inside the container.
 pub const CA_BUNDLE_PATH: &str = "/run/envkit/ca-certificates.crt";
+
+/// Where a step's emulator is bound (BuildKit's name: in /dev, a tmpfs, so it never reaches a
+/// layer).
+pub const EMULATOR_PATH: &str = "/dev/.buildkit_qemu_emulator";
 
 /// Environment variables that point tools at the CA bundle.
 pub const CA_BUNDLE_ENV: [&str; 6] = [

@@ -215,6 +215,7 @@ fn exec_req(lowers: Vec<PathBuf>, base: &Path, args: &[&str]) -> ExecRequest {
         insecure: false,
         no_new_privs: false,
         rlimits: Vec::new(),
+        emulator: None,
     }
 }
 

@@ -142,6 +142,10 @@ pub struct SourceArgs {
         value_name = "STAGE"
     )]
     pub stage: Option<String>,
+    /// The platform to build for, `os/arch[/variant]` (default: this machine's). Steps of
+    /// another architecture run under QEMU user emulation (`envkit info` lists what runs).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Args)]

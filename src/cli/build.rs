@@ -18,9 +18,34 @@ use crate::lower;
 use crate::progress::{Plain, RawJson, Reporter, Tty};
 use crate::snapshot::SnapRef;
 
-/// What `-p` and `-f` ask to compile, for this machine's platform.
-pub(super) fn source_request(source: &SourceArgs, target: lower::Target) -> compile::Request {
-    compile::request(&source.path, &source.from, target)
+/// What `-p`, `-f` and `--platform` ask to compile.
+pub(super) fn source_request(
+    source: &SourceArgs,
+    target: lower::Target,
+) -> anyhow::Result<compile::Request> {
+    let mut req = compile::request(&source.path, &source.from, target);
+    if let Some(p) = target_platform(source)? {
+        req.platform = p;
+    }
+    Ok(req)
+}
+
+/// `--platform`, where it is given.
+fn target_platform(source: &SourceArgs) -> anyhow::Result<Option<crate::platform::Platform>> {
+    let Some(spec) = &source.platform else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        bail!(
+            "--platform {spec}: one platform per build for now (build each platform with its \
+             own --platform)"
+        );
+    }
+    Ok(Some(
+        crate::platform::Platform::parse(spec.trim()).with_context(|| {
+            format!("--platform {spec}: expected os/arch[/variant], e.g. linux/arm64")
+        })?,
+    ))
 }
 
 /// A tag as a full reference (`app:dev` → `docker.io/library/app:dev`), like envd and docker.
@@ -224,6 +249,7 @@ pub(super) async fn compile_dockerfile(
         target: source.stage.clone(),
         build_args: build_args(source)?,
         platform: crate::platform::Platform::host(),
+        target_platform: target_platform(source)?,
     };
     Ok(crate::dockerfile::compile(&req, registry).await?)
 }
@@ -270,7 +296,7 @@ async fn compile_job(
     let ca = backend.ca_bundle_local(args.engine.ca_bundle.as_deref())?;
     let req = compile::Request {
         ca_bundle: ca.as_ref().map(|(_, f)| f.clone()),
-        ..source_request(&args.source, backend.target())
+        ..source_request(&args.source, backend.target())?
     };
     let compiled = compile::compile(&req, backend.registry()).await?;
     let mut locals = compiled.locals();

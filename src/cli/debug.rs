@@ -44,7 +44,7 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
                 .await?
                 .definition
         }
-        None => compile::compile(&source_request(&args.source, args.target), &registry)
+        None => compile::compile(&source_request(&args.source, args.target)?, &registry)
             .await?
             .lowered
             .definition

@@ -51,14 +51,13 @@ pub(super) async fn info(cli: &Cli, json: bool) -> anyhow::Result<()> {
         (StepNetwork::Auto, Err(why)) => format!("host (the sandbox cannot run here: {why})"),
         (_, Err(why)) => format!("sandbox, which cannot run here: {why}"),
     };
-    let host = crate::platform::Platform::host();
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),
         store: root.display().to_string(),
         config: cfg.path.as_ref().map(|p| p.display().to_string()),
         snapshotter,
         network,
-        platforms: vec![format!("{host} (native)")],
+        platforms: crate::worker::emulate::platforms(&cfg.worker),
         confinement: Confinement {
             capabilities: rootless::confine::DEFAULT_CAP_NAMES.to_vec(),
             seccomp: rootless::seccomp::program_len().map(|n| Seccomp {

@@ -80,6 +80,7 @@ pub async fn start(worker: &Worker, states: &Path, s: Start<'_>) -> Result<EnvSt
             insecure: s.insecure,
             no_new_privs,
             rlimits: Vec::new(),
+            emulator: None,
         },
         shm_size: s.shm_mb << 20,
         services: s.plan.services.clone(),

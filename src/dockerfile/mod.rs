@@ -52,7 +52,10 @@ pub struct Request {
     pub target: Option<String>,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
+    /// The platform that builds (BuildKit's BUILDPLATFORM: this machine's).
     pub platform: Platform,
+    /// `--platform`: the platform to build for (TARGETPLATFORM; default: `platform`).
+    pub target_platform: Option<Platform>,
 }
 
 /// A compiled Dockerfile.
@@ -136,7 +139,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Doc
     let mut opt = convert::ConvertOpt {
         target: req.target.clone(),
         build_args: req.build_args.clone(),
-        target_platform: None,
+        target_platform: req.target_platform.clone(),
         build_platform: req.platform.clone(),
         context_name: "context".into(),
         context_unique: crate::content::sha256_hex(context_dir.as_os_str().as_encoded_bytes())
@@ -231,5 +234,16 @@ fn spec_of(image: &serde_json::Value) -> ImageSpec {
         exposed_ports: convert::object_keys(&c["ExposedPorts"]),
         inline_cache: None,
         config_extra: extra,
+        platform: platform_of(image),
     }
+}
+
+/// The platform of a final image config, where it is not this machine's.
+fn platform_of(image: &serde_json::Value) -> Option<String> {
+    let s = |k: &str| image[k].as_str().unwrap_or_default();
+    if s("os").is_empty() || s("architecture").is_empty() {
+        return None;
+    }
+    let p = Platform::new(s("os"), s("architecture"), s("variant"));
+    (p != Platform::host()).then(|| p.to_string())
 }

@@ -35,6 +35,19 @@ pub struct ImageSpec {
     /// `Shell`, `OnBuild`: what a Dockerfile sets).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_extra: BTreeMap<String, Value>,
+    /// The platform the image is for, `os/arch[/variant]` (`None`: this machine's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+impl ImageSpec {
+    /// The platform the image is for.
+    pub fn platform(&self) -> crate::platform::Platform {
+        self.platform
+            .as_deref()
+            .and_then(|p| crate::platform::Platform::parse(p).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// OCI image manifest media type.
@@ -303,9 +316,14 @@ pub fn assemble(
             json!(base64::engine::general_purpose::STANDARD.encode(records)),
         );
     }
-    obj.insert("architecture".into(), json!("amd64"));
-    obj.insert("os".into(), json!("linux"));
-    obj.remove("variant");
+    let platform = spec.platform();
+    obj.insert("architecture".into(), json!(platform.architecture));
+    obj.insert("os".into(), json!(platform.os));
+    if platform.variant.is_empty() {
+        obj.remove("variant");
+    } else {
+        obj.insert("variant".into(), json!(platform.variant));
+    }
 
     let config_bytes = canonical_json(&cfg);
     let config_digest = content::sha256_digest(&config_bytes);

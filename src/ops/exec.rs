@@ -71,6 +71,7 @@ pub(super) async fn run(
 ) -> Result<Outcome<Res>, OpsError> {
     let Checked {
         meta,
+        emulator,
         network_none,
         sandbox_net,
         rlimits,
@@ -131,6 +132,7 @@ pub(super) async fn run(
                 insecure: exec.security == SECURITY_INSECURE,
                 no_new_privs: w.config.worker.no_new_privileges,
                 rlimits,
+                emulator,
             });
             if exec.security == SECURITY_INSECURE {
                 // The progress says so (the entitlement was granted for the build).
@@ -209,6 +211,8 @@ async fn hold_resources(
 /// What an exec op may do here, checked before anything is prepared.
 struct Checked<'a> {
     meta: &'a pb::Meta,
+    /// The emulator that runs a step of another architecture, where no binfmt handler does.
+    emulator: Option<Box<rootless::Emulator>>,
     network_none: bool,
     sandbox_net: bool,
     rlimits: Vec<(String, u64, u64)>,
@@ -255,12 +259,18 @@ fn check<'a>(ctx: &Ctx, exec: &'a pb::ExecOp) -> Result<Checked<'a>, OpsError> {
         return Err(OpsError::Invalid("exec op with no arguments".into()));
     }
     let platform = super::op_platform(ctx);
-    let host = crate::platform::Platform::host();
-    if platform.os != host.os || platform.architecture != host.architecture {
-        return Err(OpsError::Unsupported(format!(
-            "running a step for {platform} on this {host} machine (envkit runs no emulator)"
-        )));
-    }
+    let emulator = match crate::worker::emulate::emulation_for(&platform, &ctx.worker.config.worker)
+    {
+        Ok(crate::worker::emulate::Emulation::Emulator(path)) => {
+            Some(Box::new(rootless::Emulator {
+                path,
+                arch: crate::worker::emulate::qemu_arch(&platform.architecture).to_string(),
+                binfmt: ctx.worker.config.worker.binfmt != crate::config::Binfmt::Off,
+            }))
+        }
+        Ok(_) => None,
+        Err(message) => return Err(OpsError::Platform(message)),
+    };
     // Network: none gets a namespace with only loopback, host the host's, and the default a
     // namespace of its own behind slirp4netns (BuildKit's sandbox; `[worker] network`).
     let network_none = exec.network == NET_NONE;
@@ -293,6 +303,7 @@ fn check<'a>(ctx: &Ctx, exec: &'a pb::ExecOp) -> Result<Checked<'a>, OpsError> {
     }
     Ok(Checked {
         meta,
+        emulator,
         network_none,
         sandbox_net,
         rlimits,

@@ -46,6 +46,9 @@ pub enum OpsError {
     Content(#[from] crate::content::ContentError),
     #[error("{0} is not supported by envkit's engine yet")]
     Unsupported(String),
+    /// A step for a platform this machine cannot run, and what would make it run.
+    #[error("{0}")]
+    Platform(String),
     #[error("invalid op: {0}")]
     Invalid(String),
     #[error(

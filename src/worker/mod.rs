@@ -3,6 +3,8 @@
 //! of it is a request to a freshly spawned helper process (`envkit __rootless-helper`, see the
 //! `rootless` crate), run on a blocking thread.
 
+pub mod emulate;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
