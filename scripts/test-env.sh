@@ -308,6 +308,21 @@ skopeo copy -q --src-tls-verify=false --dest-tls-verify=false --dest-creds "$AUT
   "docker://$REGISTRY/library/busybox:latest" "docker://$AUTH_REGISTRY/library/busybox:latest" >/dev/null
 
 # --- another architecture ---------------------------------------------------------------------
+multiarch() { # NAME TAG AMD64_TAG ARM64_TAG: one index of the two, pushed as NAME:TAG
+  local name=$1 tag=$2 list=envkit-test-$1-$2
+  skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/library/$name:$tag" 2>/dev/null |
+    grep -q arm64 && return 0
+  say "pushing library/$name:$tag (amd64 and arm64)"
+  buildah manifest rm "$list" >/dev/null 2>&1 || true
+  buildah manifest create "$list" >/dev/null
+  for t in "$3" "$4"; do
+    buildah manifest add --tls-verify=false "$list" "docker://$REGISTRY/library/$name:$t" >/dev/null
+  done
+  buildah manifest push -q --tls-verify=false --all "$list" \
+    "docker://$REGISTRY/library/$name:$tag" >/dev/null
+  buildah manifest rm "$list" >/dev/null
+}
+
 # busybox for arm64 (Debian's busybox-static from the same mirror: dpkg learns the arm64
 # architecture for it), and library/busybox:multiarch, one tag for amd64 and arm64. Steps for
 # arm64 run under QEMU user emulation (qemu-user-static, above).
@@ -325,19 +340,7 @@ if [ ! -x "$CACHE/rootfs-busybox-arm64/bin/busybox" ]; then
   rm -rf "$tmp" "$CACHE/oci-busybox-arm64"
 fi
 publish busybox arm64 "$CACHE/rootfs-busybox-arm64" sh arm64
-if ! skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/library/busybox:multiarch" 2>/dev/null |
-  grep -q arm64; then
-  say "pushing library/busybox:multiarch (amd64 and arm64)"
-  buildah manifest rm envkit-test-busybox-multiarch >/dev/null 2>&1 || true
-  buildah manifest create envkit-test-busybox-multiarch >/dev/null
-  for t in latest arm64; do
-    buildah manifest add --tls-verify=false envkit-test-busybox-multiarch \
-      "docker://$REGISTRY/library/busybox:$t" >/dev/null
-  done
-  buildah manifest push -q --tls-verify=false --all envkit-test-busybox-multiarch \
-    "docker://$REGISTRY/library/busybox:multiarch" >/dev/null
-  buildah manifest rm envkit-test-busybox-multiarch >/dev/null
-fi
+multiarch busybox multiarch latest arm64
 
 # debian:bookworm for arm64 too (debootstrap's second stage runs under the QEMU handler), and
 # library/debian:bookworm-multiarch, one tag for both.
@@ -345,19 +348,7 @@ arm64=
 if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   bootstrap "$CACHE/rootfs-debian-arm64" "" arm64
   publish debian bookworm-arm64 "$CACHE/rootfs-debian-arm64" bash arm64
-  if ! skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/library/debian:bookworm-multiarch" \
-    2>/dev/null | grep -q arm64; then
-    say "pushing library/debian:bookworm-multiarch (amd64 and arm64)"
-    buildah manifest rm envkit-test-debian-multiarch >/dev/null 2>&1 || true
-    buildah manifest create envkit-test-debian-multiarch >/dev/null
-    for t in bookworm bookworm-arm64; do
-      buildah manifest add --tls-verify=false envkit-test-debian-multiarch \
-        "docker://$REGISTRY/library/debian:$t" >/dev/null
-    done
-    buildah manifest push -q --tls-verify=false --all envkit-test-debian-multiarch \
-      "docker://$REGISTRY/library/debian:bookworm-multiarch" >/dev/null
-    buildah manifest rm envkit-test-debian-multiarch >/dev/null
-  fi
+  multiarch debian bookworm-multiarch bookworm bookworm-arm64
   arm64=1
 fi
 

@@ -9,36 +9,20 @@ mod common;
 use common::dockerfile::context;
 use common::{TestEnv, stderr, stdout};
 
-fn build(env: &TestEnv, args: &[&str]) -> String {
-    let mut all = vec!["build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    let out = env.envkit(&all);
-    assert!(
-        out.status.success(),
-        "envkit {}: {}",
-        all.join(" "),
-        stderr(&out)
-    );
-    stderr(&out)
-}
-
 #[test]
 fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
     let env = TestEnv::new("dockerfile");
     let ctx = context(&env);
     let ctx_s = ctx.to_str().expect("utf-8");
     let rootfs = env.dir.join("rootfs");
-    let log = build(
-        &env,
-        &[
-            "-p",
-            ctx_s,
-            "-t",
-            "df:test",
-            "-o",
-            &format!("type=local,dest={}", rootfs.display()),
-        ],
-    );
+    let log = env.build_ok(&[
+        "-p",
+        ctx_s,
+        "-t",
+        "df:test",
+        "-o",
+        &format!("type=local,dest={}", rootfs.display()),
+    ]);
     assert!(
         !log.contains("this stage is not needed"),
         "an unused stage ran:\n{log}"
@@ -70,7 +54,7 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
     // A file only the last stage copies changes: the build stage stays cached.
     std::fs::write(ctx.join("other.txt"), "changed\n").expect("other");
     env.chown(&ctx);
-    let log = build(&env, &["-p", ctx_s, "-t", "df:test"]);
+    let log = env.build_ok(&["-p", ctx_s, "-t", "df:test"]);
     let status_of = |needle: &str| {
         let id = log
             .lines()
@@ -96,17 +80,14 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
 
     // The image runs in podman.
     let oci = env.dir.join("df.tar");
-    build(
-        &env,
-        &[
-            "-p",
-            ctx_s,
-            "-t",
-            "df:test",
-            "-o",
-            &format!("type=oci,dest={},name=df:test", oci.display()),
-        ],
-    );
+    env.build_ok(&[
+        "-p",
+        ctx_s,
+        "-t",
+        "df:test",
+        "-o",
+        &format!("type=oci,dest={},name=df:test", oci.display()),
+    ]);
     let out = env.podman(&[
         "run",
         "--rm",
@@ -119,33 +100,27 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
 
     // A build argument, and an earlier stage as the target.
     let yo = env.dir.join("yo");
-    build(
-        &env,
-        &[
-            "-p",
-            ctx_s,
-            "--build-arg",
-            "GREETING=yo",
-            "-o",
-            &format!("type=local,dest={}", yo.display()),
-        ],
-    );
+    env.build_ok(&[
+        "-p",
+        ctx_s,
+        "--build-arg",
+        "GREETING=yo",
+        "-o",
+        &format!("type=local,dest={}", yo.display()),
+    ]);
     assert_eq!(
         std::fs::read_to_string(yo.join("greeting")).expect("greeting"),
         "yo\n"
     );
     let stage = env.dir.join("stage");
-    build(
-        &env,
-        &[
-            "-p",
-            ctx_s,
-            "--stage",
-            "build",
-            "-o",
-            &format!("type=local,dest={}", stage.display()),
-        ],
-    );
+    env.build_ok(&[
+        "-p",
+        ctx_s,
+        "--stage",
+        "build",
+        "-o",
+        &format!("type=local,dest={}", stage.display()),
+    ]);
     assert!(stage.join("src/out").is_file());
     assert!(!stage.join("greeting").exists());
 

@@ -32,17 +32,7 @@ fn python_example_builds_and_runs_under_podman() {
     );
 
     // An independent tool loads and runs it.
-    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
-    assert!(out.status.success(), "podman load: {}", stderr(&out));
-    let loaded = stdout(&out);
-    let image = loaded
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Loaded image: ")
-                .or_else(|| l.strip_prefix("Loaded image(s): "))
-        })
-        .map(|s| s.trim().split(',').next().unwrap_or("").to_string())
-        .unwrap_or_else(|| panic!("no image name in podman's output: {loaded}"));
+    let image = env.podman_load(&tar);
     let out = env.podman(&[
         "run",
         "--rm",

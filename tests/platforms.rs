@@ -24,19 +24,6 @@ fn dockerfile_context(env: &TestEnv, name: &str, dockerfile: &str) -> String {
     dir.to_str().expect("utf-8").to_string()
 }
 
-fn build_ok(env: &TestEnv, args: &[&str]) -> String {
-    let mut all = vec!["build", "--progress", "plain"];
-    all.extend_from_slice(args);
-    let out = env.envkit(&all);
-    assert!(
-        out.status.success(),
-        "envkit {}: {}",
-        all.join(" "),
-        stderr(&out)
-    );
-    stderr(&out)
-}
-
 fn architecture(env: &TestEnv, image: &str) -> String {
     let out = env.envkit(&["images", "inspect", image]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -69,10 +56,7 @@ fn arm64_steps_run_under_qemu() {
     );
     let host_handler = std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
     if host_handler {
-        let log = build_ok(
-            &env,
-            &["-p", &ctx, "-t", "arm:auto", "--platform", "linux/arm64"],
-        );
+        let log = env.build_ok(&["-p", &ctx, "-t", "arm:auto", "--platform", "linux/arm64"]);
         assert!(log.contains("linux/arm64 aarch64"), "{log}");
         assert!(log.contains("/bin/ls"), "{log}");
         assert_eq!(architecture(&env, "arm:auto"), "arm64");
@@ -80,24 +64,21 @@ fn arm64_steps_run_under_qemu() {
         eprintln!("NOT RUN: the host's binfmt_misc handler (none is registered here)");
     }
     set_binfmt(&env, "own");
-    let log = build_ok(
-        &env,
-        &[
-            "-p",
-            &ctx,
-            "-t",
-            "arm:own",
-            "--platform",
-            "linux/arm64",
-            "--no-cache",
-        ],
-    );
+    let log = env.build_ok(&[
+        "-p",
+        &ctx,
+        "-t",
+        "arm:own",
+        "--platform",
+        "linux/arm64",
+        "--no-cache",
+    ]);
     assert!(log.contains("linux/arm64 aarch64"), "{log}");
     assert!(log.contains("/bin/ls"), "{log}");
     assert!(!log.contains("first program only"), "{log}");
     assert_eq!(architecture(&env, "arm:own"), "arm64");
 
-    let log = build_ok(&env, &["-p", &ctx, "-t", "arm:native"]);
+    let log = env.build_ok(&["-p", &ctx, "-t", "arm:native"]);
     assert!(log.contains("linux/amd64 x86_64"), "{log}");
     assert_eq!(architecture(&env, "arm:native"), "amd64");
 }
@@ -113,10 +94,7 @@ fn without_binfmt_the_emulator_runs_the_first_program() {
         "arm",
         "FROM busybox:multiarch\nRUN [\"uname\", \"-m\"]\n",
     );
-    let log = build_ok(
-        &env,
-        &["-p", &ctx, "-t", "arm:off", "--platform", "linux/arm64"],
-    );
+    let log = env.build_ok(&["-p", &ctx, "-t", "arm:off", "--platform", "linux/arm64"]);
     assert!(log.contains("aarch64"), "{log}");
     assert!(log.contains("first program only"), "{log}");
     let out = env.envkit(&["build", "-p", &ctx, "--platform", "linux/arm64,linux/amd64"]);
@@ -149,31 +127,18 @@ fn an_envd_build_for_arm64_runs_in_podman() {
          run(commands=[\"uname -m > /arch\", \"dpkg --print-architecture >> /arch\"])\n",
     );
     let tar = env.dir.join("arm.tar");
-    build_ok(
-        &env,
-        &[
-            "-p",
-            ctx.to_str().unwrap(),
-            "-t",
-            "armenv:dev",
-            "--platform",
-            "linux/arm64",
-            "-o",
-            &format!("type=oci,dest={}", tar.display()),
-        ],
-    );
+    env.build_ok(&[
+        "-p",
+        ctx.to_str().unwrap(),
+        "-t",
+        "armenv:dev",
+        "--platform",
+        "linux/arm64",
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
     assert_eq!(architecture(&env, "armenv:dev"), "arm64");
-    let out = env.podman(&["load", "-i", tar.to_str().unwrap()]);
-    assert!(out.status.success(), "podman load: {}", stderr(&out));
-    let loaded = stdout(&out);
-    let image = loaded
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Loaded image: ")
-                .or_else(|| l.strip_prefix("Loaded image(s): "))
-        })
-        .map(|s| s.trim().split(',').next().unwrap_or("").to_string())
-        .unwrap_or_else(|| panic!("no image name in podman's output: {loaded}"));
+    let image = env.podman_load(&tar);
     let out = env.podman(&[
         "run",
         "--rm",

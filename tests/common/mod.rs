@@ -210,6 +210,35 @@ impl TestEnv {
         out
     }
 
+    /// `envkit build --progress plain ARGS`, which must succeed; its log.
+    pub fn build_ok(&self, args: &[&str]) -> String {
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let out = self.envkit(&all);
+        assert!(
+            out.status.success(),
+            "envkit {}: {}",
+            all.join(" "),
+            stderr(&out)
+        );
+        stderr(&out)
+    }
+
+    /// Loads an image archive into the test's podman; the name podman gives the image.
+    pub fn podman_load(&self, archive: &Path) -> String {
+        let out = self.podman(&["load", "-i", archive.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "podman load: {}", stderr(&out));
+        let loaded = stdout(&out);
+        loaded
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Loaded image: ")
+                    .or_else(|| l.strip_prefix("Loaded image(s): "))
+            })
+            .map(|s| s.trim().split(',').next().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no image name in podman's output: {loaded}"))
+    }
+
     /// Runs podman as the test user with the options these hosts need (ROOTLESS.md).
     pub fn podman(&self, args: &[&str]) -> Output {
         let root = self.dir.join("podman-root");
