@@ -168,6 +168,7 @@ envkit_fresh() { # a new, empty store
 envkit_build() {
   local wl=$1
   shift
+  [ "$wl" = arm64 ] && set -- --platform linux/arm64 "$@"
   if [ "$wl" = parallel4 ]; then
     timed "$ENVKIT" solve --progress plain -t parallel4:bench "$@" "$W/ctx/parallel4/def.pb"
   else
@@ -182,6 +183,7 @@ buildkitd_fresh() { # a new daemon on a new, empty root (no prune: see "deleting
 buildkitd_build() {
   local wl=$1
   shift
+  [ "$wl" = arm64 ] && set -- --platform linux/arm64 "$@"
   if [ "$wl" = parallel4 ]; then
     timed "$ENVKIT" --context bench-bk solve --progress plain -t parallel4:bench "$@" \
       "$W/ctx/parallel4/def.pb"

@@ -33,7 +33,9 @@
 #   dockerfile a two-stage Dockerfile (buildbench's ex01 shape): "1 file" changes a file only
 #              the second stage copies, so the first stays cached (envkit: its Dockerfile
 #              frontend; buildkitd: envkit's Definition of it; buildah: the Dockerfile).
-# WORKLOADS="chain20 python" (say) runs only those.
+#   arm64      --platform linux/arm64: apt-get install jq on debian:bookworm-multiarch's arm64
+#              image, every step under QEMU (the host's binfmt_misc handler, for all three).
+# WORKLOADS="chain20 python" (say) runs only those; arm64 runs only when asked for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -107,6 +109,18 @@ ENV GREETING=hi
 RUN python3 /opt/hello.py > /opt/hello.out
 EOF
 
+mk arm64
+# An emulated apt step: the arm64 image of a multi-arch tag, steps under QEMU (each builder
+# through the host's binfmt_misc handler; scripts/test-env.sh registers it).
+cat >"$W/ctx/arm64/build.envd" <<'EOF'
+# syntax=v1
+def build():
+    base(image="debian:bookworm-multiarch", dev=False)
+    install.apt_packages(name=["jq"])
+EOF
+printf 'FROM debian:bookworm-multiarch\nRUN apt-get update && apt-get install -y jq\n' \
+  >"$W/ctx/arm64/Dockerfile"
+
 mk dockerfile
 # The shape of buildbench's ex01: two stages; the rebuild changes a file only the second uses.
 cat >"$W/ctx/dockerfile/Dockerfile" <<'EOF'
@@ -150,6 +164,7 @@ buildah_fresh() { # a new, empty store; no cache mounts
 buildah_build() {
   local wl=$1 ca=()
   shift
+  [ "$wl" = arm64 ] && set -- --platform linux/arm64 "$@"
   # pip goes through the host's TLS-intercepting proxy: its CA bundle over the image's.
   [ "$wl" = python ] && ca=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
   timed "${BAH[@]}" "${BAH_BUD[@]}" "${ca[@]}" "$@" -t "$wl-bench" "$W/ctx/$wl"
@@ -244,7 +259,8 @@ fi
   for key in "chain20|cold" "chain20|warm" "chain20|rerun" "parallel4|cold" "parallel4|warm" \
              "parallel4|rerun" "context|cold" "context|warm" "context|rerun" "context|1 file" \
              "apt|cold" "apt|warm" "python|cold" "python|warm" "python|rerun" \
-             "dockerfile|cold" "dockerfile|warm" "dockerfile|rerun" "dockerfile|1 file"; do
+             "dockerfile|cold" "dockerfile|warm" "dockerfile|rerun" "dockerfile|1 file" \
+             "arm64|cold" "arm64|warm" "arm64|rerun"; do
     [ -n "${RESULT["envkit|${key%%|*}|${key#*|}"]:-}" ] || continue
     wl=${key%%|*}
     mode=${key#*|}
