@@ -83,11 +83,15 @@ impl MountPoints {
             })
             .map_err(|e| RootlessError::Invalid(format!("mount point {target}: {e}")))?;
         if e.stat()?.is_none() {
-            if kind == Kind::File {
-                e.create(0o644)?;
-            } else {
-                e.mkdir(0o755)?;
-            }
+            // The directory it is made in keeps its times (they would otherwise tell when
+            // the step started, and reach its layer).
+            e.keeping_dir_times(|| {
+                if kind == Kind::File {
+                    e.create(0o644).map(drop)
+                } else {
+                    e.mkdir(0o755)
+                }
+            })?;
             self.created.push(e.rel().to_path_buf());
         }
         Ok(self.root.join(e.rel()))
@@ -221,7 +225,7 @@ fn remove_mount_points(base: &Path, created: &[PathBuf]) {
     let Ok(fs) = Root::open(base) else { return };
     for rel in created.iter().rev() {
         if let Ok(Some(e)) = fs.entry(&rel.to_string_lossy(), false, DotDot::Clamp) {
-            e.remove_if_empty();
+            e.keeping_dir_times(|| e.remove_if_empty());
         }
     }
 }

@@ -704,6 +704,26 @@ impl Entry {
         .map_err(|e| self.err("setting the time of", e))
     }
 
+    /// Runs `f` (which adds or removes this entry) and gives the directory the entry is in
+    /// its access and modification times back: a change the runtime makes for its own ends
+    /// (a mount point) leaves no trace in the tree's times.
+    pub fn keeping_dir_times<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = nix::sys::stat::fstat(self.dir()).ok();
+        let out = f();
+        if let Some(st) = before {
+            let a = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
+            let m = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            let _ = nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &proc_path(self.dir()),
+                &a,
+                &m,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            );
+        }
+        out
+    }
+
     /// Removes whatever is there, a directory with everything in it; missing is fine.
     /// Directories without write or search permission are opened up first (as uid 0 of
     /// the namespace that is always allowed on what it owns).

@@ -149,11 +149,15 @@ async fn feed(
     follower: crate::registry::follow::Follower,
     pipe: std::path::PathBuf,
 ) -> Result<u64, OpsError> {
+    // Looked at again after 1, 2, 4 … up to 16 ms: a layer waiting behind a long one costs
+    // few wake-ups, and the helper waits at most that long for the next.
+    let mut wait = 1;
     let mut tx = loop {
         match tokio::net::unix::pipe::OpenOptions::new().open_sender(&pipe) {
             Ok(tx) => break tx,
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                wait = (wait * 2).min(16);
             }
             Err(e) => {
                 return Err(OpsError::Invalid(format!(
