@@ -291,6 +291,14 @@ mod tests {
         )
     }
 
+    /// A first attempt that wrote `bytes` to a new `path` and stopped there.
+    fn first_attempt(tap: &Tap, path: &std::path::Path, bytes: &[u8]) {
+        let mut f = std::fs::File::create(path).unwrap();
+        tap.file(Some(path.to_path_buf()), 0);
+        f.write_all(bytes).unwrap();
+        tap.written(bytes.len() as u64);
+    }
+
     /// Writes `bytes` to `path` in three pieces, telling the tap after each, then ends.
     async fn download(tap: &Tap, path: &std::path::Path, bytes: &[u8], end: Result<(), String>) {
         let mut f = std::fs::File::create(path).unwrap();
@@ -329,10 +337,7 @@ mod tests {
         let mut out = Vec::new();
         let again = async {
             // Half of it, then the file is started again from nothing.
-            let mut f = std::fs::File::create(&path).unwrap();
-            tap.file(Some(path.clone()), 0);
-            f.write_all(&blob[..300_000]).unwrap();
-            tap.written(300_000);
+            first_attempt(&tap, &path, &blob[..300_000]);
             tokio::task::yield_now().await;
             download(&tap, &path, &blob, Ok(())).await;
         };
@@ -349,10 +354,7 @@ mod tests {
         let path = dir.path().join("partial");
         let mut out = Vec::new();
         let again = async {
-            let mut f = std::fs::File::create(&path).unwrap();
-            tap.file(Some(path.clone()), 0);
-            f.write_all(&[9u8; 200_000]).unwrap();
-            tap.written(200_000);
+            first_attempt(&tap, &path, &[9u8; 200_000]);
             // Let the follower read the wrong bytes before the download starts again.
             for _ in 0..10 {
                 tokio::task::yield_now().await;
