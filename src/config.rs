@@ -83,9 +83,9 @@ pub struct WorkerConfig {
     /// and `docker run`: setuid tools such as sudo then stop gaining privileges).
     #[serde(default)]
     pub no_new_privileges: bool,
-    /// User-mode emulators for steps of other architectures, by architecture (`arm64 =
+    /// Static user-mode emulators for steps of other architectures, by architecture (`arm64 =
     /// "/usr/local/bin/qemu-aarch64-static"`); an architecture not named here uses
-    /// `qemu-<arch>-static` (then `qemu-<arch>`) found on PATH.
+    /// `qemu-<QEMU's name for it>-static` found on PATH.
     #[serde(default)]
     pub emulators: std::collections::BTreeMap<String, PathBuf>,
     /// How binfmt_misc runs steps of other architectures (`auto`, `own`, `off`).

@@ -244,6 +244,5 @@ fn platform_of(image: &serde_json::Value) -> Option<String> {
     if s("os").is_empty() || s("architecture").is_empty() {
         return None;
     }
-    let p = Platform::new(s("os"), s("architecture"), s("variant"));
-    (p != Platform::host()).then(|| p.to_string())
+    ImageSpec::platform_field(&Platform::new(s("os"), s("architecture"), s("variant")))
 }

@@ -41,6 +41,11 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
+    /// What [`ImageSpec::platform`] holds for an image for `p`: nothing for this machine's.
+    pub fn platform_field(p: &crate::platform::Platform) -> Option<String> {
+        (*p != crate::platform::Platform::host()).then(|| p.to_string())
+    }
+
     /// The platform the image is for.
     pub fn platform(&self) -> crate::platform::Platform {
         self.platform

@@ -66,8 +66,7 @@ impl Compiler<'_> {
             exposed_ports,
             inline_cache: None,
             config_extra: Default::default(),
-            platform: (self.opts.platform != crate::platform::Platform::host())
-                .then(|| self.opts.platform.to_string()),
+            platform: ImageSpec::platform_field(&self.opts.platform),
         }
     }
 

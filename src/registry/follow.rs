@@ -107,9 +107,9 @@ impl Follower {
         let mut hasher = Sha256::new();
         let mut done: u64 = 0;
         let mut reader_gone = false;
-        // The file being read and which generation of the download it belongs to (`None`:
-        // the finished blob in the store).
-        let mut open: Option<(Option<u64>, Arc<std::fs::File>)> = None;
+        // The file being read, its path, and which generation of the download it belongs to
+        // (`None`: the finished blob in the store).
+        let mut open: Option<(Option<u64>, PathBuf, Arc<std::fs::File>)> = None;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let p = self.rx.borrow_and_update().clone();
@@ -130,13 +130,13 @@ impl Follower {
                 self.changed(&digest).await?;
                 continue;
             }
-            if open.as_ref().map(|(g, _)| *g) != Some(generation) {
+            if open.as_ref().map(|(g, _, _)| *g) != Some(generation) {
                 let Some(path) = path else {
                     self.changed(&digest).await?;
                     continue;
                 };
                 match std::fs::File::open(&path) {
-                    Ok(f) => open = Some((generation, Arc::new(f))),
+                    Ok(f) => open = Some((generation, path, Arc::new(f))),
                     // Moved into the store between the look and the open: the end is next.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && p.end.is_none() => {
                         self.changed(&digest).await?;
@@ -145,14 +145,14 @@ impl Follower {
                     Err(source) => return Err(FollowError::Io { path, source }),
                 }
             }
-            let Some((_, file)) = &open else {
+            let Some((_, path, file)) = &open else {
                 continue;
             };
             let want = usize::try_from(available - done).map_or(CHUNK, |n| n.min(CHUNK));
             let (n, back) = read_at(file.clone(), buf, done, want).await;
             buf = back;
             let n = n.map_err(|source| FollowError::Io {
-                path: p.file.clone().unwrap_or_default(),
+                path: path.clone(),
                 source,
             })?;
             if n == 0 {

@@ -281,7 +281,7 @@ impl Worker {
     pub fn unpack_request_from(
         &self,
         layers: &[oci_spec::image::Descriptor],
-        from: &[Option<std::path::PathBuf>],
+        from: &[Option<PathBuf>],
         dest: &Path,
     ) -> Result<rootless::Request, WorkerError> {
         let files = layers
