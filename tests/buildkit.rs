@@ -581,3 +581,91 @@ fn buildkitd_dockerfile_same_rootfs() {
     );
     compare(&remote, "envkit's Definition on buildkitd");
 }
+
+/// One build for linux/amd64 and linux/arm64 (arm64 under QEMU on every engine): the embedded
+/// engine's two root filesystems, envkit's two Definitions run by buildkitd as one job (the
+/// gateway returns one result per platform), and BuildKit's own Dockerfile frontend asked for
+/// both platforms give the same `type=tar` (each platform under `linux_<arch>/`).
+#[test]
+#[ignore = "needs a buildkitd and buildctl: scripts/test.sh runs it when scripts/test-env.sh found `buildkitd` on PATH (Debian has none)"]
+fn buildkitd_two_platforms_same_rootfs() {
+    let (unix, _) = common::remote::buildkitd();
+    let env = TestEnv::new("bk-2plat");
+    let ctx = env.dir.join("two");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:multiarch\nARG TARGETPLATFORM\n\
+         RUN echo \"$TARGETPLATFORM $(uname -m)\" > /arch && mkdir -p /d && ln -s ../arch /d/l\n\
+         COPY hello.txt /d/\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    env.chown(&ctx);
+    let ctx_s = ctx.to_str().unwrap();
+    let two = "linux/amd64,linux/arm64";
+    let tar_of = |context: &str, name: &str| {
+        let tar = env.dir.join(name);
+        let o = env.envkit(&[
+            "--context",
+            context,
+            "build",
+            "-p",
+            ctx_s,
+            "--platform",
+            two,
+            "-o",
+            &format!("type=tar,dest={}", tar.display()),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        rootfs_entries(&tar)
+    };
+    let ours = tar_of("embedded", "embedded.tar");
+    let arch = |m: &std::collections::BTreeMap<String, common::remote::Entry>, p: &str| {
+        String::from_utf8_lossy(&m[&format!("{p}/arch")].4).into_owned()
+    };
+    assert_eq!(arch(&ours, "linux_amd64"), "linux/amd64 x86_64\n");
+    assert_eq!(arch(&ours, "linux_arm64"), "linux/arm64 aarch64\n");
+    // runc leaves the mount points of /dev, /proc and /sys where the base image has none.
+    let compare = |mut theirs: std::collections::BTreeMap<String, common::remote::Entry>,
+                   what: &str| {
+        for p in ["linux_amd64", "linux_arm64"] {
+            for d in ["dev", "proc", "sys"] {
+                let k = format!("{p}/{d}");
+                if !ours.contains_key(&k) {
+                    theirs.remove(&k);
+                }
+            }
+        }
+        assert_same_rootfs(&ours, &theirs, what);
+    };
+    create_context(&env, "bk", &format!("unix://{unix}"), &[]);
+    compare(
+        tar_of("bk", "remote.tar"),
+        "envkit's Definitions on buildkitd",
+    );
+    let theirs = env.dir.join("buildctl.tar");
+    let o = env
+        .user_command("buildctl")
+        .arg("--addr")
+        .arg(format!("unix://{unix}"))
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--frontend",
+            "dockerfile.v0",
+        ])
+        .arg("--opt")
+        .arg(format!("platform={two}"))
+        .arg("--local")
+        .arg(format!("context={}", ctx.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", ctx.display()))
+        .arg("--output")
+        .arg(format!("type=tar,dest={}", theirs.display()))
+        .output()
+        .expect("buildctl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    compare(rootfs_entries(&theirs), "buildkitd's Dockerfile frontend");
+}

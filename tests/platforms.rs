@@ -115,10 +115,17 @@ fn without_binfmt_the_emulator_runs_the_first_program() {
     let log = env.build_ok(&["-p", &ctx, "-t", "arm:off", "--platform", "linux/arm64"]);
     assert!(log.contains("aarch64"), "{log}");
     assert!(log.contains("first program only"), "{log}");
-    let out = env.envkit(&["build", "-p", &ctx, "--platform", "linux/arm64,linux/amd64"]);
+    let out = env.envkit(&[
+        "debug",
+        "llb",
+        "-p",
+        &ctx,
+        "--platform",
+        "linux/arm64,linux/amd64",
+    ]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("one platform per build"),
+        stderr(&out).contains("takes one platform"),
         "{}",
         stderr(&out)
     );
@@ -171,4 +178,181 @@ fn an_envd_build_for_arm64_runs_in_podman() {
     ]);
     assert!(out.status.success(), "podman run: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "aarch64\narm64\naarch64");
+}
+
+/// `skopeo` on an image reference, its stdout.
+fn skopeo(args: &[&str]) -> String {
+    let out = std::process::Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(out.status.success(), "skopeo {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// One build for linux/amd64 and linux/arm64 makes one OCI index: `envkit images` lists both
+/// platforms; the OCI archive holds the index, which skopeo reads, and podman runs each
+/// platform's image as its architecture; `type=local` writes one directory per platform;
+/// a push sends the index and both manifests; `type=docker` is refused as BuildKit refuses
+/// it; `--platform-tags` makes one image per platform, named as envd names them.
+#[test]
+fn a_two_platform_build_makes_one_index() {
+    let env = TestEnv::new("multi-arch");
+    let ctx = dockerfile_context(
+        &env,
+        "multi",
+        "FROM busybox:multiarch\nARG TARGETPLATFORM\n\
+         RUN echo \"$TARGETPLATFORM $(uname -m)\" > /arch\nCMD [\"cat\", \"/arch\"]\n",
+    );
+    let two = "linux/amd64,linux/arm64";
+    let tar = env.dir.join("multi.tar");
+    let log = env.build_ok(&[
+        "-p",
+        &ctx,
+        "-t",
+        "multi:1",
+        "--platform",
+        two,
+        "-o",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    assert!(log.contains("built docker.io/library/multi:1"), "{log}");
+    let out = env.envkit(&["images"]);
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains("multi:1"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.ends_with("linux/amd64,linux/arm64"),
+        "{}",
+        stdout(&out)
+    );
+
+    let archive = format!("oci-archive:{}", tar.display());
+    let index: serde_json::Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &archive])).expect("index JSON");
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"], "{index}");
+    for arch in ["amd64", "arm64"] {
+        let cfg: serde_json::Value = serde_json::from_str(&skopeo(&[
+            "inspect",
+            "--override-arch",
+            arch,
+            "--config",
+            &archive,
+        ]))
+        .expect("config JSON");
+        assert_eq!(cfg["architecture"], arch, "{cfg}");
+        let out = env.podman(&["run", "--rm", "--network", "none", "--arch", arch, &archive]);
+        assert!(out.status.success(), "podman run: {}", stderr(&out));
+        let want = if arch == "amd64" {
+            "linux/amd64 x86_64"
+        } else {
+            "linux/arm64 aarch64"
+        };
+        assert_eq!(stdout(&out).trim(), want);
+    }
+
+    let dest = env.dir.join("rootfs");
+    env.build_ok(&[
+        "-p",
+        &ctx,
+        "-t",
+        "multi:1",
+        "--platform",
+        two,
+        "-o",
+        &format!("type=local,dest={}", dest.display()),
+    ]);
+    let arch_of =
+        |dir: &str| std::fs::read_to_string(dest.join(dir).join("arch")).unwrap_or_default();
+    assert_eq!(arch_of("linux_amd64").trim(), "linux/amd64 x86_64");
+    assert_eq!(arch_of("linux_arm64").trim(), "linux/arm64 aarch64");
+
+    let pushed = format!(
+        "{}/envkit-test/multi:e2e-{}",
+        env.registry,
+        std::process::id()
+    );
+    env.build_ok(&[
+        "-p",
+        &ctx,
+        "-t",
+        "multi:1",
+        "--platform",
+        two,
+        "-o",
+        &format!("type=image,name={pushed},push=true"),
+    ]);
+    let remote = format!("docker://{pushed}");
+    let raw: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &remote,
+    ]))
+    .expect("index JSON");
+    assert_eq!(raw["manifests"].as_array().map(Vec::len), Some(2), "{raw}");
+    let cfg: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--override-arch",
+        "arm64",
+        "--config",
+        &remote,
+    ]))
+    .expect("config JSON");
+    assert_eq!(cfg["architecture"], "arm64", "{cfg}");
+
+    let out = env.envkit(&[
+        "build",
+        "-p",
+        &ctx,
+        "--platform",
+        two,
+        "-o",
+        &format!("type=docker,dest={}", env.dir.join("d.tar").display()),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("type=oci"), "{}", stderr(&out));
+
+    // A prune keeps every blob of both platforms' images: the store saves the index whole.
+    let out = env.envkit(&["prune", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.envkit(&["check"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let saved = env.dir.join("saved.tar");
+    let out = env.envkit(&["save", "multi:1", "-o", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--override-arch",
+        "arm64",
+        "--config",
+        &format!("oci-archive:{}", saved.display()),
+    ]))
+    .expect("config JSON");
+    assert_eq!(cfg["architecture"], "arm64", "{cfg}");
+
+    env.build_ok(&[
+        "-p",
+        &ctx,
+        "-t",
+        "per:1",
+        "--platform",
+        two,
+        "--platform-tags",
+    ]);
+    assert_eq!(architecture(&env, "per:1-linux-amd64"), "amd64");
+    assert_eq!(architecture(&env, "per:1-linux-arm64"), "arm64");
 }

@@ -61,6 +61,58 @@ impl Embedded {
     }
 }
 
+impl Embedded {
+    /// [`Backend::run_platforms`] here: every platform's graph solved at once (what they share,
+    /// such as the context, is done once through the cache's per-key locks), then one index.
+    async fn build_platforms(&self, jobs: Vec<Job>) -> Result<(), BackendError> {
+        let Some(first) = jobs.first() else {
+            return Err(BackendError::Refused("no platform to build".into()));
+        };
+        if !first.cache.exports.is_empty() {
+            return Err(BackendError::Refused(
+                "--export-cache with several platforms: not yet (export each platform's cache \
+                 from a build of its own)"
+                    .into(),
+            ));
+        }
+        let (name, output, started) = (first.name.clone(), first.output.clone(), first.started);
+        // Each platform's steps get numbers of their own in the one progress display.
+        let mut engines = Vec::with_capacity(jobs.len());
+        let mut base = 0;
+        for job in &jobs {
+            let mut engine = self.engine.clone();
+            engine.reporter = std::sync::Arc::new(crate::progress::Offset {
+                inner: self.engine.reporter.clone(),
+                base,
+            });
+            engines.push(engine);
+            base += <crate::pb::Definition as prost::Message>::decode(&job.definition[..])
+                .map_or(0, |d| d.def.len());
+        }
+        let solves = jobs.iter().zip(&engines).map(|(job, engine)| {
+            engine.solve_with(&job.definition, job.locals.clone(), &job.cache)
+        });
+        let solved = futures_util::future::try_join_all(solves).await?;
+        let results: Vec<(SnapRef, ImageSpec)> = solved
+            .into_iter()
+            .zip(&jobs)
+            .map(|(s, job)| {
+                let spec = match &job.image {
+                    ImageConfig::Spec { spec, .. } | ImageConfig::Full { spec, .. } => {
+                        (**spec).clone()
+                    }
+                    ImageConfig::Base => ImageSpec::default(),
+                };
+                (s.snap, spec)
+            })
+            .collect();
+        self.engine
+            .export_platforms(&results, &name, output, started)
+            .await?;
+        Ok(())
+    }
+}
+
 impl Backend for Embedded {
     fn target(&self) -> lower::Target {
         lower::Target::Embedded
@@ -79,6 +131,14 @@ impl Backend for Embedded {
             let res = self.build(job).await;
             self.engine.reporter.finish();
             res.map(|_| ())
+        })
+    }
+
+    fn run_platforms(&self, jobs: Vec<Job>) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let res = self.build_platforms(jobs).await;
+            self.engine.reporter.finish();
+            res
         })
     }
 

@@ -107,6 +107,9 @@ pub trait Backend {
     ) -> Result<Option<(PathBuf, String)>, BackendError>;
     /// Runs the job and exports its result; the progress is finished when this returns.
     fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Runs one job per platform (the same name, output and caches; each its own Definition
+    /// and image config) and exports one image: an OCI index over each platform's manifest.
+    fn run_platforms(&self, jobs: Vec<Job>) -> BoxFuture<'_, Result<(), BackendError>>;
     /// Ends the progress display without a job (the build failed before it ran).
     fn finish(&self);
 }

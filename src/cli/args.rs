@@ -36,7 +36,7 @@ pub struct Cli {
 pub enum Command {
     /// Build an environment from a build.envd.
     #[command(alias = "b")]
-    Build(BuildArgs),
+    Build(BuildCommand),
     /// Run an LLB Definition (from any BuildKit client) with envkit's engine.
     Solve(SolveArgs),
     /// Show what the store holds, by kind.
@@ -142,13 +142,14 @@ pub struct SourceArgs {
         value_name = "STAGE"
     )]
     pub stage: Option<String>,
-    /// The platform to build for, `os/arch[/variant]` (default: this machine's). Steps of
-    /// another architecture run under QEMU user emulation (`envkit info` lists what runs).
-    #[arg(long, value_name = "PLATFORM")]
+    /// The platform to build for, `os/arch[/variant]` (default: this machine's); `build`
+    /// takes a comma list and makes one multi-platform image (an OCI index). Steps of another
+    /// architecture run under QEMU user emulation (`envkit info` lists what runs).
+    #[arg(long, value_name = "PLATFORM[,PLATFORM…]")]
     pub platform: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
     #[command(flatten)]
     pub source: SourceArgs,
@@ -158,12 +159,27 @@ pub struct BuildArgs {
     /// Output, buildctl-style: `type=oci,dest=FILE[,name=REF]` or `type=image,name=REF`.
     #[arg(short = 'o', long = "output")]
     pub output: Option<String>,
+    /// With several platforms: build each in turn as an image of its own, its tag ending in
+    /// `-<os>-<arch>` (what envd does), instead of one multi-platform image.
+    #[arg(long = "platform-tags")]
+    pub platform_tags: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
-/// What `build` and `solve` tell the engine.
+/// `envkit build`: [`BuildArgs`] and what only `build` takes.
 #[derive(Debug, Args)]
+pub struct BuildCommand {
+    #[command(flatten)]
+    pub args: BuildArgs,
+    /// Accepted for envd's `--force`: envd skips a build whose image looks current; envkit
+    /// always builds, and its cache makes an unchanged build quick.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// What `build` and `solve` tell the engine.
+#[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// Host CA bundle that build steps trust (overrides `[worker] ca-bundle`).
     #[arg(long = "ca-bundle", value_name = "FILE")]
@@ -252,4 +268,15 @@ pub struct LlbArgs {
     /// (parallel branches joined with Merge/Diff, as envd does) or `dockerd` (no Merge/Diff).
     #[arg(long, default_value = "embedded")]
     pub target: crate::lower::Target,
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the whole command line (a flag flattened twice into one command,
+    /// say), which otherwise only fire when that command runs.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

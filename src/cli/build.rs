@@ -30,22 +30,34 @@ pub(super) fn source_request(
     Ok(req)
 }
 
-/// `--platform`, where it is given.
+/// `--platform`, where it names one platform (several: refused by the commands that build
+/// one).
 fn target_platform(source: &SourceArgs) -> anyhow::Result<Option<crate::platform::Platform>> {
-    let Some(spec) = &source.platform else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        bail!(
-            "--platform {spec}: one platform per build for now (build each platform with its \
-             own --platform)"
-        );
+    match &target_platforms(source)?[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => bail!(
+            "--platform {}: this command takes one platform (`envkit build` takes a list)",
+            source.platform.as_deref().unwrap_or_default()
+        ),
     }
-    Ok(Some(
-        crate::platform::Platform::parse(spec.trim()).with_context(|| {
+}
+
+/// The platforms `--platform` names, in its order without repeats (none: this machine's).
+fn target_platforms(source: &SourceArgs) -> anyhow::Result<Vec<crate::platform::Platform>> {
+    let Some(spec) = &source.platform else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<crate::platform::Platform> = Vec::new();
+    for one in spec.split(',') {
+        let p = crate::platform::Platform::parse(one.trim()).with_context(|| {
             format!("--platform {spec}: expected os/arch[/variant], e.g. linux/arm64")
-        })?,
-    ))
+        })?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// A tag as a full reference (`app:dev` → `docker.io/library/app:dev`), like envd and docker.
@@ -242,6 +254,7 @@ pub(super) async fn compile_dockerfile(
     source: &SourceArgs,
     file: PathBuf,
     registry: &crate::registry::Registry,
+    multi_platform: bool,
 ) -> anyhow::Result<crate::dockerfile::Compiled> {
     let req = crate::dockerfile::Request {
         context: source.path.clone(),
@@ -250,6 +263,7 @@ pub(super) async fn compile_dockerfile(
         build_args: build_args(source)?,
         platform: crate::platform::Platform::host(),
         target_platform: target_platform(source)?,
+        multi_platform,
     };
     Ok(crate::dockerfile::compile(&req, registry).await?)
 }
@@ -260,9 +274,11 @@ async fn dockerfile_job(
     args: &BuildArgs,
     file: PathBuf,
     output: Option<Output>,
+    multi_platform: bool,
 ) -> anyhow::Result<Job> {
     let started = std::time::Instant::now();
-    let compiled = compile_dockerfile(&args.source, file, backend.registry()).await?;
+    let compiled =
+        compile_dockerfile(&args.source, file, backend.registry(), multi_platform).await?;
     let default_name = format!(
         "{}:latest",
         compiled
@@ -328,7 +344,7 @@ pub(super) fn apply_cache_defaults(cli: &mut Cli) -> anyhow::Result<()> {
     use super::Command;
     let config = cli.config.clone();
     let engine = match &mut cli.command {
-        Command::Build(a) => &mut a.engine,
+        Command::Build(a) => &mut a.args.engine,
         Command::Solve(a) => &mut a.engine,
         Command::Up(a) => &mut a.build.engine,
         Command::Run(a) => &mut a.up.build.engine,
@@ -358,24 +374,92 @@ fn cache_specs(e: &EngineArgs, target: &str) -> anyhow::Result<crate::bkcache::s
 }
 
 pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
+    let platforms = target_platforms(&args.source)?;
+    if platforms.len() > 1 {
+        return build_platforms(cli, args, &platforms).await;
+    }
+    build_one(cli, args, "").await
+}
+
+/// A build for one platform (or this machine's); `suffix` is appended to the image's tag.
+async fn build_one(cli: &Cli, args: &BuildArgs, suffix: &str) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
     let backend = open_backend(cli, &args.engine).await?;
-    if let Some(file) = dockerfile_of(&args.source) {
-        return match dockerfile_job(backend.as_ref(), args, file, output).await {
-            Ok(job) => Ok(backend.run(job).await?),
-            Err(e) => {
-                backend.finish();
-                Err(e)
+    match job_for(backend.as_ref(), args, output, false).await {
+        Ok(mut job) => {
+            if !suffix.is_empty() {
+                job.name = full_name(&format!("{}{suffix}", job.name))?;
+                job.cache.target = Some(job.name.clone());
             }
-        };
-    }
-    match compile_job(backend.as_ref(), args, output).await {
-        Ok((job, _)) => Ok(backend.run(job).await?),
+            Ok(backend.run(job).await?)
+        }
         Err(e) => {
             backend.finish();
             Err(e)
         }
     }
+}
+
+/// The job of a build file or a Dockerfile (`multi_platform`: one of several platforms of one
+/// image).
+async fn job_for(
+    backend: &dyn Backend,
+    args: &BuildArgs,
+    output: Option<Output>,
+    multi_platform: bool,
+) -> anyhow::Result<Job> {
+    match dockerfile_of(&args.source) {
+        Some(file) => dockerfile_job(backend, args, file, output, multi_platform).await,
+        None => Ok(compile_job(backend, args, output).await?.0),
+    }
+}
+
+/// `--platform a,b,…`: one image index of every platform's image, or with `--platform-tags`
+/// one image per platform built in turn, tagged `TAG-os-arch` as envd does.
+async fn build_platforms(
+    cli: &Cli,
+    args: &BuildArgs,
+    platforms: &[crate::platform::Platform],
+) -> anyhow::Result<()> {
+    let for_platform = |p: &crate::platform::Platform| {
+        let mut one = args.clone();
+        one.source.platform = Some(p.to_string());
+        one
+    };
+    if args.platform_tags {
+        for p in platforms {
+            let mut suffix = format!("-{}-{}", p.os, p.architecture);
+            if !p.variant.is_empty() {
+                suffix.push_str(&format!("-{}", p.variant));
+            }
+            build_one(cli, &for_platform(p), &suffix).await?;
+        }
+        return Ok(());
+    }
+    let output = parse_output(args.output.as_ref())?;
+    if let Some(Output::Docker { .. }) = &output {
+        // BuildKit's docker exporter refuses the same.
+        bail!(
+            "-o type=docker holds one platform's image: use -o type=oci for an index of all of \
+             them, or --platform-tags for one image per platform"
+        );
+    }
+    let backend = open_backend(cli, &args.engine).await?;
+    let mut jobs = Vec::with_capacity(platforms.len());
+    for p in platforms {
+        match job_for(backend.as_ref(), &for_platform(p), output.clone(), true).await {
+            Ok(mut job) => {
+                // Each platform's graph is remembered apart for --explain-cache.
+                job.cache.target = Some(format!("{} {p}", job.name));
+                jobs.push(job);
+            }
+            Err(e) => {
+                backend.finish();
+                return Err(e.context(format!("compiling for {p}")));
+            }
+        }
+    }
+    Ok(backend.run_platforms(jobs).await?)
 }
 
 /// What a build made, for `envkit up`.

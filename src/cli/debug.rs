@@ -40,7 +40,7 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     let registry = Registry::new(&cfg);
     let bytes = match super::build::dockerfile_of(&args.source) {
         Some(file) => {
-            super::build::compile_dockerfile(&args.source, file, &registry)
+            super::build::compile_dockerfile(&args.source, file, &registry, false)
                 .await?
                 .definition
         }

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use oci_spec::image::{Descriptor, MediaType};
+use oci_spec::image::Descriptor;
 
 use super::build::full_name;
 use super::store::human_size;
@@ -19,23 +19,61 @@ pub(super) fn list(cli: &Cli) -> anyhow::Result<()> {
     let root = config::store_root(cli.root.as_deref());
     let db = meta::Meta::open(&root)?;
     let mut out = std::io::stdout().lock();
+    let store = crate::content::Store::open(&root)?;
     writeln!(
         out,
-        "{:<48} {:<14} {:>10}  CREATED",
-        "NAME", "DIGEST", "SIZE"
+        "{:<48} {:<14} {:>10}  {:<20}  PLATFORMS",
+        "NAME", "DIGEST", "SIZE", "CREATED"
     )?;
     for (name, img) in db.list_images()? {
         let short = img.manifest_digest.trim_start_matches("sha256:");
         writeln!(
             out,
-            "{:<48} {:<14} {:>10}  {}",
+            "{:<48} {:<14} {:>10}  {:<20}  {}",
             name,
             &short[..short.len().min(12)],
             human_size(img.size),
-            image::rfc3339(img.created)
+            image::rfc3339(img.created),
+            platforms_of(&store, &img.manifest_digest)
         )?;
     }
     Ok(())
+}
+
+/// The platforms of an image of the store, for the list: an index's, each of its manifests';
+/// a lone manifest's, its config's.
+fn platforms_of(store: &crate::content::Store, digest: &str) -> String {
+    let Ok(d) = crate::content::parse_digest(digest) else {
+        return "?".into();
+    };
+    match image::index::stored(store, &d) {
+        Ok(image::index::Stored::Index { manifests, .. }) => manifests
+            .iter()
+            .map(|m| match image::index::platform_of(m) {
+                Some(p) => p.to_string(),
+                None => "?".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Ok(image::index::Stored::Manifest(_)) => config_platform(store, &d).unwrap_or("?".into()),
+        Err(_) => "?".into(),
+    }
+}
+
+/// A manifest's platform as its config says.
+fn config_platform(
+    store: &crate::content::Store,
+    manifest: &oci_spec::image::Digest,
+) -> Option<String> {
+    let m: serde_json::Value = serde_json::from_slice(&store.read_blob(manifest).ok()?).ok()?;
+    let c = crate::content::parse_digest(m["config"]["digest"].as_str()?).ok()?;
+    let c: serde_json::Value = serde_json::from_slice(&store.read_blob(&c).ok()?).ok()?;
+    let p = crate::platform::Platform::new(
+        c["os"].as_str()?,
+        c["architecture"].as_str()?,
+        c["variant"].as_str().unwrap_or(""),
+    );
+    Some(p.to_string())
 }
 
 /// The record of `name` (as typed, or normalized).
@@ -59,22 +97,48 @@ pub(super) fn inspect(cli: &Cli, names: &[String]) -> anyhow::Result<()> {
         let digest = crate::content::parse_digest(&r.manifest_digest)?;
         let manifest: serde_json::Value = serde_json::from_slice(&store.read_blob(&digest)?)
             .with_context(|| format!("the manifest of {name}"))?;
-        let config = match manifest["config"]["digest"].as_str() {
-            Some(d) => {
-                let d = crate::content::parse_digest(d)?;
-                serde_json::from_slice(&store.read_blob(&d)?)
-                    .with_context(|| format!("the config of {name}"))?
-            }
-            None => serde_json::Value::Null,
+        let config_of = |manifest: &serde_json::Value| -> anyhow::Result<serde_json::Value> {
+            Ok(match manifest["config"]["digest"].as_str() {
+                Some(d) => {
+                    let d = crate::content::parse_digest(d)?;
+                    serde_json::from_slice(&store.read_blob(&d)?)
+                        .with_context(|| format!("the config of {name}"))?
+                }
+                None => serde_json::Value::Null,
+            })
         };
-        all.push(serde_json::json!({
+        let mut entry = serde_json::json!({
             "name": name,
             "digest": r.manifest_digest,
             "size": r.size,
             "created": image::rfc3339(r.created),
             "manifest": manifest,
-            "config": config,
-        }));
+            "config": config_of(&manifest)?,
+        });
+        // An index: each platform's manifest and config as well.
+        if let Some(children) = manifest["manifests"].as_array() {
+            let mut images = Vec::new();
+            for c in children {
+                let Some(d) = c["digest"].as_str() else {
+                    continue;
+                };
+                let d = crate::content::parse_digest(d)?;
+                let m: serde_json::Value = match store.read_blob(&d) {
+                    Ok(b) => serde_json::from_slice(&b)
+                        .with_context(|| format!("the manifest {d} of {name}"))?,
+                    Err(_) => serde_json::Value::Null,
+                };
+                let config = config_of(&m)?;
+                images.push(serde_json::json!({
+                    "digest": d.to_string(),
+                    "platform": c["platform"],
+                    "manifest": m,
+                    "config": config,
+                }));
+            }
+            entry["images"] = serde_json::Value::Array(images);
+        }
+        all.push(entry);
     }
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &all)?;
@@ -118,11 +182,8 @@ pub(super) fn save(cli: &Cli, args: &SaveArgs) -> anyhow::Result<()> {
     let mut descs = Vec::new();
     for (name, r) in &images {
         let digest = crate::content::parse_digest(&r.manifest_digest)?;
-        let size = store.size(&digest)?;
-        descs.push((
-            Descriptor::new(MediaType::ImageManifest, size, digest),
-            name.clone(),
-        ));
+        let stored = image::index::stored(store, &digest)?;
+        descs.push((stored.descriptor().clone(), name.clone()));
     }
     match args.format.as_str() {
         "oci" => {
@@ -227,9 +288,9 @@ pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     let digest = crate::content::parse_digest(&img.manifest_digest)?;
-    let size = worker.content.size(&digest)?;
-    let desc =
-        oci_spec::image::Descriptor::new(oci_spec::image::MediaType::ImageManifest, size, digest);
+    let desc = image::index::stored(&worker.content, &digest)?
+        .descriptor()
+        .clone();
     let compression = match &args.compression {
         Some(c) => export::parse_output(&format!("type=image,name=x,push=true,compression={c}"))
             .map(|o| match o {

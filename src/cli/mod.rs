@@ -120,7 +120,7 @@ fn render_error(e: &anyhow::Error) -> String {
 async fn run(mut cli: Cli) -> anyhow::Result<i32> {
     build::apply_cache_defaults(&mut cli)?;
     let done = match cli.command {
-        Command::Build(ref args) => build::build(&cli, args).await,
+        Command::Build(ref cmd) => build::build(&cli, &cmd.args).await,
         Command::Solve(ref args) => build::solve(&cli, args).await,
         Command::Images { ref what } => match what {
             None | Some(ImagesCommand::Ls) => images::list(&cli),

@@ -48,6 +48,9 @@ pub struct ConvertOpt {
     pub ignore_syntax: bool,
     /// Base images by (normalised reference, platform).
     pub images: HashMap<(String, Platform), ResolvedImage>,
+    /// One of several platforms of one build: step names start with the platform, as
+    /// BuildKit's do when several are asked for (`[linux/arm64 2/3] RUN …`).
+    pub multi_platform: bool,
 }
 
 impl Default for ConvertOpt {
@@ -61,6 +64,7 @@ impl Default for ConvertOpt {
             context_unique: String::new(),
             context_excludes: Vec::new(),
             ignore_syntax: false,
+            multi_platform: false,
             images: HashMap::new(),
         }
     }
@@ -352,6 +356,9 @@ struct Dispatch {
     build_args: Vec<ArgDef>,
     cmd_total: usize,
     cmd_index: usize,
+    /// With several platforms: the platform its steps run for when the stage names none,
+    /// shown at the start of each step's name.
+    shown_platform: Option<Platform>,
     /// The command being dispatched (its index in the stage).
     cmd_pos: usize,
     /// How many of the first commands are ONBUILD triggers.
@@ -380,10 +387,23 @@ fn word(lex: &Lexer, w: &str, env: &[(String, String)]) -> Result<String, String
 
 /// `[stage 2/5] ` before an instruction's name, as BuildKit numbers its progress.
 fn prefix(d: &mut Dispatch, s: &str) -> String {
+    prefix_in(d, s, &[])
+}
+
+/// [`prefix`] of a step that runs with `env`: with several platforms, the platform and, where
+/// the step's `TARGET*` variables name another, an arrow to that one (BuildKit's
+/// `formatTargetPlatform`).
+fn prefix_in(d: &mut Dispatch, s: &str, env: &[(String, String)]) -> String {
     if d.cmd_total == 0 {
         return s.to_string();
     }
     let mut out = String::from("[");
+    if let Some(shown) = &d.shown_platform {
+        let p = d.platform.clone().unwrap_or_else(|| shown.clone());
+        out.push_str(&p.to_string());
+        out.push_str(&arrow_to_target(&p, env));
+        out.push(' ');
+    }
     if !d.stage_name.is_empty() {
         out.push_str(&d.stage_name);
         out.push(' ');
@@ -397,12 +417,62 @@ fn prefix(d: &mut Dispatch, s: &str) -> String {
     out + s
 }
 
-/// A step's name as BuildKit shows it: the instruction with the variables it can expand
+/// `->arch[/variant]` (or `->os/arch…`) where the step's `TARGETPLATFORM`, else its
+/// `TARGETOS`/`TARGETARCH`/`TARGETVARIANT`, name a platform other than `base`.
+fn arrow_to_target(base: &Platform, env: &[(String, String)]) -> String {
+    let mut parts: (Option<&str>, Option<&str>, Option<&str>) = (None, None, None);
+    let mut target = None;
+    for (k, v) in env {
+        match k.as_str() {
+            "TARGETPLATFORM" => {
+                if let Ok(p) = Platform::parse(v) {
+                    target = Some(p);
+                    break;
+                }
+            }
+            "TARGETOS" => parts.0 = Some(v),
+            "TARGETARCH" => parts.1 = Some(v),
+            "TARGETVARIANT" => parts.2 = Some(v),
+            _ => {}
+        }
+    }
+    let target = match target {
+        Some(t) => t,
+        None if parts == (None, None, None) => return String::new(),
+        None => Platform::new(
+            parts.0.filter(|o| !o.is_empty()).unwrap_or(&base.os),
+            parts
+                .1
+                .filter(|a| !a.is_empty())
+                .unwrap_or(&base.architecture),
+            parts.2.unwrap_or(""),
+        ),
+    };
+    if target.os == base.os && target.architecture != base.architecture {
+        let mut s = format!("->{}", target.architecture);
+        if !target.variant.is_empty() {
+            s.push_str(&format!("/{}", target.variant));
+        }
+        s
+    } else if target.os != base.os {
+        format!("->{target}")
+    } else {
+        String::new()
+    }
+}
+
+/// A RUN step's name as BuildKit shows it: the instruction with the variables it can expand
 /// (quotes kept, unset ones left as written), its keyword upper-cased.
 fn step_name(lex: &Lexer, text: &str, env: &[(String, String)]) -> String {
     let mut l = lex.clone();
     l.raw_quotes = true;
     l.skip_unset_env = true;
+    word_name(&l, text, env)
+}
+
+/// Another step's name (WORKDIR, COPY, ADD): the instruction through the Dockerfile's own
+/// lexer (quotes removed, unset variables empty), its keyword upper-cased.
+fn word_name(l: &Lexer, text: &str, env: &[(String, String)]) -> String {
     let w = l
         .process_word(text, env)
         .map(|e| e.result)
@@ -664,6 +734,7 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
             build_args: Vec::new(),
             cmd_total: total,
             cmd_index: 0,
+            shown_platform: opt.multi_platform.then(|| target_platform.clone()),
             cmd_pos: usize::MAX,
             onbuild: 0,
             dispatched: false,
@@ -724,6 +795,9 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
     };
     // What each command reads: COPY --from a stage (by name or index) or an image, RUN's
     // mounts from the context, a stage or an image.
+    // BuildKit counts every mount and `--from` that names no stage as a state of its own
+    // (`unregistered`), so a lone stage that has one keeps its `stage-0` name.
+    let mut unregistered = false;
     for i in 0..ds.len() {
         let mut deps = BTreeSet::new();
         let mut all = Vec::new();
@@ -769,9 +843,15 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
                 }
                 _ => {}
             }
+            let plain_copy = matches!(&c.kind, Kind::Copy { from, .. } if from.is_empty())
+                || matches!(&c.kind, Kind::Add { .. });
             for s in &srcs {
-                if let Src::Stage(n) = s {
-                    deps.insert(*n);
+                match s {
+                    Src::Stage(n) => {
+                        deps.insert(*n);
+                    }
+                    _ if plain_copy => {}
+                    _ => unregistered = true,
                 }
             }
             all.push(srcs);
@@ -779,7 +859,7 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
         ds[i].deps = deps;
         ds[i].sources = all;
     }
-    if ds.len() == 1 {
+    if ds.len() == 1 && !unregistered {
         ds[0].stage_name.clear();
     }
 
@@ -1109,7 +1189,8 @@ fn dispatch(
             *state = state.dir(&wd);
             let mut layer = false;
             if wd != "/" {
-                let name = prefix(d, &step_name(lex, &c.code, &env_pairs(state)));
+                let env = env_pairs(state);
+                let name = prefix_in(d, &word_name(lex, &c.code, &env), &env);
                 let user = image.user.clone();
                 let mut mk = MkdirOptions {
                     make_parents: true,
@@ -1542,7 +1623,7 @@ fn run_command(
         shown_env.retain(|(k, _)| k != e);
         shown_env.push((e.clone(), "****".into()));
     }
-    let name = prefix(d, &step_name(lex, &custom, &shown_env));
+    let name = prefix_in(d, &step_name(lex, &custom, &shown_env), &env);
     let mut run = Run::args(args.clone()).constraints(
         Constraints::new()
             .description("com.docker.dockerfile.v1.command", c.code.clone())
@@ -1695,8 +1776,8 @@ fn copy(
     if !chmod.is_empty() {
         msg.push_str(&format!(" --chmod={chmod}"));
     }
-    let shown = step_name(lex, &c.code, env);
-    let name = prefix(d, &shown);
+    let shown = word_name(lex, &c.code, env);
+    let name = prefix_in(d, &shown, env);
     let chown = (!cfg.chown.is_empty()).then(|| llb::Chown::parse(&cfg.chown));
     let mut fa = FileAction::new();
     for raw in &cfg.paths.sources {
@@ -1861,9 +1942,9 @@ fn copy(
     if cfg.link && chmod.is_empty() {
         // The copy onto nothing, merged over the state: a layer of its own.
         d.cmd_index -= 1;
-        let copy_name = prefix(d, &shown);
+        let copy_name = prefix_in(d, &shown, env);
         d.cmd_index -= 1;
-        let link_name = prefix(d, &format!("LINK {shown}"));
+        let link_name = prefix_in(d, &format!("LINK {shown}"), env);
         let layer = llb::scratch().file(
             fa,
             Constraints::new()

@@ -56,6 +56,8 @@ pub struct Request {
     pub platform: Platform,
     /// `--platform`: the platform to build for (TARGETPLATFORM; default: `platform`).
     pub target_platform: Option<Platform>,
+    /// One of several platforms of one build (the steps' names say which).
+    pub multi_platform: bool,
 }
 
 /// A compiled Dockerfile.
@@ -148,6 +150,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Doc
         context_excludes: dockerignore(&context_dir, &req.file),
         ignore_syntax: false,
         images: Default::default(),
+        multi_platform: req.multi_platform,
     };
     let at = |line: usize, message: String| DockerfileError::At {
         file: file_name.clone(),

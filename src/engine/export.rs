@@ -19,13 +19,53 @@ impl Engine {
         output: Option<Output>,
         started: std::time::Instant,
     ) -> Result<(), EngineError> {
+        self.export_platforms(&[(snap.clone(), spec.clone())], name, output, started)
+            .await
+    }
+
+    /// [`Engine::export`] of one result per platform: with more than one, the image is an
+    /// OCI index over each platform's manifest (in the order given).
+    pub async fn export_platforms(
+        &self,
+        results: &[(SnapRef, image::ImageSpec)],
+        name: &str,
+        output: Option<Output>,
+        started: std::time::Instant,
+    ) -> Result<(), EngineError> {
+        if results.is_empty() {
+            return Err(EngineError::Output("no result to export".into()));
+        }
         self.reporter.event(Event::Note("exporting layers".into()));
-        let (assembled, created) = self.image(snap, spec).await?;
-        let size = assembled.manifest_bytes.len() as u64
-            + assembled.config_bytes.len() as u64
-            + assembled.layers.iter().map(|l| l.size()).sum::<u64>();
+        let mut images = Vec::with_capacity(results.len());
+        let mut created = 0;
+        for (snap, spec) in results {
+            let (assembled, made) = self.image(snap, spec).await?;
+            created = created.max(made);
+            images.push(assembled);
+        }
+        let mut size: u64 = images
+            .iter()
+            .map(|a| {
+                a.manifest_bytes.len() as u64
+                    + a.config_bytes.len() as u64
+                    + a.layers.iter().map(|l| l.size()).sum::<u64>()
+            })
+            .sum();
+        let descriptor = match &images[..] {
+            [one] => one.manifest_descriptor.clone(),
+            several => {
+                let manifests: Vec<_> = several
+                    .iter()
+                    .map(|a| a.manifest_descriptor.clone())
+                    .collect();
+                let index = image::index::index_of(&manifests)?;
+                self.worker.content.write_blob(&index.bytes)?;
+                size += index.bytes.len() as u64;
+                index.descriptor
+            }
+        };
         let record = meta::ImageRecord {
-            manifest_digest: assembled.manifest_digest.to_string(),
+            manifest_digest: descriptor.digest().to_string(),
             size,
             created,
         };
@@ -37,24 +77,25 @@ impl Engine {
         let cx = export::exporter::Cx {
             worker: &self.worker,
             root: &self.root,
-            assembled: &assembled,
+            descriptor: &descriptor,
+            images: &images,
             record: &record,
             name,
             reporter: &*self.reporter,
         };
         output.exporter().export(&cx).await?;
-        self.built(name, &assembled, started)
+        self.built(name, &descriptor, started)
     }
 
     fn built(
         &self,
         name: &str,
-        assembled: &image::Assembled,
+        descriptor: &oci_spec::image::Descriptor,
         started: std::time::Instant,
     ) -> Result<(), EngineError> {
         self.reporter.event(Event::Note(format!(
             "built {name} ({}) in {:.1}s",
-            assembled.manifest_digest,
+            descriptor.digest(),
             started.elapsed().as_secs_f64()
         )));
         Ok(())

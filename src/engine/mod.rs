@@ -92,6 +92,7 @@ pub struct Options {
 }
 
 /// What a build runs on: the store, the registry and the rootless helper.
+#[derive(Clone)]
 pub struct Engine {
     pub root: PathBuf,
     pub worker: Arc<Worker>,

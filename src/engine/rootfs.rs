@@ -47,7 +47,18 @@ impl Engine {
             return Ok(None);
         };
         let content = &self.worker.content;
-        let d = crate::content::parse_digest(&rec.manifest_digest)?;
+        let top = crate::content::parse_digest(&rec.manifest_digest)?;
+        // A multi-platform image runs as this machine's platform.
+        let stored = crate::image::index::stored(content, &top)?;
+        let host = crate::platform::Platform::host();
+        let Some(manifest) = stored.manifest_for(&host) else {
+            let have: Vec<String> = stored.platforms().iter().map(|p| p.to_string()).collect();
+            return Err(EngineError::Output(format!(
+                "{name} has no image for {host} (it has {})",
+                have.join(", ")
+            )));
+        };
+        let d = manifest.digest().clone();
         let m: ImageManifest = serde_json::from_slice(&content.read_blob(&d)?)
             .map_err(|e| EngineError::BaseConfig(format!("the manifest of {name}: {e}")))?;
         let config: ImageConfiguration =
@@ -55,7 +66,7 @@ impl Engine {
                 .map_err(|e| EngineError::BaseConfig(format!("the config of {name}: {e}")))?;
         Ok(Some(StoredImage {
             name,
-            manifest_digest: rec.manifest_digest,
+            manifest_digest: d.to_string(),
             config_digest: m.config().digest().to_string(),
             layers: m.layers().clone(),
             config,

@@ -190,6 +190,9 @@ pub fn convert_manifest(
     store: &Store,
     opts: &CompressionOpts,
 ) -> Result<Descriptor, ExportError> {
+    if crate::image::index::is_index(manifest) {
+        return convert_index(manifest, store, opts);
+    }
     let bytes = store.read_blob(manifest.digest())?;
     let mut parsed: ImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| ExportError::Manifest {
@@ -249,6 +252,34 @@ pub fn convert_manifest(
     d.set_size(info.size);
     d.set_digest(info.digest);
     Ok(d)
+}
+
+/// [`convert_manifest`] for an index: each of its manifests converted, and an index over
+/// them in the same order with the same platforms (the same index when none changed).
+fn convert_index(
+    index: &Descriptor,
+    store: &Store,
+    opts: &CompressionOpts,
+) -> Result<Descriptor, ExportError> {
+    let bad = |message: String| ExportError::Manifest {
+        digest: index.digest().to_string(),
+        message,
+    };
+    let stored =
+        crate::image::index::stored(store, index.digest()).map_err(|e| bad(e.to_string()))?;
+    let crate::image::index::Stored::Index { manifests, .. } = stored else {
+        return Err(bad("not an image index".into()));
+    };
+    let mut converted = Vec::with_capacity(manifests.len());
+    for m in &manifests {
+        converted.push(convert_manifest(m, store, opts)?);
+    }
+    if converted == manifests {
+        return Ok(index.clone());
+    }
+    let made = crate::image::index::index_of(&converted).map_err(|e| bad(e.to_string()))?;
+    store.write_blob(&made.bytes)?;
+    Ok(made.descriptor)
 }
 
 /// Copies a layer's uncompressed tar into `out` (for formats that want plain tars).

@@ -302,13 +302,14 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// Imports the image whose manifest is `manifest` as `name` into the containerd `target`.
-pub async fn import(
-    target: &Target,
-    name: &str,
-    manifest: &Descriptor,
-    store: &Store,
-) -> Result<Imported, ContainerdError> {
+/// One image manifest of an import, read.
+struct Part {
+    manifest: Descriptor,
+    parsed: ImageManifest,
+    chains: Vec<String>,
+}
+
+fn read_part(manifest: &Descriptor, store: &Store) -> Result<Part, ContainerdError> {
     let bad = |m: String| ContainerdError::Image(format!("{}: {m}", manifest.digest()));
     let parsed: ImageManifest = serde_json::from_slice(&store.read_blob(manifest.digest())?)
         .map_err(|e| bad(format!("not an image manifest: {e}")))?;
@@ -323,6 +324,38 @@ pub async fn import(
             chains.len()
         )));
     }
+    Ok(Part {
+        manifest: manifest.clone(),
+        parsed,
+        chains,
+    })
+}
+
+/// Imports the image whose manifest (or index of one manifest per platform) is `manifest` as
+/// `name` into the containerd `target`. With `unpack`, this machine's platform is unpacked.
+pub async fn import(
+    target: &Target,
+    name: &str,
+    manifest: &Descriptor,
+    store: &Store,
+) -> Result<Imported, ContainerdError> {
+    let bad = |m: String| ContainerdError::Image(format!("{}: {m}", manifest.digest()));
+    let stored =
+        crate::image::index::stored(store, manifest.digest()).map_err(|e| bad(e.to_string()))?;
+    let children = match &stored {
+        crate::image::index::Stored::Manifest(_) => vec![manifest.clone()],
+        crate::image::index::Stored::Index { manifests, .. } => manifests.clone(),
+    };
+    let parts = children
+        .iter()
+        .map(|m| read_part(m, store))
+        .collect::<Result<Vec<_>, _>>()?;
+    let host = stored
+        .manifest_for(&crate::platform::Platform::host())
+        .map(|d| d.digest().clone());
+    let unpack_at = parts
+        .iter()
+        .position(|p| Some(p.manifest.digest()) == host.as_ref());
 
     let channel = connect(&target.address).await?;
     let mut s = Session {
@@ -345,7 +378,7 @@ pub async fn import(
         .map(|l| l.id);
     s.lease = lease.clone();
 
-    let result = import_under_lease(&s, target, name, manifest, &parsed, &chains, store).await;
+    let result = import_under_lease(&s, target, name, manifest, &parts, unpack_at, store).await;
     if let Some(id) = lease {
         s.lease = None;
         let r = s.req(cd::DeleteRequest { id, sync: false })?;
@@ -360,33 +393,50 @@ async fn import_under_lease(
     s: &Session,
     target: &Target,
     name: &str,
-    manifest: &Descriptor,
-    parsed: &ImageManifest,
-    chains: &[String],
+    top: &Descriptor,
+    parts: &[Part],
+    unpack_at: Option<usize>,
     store: &Store,
 ) -> Result<Imported, ContainerdError> {
     let mut done = Imported::default();
     let mut blobs: Vec<(&Descriptor, HashMap<String, String>)> = Vec::new();
-    for l in parsed.layers() {
-        blobs.push((l, HashMap::new()));
-    }
-    let mut config_labels = HashMap::new();
-    if let (Some(sn), Some(top)) = (&target.unpack, chains.last()) {
-        config_labels.insert(format!("containerd.io/gc.ref.snapshot.{sn}"), top.clone());
-    }
-    blobs.push((parsed.config(), config_labels.clone()));
-    let mut manifest_labels = HashMap::new();
-    manifest_labels.insert(
-        "containerd.io/gc.ref.content.config".to_string(),
-        parsed.config().digest().to_string(),
-    );
-    for (i, l) in parsed.layers().iter().enumerate() {
+    for (n, part) in parts.iter().enumerate() {
+        for l in part.parsed.layers() {
+            blobs.push((l, HashMap::new()));
+        }
+        let mut config_labels = HashMap::new();
+        if let (Some(sn), Some(top)) = (&target.unpack, part.chains.last())
+            && unpack_at == Some(n)
+        {
+            config_labels.insert(format!("containerd.io/gc.ref.snapshot.{sn}"), top.clone());
+        }
+        blobs.push((part.parsed.config(), config_labels));
+        let mut manifest_labels = HashMap::new();
         manifest_labels.insert(
-            format!("containerd.io/gc.ref.content.l.{i}"),
-            l.digest().to_string(),
+            "containerd.io/gc.ref.content.config".to_string(),
+            part.parsed.config().digest().to_string(),
         );
+        for (i, l) in part.parsed.layers().iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest().to_string(),
+            );
+        }
+        blobs.push((&part.manifest, manifest_labels));
     }
-    blobs.push((manifest, manifest_labels.clone()));
+    if crate::image::index::is_index(top) {
+        let labels = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    format!("containerd.io/gc.ref.content.m.{i}"),
+                    p.manifest.digest().to_string(),
+                )
+            })
+            .collect();
+        blobs.push((top, labels));
+    }
     for (desc, labels) in blobs {
         let digest = desc.digest().to_string();
         if s.has(&digest).await? {
@@ -400,15 +450,15 @@ async fn import_under_lease(
         }
     }
 
-    if let Some(sn) = &target.unpack {
-        unpack(s, sn, parsed.layers(), chains).await?;
-        done.unpacked = chains.last().cloned();
+    if let (Some(sn), Some(part)) = (&target.unpack, unpack_at.and_then(|n| parts.get(n))) {
+        unpack(s, sn, part.parsed.layers(), &part.chains).await?;
+        done.unpacked = part.chains.last().cloned();
     }
 
     let image = cd::Image {
         name: name.to_string(),
         labels: HashMap::new(),
-        target: Some(cd_descriptor(manifest)),
+        target: Some(cd_descriptor(top)),
         created_at: None,
         updated_at: None,
     };

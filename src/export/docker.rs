@@ -27,6 +27,13 @@ pub fn docker_tar(
         digest: manifest.digest().to_string(),
         message,
     };
+    if crate::image::index::is_index(manifest) {
+        // BuildKit's docker exporter refuses the same.
+        return Err(ExportError::Refused(format!(
+            "a docker archive holds one platform's image, and {name} is an index of several: \
+             use -o type=oci for all of them, or build each platform with its own --platform"
+        )));
+    }
     let parsed: ImageManifest = serde_json::from_slice(&store.read_blob(manifest.digest())?)
         .map_err(|e| bad(format!("not an image manifest: {e}")))?;
     let config_bytes = store.read_blob(parsed.config().digest())?;

@@ -445,10 +445,12 @@ pub fn layout_index_of(images: &[(Descriptor, String)]) -> Vec<u8> {
         if let Some(p) = manifest.platform()
             && let Some(obj) = entry.as_object_mut()
         {
-            obj.insert(
-                "platform".into(),
-                json!({"architecture": p.architecture().to_string(), "os": p.os().to_string()}),
-            );
+            let mut platform =
+                json!({"architecture": p.architecture().to_string(), "os": p.os().to_string()});
+            if let Some(v) = p.variant() {
+                platform["variant"] = json!(v);
+            }
+            obj.insert("platform".into(), platform);
         }
         entries.push(entry);
     }
@@ -479,7 +481,24 @@ fn write_layout<W: Write>(
     store: &Store,
 ) -> Result<W, ExportError> {
     let mut blobs: Vec<Digest> = Vec::new();
-    for (manifest, _) in images {
+    let mut manifests: Vec<Descriptor> = Vec::new();
+    for (top, _) in images {
+        if crate::image::index::is_index(top) {
+            let stored = crate::image::index::stored(store, top.digest()).map_err(|e| {
+                ExportError::Manifest {
+                    digest: top.digest().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            blobs.push(top.digest().clone());
+            if let crate::image::index::Stored::Index { manifests: m, .. } = stored {
+                manifests.extend(m);
+            }
+        } else {
+            manifests.push(top.clone());
+        }
+    }
+    for manifest in &manifests {
         let manifest_bytes = store.read_blob(manifest.digest())?;
         let parsed: ImageManifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| ExportError::Manifest {

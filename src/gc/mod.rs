@@ -286,12 +286,24 @@ fn prune_blobs(worker: &Worker, kept: &[&Snap], cutoff: SystemTime) -> Result<Am
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let db = meta::Meta::open(&worker.root)?;
     for (_, img) in db.list_images()? {
-        keep.insert(img.manifest_digest.clone());
-        if let Ok(d) = content::parse_digest(&img.manifest_digest)
-            && let Ok(bytes) = store.read_blob(&d)
-        {
-            for r in manifest_refs(&bytes) {
-                keep.insert(r);
+        // The record's manifest or index, and below an index each manifest it lists.
+        let mut todo = vec![img.manifest_digest.clone()];
+        while let Some(top) = todo.pop() {
+            if !keep.insert(top.clone()) {
+                continue;
+            }
+            if let Ok(d) = content::parse_digest(&top)
+                && let Ok(bytes) = store.read_blob(&d)
+            {
+                let index = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|v| v.get("manifests").is_some());
+                for r in manifest_refs(&bytes) {
+                    if index {
+                        todo.push(r);
+                    } else {
+                        keep.insert(r);
+                    }
+                }
             }
         }
     }

@@ -11,6 +11,8 @@ use thiserror::Error;
 
 use crate::content::{self, BlobInfo, ContentError, Store};
 
+pub mod index;
+
 /// The runtime part of an image config that a build decides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageSpec {
@@ -97,7 +99,7 @@ pub struct Assembled {
     pub config_digest: Digest,
     pub manifest_bytes: Vec<u8>,
     pub manifest_digest: Digest,
-    /// Descriptor of the manifest (OCI manifest media type, platform linux/amd64).
+    /// Descriptor of the manifest (OCI manifest media type, the image's platform).
     pub manifest_descriptor: Descriptor,
     /// Layer descriptors in the manifest, base first.
     pub layers: Vec<Descriptor>,
@@ -191,7 +193,7 @@ fn merge_env(base: &[String], updates: &[String]) -> Vec<String> {
 /// replace the base's when set (setting an entrypoint without a cmd clears the base's cmd, as
 /// Docker does); labels are merged over the base's; exposed ports are added. `rootfs.diff_ids`
 /// are the base's followed by the new layers'; one history entry is added per new layer.
-/// The platform is linux/amd64. The JSON is canonical (sorted keys), so equal inputs give
+/// The platform is the spec's. The JSON is canonical (sorted keys), so equal inputs give
 /// equal digests.
 pub fn assemble(
     base: &ImageConfiguration,
@@ -362,13 +364,7 @@ pub fn assemble(
         manifest_bytes.len() as u64,
         manifest_digest.clone(),
     );
-    manifest_descriptor.set_platform(Some(
-        oci_spec::image::PlatformBuilder::default()
-            .architecture(oci_spec::image::Arch::Amd64)
-            .os(oci_spec::image::Os::Linux)
-            .build()
-            .map_err(|e| ImageError::BaseConfig(e.to_string()))?,
-    ));
+    manifest_descriptor.set_platform(Some(index::oci_platform(&platform)?));
     Ok(Assembled {
         config_bytes,
         config_digest,

@@ -48,6 +48,51 @@ pub trait Reporter: Send + Sync {
     fn finish(&self) {}
 }
 
+/// Passes events on with every vertex number moved up by `base`: several graphs solved at
+/// once (one per platform) report into one display without sharing numbers. `finish` is left
+/// to the one who owns the display.
+pub struct Offset {
+    pub inner: std::sync::Arc<dyn Reporter>,
+    pub base: usize,
+}
+
+impl Reporter for Offset {
+    fn event(&self, event: Event) {
+        let b = self.base;
+        self.inner.event(match event {
+            Event::Started {
+                vertex,
+                digest,
+                inputs,
+                name,
+            } => Event::Started {
+                vertex: vertex + b,
+                digest,
+                inputs,
+                name,
+            },
+            Event::Log { vertex, data } => Event::Log {
+                vertex: vertex + b,
+                data,
+            },
+            Event::Completed {
+                vertex,
+                cached,
+                elapsed,
+            } => Event::Completed {
+                vertex: vertex + b,
+                cached,
+                elapsed,
+            },
+            Event::Failed { vertex, error } => Event::Failed {
+                vertex: vertex + b,
+                error,
+            },
+            Event::Note(n) => Event::Note(n),
+        });
+    }
+}
+
 /// Drops everything; for tests and `--quiet` paths.
 pub struct Silent;
 

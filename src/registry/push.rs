@@ -52,14 +52,17 @@ impl Registry {
             reference: norm.whole(),
             message,
         };
-        let bytes = store.read_blob(manifest.digest())?;
-        let parsed: ImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| fail(format!("the manifest is not an image manifest: {e}")))?;
         if let Some(d) = norm.digest()
             && d != manifest.digest().as_ref()
         {
             return Err(fail(format!("the image is {}, not {d}", manifest.digest())));
         }
+        if crate::image::index::is_index(manifest) {
+            return Box::pin(self.push_index(&norm, manifest, store)).await;
+        }
+        let bytes = store.read_blob(manifest.digest())?;
+        let parsed: ImageManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| fail(format!("the manifest is not an image manifest: {e}")))?;
         let client = self.client(&host, section_for(&registry))?;
         let target = match norm.tag() {
             Some(t) => Reference::with_tag(host.clone(), repo.clone(), t.to_string()),
@@ -102,6 +105,64 @@ impl Registry {
             .push_manifest_raw(&target, bytes, content_type)
             .await
             .map_err(|e| fail(format!("uploading the manifest: {}", describe(&e))))?;
+        Ok(out)
+    }
+
+    /// An index: each of its manifests pushed by digest into the same repository (their
+    /// blobs first, as for one image), then the index under the reference.
+    async fn push_index(
+        &self,
+        norm: &Reference,
+        index: &Descriptor,
+        store: &content::Store,
+    ) -> Result<Pushed, RegistryError> {
+        let fail = |message: String| RegistryError::Push {
+            reference: norm.whole(),
+            message,
+        };
+        let stored =
+            crate::image::index::stored(store, index.digest()).map_err(|e| fail(e.to_string()))?;
+        let crate::image::index::Stored::Index { manifests, .. } = stored else {
+            return Err(fail("not an image index".into()));
+        };
+        let mut out = Pushed {
+            reference: norm.whole(),
+            manifest_digest: index.digest().to_string(),
+            ..Pushed::default()
+        };
+        let repo = format!("{}/{}", norm.registry(), norm.repository());
+        for m in &manifests {
+            let p = self
+                .push(&format!("{repo}@{}", m.digest()), m, store)
+                .await?;
+            out.uploaded += p.uploaded;
+            out.mounted += p.mounted;
+            out.present += p.present;
+        }
+        let registry = norm.registry().to_string();
+        let host = endpoint_for(&registry).to_string();
+        let client = self.client(&host, section_for(&registry))?;
+        let target = match norm.tag() {
+            Some(t) => Reference::with_tag(host.clone(), norm.repository().to_string(), t.into()),
+            None => Reference::with_digest(
+                host.clone(),
+                norm.repository().to_string(),
+                index.digest().to_string(),
+            ),
+        };
+        let creds = self.credentials(&host)?;
+        client
+            .auth(&target, &creds, RegistryOperation::Push)
+            .await
+            .map_err(|e| fail(describe(&e)))?;
+        let media_type = index.media_type().to_string();
+        let content_type = media_type
+            .parse()
+            .map_err(|_| fail(format!("bad media type {media_type}")))?;
+        client
+            .push_manifest_raw(&target, store.read_blob(index.digest())?, content_type)
+            .await
+            .map_err(|e| fail(format!("uploading the index: {}", describe(&e))))?;
         Ok(out)
     }
 

@@ -325,8 +325,19 @@ pub struct Job {
     pub image_config: Option<Vec<u8>>,
     /// The session serving local sources ("" for none).
     pub session: String,
+    /// Several platforms of one image: each one's Definition and image config (then
+    /// `definition` and `image_config` are not used); the exporter gets one result per
+    /// platform, as from BuildKit's own frontends.
+    pub platforms: Vec<PlatformPart>,
     /// `--export-cache` / `--import-cache`, as BuildKit's cache exporters and importers.
     pub cache: pb::CacheOptions,
+}
+
+/// One platform of a multi-platform [`Job`].
+pub struct PlatformPart {
+    pub platform: crate::platform::Platform,
+    pub definition: Vec<u8>,
+    pub image_config: Option<Vec<u8>>,
 }
 
 /// gRPC metadata that ties gateway calls to the Control.Solve of the same job.
@@ -341,21 +352,25 @@ fn with_build_id<T>(msg: T, id: &str) -> Result<tonic::Request<T>, RemoteError> 
     Ok(r)
 }
 
-/// The client-side frontend: solve the Definition through the gateway, then return its
-/// result with the image config.
+/// The client-side frontend: solve each platform's Definition through the gateway (one part
+/// with no platform: a plain build), then return the result with the image configs.
 async fn gateway(
     ep: &Endpoint,
     ch: &Channel,
     id: &str,
-    def: crate::pb::Definition,
-    config: Vec<u8>,
+    parts: Vec<(
+        Option<crate::platform::Platform>,
+        crate::pb::Definition,
+        Option<Vec<u8>>,
+    )>,
 ) -> Result<(), RemoteError> {
     use pb::frontend::{self as gw, llb_bridge_client::LlbBridgeClient};
-    let mut bridge = LlbBridgeClient::new(ch.clone());
-    let solved = bridge
-        .solve(with_build_id(
+    let bridge = LlbBridgeClient::new(ch.clone());
+    let solves = parts.iter().map(|(_, def, _)| {
+        let mut bridge = bridge.clone();
+        let req = with_build_id(
             gw::SolveRequest {
-                definition: Some(def),
+                definition: Some(def.clone()),
                 allow_result_return: true,
                 allow_result_array_ref: true,
                 // Evaluated here, so that a failing step fails this call with its error.
@@ -363,23 +378,20 @@ async fn gateway(
                 ..Default::default()
             },
             id,
-        )?)
-        .await;
-    let result = match solved {
-        Ok(r) => {
-            let r = r.into_inner();
-            let mut metadata = HashMap::new();
-            metadata.insert("containerimage.config".to_string(), config);
-            let result = match r.result.and_then(|x| x.result) {
-                Some(res) => Some(res),
-                None => Some(gw::result::Result::RefDeprecated(r.r#ref)),
-            };
-            gw::ReturnRequest {
-                result: Some(gw::Result { result, metadata }),
-                error: None,
+        );
+        async move {
+            match req {
+                Ok(req) => bridge.solve(req).await.map_err(Ok),
+                Err(e) => Err(Err(e)),
             }
         }
-        Err(s) => {
+    });
+    let solved: Result<Vec<_>, Result<tonic::Status, RemoteError>> =
+        futures_util::future::try_join_all(solves).await;
+    let mut bridge = bridge;
+    let solved = match solved {
+        Ok(s) => s,
+        Err(Ok(s)) => {
             // Tell the job why, so its Solve fails with the step's error.
             let req = gw::ReturnRequest {
                 result: None,
@@ -391,6 +403,77 @@ async fn gateway(
             let _ = bridge.r#return(with_build_id(req, id)?).await;
             return Err(rpc(ep, "LLBBridge.Solve", s));
         }
+        Err(Err(e)) => return Err(e),
+    };
+    let mut metadata = HashMap::new();
+    let mut results = Vec::with_capacity(solved.len());
+    for (r, (platform, _, config)) in solved.into_iter().zip(&parts) {
+        let r = r.into_inner();
+        results.push(match r.result.and_then(|x| x.result) {
+            Some(res) => res,
+            None => gw::result::Result::RefDeprecated(r.r#ref),
+        });
+        if let Some(cfg) = config {
+            let key = match platform {
+                Some(p) => format!("containerimage.config/{p}"),
+                None => "containerimage.config".to_string(),
+            };
+            metadata.insert(key, cfg.clone());
+        }
+    }
+    let result = if parts.iter().all(|(p, _, _)| p.is_none()) {
+        results.pop()
+    } else {
+        let ids: Vec<serde_json::Value> = parts
+            .iter()
+            .filter_map(|(p, _, _)| p.as_ref())
+            .map(|p| {
+                let mut oci = serde_json::json!({"architecture": p.architecture, "os": p.os});
+                if !p.variant.is_empty() {
+                    oci["variant"] = serde_json::json!(p.variant);
+                }
+                serde_json::json!({"ID": p.to_string(), "Platform": oci})
+            })
+            .collect();
+        metadata.insert(
+            "refs.platforms".to_string(),
+            serde_json::to_vec(&serde_json::json!({ "Platforms": ids }))
+                .map_err(|e| RemoteError::Definition(e.to_string()))?,
+        );
+        let keyed = || {
+            parts
+                .iter()
+                .map(|(p, _, _)| p.as_ref().map(|p| p.to_string()).unwrap_or_default())
+        };
+        if results
+            .iter()
+            .all(|r| matches!(r, gw::result::Result::Ref(_)))
+        {
+            let refs = keyed()
+                .zip(results)
+                .filter_map(|(k, r)| match r {
+                    gw::result::Result::Ref(r) => Some((k, r)),
+                    _ => None,
+                })
+                .collect();
+            Some(gw::result::Result::Refs(gw::RefMap { refs }))
+        } else {
+            let refs = keyed()
+                .zip(results)
+                .map(|(k, r)| match r {
+                    gw::result::Result::Ref(r) => (k, r.id),
+                    gw::result::Result::RefDeprecated(id) => (k, id),
+                    _ => (k, String::new()),
+                })
+                .collect();
+            Some(gw::result::Result::RefsDeprecated(gw::RefMapDeprecated {
+                refs,
+            }))
+        }
+    };
+    let result = gw::ReturnRequest {
+        result: Some(gw::Result { result, metadata }),
+        error: None,
     };
     bridge
         .r#return(with_build_id(result, id)?)
@@ -420,15 +503,18 @@ pub async fn solve(
     job: Job,
     reporter: Arc<dyn Reporter>,
 ) -> Result<HashMap<String, String>, RemoteError> {
-    let mut def = crate::pb::Definition::decode(&job.definition[..])
-        .map_err(|e| RemoteError::Definition(e.to_string()))?;
-    // The source map holds only empty location lists (as the Go client writes them). Sent
-    // again through prost, an empty list would be left out of its map entry, which Go reads
-    // as a nil list, and BuildKit 0.8 (dockerd 20.10) dereferences it when a step fails. It
-    // carries no information: leave it out.
-    if def.source.as_ref().is_some_and(|s| s.infos.is_empty()) {
-        def.source = None;
-    }
+    let decode = |bytes: &[u8]| {
+        let mut def = crate::pb::Definition::decode(bytes)
+            .map_err(|e| RemoteError::Definition(e.to_string()))?;
+        // The source map holds only empty location lists (as the Go client writes them).
+        // Sent again through prost, an empty list would be left out of its map entry, which
+        // Go reads as a nil list, and BuildKit 0.8 (dockerd 20.10) dereferences it when a
+        // step fails. It carries no information: leave it out.
+        if def.source.as_ref().is_some_and(|s| s.infos.is_empty()) {
+            def.source = None;
+        }
+        Ok::<_, RemoteError>(def)
+    };
     let r = job_ref();
     let mut status_client = ControlClient::new(ch.clone());
     let status_ref = r.clone();
@@ -447,10 +533,19 @@ pub async fn solve(
         }
     });
     let mut client = ControlClient::new(ch.clone());
-    let (definition, frontend) = match job.image_config {
-        // The job's Solve waits for its frontend: the gateway calls below.
-        Some(cfg) => (None, Some((def, cfg))),
-        None => (Some(def), None),
+    let (definition, frontend) = if !job.platforms.is_empty() {
+        let mut parts = Vec::with_capacity(job.platforms.len());
+        for p in job.platforms {
+            parts.push((Some(p.platform), decode(&p.definition)?, p.image_config));
+        }
+        (None, Some(parts))
+    } else {
+        let def = decode(&job.definition)?;
+        match job.image_config {
+            // The job's Solve waits for its frontend: the gateway calls below.
+            Some(cfg) => (None, Some(vec![(None, def, Some(cfg))])),
+            None => (Some(def), None),
+        }
     };
     let req = pb::SolveRequest {
         r#ref: r.clone(),
@@ -465,7 +560,7 @@ pub async fn solve(
     };
     let solving = tokio::spawn(async move { client.solve(req).await });
     let gw = match frontend {
-        Some((def, cfg)) => gateway(ep, ch, &r, def, cfg).await,
+        Some(parts) => gateway(ep, ch, &r, parts).await,
         None => Ok(()),
     };
     let resp = match solving.await {

@@ -156,11 +156,45 @@ impl Backend for RemoteBackend {
     }
 
     fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(self.solve(job))
+        Box::pin(self.solve(vec![job]))
+    }
+
+    fn run_platforms(&self, jobs: Vec<Job>) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.solve(jobs))
     }
 
     fn finish(&self) {
         self.reporter.finish();
+    }
+}
+
+/// The image config a job's result gets on a remote BuildKit (`None`: its base image's).
+fn image_config(job: &Job) -> Result<Option<Vec<u8>>, BackendError> {
+    Ok(match &job.image {
+        ImageConfig::Spec {
+            spec,
+            base_config,
+            base_layers,
+        } => Some(
+            crate::image::assemble(
+                base_config,
+                spec,
+                base_layers,
+                &[],
+                crate::engine::reproducible_epoch() as u64,
+            )?
+            .config_bytes,
+        ),
+        ImageConfig::Full { config, .. } => Some(config.clone()),
+        ImageConfig::Base => None,
+    })
+}
+
+/// The platform a job builds for.
+fn platform_of(job: &Job) -> crate::platform::Platform {
+    match &job.image {
+        ImageConfig::Spec { spec, .. } | ImageConfig::Full { spec, .. } => spec.platform(),
+        ImageConfig::Base => crate::platform::Platform::host(),
     }
 }
 
@@ -249,12 +283,26 @@ impl Staging {
 }
 
 impl RemoteBackend {
-    /// Runs the job on the remote BuildKit and exports the result as its output asks.
-    async fn solve(&self, job: Job) -> Result<(), BackendError> {
+    /// Runs the job on the remote BuildKit and exports the result as its output asks; with
+    /// several jobs (one per platform, the same name and output), one multi-platform result.
+    async fn solve(&self, jobs: Vec<Job>) -> Result<(), BackendError> {
         let remote = &self.remote;
         let ep = &remote.ep;
+        let Some(job) = jobs.first() else {
+            return Err(BackendError::Refused("no platform to build".into()));
+        };
         // Local sources are read through a session the client serves.
-        let (wanted, mut registries) = sources(&job.definition)?;
+        let mut wanted: Vec<String> = Vec::new();
+        let mut registries = BTreeSet::new();
+        for j in &jobs {
+            let (names, regs) = sources(&j.definition)?;
+            for n in names {
+                if !wanted.contains(&n) {
+                    wanted.push(n);
+                }
+            }
+            registries.extend(regs);
+        }
         let mut offered = remote::session::Locals::default();
         for n in &wanted {
             let Some(dir) = job.locals.get(n) else {
@@ -297,41 +345,37 @@ impl RemoteBackend {
             Endpoint::Dockerd(sock) => remote::session::attach_dockerd(sock, offer).await?,
             _ => remote::session::attach_control(ep, &remote.channel, offer).await?,
         };
-        let image_config = match &job.image {
-            ImageConfig::Spec {
-                spec,
-                base_config,
-                base_layers,
-            } => Some(
-                crate::image::assemble(
-                    base_config,
-                    spec,
-                    base_layers,
-                    &[],
-                    crate::engine::reproducible_epoch() as u64,
-                )?
-                .config_bytes,
-            ),
-            ImageConfig::Full { config, .. } => Some(config.clone()),
-            ImageConfig::Base => None,
+        let definition = |j: &Job| {
+            if self.options.no_cache {
+                ignoring_cache(&j.definition)
+            } else {
+                Ok(j.definition.clone())
+            }
         };
+        let mut platforms = Vec::new();
+        if jobs.len() > 1 {
+            for j in &jobs {
+                platforms.push(remote::PlatformPart {
+                    platform: platform_of(j),
+                    definition: definition(j)?,
+                    image_config: image_config(j)?,
+                });
+            }
+        }
         let cache = cache_options(&job.cache, kind.moby)?;
         let shown = attrs.get("name").cloned();
         let res = remote::solve(
             ep,
             &remote.channel,
             remote::Job {
-                definition: if self.options.no_cache {
-                    ignoring_cache(&job.definition)?
-                } else {
-                    job.definition.clone()
-                },
+                definition: definition(job)?,
                 exporter,
                 exporter_attrs: attrs,
                 entitlements: self.options.entitlements.clone(),
-                image_config,
+                image_config: image_config(job)?,
                 session: session.id.clone(),
                 cache,
+                platforms,
             },
             self.reporter.clone(),
         )

@@ -25,7 +25,7 @@ impl Exporter for Archive<'_> {
         Box::pin(async move {
             let ref_name = cx.ref_for(self.name)?;
             let content = &cx.worker.content;
-            let manifest = &cx.assembled.manifest_descriptor;
+            let manifest = cx.descriptor;
             match self.format {
                 Format::Oci => {
                     cx.note(format!(

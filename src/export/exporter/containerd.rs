@@ -23,11 +23,8 @@ impl Exporter for Containerd<'_> {
                 target.namespace
             ));
             let content = &cx.worker.content;
-            let manifest = crate::export::convert_manifest(
-                &cx.assembled.manifest_descriptor,
-                content,
-                self.compression,
-            )?;
+            let manifest =
+                crate::export::convert_manifest(cx.descriptor, content, self.compression)?;
             let done = crate::export::containerd::import(target, &ref_name, &manifest, content)
                 .await
                 .map_err(|e| ExportError::Refused(e.to_string()))?;

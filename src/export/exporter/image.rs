@@ -24,11 +24,8 @@ impl Exporter for Image<'_> {
             if self.push {
                 cx.note(format!("pushing {target}"));
                 let content = &cx.worker.content;
-                let manifest = crate::export::convert_manifest(
-                    &cx.assembled.manifest_descriptor,
-                    content,
-                    self.compression,
-                )?;
+                let manifest =
+                    crate::export::convert_manifest(cx.descriptor, content, self.compression)?;
                 let p = cx.worker.registry.push(&target, &manifest, content).await?;
                 cx.note(pushed_note(&p));
             }

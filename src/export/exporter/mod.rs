@@ -13,7 +13,7 @@ mod image;
 mod rootfs;
 
 pub use image::pushed_note;
-pub use rootfs::{extract_as_user, rootfs_tar};
+pub use rootfs::{extract_as_user, rootfs_tar, rootfs_tar_of};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,7 +31,10 @@ pub struct Cx<'a> {
     pub worker: &'a Worker,
     /// The store's root (its image records).
     pub root: &'a Path,
-    pub assembled: &'a Assembled,
+    /// The image's manifest, or the index over each platform's of a multi-platform build.
+    pub descriptor: &'a oci_spec::image::Descriptor,
+    /// Each platform's image, in the index's order (one for a single-platform build).
+    pub images: &'a [Assembled],
     pub record: &'a ImageRecord,
     /// The image's name in the store.
     pub name: &'a str,

@@ -18,22 +18,40 @@ impl Exporter for Rootfs<'_> {
     fn export<'a>(&'a self, cx: &'a Cx<'a>) -> BoxFuture<'a, Result<(), ExportError>> {
         Box::pin(async move {
             let dest = self.dest;
+            let several = cx.images.len() > 1;
+            let parts: Vec<(Option<String>, &[oci_spec::image::Descriptor])> = cx
+                .images
+                .iter()
+                .map(|a| {
+                    let dir = several.then(|| {
+                        crate::image::index::platform_of(&a.manifest_descriptor)
+                            .map(|p| crate::image::index::platform_dir(&p))
+                            .unwrap_or_else(|| a.manifest_digest.digest().to_string())
+                    });
+                    (dir, &a.layers[..])
+                })
+                .collect();
+            let each = if several {
+                " (one directory per platform)"
+            } else {
+                ""
+            };
             if self.tree {
                 cx.note(format!(
-                    "writing the root filesystem into {}",
+                    "writing the root filesystem into {}{each}",
                     dest.display()
                 ));
-                let tar = rootfs_tar(cx.worker, &cx.assembled.layers).await?;
+                let tar = rootfs_tar_of(cx.worker, &parts).await?;
                 for n in extract_as_user(tar.path(), dest)? {
                     cx.note(n);
                 }
                 return Ok(());
             }
             cx.note(format!(
-                "writing the root filesystem as a tar to {}",
+                "writing the root filesystem as a tar to {}{each}",
                 dest.display()
             ));
-            let tar = rootfs_tar(cx.worker, &cx.assembled.layers).await?;
+            let tar = rootfs_tar_of(cx.worker, &parts).await?;
             crate::export::write_to_dest(dest, |out| {
                 let mut f = std::fs::File::open(tar.path()).map_err(|source| ExportError::Io {
                     path: tar.path().to_path_buf(),
@@ -72,17 +90,37 @@ pub async fn rootfs_tar(
     worker: &Worker,
     layers: &[oci_spec::image::Descriptor],
 ) -> Result<tempfile::NamedTempFile, ExportError> {
+    rootfs_tar_of(worker, &[(None, layers)]).await
+}
+
+/// [`rootfs_tar`] of several images: each one's root filesystem under its directory name
+/// (`linux_arm64/...`), or at the top where it has none.
+pub async fn rootfs_tar_of(
+    worker: &Worker,
+    parts: &[(Option<String>, &[oci_spec::image::Descriptor])],
+) -> Result<tempfile::NamedTempFile, ExportError> {
     let dir = worker.snapshots.temp_dir()?;
     let rootfs = dir.path().join("rootfs");
-    let unpack = worker
-        .unpack_request(layers, &rootfs)
-        .map_err(|e| ExportError::Refused(e.to_string()))?;
+    let mut unpacks = Vec::with_capacity(parts.len());
+    for (sub, layers) in parts {
+        let dest = match sub {
+            Some(s) => rootfs.join(s),
+            None => rootfs.clone(),
+        };
+        unpacks.push(
+            worker
+                .unpack_request(layers, &dest)
+                .map_err(|e| ExportError::Refused(e.to_string()))?,
+        );
+    }
     let out = worker.snapshots.temp_file()?;
     let res = async {
-        worker
-            .run_helper(unpack, None, None)
-            .await
-            .map_err(|e| ExportError::Refused(format!("unpacking the image's layers: {e}")))?;
+        for unpack in unpacks {
+            worker
+                .run_helper(unpack, None, None)
+                .await
+                .map_err(|e| ExportError::Refused(format!("unpacking the image's layers: {e}")))?;
+        }
         worker
             .run_helper(
                 rootless::Request::DiffTar {
