@@ -326,8 +326,10 @@ impl Default for Environment {
 pub enum IrError {
     #[error("`config.entrypoint` is only for custom image, maybe you need `runtime.init`")]
     EntrypointInDevMode,
-    #[error("io.copy target must be an absolute path, got {0:?}")]
-    RelativeCopyTarget(String),
+    #[error(
+        "io.copy target is empty (give a path: an absolute one, or one relative to the working directory)"
+    )]
+    EmptyCopyTarget,
     #[error("invalid publisher in VS Code extension {0:?} (want `publisher.extension[-version]`)")]
     InvalidPublisher(String),
     #[error("python version {0} is not supported")]
@@ -341,8 +343,8 @@ impl Environment {
             return Err(IrError::EntrypointInDevMode);
         }
         for c in &self.copies {
-            if !c.target.starts_with('/') {
-                return Err(IrError::RelativeCopyTarget(c.target.clone()));
+            if c.target.is_empty() {
+                return Err(IrError::EmptyCopyTarget);
             }
         }
         Ok(())
@@ -373,8 +375,8 @@ mod tests {
     }
 
     #[test]
-    fn copy_target_must_be_absolute() {
-        let env = Environment {
+    fn a_copy_target_may_be_relative_but_not_empty() {
+        let mut env = Environment {
             copies: vec![Copy {
                 source: "a".into(),
                 target: "opt/a".into(),
@@ -382,9 +384,8 @@ mod tests {
             }],
             ..Environment::default()
         };
-        assert!(matches!(
-            env.validate(),
-            Err(IrError::RelativeCopyTarget(_))
-        ));
+        assert_eq!(env.validate(), Ok(()));
+        env.copies[0].target.clear();
+        assert_eq!(env.validate(), Err(IrError::EmptyCopyTarget));
     }
 }

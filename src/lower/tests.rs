@@ -671,3 +671,27 @@ fn http_sources_and_cuda_and_mounts() {
     );
     assert_eq!(l.image.labels["ai.tensorchord.envd.gpu.cuda"], "11.8.0");
 }
+
+/// A relative `io.copy` target resolves against the graph's working directory at that point,
+/// as envd's LLB client does: `/` here (no step before it set one), so `bpe` is `/bpe`.
+#[test]
+fn a_relative_copy_target_resolves_against_the_working_dir() {
+    let mut env = example();
+    env.copies = vec![Copy {
+        source: "bpe".into(),
+        target: "bpe".into(),
+        image: None,
+    }];
+    let l = lower(&env, &python_base(), &opts()).unwrap();
+    let dests: Vec<String> = chain(&l)
+        .iter()
+        .filter_map(|o| match &o.op {
+            Some(pb::op::Op::File(f)) => f.actions.iter().find_map(|a| match &a.action {
+                Some(pb::file_action::Action::Copy(c)) => Some(c.dest.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dests, ["/bpe"]);
+}

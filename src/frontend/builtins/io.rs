@@ -44,17 +44,21 @@ pub(crate) fn check_digest(d: &str) -> Result<(), String> {
 #[starlark_module]
 fn members(builder: &mut GlobalsBuilder) {
     /// `io.copy(source, target, image="")`: copies `source` from the build context (or from
-    /// `image`) to the absolute path `target`, owned by the environment's owner.
+    /// `image`) to `target`, owned by the environment's owner. A relative `target` is
+    /// resolved against the working directory of the graph at that point, as envd's LLB
+    /// client does (usually `/`, so `io.copy("bpe", "bpe")` makes `/bpe`).
     fn copy(
         source: &str,
         target: &str,
         #[starlark(default = "")] image: &str,
         eval: &mut Evaluator,
     ) -> starlark::Result<NoneType> {
-        if !target.starts_with('/') {
-            return Err(invalid(format!(
-                "io.copy target must be an absolute path, got {target:?}"
-            )));
+        if target.is_empty() {
+            return Err(invalid(
+                "io.copy target is empty (give an absolute path, or one relative to the working \
+                 directory)"
+                    .to_string(),
+            ));
         }
         record(eval, |env| {
             env.copies.push(Copy {
