@@ -60,6 +60,7 @@ fn main() {
             ssh_public_key: "ssh-ed25519 AAAA bench".into(),
             ssh_public_key_path: String::new(),
             ca_bundle: None,
+            proxy_env: None,
         };
         let mut times: Vec<Duration> = Vec::new();
         let mut ops = 0;

@@ -46,6 +46,8 @@ pub struct Request {
     pub target: lower::Target,
     /// The path of the CA bundle steps get (`[worker] ca-bundle`), for the lowering.
     pub ca_bundle: Option<String>,
+    /// `--use-proxy`: the proxy variables every step gets.
+    pub proxy_env: Option<crate::pb::ProxyEnv>,
     pub platform: Platform,
 }
 
@@ -131,6 +133,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
         ssh_public_key: String::new(),
         ssh_public_key_path: String::new(),
         ca_bundle: req.ca_bundle.clone(),
+        proxy_env: req.proxy_env.clone(),
     };
     if env.dev {
         let (path, key) = ssh_public_key()?;
@@ -291,6 +294,7 @@ pub fn request(context: &Path, from: &str, target: lower::Target) -> Request {
         from: from.to_string(),
         target,
         ca_bundle: None,
+        proxy_env: None,
         platform: Platform::host(),
     }
 }

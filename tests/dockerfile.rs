@@ -161,3 +161,85 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
         "{err}"
     );
 }
+
+/// `--use-proxy` gives steps this shell's proxy variables, as envd's flag does: a Dockerfile's
+/// RUN gets them as BuildKit gives proxy build arguments (both cases of each name), a build
+/// file's steps as their proxy variables; neither changes a cache key, so a build without the
+/// flag takes the same steps from the cache.
+#[test]
+fn use_proxy_reaches_steps_and_not_cache_keys() {
+    let env = TestEnv::new("use-proxy");
+    let with_proxy = |args: &[&str]| {
+        let out = env
+            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .env("HTTP_PROXY", "http://proxy.invalid:3128")
+            .env("https_proxy", "http://proxy.invalid:3129")
+            // envkit's own pulls from the test registry go direct.
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .args(args)
+            .output()
+            .expect("envkit");
+        eprintln!("$ envkit {}\n{}", args.join(" "), stderr(&out));
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let df = env.dir.join("df");
+    std::fs::create_dir_all(&df).unwrap();
+    std::fs::write(
+        df.join("Dockerfile"),
+        "FROM busybox:latest\nRUN echo \"seen $HTTP_PROXY $http_proxy $HTTPS_PROXY $no_proxy\"\n",
+    )
+    .unwrap();
+    env.chown(&df);
+    let df = df.to_str().unwrap();
+    let log = stderr(&with_proxy(&[
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        df,
+        "--use-proxy",
+    ]));
+    assert!(
+        log.contains(
+            "seen http://proxy.invalid:3128 http://proxy.invalid:3128 \
+             http://proxy.invalid:3129 127.0.0.1,localhost"
+        ),
+        "{log}"
+    );
+    let log = env.build_ok(&["-p", df]);
+    assert!(log.contains("CACHED"), "{log}");
+
+    let ctx = env.context_with(
+        "envdproxy",
+        "def build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         run(commands=[\"echo envd-seen $HTTP_PROXY $https_proxy\"])\n",
+    );
+    let ctx = ctx.to_str().unwrap();
+    let json = stdout(&with_proxy(&[
+        "debug",
+        "llb",
+        "-p",
+        ctx,
+        "--use-proxy",
+        "--json",
+    ]));
+    assert!(json.contains("proxy.invalid:3129"), "{json}");
+    let log = stderr(&with_proxy(&[
+        "build",
+        "--progress",
+        "plain",
+        "-p",
+        ctx,
+        "--proxy",
+    ]));
+    assert!(
+        log.contains("envd-seen http://proxy.invalid:3128 http://proxy.invalid:3129"),
+        "{log}"
+    );
+    let log = env.build_ok(&["-p", ctx]);
+    assert!(
+        !log.contains("envd-seen http") && log.contains("CACHED"),
+        "the step ran again:\n{log}"
+    );
+}

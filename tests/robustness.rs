@@ -57,6 +57,7 @@ fn opts(dir: &Path, target: Target) -> LowerOptions {
         ssh_public_key: "ssh-ed25519 AAAA test".into(),
         ssh_public_key_path: String::new(),
         ca_bundle: None,
+        proxy_env: None,
     }
 }
 

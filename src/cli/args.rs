@@ -147,6 +147,11 @@ pub struct SourceArgs {
     /// architecture run under QEMU user emulation (`envkit info` lists what runs).
     #[arg(long, value_name = "PLATFORM[,PLATFORM…]")]
     pub platform: Option<String>,
+    /// Give build steps this shell's `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (envd's flag):
+    /// a Dockerfile gets them as build arguments (every RUN sees them, as in BuildKit), a build
+    /// file's steps as their proxy variables. Either way they stay out of cache keys.
+    #[arg(long = "use-proxy", visible_alias = "proxy")]
+    pub use_proxy: bool,
 }
 
 #[derive(Debug, Clone, Args)]

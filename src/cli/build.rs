@@ -18,7 +18,7 @@ use crate::lower;
 use crate::progress::{Plain, RawJson, Reporter, Tty};
 use crate::snapshot::SnapRef;
 
-/// What `-p`, `-f` and `--platform` ask to compile.
+/// What `-p`, `-f`, `--platform` and `--use-proxy` ask to compile.
 pub(super) fn source_request(
     source: &SourceArgs,
     target: lower::Target,
@@ -27,7 +27,42 @@ pub(super) fn source_request(
     if let Some(p) = target_platform(source)? {
         req.platform = p;
     }
+    if source.use_proxy {
+        req.proxy_env = proxy_env();
+    }
     Ok(req)
+}
+
+/// `--use-proxy`: this shell's proxy variables (upper case, else lower case), by name.
+fn proxy_vars() -> Vec<(&'static str, String)> {
+    ["HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"]
+        .into_iter()
+        .filter_map(|k| {
+            std::env::var(k)
+                .ok()
+                .or_else(|| std::env::var(k.to_ascii_lowercase()).ok())
+                .filter(|v| !v.is_empty())
+                .map(|v| (k, v))
+        })
+        .collect()
+}
+
+/// [`proxy_vars`] as an exec's proxy variables (`None` when the shell has none).
+fn proxy_env() -> Option<crate::pb::ProxyEnv> {
+    let vars = proxy_vars();
+    if vars.is_empty() {
+        eprintln!("--use-proxy: none of HTTPS_PROXY, HTTP_PROXY, NO_PROXY is set here");
+        return None;
+    }
+    let mut p = crate::pb::ProxyEnv::default();
+    for (k, v) in vars {
+        match k {
+            "HTTPS_PROXY" => p.https_proxy = v,
+            "HTTP_PROXY" => p.http_proxy = v,
+            _ => p.no_proxy = v,
+        }
+    }
+    Some(p)
 }
 
 /// `--platform`, where it names one platform (several: refused by the commands that build
@@ -233,6 +268,15 @@ pub(super) fn dockerfile_of(source: &SourceArgs) -> Option<PathBuf> {
 /// `--build-arg KEY=VALUE` (a bare `KEY` takes `$KEY`, as docker does).
 fn build_args(source: &SourceArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
+    if source.use_proxy {
+        // As envd passes them; a --build-arg of the same name wins.
+        if proxy_vars().is_empty() {
+            eprintln!("--use-proxy: none of HTTPS_PROXY, HTTP_PROXY, NO_PROXY is set here");
+        }
+        for (k, v) in proxy_vars() {
+            out.insert(k.to_string(), v);
+        }
+    }
     for a in &source.build_arg {
         match a.split_once('=') {
             Some((k, v)) if !k.is_empty() => {

@@ -359,6 +359,9 @@ struct Dispatch {
     /// With several platforms: the platform its steps run for when the stage names none,
     /// shown at the start of each step's name.
     shown_platform: Option<Platform>,
+    /// The proxy build arguments (`HTTP_PROXY`, …), which every RUN gets as its
+    /// `proxy_env` whether or not the stage declares them.
+    proxy: Option<crate::pb::ProxyEnv>,
     /// The command being dispatched (its index in the stage).
     cmd_pos: usize,
     /// How many of the first commands are ONBUILD triggers.
@@ -415,6 +418,26 @@ fn prefix_in(d: &mut Dispatch, s: &str, env: &[(String, String)]) -> String {
         out.push_str("ONBUILD ");
     }
     out + s
+}
+
+/// The proxy variables among the build arguments (names in any case; BuildKit's
+/// `proxyEnvFromBuildArgs`): `None` when there are none.
+fn proxy_from_build_args(args: &BTreeMap<String, String>) -> Option<crate::pb::ProxyEnv> {
+    let mut p = crate::pb::ProxyEnv::default();
+    let mut any = false;
+    for (k, v) in args {
+        let slot = match k.to_ascii_lowercase().as_str() {
+            "http_proxy" => &mut p.http_proxy,
+            "https_proxy" => &mut p.https_proxy,
+            "ftp_proxy" => &mut p.ftp_proxy,
+            "no_proxy" => &mut p.no_proxy,
+            "all_proxy" => &mut p.all_proxy,
+            _ => continue,
+        };
+        *slot = v.clone();
+        any = true;
+    }
+    any.then_some(p)
 }
 
 /// `->arch[/variant]` (or `->os/arch…`) where the step's `TARGETPLATFORM`, else its
@@ -735,6 +758,7 @@ pub fn convert(text: &str, opt: &ConvertOpt) -> Result<Converted, ConvertError> 
             cmd_total: total,
             cmd_index: 0,
             shown_platform: opt.multi_platform.then(|| target_platform.clone()),
+            proxy: proxy_from_build_args(&opt.build_args),
             cmd_pos: usize::MAX,
             onbuild: 0,
             dispatched: false,
@@ -1629,6 +1653,9 @@ fn run_command(
             .description("com.docker.dockerfile.v1.command", c.code.clone())
             .custom_name(name),
     );
+    if let Some(p) = &d.proxy {
+        run = run.proxy_env(p.clone());
+    }
     for m in run_mounts {
         run = run.mount(m);
     }

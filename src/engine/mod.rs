@@ -444,6 +444,7 @@ fn vertices(graph: &llb::LoadedGraph) -> Option<Vertices> {
             inputs: v.inputs.clone(),
         });
         ov.push(OpVertex {
+            key_digest: crate::ops::key_digest(&v.op, &v.digest.to_string()),
             digest: v.digest.to_string(),
             op: v.op.clone(),
             inputs: v.inputs.clone(),

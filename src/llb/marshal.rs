@@ -148,6 +148,10 @@ pub struct MarshalOptions {
     /// A read-only mount (and environment) added to every exec op: how a remote BuildKit's
     /// steps get the host's CA bundle, which the embedded engine binds in itself.
     pub exec_extra: Option<ExecExtra>,
+    /// Proxy variables every exec op gets as `meta.proxy_env` where it has none (`--use-proxy`
+    /// for build files: the Go client sets them per exec, `llb.WithProxy`, with the same
+    /// bytes and cap).
+    pub proxy_env: Option<pb::ProxyEnv>,
 }
 
 /// See [`MarshalOptions::exec_extra`].
@@ -166,6 +170,7 @@ impl Default for MarshalOptions {
             local_unique_id: "envkit".to_string(),
             worker_constraints: Vec::new(),
             exec_extra: None,
+            proxy_env: None,
         }
     }
 }
@@ -356,6 +361,12 @@ impl Marshaller<'_> {
                     });
                 }
                 let mut meta = e.meta.clone();
+                if meta.proxy_env.is_none()
+                    && let Some(p) = &self.opts.proxy_env
+                {
+                    meta.proxy_env = Some(p.clone());
+                    c.add_cap(caps::EXEC_META_PROXY);
+                }
                 if let Some(x) = &self.opts.exec_extra
                     && let Some(src) = &x.source.out
                 {

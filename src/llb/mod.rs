@@ -26,6 +26,7 @@ pub use state::{
     ResolveMode, RmOptions, Run, SecretMount, SshMount, State, SymlinkOptions, UserRef, diff, git,
     http, image, image_with, local, merge, scratch, source,
 };
+pub(crate) use wire::encode_op;
 
 /// Errors of the llb module.
 #[derive(Debug, Error)]

@@ -112,6 +112,9 @@ pub struct LowerOptions {
     /// [`CA_LOCAL`]; every step gets it read-only at [`CA_DIR`] with the variables that point
     /// tools at it (the embedded engine binds the bundle itself).
     pub ca_bundle: Option<String>,
+    /// `--use-proxy`: the proxy variables every step gets (`ExecOp.meta.proxy_env`, which
+    /// caches leave out of their keys).
+    pub proxy_env: Option<crate::pb::ProxyEnv>,
 }
 
 /// The local source that carries the CA bundle to a remote BuildKit.
@@ -190,6 +193,7 @@ pub fn lower(
         local_unique_id: local_unique_id(opts),
         worker_constraints: Vec::new(),
         exec_extra,
+        proxy_env: opts.proxy_env.clone(),
     })?;
     let image = c.image_spec();
     Ok(Lowered { definition, image })

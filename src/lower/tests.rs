@@ -15,6 +15,7 @@ fn opts() -> LowerOptions {
         ssh_public_key: "ssh-ed25519 AAAAtest user@host\n".into(),
         ssh_public_key_path: "/home/user/.config/envkit/id_envkit.pub".into(),
         ca_bundle: None,
+        proxy_env: None,
     }
 }
 

@@ -493,8 +493,10 @@ fn plan_mounts<'a>(
     })
 }
 
-/// The step's environment: the op's, plus secret env vars (they reach the process only: not
-/// the op, the cache key or a layer); extra hosts become a bind over /etc/hosts.
+/// The step's environment: the op's, its proxy variables in both cases (as BuildKit's
+/// executor adds them; they are not part of its cache key), plus secret env vars (they reach
+/// the process only: not the op, the cache key or a layer); extra hosts become a bind over
+/// /etc/hosts.
 fn process_env(
     ctx: &Ctx,
     exec: &pb::ExecOp,
@@ -502,6 +504,20 @@ fn process_env(
     mounts: &mut Vec<rootless::Mount>,
 ) -> Result<Vec<String>, OpsError> {
     let mut env = meta.env.clone();
+    if let Some(p) = &meta.proxy_env {
+        for (name, v) in [
+            ("HTTP_PROXY", &p.http_proxy),
+            ("HTTPS_PROXY", &p.https_proxy),
+            ("FTP_PROXY", &p.ftp_proxy),
+            ("NO_PROXY", &p.no_proxy),
+            ("ALL_PROXY", &p.all_proxy),
+        ] {
+            if !v.is_empty() {
+                env.push(format!("{name}={v}"));
+                env.push(format!("{}={v}", name.to_ascii_lowercase()));
+            }
+        }
+    }
     for se in &exec.secretenv {
         match ctx.secrets.get(&se.id) {
             Some(data) => {

@@ -99,6 +99,10 @@ pub enum OpsError {
 pub struct OpVertex {
     /// `sha256:…` of the op's bytes.
     pub digest: String,
+    /// What the op's cache key starts from: its digest, or for an exec with proxy variables
+    /// the digest it would have without them (BuildKit leaves `proxy_env` out of its keys,
+    /// so a build through a proxy shares its cache with one without).
+    pub key_digest: String,
     pub op: pb::Op,
     /// Solver indexes of the op's inputs, in `op.inputs` order.
     pub inputs: Vec<usize>,
@@ -231,6 +235,23 @@ pub fn cache_key(op_digest: &str, input_keys: &[&str], extra: &[&str]) -> String
     hex::encode(h.finalize())
 }
 
+/// [`OpVertex::key_digest`] of an op whose digest is `digest`.
+pub fn key_digest(op: &pb::Op, digest: &str) -> String {
+    match &op.op {
+        Some(pb::op::Op::Exec(e)) if e.meta.as_ref().is_some_and(|m| m.proxy_env.is_some()) => {
+            let mut plain = op.clone();
+            if let Some(pb::op::Op::Exec(e)) = &mut plain.op
+                && let Some(m) = &mut e.meta
+            {
+                m.proxy_env = None;
+            }
+            let bytes = crate::llb::encode_op(&plain);
+            format!("sha256:{}", crate::content::sha256_hex(&bytes))
+        }
+        _ => digest.to_string(),
+    }
+}
+
 /// The platform an op is for: its own, else this machine's.
 pub(crate) fn op_platform(ctx: &Ctx) -> crate::platform::Platform {
     crate::platform::Platform::of_op(ctx.me().op.platform.as_ref())
@@ -285,7 +306,7 @@ impl Ctx {
             }
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        cache_key(&self.me().digest, &keys, extra)
+        cache_key(&self.me().key_digest, &keys, extra)
     }
 
     /// The key of input `i` by the content of the paths this op reads from it, when the input
@@ -427,5 +448,46 @@ impl Ctx {
             .ok()
             .and_then(|i| inputs.get(i))
             .ok_or_else(|| OpsError::Invalid(format!("input index {i} out of range")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exec with proxy variables is keyed as the same exec without them; any other op by
+    /// its own digest.
+    #[test]
+    fn proxy_variables_stay_out_of_an_execs_key() {
+        let plain = pb::Op {
+            op: Some(pb::op::Op::Exec(pb::ExecOp {
+                meta: Some(pb::Meta {
+                    args: vec!["true".into()],
+                    cwd: "/".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let digest = |op: &pb::Op| {
+            format!(
+                "sha256:{}",
+                crate::content::sha256_hex(&crate::llb::encode_op(op))
+            )
+        };
+        let mut proxied = plain.clone();
+        if let Some(pb::op::Op::Exec(e)) = &mut proxied.op
+            && let Some(m) = &mut e.meta
+        {
+            m.proxy_env = Some(pb::ProxyEnv {
+                http_proxy: "http://proxy.invalid:3128".into(),
+                ..Default::default()
+            });
+        }
+        let (d_plain, d_proxied) = (digest(&plain), digest(&proxied));
+        assert_ne!(d_plain, d_proxied);
+        assert_eq!(key_digest(&plain, &d_plain), d_plain);
+        assert_eq!(key_digest(&proxied, &d_proxied), d_plain);
     }
 }
