@@ -644,6 +644,22 @@ fn buildkitd_two_platforms_same_rootfs() {
         tar_of("bk", "remote.tar"),
         "envkit's Definitions on buildkitd",
     );
+    // A platform the buildkitd's workers do not list is refused before anything is sent.
+    let o = env.envkit(&[
+        "--context",
+        "bk",
+        "build",
+        "-p",
+        ctx_s,
+        "--platform",
+        "linux/mips64le",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("linux/amd64") && stderr(&o).contains("not linux/mips64le"),
+        "{}",
+        stderr(&o)
+    );
     let theirs = env.dir.join("buildctl.tar");
     let o = env
         .user_command("buildctl")

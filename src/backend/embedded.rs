@@ -126,6 +126,16 @@ impl Backend for Embedded {
         Ok(None)
     }
 
+    fn default_platform(&self) -> crate::platform::Platform {
+        crate::platform::Platform::host()
+    }
+
+    fn check_platforms(&self, _: &[crate::platform::Platform]) -> Result<(), BackendError> {
+        // Each step of another platform finds its emulator, or fails before it runs saying
+        // which package to install.
+        Ok(())
+    }
+
     fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let res = self.build(job).await;

@@ -105,6 +105,11 @@ pub trait Backend {
         &self,
         cli_ca: Option<&std::path::Path>,
     ) -> Result<Option<(PathBuf, String)>, BackendError>;
+    /// The platform a build that names none is for: this machine's here, a remote worker's
+    /// first (as BuildKit takes it).
+    fn default_platform(&self) -> crate::platform::Platform;
+    /// Refuses, before anything is compiled, platforms the backend says it cannot build.
+    fn check_platforms(&self, wanted: &[crate::platform::Platform]) -> Result<(), BackendError>;
     /// Runs the job and exports its result; the progress is finished when this returns.
     fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>>;
     /// Runs one job per platform (the same name, output and caches; each its own Definition

@@ -299,13 +299,14 @@ pub(super) async fn compile_dockerfile(
     file: PathBuf,
     registry: &crate::registry::Registry,
     multi_platform: bool,
+    build_platform: crate::platform::Platform,
 ) -> anyhow::Result<crate::dockerfile::Compiled> {
     let req = crate::dockerfile::Request {
         context: source.path.clone(),
         file,
         target: source.stage.clone(),
         build_args: build_args(source)?,
-        platform: crate::platform::Platform::host(),
+        platform: build_platform,
         target_platform: target_platform(source)?,
         multi_platform,
     };
@@ -321,8 +322,17 @@ async fn dockerfile_job(
     multi_platform: bool,
 ) -> anyhow::Result<Job> {
     let started = std::time::Instant::now();
-    let compiled =
-        compile_dockerfile(&args.source, file, backend.registry(), multi_platform).await?;
+    let build_platform = backend.default_platform();
+    let wanted = target_platform(&args.source)?.unwrap_or_else(|| build_platform.clone());
+    backend.check_platforms(std::slice::from_ref(&wanted))?;
+    let compiled = compile_dockerfile(
+        &args.source,
+        file,
+        backend.registry(),
+        multi_platform,
+        build_platform,
+    )
+    .await?;
     let default_name = format!(
         "{}:latest",
         compiled
@@ -354,10 +364,14 @@ async fn compile_job(
 ) -> anyhow::Result<(Job, compile::Compiled)> {
     let started = std::time::Instant::now();
     let ca = backend.ca_bundle_local(args.engine.ca_bundle.as_deref())?;
-    let req = compile::Request {
+    let mut req = compile::Request {
         ca_bundle: ca.as_ref().map(|(_, f)| f.clone()),
         ..source_request(&args.source, backend.target())?
     };
+    if args.source.platform.is_none() {
+        req.platform = backend.default_platform();
+    }
+    backend.check_platforms(std::slice::from_ref(&req.platform))?;
     let compiled = compile::compile(&req, backend.registry()).await?;
     let mut locals = compiled.locals();
     if let Some((dir, _)) = ca {

@@ -40,9 +40,15 @@ pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
     let registry = Registry::new(&cfg);
     let bytes = match super::build::dockerfile_of(&args.source) {
         Some(file) => {
-            super::build::compile_dockerfile(&args.source, file, &registry, false)
-                .await?
-                .definition
+            super::build::compile_dockerfile(
+                &args.source,
+                file,
+                &registry,
+                false,
+                crate::platform::Platform::host(),
+            )
+            .await?
+            .definition
         }
         None => compile::compile(&source_request(&args.source, args.target)?, &registry)
             .await?

@@ -247,7 +247,9 @@ pub struct Workers {
     pub ids: Vec<String>,
     /// `org.mobyproject.buildkit.worker.*` labels of the first worker.
     pub labels: HashMap<String, String>,
-    pub platforms: Vec<String>,
+    /// What the workers build, the first worker's first platform first (BuildKit's default
+    /// platform for a build that names none).
+    pub platforms: Vec<crate::platform::Platform>,
 }
 
 pub async fn list_workers(ep: &Endpoint, ch: &Channel) -> Result<Workers, RemoteError> {
@@ -264,7 +266,10 @@ pub async fn list_workers(ep: &Endpoint, ch: &Channel) -> Result<Workers, Remote
         }
         w.ids.push(r.id);
         for p in r.platforms {
-            w.platforms.push(format!("{}/{}", p.os, p.architecture));
+            let p = crate::platform::Platform::new(&p.os, &p.architecture, &p.variant);
+            if !w.platforms.contains(&p) {
+                w.platforms.push(p);
+            }
         }
     }
     Ok(w)

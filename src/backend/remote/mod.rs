@@ -155,6 +155,44 @@ impl Backend for RemoteBackend {
         }
     }
 
+    fn default_platform(&self) -> crate::platform::Platform {
+        self.remote
+            .workers
+            .platforms
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn check_platforms(&self, wanted: &[crate::platform::Platform]) -> Result<(), BackendError> {
+        let have = &self.remote.workers.platforms;
+        if have.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|w| {
+                !have
+                    .iter()
+                    .any(|h| w.accepts(&h.os, &h.architecture, Some(&h.variant)))
+            })
+            .map(|p| p.to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(BackendError::Refused(format!(
+            "{} builds {} (its workers say so); not {}: install QEMU's binfmt_misc handlers \
+             on that host, or build there for one of its platforms",
+            self.remote.ep,
+            have.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            missing.join(", ")
+        )))
+    }
+
     fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.solve(vec![job]))
     }
