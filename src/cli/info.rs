@@ -57,7 +57,10 @@ pub(super) async fn info(cli: &Cli, json: bool) -> anyhow::Result<()> {
         config: cfg.path.as_ref().map(|p| p.display().to_string()),
         snapshotter,
         network,
-        platforms: crate::worker::emulate::platforms(&cfg.worker),
+        platforms: {
+            let dir = tempfile::tempdir().context("a directory for the platform probes")?;
+            crate::worker::emulate::platforms(&cfg.worker, dir.path())
+        },
         confinement: Confinement {
             capabilities: rootless::confine::DEFAULT_CAP_NAMES.to_vec(),
             seccomp: rootless::seccomp::program_len().map(|n| Seccomp {

@@ -43,7 +43,7 @@ pub fn emulation_for(platform: &Platform, config: &WorkerConfig) -> Result<Emula
             host.os
         ));
     }
-    if platform.architecture == host.architecture {
+    if platform.architecture == host.architecture || runs_natively(&host, platform) {
         return Ok(Emulation::Native);
     }
     let qarch = qemu_arch(&platform.architecture);
@@ -74,33 +74,57 @@ emulator in config.toml's [worker] emulators ({} = \"/path/to/qemu-{qarch}-stati
     }
 }
 
+/// Whether this machine's kernel runs `platform`'s programs itself: 32-bit x86 on an x86-64
+/// kernel (Debian's and every distribution's kernel has IA32 emulation).
+fn runs_natively(host: &Platform, platform: &Platform) -> bool {
+    host.architecture == "amd64" && platform.architecture == "386"
+}
+
 /// The architectures `envkit info` looks for emulators of.
 const KNOWN: &[&str] = &[
-    "amd64", "arm64", "arm", "riscv64", "ppc64le", "s390x", "386",
+    "amd64", "arm64", "arm", "riscv64", "ppc64le", "s390x", "386", "mips64le",
 ];
 
 /// What runs here, for `envkit info`: this machine's platform, then each other Linux
-/// architecture with a binfmt handler or an emulator, and how it runs.
-pub fn platforms(config: &WorkerConfig) -> Vec<String> {
+/// architecture that runs, and how. Each architecture's probe program (`probe.rs`, written
+/// into `probe_dir`) says what the kernel runs, as BuildKit finds it out.
+pub fn platforms(config: &WorkerConfig, probe_dir: &Path) -> Vec<String> {
     let host = Platform::host();
+    let ran = super::probe::runnable(probe_dir);
     let mut out = vec![format!("{host} (native)")];
+    if !ran.contains(&host.architecture.as_str()) {
+        out.push(format!(
+            "(the probe programs could not run in {}: is it mounted noexec?)",
+            probe_dir.display()
+        ));
+    }
     for arch in KNOWN {
         let p = Platform::new("linux", arch, "");
         if p.architecture == host.architecture {
             continue;
         }
-        match emulation_for(&p, config) {
-            Ok(Emulation::Binfmt(name)) => out.push(format!("{p} (binfmt_misc handler {name})")),
-            Ok(Emulation::Emulator(path)) => out.push(format!(
-                "{p} (emulated by {}{})",
+        let probed = ran.contains(arch);
+        let how = match emulation_for(&p, config) {
+            Ok(Emulation::Native) if probed => "native: the kernel runs it".to_string(),
+            Ok(Emulation::Native) => continue,
+            Ok(Emulation::Binfmt(name)) if probed => format!("binfmt_misc handler {name}"),
+            Ok(Emulation::Binfmt(name)) => format!(
+                "binfmt_misc handler {name}, whose probe program did not run: steps will fail"
+            ),
+            Ok(Emulation::Emulator(path)) => format!(
+                "emulated by {}{}",
                 path.display(),
                 match config.binfmt {
                     Binfmt::Off => ", before the step's first program only",
                     _ => ", registered in each step's own binfmt_misc",
                 }
-            )),
-            Ok(Emulation::Native) | Err(_) => {}
-        }
+            ),
+            Err(_) if probed => "runs on this host through a binfmt_misc handler without the F \
+                                 flag, which a step's root cannot use: install qemu-user-static"
+                .to_string(),
+            Err(_) => continue,
+        };
+        out.push(format!("{p} ({how})"));
     }
     out
 }

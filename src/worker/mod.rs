@@ -4,6 +4,7 @@
 //! `rootless` crate), run on a blocking thread.
 
 pub mod emulate;
+pub mod probe;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
