@@ -685,3 +685,64 @@ fn buildkitd_two_platforms_same_rootfs() {
     assert!(o.status.success(), "{}", stderr(&o));
     compare(rootfs_entries(&theirs), "buildkitd's Dockerfile frontend");
 }
+
+/// The language-shaped Dockerfiles (`common::dockerfile::language_contexts`: a pip-built
+/// Python package, a static program into `scratch`) give the same root filesystem on envkit's
+/// engine, with envkit's Definition on buildkitd, and with buildkitd's own Dockerfile frontend.
+#[test]
+#[ignore = "needs a buildkitd and buildctl: scripts/test.sh runs it when scripts/test-env.sh found `buildkitd` on PATH (Debian has none)"]
+fn buildkitd_language_dockerfiles_same_rootfs() {
+    let (unix, _) = common::remote::buildkitd();
+    let env = TestEnv::new("bk-lang");
+    create_context(&env, "bk", &format!("unix://{unix}"), &[]);
+    for (name, ctx, _) in common::dockerfile::language_contexts(&env) {
+        let ctx_s = ctx.to_str().unwrap();
+        let tar_of = |context: &str, file: &str| {
+            let tar = env.dir.join(file);
+            build_with_output(
+                &env,
+                context,
+                ctx_s,
+                &format!("type=tar,dest={}", tar.display()),
+            );
+            rootfs_entries(&tar)
+        };
+        let ours = tar_of("embedded", &format!("{name}-embedded.tar"));
+        // runc leaves the mount points of /dev, /proc and /sys where the image has none.
+        let compare = |mut theirs: std::collections::BTreeMap<String, common::remote::Entry>,
+                       what: &str| {
+            for d in ["dev", "proc", "sys"] {
+                if !ours.contains_key(d) {
+                    theirs.remove(d);
+                }
+            }
+            assert_same_rootfs(&ours, &theirs, &format!("{name}: {what}"));
+        };
+        compare(
+            tar_of("bk", &format!("{name}-remote.tar")),
+            "envkit's Definition on buildkitd",
+        );
+        let theirs = env.dir.join(format!("{name}-buildctl.tar"));
+        let o = env
+            .user_command("buildctl")
+            .arg("--addr")
+            .arg(format!("unix://{unix}"))
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--frontend",
+                "dockerfile.v0",
+            ])
+            .arg("--local")
+            .arg(format!("context={}", ctx.display()))
+            .arg("--local")
+            .arg(format!("dockerfile={}", ctx.display()))
+            .arg("--output")
+            .arg(format!("type=tar,dest={}", theirs.display()))
+            .output()
+            .expect("buildctl");
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        compare(rootfs_entries(&theirs), "buildkitd's Dockerfile frontend");
+    }
+}

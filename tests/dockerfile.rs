@@ -243,3 +243,63 @@ fn use_proxy_reaches_steps_and_not_cache_keys() {
         "the step ran again:\n{log}"
     );
 }
+
+/// Language-shaped multi-stage Dockerfiles (a pip-built Python package, a static program into
+/// `scratch`) build offline, their images run in podman, and a rebuild is all cached.
+#[test]
+fn language_shaped_dockerfiles_build_and_run() {
+    let env = TestEnv::new("df-lang");
+    for (name, ctx, prints) in common::dockerfile::language_contexts(&env) {
+        let tar = env.dir.join(format!("{name}.tar"));
+        let ctx = ctx.to_str().unwrap();
+        env.build_ok(&[
+            "-p",
+            ctx,
+            "-t",
+            &format!("lang-{name}:1"),
+            "-o",
+            &format!("type=oci,dest={}", tar.display()),
+        ]);
+        let image = env.podman_load(&tar);
+        let out = env.podman(&["run", "--rm", "--network", "none", &image]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_eq!(stdout(&out), prints, "{name}");
+        let log = env.build_ok(&["-p", ctx, "-t", &format!("lang-{name}:1")]);
+        assert!(!log.contains(" DONE "), "{name}: a step ran again:\n{log}");
+    }
+}
+
+/// A Dockerfile's cache mount with the id an envd file's apt step uses is that very cache:
+/// it holds the package lists the envd build's `apt-get update` fetched. BuildKit's frontend
+/// puts a `/` before a Dockerfile's id (its cache-id namespace, empty by default), so envd's
+/// `/var/lib/apt/<env name>-cpu` is `id=var/lib/apt/<env name>-cpu` in a Dockerfile.
+#[test]
+fn cache_mounts_are_shared_with_envd_files() {
+    let env = TestEnv::new("df-share");
+    let ctx = env.context_with(
+        "share",
+        "def build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+         install.apt_packages(name=[\"jq\"])\n",
+    );
+    env.build_ok(&["-p", ctx.to_str().unwrap()]);
+    let df = env.dir.join("reader");
+    std::fs::create_dir_all(&df).unwrap();
+    std::fs::write(
+        df.join("Dockerfile"),
+        "FROM debian:bookworm\n\
+         RUN --mount=type=cache,id=var/lib/apt/share-cpu,target=/var/lib/apt,sharing=shared \
+         echo \"lists: $(ls /var/lib/apt/lists | grep -c _Packages)\"\n",
+    )
+    .unwrap();
+    env.chown(&df);
+    let log = env.build_ok(&["-p", df.to_str().unwrap()]);
+    let count: usize = log
+        .lines()
+        .find_map(|l| l.split(" lists: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in:\n{log}"));
+    assert!(
+        count > 0,
+        "the envd build's apt lists are not there:\n{log}"
+    );
+}

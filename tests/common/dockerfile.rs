@@ -38,3 +38,71 @@ pub fn context(env: &TestEnv) -> std::path::PathBuf {
     env.chown(&ctx);
     ctx
 }
+
+/// Language-shaped multi-stage Dockerfiles that build offline from the test registry: each
+/// one's name, its context (made under `env.dir`), and what its image prints when run.
+///
+/// - `python`: a package built with pip (setuptools, no index) into a directory in the
+///   first stage; the runtime stage copies only that directory over the same base.
+/// - `static`: a Go-style build, a static program made in the first stage copied alone into
+///   `scratch`, with an entrypoint and a default command.
+pub fn language_contexts(env: &TestEnv) -> Vec<(&'static str, std::path::PathBuf, &'static str)> {
+    let mut out = Vec::new();
+    let py = env.dir.join("lang-python");
+    std::fs::create_dir_all(py.join("greet")).expect("mkdir");
+    std::fs::write(
+        py.join("Dockerfile"),
+        "FROM python:3.11-slim AS build\n\
+         ENV PIP_NO_COMPILE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1\n\
+         WORKDIR /src\n\
+         COPY pyproject.toml ./\n\
+         COPY greet/ greet/\n\
+         RUN pip install --no-index --no-build-isolation --no-compile --no-deps --target /app .\n\
+         \n\
+         FROM python:3.11-slim\n\
+         ENV PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1\n\
+         COPY --from=build /app /app\n\
+         CMD [\"python\", \"-m\", \"greet\"]\n",
+    )
+    .expect("Dockerfile");
+    std::fs::write(
+        py.join("pyproject.toml"),
+        "[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+         [project]\nname = \"greet\"\nversion = \"0.1\"\n\n\
+         [tool.setuptools]\npackages = [\"greet\"]\n",
+    )
+    .expect("pyproject");
+    std::fs::write(
+        py.join("greet/__init__.py"),
+        "WORD = \"hello from greet\"\n",
+    )
+    .expect("init");
+    std::fs::write(
+        py.join("greet/__main__.py"),
+        "from greet import WORD\nprint(WORD)\n",
+    )
+    .expect("main");
+    env.chown(&py);
+    out.push(("python", py, "hello from greet\n"));
+
+    let st = env.dir.join("lang-static");
+    std::fs::create_dir_all(&st).expect("mkdir");
+    std::fs::write(
+        st.join("Dockerfile"),
+        "FROM busybox:latest AS build\n\
+         WORKDIR /out\n\
+         COPY VERSION .\n\
+         RUN cp /bin/busybox /out/busybox && chmod 0755 /out/busybox\n\
+         \n\
+         FROM scratch\n\
+         COPY --from=build /out/busybox /usr/local/bin/busybox\n\
+         COPY --from=build /out/VERSION /VERSION\n\
+         ENTRYPOINT [\"/usr/local/bin/busybox\"]\n\
+         CMD [\"cat\", \"/VERSION\"]\n",
+    )
+    .expect("Dockerfile");
+    std::fs::write(st.join("VERSION"), "static 1.0\n").expect("VERSION");
+    env.chown(&st);
+    out.push(("static", st, "static 1.0\n"));
+    out
+}

@@ -87,13 +87,15 @@ pub fn rootfs_entries(p: &Path) -> BTreeMap<String, Entry> {
             continue;
         }
         let h = e.header().clone();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        let link = h
+        // The entry's link name, a PAX `linkpath` included (a header's own field holds only
+        // what fits, and buildkitd writes non-ASCII targets as PAX records).
+        let link = e
             .link_name()
             .ok()
             .flatten()
             .map(|l| l.to_string_lossy().into_owned());
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
         out.insert(
             name,
             (
