@@ -50,6 +50,28 @@ fn a_multi_stage_dockerfile_builds_what_its_target_needs() {
             .is_some_and(|e| e.iter().any(|x| x == "G=hi")),
         "{v}"
     );
+    // BuildKit's history: one entry per instruction of the final stage after the base
+    // image's, the ones without a layer marked so, and as many others as the image has layers.
+    let history = v[0]["config"]["history"].as_array().expect("history");
+    let ours: Vec<(&str, bool)> = history
+        .iter()
+        .filter(|h| h["comment"] == "buildkit.dockerfile.v0")
+        .map(|h| {
+            (
+                h["created_by"].as_str().unwrap_or_default(),
+                h["empty_layer"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        ours.contains(&("COPY other.txt /other.txt # buildkit", false))
+            && ours.contains(&("LABEL org.example.k=v", true))
+            && ours.contains(&("EXPOSE map[8080/tcp:{}]", true)),
+        "{ours:?}"
+    );
+    let with_layer = history.iter().filter(|h| h["empty_layer"] != true).count();
+    let layers = v[0]["manifest"]["layers"].as_array().map_or(0, Vec::len);
+    assert_eq!(with_layer, layers, "{v}");
 
     // A file only the last stage copies changes: the build stage stays cached.
     std::fs::write(ctx.join("other.txt"), "changed\n").expect("other");

@@ -238,6 +238,7 @@ fn spec_of(image: &serde_json::Value) -> ImageSpec {
         inline_cache: None,
         config_extra: extra,
         platform: platform_of(image),
+        history: image["history"].as_array().cloned(),
     }
 }
 

@@ -43,12 +43,10 @@ pub(super) async fn export_image(
     snap: &SnapRef,
     spec: &crate::image::ImageSpec,
 ) -> Result<(image::Assembled, u64), EngineError> {
-    let mut new_layers = Vec::new();
+    let mut steps = Vec::new();
     let mut made: Option<u64> = None;
     for id in snap.own_layers() {
-        if let Some(layer) = layer_for(worker, id).await? {
-            new_layers.push(layer);
-        }
+        steps.push(layer_for(worker, id).await?);
         let t = std::fs::metadata(worker.snapshots.dir(id).join("layer.json"))
             .and_then(|m| m.modified())
             .ok()
@@ -68,7 +66,7 @@ pub(super) async fn export_image(
         }
         None => (scratch_config(), Vec::new()),
     };
-    let assembled = image::assemble(&base_cfg, spec, &base_layers, &new_layers, created)?;
+    let assembled = image::assemble_steps(&base_cfg, spec, &base_layers, &steps, created)?;
     assembled.store(&worker.content)?;
     Ok((assembled, made))
 }

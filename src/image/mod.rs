@@ -40,6 +40,12 @@ pub struct ImageSpec {
     /// The platform the image is for, `os/arch[/variant]` (`None`: this machine's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// The image's whole history as the build's frontend wrote it (a Dockerfile's: the base
+    /// image's entries, then one per instruction, `empty_layer` where it makes no layer),
+    /// used where its layer entries line up with the image's layers; `None`: one entry per
+    /// new layer after the base image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Value>>,
 }
 
 impl ImageSpec {
@@ -202,6 +208,22 @@ pub fn assemble(
     new_layers: &[NewLayer],
     created: u64,
 ) -> Result<Assembled, ImageError> {
+    let steps: Vec<Option<NewLayer>> = new_layers.iter().cloned().map(Some).collect();
+    assemble_steps(base, spec, base_layers, &steps, created)
+}
+
+/// [`assemble`] from every step the result has over its base image, `None` for one that
+/// changed nothing (it adds no layer; a frontend's history entry for it is marked
+/// `empty_layer`).
+pub fn assemble_steps(
+    base: &ImageConfiguration,
+    spec: &ImageSpec,
+    base_layers: &[Descriptor],
+    steps: &[Option<NewLayer>],
+    created: u64,
+) -> Result<Assembled, ImageError> {
+    let new_layers: Vec<NewLayer> = steps.iter().flatten().cloned().collect();
+    let new_layers = &new_layers[..];
     let created = rfc3339(created);
     let mut cfg = serde_json::to_value(base).map_err(|e| ImageError::BaseConfig(e.to_string()))?;
     let Some(obj) = cfg.as_object_mut() else {
@@ -311,6 +333,13 @@ pub fn assemble(
         h.insert("comment".into(), json!("envkit"));
         history.push(Value::Object(h));
     }
+    if let Some(h) = spec
+        .history
+        .as_ref()
+        .and_then(|h| frontend_history(h, base_layers.len(), steps, &created))
+    {
+        history = h;
+    }
     if !history.is_empty() {
         obj.insert("history".into(), Value::Array(history));
     }
@@ -373,6 +402,42 @@ pub fn assemble(
         manifest_descriptor,
         layers,
     })
+}
+
+/// A frontend's whole history (`ImageSpec::history`) over `base` base layers and `steps`,
+/// where its entries with a layer are exactly one per base layer and one per step: a step
+/// that changed nothing gets `empty_layer`, and an entry without a time gets `created`.
+/// `None` where they do not line up (the caller keeps envkit's own entries).
+fn frontend_history(
+    history: &[Value],
+    base: usize,
+    steps: &[Option<NewLayer>],
+    created: &str,
+) -> Option<Vec<Value>> {
+    let with_layer = history
+        .iter()
+        .filter(|h| h.get("empty_layer").and_then(Value::as_bool) != Some(true))
+        .count();
+    if with_layer != base + steps.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(history.len());
+    let mut layer = 0;
+    for h in history {
+        let mut h = h.clone();
+        let obj = h.as_object_mut()?;
+        if obj.get("empty_layer").and_then(Value::as_bool) != Some(true) {
+            if layer >= base && steps.get(layer - base).is_some_and(Option::is_none) {
+                obj.insert("empty_layer".into(), json!(true));
+            }
+            layer += 1;
+        }
+        if !obj.contains_key("created") {
+            obj.insert("created".into(), json!(created));
+        }
+        out.push(h);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -519,5 +584,31 @@ mod tests {
         let a = assemble(&cfg, &ImageSpec::default(), &layers, &[new_layer()], 0).unwrap();
         let c: Value = serde_json::from_slice(&a.config_bytes).unwrap();
         assert_eq!(c["history"].as_array().unwrap().len(), 2);
+    }
+    /// A frontend's history is kept where its layer entries are one per layer: a step that
+    /// changed nothing is marked `empty_layer`, times are filled in; else it is not used.
+    #[test]
+    fn a_frontends_history_lines_up_with_the_layers() {
+        let h = vec![
+            json!({"created_by": "base"}),
+            json!({"created_by": "ENV A=1", "empty_layer": true}),
+            json!({"created_by": "RUN a"}),
+            json!({"created_by": "RUN true"}),
+        ];
+        let steps = vec![Some(new_layer()), None];
+        let out = frontend_history(&h, 1, &steps, "T").unwrap();
+        assert_eq!(out[2]["empty_layer"], Value::Null);
+        assert_eq!(out[3]["empty_layer"], true);
+        assert!(out.iter().all(|e| e["created"] == "T"));
+        assert!(frontend_history(&h, 0, &steps, "T").is_none());
+        let (cfg, layers) = base();
+        let spec = ImageSpec {
+            history: Some(h),
+            ..ImageSpec::default()
+        };
+        let a = assemble_steps(&cfg, &spec, &layers, &steps, 0).unwrap();
+        let c: Value = serde_json::from_slice(&a.config_bytes).unwrap();
+        assert_eq!(c["history"].as_array().map(Vec::len), Some(4));
+        assert_eq!(a.layers.len(), 2);
     }
 }

@@ -67,6 +67,7 @@ impl Compiler<'_> {
             inline_cache: None,
             config_extra: Default::default(),
             platform: ImageSpec::platform_field(&self.opts.platform),
+            history: None,
         }
     }
 
