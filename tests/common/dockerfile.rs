@@ -46,6 +46,8 @@ pub fn context(env: &TestEnv) -> std::path::PathBuf {
 ///   first stage; the runtime stage copies only that directory over the same base.
 /// - `static`: a Go-style build, a static program made in the first stage copied alone into
 ///   `scratch`, with an entrypoint and a default command.
+/// - `node`: a Node-style build, Debian's nodejs (from the apt mirror, apt's caches in cache
+///   mounts) running a build script whose output alone goes into a small runtime image.
 pub fn language_contexts(env: &TestEnv) -> Vec<(&'static str, std::path::PathBuf, &'static str)> {
     let mut out = Vec::new();
     let py = env.dir.join("lang-python");
@@ -104,5 +106,42 @@ pub fn language_contexts(env: &TestEnv) -> Vec<(&'static str, std::path::PathBuf
     std::fs::write(st.join("VERSION"), "static 1.0\n").expect("VERSION");
     env.chown(&st);
     out.push(("static", st, "static 1.0\n"));
+
+    let node = env.dir.join("lang-node");
+    std::fs::create_dir_all(node.join("src")).expect("mkdir");
+    std::fs::write(
+        node.join("Dockerfile"),
+        "FROM debian:bookworm AS build\n\
+         RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \\\n\
+         \x20   --mount=type=cache,target=/var/lib/apt,sharing=locked \\\n\
+         \x20   rm -f /etc/apt/apt.conf.d/docker-clean && apt-get update \\\n\
+         \x20   && apt-get install -y --no-install-recommends nodejs\n\
+         WORKDIR /site\n\
+         COPY package.json build.js ./\n\
+         COPY src/ src/\n\
+         RUN node build.js\n\
+         \n\
+         FROM busybox:latest\n\
+         COPY --from=build /site/dist /www\n\
+         CMD [\"cat\", \"/www/index.html\"]\n",
+    )
+    .expect("Dockerfile");
+    std::fs::write(
+        node.join("package.json"),
+        "{\"name\": \"site\", \"version\": \"1.0.0\"}\n",
+    )
+    .expect("package.json");
+    std::fs::write(
+        node.join("build.js"),
+        "const fs = require('fs');\n\
+         const pkg = require('./package.json');\n\
+         const body = fs.readFileSync('src/body.txt', 'utf8').trim();\n\
+         fs.mkdirSync('dist', { recursive: true });\n\
+         fs.writeFileSync('dist/index.html', `<h1>${pkg.name} ${pkg.version}: ${body}</h1>\\n`);\n",
+    )
+    .expect("build.js");
+    std::fs::write(node.join("src/body.txt"), "built by node\n").expect("body");
+    env.chown(&node);
+    out.push(("node", node, "<h1>site 1.0.0: built by node</h1>\n"));
     out
 }
