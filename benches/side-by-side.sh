@@ -197,6 +197,9 @@ bench_builder() { # NAME
     for i in $(seq 1 "$RUNS"); do
       [ "$wl" = context ] && touch_context
       "${b}_fresh"
+      # The previous run's writes are on disk before this one starts: otherwise each cold
+      # run pays for the writeback of the one before it (the first builder's first run none).
+      sync
       t=$("${b}_build" "$wl")
       note_rss "$b"
       cold+=("$t")

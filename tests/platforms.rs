@@ -326,6 +326,68 @@ fn a_two_platform_build_makes_one_index() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("type=oci"), "{}", stderr(&out));
 
+    // Into containerd: the index and both images, this machine's platform unpacked.
+    let sock = common::containerd_socket();
+    let ns = format!("envkit-multi-{}", std::process::id());
+    env.build_ok(&[
+        "-p",
+        &ctx,
+        "-t",
+        "multi:1",
+        "--platform",
+        two,
+        "-o",
+        &format!(
+            "type=containerd,name=envkit-e2e/multi:1,address={sock},namespace={ns},unpack=true"
+        ),
+    ]);
+    let ctr = |args: &[&str]| {
+        let out = env
+            .user_command("ctr")
+            .args(["--address", &sock, "-n", &ns])
+            .args(args)
+            .output()
+            .expect("ctr");
+        assert!(out.status.success(), "ctr {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let list = ctr(&["images", "ls"]);
+    assert!(
+        list.contains("docker.io/envkit-e2e/multi:1") && list.contains("linux/amd64,linux/arm64"),
+        "{list}"
+    );
+    let check = ctr(&["images", "check"]);
+    assert!(check.contains("complete"), "{check}");
+    // The image is the index; both platforms' manifests and configs are in its content store.
+    let index_digest = list
+        .lines()
+        .find(|l| l.starts_with("docker.io/envkit-e2e/multi:1"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
+        .unwrap_or_else(|| panic!("no digest in {list}"))
+        .to_string();
+    let index: serde_json::Value =
+        serde_json::from_str(&ctr(&["content", "get", &index_digest])).expect("index JSON");
+    let manifests = index["manifests"].as_array().expect("an index");
+    assert_eq!(manifests.len(), 2, "{index}");
+    for m in manifests {
+        let manifest: serde_json::Value = serde_json::from_str(&ctr(&[
+            "content",
+            "get",
+            m["digest"].as_str().unwrap_or_default(),
+        ]))
+        .expect("manifest JSON");
+        let config: serde_json::Value = serde_json::from_str(&ctr(&[
+            "content",
+            "get",
+            manifest["config"]["digest"].as_str().unwrap_or_default(),
+        ]))
+        .expect("config JSON");
+        assert_eq!(
+            config["architecture"], m["platform"]["architecture"],
+            "{config}"
+        );
+    }
+
     // A prune keeps every blob of both platforms' images: the store saves the index whole.
     let out = env.envkit(&["prune", "--all"]);
     assert!(out.status.success(), "{}", stderr(&out));
