@@ -66,6 +66,36 @@ fn embedded_rootfs(env: &TestEnv, ctx: &str) -> std::path::PathBuf {
     tar
 }
 
+/// `buildctl build --frontend dockerfile.v0` of the Dockerfile in `ctx` on the buildkitd at
+/// `unix`, its root filesystem written as a tar to `dest` (`opts`: further `--opt`s).
+fn buildctl_dockerfile_tar(
+    env: &TestEnv,
+    unix: &str,
+    ctx: &std::path::Path,
+    dest: &std::path::Path,
+    opts: &[&str],
+) -> std::process::Output {
+    let mut cmd = env.user_command("buildctl");
+    cmd.arg("--addr").arg(format!("unix://{unix}")).args([
+        "build",
+        "--progress",
+        "plain",
+        "--frontend",
+        "dockerfile.v0",
+    ]);
+    for o in opts {
+        cmd.arg("--opt").arg(o);
+    }
+    cmd.arg("--local")
+        .arg(format!("context={}", ctx.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", ctx.display()))
+        .arg("--output")
+        .arg(format!("type=tar,dest={}", dest.display()))
+        .output()
+        .expect("buildctl")
+}
+
 /// `-o type=local` from a remote context: the tree comes back through the session (fsutil's
 /// packets), is written as the test user's, and equals the embedded engine's, entry by entry.
 fn local_output_matches_embedded(env: &TestEnv, context: &str, ctx: &str, emb: &std::path::Path) {
@@ -544,25 +574,7 @@ fn buildkitd_dockerfile_same_rootfs() {
     };
     // BuildKit's own Dockerfile frontend, the same context.
     let theirs = env.dir.join("buildkitd.tar");
-    let o = env
-        .user_command("buildctl")
-        .arg("--addr")
-        .arg(format!("unix://{unix}"))
-        .args([
-            "build",
-            "--progress",
-            "plain",
-            "--frontend",
-            "dockerfile.v0",
-        ])
-        .arg("--local")
-        .arg(format!("context={}", ctx.display()))
-        .arg("--local")
-        .arg(format!("dockerfile={}", ctx.display()))
-        .arg("--output")
-        .arg(format!("type=tar,dest={}", theirs.display()))
-        .output()
-        .expect("buildctl");
+    let o = buildctl_dockerfile_tar(&env, &unix, &ctx, &theirs, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         !stderr(&o).contains("this stage is not needed"),
@@ -661,27 +673,7 @@ fn buildkitd_two_platforms_same_rootfs() {
         stderr(&o)
     );
     let theirs = env.dir.join("buildctl.tar");
-    let o = env
-        .user_command("buildctl")
-        .arg("--addr")
-        .arg(format!("unix://{unix}"))
-        .args([
-            "build",
-            "--progress",
-            "plain",
-            "--frontend",
-            "dockerfile.v0",
-        ])
-        .arg("--opt")
-        .arg(format!("platform={two}"))
-        .arg("--local")
-        .arg(format!("context={}", ctx.display()))
-        .arg("--local")
-        .arg(format!("dockerfile={}", ctx.display()))
-        .arg("--output")
-        .arg(format!("type=tar,dest={}", theirs.display()))
-        .output()
-        .expect("buildctl");
+    let o = buildctl_dockerfile_tar(&env, &unix, &ctx, &theirs, &[&format!("platform={two}")]);
     assert!(o.status.success(), "{}", stderr(&o));
     compare(rootfs_entries(&theirs), "buildkitd's Dockerfile frontend");
 }
@@ -723,25 +715,7 @@ fn buildkitd_language_dockerfiles_same_rootfs() {
             "envkit's Definition on buildkitd",
         );
         let theirs = env.dir.join(format!("{name}-buildctl.tar"));
-        let o = env
-            .user_command("buildctl")
-            .arg("--addr")
-            .arg(format!("unix://{unix}"))
-            .args([
-                "build",
-                "--progress",
-                "plain",
-                "--frontend",
-                "dockerfile.v0",
-            ])
-            .arg("--local")
-            .arg(format!("context={}", ctx.display()))
-            .arg("--local")
-            .arg(format!("dockerfile={}", ctx.display()))
-            .arg("--output")
-            .arg(format!("type=tar,dest={}", theirs.display()))
-            .output()
-            .expect("buildctl");
+        let o = buildctl_dockerfile_tar(&env, &unix, &ctx, &theirs, &[]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         compare(rootfs_entries(&theirs), "buildkitd's Dockerfile frontend");
     }

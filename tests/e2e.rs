@@ -1899,16 +1899,7 @@ fn containerd_exporter_imports_into_ctr() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("containerd has"), "{}", stderr(&o));
-    let ctr = |args: &[&str]| {
-        let out = env
-            .user_command("ctr")
-            .args(["--address", &sock, "-n", &ns])
-            .args(args)
-            .output()
-            .expect("ctr");
-        assert!(out.status.success(), "ctr {args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let ctr = |args: &[&str]| env.ctr(&sock, &ns, args);
     let list = ctr(&["images", "ls"]);
     assert!(list.contains("docker.io/envkit-e2e/ctd:1"), "{list}");
     let check = ctr(&["images", "check"]);

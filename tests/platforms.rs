@@ -341,16 +341,7 @@ fn a_two_platform_build_makes_one_index() {
             "type=containerd,name=envkit-e2e/multi:1,address={sock},namespace={ns},unpack=true"
         ),
     ]);
-    let ctr = |args: &[&str]| {
-        let out = env
-            .user_command("ctr")
-            .args(["--address", &sock, "-n", &ns])
-            .args(args)
-            .output()
-            .expect("ctr");
-        assert!(out.status.success(), "ctr {args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let ctr = |args: &[&str]| env.ctr(&sock, &ns, args);
     let list = ctr(&["images", "ls"]);
     assert!(
         list.contains("docker.io/envkit-e2e/multi:1") && list.contains("linux/amd64,linux/arm64"),

@@ -239,6 +239,19 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("no image name in podman's output: {loaded}"))
     }
 
+    /// `ctr` as the test user against the containerd at `sock`, namespace `ns`, which must
+    /// succeed; its stdout.
+    pub fn ctr(&self, sock: &str, ns: &str, args: &[&str]) -> String {
+        let out = self
+            .user_command("ctr")
+            .args(["--address", sock, "-n", ns])
+            .args(args)
+            .output()
+            .expect("ctr");
+        assert!(out.status.success(), "ctr {args:?}: {}", stderr(&out));
+        stdout(&out)
+    }
+
     /// Runs podman as the test user with the options these hosts need (ROOTLESS.md).
     pub fn podman(&self, args: &[&str]) -> Output {
         let root = self.dir.join("podman-root");
