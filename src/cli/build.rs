@@ -495,13 +495,6 @@ async fn build_platforms(
         return Ok(());
     }
     let output = parse_output(args.output.as_ref())?;
-    if let Some(Output::Docker { .. }) = &output {
-        // BuildKit's docker exporter refuses the same.
-        bail!(
-            "-o type=docker holds one platform's image: use -o type=oci for an index of all of \
-             them, or --platform-tags for one image per platform"
-        );
-    }
     let backend = open_backend(cli, &args.engine).await?;
     let mut jobs = Vec::with_capacity(platforms.len());
     for p in platforms {

@@ -14,26 +14,26 @@ use super::compress::{self, Compression, CompressionOpts};
 use super::{ExportError, io_err, tar_header, write_to_dest};
 use crate::content::Store;
 
-/// Writes the image whose manifest is `manifest` as a `docker save` tarball named `name`;
-/// layers as gzip when `opts` asks for gzip, plain tars otherwise.
-pub fn docker_tar(
-    dest: &std::path::Path,
+/// One image of a docker archive, read.
+struct Part {
+    tag: String,
+    config_name: String,
+    config_bytes: Vec<u8>,
+    /// The blobs to write, and their file names in the archive.
+    layers: Vec<Descriptor>,
+    layer_names: Vec<String>,
+}
+
+fn read_part(
     manifest: &Descriptor,
-    name: &str,
+    tag: String,
     store: &Store,
     opts: &CompressionOpts,
-) -> Result<(), ExportError> {
+) -> Result<Part, ExportError> {
     let bad = |message: String| ExportError::Manifest {
         digest: manifest.digest().to_string(),
         message,
     };
-    if crate::image::index::is_index(manifest) {
-        // BuildKit's docker exporter refuses the same.
-        return Err(ExportError::Refused(format!(
-            "a docker archive holds one platform's image, and {name} is an index of several: \
-             use -o type=oci for all of them, or build each platform with its own --platform"
-        )));
-    }
     let parsed: ImageManifest = serde_json::from_slice(&store.read_blob(manifest.digest())?)
         .map_err(|e| bad(format!("not an image manifest: {e}")))?;
     let config_bytes = store.read_blob(parsed.config().digest())?;
@@ -47,8 +47,7 @@ pub fn docker_tar(
             diff_ids.len()
         )));
     }
-    let gzip = opts.kind == Compression::Gzip;
-    let layers: Vec<Descriptor> = if gzip {
+    let layers: Vec<Descriptor> = if opts.kind == Compression::Gzip {
         let m = compress::convert_manifest(manifest, store, opts)?;
         let p: ImageManifest = serde_json::from_slice(&store.read_blob(m.digest())?)
             .map_err(|e| bad(format!("not an image manifest: {e}")))?;
@@ -56,54 +55,105 @@ pub fn docker_tar(
     } else {
         parsed.layers().clone()
     };
-    let config_name = format!("{}.json", parsed.config().digest().digest());
-    let mut layer_names = Vec::with_capacity(layers.len());
-    for id in diff_ids {
-        let hex = id.trim_start_matches("sha256:");
-        layer_names.push(format!("{hex}/layer.tar"));
+    let layer_names = diff_ids
+        .iter()
+        .map(|id| format!("{}/layer.tar", id.trim_start_matches("sha256:")))
+        .collect();
+    Ok(Part {
+        tag,
+        config_name: format!("{}.json", parsed.config().digest().digest()),
+        config_bytes,
+        layers,
+        layer_names,
+    })
+}
+
+/// Writes the image whose manifest is `manifest` as a `docker save` tarball named `name`;
+/// layers as gzip when `opts` asks for gzip, plain tars otherwise. An index (a multi-platform
+/// image) becomes one image per platform in the one archive, each tagged `name-os-arch` as
+/// `--platform-tags` names them (a docker archive has no index; BuildKit's docker exporter
+/// refuses one).
+pub fn docker_tar(
+    dest: &std::path::Path,
+    manifest: &Descriptor,
+    name: &str,
+    store: &Store,
+    opts: &CompressionOpts,
+) -> Result<(), ExportError> {
+    let mut images: Vec<(Descriptor, String)> = Vec::new();
+    match crate::image::index::stored(store, manifest.digest()) {
+        Ok(crate::image::index::Stored::Index { manifests, .. }) => {
+            for m in manifests {
+                let suffix = match crate::image::index::platform_of(&m) {
+                    Some(p) => crate::image::index::platform_dir(&p).replace('_', "-"),
+                    None => m.digest().digest().chars().take(12).collect(),
+                };
+                images.push((m, format!("{name}-{suffix}")));
+            }
+        }
+        _ => images.push((manifest.clone(), name.to_string())),
     }
-    let index = json!([{
-        "Config": config_name,
-        "RepoTags": [name],
-        "Layers": layer_names,
-    }]);
-    let index = serde_json::to_vec(&index).map_err(|e| bad(e.to_string()))?;
+    let parts = images
+        .into_iter()
+        .map(|(m, tag)| read_part(&m, tag, store, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gzip = opts.kind == Compression::Gzip;
+    let index: Vec<serde_json::Value> = parts
+        .iter()
+        .map(|p| {
+            json!({
+                "Config": p.config_name,
+                "RepoTags": [p.tag],
+                "Layers": p.layer_names,
+            })
+        })
+        .collect();
+    let index = serde_json::to_vec(&index).map_err(|e| ExportError::Manifest {
+        digest: manifest.digest().to_string(),
+        message: e.to_string(),
+    })?;
     let label = PathBuf::from("<docker tar>");
     write_to_dest(dest, |out| {
         let mut tar = tar::Builder::new(out);
         let mut seen = std::collections::BTreeSet::new();
-        for (l, lname) in layers.iter().zip(&layer_names) {
-            if !seen.insert(lname.clone()) {
-                continue; // the same layer twice: one file serves both
+        for part in &parts {
+            for (l, lname) in part.layers.iter().zip(&part.layer_names) {
+                if !seen.insert(lname.clone()) {
+                    continue; // the same layer twice: one file serves both
+                }
+                let dir = lname.trim_end_matches("layer.tar");
+                let h = tar_header(dir, 0, 0o755, tar::EntryType::Directory);
+                tar.append(&h, io::empty()).map_err(io_err(&label))?;
+                let h = tar_header(&format!("{dir}VERSION"), 3, 0o644, tar::EntryType::Regular);
+                tar.append(&h, &b"1.0"[..]).map_err(io_err(&label))?;
+                let plain = Compression::of(l.media_type()) == Some(Compression::Uncompressed);
+                if gzip || plain {
+                    // Stored as it is: stream the blob.
+                    let size = store.size(l.digest())?;
+                    let f = store.open_blob(l.digest())?;
+                    let h = tar_header(lname, size, 0o644, tar::EntryType::Regular);
+                    tar.append(&h, f.take(size)).map_err(io_err(&label))?;
+                } else {
+                    // A tar entry needs its size first: decompress to a temporary file.
+                    let mut tmp = tempfile::tempfile().map_err(io_err(&label))?;
+                    let size = compress::write_uncompressed(store, l, &mut tmp)?;
+                    tmp.rewind().map_err(io_err(&label))?;
+                    let h = tar_header(lname, size, 0o644, tar::EntryType::Regular);
+                    tar.append(&h, tmp.take(size)).map_err(io_err(&label))?;
+                }
             }
-            let dir = lname.trim_end_matches("layer.tar");
-            let h = tar_header(dir, 0, 0o755, tar::EntryType::Directory);
-            tar.append(&h, io::empty()).map_err(io_err(&label))?;
-            let h = tar_header(&format!("{dir}VERSION"), 3, 0o644, tar::EntryType::Regular);
-            tar.append(&h, &b"1.0"[..]).map_err(io_err(&label))?;
-            let plain = Compression::of(l.media_type()) == Some(Compression::Uncompressed);
-            if gzip || plain {
-                // Stored as it is: stream the blob.
-                let size = store.size(l.digest())?;
-                let f = store.open_blob(l.digest())?;
-                let h = tar_header(lname, size, 0o644, tar::EntryType::Regular);
-                tar.append(&h, f.take(size)).map_err(io_err(&label))?;
-            } else {
-                // A tar entry needs its size first: decompress to a temporary file.
-                let mut tmp = tempfile::tempfile().map_err(io_err(&label))?;
-                let size = compress::write_uncompressed(store, l, &mut tmp)?;
-                tmp.rewind().map_err(io_err(&label))?;
-                let h = tar_header(lname, size, 0o644, tar::EntryType::Regular);
-                tar.append(&h, tmp.take(size)).map_err(io_err(&label))?;
+            if !seen.insert(part.config_name.clone()) {
+                continue;
             }
+            let h = tar_header(
+                &part.config_name,
+                part.config_bytes.len() as u64,
+                0o644,
+                tar::EntryType::Regular,
+            );
+            tar.append(&h, &part.config_bytes[..])
+                .map_err(io_err(&label))?;
         }
-        let h = tar_header(
-            &config_name,
-            config_bytes.len() as u64,
-            0o644,
-            tar::EntryType::Regular,
-        );
-        tar.append(&h, &config_bytes[..]).map_err(io_err(&label))?;
         let h = tar_header(
             "manifest.json",
             index.len() as u64,
