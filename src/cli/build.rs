@@ -270,10 +270,11 @@ fn build_args(source: &SourceArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     if source.use_proxy {
         // As envd passes them; a --build-arg of the same name wins.
-        if proxy_vars().is_empty() {
+        let vars = proxy_vars();
+        if vars.is_empty() {
             eprintln!("--use-proxy: none of HTTPS_PROXY, HTTP_PROXY, NO_PROXY is set here");
         }
-        for (k, v) in proxy_vars() {
+        for (k, v) in vars {
             out.insert(k.to_string(), v);
         }
     }
@@ -486,10 +487,7 @@ async fn build_platforms(
     };
     if args.platform_tags {
         for p in platforms {
-            let mut suffix = format!("-{}-{}", p.os, p.architecture);
-            if !p.variant.is_empty() {
-                suffix.push_str(&format!("-{}", p.variant));
-            }
+            let suffix = crate::image::index::tag_suffix(p);
             build_one(cli, &for_platform(p), &suffix).await?;
         }
         return Ok(());

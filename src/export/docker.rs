@@ -85,10 +85,13 @@ pub fn docker_tar(
         Ok(crate::image::index::Stored::Index { manifests, .. }) => {
             for m in manifests {
                 let suffix = match crate::image::index::platform_of(&m) {
-                    Some(p) => crate::image::index::platform_dir(&p).replace('_', "-"),
-                    None => m.digest().digest().chars().take(12).collect(),
+                    Some(p) => crate::image::index::tag_suffix(&p),
+                    None => format!(
+                        "-{}",
+                        m.digest().digest().chars().take(12).collect::<String>()
+                    ),
                 };
-                images.push((m, format!("{name}-{suffix}")));
+                images.push((m, format!("{name}{suffix}")));
             }
         }
         _ => images.push((manifest.clone(), name.to_string())),

@@ -65,6 +65,13 @@ pub fn platform_dir(p: &Platform) -> String {
     p.to_string().replace('/', "_")
 }
 
+/// What a platform's own tag ends in when each platform is an image of its own
+/// (`--platform-tags`, a docker archive of several platforms): `-linux-arm64`, as envd
+/// names them, `-linux-arm-v7` with a variant.
+pub fn tag_suffix(p: &Platform) -> String {
+    format!("-{}", p.to_string().replace('/', "-"))
+}
+
 /// What an image record points at.
 #[derive(Debug, Clone)]
 pub enum Stored {
@@ -192,6 +199,11 @@ mod tests {
         assert_eq!(
             platform_dir(&Platform::new("linux", "arm", "v7")),
             "linux_arm_v7"
+        );
+        assert_eq!(tag_suffix(&Platform::linux_arm64()), "-linux-arm64");
+        assert_eq!(
+            tag_suffix(&Platform::new("linux", "arm", "v7")),
+            "-linux-arm-v7"
         );
     }
 }
