@@ -46,25 +46,34 @@ pub fn classify(path: &Path, md: &std::fs::Metadata) -> UpperKind {
 /// The latest modification time a layer entry may carry (seconds; `i64::MAX`: none).
 static MTIME_CLAMP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MAX);
 
-/// Write `upper` as an uncompressed OCI layer tar to `out`; returns the number of entries.
+/// A layer tar as written: its entries, and the SHA-256 (lowercase hex) and size of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffTar {
+    pub entries: u64,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Write `upper` as an uncompressed OCI layer tar to `out`, hashing it as it is written.
 /// With `clamp`, no entry's mtime is later than it (reproducible layers).
-pub fn write_diff_tar(upper: &Path, out: &Path, clamp: Option<i64>) -> Result<u64> {
+pub fn write_diff_tar(upper: &Path, out: &Path, clamp: Option<i64>) -> Result<DiffTar> {
     MTIME_CLAMP.store(
         clamp.unwrap_or(i64::MAX),
         std::sync::atomic::Ordering::Relaxed,
     );
     let f = std::fs::File::create(out).map_err(|e| RootlessError::io(out, e))?;
-    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(256 * 1024, f));
+    let mut b = tar::Builder::new(crate::hashfile::HashingFile::new(f));
     b.follow_symlinks(false);
     let mut n = 0u64;
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     walk(upper, Path::new(""), &mut b, &mut n, &mut links)?;
     let w = b.into_inner().map_err(|e| RootlessError::io(out, e))?;
-    let mut f = w
-        .into_inner()
-        .map_err(|e| RootlessError::io(out, e.into_error()))?;
-    f.flush().map_err(|e| RootlessError::io(out, e))?;
-    Ok(n)
+    let (sha256, size) = w.finish().map_err(|e| RootlessError::io(out, e))?;
+    Ok(DiffTar {
+        entries: n,
+        sha256,
+        size,
+    })
 }
 
 fn sorted_children(dir: &Path) -> Result<Vec<OsString>> {

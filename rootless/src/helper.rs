@@ -142,8 +142,12 @@ fn dispatch(req: Request) -> Result<Response> {
             out,
             mtime_clamp,
         } => {
-            let entries = crate::difftar::write_diff_tar(&upper, &out, mtime_clamp)?;
-            Ok(Response::DiffWritten { entries })
+            let tar = crate::difftar::write_diff_tar(&upper, &out, mtime_clamp)?;
+            Ok(Response::DiffWritten {
+                entries: tar.entries,
+                sha256: Some(tar.sha256),
+                size: Some(tar.size),
+            })
         }
         Request::RemoveAll { path } => {
             crate::fileops::remove_all(&path)?;

@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod fileops;
 pub mod fsroot;
+mod hashfile;
 mod helper;
 mod idmap;
 mod overlay;

@@ -344,6 +344,11 @@ pub enum Response {
     Done,
     DiffWritten {
         entries: u64,
+        /// The tar's SHA-256 (lowercase hex) and size, computed as it was written.
+        #[serde(default)]
+        sha256: Option<String>,
+        #[serde(default)]
+        size: Option<u64>,
     },
     Probe(ProbeResult),
     /// The environment's init, by its pid on the host.

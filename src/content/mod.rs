@@ -252,6 +252,51 @@ impl Store {
         w.commit(expected)
     }
 
+    /// Takes in a file already written whole, whose digest and size the writer computed as
+    /// it wrote it (a layer tar from the helper): made durable and renamed into place, not
+    /// copied or read again. The size is checked against the file; a blob already present is
+    /// kept and the file removed. On another filesystem it is ingested (and so checked) instead.
+    pub fn adopt(
+        &self,
+        file: NamedTempFile,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobInfo, ContentError> {
+        let dest = self.path(digest)?;
+        let tmp_path = file.path().to_path_buf();
+        let actual = file.as_file().metadata().map_err(io_err(&tmp_path))?.len();
+        if actual != size {
+            return Err(ContentError::SizeMismatch {
+                digest: digest.to_string(),
+                expected: size,
+                actual,
+            });
+        }
+        let info = BlobInfo {
+            digest: digest.clone(),
+            size,
+        };
+        if dest.is_file() {
+            return Ok(info);
+        }
+        file.as_file().sync_all().map_err(io_err(&tmp_path))?;
+        match file.persist(&dest) {
+            Ok(_) => Ok(info),
+            Err(e) if e.error.kind() == io::ErrorKind::CrossesDevices => {
+                let mut f = e.file;
+                io::Seek::rewind(f.as_file_mut()).map_err(io_err(&tmp_path))?;
+                self.ingest(
+                    io::BufReader::with_capacity(1 << 20, f),
+                    Some((digest, size)),
+                )
+            }
+            Err(e) => Err(ContentError::Io {
+                path: dest,
+                source: e.error,
+            }),
+        }
+    }
+
     /// Stores a small blob held in memory (configs, manifests).
     pub fn write_blob(&self, bytes: &[u8]) -> Result<BlobInfo, ContentError> {
         let digest = sha256_digest(bytes);
@@ -586,6 +631,35 @@ mod tests {
         assert!(ingest_dir_is_empty(dir.path()));
         // Writing again is a no-op.
         assert_eq!(s.write_blob(b"hello").unwrap(), info);
+    }
+
+    #[test]
+    fn adopt_renames_a_written_file_in_and_checks_its_size() {
+        let (dir, s) = store();
+        let digest = sha256_digest(b"layer bytes");
+        let temp_in = |bytes: &[u8]| {
+            let mut f = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+            f.write_all(bytes).unwrap();
+            f
+        };
+        // A size that is not the file's is refused, and the file goes.
+        let f = temp_in(b"layer bytes");
+        let path = f.path().to_path_buf();
+        let err = s.adopt(f, &digest, 3).unwrap_err();
+        assert!(matches!(err, ContentError::SizeMismatch { .. }), "{err}");
+        assert!(!s.has(&digest) && !path.exists());
+        // Adopted: the same file, renamed, reads back verified.
+        let f = temp_in(b"layer bytes");
+        let path = f.path().to_path_buf();
+        assert_eq!(s.adopt(f, &digest, 11).unwrap().size, 11);
+        assert!(!path.exists());
+        assert_eq!(s.read_blob(&digest).unwrap(), b"layer bytes");
+        // Already there: kept, and the new file removed.
+        let f = temp_in(b"layer bytes");
+        let path = f.path().to_path_buf();
+        assert_eq!(s.adopt(f, &digest, 11).unwrap().digest, digest);
+        assert!(!path.exists());
+        assert!(ingest_dir_is_empty(dir.path()));
     }
 
     #[test]

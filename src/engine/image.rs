@@ -130,7 +130,25 @@ pub(super) async fn layer_for(
         .await
         .map_err(|e| layer_err(e.to_string()))?;
     let layer = match resp {
-        rootless::Response::DiffWritten { entries: 0 } => None,
+        rootless::Response::DiffWritten { entries: 0, .. } => None,
+        // Hashed as the helper wrote it: renamed into the content store, not read again.
+        rootless::Response::DiffWritten {
+            sha256: Some(hex),
+            size: Some(size),
+            ..
+        } => {
+            let digest = crate::content::parse_digest(&format!("sha256:{hex}"))?;
+            let info = worker.content.adopt(tmp, &digest, size)?;
+            Some(image::NewLayer {
+                descriptor: oci_spec::image::Descriptor::new(
+                    oci_spec::image::MediaType::ImageLayer,
+                    info.size,
+                    info.digest.clone(),
+                ),
+                diff_id: info.digest,
+                created_by: None,
+            })
+        }
         rootless::Response::DiffWritten { .. } => {
             Some(export::raw_layer_from_tar(tmp.path(), &worker.content)?)
         }
