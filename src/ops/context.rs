@@ -215,6 +215,19 @@ struct Seen {
 }
 
 impl Seen {
+    /// Whether the entry is old enough to be trusted later: a write within the same tick of
+    /// the filesystem's clock would leave its metadata as recorded. Nanosecond timestamps
+    /// tick with the kernel's coarse clock (a few milliseconds: 100 ms is ample); times in
+    /// whole seconds (FAT keeps two) tick once a second or two. The ctime of a file on a
+    /// nanosecond filesystem always has its nanoseconds (only mtime can be set), so the
+    /// coarse case is told by both.
+    fn settled(&self, now_ns: i64) -> bool {
+        const SECOND: i64 = 1_000_000_000;
+        let coarse = self.mtime_ns % SECOND == 0 && self.ctime_ns % SECOND == 0;
+        let margin = if coarse { 2 * SECOND } else { SECOND / 10 };
+        now_ns - self.mtime_ns.max(self.ctime_ns) > margin
+    }
+
     fn matches(&self, md: &fs::Metadata) -> bool {
         self.size == md.size()
             && self.mtime_ns == mtime_ns(md)
@@ -320,8 +333,8 @@ impl StatCache {
     }
 
     /// Writes the cache if it changed (atomically; a failure only costs the next build a
-    /// rehash). Entries modified in the last second are left out: a later write in the
-    /// same timestamp tick would otherwise go unnoticed.
+    /// rehash). Entries changed too recently are left out ([`Seen::settled`]): a later write
+    /// in the same timestamp tick would otherwise go unnoticed.
     pub fn save(&mut self, path: &Path) {
         if !self.dirty {
             return;
@@ -330,8 +343,7 @@ impl StatCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        self.files
-            .retain(|_, s| now_ns - s.mtime_ns.max(s.ctime_ns) > 1_000_000_000);
+        self.files.retain(|_, s| s.settled(now_ns));
         let bytes = self.encode();
         let Some(parent) = path.parent() else { return };
         if fs::create_dir_all(parent).is_err() {
@@ -682,6 +694,30 @@ mod tests {
         );
         assert_eq!(normalize("a/./b/../c"), "a/c");
         assert_eq!(normalize("/../x"), "x");
+    }
+
+    #[test]
+    fn entries_settle_after_a_tick_of_their_filesystems_clock() {
+        const S: i64 = 1_000_000_000;
+        let seen = |mtime_ns, ctime_ns| Seen {
+            size: 1,
+            mtime_ns,
+            ctime_ns,
+            ino: 1,
+            dev: 1,
+            sha256: [0; 32],
+            live: true,
+        };
+        let now = 1_000 * S + 500_000_000;
+        // Nanosecond times: trusted once 100 ms old (by the later of mtime and ctime).
+        assert!(seen(now - S / 5, now - S / 5 + 7).settled(now));
+        assert!(!seen(now - S / 20, now - S / 20).settled(now));
+        assert!(!seen(now - 5 * S, now - S / 20).settled(now));
+        // A set mtime in whole seconds, but a nanosecond ctime: the fine clock's rule.
+        assert!(seen(now - 9 * S - S / 2, now - S / 5 + 1).settled(now));
+        // Whole seconds in both: two seconds.
+        assert!(!seen(999 * S, 999 * S).settled(now));
+        assert!(seen(998 * S, 998 * S).settled(now));
     }
 
     #[test]
