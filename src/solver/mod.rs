@@ -136,6 +136,9 @@ pub async fn solve<R: Clone + Send + 'static>(
     let limit = opts.parallelism.max(1);
     let total = needed.iter().filter(|n| **n).count();
     let mut done = 0usize;
+    // Vertices that finished when first polled, not yet handled.
+    let mut finished: std::collections::VecDeque<(usize, Duration, Result<Outcome<R>, OpError>)> =
+        std::collections::VecDeque::new();
 
     while done < total {
         while running.len() < limit {
@@ -157,25 +160,39 @@ pub async fn solve<R: Clone + Send + 'static>(
                     .collect(),
                 name: vertices[v].name.clone(),
             });
-            let fut = runner.run(v, inputs);
-            running.spawn(async move {
-                let start = Instant::now();
-                let res = fut.await;
-                (v, start.elapsed(), res)
-            });
+            let mut fut = runner.run(v, inputs);
+            let start = Instant::now();
+            // Polled here once first: a cached step (and every step of a keys-only pass)
+            // finishes without waiting, and then costs no hand-over to a worker thread and
+            // back (a warm chain of 20 steps spent milliseconds in them). A step that waits
+            // is spawned as before and polled again there, with a real waker.
+            match futures_util::FutureExt::now_or_never(&mut fut) {
+                Some(res) => finished.push_back((v, start.elapsed(), res)),
+                None => {
+                    running.spawn(async move {
+                        let res = fut.await;
+                        (v, start.elapsed(), res)
+                    });
+                }
+            }
         }
-        let Some(joined) = running.join_next().await else {
-            // Nothing runs and nothing is ready, yet vertices remain: a cycle.
-            let stuck = (0..vertices.len())
-                .find(|v| needed[*v] && results[*v].is_none())
-                .unwrap_or(root);
-            return Err(SolveError::Cycle(stuck));
-        };
-        let (v, elapsed, res) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                running.abort_all();
-                return Err(SolveError::Join(e.to_string()));
+        let (v, elapsed, res) = match finished.pop_front() {
+            Some(f) => f,
+            None => {
+                let Some(joined) = running.join_next().await else {
+                    // Nothing runs and nothing is ready, yet vertices remain: a cycle.
+                    let stuck = (0..vertices.len())
+                        .find(|v| needed[*v] && results[*v].is_none())
+                        .unwrap_or(root);
+                    return Err(SolveError::Cycle(stuck));
+                };
+                match joined {
+                    Ok(x) => x,
+                    Err(e) => {
+                        running.abort_all();
+                        return Err(SolveError::Join(e.to_string()));
+                    }
+                }
             }
         };
         match res {
@@ -256,7 +273,10 @@ mod tests {
             Box::pin(async move {
                 let now = f.active.fetch_add(1, Ordering::SeqCst) + 1;
                 f.max_active.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(f.delay).await;
+                // No delay: done when first polled (a cached step's way).
+                if !f.delay.is_zero() {
+                    tokio::time::sleep(f.delay).await;
+                }
                 f.active.fetch_sub(1, Ordering::SeqCst);
                 f.log.lock().map_err(|e| e.to_string())?.push(vertex);
                 if f.fail == Some(vertex) {
@@ -385,9 +405,10 @@ mod tests {
         }
     }
 
-    /// Vertex 0 fails at once; vertex 1 would take an hour.
+    /// Vertex 0 fails soon (or when first polled); vertex 1 would take an hour.
     struct FailFast {
         dropped: Arc<AtomicUsize>,
+        at_once: bool,
     }
 
     impl OpRunner<String> for FailFast {
@@ -397,10 +418,13 @@ mod tests {
             _inputs: Vec<String>,
         ) -> BoxFuture<Result<Outcome<String>, OpError>> {
             let flag = DropFlag(self.dropped.clone());
+            let at_once = self.at_once;
             Box::pin(async move {
                 let _flag = flag;
                 if vertex == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if !at_once {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     return Err("boom".into());
                 }
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -414,24 +438,72 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_cancels_running_siblings() {
-        let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[0, 1])];
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let err = solve(
-            &g,
-            2,
-            Arc::new(FailFast {
-                dropped: dropped.clone(),
-            }),
-            Arc::new(Silent),
-            &opts(4),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.to_string(), "a: boom");
-        // Both futures are gone: the failed one and the cancelled sibling.
-        assert_eq!(dropped.load(Ordering::SeqCst), 2);
-        assert!(started.elapsed() < Duration::from_secs(60));
+        // The failing vertex waits first (spawned), or fails when first polled (in place).
+        for at_once in [false, true] {
+            let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[0, 1])];
+            let dropped = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            let err = solve(
+                &g,
+                2,
+                Arc::new(FailFast {
+                    dropped: dropped.clone(),
+                    at_once,
+                }),
+                Arc::new(Silent),
+                &opts(4),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.to_string(), "a: boom");
+            // Both futures are gone: the failed one and the cancelled sibling.
+            assert_eq!(dropped.load(Ordering::SeqCst), 2, "at once: {at_once}");
+            assert!(started.elapsed() < Duration::from_secs(60));
+        }
+    }
+
+    /// Keeps the events of a solve.
+    #[derive(Default)]
+    struct Events(Mutex<Vec<Event>>);
+
+    impl Reporter for Events {
+        fn event(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_done_when_first_polled_report_in_order() {
+        // A diamond whose steps never wait (a cached build): every step starts after its
+        // inputs completed, and completes once.
+        let g = vec![vx("a", &[]), vx("b", &[0]), vx("c", &[0]), vx("d", &[1, 2])];
+        let f = Fake::new(&["a", "b", "c", "d"], 0, None);
+        let events = Arc::new(Events::default());
+        let out = solve(&g, 3, Arc::new(Runner(f.clone())), events.clone(), &opts(1))
+            .await
+            .unwrap();
+        assert_eq!(out, "d(b(a()),c(a()))");
+        let order: Vec<(bool, usize)> = events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Started { vertex, .. } => Some((true, *vertex)),
+                Event::Completed { vertex, .. } => Some((false, *vertex)),
+                _ => None,
+            })
+            .collect();
+        let at = |e: (bool, usize)| order.iter().position(|x| *x == e).unwrap();
+        assert_eq!(order.len(), 8, "{order:?}");
+        for (v, inputs) in [(1, vec![0]), (2, vec![0]), (3, vec![1, 2])] {
+            for i in inputs {
+                assert!(at((false, i)) < at((true, v)), "{order:?}");
+            }
+        }
+        for v in 0..4 {
+            assert!(at((true, v)) < at((false, v)), "{order:?}");
+        }
     }
 
     /// A fake op that goes through the cache protocol: its key is its id and its inputs'
