@@ -286,3 +286,37 @@ async fn a_merge_stacks_its_inputs_and_runs_nothing_itself() {
     let (again, _) = f.solve(&m, false).await;
     assert_eq!(again, snap);
 }
+
+#[tokio::test]
+async fn a_changed_context_is_copied_again_linking_what_did_not_change() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::create_dir(ctx.path().join("d")).unwrap();
+    std::fs::write(ctx.path().join("d/kept"), "kept").unwrap();
+    std::fs::write(ctx.path().join("edited"), "one").unwrap();
+    let state = llb::local("ctx", Default::default());
+    let solve = || async {
+        let engine = f.engine(false, Arc::new(Record::default())).await;
+        let def = state.marshal(&MarshalOptions::default()).unwrap();
+        let locals = BTreeMap::from([("ctx".to_string(), ctx.path().to_path_buf())]);
+        engine.solve(&def.to_bytes(), locals).await.unwrap()
+    };
+    let first = solve().await;
+    std::fs::write(ctx.path().join("edited"), "two").unwrap();
+    let second = solve().await;
+    assert_ne!(first, second);
+    let ino = |s: &SnapRef, p: &str| {
+        let fs = f.root.join("snapshots").join(&s.chain[0]).join("fs");
+        std::fs::metadata(fs.join(p)).unwrap().ino()
+    };
+    assert_eq!(ino(&first, "d/kept"), ino(&second, "d/kept"));
+    assert_ne!(ino(&first, "edited"), ino(&second, "edited"));
+    assert_eq!(f.file(&first, 0, "edited"), "one");
+    assert_eq!(f.file(&second, 0, "edited"), "two");
+    assert_eq!(f.file(&second, 0, "d/kept"), "kept");
+    // Back to the first content: its snapshot again, untouched.
+    std::fs::write(ctx.path().join("edited"), "one").unwrap();
+    assert_eq!(solve().await, first);
+    assert_eq!(f.file(&first, 0, "edited"), "one");
+}

@@ -472,6 +472,26 @@ pub fn checksum_dir(dir: &Path, cache_root: Option<&Path>) -> Result<String, Ops
 
 /// Copies a tree as the host user (inside the namespace the files then belong to uid 0).
 pub fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsError> {
+    copy_tree_reusing(src, dest, filter, None)
+}
+
+/// Files an earlier copy of a source holds unchanged: `files` (relative paths) under `from`.
+#[derive(Debug)]
+pub struct Reuse {
+    pub from: PathBuf,
+    pub files: std::collections::HashSet<Vec<u8>>,
+}
+
+/// [`copy_tree`], taking each file `reuse` names as a hard link to the earlier copy's when
+/// that is still a regular file of the source file's size (a copy otherwise, or when the link
+/// fails). A linked file's mode is not set again: it is the source's already, and the inode
+/// is the earlier snapshot's too.
+pub fn copy_tree_reusing(
+    src: &Path,
+    dest: &Path,
+    filter: &Filter,
+    reuse: Option<&Reuse>,
+) -> Result<(), OpsError> {
     for Entry { rel, md } in walk(src, filter)? {
         let from = src.join(&rel);
         let to = dest.join(&rel);
@@ -483,6 +503,16 @@ pub fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsErro
             std::os::unix::fs::symlink(target, &to).map_err(local_err(&to))?;
             continue;
         } else if ft.is_file() {
+            if let Some(r) = reuse
+                && r.files.contains(rel.as_os_str().as_encoded_bytes())
+            {
+                let earlier = r.from.join(&rel);
+                let same = fs::symlink_metadata(&earlier)
+                    .is_ok_and(|e| e.is_file() && e.len() == md.len());
+                if same && fs::hard_link(&earlier, &to).is_ok() {
+                    continue;
+                }
+            }
             fs::copy(&from, &to).map_err(local_err(&to))?;
         } else {
             // Sockets, fifos and devices have no place in a build context.
@@ -543,6 +573,41 @@ mod tests {
         assert_eq!(
             tree_checksum(s.path(), &Filter::default(), &mut StatCache::default()).unwrap(),
             tree_checksum(d.path(), &Filter::default(), &mut StatCache::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_copy_links_the_files_an_earlier_copy_holds_unchanged() {
+        let s = tempfile::tempdir().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fs::create_dir(s.path().join("dir")).unwrap();
+        for (name, body) in [("dir/same", "same"), ("dir/changed", "v1"), ("grew", "ab")] {
+            fs::write(s.path().join(name), body).unwrap();
+        }
+        fs::set_permissions(s.path().join("dir/same"), fs::Permissions::from_mode(0o640)).unwrap();
+        copy_tree(s.path(), d1.path(), &Filter::default()).unwrap();
+        fs::write(s.path().join("dir/changed"), "v2").unwrap();
+        fs::write(s.path().join("grew"), "abc").unwrap();
+        // `grew` is named but no longer has the earlier copy's size: copied, not linked.
+        let reuse = Reuse {
+            from: d1.path().to_path_buf(),
+            files: [&b"dir/same"[..], b"grew"]
+                .iter()
+                .map(|p| p.to_vec())
+                .collect(),
+        };
+        copy_tree_reusing(s.path(), d2.path(), &Filter::default(), Some(&reuse)).unwrap();
+        let ino = |d: &Path, p: &str| fs::metadata(d.join(p)).unwrap().ino();
+        assert_eq!(ino(d1.path(), "dir/same"), ino(d2.path(), "dir/same"));
+        assert_ne!(ino(d1.path(), "dir/changed"), ino(d2.path(), "dir/changed"));
+        assert_ne!(ino(d1.path(), "grew"), ino(d2.path(), "grew"));
+        assert_eq!(fs::read(d2.path().join("dir/changed")).unwrap(), b"v2");
+        assert_eq!(fs::read(d2.path().join("grew")).unwrap(), b"abc");
+        assert_eq!(fs::read(d1.path().join("dir/changed")).unwrap(), b"v1");
+        // The new copy is the source, file for file.
+        assert_eq!(
+            tree_checksum(s.path(), &Filter::default(), &mut StatCache::default()).unwrap(),
+            tree_checksum(d2.path(), &Filter::default(), &mut StatCache::default()).unwrap()
         );
     }
 

@@ -121,6 +121,19 @@ pub fn recall(stat: &Path, checksum: &str) -> Option<Vec<FileEntry>> {
         .find_map(|p| decode(&fs::read(p).ok()?, checksum))
 }
 
+/// The kept manifests other than `checksum`'s, with the checksum each is for: the contexts a
+/// new copy of this source may take unchanged files from.
+pub fn others(stat: &Path, checksum: &str) -> Vec<(String, Vec<FileEntry>)> {
+    [current(stat), previous(stat)]
+        .iter()
+        .filter_map(|p| {
+            let sum = header(p).filter(|h| h != checksum)?;
+            let entries = decode(&fs::read(p).ok()?, &sum)?;
+            Some((sum, entries))
+        })
+        .collect()
+}
+
 fn kind(mode: u32) -> &'static str {
     match mode & 0o170000 {
         0o040000 => "a directory",

@@ -233,14 +233,7 @@ pub(super) async fn local_key(
         .await
         .map_err(|e| OpsError::Invalid(e.to_string()))??
     };
-    // The checksum covers only what the filter keeps; the filter itself is in the key too,
-    // so two filters that happen to keep the same files still share nothing surprising.
-    let filter_key = filter.key();
-    let key = if filter.is_empty() {
-        ctx.cache_key(&[], &[&checksum])
-    } else {
-        ctx.cache_key(&[], &[&checksum, &filter_key])
-    };
+    let key = local_key_of(ctx, &checksum, &filter);
     if let Ok(mut sums) = ctx.sums.lock() {
         sums.insert(
             ctx.vertex,
@@ -257,14 +250,56 @@ pub(super) async fn local_key(
     Ok((key, dir, filter))
 }
 
+/// The cache key of a local source's content `checksum` seen through `filter`. The checksum
+/// covers only what the filter keeps; the filter itself is in the key too, so two filters that
+/// happen to keep the same files still share nothing surprising.
+fn local_key_of(ctx: &Ctx, checksum: &str, filter: &rootless::patterns::Filter) -> String {
+    if filter.is_empty() {
+        ctx.cache_key(&[], &[checksum])
+    } else {
+        ctx.cache_key(&[], &[checksum, &filter.key()])
+    }
+}
+
+/// An earlier copy of this source still in the store, and the files of the new content it
+/// holds unchanged (same path, mode and content hash), which the new copy links instead of
+/// copying. Committed snapshots are never written again, so the two copies may share them.
+fn reusable_copy(ctx: &Ctx) -> Option<context::Reuse> {
+    let sum = ctx.sums.lock().ok()?.get(&ctx.vertex).cloned()?;
+    let now: std::collections::HashMap<&[u8], (u32, &[u8])> = sum
+        .listing
+        .iter()
+        .filter(|e| e.mode & 0o170000 == 0o100000)
+        .map(|e| (e.path.as_slice(), (e.mode, e.what.as_slice())))
+        .collect();
+    super::manifest::others(&sum.stat, &sum.checksum)
+        .into_iter()
+        .find_map(|(checksum, entries)| {
+            let key = local_key_of(ctx, &checksum, &sum.filter);
+            ctx.worker.snapshots.lookup_quiet(&key).ok()??;
+            let files: std::collections::HashSet<Vec<u8>> = entries
+                .into_iter()
+                .filter(|e| now.get(e.path.as_slice()) == Some(&(e.mode, e.what.as_slice())))
+                .map(|e| e.path)
+                .collect();
+            (!files.is_empty()).then(|| context::Reuse {
+                from: ctx.worker.snapshots.fs(&key),
+                files,
+            })
+        })
+}
+
 async fn local(ctx: &Ctx, src: &pb::SourceOp) -> Result<Outcome<Res>, OpsError> {
     let (key, dir, filter) = local_key(ctx, src).await?;
     let key = &key;
     ctx.resolve_one(key, |prepared| async move {
         let dest = prepared.fs.clone();
-        tokio::task::spawn_blocking(move || context::copy_tree(&dir, &dest, &filter))
-            .await
-            .map_err(|e| OpsError::Invalid(e.to_string()))??;
+        let reuse = reusable_copy(ctx);
+        tokio::task::spawn_blocking(move || {
+            context::copy_tree_reusing(&dir, &dest, &filter, reuse.as_ref())
+        })
+        .await
+        .map_err(|e| OpsError::Invalid(e.to_string()))??;
         Ok(SnapRef {
             chain: vec![key.clone()],
             base: None,
