@@ -166,9 +166,18 @@ pub async fn solve<R: Clone + Send + 'static>(
             // finishes without waiting, and then costs no hand-over to a worker thread and
             // back (a warm chain of 20 steps spent milliseconds in them). A step that waits
             // is spawned as before and polled again there, with a real waker.
-            match futures_util::FutureExt::now_or_never(&mut fut) {
-                Some(res) => finished.push_back((v, start.elapsed(), res)),
-                None => {
+            // A panic there is the solve's error, as a spawned task's panic is.
+            let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                futures_util::FutureExt::now_or_never(&mut fut)
+            }));
+            match first {
+                Err(_) => {
+                    running.abort_all();
+                    while running.join_next().await.is_some() {}
+                    return Err(SolveError::Join(format!("{} panicked", vertices[v].name)));
+                }
+                Ok(Some(res)) => finished.push_back((v, start.elapsed(), res)),
+                Ok(None) => {
                     running.spawn(async move {
                         let res = fut.await;
                         (v, start.elapsed(), res)
@@ -460,6 +469,48 @@ mod tests {
             assert_eq!(dropped.load(Ordering::SeqCst), 2, "at once: {at_once}");
             assert!(started.elapsed() < Duration::from_secs(60));
         }
+    }
+
+    /// Vertex 1 panics when first polled; vertex 0 would take an hour.
+    struct Panics {
+        dropped: Arc<AtomicUsize>,
+    }
+
+    impl OpRunner<String> for Panics {
+        fn run(
+            &self,
+            vertex: usize,
+            _inputs: Vec<String>,
+        ) -> BoxFuture<Result<Outcome<String>, OpError>> {
+            let flag = DropFlag(self.dropped.clone());
+            Box::pin(async move {
+                let _flag = flag;
+                if vertex == 1 {
+                    panic!("a bug in an op");
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Outcome {
+                    value: String::new(),
+                    cached: false,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_that_panics_when_first_polled_fails_the_solve() {
+        let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[0, 1])];
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let runner = Panics {
+            dropped: dropped.clone(),
+        };
+        let err = solve(&g, 2, Arc::new(runner), Arc::new(Silent), &opts(4))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SolveError::Join(_)), "{err}");
+        assert!(err.to_string().contains('b'), "{err}");
+        // The sibling that was waiting is cancelled, the panicked one dropped.
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
     }
 
     /// Keeps the events of a solve.
