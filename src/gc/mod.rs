@@ -8,7 +8,7 @@
 //! Running builds hold the store's GC lock shared for their whole life; prune takes it
 //! exclusively, so it waits for them and never removes what a running build holds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -59,12 +59,19 @@ pub struct Usage {
 
 /// Bytes under `dir` (files' sizes; what the user cannot read is left out).
 fn tree_bytes(dir: &Path) -> u64 {
+    tree_bytes_once(dir, &mut HashSet::new())
+}
+
+/// [`tree_bytes`], counting a file with several links (context copies share unchanged
+/// files between snapshots) only the first time `seen` meets it.
+fn tree_bytes_once(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     walkdir::WalkDir::new(dir)
         .follow_links(false)
         .into_iter()
         .filter_map(|e| e.ok())
         .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
+        .filter(|m| m.is_file() && (m.nlink() < 2 || seen.insert((m.dev(), m.ino()))))
         .map(|m| m.len())
         .sum()
 }
@@ -89,10 +96,11 @@ fn is_snapshot_id(p: &Path) -> bool {
 /// The store's usage by kind.
 pub fn usage(root: &Path) -> Usage {
     let mut u = Usage::default();
+    let mut seen = HashSet::new();
     for p in entries(&root.join("snapshots")) {
         if is_snapshot_id(&p) && p.join("ref.json").is_file() {
             u.snapshots.count += 1;
-            u.snapshots.bytes += tree_bytes(&p);
+            u.snapshots.bytes += tree_bytes_once(&p, &mut seen);
         } else if p
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("tmp-"))
@@ -179,6 +187,7 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
         return Ok(report);
     }
     let mut snaps: Vec<Snap> = Vec::new();
+    let mut seen = HashSet::new();
     for dir in entries(worker.snapshots.root()) {
         if !is_snapshot_id(&dir) {
             continue;
@@ -192,7 +201,7 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
         };
         snaps.push(Snap {
             used: modified(&dir.join("ref.json")),
-            bytes: tree_bytes(&dir),
+            bytes: tree_bytes_once(&dir, &mut seen),
             id,
             dir,
             record,
@@ -383,6 +392,28 @@ mod tests {
         let m = br#"{"config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:l1"},{"digest":"sha256:l2"}]}"#;
         assert_eq!(manifest_refs(m), ["sha256:c", "sha256:l1", "sha256:l2"]);
         assert!(manifest_refs(b"not json").is_empty());
+    }
+
+    #[test]
+    fn a_file_two_snapshots_share_counts_once() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for id in ["aaaa", "bbbb"] {
+            std::fs::create_dir_all(root.join(format!("snapshots/{id}/fs"))).unwrap();
+            std::fs::write(root.join(format!("snapshots/{id}/ref.json")), b"").unwrap();
+        }
+        std::fs::write(root.join("snapshots/aaaa/fs/big"), vec![0u8; 1000]).unwrap();
+        std::fs::hard_link(
+            root.join("snapshots/aaaa/fs/big"),
+            root.join("snapshots/bbbb/fs/big"),
+        )
+        .unwrap();
+        std::fs::write(root.join("snapshots/bbbb/fs/own"), b"12").unwrap();
+        let u = usage(root);
+        assert_eq!(u.snapshots.count, 2);
+        assert_eq!(u.snapshots.bytes, 1002);
+        // Each snapshot on its own still has all of its files.
+        assert_eq!(tree_bytes(&root.join("snapshots/bbbb")), 1002);
     }
 
     #[test]
