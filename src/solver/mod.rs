@@ -414,10 +414,22 @@ mod tests {
         }
     }
 
-    /// Vertex 0 fails soon (or when first polled); vertex 1 would take an hour.
+    /// How [`FailFast`]'s failing vertex fails.
+    #[derive(Clone, Copy, Debug)]
+    enum How {
+        /// After 20 ms (it was spawned).
+        Soon,
+        /// When first polled.
+        AtOnce,
+        /// By panicking when first polled.
+        Panics,
+    }
+
+    /// Vertex `failing` fails as `how` says; every other vertex would take an hour.
     struct FailFast {
         dropped: Arc<AtomicUsize>,
-        at_once: bool,
+        failing: usize,
+        how: How,
     }
 
     impl OpRunner<String> for FailFast {
@@ -427,14 +439,17 @@ mod tests {
             _inputs: Vec<String>,
         ) -> BoxFuture<Result<Outcome<String>, OpError>> {
             let flag = DropFlag(self.dropped.clone());
-            let at_once = self.at_once;
+            let (failing, how) = (vertex == self.failing, self.how);
             Box::pin(async move {
                 let _flag = flag;
-                if vertex == 0 {
-                    if !at_once {
+                match how {
+                    _ if !failing => {}
+                    How::Soon => {
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                        return Err("boom".into());
                     }
-                    return Err("boom".into());
+                    How::AtOnce => return Err("boom".into()),
+                    How::Panics => panic!("a bug in an op"),
                 }
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(Outcome {
@@ -448,67 +463,40 @@ mod tests {
     #[tokio::test]
     async fn a_failure_cancels_running_siblings() {
         // The failing vertex waits first (spawned), or fails when first polled (in place).
-        for at_once in [false, true] {
+        for how in [How::Soon, How::AtOnce] {
             let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[0, 1])];
             let dropped = Arc::new(AtomicUsize::new(0));
             let started = Instant::now();
-            let err = solve(
-                &g,
-                2,
-                Arc::new(FailFast {
-                    dropped: dropped.clone(),
-                    at_once,
-                }),
-                Arc::new(Silent),
-                &opts(4),
-            )
-            .await
-            .unwrap_err();
+            let runner = FailFast {
+                dropped: dropped.clone(),
+                failing: 0,
+                how,
+            };
+            let err = solve(&g, 2, Arc::new(runner), Arc::new(Silent), &opts(4))
+                .await
+                .unwrap_err();
             assert_eq!(err.to_string(), "a: boom");
             // Both futures are gone: the failed one and the cancelled sibling.
-            assert_eq!(dropped.load(Ordering::SeqCst), 2, "at once: {at_once}");
+            assert_eq!(dropped.load(Ordering::SeqCst), 2, "{how:?}");
             assert!(started.elapsed() < Duration::from_secs(60));
-        }
-    }
-
-    /// Vertex 1 panics when first polled; vertex 0 would take an hour.
-    struct Panics {
-        dropped: Arc<AtomicUsize>,
-    }
-
-    impl OpRunner<String> for Panics {
-        fn run(
-            &self,
-            vertex: usize,
-            _inputs: Vec<String>,
-        ) -> BoxFuture<Result<Outcome<String>, OpError>> {
-            let flag = DropFlag(self.dropped.clone());
-            Box::pin(async move {
-                let _flag = flag;
-                if vertex == 1 {
-                    panic!("a bug in an op");
-                }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok(Outcome {
-                    value: String::new(),
-                    cached: false,
-                })
-            })
         }
     }
 
     #[tokio::test]
     async fn a_step_that_panics_when_first_polled_fails_the_solve() {
+        // b panics once a is already spawned.
         let g = vec![vx("a", &[]), vx("b", &[]), vx("c", &[0, 1])];
         let dropped = Arc::new(AtomicUsize::new(0));
-        let runner = Panics {
+        let runner = FailFast {
             dropped: dropped.clone(),
+            failing: 1,
+            how: How::Panics,
         };
         let err = solve(&g, 2, Arc::new(runner), Arc::new(Silent), &opts(4))
             .await
             .unwrap_err();
         assert!(matches!(err, SolveError::Join(_)), "{err}");
-        assert!(err.to_string().contains('b'), "{err}");
+        assert!(err.to_string().contains("b panicked"), "{err}");
         // The sibling that was waiting is cancelled, the panicked one dropped.
         assert_eq!(dropped.load(Ordering::SeqCst), 2);
     }
