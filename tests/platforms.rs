@@ -205,17 +205,12 @@ fn a_two_platform_build_makes_one_index() {
          RUN echo \"$TARGETPLATFORM $(uname -m)\" > /arch\nCMD [\"cat\", \"/arch\"]\n",
     );
     let two = "linux/amd64,linux/arm64";
+    // The image of both platforms, sent where `-o` says.
+    let build_to = |output: &str| {
+        env.build_ok(&["-p", &ctx, "-t", "multi:1", "--platform", two, "-o", output])
+    };
     let tar = env.dir.join("multi.tar");
-    let log = env.build_ok(&[
-        "-p",
-        &ctx,
-        "-t",
-        "multi:1",
-        "--platform",
-        two,
-        "-o",
-        &format!("type=oci,dest={}", tar.display()),
-    ]);
+    let log = build_to(&format!("type=oci,dest={}", tar.display()));
     assert!(log.contains("built docker.io/library/multi:1"), "{log}");
     let out = env.envkit(&["images"]);
     let line = stdout(&out)
@@ -264,16 +259,7 @@ fn a_two_platform_build_makes_one_index() {
     }
 
     let dest = env.dir.join("rootfs");
-    env.build_ok(&[
-        "-p",
-        &ctx,
-        "-t",
-        "multi:1",
-        "--platform",
-        two,
-        "-o",
-        &format!("type=local,dest={}", dest.display()),
-    ]);
+    build_to(&format!("type=local,dest={}", dest.display()));
     let arch_of =
         |dir: &str| std::fs::read_to_string(dest.join(dir).join("arch")).unwrap_or_default();
     assert_eq!(arch_of("linux_amd64").trim(), "linux/amd64 x86_64");
@@ -284,16 +270,7 @@ fn a_two_platform_build_makes_one_index() {
         env.registry,
         std::process::id()
     );
-    env.build_ok(&[
-        "-p",
-        &ctx,
-        "-t",
-        "multi:1",
-        "--platform",
-        two,
-        "-o",
-        &format!("type=image,name={pushed},push=true"),
-    ]);
+    build_to(&format!("type=image,name={pushed},push=true"));
     let remote = format!("docker://{pushed}");
     let raw: serde_json::Value = serde_json::from_str(&skopeo(&[
         "inspect",
@@ -317,16 +294,7 @@ fn a_two_platform_build_makes_one_index() {
     // A docker archive has no index: each platform's image, tagged as --platform-tags names
     // them (BuildKit's docker exporter refuses several platforms).
     let docker = env.dir.join("d.tar");
-    env.build_ok(&[
-        "-p",
-        &ctx,
-        "-t",
-        "multi:1",
-        "--platform",
-        two,
-        "-o",
-        &format!("type=docker,dest={}", docker.display()),
-    ]);
+    build_to(&format!("type=docker,dest={}", docker.display()));
     let out = env.podman(&["load", "-i", docker.to_str().unwrap()]);
     assert!(out.status.success(), "podman load: {}", stderr(&out));
     let loaded = stdout(&out);
@@ -344,18 +312,9 @@ fn a_two_platform_build_makes_one_index() {
     // Into containerd: the index and both images, this machine's platform unpacked.
     let sock = common::containerd_socket();
     let ns = format!("envkit-multi-{}", std::process::id());
-    env.build_ok(&[
-        "-p",
-        &ctx,
-        "-t",
-        "multi:1",
-        "--platform",
-        two,
-        "-o",
-        &format!(
-            "type=containerd,name=envkit-e2e/multi:1,address={sock},namespace={ns},unpack=true"
-        ),
-    ]);
+    build_to(&format!(
+        "type=containerd,name=envkit-e2e/multi:1,address={sock},namespace={ns},unpack=true"
+    ));
     let ctr = |args: &[&str]| env.ctr(&sock, &ns, args);
     let list = ctr(&["images", "ls"]);
     assert!(
