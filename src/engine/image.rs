@@ -138,16 +138,7 @@ pub(super) async fn layer_for(
             ..
         } => {
             let digest = crate::content::parse_digest(&format!("sha256:{hex}"))?;
-            let info = worker.content.adopt(tmp, &digest, size)?;
-            Some(image::NewLayer {
-                descriptor: oci_spec::image::Descriptor::new(
-                    oci_spec::image::MediaType::ImageLayer,
-                    info.size,
-                    info.digest.clone(),
-                ),
-                diff_id: info.digest,
-                created_by: None,
-            })
+            Some(export::raw_layer(worker.content.adopt(tmp, &digest, size)?))
         }
         rootless::Response::DiffWritten { .. } => {
             Some(export::raw_layer_from_tar(tmp.path(), &worker.content)?)

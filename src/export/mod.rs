@@ -102,11 +102,16 @@ pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, Export
 pub fn raw_layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, ExportError> {
     let input = File::open(tar_path).map_err(io_err(tar_path))?;
     let info = store.ingest(io::BufReader::with_capacity(1 << 20, input), None)?;
-    Ok(NewLayer {
+    Ok(raw_layer(info))
+}
+
+/// The layer of an uncompressed layer tar already in the store (see [`raw_layer_from_tar`]).
+pub fn raw_layer(info: content::BlobInfo) -> NewLayer {
+    NewLayer {
         descriptor: Descriptor::new(MediaType::ImageLayer, info.size, info.digest.clone()),
         diff_id: info.digest,
         created_by: None,
-    })
+    }
 }
 
 /// The manifest an image is exported with by default: layers kept uncompressed in the store
