@@ -61,6 +61,7 @@ fn main() {
             ssh_public_key_path: String::new(),
             ca_bundle: None,
             proxy_env: None,
+            base_resolve: None,
         };
         let mut times: Vec<Duration> = Vec::new();
         let mut ops = 0;

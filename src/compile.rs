@@ -12,7 +12,7 @@ use crate::config;
 use crate::frontend::{self, FrontendError};
 use crate::lower::{self, LowerError};
 use crate::platform::Platform;
-use crate::registry::{Registry, RegistryError, Resolved};
+use crate::registry::{Registry, RegistryError, ResolveMode, Resolved};
 
 #[derive(Debug, Error)]
 pub enum CompileError {
@@ -49,6 +49,9 @@ pub struct Request {
     /// `--use-proxy`: the proxy variables every step gets.
     pub proxy_env: Option<crate::pb::ProxyEnv>,
     pub platform: Platform,
+    /// How the base image's tag is resolved (`--pull`): asked of the registry every time
+    /// (the default), or taken from the store when it has what the tag named last time.
+    pub resolve: ResolveMode,
 }
 
 /// A build file compiled to LLB, with what the exporter needs to know.
@@ -100,21 +103,32 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
     let note_key = base_note_key(&context_dir, &file, &func, &req.platform);
     let guess = registry.note(BASE_NOTES, &note_key);
     let remembered = guess.clone();
-    let (env, speculated) = evaluate_while(&context_dir, &file, &func, async {
-        match guess {
-            Some(r) => {
-                let res = registry.resolve_for(&r, &req.platform).await;
-                Some((r, res))
-            }
-            None => None,
+    let memo = Memo(registry);
+    let (env, speculated) = match frontend::recall(&context_dir, &file, &func, &memo) {
+        // Nothing the build file read has changed: its environment as last time.
+        Some(env) => (env, None),
+        None => {
+            let (evaluated, speculated) = evaluate_while(&context_dir, &file, &func, async {
+                match guess {
+                    Some(r) => {
+                        let res = registry.resolve_with(&r, &req.platform, req.resolve).await;
+                        Some((r, res))
+                    }
+                    None => None,
+                }
+            })
+            .await;
+            (evaluated?.keep(&memo), speculated)
         }
-    })
-    .await;
-    let env = env?;
+    };
     let base_ref = lower::base_image_ref(&env);
     let base = match speculated {
         Some((r, res)) if r == base_ref => res?,
-        _ => registry.resolve_for(&base_ref, &req.platform).await?,
+        _ => {
+            registry
+                .resolve_with(&base_ref, &req.platform, req.resolve)
+                .await?
+        }
     };
     if remembered.as_deref() != Some(base_ref.as_str()) {
         registry.set_note(BASE_NOTES, &note_key, &base_ref);
@@ -134,6 +148,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
         ssh_public_key_path: String::new(),
         ca_bundle: req.ca_bundle.clone(),
         proxy_env: req.proxy_env.clone(),
+        base_resolve: llb_resolve_mode(req.resolve),
     };
     if env.dev {
         let (path, key) = ssh_public_key()?;
@@ -151,8 +166,36 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
     })
 }
 
+/// The image op's resolve mode for a registry resolve mode: none for the default, so that a
+/// default build's Definition is the one envd's client makes.
+pub fn llb_resolve_mode(mode: ResolveMode) -> Option<crate::llb::ResolveMode> {
+    match mode {
+        ResolveMode::Default => None,
+        ResolveMode::Pull => Some(crate::llb::ResolveMode::ForcePull),
+        ResolveMode::PreferLocal => Some(crate::llb::ResolveMode::PreferLocal),
+    }
+}
+
 /// The content store's notes of the base image each build file named.
 const BASE_NOTES: &str = "bases";
+
+/// The content store's notes of evaluated build files (the frontend's memo).
+const EVALUATION_NOTES: &str = "evaluations";
+
+/// The frontend's memo of evaluations, kept in the registry's content store notes.
+struct Memo<'a>(&'a Registry);
+
+impl frontend::MemoStore for Memo<'_> {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.note(EVALUATION_NOTES, key).map(String::into_bytes)
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            self.0.set_note(EVALUATION_NOTES, key, text);
+        }
+    }
+}
 
 /// The note of `file:func` in `context_dir` built for `platform`.
 fn base_note_key(context_dir: &Path, file: &str, func: &str, platform: &Platform) -> String {
@@ -177,7 +220,7 @@ async fn evaluate_while<T>(
     file: &str,
     func: &str,
     meanwhile: impl std::future::Future<Output = Option<T>>,
-) -> (Result<crate::ir::Environment, FrontendError>, Option<T>) {
+) -> (Result<frontend::Evaluation, FrontendError>, Option<T>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (dir, f, entry) = (
         context_dir.to_path_buf(),
@@ -188,14 +231,14 @@ async fn evaluate_while<T>(
         .name("envkit-eval".into())
         .stack_size(8 << 20)
         .spawn(move || {
-            let _ = tx.send(frontend::evaluate(&dir, &f, &entry));
+            let _ = tx.send(frontend::evaluate_traced(&dir, &f, &entry));
         });
     let meanwhile = std::pin::pin!(meanwhile);
     let mut meanwhile = futures_util::FutureExt::fuse(meanwhile);
     let mut other = None;
     let env = match thread {
         // No thread to be had: evaluate here, then do the rest.
-        Err(_) => frontend::evaluate(context_dir, file, func),
+        Err(_) => frontend::evaluate_traced(context_dir, file, func),
         Ok(thread) => {
             let mut rx = rx;
             let got = loop {
@@ -210,7 +253,7 @@ async fn evaluate_while<T>(
                 // does this (as it did when the evaluation ran here).
                 Err(_) => match thread.join() {
                     Err(panic) => std::panic::resume_unwind(panic),
-                    Ok(()) => frontend::evaluate(context_dir, file, func),
+                    Ok(()) => frontend::evaluate_traced(context_dir, file, func),
                 },
             }
         }
@@ -296,6 +339,7 @@ pub fn request(context: &Path, from: &str, target: lower::Target) -> Request {
         ca_bundle: None,
         proxy_env: None,
         platform: Platform::host(),
+        resolve: ResolveMode::Default,
     }
 }
 
@@ -430,5 +474,60 @@ mod tests {
             "{:?}",
             failed.err()
         );
+    }
+
+    /// `--pull missing`: once the store has the image a tag named, a build asks the registry
+    /// nothing, and its base image op says `local` (for a remote BuildKit too).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pull_missing_takes_the_tag_from_the_store_once_it_has_the_image() {
+        let (addr, counts) = registry().await;
+        let n = || counts[0].load(Ordering::SeqCst);
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::content::Store::open(root.path()).unwrap();
+        let cfg = config::Config::parse(
+            &format!("[registry.\"{addr}\"]\nhttp = true\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(
+            ctx.path().join("build.envd"),
+            format!("# syntax=v1\ndef build():\n    base(image=\"{addr}/a:1\", dev=False)\n"),
+        )
+        .unwrap();
+        let mut req = request(ctx.path(), "build.envd:build", lower::Target::Embedded);
+        req.resolve = ResolveMode::PreferLocal;
+        let compile_new = || {
+            let registry = Registry::new(&cfg).with_store(store.clone());
+            let req = req.clone();
+            async move { compile(&req, &registry).await }
+        };
+        let mode = |c: &Compiled| {
+            let graph = crate::llb::load(&c.lowered.definition.to_bytes()).unwrap();
+            graph
+                .vertices
+                .iter()
+                .find_map(|v| match &v.op.op {
+                    Some(crate::pb::op::Op::Source(s))
+                        if s.identifier.starts_with("docker-image://") =>
+                    {
+                        Some(s.attrs.get("image.resolvemode").cloned())
+                    }
+                    _ => None,
+                })
+                .flatten()
+        };
+        let first = compile_new().await.unwrap();
+        assert_eq!(n(), 1, "nothing in the store: the registry is asked");
+        assert_eq!(mode(&first).as_deref(), Some("local"));
+        let again = compile_new().await.unwrap();
+        assert_eq!(n(), 1, "the store has it: no request");
+        assert_eq!(which(&again), ["WHICH=a"]);
+        // The default still asks every time, and its Definition is envd's (no mode).
+        req.resolve = ResolveMode::Default;
+        let registry = Registry::new(&cfg).with_store(store.clone());
+        let default = compile(&req, &registry).await.unwrap();
+        assert_eq!(n(), 2);
+        assert_eq!(mode(&default), None);
     }
 }

@@ -1363,6 +1363,80 @@ fn prefer_local_resolve_needs_no_registry_for_a_known_tag() {
     assert!(log.contains("127.0.0.1:9"), "{log}");
 }
 
+/// `build --pull missing`: a tag base the store has is not asked of the registry, a default
+/// build's results are reused (the resolve mode is out of every key), and an edited build
+/// file is evaluated again (the memo of evaluations sees the change).
+#[test]
+fn pull_missing_rebuilds_a_tag_base_without_the_registry() {
+    let env = TestEnv::new("pullmissing");
+    let file = |extra: &str| {
+        format!(
+            "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+             run(commands=[\"echo one > /one\"]){extra}\n"
+        )
+    };
+    let ctx = env.context_with("pullmissing", &file(""));
+    let c = ctx.to_str().unwrap();
+    let out = env.envkit(&["build", "-p", c, "-t", "pm:1", "--progress", "plain"]);
+    assert!(out.status.success(), "cold build failed:\n{}", stderr(&out));
+    let offline = env.dir.join("offline.toml");
+    std::fs::write(
+        &offline,
+        "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:9\"]\n[registry.\"127.0.0.1:9\"]\nhttp = true\n",
+    )
+    .unwrap();
+    env.chown(&offline);
+    let cfg = offline.to_str().unwrap();
+    let offline_build = |pull: &str| {
+        env.envkit(&[
+            "--config",
+            cfg,
+            "build",
+            "--pull",
+            pull,
+            "-p",
+            c,
+            "-t",
+            "pm:1",
+            "--progress",
+            "plain",
+        ])
+    };
+    let out = offline_build("missing");
+    let log = stderr(&out);
+    assert!(
+        out.status.success(),
+        "--pull missing asked the registry:\n{log}"
+    );
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with('#') && !l.contains(" CACHED") && !l.contains(" DONE"))
+        .collect();
+    let cached = log.lines().filter(|l| l.ends_with(" CACHED")).count();
+    assert_eq!(cached, named.len(), "a step ran again:\n{log}");
+    let out = offline_build("always");
+    assert!(
+        !out.status.success(),
+        "the default did not ask the registry"
+    );
+    assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
+
+    // An edited build file: evaluated again, its new step runs, still without the registry.
+    std::fs::write(
+        ctx.join("build.envd"),
+        file("\n    run(commands=[\"echo two > /two\"])"),
+    )
+    .unwrap();
+    env.chown(&ctx.join("build.envd"));
+    let out = offline_build("missing");
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("echo two > /two"),
+        "the edit was not seen:\n{log}"
+    );
+}
+
 /// `[worker] snapshotter = "copy"` (what envkit falls back to where the kernel refuses
 /// overlayfs in a user namespace) builds an envd file whose image podman runs as expected.
 #[test]

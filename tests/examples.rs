@@ -114,6 +114,7 @@ fn render(name: &str) -> Result<Rendered, String> {
             ssh_public_key_path: "/home/user/.config/envkit/id_envkit.pub".into(),
             ca_bundle: None,
             proxy_env: None,
+            base_resolve: None,
         };
         let lowered = lower::lower(&env, &base, &opts).map_err(|e| format!("{name}: {e}"))?;
         let graph = envkit::llb::load(&lowered.definition.to_bytes())

@@ -58,6 +58,7 @@ fn opts(dir: &Path, target: Target) -> LowerOptions {
         ssh_public_key_path: String::new(),
         ca_bundle: None,
         proxy_env: None,
+        base_resolve: None,
     }
 }
 

@@ -152,6 +152,22 @@ pub struct SourceArgs {
     /// file's steps as their proxy variables. Either way they stay out of cache keys.
     #[arg(long = "use-proxy", visible_alias = "proxy")]
     pub use_proxy: bool,
+    /// How a base image's tag is resolved: `always` asks the registry what it names on every
+    /// build (BuildKit's default); `missing` uses what it named last time when the store
+    /// still has that image, and asks only otherwise (BuildKit's `local` resolve mode,
+    /// buildah's `--pull=missing`: no network on a rebuild, but a moved tag is not seen).
+    #[arg(long, value_name = "POLICY", default_value = "always", value_parser = ["always", "missing"])]
+    pub pull: String,
+}
+
+impl SourceArgs {
+    /// `--pull` as the registry's resolve mode.
+    pub fn resolve_mode(&self) -> crate::registry::ResolveMode {
+        match self.pull.as_str() {
+            "missing" => crate::registry::ResolveMode::PreferLocal,
+            _ => crate::registry::ResolveMode::Default,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -30,6 +30,7 @@ pub(super) fn source_request(
     if source.use_proxy {
         req.proxy_env = proxy_env();
     }
+    req.resolve = source.resolve_mode();
     Ok(req)
 }
 
@@ -310,6 +311,7 @@ pub(super) async fn compile_dockerfile(
         platform: build_platform,
         target_platform: target_platform(source)?,
         multi_platform,
+        resolve: source.resolve_mode(),
     };
     Ok(crate::dockerfile::compile(&req, registry).await?)
 }

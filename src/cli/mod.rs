@@ -23,15 +23,6 @@ use clap::Parser;
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
-    // Before the command line is parsed (half a millisecond): a command that may evaluate a
-    // build file starts the interpreter's set-up at once. A word of another command's
-    // arguments that reads the same only costs a thread's few milliseconds.
-    if std::env::args_os()
-        .skip(1)
-        .any(|a| matches!(a.to_str(), Some("build" | "up" | "llb")))
-    {
-        crate::frontend::prewarm();
-    }
     let cli = Cli::parse();
     let filter = if cli.debug {
         "envkit=debug,info"

@@ -51,6 +51,8 @@ pub struct ConvertOpt {
     /// One of several platforms of one build: step names start with the platform, as
     /// BuildKit's do when several are asked for (`[linux/arm64 2/3] RUN …`).
     pub multi_platform: bool,
+    /// The resolve mode of every `FROM` image op (`--pull missing`: `local`).
+    pub image_resolve_mode: Option<llb::ResolveMode>,
 }
 
 impl Default for ConvertOpt {
@@ -66,6 +68,7 @@ impl Default for ConvertOpt {
             ignore_syntax: false,
             multi_platform: false,
             images: HashMap::new(),
+            image_resolve_mode: None,
         }
     }
 }
@@ -1082,6 +1085,7 @@ fn dispatch_stage(
                             .description("com.docker.dockerfile.v1.command", d.stage.code.clone())
                             .platform(p.clone())
                             .custom_name(name),
+                        resolve_mode: opt.image_resolve_mode,
                         ..Default::default()
                     },
                 )
@@ -1427,6 +1431,7 @@ fn image_state(
                 .description("com.docker.dockerfile.v1.command", "")
                 .platform(platform.clone())
                 .custom_name(format!("FROM {}", r.pinned)),
+            resolve_mode: opt.image_resolve_mode,
             ..Default::default()
         },
     ))

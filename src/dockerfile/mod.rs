@@ -58,6 +58,8 @@ pub struct Request {
     pub target_platform: Option<Platform>,
     /// One of several platforms of one build (the steps' names say which).
     pub multi_platform: bool,
+    /// How `FROM` tags are resolved (`--pull`; BuildKit's `image-resolve-mode`).
+    pub resolve: ResolveMode,
 }
 
 /// A compiled Dockerfile.
@@ -151,6 +153,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Doc
         ignore_syntax: false,
         images: Default::default(),
         multi_platform: req.multi_platform,
+        image_resolve_mode: crate::compile::llb_resolve_mode(req.resolve),
     };
     let at = |line: usize, message: String| DockerfileError::At {
         file: file_name.clone(),
@@ -178,7 +181,7 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Doc
             Err(convert::ConvertError::Unresolved(refs)) => {
                 let found = futures_util::future::join_all(
                     refs.iter()
-                        .map(|(r, p)| registry.resolve_with(r, p, ResolveMode::Default)),
+                        .map(|(r, p)| registry.resolve_with(r, p, req.resolve)),
                 )
                 .await;
                 for ((r, p), got) in refs.into_iter().zip(found) {

@@ -443,8 +443,15 @@ fn vertices(graph: &llb::LoadedGraph) -> Option<Vertices> {
             name,
             inputs: v.inputs.clone(),
         });
+        // Inputs come first in a loaded graph: their key digests are known.
+        let input_keys: Vec<&str> = v
+            .inputs
+            .iter()
+            .map(|&i| ov.get(i).map_or("", |o: &OpVertex| o.key_digest.as_str()))
+            .collect();
+        let key_digest = crate::ops::key_digest(&v.op, &v.digest.to_string(), &input_keys);
         ov.push(OpVertex {
-            key_digest: crate::ops::key_digest(&v.op, &v.digest.to_string()),
+            key_digest,
             digest: v.digest.to_string(),
             op: v.op.clone(),
             inputs: v.inputs.clone(),

@@ -10,6 +10,7 @@
 
 mod builtins;
 mod error;
+mod memo;
 mod modules;
 mod program;
 
@@ -20,6 +21,7 @@ pub use builtins::data::HUGGINGFACE_PATH;
 pub use error::Diagnostic;
 pub use error::FrontendError;
 pub use error::Location;
+pub use memo::MemoStore;
 pub use modules::{Options, user_config_files};
 
 /// A Markdown reference of every envd builtin envkit implements (from their doc comments).
@@ -66,15 +68,48 @@ pub fn evaluate(
     program::run(context_dir, file, func, &Options::for_user())
 }
 
-/// Starts the interpreter's one-time set-up on a thread of its own: the starlark crate
-/// parses the documentation of its standard library when the first globals are built, with
-/// regexes it compiles then, which takes a few milliseconds, a third of a warm build. Called
-/// when a command starts that will evaluate a build file; the evaluation then finds it done
-/// (or waits for the part still under way).
-pub fn prewarm() {
-    let _ = std::thread::Builder::new()
-        .name("envkit-prewarm".into())
-        .spawn(|| drop(builtins::globals("")));
+/// The environment the memo in `store` holds for `file:func` in `context_dir` (see
+/// `memo.rs`), when nothing its evaluation read has changed since; its `print()` lines are
+/// printed again. `None`: the file must be evaluated ([`evaluate_traced`]).
+pub fn recall(
+    context_dir: &Path,
+    file: &str,
+    func: &str,
+    store: &dyn MemoStore,
+) -> Option<crate::ir::Environment> {
+    let key = memo::key(context_dir, file, func, &Options::for_user())?;
+    memo::recall(store, &key)
+}
+
+/// An evaluation with what it read, to be kept in a memo ([`Evaluation::keep`]).
+#[derive(Debug)]
+pub struct Evaluation {
+    pub env: crate::ir::Environment,
+    key: Option<String>,
+    trace: memo::Trace,
+}
+
+impl Evaluation {
+    /// Keeps the evaluation in `store` for [`recall`] (unless it did something a memo
+    /// cannot check again), and returns its environment.
+    pub fn keep(self, store: &dyn MemoStore) -> crate::ir::Environment {
+        if let Some(k) = &self.key {
+            memo::keep(store, k, self.trace, &self.env);
+        }
+        self.env
+    }
+}
+
+/// [`evaluate`], traced for the memo of evaluations.
+pub fn evaluate_traced(
+    context_dir: &Path,
+    file: &str,
+    func: &str,
+) -> Result<Evaluation, FrontendError> {
+    let options = Options::for_user();
+    let key = memo::key(context_dir, file, func, &options);
+    let (env, trace) = program::run_traced(context_dir, file, func, &options)?;
+    Ok(Evaluation { env, key, trace })
 }
 
 /// Like [`evaluate`], with explicit options (prelude files, cache directory).

@@ -67,7 +67,9 @@ impl Recorder {
     /// evaluation's environment, and freezes it.
     pub(crate) fn exec_module(&self, path: &Path) -> Result<FrozenModule, FrontendError> {
         let shown = path.display().to_string();
-        let source = std::fs::read_to_string(path)
+        let source = self
+            .trace
+            .read_to_string(path)
             .map_err(|e| FrontendError::Read(diag(format!("cannot read `{shown}`: {e}"))))?;
         let (ast, _bindings, bad_calls) = parse_checked(&shown, source)?;
         Module::with_temp_heap(|module| {
@@ -75,6 +77,7 @@ impl Recorder {
                 let mut eval = Evaluator::new(&module);
                 eval.extra = Some(self);
                 eval.set_loader(self);
+                eval.set_print_handler(&self.trace);
                 eval.eval_module(ast, &self.globals)
                     .map_err(|e| self.failure_or(e, &bad_calls))?;
             }
@@ -108,11 +111,11 @@ impl Recorder {
     /// else relative to the build context.
     fn resolve_load(&self, module: &str) -> Option<PathBuf> {
         let direct = PathBuf::from(module);
-        if direct.is_file() {
+        if self.trace.is_file(&direct) {
             return Some(direct);
         }
         let in_context = Path::new(&self.context_abs).join(module);
-        in_context.is_file().then_some(in_context)
+        self.trace.is_file(&in_context).then_some(in_context)
     }
 
     /// `include(git)`: every `.envd` file of the repository (in walk order), their public
@@ -121,6 +124,9 @@ impl Recorder {
         &self,
         git: &str,
     ) -> Result<Vec<(String, OwnedFrozenValue)>, IncludeError> {
+        // A repository (fetched, or a directory walked) is more than the memo of
+        // evaluations can check again.
+        self.trace.opaque();
         if let Some(hit) = self.includes.borrow().get(git) {
             return Ok(hit.clone());
         }

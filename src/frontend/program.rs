@@ -27,6 +27,7 @@ use super::error::BuiltinError;
 use super::error::Diagnostic;
 use super::error::FrontendError;
 use super::error::Location;
+use super::memo::Trace;
 use crate::ir::Environment;
 use crate::ir::IrError;
 
@@ -54,13 +55,13 @@ fn diag(message: impl Into<String>, location: Option<Location>) -> Box<Diagnosti
 
 /// `<context_dir>/<file>` if it exists, else `<file>` against the current directory (envd's
 /// `ParseBuildOpt`).
-fn resolve(context_dir: &Path, file: &str) -> Result<PathBuf, FrontendError> {
+fn resolve(context_dir: &Path, file: &str, trace: &Trace) -> Result<PathBuf, FrontendError> {
     let in_context = context_dir.join(file);
-    if in_context.exists() {
+    if trace.exists(&in_context) {
         return Ok(in_context);
     }
     let direct = PathBuf::from(file);
-    if direct.exists() {
+    if trace.exists(&direct) {
         return Ok(direct);
     }
     Err(FrontendError::Read(diag(
@@ -316,9 +317,20 @@ pub(crate) fn run(
     func: &str,
     options: &super::modules::Options,
 ) -> Result<Environment, FrontendError> {
-    let path = resolve(context_dir, file)?;
+    run_traced(context_dir, file, func, options).map(|(env, _)| env)
+}
+
+/// [`run`], also returning what the evaluation read and printed.
+pub(crate) fn run_traced(
+    context_dir: &Path,
+    file: &str,
+    func: &str,
+    options: &super::modules::Options,
+) -> Result<(Environment, Trace), FrontendError> {
+    let trace = Trace::default();
+    let path = resolve(context_dir, file, &trace)?;
     let shown = path.display().to_string();
-    let source = std::fs::read_to_string(&path).map_err(|e| {
+    let source = trace.read_to_string(&path).map_err(|e| {
         FrontendError::Read(diag(format!("cannot read build file `{shown}`: {e}"), None))
     })?;
     check_syntax_version(&shown, &source)?;
@@ -337,7 +349,7 @@ pub(crate) fn run(
         .unwrap_or_else(|_| context.to_path_buf())
         .display()
         .to_string();
-    let recorder = Recorder::new(context_abs, options.cache_dir.clone());
+    let recorder = Recorder::new(context_abs, options.cache_dir.clone(), trace);
     for p in &options.prelude {
         recorder.exec_module(p)?;
     }
@@ -347,6 +359,7 @@ pub(crate) fn run(
         let mut eval = Evaluator::new(&module);
         eval.extra = Some(&recorder);
         eval.set_loader(&recorder);
+        eval.set_print_handler(&recorder.trace);
         eval.eval_module(ast, &globals).map_err(|e| {
             recorder
                 .failure
@@ -391,6 +404,7 @@ pub(crate) fn run(
         Ok(())
     })?;
 
+    let trace = recorder.trace;
     let env = recorder.env.into_inner();
     if let Err(e) = env.validate() {
         let site = match e {
@@ -405,7 +419,7 @@ pub(crate) fn run(
             site.or(entry_location).or(Some(start)),
         )));
     }
-    Ok(env)
+    Ok((env, trace))
 }
 
 /// Whether `value` is one of the predeclared native functions (envd calls only a Starlark

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// envd's default base image when `base()` names none.
@@ -22,7 +23,7 @@ pub const DEFAULT_PYTHON: &str = "3.11";
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One `io.copy(...)` call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Copy {
     /// Path inside the build context, or inside `image` when set.
     pub source: String,
@@ -33,14 +34,14 @@ pub struct Copy {
 }
 
 /// One `run(commands=[...])` call: becomes one exec step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunGroup {
     pub commands: Vec<String>,
     pub mount_host: bool,
 }
 
 /// `config.pip_index(...)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipIndex {
     pub url: String,
     pub extra_url: String,
@@ -48,7 +49,7 @@ pub struct PipIndex {
 }
 
 /// A language an `install.<lang>()` call asked for, in call order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LanguageName {
     Python,
     R,
@@ -73,7 +74,7 @@ impl LanguageName {
 }
 
 /// One `install.<lang>(version=...)` call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Language {
     pub name: LanguageName,
     /// As given; `None` where envd records no version (r, julia, and rust/go/nodejs without one).
@@ -81,7 +82,7 @@ pub struct Language {
 }
 
 /// `install.conda(...)` and what `install.conda_packages` / `config.conda_channel` add to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CondaConfig {
     pub use_micromamba: bool,
     pub packages: Vec<String>,
@@ -93,20 +94,20 @@ pub struct CondaConfig {
 }
 
 /// `install.uv(python_version=...)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UvConfig {
     pub python_version: String,
 }
 
 /// `install.pixi(...)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PixiConfig {
     pub use_pixi_mirror: bool,
     pub pypi_index: Option<String>,
 }
 
 /// `git_config(...)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitConfig {
     pub name: String,
     pub email: String,
@@ -114,7 +115,7 @@ pub struct GitConfig {
 }
 
 /// `config.jupyter(...)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JupyterConfig {
     pub token: String,
     /// Host port chosen at `up` (0: a free one). Inside the environment it is always 8888.
@@ -122,7 +123,7 @@ pub struct JupyterConfig {
 }
 
 /// One `io.http(...)` call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpSource {
     pub url: String,
     /// `sha256:<hex>` (or another algorithm go-digest knows), validated by the frontend.
@@ -131,7 +132,7 @@ pub struct HttpSource {
 }
 
 /// One `runtime.expose(...)` call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expose {
     pub envd_port: u16,
     pub host_port: u16,
@@ -140,14 +141,14 @@ pub struct Expose {
 }
 
 /// One `runtime.mount(...)` call, with `~` already expanded on both sides.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountDir {
     pub host_path: String,
     pub envd_path: String,
 }
 
 /// A VS Code extension, `publisher.extension[-version]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VscodePlugin {
     pub publisher: String,
     pub extension: String,
@@ -179,21 +180,21 @@ impl VscodePlugin {
 }
 
 /// A code agent (`install.codex`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeAgent {
     pub name: String,
     pub version: Option<String>,
 }
 
 /// `config.repo(...)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repo {
     pub url: String,
     pub description: String,
 }
 
 /// Everything a build file said about the environment, in envd's terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
     /// Base image reference as written (`python:3.11-slim`); normalised when lowered.
     pub image: String,

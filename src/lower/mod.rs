@@ -115,6 +115,8 @@ pub struct LowerOptions {
     /// `--use-proxy`: the proxy variables every step gets (`ExecOp.meta.proxy_env`, which
     /// caches leave out of their keys).
     pub proxy_env: Option<crate::pb::ProxyEnv>,
+    /// The base image op's resolve mode (`--pull missing`: `local`); `None` as envd's.
+    pub base_resolve: Option<crate::llb::ResolveMode>,
 }
 
 /// The local source that carries the CA bundle to a remote BuildKit.

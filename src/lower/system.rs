@@ -14,11 +14,17 @@ impl Compiler<'_> {
     /// Stage 1: the base image with envd's build environment: envd's base variables, then the
     /// runtime environment (base `ENV`s and `runtime.environ`, by key).
     pub(super) fn base_state(&self) -> State {
-        let mut s = llb::image(&self.image)
-            .add_env("DEBIAN_FRONTEND", "noninteractive")
-            .add_env("PATH", ir::DEFAULT_PATH)
-            .add_env("LANG", "C.UTF-8")
-            .add_env("LC_ALL", "C.UTF-8");
+        let mut s = llb::image_with(
+            &self.image,
+            llb::ImageOptions {
+                resolve_mode: self.opts.base_resolve,
+                ..Default::default()
+            },
+        )
+        .add_env("DEBIAN_FRONTEND", "noninteractive")
+        .add_env("PATH", ir::DEFAULT_PATH)
+        .add_env("LANG", "C.UTF-8")
+        .add_env("LC_ALL", "C.UTF-8");
         for (k, v) in &self.environ {
             s = s.add_env(k, v);
         }

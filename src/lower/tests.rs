@@ -16,6 +16,7 @@ fn opts() -> LowerOptions {
         ssh_public_key_path: "/home/user/.config/envkit/id_envkit.pub".into(),
         ca_bundle: None,
         proxy_env: None,
+        base_resolve: None,
     }
 }
 

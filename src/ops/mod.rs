@@ -235,21 +235,42 @@ pub fn cache_key(op_digest: &str, input_keys: &[&str], extra: &[&str]) -> String
     hex::encode(h.finalize())
 }
 
-/// [`OpVertex::key_digest`] of an op whose digest is `digest`.
-pub fn key_digest(op: &pb::Op, digest: &str) -> String {
-    match &op.op {
-        Some(pb::op::Op::Exec(e)) if e.meta.as_ref().is_some_and(|m| m.proxy_env.is_some()) => {
-            let mut plain = op.clone();
-            if let Some(pb::op::Op::Exec(e)) = &mut plain.op
-                && let Some(m) = &mut e.meta
-            {
+/// [`OpVertex::key_digest`] of an op whose digest is `digest`, given its inputs' key
+/// digests (in `op.inputs` order). It is the digest itself unless the op carries what caches
+/// leave out of keys (an exec's proxy variables, an image's resolve mode) or an input's key
+/// digest differs from its digest: then it is the digest of the op without those, with its
+/// inputs named by their key digests (so that everything built on such an op keys alike too).
+pub fn key_digest(op: &pb::Op, digest: &str, input_keys: &[&str]) -> String {
+    let proxied = matches!(&op.op, Some(pb::op::Op::Exec(e)) if e.meta.as_ref().is_some_and(|m| m.proxy_env.is_some()));
+    // An image's resolve mode says how its reference is looked up, not what it is: the key
+    // has the manifest it resolved to, so `--pull missing` reuses a default build's results
+    // (BuildKit's image keys leave the mode out too).
+    let resolve_mode = matches!(&op.op, Some(pb::op::Op::Source(s)) if s.identifier.starts_with("docker-image://") && s.attrs.contains_key("image.resolvemode"));
+    let renamed = op
+        .inputs
+        .iter()
+        .zip(input_keys)
+        .any(|(i, k)| i.digest != *k);
+    if !proxied && !resolve_mode && !renamed {
+        return digest.to_string();
+    }
+    let mut plain = op.clone();
+    for (i, k) in plain.inputs.iter_mut().zip(input_keys) {
+        i.digest = (*k).to_string();
+    }
+    match &mut plain.op {
+        Some(pb::op::Op::Exec(e)) => {
+            if let Some(m) = &mut e.meta {
                 m.proxy_env = None;
             }
-            let bytes = crate::llb::encode_op(&plain);
-            format!("sha256:{}", crate::content::sha256_hex(&bytes))
         }
-        _ => digest.to_string(),
+        Some(pb::op::Op::Source(s)) if resolve_mode => {
+            s.attrs.remove("image.resolvemode");
+        }
+        _ => {}
     }
+    let bytes = crate::llb::encode_op(&plain);
+    format!("sha256:{}", crate::content::sha256_hex(&bytes))
 }
 
 /// The platform an op is for: its own, else this machine's.
@@ -487,7 +508,63 @@ mod tests {
         }
         let (d_plain, d_proxied) = (digest(&plain), digest(&proxied));
         assert_ne!(d_plain, d_proxied);
-        assert_eq!(key_digest(&plain, &d_plain), d_plain);
-        assert_eq!(key_digest(&proxied, &d_proxied), d_plain);
+        assert_eq!(key_digest(&plain, &d_plain, &[]), d_plain);
+        assert_eq!(key_digest(&proxied, &d_proxied, &[]), d_plain);
+    }
+
+    #[test]
+    fn an_images_resolve_mode_is_left_out_of_its_key_and_of_every_key_built_on_it() {
+        let digest = |op: &pb::Op| {
+            format!(
+                "sha256:{}",
+                crate::content::sha256_hex(&crate::llb::encode_op(op))
+            )
+        };
+        let image = |mode: Option<&str>| pb::Op {
+            op: Some(pb::op::Op::Source(pb::SourceOp {
+                identifier: "docker-image://docker.io/library/debian:bookworm".into(),
+                attrs: mode
+                    .map(|m| [("image.resolvemode".to_string(), m.to_string())].into())
+                    .unwrap_or_default(),
+            })),
+            ..Default::default()
+        };
+        let on = |input: &str| pb::Op {
+            inputs: vec![pb::Input {
+                digest: input.to_string(),
+                index: 0,
+            }],
+            op: Some(pb::op::Op::Exec(pb::ExecOp {
+                meta: Some(pb::Meta {
+                    args: vec!["true".into()],
+                    cwd: "/".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (plain, local) = (image(None), image(Some("local")));
+        let (d_plain, d_local) = (digest(&plain), digest(&local));
+        assert_ne!(d_plain, d_local);
+        let k_local = key_digest(&local, &d_local, &[]);
+        assert_eq!(k_local, d_plain);
+        // The step on it: another digest (its input's), the same key digest.
+        let (run_plain, run_local) = (on(&d_plain), on(&d_local));
+        let d_run_plain = digest(&run_plain);
+        assert_eq!(
+            key_digest(&run_plain, &d_run_plain, &[&d_plain]),
+            d_run_plain
+        );
+        assert_eq!(
+            key_digest(&run_local, &digest(&run_local), &[&k_local]),
+            d_run_plain
+        );
+        // Other attributes still count.
+        let mut pinned = image(Some("local"));
+        if let Some(pb::op::Op::Source(s)) = &mut pinned.op {
+            s.attrs.insert("image.checksum".into(), "sha256:00".into());
+        }
+        assert_ne!(key_digest(&pinned, &digest(&pinned), &[]), d_plain);
     }
 }

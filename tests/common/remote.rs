@@ -212,6 +212,7 @@ pub fn every_example_definition_loads(env: &TestEnv, context: &str, target: envk
             ssh_public_key_path: "/nonexistent/id_envkit.pub".into(),
             ca_bundle: None,
             proxy_env: None,
+            base_resolve: None,
         };
         let base = envkit::lower::BaseImage {
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],

@@ -48,12 +48,18 @@ mod recorder_type {
         /// Where `config.entrypoint` was first called, to point at it if the environment is
         /// rejected as a whole (entrypoint in dev mode).
         pub(crate) entrypoint_site: RefCell<Option<FileSpan>>,
+        /// What the evaluation read and printed (for the memo of evaluations).
+        pub(crate) trace: crate::frontend::memo::Trace,
     }
 }
 pub(crate) use recorder_type::Recorder;
 
 impl Recorder {
-    pub(crate) fn new(context_abs: String, cache_dir: Option<std::path::PathBuf>) -> Recorder {
+    pub(crate) fn new(
+        context_abs: String,
+        cache_dir: Option<std::path::PathBuf>,
+        trace: crate::frontend::memo::Trace,
+    ) -> Recorder {
         let globals = globals(&context_abs);
         Recorder {
             env: RefCell::new(Environment::default()),
@@ -64,6 +70,7 @@ impl Recorder {
             failure: RefCell::new(None),
             cache_dir,
             entrypoint_site: RefCell::new(None),
+            trace,
         }
     }
 }

@@ -134,6 +134,8 @@ fn members(builder: &mut GlobalsBuilder) {
     ) -> starlark::Result<NoneType> {
         let host = if let Some(ds) = DataSource::from_value(host_path) {
             let rec = super::recorder(eval)?;
+            // The directory is created here: a memo of this evaluation would not create it.
+            rec.trace.opaque();
             let cache = crate::frontend::modules::cache_dir(&rec.cache_dir).map_err(invalid)?;
             ds.host_dir(cache).map_err(invalid)?
         } else if let Some(s) = host_path.unpack_str() {
