@@ -109,10 +109,11 @@ struct Entry {
 }
 
 /// The memo's key of an evaluation of `file:func` in `context_dir` with `options`: a hash
-/// of those, of the running envkit binary (its device, inode, size and modification time:
-/// another build of envkit evaluates anew), the current directory (relative paths resolve
-/// against it), `HOME` (`~` expands to it) and the user and group. `None` when the binary
-/// or the current directory cannot be found: nothing is kept or used then.
+/// of those; of the running envkit binary (its device, inode, size, modification and change
+/// times: another build of envkit evaluates anew, even one copied over it with its times);
+/// of the current directory (relative paths resolve against it), `HOME` (`~` expands to it)
+/// and the user and group. `None` when the binary or the current directory cannot be found:
+/// nothing is kept or used then.
 pub(crate) fn key(
     context_dir: &Path,
     file: &str,
@@ -125,12 +126,14 @@ pub(crate) fn key(
     let mut parts: Vec<Vec<u8>> = vec![
         b"envkit evaluation memo 1".to_vec(),
         format!(
-            "{} {} {} {}.{}",
+            "{} {} {} {}.{} {}.{}",
             exe.dev(),
             exe.ino(),
             exe.size(),
             exe.mtime(),
-            exe.mtime_nsec()
+            exe.mtime_nsec(),
+            exe.ctime(),
+            exe.ctime_nsec()
         )
         .into_bytes(),
         cwd.as_os_str().as_encoded_bytes().to_vec(),
