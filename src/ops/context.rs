@@ -172,10 +172,27 @@ fn list_dir(
 
 /// The entries of a tree (the root excluded) that `filter` keeps, depth first with
 /// siblings sorted by name, without following symlinks; a directory the filter drops is not
-/// descended into.
+/// descended into. On a machine with several cores, the subtrees of the first directory
+/// that has more than one are walked on as many threads (most of a walk is `statx` calls).
 fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 {
+        return walk_below(root, PathBuf::new(), filter);
+    }
+    walk_split(root, PathBuf::new(), filter, threads, 0)
+}
+
+/// Whether `filter` keeps the entry `rel`.
+fn kept(filter: &Filter, rel: &Path, is_dir: bool) -> bool {
+    filter.is_empty() || filter.keeps(&rel.to_string_lossy(), is_dir)
+}
+
+/// The walk below `prefix` (relative to `root`; empty for the root), its entries' paths
+/// relative to `root`.
+fn walk_below(root: &Path, prefix: PathBuf, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
     let mut out = Vec::new();
-    let mut stack = vec![(PathBuf::new(), list_dir(root)?)];
+    let top = list_dir(&root.join(&prefix))?;
+    let mut stack = vec![(prefix, top)];
     while let Some((prefix, entries)) = stack.last_mut() {
         let Some((name, md)) = entries.next() else {
             stack.pop();
@@ -183,7 +200,7 @@ fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
         };
         let rel = prefix.join(name);
         let is_dir = md.is_dir();
-        if !filter.is_empty() && !filter.keeps(&rel.to_string_lossy(), is_dir) {
+        if !kept(filter, &rel, is_dir) {
             continue;
         }
         if is_dir {
@@ -196,6 +213,75 @@ fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
         } else {
             out.push(Entry { rel, md });
         }
+    }
+    Ok(out)
+}
+
+/// Subdirectories' walks, by their index among their siblings.
+type Walked = Vec<(usize, Vec<Entry>)>;
+
+/// [`walk_below`] of `prefix`, its subdirectories' walks shared among `threads` threads
+/// when it has more than one; down a chain of single subdirectories (at most 8) first.
+fn walk_split(
+    root: &Path,
+    prefix: PathBuf,
+    filter: &Filter,
+    threads: usize,
+    depth: usize,
+) -> Result<Vec<Entry>, OpsError> {
+    let mut here = Vec::new();
+    for (name, md) in list_dir(&root.join(&prefix))? {
+        let rel = prefix.join(name);
+        if kept(filter, &rel, md.is_dir()) {
+            here.push(Entry { rel, md });
+        }
+    }
+    let dirs: Vec<usize> = (0..here.len()).filter(|&i| here[i].md.is_dir()).collect();
+    let mut below: Vec<Vec<Entry>> = (0..here.len()).map(|_| Vec::new()).collect();
+    match dirs.as_slice() {
+        [] => {}
+        [one] if depth < 8 => {
+            below[*one] = walk_split(root, here[*one].rel.clone(), filter, threads, depth + 1)?;
+        }
+        [one] => below[*one] = walk_below(root, here[*one].rel.clone(), filter)?,
+        several => {
+            // Thread t walks every t-th subdirectory.
+            let done: Vec<Result<Walked, OpsError>> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads.min(several.len()))
+                    .map(|t| {
+                        let (here, several) = (&here, several);
+                        s.spawn(move || {
+                            several
+                                .iter()
+                                .skip(t)
+                                .step_by(threads)
+                                .map(|&i| Ok((i, walk_below(root, here[i].rel.clone(), filter)?)))
+                                .collect::<Result<Vec<_>, OpsError>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(OpsError::Invalid(
+                                "a thread walking the tree panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            });
+            for walked in done {
+                for (i, entries) in walked? {
+                    below[i] = entries;
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(here.len() + below.iter().map(Vec::len).sum::<usize>());
+    for (entry, under) in here.into_iter().zip(below) {
+        out.push(entry);
+        out.extend(under);
     }
     Ok(out)
 }
@@ -314,7 +400,8 @@ impl StatCache {
             Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
         }
         let mut b = bytes.strip_prefix(STAT_CACHE_MAGIC)?;
-        let mut files = HashMap::new();
+        // A record is 76 bytes and its path: room for about as many as there are.
+        let mut files = HashMap::with_capacity(b.len() / 100);
         while !b.is_empty() {
             let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
             let rel = take(&mut b, usize::try_from(len).ok()?)?.to_vec();
@@ -412,6 +499,35 @@ pub fn tree_checksum_listed(
     root: &Path,
     filter: &Filter,
     cache: &mut StatCache,
+    listing: Option<&mut Vec<super::manifest::FileEntry>>,
+) -> Result<String, OpsError> {
+    let entries = walk(root, filter)?;
+    checksum_entries(root, entries, cache, listing)
+}
+
+/// [`tree_checksum_listed`] with the stat cache kept at `stat` (read on a thread of its own
+/// while the tree is walked, saved afterwards).
+pub fn tree_checksum_at(
+    root: &Path,
+    filter: &Filter,
+    stat: &Path,
+    listing: Option<&mut Vec<super::manifest::FileEntry>>,
+) -> Result<String, OpsError> {
+    let (entries, mut cache) = std::thread::scope(|s| {
+        let loading = s.spawn(|| StatCache::load(stat));
+        let entries = walk(root, filter);
+        (entries, loading.join().unwrap_or_default())
+    });
+    let sum = checksum_entries(root, entries?, &mut cache, listing);
+    cache.save(stat);
+    sum
+}
+
+/// The checksum of a walk's entries (see [`tree_checksum`]).
+fn checksum_entries(
+    root: &Path,
+    entries: Vec<Entry>,
+    cache: &mut StatCache,
     mut listing: Option<&mut Vec<super::manifest::FileEntry>>,
 ) -> Result<String, OpsError> {
     let mut h = Sha256::new();
@@ -419,7 +535,10 @@ pub fn tree_checksum_listed(
         s.live = false;
     }
     let mut hex_sha = [0u8; 64];
-    for Entry { rel, md } in walk(root, filter)? {
+    if let Some(l) = listing.as_deref_mut() {
+        l.reserve(entries.len());
+    }
+    for Entry { rel, md } in entries {
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
         h.update(md.mode().to_le_bytes());
@@ -462,10 +581,7 @@ pub fn checksum_dir(dir: &Path, cache_root: Option<&Path>) -> Result<String, Ops
         None => tree_checksum(dir, &filter, &mut StatCache::default()),
         Some(root) => {
             let path = StatCache::path_for(root, dir, &filter);
-            let mut cache = StatCache::load(&path);
-            let sum = tree_checksum(dir, &filter, &mut cache)?;
-            cache.save(&path);
-            Ok(sum)
+            tree_checksum_at(dir, &filter, &path, None)
         }
     }
 }
@@ -688,7 +804,40 @@ mod tests {
                 .map(|e| e.rel)
                 .collect();
             assert_eq!(got, reference(&filter));
+            // Shared among threads, or on one: the same entries in the same order.
+            let serial = walk_below(s.path(), PathBuf::new(), &filter).unwrap();
+            let serial: Vec<PathBuf> = serial.into_iter().map(|e| e.rel).collect();
+            assert_eq!(serial, got);
+            for threads in [2, 3, 8] {
+                let split = walk_split(s.path(), PathBuf::new(), &filter, threads, 0).unwrap();
+                let split: Vec<PathBuf> = split.into_iter().map(|e| e.rel).collect();
+                assert_eq!(split, got, "{threads} threads");
+            }
         }
+        // Down a chain of single directories first, then split: the same as walkdir.
+        let chain = tempfile::tempdir().unwrap();
+        for d in ["a/b/c/x", "a/b/c/y/z", "a/b/c/w"] {
+            fs::create_dir_all(chain.path().join(d)).unwrap();
+            fs::write(chain.path().join(d).join("f"), d).unwrap();
+        }
+        let got: Vec<PathBuf> = walk_split(chain.path(), PathBuf::new(), &Filter::default(), 2, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
+        let want: Vec<PathBuf> = walkdir::WalkDir::new(chain.path())
+            .sort_by_file_name()
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(chain.path())
+                    .unwrap()
+                    .to_path_buf()
+            })
+            .collect();
+        assert_eq!(got, want);
         let ln = walk(s.path(), &Filter::default()).unwrap();
         let ln = ln.iter().find(|e| e.rel == Path::new("ln")).unwrap();
         assert!(ln.md.file_type().is_symlink(), "links are not followed");

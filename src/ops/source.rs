@@ -221,10 +221,8 @@ pub(super) async fn local_key(
     let (checksum, listing) = {
         let (dir, filter, stat) = (dir.clone(), filter.clone(), stat.clone());
         tokio::task::spawn_blocking(move || {
-            let mut cache = context::StatCache::load(&stat);
             let mut listing = Vec::new();
-            let sum = context::tree_checksum_listed(&dir, &filter, &mut cache, Some(&mut listing));
-            cache.save(&stat);
+            let sum = context::tree_checksum_at(&dir, &filter, &stat, Some(&mut listing));
             if let Ok(sum) = &sum {
                 super::manifest::remember(&stat, sum, &listing);
             }
