@@ -70,7 +70,7 @@ wait "$pid"
 rc=$?
 t1=$EPOCHREALTIME
 wait "$poll"
-printf '%s %s\n' "$t0" "$t1" | awk '{ printf "%.3f\n", $2 - $1 }' >"$dir/elapsed"
+printf '%s %s\n' "$t0" "$t1" | awk '{ printf "%.4f\n", $2 - $1 }' >"$dir/elapsed"
 exit $rc
 EOF
   chmod 0755 "$W/hwm.sh"
@@ -97,7 +97,7 @@ timed() {
   cat "$W/elapsed"
 }
 
-median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.3f}")' "$@"; }
+median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.4f}")' "$@"; }
 
 # --- builders: envkit (rootless, a store per cold run) and buildkitd (as root, a daemon per cold
 # run, driven through an envkit buildkitd context). The caller declares RESULT and RSS
