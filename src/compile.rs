@@ -403,6 +403,19 @@ mod tests {
         (addr, counts)
     }
 
+    /// A content store in a new directory (kept while the first value lives) and a config
+    /// that reaches the stand-in registry at `addr` over plain HTTP.
+    fn store_and_config(addr: &str) -> (tempfile::TempDir, crate::content::Store, config::Config) {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::content::Store::open(root.path()).unwrap();
+        let cfg = config::Config::parse(
+            &format!("[registry.\"{addr}\"]\nhttp = true\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        (root, store, cfg)
+    }
+
     fn which(c: &Compiled) -> Vec<String> {
         c.base_config
             .config()
@@ -418,13 +431,7 @@ mod tests {
     async fn the_last_base_is_resolved_during_evaluation_and_only_used_when_it_is_still_the_base() {
         let (addr, counts) = registry().await;
         let n = |i: usize| counts[i].load(Ordering::SeqCst);
-        let root = tempfile::tempdir().unwrap();
-        let store = crate::content::Store::open(root.path()).unwrap();
-        let cfg = config::Config::parse(
-            &format!("[registry.\"{addr}\"]\nhttp = true\n"),
-            Path::new("t.toml"),
-        )
-        .unwrap();
+        let (_root, store, cfg) = store_and_config(&addr);
         let ctx = tempfile::tempdir().unwrap();
         let write = |image: &str| {
             std::fs::write(
@@ -482,13 +489,7 @@ mod tests {
     async fn pull_missing_takes_the_tag_from_the_store_once_it_has_the_image() {
         let (addr, counts) = registry().await;
         let n = || counts[0].load(Ordering::SeqCst);
-        let root = tempfile::tempdir().unwrap();
-        let store = crate::content::Store::open(root.path()).unwrap();
-        let cfg = config::Config::parse(
-            &format!("[registry.\"{addr}\"]\nhttp = true\n"),
-            Path::new("t.toml"),
-        )
-        .unwrap();
+        let (_root, store, cfg) = store_and_config(&addr);
         let ctx = tempfile::tempdir().unwrap();
         std::fs::write(
             ctx.path().join("build.envd"),

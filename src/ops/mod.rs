@@ -476,11 +476,24 @@ impl Ctx {
 mod tests {
     use super::*;
 
-    /// An exec with proxy variables is keyed as the same exec without them; any other op by
-    /// its own digest.
-    #[test]
-    fn proxy_variables_stay_out_of_an_execs_key() {
-        let plain = pb::Op {
+    /// An op's digest, as a loaded Definition names it.
+    fn digest(op: &pb::Op) -> String {
+        format!(
+            "sha256:{}",
+            crate::content::sha256_hex(&crate::llb::encode_op(op))
+        )
+    }
+
+    /// `true` run on the ops `inputs` name (output 0 of each).
+    fn exec_on(inputs: &[&str]) -> pb::Op {
+        pb::Op {
+            inputs: inputs
+                .iter()
+                .map(|d| pb::Input {
+                    digest: d.to_string(),
+                    index: 0,
+                })
+                .collect(),
             op: Some(pb::op::Op::Exec(pb::ExecOp {
                 meta: Some(pb::Meta {
                     args: vec!["true".into()],
@@ -490,13 +503,14 @@ mod tests {
                 ..Default::default()
             })),
             ..Default::default()
-        };
-        let digest = |op: &pb::Op| {
-            format!(
-                "sha256:{}",
-                crate::content::sha256_hex(&crate::llb::encode_op(op))
-            )
-        };
+        }
+    }
+
+    /// An exec with proxy variables is keyed as the same exec without them; any other op by
+    /// its own digest.
+    #[test]
+    fn proxy_variables_stay_out_of_an_execs_key() {
+        let plain = exec_on(&[]);
         let mut proxied = plain.clone();
         if let Some(pb::op::Op::Exec(e)) = &mut proxied.op
             && let Some(m) = &mut e.meta
@@ -514,12 +528,6 @@ mod tests {
 
     #[test]
     fn an_images_resolve_mode_is_left_out_of_its_key_and_of_every_key_built_on_it() {
-        let digest = |op: &pb::Op| {
-            format!(
-                "sha256:{}",
-                crate::content::sha256_hex(&crate::llb::encode_op(op))
-            )
-        };
         let image = |mode: Option<&str>| pb::Op {
             op: Some(pb::op::Op::Source(pb::SourceOp {
                 identifier: "docker-image://docker.io/library/debian:bookworm".into(),
@@ -529,21 +537,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let on = |input: &str| pb::Op {
-            inputs: vec![pb::Input {
-                digest: input.to_string(),
-                index: 0,
-            }],
-            op: Some(pb::op::Op::Exec(pb::ExecOp {
-                meta: Some(pb::Meta {
-                    args: vec!["true".into()],
-                    cwd: "/".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
+        let on = |input: &str| exec_on(&[input]);
         let (plain, local) = (image(None), image(Some("local")));
         let (d_plain, d_local) = (digest(&plain), digest(&local));
         assert_ne!(d_plain, d_local);
