@@ -1430,6 +1430,14 @@ fn pull_missing_rebuilds_a_tag_base_without_the_registry() {
         log.contains("echo two > /two"),
         "the edit was not seen:\n{log}"
     );
+
+    // Kept evaluations are metadata that only speeds builds up: `prune --all` drops them.
+    let kept =
+        || std::fs::read_dir(env.store().join("content/evaluations")).map_or(0, |d| d.count());
+    assert!(kept() > 0, "no evaluation was kept");
+    let out = env.envkit(&["prune", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(kept(), 0);
 }
 
 /// `[worker] snapshotter = "copy"` (what envkit falls back to where the kernel refuses

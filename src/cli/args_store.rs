@@ -105,7 +105,9 @@ pub struct PushArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Also empty the cache mounts (apt, pip, … caches of build steps).
+    /// Also empty the cache mounts (apt, pip, … caches of build steps) and drop what only
+    /// speeds builds up: stat caches of build contexts, kept evaluations of build files,
+    /// `--explain-cache` records.
     #[arg(long)]
     pub all: bool,
     /// Keep the most recently used build cache up to this size (`10GB`, `512MiB`; a bare

@@ -129,16 +129,21 @@ pub fn usage(root: &Path) -> Usage {
             bytes: m.len(),
         };
     }
-    // Stat caches and file lists of local sources (content hashes of build contexts) and
-    // the graphs `--explain-cache` compares with are metadata too.
-    let notes = entries(&root.join("local-checksums"))
-        .into_iter()
-        .chain(entries(&root.join("explain")));
-    for p in notes {
+    for p in metadata_notes(root) {
         u.metadata.count += 1;
         u.metadata.bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
     }
     u
+}
+
+/// The store's metadata files beside its snapshots and blobs: stat caches and file lists of
+/// local sources (content hashes of build contexts), the graphs `--explain-cache` compares
+/// with, and the frontend's kept evaluations (a set for each envkit binary that built here).
+fn metadata_notes(root: &Path) -> Vec<PathBuf> {
+    let mut notes = entries(&root.join("local-checksums"));
+    notes.extend(entries(&root.join("explain")));
+    notes.extend(entries(&root.join("content").join("evaluations")));
+    notes
 }
 
 /// What to prune.
@@ -258,12 +263,10 @@ pub async fn prune(worker: &Worker, opts: &PruneOptions) -> Result<PruneReport, 
     report.blobs = prune_blobs(worker, &kept, cutoff)?;
     if opts.all {
         prune_cache_mounts(worker, cutoff, &mut report).await?;
-        // Stat caches are only a speed-up: the next build rehashes its context; explain
-        // records only make the next explanation more precise.
-        let notes = entries(&worker.root.join("local-checksums"))
-            .into_iter()
-            .chain(entries(&worker.root.join("explain")));
-        for f in notes {
+        // Stat caches and kept evaluations are only a speed-up: the next build rehashes its
+        // context and evaluates its file; explain records only make the next explanation
+        // more precise.
+        for f in metadata_notes(&worker.root) {
             if modified(&f) < cutoff {
                 let _ = std::fs::remove_file(&f);
             }
@@ -426,9 +429,15 @@ mod tests {
         std::fs::create_dir_all(root.join("snapshots/tmp-x")).unwrap();
         std::fs::create_dir_all(root.join("content/blobs/sha256")).unwrap();
         std::fs::write(root.join("content/blobs/sha256/aa"), b"123").unwrap();
+        std::fs::create_dir_all(root.join("content/evaluations")).unwrap();
+        std::fs::write(root.join("content/evaluations/ee.json"), b"{}").unwrap();
+        std::fs::create_dir_all(root.join("explain")).unwrap();
+        std::fs::write(root.join("explain/x.json"), b"[1]").unwrap();
         let u = usage(root);
         assert_eq!(u.snapshots.count, 1);
         assert_eq!(u.snapshots.bytes, 7);
         assert_eq!(u.content, Amount { count: 1, bytes: 3 });
+        // Notes are metadata (prune --all removes the same files).
+        assert_eq!(u.metadata, Amount { count: 2, bytes: 5 });
     }
 }
