@@ -247,6 +247,7 @@ bench_builder() { # NAME
     if [ "$wl" = context ] || [ "$wl" = dockerfile ]; then
       for i in $(seq 1 "$RUNS"); do
         touch_one "$wl"
+        sync # as before a cold run: no run pays for the writeback of the one before
         t=$("${b}_build" "$wl")
         one+=("$t")
       done
