@@ -241,11 +241,19 @@ pub fn cache_key(op_digest: &str, input_keys: &[&str], extra: &[&str]) -> String
 /// digest differs from its digest: then it is the digest of the op without those, with its
 /// inputs named by their key digests (so that everything built on such an op keys alike too).
 pub fn key_digest(op: &pb::Op, digest: &str, input_keys: &[&str]) -> String {
-    let proxied = matches!(&op.op, Some(pb::op::Op::Exec(e)) if e.meta.as_ref().is_some_and(|m| m.proxy_env.is_some()));
+    let proxied = match &op.op {
+        Some(pb::op::Op::Exec(e)) => e.meta.as_ref().is_some_and(|m| m.proxy_env.is_some()),
+        _ => false,
+    };
     // An image's resolve mode says how its reference is looked up, not what it is: the key
     // has the manifest it resolved to, so `--pull missing` reuses a default build's results
     // (BuildKit's image keys leave the mode out too).
-    let resolve_mode = matches!(&op.op, Some(pb::op::Op::Source(s)) if s.identifier.starts_with("docker-image://") && s.attrs.contains_key("image.resolvemode"));
+    let resolve_mode = match &op.op {
+        Some(pb::op::Op::Source(s)) => {
+            s.identifier.starts_with("docker-image://") && s.attrs.contains_key("image.resolvemode")
+        }
+        _ => false,
+    };
     let renamed = op
         .inputs
         .iter()
