@@ -101,8 +101,10 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
     // evaluated (a warm build spends about as long in each); a different base, or none
     // remembered, is resolved afterwards as before.
     let note_key = base_note_key(&context_dir, &file, &func, &req.platform);
-    let guess = registry.note(BASE_NOTES, &note_key);
-    let remembered = guess.clone();
+    let remembered = registry.note(BASE_NOTES, &note_key);
+    // Resolved ahead (see `Registry::speculate`), a tag takes no time to resolve: nothing to
+    // ask for meanwhile.
+    let guess = remembered.clone().filter(|_| !registry.speculating());
     let memo = Memo(registry);
     let (env, speculated) = match frontend::recall(&context_dir, &file, &func, &memo) {
         // Nothing the build file read has changed: its environment as last time.

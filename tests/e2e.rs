@@ -1440,6 +1440,71 @@ fn pull_missing_rebuilds_a_tag_base_without_the_registry() {
     assert_eq!(kept(), 0);
 }
 
+/// With the default resolve a warm build takes its base image's tag from the store while the
+/// registry is asked, and waits for the answer before it records the image: while the tag
+/// names the same image everything is cached; once a new image is pushed under the tag, the
+/// build says so, is compiled again on the new image and its step runs on it.
+#[test]
+fn a_base_tag_pushed_again_is_built_on_again() {
+    let env = TestEnv::new("tagmoved");
+    let tag = format!(
+        "{}/envkit-test/moving-{}:1",
+        env.registry,
+        std::process::id()
+    );
+    let push = |content: &str| {
+        let src = env.context_with(
+            "moving-src",
+            &format!(
+                "# syntax=v1\ndef build():\n    base(image=\"debian:bookworm\", dev=False)\n    \
+                 run(commands=[\"echo {content} > /v\"])\n"
+            ),
+        );
+        let out = env.envkit(&[
+            "build",
+            "-p",
+            src.to_str().unwrap(),
+            "--progress",
+            "plain",
+            "-o",
+            &format!("type=image,name={tag},push=true"),
+        ]);
+        assert!(out.status.success(), "push: {}", stderr(&out));
+    };
+    push("first");
+    let ctx = env.context_with(
+        "moving",
+        &format!(
+            "# syntax=v1\ndef build():\n    base(image=\"{tag}\", dev=False)\n    \
+             run(commands=[\"cat /v\"])\n"
+        ),
+    );
+    let build = || {
+        let out = env.envkit(&["build", "-p", ctx.to_str().unwrap(), "--progress", "plain"]);
+        let log = stderr(&out);
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let log = build();
+    assert!(log.contains("first"), "{log}");
+    let log = build();
+    assert!(every_step_cached(&log), "a step ran again:\n{log}");
+    assert!(!log.contains("compiled again"), "{log}");
+
+    push("second");
+    let log = build();
+    assert!(
+        log.contains(&format!("image {tag} names sha256:")) && log.contains("compiled again"),
+        "the move was not noticed:\n{log}"
+    );
+    assert!(
+        log.contains("second"),
+        "the step did not run on the new image:\n{log}"
+    );
+    let log = build();
+    assert!(every_step_cached(&log), "a step ran again:\n{log}");
+}
+
 /// `[worker] snapshotter = "copy"` (what envkit falls back to where the kernel refuses
 /// overlayfs in a user namespace) builds an envd file whose image podman runs as expected.
 #[test]

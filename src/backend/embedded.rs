@@ -139,9 +139,17 @@ impl Backend for Embedded {
     fn run(&self, job: Job) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let res = self.build(job).await;
-            self.engine.reporter.finish();
+            // A base image's tag that moved while the build was keyed: the caller compiles
+            // again and reports on the same display.
+            if res.is_ok() || !self.engine.worker.registry.moved() {
+                self.engine.reporter.finish();
+            }
             res.map(|_| ())
         })
+    }
+
+    fn resolves_ahead(&self) -> bool {
+        true
     }
 
     fn run_platforms(&self, jobs: Vec<Job>) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -154,5 +162,11 @@ impl Backend for Embedded {
 
     fn finish(&self) {
         self.engine.reporter.finish();
+    }
+
+    fn note(&self, line: String) {
+        self.engine
+            .reporter
+            .event(crate::progress::Event::Note(line));
     }
 }

@@ -98,6 +98,12 @@ pub trait Backend {
     fn target(&self) -> lower::Target;
     /// The registry base images are resolved with, for the frontend.
     fn registry(&self) -> &Registry;
+    /// Whether a build's base image tags may be resolved ahead of the registry's answer
+    /// ([`Registry::speculate`]): the engine waits for it before it builds or records
+    /// anything, and `run` then fails with [`Registry::moved`] true when a tag moved.
+    fn resolves_ahead(&self) -> bool {
+        false
+    }
     /// The host's CA bundle as a local source (its directory and file name), where the
     /// build's steps cannot read the host (`cli_ca` is `--ca-bundle`): `None` for the
     /// embedded engine, whose steps get the file bound in.
@@ -117,4 +123,6 @@ pub trait Backend {
     fn run_platforms(&self, jobs: Vec<Job>) -> BoxFuture<'_, Result<(), BackendError>>;
     /// Ends the progress display without a job (the build failed before it ran).
     fn finish(&self);
+    /// A line on the progress display.
+    fn note(&self, line: String);
 }

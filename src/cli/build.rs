@@ -446,17 +446,29 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
 async fn build_one(cli: &Cli, args: &BuildArgs, suffix: &str) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
     let backend = open_backend(cli, &args.engine).await?;
-    match job_for(backend.as_ref(), args, output, false).await {
-        Ok(mut job) => {
-            if !suffix.is_empty() {
-                job.name = full_name(&format!("{}{suffix}", job.name))?;
-                job.cache.target = Some(job.name.clone());
+    let mut ahead = backend.resolves_ahead();
+    loop {
+        backend.registry().speculate(ahead);
+        match job_for(backend.as_ref(), args, output.clone(), false).await {
+            Ok(mut job) => {
+                if !suffix.is_empty() {
+                    job.name = full_name(&format!("{}{suffix}", job.name))?;
+                    job.cache.target = Some(job.name.clone());
+                }
+                match backend.run(job).await {
+                    // A base image's tag named another image by the time the registry
+                    // answered: said, and compiled again on what it names now.
+                    Err(e) if ahead && backend.registry().moved() => {
+                        backend.note(e.to_string());
+                        ahead = false;
+                    }
+                    res => return Ok(res?),
+                }
             }
-            Ok(backend.run(job).await?)
-        }
-        Err(e) => {
-            backend.finish();
-            Err(e)
+            Err(e) => {
+                backend.finish();
+                return Err(e);
+            }
         }
     }
 }
@@ -527,15 +539,27 @@ pub(super) async fn build_for(
     args: &BuildArgs,
     output: Option<Output>,
 ) -> anyhow::Result<Built> {
-    let (job, compiled) = compile_job(backend, args, output).await?;
-    let name = job.name.clone();
-    let snap = backend.build(job).await?;
-    Ok(Built {
-        snap,
-        name,
-        context_dir: compiled.context_dir,
-        env_name: compiled.env_name,
-    })
+    let mut ahead = true;
+    loop {
+        backend.registry().speculate(ahead);
+        let (job, compiled) = compile_job(backend, args, output.clone()).await?;
+        let name = job.name.clone();
+        match backend.build(job).await {
+            Ok(snap) => {
+                return Ok(Built {
+                    snap,
+                    name,
+                    context_dir: compiled.context_dir,
+                    env_name: compiled.env_name,
+                });
+            }
+            Err(e) if ahead && backend.registry().moved() => {
+                backend.note(e.to_string());
+                ahead = false;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `envkit solve`: runs an LLB Definition made by any client (`buildctl`-style `--local`

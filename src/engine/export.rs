@@ -64,6 +64,9 @@ impl Engine {
                 index.descriptor
             }
         };
+        // Nothing is recorded on a tag resolved ahead until the registry has said it still
+        // names that image.
+        self.worker.registry.confirm_tags().await?;
         let record = meta::ImageRecord {
             manifest_digest: descriptor.digest().to_string(),
             size,

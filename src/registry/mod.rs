@@ -37,6 +37,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 
+mod ahead;
 pub mod auth;
 pub mod follow;
 mod push;
@@ -106,6 +107,17 @@ pub enum RegistryError {
     Push { reference: String, message: String },
     #[error(transparent)]
     Content(#[from] ContentError),
+    #[error(
+        "image {reference} names {now} now, not {was} as when this build was keyed: it is compiled again"
+    )]
+    TagMoved {
+        reference: String,
+        was: String,
+        now: String,
+    },
+    /// A later wait for tags resolved ahead, after the first failed.
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// How a tag is resolved (LLB's `image.resolvemode`).
@@ -570,6 +582,13 @@ pub struct Registry {
     /// References resolved by this process (a build resolves its base image twice: for
     /// lowering and for the image source).
     resolved: Mutex<HashMap<String, Resolved>>,
+    /// Whether a default resolve of a tag is answered from the store while the registry is
+    /// asked (`ahead.rs`).
+    speculating: std::sync::atomic::AtomicBool,
+    /// Tags so resolved, until their answers are awaited.
+    ahead: Mutex<ahead::Ahead>,
+    /// One wait for those answers at a time.
+    confirming: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -581,6 +600,9 @@ impl Registry {
             anonymous: Mutex::new(std::collections::HashSet::new()),
             blobs: None,
             resolved: Mutex::new(HashMap::new()),
+            speculating: std::sync::atomic::AtomicBool::new(false),
+            ahead: Mutex::new(ahead::Ahead::default()),
+            confirming: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -840,6 +862,13 @@ impl Registry {
             if let Ok(mut m) = self.resolved.lock() {
                 m.insert(memo, r.clone());
             }
+            return Ok(r);
+        }
+        if mode == ResolveMode::Default
+            && norm.digest().is_none()
+            && self.speculating()
+            && let Some(r) = self.resolve_ahead(&norm, want, &memo)
+        {
             return Ok(r);
         }
         let tag_note = tag_note_key(&whole, want);

@@ -42,6 +42,8 @@ pub enum WorkerError {
     Busy,
     #[error("layer {digest} is {media_type}: envkit unpacks gzip and plain tar layers")]
     LayerType { digest: String, media_type: String },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// Where step output goes while a helper runs.
@@ -488,6 +490,9 @@ impl crate::solver::cache::CacheStore for Worker {
     }
 
     async fn lock(&self, key: &str) -> Result<Self::Lock, WorkerError> {
+        // Nothing is built on a tag resolved ahead until the registry has said it still
+        // names that image.
+        self.registry.confirm_tags().await?;
         Ok(self.snapshots.lock_key(key).await?)
     }
 

@@ -204,6 +204,10 @@ impl Backend for RemoteBackend {
     fn finish(&self) {
         self.reporter.finish();
     }
+
+    fn note(&self, line: String) {
+        self.reporter.event(crate::progress::Event::Note(line));
+    }
 }
 
 /// The image config a job's result gets on a remote BuildKit (`None`: its base image's).
