@@ -102,9 +102,16 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
     // remembered, is resolved afterwards as before.
     let note_key = base_note_key(&context_dir, &file, &func, &req.platform);
     let remembered = registry.note(BASE_NOTES, &note_key);
-    // Resolved ahead (see `Registry::speculate`), a tag takes no time to resolve: nothing to
-    // ask for meanwhile.
-    let guess = remembered.clone().filter(|_| !registry.speculating());
+    // Resolved ahead (see `Registry::speculate`), the base named last time is asked for at
+    // once and costs no wait; else it is resolved while the file is evaluated.
+    let ahead = registry.speculating() && req.resolve == ResolveMode::Default;
+    let guess = match &remembered {
+        Some(r) if ahead => {
+            registry.ask_ahead(r, &req.platform);
+            None
+        }
+        other => other.clone(),
+    };
     let memo = Memo(registry);
     let (env, speculated) = match frontend::recall(&context_dir, &file, &func, &memo) {
         // Nothing the build file read has changed: its environment as last time.
@@ -132,6 +139,12 @@ pub async fn compile(req: &Request, registry: &Registry) -> Result<Compiled, Com
                 .await?
         }
     };
+    let whole = |r: &str| crate::registry::normalize(r).ok().map(|n| n.whole());
+    if let Some(r) = remembered.as_deref()
+        && whole(r) != whole(&base_ref)
+    {
+        registry.forget_ahead(r, &req.platform);
+    }
     if remembered.as_deref() != Some(base_ref.as_str()) {
         registry.set_note(BASE_NOTES, &note_key, &base_ref);
     }
@@ -443,10 +456,17 @@ mod tests {
             .unwrap();
         };
         let req = request(ctx.path(), "build.envd:build", lower::Target::Embedded);
+        // As `envkit build` on this machine's engine: tags may be resolved ahead, and what
+        // was is waited for before the build would record anything.
         let compile_new = || {
             let registry = Registry::new(&cfg).with_store(store.clone());
+            registry.speculate(true);
             let req = req.clone();
-            async move { compile(&req, &registry).await }
+            async move {
+                let compiled = compile(&req, &registry).await;
+                registry.confirm_tags().await.unwrap();
+                compiled
+            }
         };
 
         write(&format!("{addr}/a:1"));
@@ -500,10 +520,17 @@ mod tests {
         .unwrap();
         let mut req = request(ctx.path(), "build.envd:build", lower::Target::Embedded);
         req.resolve = ResolveMode::PreferLocal;
+        // As `envkit build` on this machine's engine: tags may be resolved ahead, and what
+        // was is waited for before the build would record anything.
         let compile_new = || {
             let registry = Registry::new(&cfg).with_store(store.clone());
+            registry.speculate(true);
             let req = req.clone();
-            async move { compile(&req, &registry).await }
+            async move {
+                let compiled = compile(&req, &registry).await;
+                registry.confirm_tags().await.unwrap();
+                compiled
+            }
         };
         let mode = |c: &Compiled| {
             let graph = crate::llb::load(&c.lowered.definition.to_bytes()).unwrap();

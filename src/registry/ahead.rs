@@ -53,9 +53,15 @@ impl Registry {
     /// records anything. Either way this forgets what was pending or failed.
     pub fn speculate(&self, on: bool) {
         self.speculating.store(on, Ordering::SeqCst);
-        if let Ok(mut a) = self.ahead.lock() {
-            *a = Ahead::default();
-        }
+        *self.ahead_state() = Ahead::default();
+    }
+
+    /// The state of tags resolved ahead (a panic elsewhere while it was held leaves it as it
+    /// was: nothing pending may be skipped because of one).
+    fn ahead_state(&self) -> std::sync::MutexGuard<'_, Ahead> {
+        self.ahead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether tags are resolved ahead of the registry's answer now.
@@ -66,7 +72,7 @@ impl Registry {
     /// Whether a tag resolved ahead turned out to name another image now (the build must be
     /// compiled again).
     pub fn moved(&self) -> bool {
-        self.ahead.lock().is_ok_and(|a| a.moved)
+        self.ahead_state().moved
     }
 
     /// `norm` (a tag) as it was last time, with the registry asked meanwhile; `None` where
@@ -85,25 +91,28 @@ impl Registry {
             .trim()
             .parse()
             .ok()?;
-        let pinned = Reference::with_digest(
-            norm.registry().to_string(),
-            norm.repository().to_string(),
-            named.to_string(),
-        );
-        let mut r = self.resolve_offline(&pinned, want)?;
         let (host, section) = self.hosts_to_try(norm.registry()).into_iter().next()?;
         if !matches!(self.credentials(&host).ok()?, RegistryAuth::Anonymous) {
             return None;
         }
         let http = self.http_client(&host, &section).ok()?;
         let url = self.manifest_url(&host, norm.repository(), norm.tag().unwrap_or("latest"));
+        // Asked first, the registry answers while the store is read.
         let answer = runtime.spawn(async move {
             get_capped(&http, &url, &ManifestAuth::Anonymous, MAX_MANIFEST_SIZE).await
         });
+        let pinned = Reference::with_digest(
+            norm.registry().to_string(),
+            norm.repository().to_string(),
+            named.to_string(),
+        );
+        let Some(mut r) = self.resolve_offline(&pinned, want) else {
+            answer.abort();
+            return None;
+        };
         r.reference = whole.clone();
         r.host = host.clone();
-        let mut ahead = self.ahead.lock().ok()?;
-        ahead.pending.push(Pending {
+        self.ahead_state().pending.push(Pending {
             memo: memo.to_string(),
             reference: whole,
             platform: want.clone(),
@@ -111,11 +120,54 @@ impl Registry {
             host,
             answer,
         });
-        drop(ahead);
         if let Ok(mut m) = self.resolved.lock() {
             m.insert(memo.to_string(), r.clone());
         }
         Some(r)
+    }
+
+    /// Resolves `reference` ahead when it is a tag that can be (see
+    /// [`Registry::resolve_ahead`]), and does nothing otherwise: never a wait for the network.
+    /// For a base image a build named last time, asked for before the build file says it again.
+    pub fn ask_ahead(&self, reference: &str, want: &Platform) {
+        let Ok(norm) = super::normalize(reference) else {
+            return;
+        };
+        let memo = format!("{} {want}", norm.whole());
+        let known = self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&memo);
+        if self.speculating() && norm.digest().is_none() && !known {
+            self.resolve_ahead(&norm, want, &memo);
+        }
+    }
+
+    /// Drops what [`Registry::ask_ahead`] started for `reference` when the build does not
+    /// use it after all: its answer is not waited for, and a later resolve asks again.
+    pub fn forget_ahead(&self, reference: &str, want: &Platform) {
+        let Ok(norm) = super::normalize(reference) else {
+            return;
+        };
+        let memo = format!("{} {want}", norm.whole());
+        let mut a = self.ahead_state();
+        let before = a.pending.len();
+        a.pending.retain(|p| {
+            let keep = p.memo != memo;
+            if !keep {
+                p.answer.abort();
+            }
+            keep
+        });
+        let dropped = a.pending.len() != before;
+        drop(a);
+        if dropped {
+            self.resolved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&memo);
+        }
     }
 
     /// Waits for the registry's answer on every tag resolved ahead and turns resolving ahead
@@ -124,21 +176,18 @@ impl Registry {
     pub async fn confirm_tags(&self) -> Result<(), RegistryError> {
         let _one_at_a_time = self.confirming.lock().await;
         self.speculating.store(false, Ordering::SeqCst);
-        let pending = match self.ahead.lock() {
-            Ok(mut a) => {
-                if let Some(why) = &a.failed {
-                    return Err(RegistryError::Unconfirmed(why.clone()));
-                }
-                std::mem::take(&mut a.pending)
+        let pending = {
+            let mut a = self.ahead_state();
+            if let Some(why) = &a.failed {
+                return Err(RegistryError::Unconfirmed(why.clone()));
             }
-            Err(_) => return Ok(()),
+            std::mem::take(&mut a.pending)
         };
         for p in pending {
             if let Err(e) = self.confirm(p).await {
-                if let Ok(mut a) = self.ahead.lock() {
-                    a.failed = Some(e.to_string());
-                    a.moved = matches!(e, RegistryError::TagMoved { .. });
-                }
+                let mut a = self.ahead_state();
+                a.failed = Some(e.to_string());
+                a.moved = matches!(e, RegistryError::TagMoved { .. });
                 return Err(e);
             }
         }
@@ -147,9 +196,10 @@ impl Registry {
 
     async fn confirm(&self, p: Pending) -> Result<(), RegistryError> {
         let forget = || {
-            if let Ok(mut m) = self.resolved.lock() {
-                m.remove(&p.memo);
-            }
+            self.resolved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&p.memo);
         };
         let now = match p.answer.await {
             Ok(Ok((bytes, _))) => {
@@ -321,5 +371,20 @@ mod tests {
         assert!(matches!(e, RegistryError::Resolve { .. }), "{e}");
         assert!(e.to_string().contains("HTTP 404"), "{e}");
         assert!(!gone.moved());
+
+        // Asked ahead for a base the build file no longer names: dropped, not waited for.
+        let unused = process();
+        unused.ask_ahead(&reference, &Platform::host());
+        unused.forget_ahead(&reference, &Platform::host());
+        unused.confirm_tags().await.unwrap();
+        // Asked ahead and then resolved: the same answer, waited for.
+        let named = process();
+        named.ask_ahead(&reference, &Platform::host());
+        let r = named.resolve(&reference).await.unwrap();
+        assert_eq!(r.manifest_digest, b.manifest_digest);
+        assert!(
+            named.confirm_tags().await.is_err(),
+            "the 404 was not waited for"
+        );
     }
 }
