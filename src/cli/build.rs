@@ -446,29 +446,40 @@ pub(super) async fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
 async fn build_one(cli: &Cli, args: &BuildArgs, suffix: &str) -> anyhow::Result<()> {
     let output = parse_output(args.output.as_ref())?;
     let backend = open_backend(cli, &args.engine).await?;
-    let mut ahead = backend.resolves_ahead();
-    loop {
-        backend.registry().speculate(ahead);
-        match job_for(backend.as_ref(), args, output.clone(), false).await {
-            Ok(mut job) => {
-                if !suffix.is_empty() {
-                    job.name = full_name(&format!("{}{suffix}", job.name))?;
-                    job.cache.target = Some(job.name.clone());
-                }
-                match backend.run(job).await {
-                    // A base image's tag named another image by the time the registry
-                    // answered: said, and compiled again on what it names now.
-                    Err(e) if ahead && backend.registry().moved() => {
-                        backend.note(e.to_string());
-                        ahead = false;
-                    }
-                    res => return Ok(res?),
-                }
-            }
+    let backend = backend.as_ref();
+    resolving_ahead(backend, async || {
+        let mut job = match job_for(backend, args, output.clone(), false).await {
+            Ok(job) => job,
             Err(e) => {
                 backend.finish();
                 return Err(e);
             }
+        };
+        if !suffix.is_empty() {
+            job.name = full_name(&format!("{}{suffix}", job.name))?;
+            job.cache.target = Some(job.name.clone());
+        }
+        Ok(backend.run(job).await?)
+    })
+    .await
+}
+
+/// Runs `attempt` (a compile and a run) with image tags resolved ahead where `backend` can
+/// (`Registry::speculate`); when one named another image by the time the registry answered,
+/// says so and runs it again, asking the registry first.
+async fn resolving_ahead<T>(
+    backend: &dyn Backend,
+    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut ahead = backend.resolves_ahead();
+    loop {
+        backend.registry().speculate(ahead);
+        match attempt().await {
+            Err(e) if ahead && backend.registry().moved() => {
+                backend.note(e.to_string());
+                ahead = false;
+            }
+            res => return res,
         }
     }
 }
@@ -539,27 +550,18 @@ pub(super) async fn build_for(
     args: &BuildArgs,
     output: Option<Output>,
 ) -> anyhow::Result<Built> {
-    let mut ahead = true;
-    loop {
-        backend.registry().speculate(ahead);
+    resolving_ahead(backend, async || {
         let (job, compiled) = compile_job(backend, args, output.clone()).await?;
         let name = job.name.clone();
-        match backend.build(job).await {
-            Ok(snap) => {
-                return Ok(Built {
-                    snap,
-                    name,
-                    context_dir: compiled.context_dir,
-                    env_name: compiled.env_name,
-                });
-            }
-            Err(e) if ahead && backend.registry().moved() => {
-                backend.note(e.to_string());
-                ahead = false;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+        let snap = backend.build(job).await?;
+        Ok(Built {
+            snap,
+            name,
+            context_dir: compiled.context_dir,
+            env_name: compiled.env_name,
+        })
+    })
+    .await
 }
 
 /// `envkit solve`: runs an LLB Definition made by any client (`buildctl`-style `--local`
@@ -596,5 +598,9 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
     };
     let backend = open_backend(cli, &args.engine).await?;
-    Ok(backend.run(job).await?)
+    // The Definition's image tags are resolved ahead, as a build's are.
+    resolving_ahead(backend.as_ref(), async || {
+        Ok(backend.run(job.clone()).await?)
+    })
+    .await
 }
