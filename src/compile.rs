@@ -420,6 +420,20 @@ mod tests {
 
     /// A content store in a new directory (kept while the first value lives) and a config
     /// that reaches the stand-in registry at `addr` over plain HTTP.
+    /// A compile in a new process as `envkit build` on this machine's engine makes it: tags
+    /// may be resolved ahead, and what was is waited for before anything would be recorded.
+    async fn compile_as_built(
+        req: &Request,
+        cfg: &config::Config,
+        store: &crate::content::Store,
+    ) -> Result<Compiled, CompileError> {
+        let registry = Registry::new(cfg).with_store(store.clone());
+        registry.speculate(true);
+        let compiled = compile(req, &registry).await;
+        registry.confirm_tags().await.unwrap();
+        compiled
+    }
+
     fn store_and_config(addr: &str) -> (tempfile::TempDir, crate::content::Store, config::Config) {
         let root = tempfile::tempdir().unwrap();
         let store = crate::content::Store::open(root.path()).unwrap();
@@ -456,17 +470,11 @@ mod tests {
             .unwrap();
         };
         let req = request(ctx.path(), "build.envd:build", lower::Target::Embedded);
-        // As `envkit build` on this machine's engine: tags may be resolved ahead, and what
-        // was is waited for before the build would record anything.
+        // As a build for a remote BuildKit makes it (tags are not resolved ahead).
         let compile_new = || {
             let registry = Registry::new(&cfg).with_store(store.clone());
-            registry.speculate(true);
             let req = req.clone();
-            async move {
-                let compiled = compile(&req, &registry).await;
-                registry.confirm_tags().await.unwrap();
-                compiled
-            }
+            async move { compile(&req, &registry).await }
         };
 
         write(&format!("{addr}/a:1"));
@@ -520,18 +528,7 @@ mod tests {
         .unwrap();
         let mut req = request(ctx.path(), "build.envd:build", lower::Target::Embedded);
         req.resolve = ResolveMode::PreferLocal;
-        // As `envkit build` on this machine's engine: tags may be resolved ahead, and what
-        // was is waited for before the build would record anything.
-        let compile_new = || {
-            let registry = Registry::new(&cfg).with_store(store.clone());
-            registry.speculate(true);
-            let req = req.clone();
-            async move {
-                let compiled = compile(&req, &registry).await;
-                registry.confirm_tags().await.unwrap();
-                compiled
-            }
-        };
+        let compile_new = || compile_as_built(&req, &cfg, &store);
         let mode = |c: &Compiled| {
             let graph = crate::llb::load(&c.lowered.definition.to_bytes()).unwrap();
             graph
