@@ -418,8 +418,6 @@ mod tests {
         (addr, counts)
     }
 
-    /// A content store in a new directory (kept while the first value lives) and a config
-    /// that reaches the stand-in registry at `addr` over plain HTTP.
     /// A compile in a new process as `envkit build` on this machine's engine makes it: tags
     /// may be resolved ahead, and what was is waited for before anything would be recorded.
     async fn compile_as_built(
@@ -434,6 +432,8 @@ mod tests {
         compiled
     }
 
+    /// A content store in a new directory (kept while the first value lives) and a config
+    /// that reaches the stand-in registry at `addr` over plain HTTP.
     fn store_and_config(addr: &str) -> (tempfile::TempDir, crate::content::Store, config::Config) {
         let root = tempfile::tempdir().unwrap();
         let store = crate::content::Store::open(root.path()).unwrap();

@@ -13,7 +13,7 @@ use oci_spec::image::Digest;
 
 use super::{
     MAX_MANIFEST_SIZE, ManifestAuth, Reference, Registry, RegistryError, ResolveMode, Resolved,
-    get_capped, tag_note_key,
+    get_capped,
 };
 use crate::content;
 use crate::platform::Platform;
@@ -85,12 +85,8 @@ impl Registry {
         memo: &str,
     ) -> Option<Resolved> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let whole = norm.whole();
-        let named: Digest = self
-            .note("tags", &tag_note_key(&whole, want))?
-            .trim()
-            .parse()
-            .ok()?;
+        let last = self.named_last_time(norm, want)?;
+        let named: Digest = last.parse().ok()?;
         let (host, section) = self.hosts_to_try(norm.registry()).into_iter().next()?;
         if !matches!(self.credentials(&host).ok()?, RegistryAuth::Anonymous) {
             return None;
@@ -101,20 +97,14 @@ impl Registry {
         let answer = runtime.spawn(async move {
             get_capped(&http, &url, &ManifestAuth::Anonymous, MAX_MANIFEST_SIZE).await
         });
-        let pinned = Reference::with_digest(
-            norm.registry().to_string(),
-            norm.repository().to_string(),
-            named.to_string(),
-        );
-        let Some(mut r) = self.resolve_offline(&pinned, want) else {
+        let Some(mut r) = self.stored_as_tag(norm, &last, want) else {
             answer.abort();
             return None;
         };
-        r.reference = whole.clone();
         r.host = host.clone();
         self.ahead_state().pending.push(Pending {
             memo: memo.to_string(),
-            reference: whole,
+            reference: r.reference.clone(),
             platform: want.clone(),
             named,
             host,
@@ -133,7 +123,7 @@ impl Registry {
         let Ok(norm) = super::normalize(reference) else {
             return;
         };
-        let memo = format!("{} {want}", norm.whole());
+        let memo = super::memo_key(&norm.whole(), want);
         let known = self
             .resolved
             .lock()
@@ -150,7 +140,7 @@ impl Registry {
         let Ok(norm) = super::normalize(reference) else {
             return;
         };
-        let memo = format!("{} {want}", norm.whole());
+        let memo = super::memo_key(&norm.whole(), want);
         let mut a = self.ahead_state();
         let before = a.pending.len();
         a.pending.retain(|p| {

@@ -536,7 +536,13 @@ fn raw_media_type(bytes: &[u8], content_type: Option<&str>) -> Result<String, St
 
 /// The note name under which what a tag resolved to (for a platform) is kept.
 fn tag_note_key(whole: &str, want: &Platform) -> String {
-    content::sha256_hex(format!("{whole} {want}").as_bytes())
+    content::sha256_hex(memo_key(whole, want).as_bytes())
+}
+
+/// The key of [`Registry::resolved`]'s entry for the reference `whole` (normalised) on
+/// `want`.
+fn memo_key(whole: &str, want: &Platform) -> String {
+    format!("{whole} {want}")
 }
 
 /// Picks the entry of an index for `want`.
@@ -639,6 +645,25 @@ impl Registry {
         if let Some(store) = &self.blobs {
             let _ = store.write_blob(bytes);
         }
+    }
+
+    /// What the tag `norm` named on `want` when it was last resolved here (its `tags` note).
+    fn named_last_time(&self, norm: &Reference, want: &Platform) -> Option<String> {
+        let named = self.note("tags", &tag_note_key(&norm.whole(), want))?;
+        Some(named.trim().to_string())
+    }
+
+    /// The image `named` (what the tag `norm` named) from the content store alone, under the
+    /// tag's name.
+    fn stored_as_tag(&self, norm: &Reference, named: &str, want: &Platform) -> Option<Resolved> {
+        let pinned = Reference::with_digest(
+            norm.registry().to_string(),
+            norm.repository().to_string(),
+            named.to_string(),
+        );
+        let mut r = self.resolve_offline(&pinned, want)?;
+        r.reference = norm.whole();
+        Some(r)
     }
 
     /// Resolves a digest reference from the content store alone: its manifest (or index and
@@ -849,7 +874,7 @@ impl Registry {
     ) -> Result<Resolved, RegistryError> {
         let norm = normalize(reference)?;
         let whole = norm.whole();
-        let memo = format!("{whole} {want}");
+        let memo = memo_key(&whole, want);
         if let Some(hit) = self
             .resolved
             .lock()
@@ -874,24 +899,14 @@ impl Registry {
         let tag_note = tag_note_key(&whole, want);
         if mode == ResolveMode::PreferLocal
             && norm.digest().is_none()
-            && let Some(digest) = self
-                .blobs
-                .as_ref()
-                .and_then(|b| b.read_note("tags", &tag_note))
-                .and_then(|b| String::from_utf8(b).ok())
+            && let Some(r) = self
+                .named_last_time(&norm, want)
+                .and_then(|named| self.stored_as_tag(&norm, &named, want))
         {
-            let pinned = Reference::with_digest(
-                norm.registry().to_string(),
-                norm.repository().to_string(),
-                digest.trim().to_string(),
-            );
-            if let Some(mut r) = self.resolve_offline(&pinned, want) {
-                r.reference = whole;
-                if let Ok(mut m) = self.resolved.lock() {
-                    m.insert(memo, r.clone());
-                }
-                return Ok(r);
+            if let Ok(mut m) = self.resolved.lock() {
+                m.insert(memo, r.clone());
             }
+            return Ok(r);
         }
         let mut attempts = Vec::new();
         for (endpoint, section) in self.hosts_to_try(norm.registry()) {
