@@ -177,8 +177,8 @@ fn load_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, rootless::S
 /// `--allow`, `--ca-bundle`, `--parallelism`, `--no-cache`, `--progress`).
 pub(super) async fn open_engine(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Engine> {
     let options = crate::engine::Options {
-        root: config::store_root(cli.root.as_deref()),
-        config: Config::load(cli.config.as_deref())?,
+        root: config::store_root(cli.globals.root.as_deref()),
+        config: Config::load(cli.globals.config.as_deref())?,
         ca_bundle: o.ca_bundle.clone(),
         parallelism: o.parallelism,
         no_cache: o.no_cache,
@@ -225,8 +225,8 @@ async fn open_backend(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Box<dyn Backe
                      session with a remote BuildKit does not serve them yet (`--context embedded`)"
                 );
             }
-            let cfg = Config::load(cli.config.as_deref())?;
-            let root = config::store_root(cli.root.as_deref());
+            let cfg = Config::load(cli.globals.config.as_deref())?;
+            let root = config::store_root(cli.globals.root.as_deref());
             let options = RemoteOptions {
                 no_cache: o.no_cache,
                 entitlements: o.allow.clone(),
@@ -403,7 +403,7 @@ async fn compile_job(
 /// names none in that direction (`--no-cache-defaults`: none at all).
 pub(super) fn apply_cache_defaults(cli: &mut Cli) -> anyhow::Result<()> {
     use super::Command;
-    let config = cli.config.clone();
+    let config = cli.globals.config.clone();
     let engine = match &mut cli.command {
         Command::Build(a) => &mut a.args.engine,
         Command::Solve(a) => &mut a.engine,

@@ -36,7 +36,7 @@ fn render_svg(dot: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.config.as_deref())?;
+    let cfg = Config::load(cli.globals.config.as_deref())?;
     let registry = Registry::new(&cfg);
     let bytes = match super::build::dockerfile_of(&args.source) {
         Some(file) => {

@@ -56,7 +56,7 @@ pub(super) fn join(
 }
 
 pub(super) fn states_for(cli: &Cli) -> (PathBuf, PathBuf) {
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     let states = devenv::state_root(&root);
     (root, states)
 }
@@ -112,7 +112,7 @@ pub(super) async fn destroy(cli: &Cli, args: &DestroyArgs) -> anyhow::Result<()>
         println!("no environment {name}: nothing to destroy");
         return Ok(());
     };
-    let cfg = Config::load(cli.config.as_deref())?;
+    let cfg = Config::load(cli.globals.config.as_deref())?;
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     lifecycle::destroy(&worker, &states, &state).await?;

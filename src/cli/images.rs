@@ -16,7 +16,7 @@ use crate::meta;
 use crate::worker::Worker;
 
 pub(super) fn list(cli: &Cli) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     let db = meta::Meta::open(&root)?;
     let mut out = std::io::stdout().lock();
     let store = crate::content::Store::open(&root)?;
@@ -88,7 +88,7 @@ fn record(db: &meta::Meta, name: &str) -> anyhow::Result<(String, meta::ImageRec
 }
 
 pub(super) fn inspect(cli: &Cli, names: &[String]) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     let db = meta::Meta::open(&root)?;
     let store = crate::content::Store::open(&root)?;
     let mut all = Vec::new();
@@ -147,7 +147,7 @@ pub(super) fn inspect(cli: &Cli, names: &[String]) -> anyhow::Result<()> {
 }
 
 pub(super) fn remove(cli: &Cli, names: &[String]) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     let db = meta::Meta::open(&root)?;
     // Every name must exist before any is removed.
     let mut found = Vec::new();
@@ -163,7 +163,7 @@ pub(super) fn remove(cli: &Cli, names: &[String]) -> anyhow::Result<()> {
 }
 
 pub(super) fn save(cli: &Cli, args: &SaveArgs) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     if args.output.as_os_str() == "-" && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         bail!("refusing to write an archive to a terminal: give -o FILE or redirect stdout");
     }
@@ -174,7 +174,7 @@ pub(super) fn save(cli: &Cli, args: &SaveArgs) -> anyhow::Result<()> {
         images.push((name, r));
     }
     drop(db);
-    let cfg = Config::load(cli.config.as_deref())?;
+    let cfg = Config::load(cli.globals.config.as_deref())?;
     // Held shared: a prune cannot take blobs while they are written out.
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
@@ -222,8 +222,8 @@ pub(super) fn save(cli: &Cli, args: &SaveArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
-    let cfg = Config::load(cli.config.as_deref())?;
+    let root = config::store_root(cli.globals.root.as_deref());
+    let cfg = Config::load(cli.globals.config.as_deref())?;
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     let limit = worker.config.worker.max_layer_size();
@@ -277,8 +277,8 @@ pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
 
 /// `envkit push REF`: pushes an image of envkit's store to the registry its name names.
 pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.config.as_deref())?;
-    let root = config::store_root(cli.root.as_deref());
+    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let root = config::store_root(cli.globals.root.as_deref());
     let name = full_name(&args.image)?;
     let db = meta::Meta::open(&root)?;
     let Some(img) = db.get_image(&name)? else {

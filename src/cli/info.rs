@@ -40,8 +40,8 @@ struct Seccomp {
 }
 
 pub(super) async fn info(cli: &Cli, json: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.config.as_deref())?;
-    let root = config::store_root(cli.root.as_deref());
+    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let root = config::store_root(cli.globals.root.as_deref());
     let snapshotter = snapshotter(cli, &cfg).await;
     let network = match (cfg.worker.network, rootless::slirp::available()) {
         (StepNetwork::Host, _) => "host (`[worker] network = \"host\"`)".to_string(),
@@ -131,7 +131,7 @@ async fn snapshotter(cli: &Cli, cfg: &Config) -> String {
         Snapshotter::Copy => return "copy (configured)".into(),
         Snapshotter::Auto => {}
     }
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     let probe = async {
         let worker = Worker::new(&root, cfg.clone(), None).context("opening the store")?;
         worker

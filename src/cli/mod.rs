@@ -19,12 +19,16 @@ pub use args_store::*;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = if cli.debug {
+    // The runtime's threads start while the command line is parsed.
+    let starting = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    });
+    let cli = Cli::parse_args();
+    let filter = if cli.globals.debug {
         "envkit=debug,info"
     } else {
         "warn"
@@ -36,13 +40,14 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+    let rt = match starting.join() {
+        Ok(Ok(rt)) => rt,
+        Ok(Err(e)) => {
             eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            eprintln!("error: cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };

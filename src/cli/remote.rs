@@ -14,7 +14,11 @@ fn store_path() -> anyhow::Result<std::path::PathBuf> {
 /// The context this command uses: `--context`/`ENVKIT_CONTEXT`, else the current one.
 pub(super) fn current(cli: &Cli) -> anyhow::Result<Context> {
     let all = Contexts::load_from(&store_path()?)?;
-    let name = cli.context.clone().unwrap_or_else(|| all.current_name());
+    let name = cli
+        .globals
+        .context
+        .clone()
+        .unwrap_or_else(|| all.current_name());
     Ok(all.get(&name)?)
 }
 

@@ -9,7 +9,7 @@ use crate::config::{self, Config};
 use crate::worker::Worker;
 
 pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
-    let root = config::store_root(cli.root.as_deref());
+    let root = config::store_root(cli.globals.root.as_deref());
     let u = crate::gc::usage(&root);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<16} {:>8} {:>10}", "KIND", "COUNT", "SIZE")?;
@@ -100,8 +100,8 @@ pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
 
 /// The store with no build running on it (waiting for running ones, and saying so).
 async fn open_exclusive(cli: &Cli) -> anyhow::Result<Worker> {
-    let cfg = Config::load(cli.config.as_deref())?;
-    let root = config::store_root(cli.root.as_deref());
+    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let root = config::store_root(cli.globals.root.as_deref());
     match Worker::new_exclusive(&root, cfg.clone(), false) {
         Ok(w) => Ok(w),
         Err(crate::worker::WorkerError::Busy) => {

@@ -248,7 +248,7 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
         );
     } else {
         let (root, states) = states_for(cli);
-        let cfg = Config::load(cli.config.as_deref())?;
+        let cfg = Config::load(cli.globals.config.as_deref())?;
         let worker = Worker::new(&root, cfg, None)?;
         lifecycle::destroy(&worker, &states, &state).await?;
     }
