@@ -1372,6 +1372,46 @@ fn prefer_local_resolve_needs_no_registry_for_a_known_tag() {
 /// `build --pull missing`: a tag base the store has is not asked of the registry, a default
 /// build's results are reused (the resolve mode is out of every key), and an edited build
 /// file is evaluated again (the memo of evaluations sees the change).
+/// `envkit solve --pull missing`: a Definition's image tags that its ops leave to the default
+/// are taken from the store, as `build --pull missing` does.
+#[test]
+fn solve_pull_missing_takes_a_definitions_tags_from_the_store() {
+    let env = TestEnv::new("solvepm");
+    let pb = branches_definition(&env, "pm.pb", &["echo one > /one"]);
+    let p = pb.to_str().unwrap();
+    let out = env.envkit(&["solve", p, "-t", "spm:1", "--progress", "plain"]);
+    assert!(out.status.success(), "cold solve failed:\n{}", stderr(&out));
+    let offline = offline_config(&env);
+    let cfg = offline.to_str().unwrap();
+    let offline_solve = |pull: &str| {
+        env.envkit(&[
+            "--config",
+            cfg,
+            "solve",
+            "--pull",
+            pull,
+            p,
+            "-t",
+            "spm:1",
+            "--progress",
+            "plain",
+        ])
+    };
+    let out = offline_solve("missing");
+    let log = stderr(&out);
+    assert!(
+        out.status.success(),
+        "--pull missing asked the registry:\n{log}"
+    );
+    assert!(every_step_cached(&log), "a step ran again:\n{log}");
+    let out = offline_solve("always");
+    assert!(
+        !out.status.success(),
+        "the default did not ask the registry"
+    );
+    assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
+}
+
 #[test]
 fn pull_missing_rebuilds_a_tag_base_without_the_registry() {
     let env = TestEnv::new("pullmissing");

@@ -658,6 +658,66 @@ fn rebuilt_graphs_are_byte_identical() {
     );
 }
 
+/// `envkit solve --pull missing`: a Definition's image sources made to prefer the local image
+/// are what BuildKit's client marshals for `llb.Image(ref, llb.ResolveModePreferLocal)`, byte
+/// for byte; everything else keeps its bytes.
+#[test]
+fn image_sources_rewritten_to_prefer_local_images() {
+    let golden = Definition::from_bytes(&read("parallel4", "pb")).unwrap();
+    let rewritten = golden.with_local_images_preferred().unwrap();
+    let local_busybox = llb::image_with(
+        &format!("{REG}/library/busybox:latest"),
+        ImageOptions {
+            resolve_mode: Some(ResolveMode::PreferLocal),
+            ..Default::default()
+        },
+    );
+    let mut want = local_busybox.clone();
+    for i in 1..=4 {
+        let branch = local_busybox
+            .run(sh(&format!("sleep 1 && echo {i} > /p{i}")))
+            .root();
+        want = want.file(
+            FileAction::new().copy(
+                &branch,
+                &format!("/p{i}"),
+                &format!("/p{i}"),
+                CopyOptions::default(),
+            ),
+            Constraints::new(),
+        );
+    }
+    let want = want.marshal(&opts()).unwrap();
+    assert_eq!(rewritten.to_bytes(), want.to_bytes());
+    assert_ne!(rewritten.to_bytes(), golden.to_bytes());
+    // Done once: a second time changes nothing.
+    assert_eq!(
+        rewritten.with_local_images_preferred().unwrap().to_bytes(),
+        rewritten.to_bytes()
+    );
+    for name in names() {
+        let def = Definition::from_bytes(&read(&name, "pb")).unwrap();
+        let r = def.with_local_images_preferred().unwrap();
+        llb::load(&r.to_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.def.len(), def.def.len(), "{name}");
+        assert_eq!(r.metadata.len(), def.metadata.len(), "{name}");
+        let images = def
+            .def
+            .iter()
+            .filter(|b| op_json(b).contains("docker-image://"))
+            .count();
+        if images == 0 {
+            assert_eq!(r, def, "{name}: no image source, nothing changed");
+        }
+        for b in &r.def {
+            let json = op_json(b);
+            if json.contains("docker-image://") {
+                assert!(json.contains("image.resolvemode"), "{name}: {json}");
+            }
+        }
+    }
+}
+
 #[test]
 fn every_golden_definition_loads_with_listed_digests() {
     for name in names() {

@@ -315,6 +315,12 @@ pub struct SolveArgs {
     /// Image name in envkit's store.
     #[arg(short = 't', long = "tag", default_value = "envkit-solve:latest")]
     pub tag: String,
+    /// How the Definition's image tags are resolved where its ops do not say: `always` asks
+    /// the registry (BuildKit's default); `missing` uses what a tag named last time when the
+    /// store still has that image (the ops get `image.resolvemode=local`, as from
+    /// `llb.Image(ref, llb.ResolveModePreferLocal)`; a remote BuildKit gets that Definition).
+    #[arg(long, value_name = "POLICY", default_value = "always", value_parser = ["always", "missing"])]
+    pub pull: String,
     /// Output, buildctl-style (as for `build`).
     #[arg(short = 'o', long = "output")]
     pub output: Option<String>,
@@ -386,6 +392,7 @@ mod tests {
             &[
                 "solve", "-t", "n:t", "def.pb", "--local", "a=b", "--local", "c=d",
             ],
+            &["solve", "--pull", "missing", "-"],
             &[
                 "--context",
                 "c",

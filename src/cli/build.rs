@@ -579,6 +579,17 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             b
         }
     };
+    let bytes = if args.pull == "missing" {
+        let def = crate::llb::Definition::from_bytes(&bytes)?;
+        let preferred = def.with_local_images_preferred()?;
+        if preferred == def {
+            bytes
+        } else {
+            preferred.to_bytes()
+        }
+    } else {
+        bytes
+    };
     let mut locals = BTreeMap::new();
     for l in &args.local {
         let Some((name, dir)) = l.split_once('=') else {

@@ -93,6 +93,114 @@ impl Definition {
         })
     }
 
+    /// The same Definition with every image source that names no resolve mode preferring
+    /// the local image (`image.resolvemode=local`), as BuildKit's Go client writes
+    /// `llb.Image(ref, llb.ResolveModePreferLocal)`. The ops it changes, and the ops built on
+    /// them, get new digests; their metadata and source locations follow them. Ops that do
+    /// not change keep their bytes. A Definition with no such source is returned as it is.
+    pub fn with_local_images_preferred(&self) -> Result<Definition, LlbError> {
+        let mut ops = Vec::with_capacity(self.def.len());
+        for (i, b) in self.def.iter().enumerate() {
+            ops.push(pb::Op::decode(b.as_slice()).map_err(|e| LlbError::Decode {
+                what: format!("op #{i}"),
+                reason: e.to_string(),
+            })?);
+        }
+        let old: Vec<String> = self.def.iter().map(|b| Digest::of(b).0).collect();
+        let index: HashMap<&str, usize> = old
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.as_str(), i))
+            .collect();
+        // Each op's new digest, its inputs' first (an explicit stack: no recursion on input).
+        let mut new: Vec<Option<String>> = vec![None; ops.len()];
+        let mut def = self.def.clone();
+        for start in 0..ops.len() {
+            let mut stack = vec![(start, false)];
+            let mut on_path = HashSet::new();
+            while let Some((i, inputs_done)) = stack.pop() {
+                if new[i].is_some() {
+                    continue;
+                }
+                if !inputs_done {
+                    if !on_path.insert(i) {
+                        return Err(LlbError::InvalidGraph(format!(
+                            "op {} is its own input",
+                            old[i]
+                        )));
+                    }
+                    stack.push((i, true));
+                    for input in &ops[i].inputs {
+                        if let Some(&j) = index.get(input.digest.as_str())
+                            && new[j].is_none()
+                        {
+                            stack.push((j, false));
+                        }
+                    }
+                    continue;
+                }
+                on_path.remove(&i);
+                let mut op = ops[i].clone();
+                let mut changed = false;
+                for input in &mut op.inputs {
+                    if let Some(&j) = index.get(input.digest.as_str())
+                        && let Some(d) = &new[j]
+                        && *d != input.digest
+                    {
+                        input.digest = d.clone();
+                        changed = true;
+                    }
+                }
+                if let Some(pb::op::Op::Source(src)) = &mut op.op
+                    && src.identifier.starts_with("docker-image://")
+                    && !src.attrs.contains_key("image.resolvemode")
+                {
+                    src.attrs
+                        .insert("image.resolvemode".to_string(), "local".to_string());
+                    changed = true;
+                }
+                if changed {
+                    def[i] = wire::encode_op(&op);
+                    new[i] = Some(Digest::of(&def[i]).0);
+                } else {
+                    new[i] = Some(old[i].clone());
+                }
+            }
+        }
+        let renamed: HashMap<&str, &str> = old
+            .iter()
+            .zip(&new)
+            .filter_map(|(o, n)| Some((o.as_str(), n.as_deref()?)))
+            .filter(|(o, n)| o != n)
+            .collect();
+        if renamed.is_empty() {
+            return Ok(self.clone());
+        }
+        let rename = |k: &String| {
+            renamed
+                .get(k.as_str())
+                .map_or_else(|| k.clone(), |n| n.to_string())
+        };
+        let metadata = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (rename(k), v.clone()))
+            .collect();
+        let source = self.source.clone().map(|mut s| {
+            s.locations = s
+                .locations
+                .into_iter()
+                .map(|(k, v)| (rename(&k), v))
+                .collect();
+            s
+        });
+        Ok(Definition {
+            def,
+            metadata,
+            source,
+        })
+    }
+
     /// Decodes bytes (no validation beyond protobuf; see [`super::load`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Definition, LlbError> {
         let d = pb::Definition::decode(bytes).map_err(|e| LlbError::Decode {
