@@ -84,8 +84,21 @@ pub trait Executor: Send + Sync {
 /// The real executor: a freshly spawned rootless helper process per request.
 struct HelperExecutor {
     exe: PathBuf,
-    ids: rootless::IdMap,
+    /// The user's subordinate ids, read when the first helper starts (a build whose steps
+    /// all come from the cache starts none, and reads neither the user database nor
+    /// /etc/subuid and /etc/subgid).
+    ids: std::sync::OnceLock<rootless::IdMap>,
     snapshotter: crate::config::Snapshotter,
+}
+
+impl HelperExecutor {
+    fn ids(&self) -> Result<&rootless::IdMap, rootless::RootlessError> {
+        if let Some(ids) = self.ids.get() {
+            return Ok(ids);
+        }
+        let ids = rootless::IdMap::for_current_user()?;
+        Ok(self.ids.get_or_init(|| ids))
+    }
 }
 
 impl Executor for HelperExecutor {
@@ -98,7 +111,7 @@ impl Executor for HelperExecutor {
         rootless::run_helper_cancellable(
             &self.exe,
             &[HELPER_ARG, self.snapshotter.helper_arg()],
-            &self.ids,
+            self.ids()?,
             req,
             on_output,
             cancel,
@@ -216,7 +229,7 @@ impl Worker {
             Some(e) => e,
             None => Arc::new(HelperExecutor {
                 exe: std::env::current_exe().map_err(WorkerError::SelfExe)?,
-                ids: rootless::IdMap::for_current_user()?,
+                ids: std::sync::OnceLock::new(),
                 snapshotter: config.worker.snapshotter.unwrap_or_default(),
             }),
         };
