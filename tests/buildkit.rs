@@ -379,6 +379,10 @@ fn buildkitd_suite() {
     assert!(!cached.contains(probe), "buildkitd ran it again: {cached}");
     let rerun = env.solve_log(&pb, &["--no-cache"]);
     assert!(rerun.contains(probe), "buildkitd --no-cache: {rerun}");
+    // `--pull missing` reaches the daemon as image.resolvemode=local on the image sources;
+    // BuildKit keys images without their resolve mode, so the step is still cached.
+    let local = env.solve_log(&pb, &["--pull", "missing"]);
+    assert!(!local.contains(probe), "buildkitd --pull missing: {local}");
 }
 
 /// The build cache both ways with a real buildkitd v0.32.2: a cache envkit exported
