@@ -58,6 +58,24 @@ fn sh(cmd: &str) -> Run {
     Run::args(["sh", "-c", cmd])
 }
 
+/// The graph of `parallel4` on `base`: four `sleep 1` branches, each file copied onto `base`.
+fn parallel4_on(base: State) -> State {
+    let mut out = base.clone();
+    for i in 1..=4 {
+        let branch = base.run(sh(&format!("sleep 1 && echo {i} > /p{i}"))).root();
+        out = out.file(
+            FileAction::new().copy(
+                &branch,
+                &format!("/p{i}"),
+                &format!("/p{i}"),
+                CopyOptions::default(),
+            ),
+            Constraints::new(),
+        );
+    }
+    out
+}
+
 fn build(name: &str) -> Option<State> {
     let s = match name {
         "scratch-empty" => llb::scratch(),
@@ -352,23 +370,7 @@ fn build(name: &str) -> Option<State> {
             let d = llb::diff(&lower, &upper, Constraints::new());
             llb::merge(&[debian(), d], Constraints::new())
         }
-        "parallel4" => {
-            let base = busybox();
-            let mut out = base.clone();
-            for i in 1..=4 {
-                let branch = base.run(sh(&format!("sleep 1 && echo {i} > /p{i}"))).root();
-                out = out.file(
-                    FileAction::new().copy(
-                        &branch,
-                        &format!("/p{i}"),
-                        &format!("/p{i}"),
-                        CopyOptions::default(),
-                    ),
-                    Constraints::new(),
-                );
-            }
-            out
-        }
+        "parallel4" => parallel4_on(busybox()),
         "secret-ssh" => busybox()
             .run(
                 sh("cat /run/secrets/token; ls -l $SSH_AUTH_SOCK")
@@ -672,22 +674,7 @@ fn image_sources_rewritten_to_prefer_local_images() {
             ..Default::default()
         },
     );
-    let mut want = local_busybox.clone();
-    for i in 1..=4 {
-        let branch = local_busybox
-            .run(sh(&format!("sleep 1 && echo {i} > /p{i}")))
-            .root();
-        want = want.file(
-            FileAction::new().copy(
-                &branch,
-                &format!("/p{i}"),
-                &format!("/p{i}"),
-                CopyOptions::default(),
-            ),
-            Constraints::new(),
-        );
-    }
-    let want = want.marshal(&opts()).unwrap();
+    let want = parallel4_on(local_busybox).marshal(&opts()).unwrap();
     assert_eq!(rewritten.to_bytes(), want.to_bytes());
     assert_ne!(rewritten.to_bytes(), golden.to_bytes());
     // Done once: a second time changes nothing.
