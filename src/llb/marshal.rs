@@ -125,7 +125,7 @@ impl Definition {
                 if !inputs_done {
                     if !on_path.insert(i) {
                         return Err(LlbError::InvalidGraph(format!(
-                            "op {} is its own input",
+                            "op {} depends on itself",
                             old[i]
                         )));
                     }
