@@ -1369,9 +1369,6 @@ fn prefer_local_resolve_needs_no_registry_for_a_known_tag() {
     assert!(log.contains("127.0.0.1:9"), "{log}");
 }
 
-/// `build --pull missing`: a tag base the store has is not asked of the registry, a default
-/// build's results are reused (the resolve mode is out of every key), and an edited build
-/// file is evaluated again (the memo of evaluations sees the change).
 /// `envkit solve --pull missing`: a Definition's image tags that its ops leave to the default
 /// are taken from the store, as `build --pull missing` does.
 #[test]
@@ -1412,6 +1409,9 @@ fn solve_pull_missing_takes_a_definitions_tags_from_the_store() {
     assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
 }
 
+/// `build --pull missing`: a tag base the store has is not asked of the registry, a default
+/// build's results are reused (the resolve mode is out of every key), and an edited build
+/// file is evaluated again (the memo of evaluations sees the change).
 #[test]
 fn pull_missing_rebuilds_a_tag_base_without_the_registry() {
     let env = TestEnv::new("pullmissing");
