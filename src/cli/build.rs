@@ -579,16 +579,14 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             b
         }
     };
-    let bytes = if args.pull == "missing" {
-        let def = crate::llb::Definition::from_bytes(&bytes)?;
-        let preferred = def.with_local_images_preferred()?;
-        if preferred == def {
-            bytes
-        } else {
-            preferred.to_bytes()
+    let bytes = match args.pull.as_str() {
+        "missing" => {
+            match crate::llb::Definition::from_bytes(&bytes)?.with_local_images_preferred()? {
+                Some(preferred) => preferred.to_bytes(),
+                None => bytes,
+            }
         }
-    } else {
-        bytes
+        _ => bytes,
     };
     let mut locals = BTreeMap::new();
     for l in &args.local {

@@ -95,110 +95,86 @@ impl Definition {
 
     /// The same Definition with every image source that names no resolve mode preferring
     /// the local image (`image.resolvemode=local`), as BuildKit's Go client writes
-    /// `llb.Image(ref, llb.ResolveModePreferLocal)`. The ops it changes, and the ops built on
-    /// them, get new digests; their metadata and source locations follow them. Ops that do
-    /// not change keep their bytes. A Definition with no such source is returned as it is.
-    pub fn with_local_images_preferred(&self) -> Result<Definition, LlbError> {
-        let mut ops = Vec::with_capacity(self.def.len());
-        for (i, b) in self.def.iter().enumerate() {
-            ops.push(pb::Op::decode(b.as_slice()).map_err(|e| LlbError::Decode {
-                what: format!("op #{i}"),
-                reason: e.to_string(),
-            })?);
-        }
-        let old: Vec<String> = self.def.iter().map(|b| Digest::of(b).0).collect();
-        let index: HashMap<&str, usize> = old
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.as_str(), i))
-            .collect();
-        // Each op's new digest, its inputs' first (an explicit stack: no recursion on input).
-        let mut new: Vec<Option<String>> = vec![None; ops.len()];
-        let mut def = self.def.clone();
-        for start in 0..ops.len() {
-            let mut stack = vec![(start, false)];
-            let mut on_path = HashSet::new();
-            while let Some((i, inputs_done)) = stack.pop() {
-                if new[i].is_some() {
-                    continue;
-                }
-                if !inputs_done {
-                    if !on_path.insert(i) {
-                        return Err(LlbError::InvalidGraph(format!(
-                            "op {} depends on itself",
-                            old[i]
-                        )));
-                    }
-                    stack.push((i, true));
-                    for input in &ops[i].inputs {
-                        if let Some(&j) = index.get(input.digest.as_str())
-                            && new[j].is_none()
-                        {
-                            stack.push((j, false));
-                        }
-                    }
-                    continue;
-                }
-                on_path.remove(&i);
-                let mut op = ops[i].clone();
-                let mut changed = false;
-                for input in &mut op.inputs {
-                    if let Some(&j) = index.get(input.digest.as_str())
-                        && let Some(d) = &new[j]
-                        && *d != input.digest
-                    {
-                        input.digest = d.clone();
-                        changed = true;
-                    }
-                }
-                if let Some(pb::op::Op::Source(src)) = &mut op.op
-                    && src.identifier.starts_with("docker-image://")
-                    && !src.attrs.contains_key("image.resolvemode")
-                {
-                    src.attrs
-                        .insert("image.resolvemode".to_string(), "local".to_string());
-                    changed = true;
-                }
-                if changed {
-                    def[i] = wire::encode_op(&op);
-                    new[i] = Some(Digest::of(&def[i]).0);
-                } else {
-                    new[i] = Some(old[i].clone());
+    /// `llb.Image(ref, llb.ResolveModePreferLocal)`; `None` when no source needs it. The
+    /// Definition is checked as [`super::load`] checks it. The ops it changes, and the ops
+    /// built on them, get new digests; their metadata and source locations follow them. Ops
+    /// that do not change keep their bytes.
+    pub fn with_local_images_preferred(&self) -> Result<Option<Definition>, LlbError> {
+        let graph = super::load_definition(self)?;
+        // Old digest → new op bytes and digest, inputs before the ops that use them.
+        let mut changed: HashMap<String, (Vec<u8>, String)> = HashMap::new();
+        let renamed_inputs = |op: &mut pb::Op, changed: &HashMap<String, (Vec<u8>, String)>| {
+            let mut any = false;
+            for input in &mut op.inputs {
+                if let Some((_, d)) = changed.get(&input.digest) {
+                    input.digest = d.clone();
+                    any = true;
                 }
             }
+            any
+        };
+        for v in &graph.vertices {
+            let mut op = v.op.clone();
+            let mut any = renamed_inputs(&mut op, &changed);
+            if let Some(pb::op::Op::Source(src)) = &mut op.op
+                && src.identifier.starts_with("docker-image://")
+                && !src.attrs.contains_key("image.resolvemode")
+            {
+                src.attrs
+                    .insert("image.resolvemode".to_string(), "local".to_string());
+                any = true;
+            }
+            if any {
+                let bytes = wire::encode_op(&op);
+                let digest = Digest::of(&bytes).0;
+                changed.insert(v.digest.0.clone(), (bytes, digest));
+            }
         }
-        let renamed: HashMap<&str, &str> = old
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        // The terminal op (last; `load_definition` checked it) points at the new head.
+        if let Some(last) = self.def.last() {
+            let mut op = pb::Op::decode(last.as_slice()).map_err(|e| LlbError::Decode {
+                what: "terminal op".to_string(),
+                reason: e.to_string(),
+            })?;
+            if renamed_inputs(&mut op, &changed) {
+                let bytes = wire::encode_op(&op);
+                let digest = Digest::of(&bytes).0;
+                changed.insert(Digest::of(last).0, (bytes, digest));
+            }
+        }
+        let def = self
+            .def
             .iter()
-            .zip(&new)
-            .filter_map(|(o, n)| Some((o.as_str(), n.as_deref()?)))
-            .filter(|(o, n)| o != n)
+            .map(|b| match changed.get(Digest::of(b).as_str()) {
+                Some((new, _)) => new.clone(),
+                None => b.clone(),
+            })
             .collect();
-        if renamed.is_empty() {
-            return Ok(self.clone());
-        }
-        let rename = |k: &String| {
-            renamed
-                .get(k.as_str())
-                .map_or_else(|| k.clone(), |n| n.to_string())
+        let rename = |k: String| match changed.get(&k) {
+            Some((_, d)) => d.clone(),
+            None => k,
         };
         let metadata = self
             .metadata
             .iter()
-            .map(|(k, v)| (rename(k), v.clone()))
+            .map(|(k, v)| (rename(k.clone()), v.clone()))
             .collect();
         let source = self.source.clone().map(|mut s| {
             s.locations = s
                 .locations
                 .into_iter()
-                .map(|(k, v)| (rename(&k), v))
+                .map(|(k, v)| (rename(k), v))
                 .collect();
             s
         });
-        Ok(Definition {
+        Ok(Some(Definition {
             def,
             metadata,
             source,
-        })
+        }))
     }
 
     /// Decodes bytes (no validation beyond protobuf; see [`super::load`]).
