@@ -28,18 +28,7 @@ pub fn main() -> ExitCode {
             .build()
     });
     let cli = Cli::parse_args();
-    let filter = if cli.globals.debug {
-        "envkit=debug,info"
-    } else {
-        "warn"
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ENVKIT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logging(cli.globals.debug);
     let rt = match starting.join() {
         Ok(Ok(rt)) => rt,
         Ok(Err(e)) => {
@@ -73,6 +62,22 @@ pub fn main() -> ExitCode {
             ExitCode::from(130)
         }
     }
+}
+
+/// Log lines go to stderr: warnings and errors, or what `--debug` or `ENVKIT_LOG` (a filter
+/// such as `envkit=debug`) asks for. The plain level needs no filter to be parsed (most runs).
+fn init_logging(debug: bool) {
+    let filter = std::env::var("ENVKIT_LOG")
+        .ok()
+        .filter(|f| !f.is_empty())
+        .or_else(|| debug.then(|| "envkit=debug,info".to_string()));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = match filter {
+        Some(f) => logs
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .try_init(),
+        None => logs.with_max_level(tracing::Level::WARN).try_init(),
+    };
 }
 
 /// Resolves on SIGINT or SIGTERM.
