@@ -37,6 +37,20 @@ pub struct Globals {
     /// The context (builder) to use instead of the current one (`envkit context ls`).
     #[arg(long, global = true, env = "ENVKIT_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
+    /// The config file once read (a build reads it for the cache defaults, then the engine).
+    #[arg(skip)]
+    loaded: std::sync::OnceLock<crate::config::Config>,
+}
+
+impl Globals {
+    /// The config file (`--config`, else its default place), read once per command.
+    pub fn load_config(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        if let Some(c) = self.loaded.get() {
+            return Ok(c.clone());
+        }
+        let c = crate::config::Config::load(self.config.as_deref())?;
+        Ok(self.loaded.get_or_init(|| c).clone())
+    }
 }
 
 impl Cli {

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use super::{BuildArgs, Cli, EngineArgs, SolveArgs, SourceArgs};
 use crate::backend::{Backend, Embedded, ImageConfig, Job, RemoteBackend, RemoteOptions};
 use crate::compile;
-use crate::config::{self, Config};
+use crate::config;
 use crate::engine::Engine;
 use crate::export::{self, Output};
 use crate::lower;
@@ -178,7 +178,7 @@ fn load_secrets(specs: &[String]) -> anyhow::Result<BTreeMap<String, rootless::S
 pub(super) async fn open_engine(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Engine> {
     let options = crate::engine::Options {
         root: config::store_root(cli.globals.root.as_deref()),
-        config: Config::load(cli.globals.config.as_deref())?,
+        config: cli.globals.load_config()?,
         ca_bundle: o.ca_bundle.clone(),
         parallelism: o.parallelism,
         no_cache: o.no_cache,
@@ -225,7 +225,7 @@ async fn open_backend(cli: &Cli, o: &EngineArgs) -> anyhow::Result<Box<dyn Backe
                      session with a remote BuildKit does not serve them yet (`--context embedded`)"
                 );
             }
-            let cfg = Config::load(cli.globals.config.as_deref())?;
+            let cfg = cli.globals.load_config()?;
             let root = config::store_root(cli.globals.root.as_deref());
             let options = RemoteOptions {
                 no_cache: o.no_cache,
@@ -403,7 +403,7 @@ async fn compile_job(
 /// names none in that direction (`--no-cache-defaults`: none at all).
 pub(super) fn apply_cache_defaults(cli: &mut Cli) -> anyhow::Result<()> {
     use super::Command;
-    let config = cli.globals.config.clone();
+    let globals = &cli.globals;
     let engine = match &mut cli.command {
         Command::Build(a) => &mut a.args.engine,
         Command::Solve(a) => &mut a.engine,
@@ -416,7 +416,7 @@ pub(super) fn apply_cache_defaults(cli: &mut Cli) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let defaults = Config::load(config.as_deref())?.cache;
+    let defaults = globals.load_config()?.cache;
     if engine.import_cache.is_empty() {
         engine.import_cache = defaults.import;
     }

@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use super::build::source_request;
 use super::{Cli, LlbArgs};
 use crate::compile;
-use crate::config::Config;
 use crate::llb;
 use crate::registry::Registry;
 
@@ -36,7 +35,7 @@ fn render_svg(dot: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 pub(super) async fn debug_llb(cli: &Cli, args: &LlbArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     let registry = Registry::new(&cfg);
     let bytes = match super::build::dockerfile_of(&args.source) {
         Some(file) => {

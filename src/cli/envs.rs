@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 
 use super::{Cli, DestroyArgs, EnvsCommand, ExecArgs};
-use crate::config::{self, Config};
+use crate::config;
 use crate::devenv::lifecycle;
 use crate::devenv::{self, EnvState, Status};
 use crate::worker::Worker;
@@ -112,7 +112,7 @@ pub(super) async fn destroy(cli: &Cli, args: &DestroyArgs) -> anyhow::Result<()>
         println!("no environment {name}: nothing to destroy");
         return Ok(());
     };
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     lifecycle::destroy(&worker, &states, &state).await?;

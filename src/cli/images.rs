@@ -9,7 +9,7 @@ use oci_spec::image::Descriptor;
 use super::build::full_name;
 use super::store::human_size;
 use super::{Cli, LoadArgs, SaveArgs};
-use crate::config::{self, Config};
+use crate::config;
 use crate::export;
 use crate::image;
 use crate::meta;
@@ -174,7 +174,7 @@ pub(super) fn save(cli: &Cli, args: &SaveArgs) -> anyhow::Result<()> {
         images.push((name, r));
     }
     drop(db);
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     // Held shared: a prune cannot take blobs while they are written out.
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
@@ -223,7 +223,7 @@ pub(super) fn save(cli: &Cli, args: &SaveArgs) -> anyhow::Result<()> {
 
 pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
     let root = config::store_root(cli.globals.root.as_deref());
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     let worker = Worker::new(&root, cfg, None)
         .with_context(|| format!("opening the store at {}", root.display()))?;
     let limit = worker.config.worker.max_layer_size();
@@ -277,7 +277,7 @@ pub(super) fn load(cli: &Cli, args: &LoadArgs) -> anyhow::Result<()> {
 
 /// `envkit push REF`: pushes an image of envkit's store to the registry its name names.
 pub(super) async fn push(cli: &Cli, args: &super::PushArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     let root = config::store_root(cli.globals.root.as_deref());
     let name = full_name(&args.image)?;
     let db = meta::Meta::open(&root)?;

@@ -40,7 +40,7 @@ struct Seccomp {
 }
 
 pub(super) async fn info(cli: &Cli, json: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     let root = config::store_root(cli.globals.root.as_deref());
     let snapshotter = snapshotter(cli, &cfg).await;
     let network = match (cfg.worker.network, rootless::slirp::available()) {

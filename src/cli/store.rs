@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 
 use super::{Cli, PruneArgs};
-use crate::config::{self, Config};
+use crate::config;
 use crate::worker::Worker;
 
 pub(super) fn du(cli: &Cli) -> anyhow::Result<()> {
@@ -100,7 +100,7 @@ pub(super) async fn prune(cli: &Cli, args: &PruneArgs) -> anyhow::Result<()> {
 
 /// The store with no build running on it (waiting for running ones, and saying so).
 async fn open_exclusive(cli: &Cli) -> anyhow::Result<Worker> {
-    let cfg = Config::load(cli.globals.config.as_deref())?;
+    let cfg = cli.globals.load_config()?;
     let root = config::store_root(cli.globals.root.as_deref());
     match Worker::new_exclusive(&root, cfg.clone(), false) {
         Ok(w) => Ok(w),

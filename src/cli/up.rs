@@ -10,7 +10,7 @@ use super::build::{build_for, open_engine};
 use super::envs::{join, states_for};
 use super::{Cli, RunArgs, UpArgs};
 use crate::backend::{Backend as _, Embedded};
-use crate::config::{self, Config};
+use crate::config;
 use crate::devenv::lifecycle::{self, Start};
 use crate::devenv::spec::{PlanArgs, Spec};
 use crate::devenv::{self, EnvState, Status};
@@ -248,7 +248,7 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<i32> {
         );
     } else {
         let (root, states) = states_for(cli);
-        let cfg = Config::load(cli.globals.config.as_deref())?;
+        let cfg = cli.globals.load_config()?;
         let worker = Worker::new(&root, cfg, None)?;
         lifecycle::destroy(&worker, &states, &state).await?;
     }
