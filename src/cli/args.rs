@@ -39,7 +39,7 @@ pub struct Globals {
     pub context: Option<String>,
     /// The config file once read (a build reads it for the cache defaults, then the engine).
     #[arg(skip)]
-    loaded: std::sync::OnceLock<crate::config::Config>,
+    pub(super) loaded: std::sync::OnceLock<crate::config::Config>,
 }
 
 impl Globals {
@@ -54,49 +54,13 @@ impl Globals {
 }
 
 impl Cli {
-    /// The command line, parsed. clap builds every command's arguments before it parses
-    /// (some 0.3 ms here, on every run): the commands a rebuild runs (`build`, `solve`) are
-    /// tried first on a parser that knows only them. Anything it does not take (another
-    /// command, `--help`, `--version`, a mistake) goes to the whole parser, so what is
-    /// accepted, refused and printed is the whole command line's.
-    pub fn parse_args() -> Cli {
-        let hot = std::env::args_os()
-            .skip(1)
-            .any(|a| ["build", "b", "solve"].iter().any(|n| a == *n));
-        if hot && let Ok(h) = Hot::try_parse() {
-            return h.into();
-        }
-        Cli::parse()
+    /// A rebuild's command line (`build`, `solve`), parsed without clap (`quick.rs`: clap
+    /// builds every argument before it parses, ~0.3 ms of a new process); `None` for anything
+    /// else, which is clap's (`Cli::parse`) to parse.
+    pub fn parse_quick() -> Option<Cli> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        super::quick::parse(&args, &|var| std::env::var_os(var))
     }
-}
-
-impl From<Hot> for Cli {
-    fn from(h: Hot) -> Cli {
-        Cli {
-            globals: h.globals,
-            command: match h.command {
-                HotCommand::Build(b) => Command::Build(b),
-                HotCommand::Solve(s) => Command::Solve(s),
-            },
-        }
-    }
-}
-
-/// The part of [`Cli`] a rebuild uses (see [`Cli::parse_args`]); the same arguments.
-#[derive(Debug, Parser)]
-#[command(name = "envkit")]
-struct Hot {
-    #[command(flatten)]
-    globals: Globals,
-    #[command(subcommand)]
-    command: HotCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum HotCommand {
-    #[command(alias = "b")]
-    Build(BuildCommand),
-    Solve(SolveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,79 +336,5 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
-        super::Hot::command().debug_assert();
-    }
-
-    /// The parser of `build` and `solve` alone takes what the whole one takes, the same way,
-    /// and refuses what it refuses (which then goes to the whole one).
-    #[test]
-    fn the_hot_commands_parse_as_the_whole_command_line_does() {
-        use clap::{CommandFactory as _, Parser as _};
-        let lines: &[&[&str]] = &[
-            &["build"],
-            &[
-                "--root", "/r", "b", "-p", "x", "-t", "a:b", "--pull", "missing",
-            ],
-            &[
-                "build",
-                "--root",
-                "/r",
-                "--debug",
-                "--progress",
-                "plain",
-                "--no-cache",
-            ],
-            &[
-                "build",
-                "-f",
-                "build.envd:gpu",
-                "--platform",
-                "linux/arm64",
-                "--allow",
-                "network.host",
-            ],
-            &[
-                "solve", "-t", "n:t", "def.pb", "--local", "a=b", "--local", "c=d",
-            ],
-            &["solve", "--pull", "missing", "-"],
-            &[
-                "--context",
-                "c",
-                "solve",
-                "-i",
-                "f",
-                "--export-cache",
-                "type=inline",
-            ],
-        ];
-        for line in lines {
-            let argv = std::iter::once("envkit").chain(line.iter().copied());
-            let hot: super::Cli = super::Hot::try_parse_from(argv.clone())
-                .unwrap_or_else(|e| panic!("{line:?}: {e}"))
-                .into();
-            let whole = super::Cli::try_parse_from(argv).unwrap();
-            assert_eq!(format!("{hot:?}"), format!("{whole:?}"), "{line:?}");
-        }
-        let refused: &[&[&str]] = &[
-            &["build", "--bogus"],
-            &["solve", "a", "-i", "b"],
-            &["build", "--pull", "never"],
-            &["build", "--help"],
-            &["--version"],
-            &["images"],
-        ];
-        for line in refused {
-            let argv = std::iter::once("envkit").chain(line.iter().copied());
-            assert!(super::Hot::try_parse_from(argv).is_err(), "{line:?}");
-        }
-        // The names and aliases are the whole parser's.
-        let whole = super::Cli::command();
-        for sub in super::Hot::command().get_subcommands() {
-            let same = whole.find_subcommand(sub.get_name()).unwrap();
-            assert_eq!(
-                sub.get_all_aliases().collect::<Vec<_>>(),
-                same.get_all_aliases().collect::<Vec<_>>()
-            );
-        }
     }
 }
