@@ -7,8 +7,15 @@ fn main() {
     // (the stack, heap, libraries and mappings stay randomised); SECURITY.md says so.
     // `ENVKIT_PIE=1 cargo build` links a PIE as before.
     println!("cargo:rerun-if-env-changed=ENVKIT_PIE");
+    // A static build (`scripts/release.sh`: `+crt-static` with the static relocation model) is
+    // linked at a fixed address already; `-no-pie` on top of a static-pie link breaks it.
     let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
-    if linux && std::env::var_os("ENVKIT_PIE").is_none_or(|v| v.is_empty() || v == "0") {
+    let crt_static = std::env::var("CARGO_CFG_TARGET_FEATURE")
+        .is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
+    if linux
+        && !crt_static
+        && std::env::var_os("ENVKIT_PIE").is_none_or(|v| v.is_empty() || v == "0")
+    {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
     // BTreeMap for every map field: encoding walks maps in key order, which is

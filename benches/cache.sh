@@ -116,6 +116,6 @@ ratio() { # A B: A / B as "0.42x", or "–"
   echo
   command -v buildkitd >/dev/null || echo "buildkitd: not run (none on PATH)."
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr);" \
-       "envkit $(git -C "$REPO" rev-parse --short HEAD) (release);" \
+       "envkit $(git -C "$REPO" rev-parse --short HEAD) (release, scripts/release.sh);" \
        "$(buildkitd --version 2>/dev/null | head -1); medians of $RUNS runs."
 } | tee "$OUT"

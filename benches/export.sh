@@ -110,7 +110,7 @@ run_case "registry push, zstd" \
   done
   echo
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr);" \
-       "envkit $(git -C "$REPO" rev-parse --short HEAD) (release);" \
+       "envkit $(git -C "$REPO" rev-parse --short HEAD) (release, scripts/release.sh);" \
        "$(buildah --version 2>/dev/null | head -1); medians of $RUNS runs;" \
        "data layer $DATA_MIB MiB uncompressed."
 } | tee "$OUT"

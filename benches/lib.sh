@@ -9,9 +9,9 @@ bench_setup() {
   TUSER=$ENVKIT_TEST_USER
   TUID=$(id -u "$TUSER")
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/envkit-target}
-  cargo build --release --bin envkit >/dev/null 2>&1 || cargo build --release --bin envkit
-  ENVKIT=$CARGO_TARGET_DIR/release/envkit
-  chmod 0755 "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR/release"
+  # The binary as it is installed (statically linked on Linux with glibc).
+  ENVKIT=$(bash scripts/release.sh build 2>/dev/null || bash scripts/release.sh build)
+  chmod 0755 "$CARGO_TARGET_DIR" "$(dirname "$(dirname "$ENVKIT")")" "$(dirname "$ENVKIT")"
 
   if [ -e "$W" ]; then
     # See side-by-side.sh ("cold"): files created right after many were deleted cost the

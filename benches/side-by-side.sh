@@ -317,7 +317,7 @@ fi
   command -v buildkitd >/dev/null || echo "buildkitd: not run (none on PATH)."
   echo
   echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr);" \
-       "envkit $(git -C "$REPO" rev-parse --short HEAD) (release);" \
+       "envkit $(git -C "$REPO" rev-parse --short HEAD) (release, scripts/release.sh);" \
        "$(buildkitd --version 2>/dev/null | head -1);" \
        "$(buildah --version 2>/dev/null | head -1); medians of $RUNS runs."
 } | tee "$OUT"

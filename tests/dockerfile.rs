@@ -193,7 +193,7 @@ fn use_proxy_reaches_steps_and_not_cache_keys() {
     let env = TestEnv::new("use-proxy");
     let with_proxy = |args: &[&str]| {
         let out = env
-            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .user_command(common::envkit_bin())
             .env("HTTP_PROXY", "http://proxy.invalid:3128")
             .env("https_proxy", "http://proxy.invalid:3129")
             // envkit's own pulls from the test registry go direct.

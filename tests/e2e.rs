@@ -391,7 +391,7 @@ fn an_interrupted_build_stops_its_steps_and_leaves_the_store_usable() {
     let env = TestEnv::new("interrupt");
     let pb = branches_definition(&env, "slow.pb", &["sleep 53"]);
     let child = env
-        .user_command(env!("CARGO_BIN_EXE_envkit"))
+        .user_command(common::envkit_bin())
         .args(["solve", pb.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -645,7 +645,7 @@ fn two_builds_on_one_store_run_a_shared_step_once() {
     let env = TestEnv::new("shared");
     let pb = branches_definition(&env, "shared.pb", &["sleep 2; echo ran-the-shared-step"]);
     let spawn = || {
-        env.user_command(env!("CARGO_BIN_EXE_envkit"))
+        env.user_command(common::envkit_bin())
             .args(["solve", pb.to_str().unwrap(), "--progress", "plain"])
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -769,7 +769,7 @@ fn du_and_prune_keep_images_and_wait_for_running_builds() {
     // A prune while a build runs waits for it; the build is not disturbed.
     let slow = branches_definition(&env, "slow.pb", &["sleep 3; echo built-during-prune"]);
     let build = env
-        .user_command(env!("CARGO_BIN_EXE_envkit"))
+        .user_command(common::envkit_bin())
         .args(["solve", slow.to_str().unwrap(), "--progress", "plain"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1056,7 +1056,7 @@ fn every_reachable_golden_vector_executes() {
         let pb = env.dir.join(format!("{name}.pb"));
         std::fs::copy(dir.join(format!("{name}.pb")), &pb).unwrap();
         env.chown(&pb);
-        let mut cmd = env.user_command(env!("CARGO_BIN_EXE_envkit"));
+        let mut cmd = env.user_command(common::envkit_bin());
         cmd.env("APIKEY", "k3y").args([
             "solve",
             "--progress",
@@ -2630,7 +2630,7 @@ fn dev_environment_interactive_up_through_a_pty() {
     let ctx = devenv_project(&env, &name, free_port());
     let cmd = format!(
         "{} up --progress plain -p {}",
-        env!("CARGO_BIN_EXE_envkit"),
+        common::envkit_bin(),
         ctx.display()
     );
     let mut child = env

@@ -199,7 +199,7 @@ fn prune_killed_midway_leaves_no_partial_cache() {
         let (n, log) = files_built();
         assert_eq!(n, FILES as usize, "{log}");
         let mut child = env
-            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .user_command(common::envkit_bin())
             .args(["--root", &store_s, "prune", "--all"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -298,7 +298,7 @@ fn tiocsti_from_an_environment_reaches_no_host_shell() {
     let script = env.dir.join("inject.py");
     std::fs::write(&script, inject).unwrap();
     env.chown(&script);
-    let envkit = env!("CARGO_BIN_EXE_envkit");
+    let envkit = common::envkit_bin();
     for flags in ["", "--no-tty", "-t", "-i", "-it"] {
         // The host side: after envkit returns, whatever sits in the terminal's input queue is
         // what the user's shell would run next.
@@ -650,7 +650,7 @@ fn build_steps_get_a_network_of_their_own() {
 fn run_and_kill(env: &TestEnv, store: &Path, args: &[&str], delay_ms: u64) {
     let store_s = store.to_str().unwrap();
     let mut child = env
-        .user_command(env!("CARGO_BIN_EXE_envkit"))
+        .user_command(common::envkit_bin())
         .args(["--root", store_s])
         .args(args)
         .stdout(Stdio::null())
@@ -704,7 +704,7 @@ fn kill9_at_random_points_leaves_a_sound_store() {
     let saved = env.dir.join("k.saved.tar");
     let oci_out = format!("type=oci,dest={}", oci.display());
     let envkit_on = |store: &Path, args: &[&str]| {
-        env.user_command(env!("CARGO_BIN_EXE_envkit"))
+        env.user_command(common::envkit_bin())
             .args(["--root", store.to_str().unwrap()])
             .args(args)
             .output()
@@ -796,7 +796,7 @@ fn four_builds_and_a_prune_at_once_keep_the_store_sound() {
                 args.push("--no-cache");
             }
             let c = env
-                .user_command(env!("CARGO_BIN_EXE_envkit"))
+                .user_command(common::envkit_bin())
                 .args(&args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -805,7 +805,7 @@ fn four_builds_and_a_prune_at_once_keep_the_store_sound() {
             children.push((format!("solve {i}"), c));
         }
         let c = env
-            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .user_command(common::envkit_bin())
             .args(["prune", "--all"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -197,7 +197,7 @@ impl TestEnv {
     /// Runs envkit as the test user.
     pub fn envkit(&self, args: &[&str]) -> Output {
         let out = self
-            .user_command(env!("CARGO_BIN_EXE_envkit"))
+            .user_command(envkit_bin())
             .args(args)
             .output()
             .expect("run envkit");
@@ -314,4 +314,16 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The envkit binary the tests run: this build's, or `ENVKIT_TEST_BIN` (scripts/test.sh runs
+/// the e2e suite again on the release binary as it is installed, `scripts/release.sh`).
+pub fn envkit_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("ENVKIT_TEST_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_envkit").to_string())
+    })
 }

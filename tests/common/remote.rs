@@ -227,7 +227,7 @@ pub fn every_example_definition_loads(env: &TestEnv, context: &str, target: envk
             .user_command("timeout")
             .args([
                 "5",
-                env!("CARGO_BIN_EXE_envkit"),
+                super::envkit_bin(),
                 "--context",
                 context,
                 "solve",
