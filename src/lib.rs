@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod content;
+pub mod cores;
 pub mod devenv;
 pub mod dockerfile;
 pub mod engine;

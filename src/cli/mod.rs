@@ -73,6 +73,7 @@ pub fn main() -> ExitCode {
 /// The async runtime: a worker thread per core, I/O and timers.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(crate::cores::cores())
         .enable_all()
         .build()
 }

@@ -103,10 +103,7 @@ impl CompressionOpts {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8)
+    crate::cores::cores().min(8)
 }
 
 /// A reader of a blob's uncompressed bytes.
@@ -215,7 +212,7 @@ pub fn convert_manifest(
     }
     // Layers in parallel, as many at once as there are cores (each one also compresses on
     // all cores: a lone large layer still uses the whole machine).
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = crate::cores::cores();
     for group in todo.chunks(cores) {
         let done: Vec<(usize, Result<Descriptor, ExportError>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = group

@@ -75,10 +75,7 @@ pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, Export
     let input = File::open(tar_path).map_err(io_err(tar_path))?;
     let mut writer = store.writer()?;
     let mut raw = Sha256::new();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    let threads = crate::cores::cores().min(8);
     pgzip::compress(
         io::BufReader::with_capacity(256 * 1024, input),
         &mut writer,
