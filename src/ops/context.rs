@@ -145,18 +145,58 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
     }
 }
 
-/// One entry of a tree: its path relative to the root, and its metadata (not following
-/// a symlink).
+/// What the walk keeps of an entry's metadata (not following a symlink): what the checksum,
+/// the stat cache and a copy read. Small, so that a walk of thousands of entries moves and
+/// frees little memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    /// `st_mode`: the file type and permission bits.
+    mode: u32,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+}
+
+impl Stat {
+    fn of(md: &fs::Metadata) -> Stat {
+        Stat {
+            mode: md.mode(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
+            dev: md.dev(),
+        }
+    }
+
+    fn kind(&self) -> u32 {
+        self.mode & 0o170000
+    }
+
+    fn is_dir(&self) -> bool {
+        self.kind() == 0o040000
+    }
+
+    fn is_file(&self) -> bool {
+        self.kind() == 0o100000
+    }
+
+    fn is_symlink(&self) -> bool {
+        self.kind() == 0o120000
+    }
+}
+
+/// One entry of a tree: its path relative to the root, and its metadata.
 struct Entry {
     rel: PathBuf,
-    md: fs::Metadata,
+    st: Stat,
 }
 
 /// The entries of one directory, sorted by name, each stat'ed relative to the open directory
 /// (no walk down the whole path per file).
-fn list_dir(
-    dir: &Path,
-) -> Result<std::vec::IntoIter<(std::ffi::OsString, fs::Metadata)>, OpsError> {
+fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<(std::ffi::OsString, Stat)>, OpsError> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(local_err(dir))? {
         let e = e.map_err(local_err(dir))?;
@@ -164,7 +204,7 @@ fn list_dir(
             path: e.path(),
             source,
         })?;
-        out.push((e.file_name(), md));
+        out.push((e.file_name(), Stat::of(&md)));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out.into_iter())
@@ -174,12 +214,37 @@ fn list_dir(
 /// siblings sorted by name, without following symlinks; a directory the filter drops is not
 /// descended into. On a machine with several cores, the subtrees of the first directory
 /// that has more than one are walked on as many threads (most of a walk is `statx` calls).
-fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+fn walk(root: &Path, filter: &Filter) -> Result<Walk, OpsError> {
+    let threads = crate::cores::cores().min(4);
     if threads < 2 {
-        return walk_below(root, PathBuf::new(), filter);
+        return Ok(Walk(vec![walk_below(root, PathBuf::new(), filter)?]));
     }
     walk_split(root, PathBuf::new(), filter, threads, 0)
+}
+
+/// A walk's entries in order, in the pieces that the threads which walked them made (not
+/// moved into one vector: thousands of entries would be copied once more, into new pages).
+#[derive(Default)]
+struct Walk(Vec<Vec<Entry>>);
+
+impl Walk {
+    fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.0.iter().flatten()
+    }
+}
+
+impl IntoIterator for Walk {
+    type Item = Entry;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<Entry>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
 }
 
 /// Whether `filter` keeps the entry `rel`.
@@ -194,12 +259,12 @@ fn walk_below(root: &Path, prefix: PathBuf, filter: &Filter) -> Result<Vec<Entry
     let top = list_dir(&root.join(&prefix))?;
     let mut stack = vec![(prefix, top)];
     while let Some((prefix, entries)) = stack.last_mut() {
-        let Some((name, md)) = entries.next() else {
+        let Some((name, st)) = entries.next() else {
             stack.pop();
             continue;
         };
         let rel = prefix.join(name);
-        let is_dir = md.is_dir();
+        let is_dir = st.is_dir();
         if !kept(filter, &rel, is_dir) {
             continue;
         }
@@ -207,11 +272,11 @@ fn walk_below(root: &Path, prefix: PathBuf, filter: &Filter) -> Result<Vec<Entry
             let below = list_dir(&root.join(&rel))?;
             out.push(Entry {
                 rel: rel.clone(),
-                md,
+                st,
             });
             stack.push((rel, below));
         } else {
-            out.push(Entry { rel, md });
+            out.push(Entry { rel, st });
         }
     }
     Ok(out)
@@ -221,73 +286,82 @@ fn walk_below(root: &Path, prefix: PathBuf, filter: &Filter) -> Result<Vec<Entry
 type Walked = Vec<(usize, Vec<Entry>)>;
 
 /// [`walk_below`] of `prefix`, its subdirectories' walks shared among `threads` threads
-/// when it has more than one; down a chain of single subdirectories (at most 8) first.
+/// when it has more than one (the calling thread is one of them: a new thread takes
+/// 0.1-0.4 ms to start on a busy two-core machine); down a chain of single subdirectories
+/// (at most 8) first.
 fn walk_split(
     root: &Path,
     prefix: PathBuf,
     filter: &Filter,
     threads: usize,
     depth: usize,
-) -> Result<Vec<Entry>, OpsError> {
+) -> Result<Walk, OpsError> {
     let mut here = Vec::new();
-    for (name, md) in list_dir(&root.join(&prefix))? {
+    for (name, st) in list_dir(&root.join(&prefix))? {
         let rel = prefix.join(name);
-        if kept(filter, &rel, md.is_dir()) {
-            here.push(Entry { rel, md });
+        if kept(filter, &rel, st.is_dir()) {
+            here.push(Entry { rel, st });
         }
     }
-    let dirs: Vec<usize> = (0..here.len()).filter(|&i| here[i].md.is_dir()).collect();
-    let mut below: Vec<Vec<Entry>> = (0..here.len()).map(|_| Vec::new()).collect();
+    let dirs: Vec<usize> = (0..here.len()).filter(|&i| here[i].st.is_dir()).collect();
+    let mut below: Vec<Walk> = (0..here.len()).map(|_| Walk::default()).collect();
     match dirs.as_slice() {
         [] => {}
         [one] if depth < 8 => {
             below[*one] = walk_split(root, here[*one].rel.clone(), filter, threads, depth + 1)?;
         }
-        [one] => below[*one] = walk_below(root, here[*one].rel.clone(), filter)?,
+        [one] => below[*one] = Walk(vec![walk_below(root, here[*one].rel.clone(), filter)?]),
         several => {
-            // Thread t walks every t-th subdirectory.
+            // Each thread takes the next subdirectory nobody has taken: a thread that starts
+            // late takes fewer.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let share = || -> Result<Walked, OpsError> {
+                let mut mine = Vec::new();
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = several.get(k) else {
+                        return Ok(mine);
+                    };
+                    mine.push((i, walk_below(root, here[i].rel.clone(), filter)?));
+                }
+            };
+            let share = &share;
             let done: Vec<Result<Walked, OpsError>> = std::thread::scope(|s| {
-                let workers: Vec<_> = (0..threads.min(several.len()))
-                    .map(|t| {
-                        let (here, several) = (&here, several);
-                        s.spawn(move || {
-                            several
-                                .iter()
-                                .skip(t)
-                                .step_by(threads)
-                                .map(|&i| Ok((i, walk_below(root, here[i].rel.clone(), filter)?)))
-                                .collect::<Result<Vec<_>, OpsError>>()
-                        })
-                    })
+                let others: Vec<_> = (1..threads.min(several.len()))
+                    .map(|_| s.spawn(share))
                     .collect();
-                workers
-                    .into_iter()
-                    .map(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            Err(OpsError::Invalid(
-                                "a thread walking the tree panicked".into(),
-                            ))
-                        })
+                let mut done = vec![share()];
+                done.extend(others.into_iter().map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(OpsError::Invalid(
+                            "a thread walking the tree panicked".into(),
+                        ))
                     })
-                    .collect()
+                }));
+                done
             });
             for walked in done {
                 for (i, entries) in walked? {
-                    below[i] = entries;
+                    below[i] = Walk(vec![entries]);
                 }
             }
         }
     }
-    let mut out = Vec::with_capacity(here.len() + below.iter().map(Vec::len).sum::<usize>());
+    let mut pieces = Vec::new();
+    let mut run = Vec::new();
     for (entry, under) in here.into_iter().zip(below) {
-        out.push(entry);
-        out.extend(under);
+        run.push(entry);
+        if !under.0.is_empty() {
+            pieces.push(std::mem::take(&mut run));
+            pieces.extend(under.0);
+        }
     }
-    Ok(out)
+    pieces.push(run);
+    Ok(Walk(pieces))
 }
 
 /// What a file looked like when its content was hashed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seen {
     size: u64,
     mtime_ns: i64,
@@ -296,8 +370,6 @@ struct Seen {
     dev: u64,
     /// SHA-256 of the content.
     sha256: [u8; 32],
-    /// Met in the walk that is under way (entries not met are forgotten after it).
-    live: bool,
 }
 
 impl Seen {
@@ -314,34 +386,56 @@ impl Seen {
         now_ns - self.mtime_ns.max(self.ctime_ns) > margin
     }
 
-    fn matches(&self, md: &fs::Metadata) -> bool {
-        self.size == md.size()
-            && self.mtime_ns == mtime_ns(md)
-            && self.ctime_ns == ctime_ns(md)
-            && self.ino == md.ino()
-            && self.dev == md.dev()
+    fn matches(&self, st: &Stat) -> bool {
+        self.size == st.size
+            && self.mtime_ns == st.mtime_ns
+            && self.ctime_ns == st.ctime_ns
+            && self.ino == st.ino
+            && self.dev == st.dev
     }
-}
-
-fn mtime_ns(md: &fs::Metadata) -> i64 {
-    md.mtime() * 1_000_000_000 + md.mtime_nsec()
-}
-
-fn ctime_ns(md: &fs::Metadata) -> i64 {
-    md.ctime() * 1_000_000_000 + md.ctime_nsec()
 }
 
 /// The first bytes of a stat cache file (the format's version).
 const STAT_CACHE_MAGIC: &[u8] = b"envkit stat cache 1\n";
 
-/// Content hashes of one directory's files by relative path (its bytes), remembered with
-/// their metadata (size, mtime, ctime, inode): a file whose metadata is unchanged is not
-/// read again. Kept in the store in a compact binary form (a warm build of a context of
-/// thousands of files loads it in well under a millisecond); a missing or damaged cache is
-/// simply empty.
+/// One file of a [`StatCache`]: where its record is in the cache's bytes (its path, `len`
+/// bytes at `at`, then the rest of the record), and whether the walk under way met it.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    at: usize,
+    len: usize,
+    met: bool,
+}
+
+/// The bytes of a record after its path: size, mtime, ctime, inode, device, SHA-256.
+const REC_TAIL: usize = 5 * 8 + 32;
+
+/// Where a file of the walk under way is recorded: an earlier record, or one of this walk.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Old(usize),
+    New(usize),
+}
+
+/// Content hashes of one directory's files by relative path, remembered with their
+/// metadata (size, mtime, ctime, inode, device): a file whose metadata is unchanged is not
+/// read again. Kept in the store in a compact binary form, its records in the order of the
+/// walk that wrote them: the next walk meets its files in that order, so each is matched to
+/// its record by a cursor (no hashing, no allocation per file), and only a file out of place
+/// is looked up in an index made then. In memory it is the file's bytes as read, with the
+/// place of each record. A missing or damaged cache is simply empty.
 #[derive(Debug, Default)]
 pub struct StatCache {
-    files: HashMap<Vec<u8>, Seen>,
+    /// The cache file's bytes: the magic, then the records.
+    bytes: Vec<u8>,
+    recs: Vec<Rec>,
+    /// The record the walk under way expects next.
+    cursor: usize,
+    /// Records by path, made at the first file that is not where the cursor is.
+    index: Option<HashMap<Vec<u8>, usize>>,
+    /// The walk under way's files, in order, and those it hashed.
+    order: Vec<Slot>,
+    fresh: Vec<(Vec<u8>, Seen)>,
     dirty: bool,
 }
 
@@ -358,65 +452,75 @@ impl StatCache {
     pub fn load(path: &Path) -> StatCache {
         fs::read(path)
             .ok()
-            .and_then(|b| Self::decode(&b))
-            .map(|files| StatCache {
-                files,
-                dirty: false,
-            })
+            .and_then(Self::decode)
             .unwrap_or_default()
     }
 
-    /// Records: path length (u32), path, size, mtime, ctime, inode, device (8 bytes each,
-    /// little-endian), SHA-256 (32 bytes).
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(STAT_CACHE_MAGIC.len() + self.files.len() * 96);
-        out.extend_from_slice(STAT_CACHE_MAGIC);
-        for (rel, s) in &self.files {
-            let Ok(len) = u32::try_from(rel.len()) else {
-                continue;
-            };
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(rel);
-            out.extend_from_slice(&s.size.to_le_bytes());
-            out.extend_from_slice(&s.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&s.ctime_ns.to_le_bytes());
-            out.extend_from_slice(&s.ino.to_le_bytes());
-            out.extend_from_slice(&s.dev.to_le_bytes());
-            out.extend_from_slice(&s.sha256);
-        }
-        out
+    fn path(&self, r: &Rec) -> &[u8] {
+        &self.bytes[r.at..r.at + r.len]
     }
 
-    fn decode(bytes: &[u8]) -> Option<HashMap<Vec<u8>, Seen>> {
-        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            if b.len() < n {
+    fn seen(&self, r: &Rec) -> Seen {
+        let t = &self.bytes[r.at + r.len..r.at + r.len + REC_TAIL];
+        let u = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&t[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&t[40..]);
+        Seen {
+            size: u(0),
+            mtime_ns: u(1) as i64,
+            ctime_ns: u(2) as i64,
+            ino: u(3),
+            dev: u(4),
+            sha256,
+        }
+    }
+
+    /// Appends a record to `out`: path length (u32), path, size, mtime, ctime, inode, device
+    /// (8 bytes each, little-endian), SHA-256 (32 bytes).
+    fn encode_one(out: &mut Vec<u8>, path: &[u8], s: &Seen) {
+        let Ok(len) = u32::try_from(path.len()) else {
+            return;
+        };
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(path);
+        out.extend_from_slice(&s.size.to_le_bytes());
+        out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&s.ino.to_le_bytes());
+        out.extend_from_slice(&s.dev.to_le_bytes());
+        out.extend_from_slice(&s.sha256);
+    }
+
+    /// The cache of a file's bytes (the magic, then records), checked whole.
+    fn decode(bytes: Vec<u8>) -> Option<StatCache> {
+        if !bytes.starts_with(STAT_CACHE_MAGIC) {
+            return None;
+        }
+        let mut recs = Vec::with_capacity(bytes.len() / (4 + REC_TAIL + 8));
+        let mut at = STAT_CACHE_MAGIC.len();
+        while at < bytes.len() {
+            let head = bytes.get(at..at + 4)?;
+            let len = usize::try_from(u32::from_le_bytes(head.try_into().ok()?)).ok()?;
+            let end = (at + 4).checked_add(len)?.checked_add(REC_TAIL)?;
+            if end > bytes.len() {
                 return None;
             }
-            let (head, rest) = b.split_at(n);
-            *b = rest;
-            Some(head)
+            recs.push(Rec {
+                at: at + 4,
+                len,
+                met: false,
+            });
+            at = end;
         }
-        fn u64_of(b: &mut &[u8]) -> Option<u64> {
-            Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
-        }
-        let mut b = bytes.strip_prefix(STAT_CACHE_MAGIC)?;
-        // A record is 76 bytes and its path: room for about as many as there are.
-        let mut files = HashMap::with_capacity(b.len() / 100);
-        while !b.is_empty() {
-            let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
-            let rel = take(&mut b, usize::try_from(len).ok()?)?.to_vec();
-            let seen = Seen {
-                size: u64_of(&mut b)?,
-                mtime_ns: u64_of(&mut b)? as i64,
-                ctime_ns: u64_of(&mut b)? as i64,
-                ino: u64_of(&mut b)?,
-                dev: u64_of(&mut b)?,
-                sha256: take(&mut b, 32)?.try_into().ok()?,
-                live: false,
-            };
-            files.insert(rel, seen);
-        }
-        Some(files)
+        Some(StatCache {
+            bytes,
+            recs,
+            ..StatCache::default()
+        })
     }
 
     /// Writes the cache if it changed (atomically; a failure only costs the next build a
@@ -430,27 +534,68 @@ impl StatCache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        self.files.retain(|_, s| s.settled(now_ns));
-        let bytes = self.encode();
-        let Some(parent) = path.parent() else { return };
-        if fs::create_dir_all(parent).is_err() {
-            return;
+        let mut kept = Vec::with_capacity(self.bytes.len());
+        kept.extend_from_slice(STAT_CACHE_MAGIC);
+        for r in &self.recs {
+            let seen = self.seen(r);
+            if seen.settled(now_ns) {
+                Self::encode_one(&mut kept, self.path(r), &seen);
+            }
         }
-        // Best effort: a cache that is not written is computed again next time.
-        let _ = crate::fsutil::write_atomic(path, &bytes, false);
+        let Some(parent) = path.parent() else { return };
+        if fs::create_dir_all(parent).is_ok() {
+            // Best effort: a cache that is not written is computed again next time.
+            let _ = crate::fsutil::write_atomic(path, &kept, false);
+        }
+        *self = Self::decode(kept).unwrap_or_default();
         // The JSON form earlier versions kept beside it is not read any more.
         let _ = fs::remove_file(path.with_extension("json"));
-        self.dirty = false;
     }
 
-    /// The content hash of the file `rel` with metadata `md`, from the cache or by reading it.
-    fn hash(&mut self, root: &Path, rel: &Path, md: &fs::Metadata) -> Result<[u8; 32], OpsError> {
-        let key = rel.as_os_str().as_encoded_bytes();
-        if let Some(seen) = self.files.get_mut(key)
-            && seen.matches(md)
+    /// A walk begins: every record is expected again, from the first.
+    fn begin(&mut self) {
+        self.cursor = 0;
+        for r in &mut self.recs {
+            r.met = false;
+        }
+        self.order.clear();
+        self.fresh.clear();
+    }
+
+    /// The record of `key`, where the cursor is or else through the index.
+    fn find(&mut self, key: &[u8]) -> Option<usize> {
+        if let Some(r) = self.recs.get(self.cursor)
+            && self.path(r) == key
         {
-            seen.live = true;
-            return Ok(seen.sha256);
+            self.cursor += 1;
+            return Some(self.cursor - 1);
+        }
+        if self.index.is_none() {
+            let index = self
+                .recs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (self.path(r).to_vec(), i))
+                .collect();
+            self.index = Some(index);
+        }
+        let i = *self.index.as_ref()?.get(key)?;
+        self.cursor = i + 1;
+        // Out of the walk's order: written again in order.
+        self.dirty = true;
+        Some(i)
+    }
+
+    /// The content hash of the file `rel` with metadata `st`, from the cache or by reading it.
+    fn hash(&mut self, root: &Path, rel: &Path, st: &Stat) -> Result<[u8; 32], OpsError> {
+        let key = rel.as_os_str().as_encoded_bytes();
+        if let Some(i) = self.find(key) {
+            let seen = self.seen(&self.recs[i]);
+            if !self.recs[i].met && seen.matches(st) {
+                self.recs[i].met = true;
+                self.order.push(Slot::Old(i));
+                return Ok(seen.sha256);
+            }
         }
         let path = root.join(rel);
         let mut f = fs::File::open(&path).map_err(local_err(&path))?;
@@ -464,20 +609,65 @@ impl StatCache {
             fh.update(&buf[..n]);
         }
         let sha256: [u8; 32] = fh.finalize().into();
-        self.files.insert(
+        self.fresh.push((
             key.to_vec(),
             Seen {
-                size: md.size(),
-                mtime_ns: mtime_ns(md),
-                ctime_ns: ctime_ns(md),
-                ino: md.ino(),
-                dev: md.dev(),
+                size: st.size,
+                mtime_ns: st.mtime_ns,
+                ctime_ns: st.ctime_ns,
+                ino: st.ino,
+                dev: st.dev,
                 sha256,
-                live: true,
             },
-        );
-        self.dirty = true;
+        ));
+        self.order.push(Slot::New(self.fresh.len() - 1));
         Ok(sha256)
+    }
+
+    /// The walk is over: the cache now holds exactly its files, in its order (files that are
+    /// gone or filtered out are forgotten).
+    fn end(&mut self) {
+        let changed = !self.fresh.is_empty() || self.order.len() != self.recs.len();
+        if changed || self.dirty {
+            let mut bytes = Vec::with_capacity(self.bytes.len().max(STAT_CACHE_MAGIC.len()));
+            bytes.extend_from_slice(STAT_CACHE_MAGIC);
+            for slot in &self.order {
+                match *slot {
+                    Slot::Old(i) => {
+                        let r = &self.recs[i];
+                        bytes.extend_from_slice(&self.bytes[r.at - 4..r.at + r.len + REC_TAIL]);
+                    }
+                    Slot::New(j) => {
+                        Self::encode_one(&mut bytes, &self.fresh[j].0, &self.fresh[j].1)
+                    }
+                }
+            }
+            *self = Self::decode(bytes).unwrap_or_default();
+            self.dirty = true;
+        }
+        self.order.clear();
+        self.fresh.clear();
+    }
+
+    /// Plants `sha256` as the content hash of record `i` (tests: a planted hash that is
+    /// believed shows the file was not read).
+    #[cfg(test)]
+    fn plant(&mut self, i: usize, sha256: [u8; 32]) {
+        let r = self.recs[i];
+        let at = r.at + r.len + 40;
+        self.bytes[at..at + 32].copy_from_slice(&sha256);
+    }
+
+    /// Makes every record's ctime `by` nanoseconds older (tests).
+    #[cfg(test)]
+    fn age(&mut self, by: i64) {
+        for r in self.recs.clone() {
+            let at = r.at + r.len + 16;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.bytes[at..at + 8]);
+            let older = i64::from_le_bytes(w) - by;
+            self.bytes[at..at + 8].copy_from_slice(&older.to_le_bytes());
+        }
     }
 }
 
@@ -499,26 +689,23 @@ pub fn tree_checksum_listed(
     root: &Path,
     filter: &Filter,
     cache: &mut StatCache,
-    listing: Option<&mut Vec<super::manifest::FileEntry>>,
+    listing: Option<&mut super::manifest::Listing>,
 ) -> Result<String, OpsError> {
     let entries = walk(root, filter)?;
     checksum_entries(root, entries, cache, listing)
 }
 
-/// [`tree_checksum_listed`] with the stat cache kept at `stat` (read on a thread of its own
-/// while the tree is walked, saved afterwards).
+/// [`tree_checksum_listed`] with the stat cache kept at `stat` (read first: a thread of its
+/// own to read it while the tree is walked costs more than the read), saved afterwards.
 pub fn tree_checksum_at(
     root: &Path,
     filter: &Filter,
     stat: &Path,
-    listing: Option<&mut Vec<super::manifest::FileEntry>>,
+    listing: Option<&mut super::manifest::Listing>,
 ) -> Result<String, OpsError> {
-    let (entries, mut cache) = std::thread::scope(|s| {
-        let loading = s.spawn(|| StatCache::load(stat));
-        let entries = walk(root, filter);
-        (entries, loading.join().unwrap_or_default())
-    });
-    let sum = checksum_entries(root, entries?, &mut cache, listing);
+    let mut cache = StatCache::load(stat);
+    let entries = walk(root, filter)?;
+    let sum = checksum_entries(root, entries, &mut cache, listing);
     cache.save(stat);
     sum
 }
@@ -526,31 +713,29 @@ pub fn tree_checksum_at(
 /// The checksum of a walk's entries (see [`tree_checksum`]).
 fn checksum_entries(
     root: &Path,
-    entries: Vec<Entry>,
+    entries: Walk,
     cache: &mut StatCache,
-    mut listing: Option<&mut Vec<super::manifest::FileEntry>>,
+    mut listing: Option<&mut super::manifest::Listing>,
 ) -> Result<String, OpsError> {
     let mut h = Sha256::new();
-    for s in cache.files.values_mut() {
-        s.live = false;
-    }
+    cache.begin();
     let mut hex_sha = [0u8; 64];
     if let Some(l) = listing.as_deref_mut() {
         l.reserve(entries.len());
     }
-    for Entry { rel, md } in entries {
+    for Entry { rel, st } in entries {
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
-        h.update(md.mode().to_le_bytes());
+        h.update(st.mode.to_le_bytes());
         let mut what: &[u8] = &[];
         let target;
-        if md.file_type().is_symlink() {
+        if st.is_symlink() {
             let path = root.join(&rel);
             target = fs::read_link(&path).map_err(local_err(&path))?;
             what = target.as_os_str().as_encoded_bytes();
             h.update(what);
-        } else if md.is_file() {
-            let sha = cache.hash(root, &rel, &md)?;
+        } else if st.is_file() {
+            let sha = cache.hash(root, &rel, &st)?;
             // The hex form, as the checksum has always hashed it.
             if hex::encode_to_slice(sha, &mut hex_sha).is_ok() {
                 h.update(hex_sha);
@@ -559,17 +744,10 @@ fn checksum_entries(
         }
         h.update([0xff]);
         if let Some(l) = listing.as_deref_mut() {
-            l.push(super::manifest::FileEntry {
-                path: rel.as_os_str().as_encoded_bytes().to_vec(),
-                mode: md.mode(),
-                what: what.to_vec(),
-            });
+            l.push(rel.as_os_str().as_encoded_bytes(), st.mode, what);
         }
     }
-    // Forget files that are gone (or filtered out): the cache tracks the tree as it is.
-    let before = cache.files.len();
-    cache.files.retain(|_, s| s.live);
-    cache.dirty |= cache.files.len() != before;
+    cache.end();
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
@@ -608,23 +786,22 @@ pub fn copy_tree_reusing(
     filter: &Filter,
     reuse: Option<&Reuse>,
 ) -> Result<(), OpsError> {
-    for Entry { rel, md } in walk(src, filter)? {
+    for Entry { rel, st } in walk(src, filter)? {
         let from = src.join(&rel);
         let to = dest.join(&rel);
-        let ft = md.file_type();
-        if ft.is_dir() {
+        if st.is_dir() {
             fs::create_dir(&to).map_err(local_err(&to))?;
-        } else if ft.is_symlink() {
+        } else if st.is_symlink() {
             let target = fs::read_link(&from).map_err(local_err(&from))?;
             std::os::unix::fs::symlink(target, &to).map_err(local_err(&to))?;
             continue;
-        } else if ft.is_file() {
+        } else if st.is_file() {
             if let Some(r) = reuse
                 && r.files.contains(rel.as_os_str().as_encoded_bytes())
             {
                 let earlier = r.from.join(&rel);
-                let same = fs::symlink_metadata(&earlier)
-                    .is_ok_and(|e| e.is_file() && e.len() == md.len());
+                let same =
+                    fs::symlink_metadata(&earlier).is_ok_and(|e| e.is_file() && e.len() == st.size);
                 if same && fs::hard_link(&earlier, &to).is_ok() {
                     continue;
                 }
@@ -634,7 +811,7 @@ pub fn copy_tree_reusing(
             // Sockets, fifos and devices have no place in a build context.
             continue;
         }
-        fs::set_permissions(&to, fs::Permissions::from_mode(md.mode() & 0o7777))
+        fs::set_permissions(&to, fs::Permissions::from_mode(st.mode & 0o7777))
             .map_err(local_err(&to))?;
     }
     Ok(())
@@ -840,7 +1017,7 @@ mod tests {
         assert_eq!(got, want);
         let ln = walk(s.path(), &Filter::default()).unwrap();
         let ln = ln.iter().find(|e| e.rel == Path::new("ln")).unwrap();
-        assert!(ln.md.file_type().is_symlink(), "links are not followed");
+        assert!(ln.st.is_symlink(), "links are not followed");
     }
 
     #[test]
@@ -920,7 +1097,6 @@ mod tests {
             ino: 1,
             dev: 1,
             sha256: [0; 32],
-            live: true,
         };
         let now = 1_000 * S + 500_000_000;
         // Nanosecond times: trusted once 100 ms old (by the later of mtime and ctime).
@@ -932,6 +1108,50 @@ mod tests {
         // Whole seconds in both: two seconds.
         assert!(!seen(999 * S, 999 * S).settled(now));
         assert!(seen(998 * S, 998 * S).settled(now));
+    }
+
+    #[test]
+    fn the_stat_cache_is_kept_in_the_walks_order_and_found_out_of_it() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("b")).unwrap();
+        for f in ["a", "b/c", "b/d", "e"] {
+            fs::write(d.path().join(f), f).unwrap();
+        }
+        let none = Filter::default();
+        let fresh = || tree_checksum(d.path(), &none, &mut StatCache::default()).unwrap();
+        let paths = |c: &StatCache| -> Vec<String> {
+            c.recs
+                .iter()
+                .map(|r| String::from_utf8_lossy(c.path(r)).into_owned())
+                .collect()
+        };
+        let truth = fresh();
+        let mut cache = StatCache::default();
+        assert_eq!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
+        assert_eq!(paths(&cache), ["a", "b/c", "b/d", "e"]);
+        assert!(cache.dirty);
+        cache.dirty = false;
+        // Met in order again: nothing to write.
+        assert_eq!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
+        assert!(!cache.dirty);
+        // Records out of the walk's order (as an older envkit kept them) are still found —
+        // planted hashes are believed — and the cache is put back in order.
+        cache.recs.reverse();
+        for i in 0..cache.recs.len() {
+            cache.plant(i, [7; 32]);
+        }
+        assert_ne!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
+        assert_eq!(paths(&cache), ["a", "b/c", "b/d", "e"]);
+        assert!(cache.dirty);
+        // A file added between two records and one removed: the tree as it is now.
+        let mut cache = StatCache::default();
+        tree_checksum(d.path(), &none, &mut cache).unwrap();
+        fs::write(d.path().join("b/cc"), "new").unwrap();
+        fs::remove_file(d.path().join("b/d")).unwrap();
+        cache.dirty = false;
+        assert_eq!(tree_checksum(d.path(), &none, &mut cache).unwrap(), fresh());
+        assert_eq!(paths(&cache), ["a", "b/c", "b/cc", "e"]);
+        assert!(cache.dirty);
     }
 
     #[test]
@@ -951,7 +1171,7 @@ mod tests {
         let mut cache = StatCache::default();
         assert_eq!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
         // A planted hash for unchanged metadata is believed: the file was not read.
-        cache.files.get_mut(&b"big"[..]).unwrap().sha256 = [0; 32];
+        cache.plant(0, [0; 32]);
         assert_ne!(tree_checksum(d.path(), &none, &mut cache).unwrap(), truth);
         // New content (and so new metadata) is read again.
         fs::write(&f, b"content2").unwrap();
@@ -964,7 +1184,7 @@ mod tests {
         let store = d.path().join("cache.stat");
         cache.save(&store);
         assert!(
-            StatCache::load(&store).files.is_empty(),
+            StatCache::load(&store).recs.is_empty(),
             "a fresh write was cached"
         );
         fs::File::options()
@@ -976,19 +1196,17 @@ mod tests {
         // ctime is now too: only entries whose ctime is old survive, so plant one.
         let mut c = StatCache::default();
         tree_checksum(d.path(), &none, &mut c).unwrap();
-        for s in c.files.values_mut() {
-            s.ctime_ns -= 60_000_000_000;
-        }
+        c.age(60_000_000_000);
         c.dirty = true;
         c.save(&store);
-        assert_eq!(StatCache::load(&store).files.len(), 1);
+        assert_eq!(StatCache::load(&store).recs.len(), 1);
         // A damaged cache is an empty one: cut short, or of another format.
         let whole = fs::read(&store).unwrap();
         fs::write(&store, &whole[..whole.len() - 5]).unwrap();
-        assert!(StatCache::load(&store).files.is_empty());
+        assert!(StatCache::load(&store).recs.is_empty());
         fs::write(&store, b"{not json").unwrap();
-        assert!(StatCache::load(&store).files.is_empty());
+        assert!(StatCache::load(&store).recs.is_empty());
         fs::write(&store, &whole).unwrap();
-        assert_eq!(StatCache::load(&store).files.len(), 1);
+        assert_eq!(StatCache::load(&store).recs.len(), 1);
     }
 }

@@ -9,15 +9,99 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// One entry of a context as its checksum saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEntry {
+/// One entry of a context as its checksum saw it (a view into a [`Listing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileEntry<'a> {
     /// Relative to the source's root.
-    pub path: Vec<u8>,
+    pub path: &'a [u8],
     /// `st_mode`: the file type and permission bits.
     pub mode: u32,
     /// A file's content hash (hex), a symlink's target, nothing for a directory.
-    pub what: Vec<u8>,
+    pub what: &'a [u8],
+}
+
+/// What a context's checksum covered, entry by entry in the walk's order, held as the
+/// manifest file keeps it: the entries encoded one after another, with the place of each (a
+/// context of thousands of files is a few allocations, not two per file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Per entry: the path's length (u32), the path, the mode (u32), what's length (u32),
+    /// what (little-endian).
+    bytes: Vec<u8>,
+    /// Per entry: where its path begins in `bytes`, the path's length and what's length.
+    places: Vec<(usize, u32, u32)>,
+}
+
+impl Listing {
+    /// Room for `entries` more entries.
+    pub fn reserve(&mut self, entries: usize) {
+        self.bytes.reserve(entries * 96);
+        self.places.reserve(entries);
+    }
+
+    /// Appends an entry (left out if its path or what does not fit in 4 GiB).
+    pub fn push(&mut self, path: &[u8], mode: u32, what: &[u8]) {
+        let (Ok(pl), Ok(wl)) = (u32::try_from(path.len()), u32::try_from(what.len())) else {
+            return;
+        };
+        self.bytes.extend_from_slice(&pl.to_le_bytes());
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(path);
+        self.bytes.extend_from_slice(&mode.to_le_bytes());
+        self.bytes.extend_from_slice(&wl.to_le_bytes());
+        self.bytes.extend_from_slice(what);
+        self.places.push((at, pl, wl));
+    }
+
+    pub fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
+
+    fn entry(&self, &(at, pl, wl): &(usize, u32, u32)) -> FileEntry<'_> {
+        let end = at + pl as usize;
+        let mut mode = [0u8; 4];
+        mode.copy_from_slice(&self.bytes[end..end + 4]);
+        FileEntry {
+            path: &self.bytes[at..end],
+            mode: u32::from_le_bytes(mode),
+            what: &self.bytes[end + 8..end + 8 + wl as usize],
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = FileEntry<'_>> + '_ {
+        self.places.iter().map(|p| self.entry(p))
+    }
+
+    /// The listing of encoded entries (a manifest's body), checked whole.
+    fn decode(bytes: &[u8]) -> Option<Listing> {
+        fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+            Some(u32::from_le_bytes(
+                b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+            ))
+        }
+        let mut places = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let pl = u32_at(bytes, at)?;
+            let path = at + 4;
+            let mode = path.checked_add(pl as usize)?;
+            let wl = u32_at(bytes, mode + 4)?;
+            let end = (mode + 8).checked_add(wl as usize)?;
+            if end > bytes.len() {
+                return None;
+            }
+            places.push((path, pl, wl));
+            at = end;
+        }
+        Some(Listing {
+            bytes: bytes.to_vec(),
+            places,
+        })
+    }
 }
 
 const MAGIC: &[u8] = b"envkit context manifest 1\n";
@@ -47,57 +131,25 @@ fn header(path: &Path) -> Option<String> {
     String::from_utf8(rest[..end].to_vec()).ok()
 }
 
-fn encode(checksum: &str, entries: &[FileEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + 80 + entries.len() * 100);
+fn encode(checksum: &str, listing: &Listing) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + checksum.len() + 1 + listing.bytes.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(checksum.as_bytes());
     out.push(b'\n');
-    for e in entries {
-        let (Ok(pl), Ok(wl)) = (u32::try_from(e.path.len()), u32::try_from(e.what.len())) else {
-            continue;
-        };
-        out.extend_from_slice(&pl.to_le_bytes());
-        out.extend_from_slice(&e.path);
-        out.extend_from_slice(&e.mode.to_le_bytes());
-        out.extend_from_slice(&wl.to_le_bytes());
-        out.extend_from_slice(&e.what);
-    }
+    out.extend_from_slice(&listing.bytes);
     out
 }
 
-fn decode(bytes: &[u8], checksum: &str) -> Option<Vec<FileEntry>> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
-        }
-        let (head, rest) = b.split_at(n);
-        *b = rest;
-        Some(head)
-    }
-    fn u32_of(b: &mut &[u8]) -> Option<u32> {
-        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?))
-    }
-    let mut b = bytes.strip_prefix(MAGIC)?;
-    let line = take(&mut b, checksum.len() + 1)?;
-    if &line[..checksum.len()] != checksum.as_bytes() || line[checksum.len()] != b'\n' {
-        return None;
-    }
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let pl = usize::try_from(u32_of(&mut b)?).ok()?;
-        let path = take(&mut b, pl)?.to_vec();
-        let mode = u32_of(&mut b)?;
-        let wl = usize::try_from(u32_of(&mut b)?).ok()?;
-        let what = take(&mut b, wl)?.to_vec();
-        out.push(FileEntry { path, mode, what });
-    }
-    Some(out)
+fn decode(bytes: &[u8], checksum: &str) -> Option<Listing> {
+    let b = bytes.strip_prefix(MAGIC)?;
+    let b = b.strip_prefix(checksum.as_bytes())?;
+    Listing::decode(b.strip_prefix(b"\n")?)
 }
 
 /// Keeps `entries` as the manifest of `checksum` for the source whose stat cache is `stat`,
 /// unless it already is the current one; the one it replaces becomes the previous one. Best
 /// effort: a manifest that is not written only makes an explanation vaguer.
-pub fn remember(stat: &Path, checksum: &str, entries: &[FileEntry]) {
+pub fn remember(stat: &Path, checksum: &str, entries: &Listing) {
     let cur = current(stat);
     if header(&cur).as_deref() == Some(checksum) {
         return;
@@ -115,7 +167,7 @@ pub fn remember(stat: &Path, checksum: &str, entries: &[FileEntry]) {
 
 /// The manifest of `checksum` for the source whose stat cache is `stat`, if it is one of the
 /// two kept.
-pub fn recall(stat: &Path, checksum: &str) -> Option<Vec<FileEntry>> {
+pub fn recall(stat: &Path, checksum: &str) -> Option<Listing> {
     [current(stat), previous(stat)]
         .iter()
         .find_map(|p| decode(&fs::read(p).ok()?, checksum))
@@ -123,7 +175,7 @@ pub fn recall(stat: &Path, checksum: &str) -> Option<Vec<FileEntry>> {
 
 /// The kept manifests other than `checksum`'s, with the checksum each is for: the contexts a
 /// new copy of this source may take unchanged files from.
-pub fn others(stat: &Path, checksum: &str) -> Vec<(String, Vec<FileEntry>)> {
+pub fn others(stat: &Path, checksum: &str) -> Vec<(String, Listing)> {
     [current(stat), previous(stat)]
         .iter()
         .filter_map(|p| {
@@ -145,9 +197,9 @@ fn kind(mode: u32) -> &'static str {
 
 /// What changed from `old` to `new`, one line per entry (at most `limit` lines, then how
 /// many more), in path order.
-pub fn differences(old: &[FileEntry], new: &[FileEntry], limit: usize) -> Vec<String> {
-    let before: BTreeMap<&[u8], &FileEntry> = old.iter().map(|e| (&e.path[..], e)).collect();
-    let after: BTreeMap<&[u8], &FileEntry> = new.iter().map(|e| (&e.path[..], e)).collect();
+pub fn differences(old: &Listing, new: &Listing, limit: usize) -> Vec<String> {
+    let before: BTreeMap<&[u8], FileEntry> = old.iter().map(|e| (e.path, e)).collect();
+    let after: BTreeMap<&[u8], FileEntry> = new.iter().map(|e| (e.path, e)).collect();
     let mut lines = Vec::new();
     let mut paths: Vec<&[u8]> = before.keys().chain(after.keys()).copied().collect();
     paths.sort_unstable();
@@ -166,8 +218,8 @@ pub fn differences(old: &[FileEntry], new: &[FileEntry], limit: usize) -> Vec<St
                     what.push(if b.mode & 0o170000 == 0o120000 {
                         format!(
                             "link target {} → {}",
-                            String::from_utf8_lossy(&a.what),
-                            String::from_utf8_lossy(&b.what)
+                            String::from_utf8_lossy(a.what),
+                            String::from_utf8_lossy(b.what)
                         )
                     } else {
                         "content".to_string()
@@ -201,28 +253,32 @@ pub fn differences(old: &[FileEntry], new: &[FileEntry], limit: usize) -> Vec<St
 mod tests {
     use super::*;
 
-    fn e(path: &str, mode: u32, what: &str) -> FileEntry {
-        FileEntry {
-            path: path.as_bytes().to_vec(),
-            mode,
-            what: what.as_bytes().to_vec(),
+    fn listing(entries: &[(&str, u32, &str)]) -> Listing {
+        let mut l = Listing::default();
+        for (path, mode, what) in entries {
+            l.push(path.as_bytes(), *mode, what.as_bytes());
         }
+        l
     }
 
     #[test]
     fn the_last_two_manifests_are_kept_and_found_by_checksum() {
         let dir = tempfile::tempdir().expect("tmp");
         let stat = dir.path().join("abc.stat");
-        let one = vec![e("a", 0o100644, "11"), e("d", 0o040755, "")];
-        let two = vec![e("a", 0o100755, "22")];
+        let one = listing(&[("a", 0o100644, "11"), ("d", 0o040755, "")]);
+        let two = listing(&[("a", 0o100755, "22")]);
         remember(&stat, "sha256:1", &one);
         remember(&stat, "sha256:2", &two);
         remember(&stat, "sha256:2", &two);
         assert_eq!(recall(&stat, "sha256:1"), Some(one.clone()));
         assert_eq!(recall(&stat, "sha256:2"), Some(two));
-        remember(&stat, "sha256:3", &[]);
+        assert_eq!(
+            recall(&stat, "sha256:1").map(|l| l.iter().map(|e| e.mode).collect::<Vec<_>>()),
+            Some(vec![0o100644, 0o040755])
+        );
+        remember(&stat, "sha256:3", &Listing::default());
         assert_eq!(recall(&stat, "sha256:1"), None);
-        assert_eq!(recall(&stat, "sha256:3"), Some(vec![]));
+        assert_eq!(recall(&stat, "sha256:3"), Some(Listing::default()));
         // A damaged file is no manifest.
         std::fs::write(
             dir.path().join("abc.manifest"),
@@ -234,22 +290,22 @@ mod tests {
 
     #[test]
     fn differences_name_the_file_and_what_changed() {
-        let old = vec![
-            e("a.txt", 0o100644, "11"),
-            e("run.sh", 0o100644, "22"),
-            e("gone", 0o100644, "33"),
-            e("l", 0o120777, "x"),
-            e("d", 0o040755, ""),
-            e("same", 0o100644, "44"),
-        ];
-        let new = vec![
-            e("a.txt", 0o100644, "12"),
-            e("run.sh", 0o100755, "22"),
-            e("l", 0o120777, "y"),
-            e("d", 0o100644, "55"),
-            e("new", 0o100600, "66"),
-            e("same", 0o100644, "44"),
-        ];
+        let old = listing(&[
+            ("a.txt", 0o100644, "11"),
+            ("run.sh", 0o100644, "22"),
+            ("gone", 0o100644, "33"),
+            ("l", 0o120777, "x"),
+            ("d", 0o040755, ""),
+            ("same", 0o100644, "44"),
+        ]);
+        let new = listing(&[
+            ("a.txt", 0o100644, "12"),
+            ("run.sh", 0o100755, "22"),
+            ("l", 0o120777, "y"),
+            ("d", 0o100644, "55"),
+            ("new", 0o100600, "66"),
+            ("same", 0o100644, "44"),
+        ]);
         assert_eq!(
             differences(&old, &new, 10),
             vec![

@@ -171,8 +171,15 @@ pub struct LocalSum {
     /// The source's stat cache file (its manifests are kept beside it).
     pub stat: PathBuf,
     /// What the checksum covered, entry by entry.
-    pub listing: Arc<Vec<manifest::FileEntry>>,
+    pub listing: Arc<manifest::Listing>,
+    /// The keys of this source by the paths an op reads from it ([`Ctx::selected_key`]), by
+    /// that op's vertex and input: both passes of a solve ask, and each answer hashes the
+    /// listing's entries under those paths.
+    pub selected: SelectedKeys,
 }
+
+/// Keys of a local source by the paths an op reads from it, by the op's vertex and input.
+pub type SelectedKeys = Arc<std::sync::Mutex<BTreeMap<(usize, usize), Option<String>>>>;
 
 /// Local sources' checksums by vertex: the passes of one solve walk each context once.
 pub type LocalSums = Arc<std::sync::Mutex<BTreeMap<usize, LocalSum>>>;
@@ -341,9 +348,23 @@ impl Ctx {
     /// The key of input `i` by the content of the paths this op reads from it, when the input
     /// is a local source whose file list this solve has and every use of it names a path.
     fn selected_key(&self, i: usize) -> Option<String> {
-        let v = self.me();
-        let &from = v.inputs.get(i)?;
+        let &from = self.me().inputs.get(i)?;
         let sum = self.sums.lock().ok()?.get(&from).cloned()?;
+        if let Ok(known) = sum.selected.lock()
+            && let Some(key) = known.get(&(self.vertex, i))
+        {
+            return key.clone();
+        }
+        let key = self.selected_key_of(i, &sum);
+        if let Ok(mut known) = sum.selected.lock() {
+            known.insert((self.vertex, i), key.clone());
+        }
+        key
+    }
+
+    /// [`Ctx::selected_key`] of input `i`, computed from the source's listing.
+    fn selected_key_of(&self, i: usize, sum: &LocalSum) -> Option<String> {
+        let v = self.me();
         let idx = i as i64;
         let mut paths: Vec<String> = Vec::new();
         match &v.op.op {
@@ -389,7 +410,7 @@ impl Ctx {
             let prefix = format!("{rel}/");
             let mut found = false;
             for e in sum.listing.iter() {
-                let path = String::from_utf8_lossy(&e.path);
+                let path = String::from_utf8_lossy(e.path);
                 if path == rel {
                     if e.mode & 0o170000 == 0o120000 {
                         return None; // a link the copy follows: its target counts
@@ -398,10 +419,10 @@ impl Ctx {
                 } else if !path.starts_with(&prefix) {
                     continue;
                 }
-                h.update(&e.path);
+                h.update(e.path);
                 h.update([0]);
                 h.update(e.mode.to_le_bytes());
-                h.update(&e.what);
+                h.update(e.what);
                 h.update([0xff]);
             }
             if !found {

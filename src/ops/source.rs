@@ -209,24 +209,17 @@ pub(super) async fn local_key(
             known: ctx.locals.keys().cloned().collect::<Vec<_>>().join(", "),
         });
     };
-    let filter = {
-        let dir = dir.clone();
-        let attrs = src.attrs.clone();
-        tokio::task::spawn_blocking(move || context::local_filter(&dir, &attrs))
-            .await
-            .map_err(|e| OpsError::Invalid(e.to_string()))??
-    };
-    let stat =
-        context::StatCache::path_for(&ctx.worker.root.join("local-checksums"), &dir, &filter);
-    let (checksum, listing) = {
-        let (dir, filter, stat) = (dir.clone(), filter.clone(), stat.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut listing = Vec::new();
-            let sum = context::tree_checksum_at(&dir, &filter, &stat, Some(&mut listing));
-            if let Ok(sum) = &sum {
-                super::manifest::remember(&stat, sum, &listing);
-            }
-            sum.map(|s| (s, listing))
+    // One trip to a blocking thread: the filter (it may read a .dockerignore), then the walk.
+    let cache_root = ctx.worker.root.join("local-checksums");
+    let (filter, stat, checksum, listing) = {
+        let (dir, attrs) = (dir.clone(), src.attrs.clone());
+        tokio::task::spawn_blocking(move || -> Result<_, OpsError> {
+            let filter = context::local_filter(&dir, &attrs)?;
+            let stat = context::StatCache::path_for(&cache_root, &dir, &filter);
+            let mut listing = super::manifest::Listing::default();
+            let sum = context::tree_checksum_at(&dir, &filter, &stat, Some(&mut listing))?;
+            super::manifest::remember(&stat, &sum, &listing);
+            Ok((filter, stat, sum, listing))
         })
         .await
         .map_err(|e| OpsError::Invalid(e.to_string()))??
@@ -242,6 +235,7 @@ pub(super) async fn local_key(
                 checksum,
                 stat,
                 listing: std::sync::Arc::new(listing),
+                selected: Default::default(),
             },
         );
     }
@@ -268,7 +262,7 @@ fn reusable_copy(ctx: &Ctx) -> Option<context::Reuse> {
         .listing
         .iter()
         .filter(|e| e.mode & 0o170000 == 0o100000)
-        .map(|e| (e.path.as_slice(), (e.mode, e.what.as_slice())))
+        .map(|e| (e.path, (e.mode, e.what)))
         .collect();
     super::manifest::others(&sum.stat, &sum.checksum)
         .into_iter()
@@ -276,9 +270,9 @@ fn reusable_copy(ctx: &Ctx) -> Option<context::Reuse> {
             let key = local_key_of(ctx, &checksum, &sum.filter);
             ctx.worker.snapshots.lookup_quiet(&key).ok()??;
             let files: std::collections::HashSet<Vec<u8>> = entries
-                .into_iter()
-                .filter(|e| now.get(e.path.as_slice()) == Some(&(e.mode, e.what.as_slice())))
-                .map(|e| e.path)
+                .iter()
+                .filter(|e| now.get(e.path) == Some(&(e.mode, e.what)))
+                .map(|e| e.path.to_vec())
                 .collect();
             (!files.is_empty()).then(|| context::Reuse {
                 from: ctx.worker.snapshots.fs(&key),
