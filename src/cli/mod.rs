@@ -55,7 +55,13 @@ pub fn main() -> ExitCode {
             _ = interrupted() => None,
         }
     });
-    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    match outcome {
+        // Everything the command started has ended: the worker threads end with the process.
+        Some(Ok(_)) => rt.shutdown_background(),
+        // An interrupted or failed command's blocking work (a step's helper being killed, say)
+        // is waited for.
+        _ => rt.shutdown_timeout(std::time::Duration::from_secs(10)),
+    }
     match outcome {
         Some(Ok(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Some(Err(e)) => {
