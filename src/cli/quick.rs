@@ -96,16 +96,13 @@ pub(super) fn parse(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let arg = arg.to_str()?;
-        let (name, inline) = if let Some(long) = arg.strip_prefix("--") {
+        let (&(names, _, kind), inline) = if let Some(long) = arg.strip_prefix("--") {
             let (n, v) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (long, None),
             };
-            let own = OPTIONS
-                .iter()
-                .find(|(names, _, _)| names.contains(&n))
-                .map(|(names, _, _)| names[0])?;
-            (own, v)
+            let opt = OPTIONS.iter().find(|(names, _, _)| names.contains(&n))?;
+            (opt, v)
         } else if let Some(short) = arg.strip_prefix('-')
             && !short.is_empty()
         {
@@ -114,11 +111,7 @@ pub(super) fn parse(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -
             if !rest.is_empty() {
                 return None;
             }
-            let own = OPTIONS
-                .iter()
-                .find(|(_, s, _)| *s == Some(c))
-                .map(|(names, _, _)| names[0])?;
-            (own, None)
+            (OPTIONS.iter().find(|(_, s, _)| *s == Some(c))?, None)
         } else if command.is_none() {
             command = Some(match arg {
                 "build" | "b" => true,
@@ -132,7 +125,7 @@ pub(super) fn parse(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -
         } else {
             return None;
         };
-        let kind = OPTIONS.iter().find(|(n, _, _)| n[0] == name)?.2;
+        let name = names[0];
         let value = match (kind, inline) {
             (Kind::Flag, None) => String::new(),
             (Kind::Flag, Some(_)) => return None,

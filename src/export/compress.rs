@@ -102,7 +102,8 @@ impl CompressionOpts {
     }
 }
 
-fn cores() -> usize {
+/// Threads for one compression: the cores, at most 8.
+pub(super) fn cores() -> usize {
     crate::cores::cores().min(8)
 }
 

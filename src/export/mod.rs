@@ -75,7 +75,7 @@ pub fn layer_from_tar(tar_path: &Path, store: &Store) -> Result<NewLayer, Export
     let input = File::open(tar_path).map_err(io_err(tar_path))?;
     let mut writer = store.writer()?;
     let mut raw = Sha256::new();
-    let threads = crate::cores::cores().min(8);
+    let threads = compress::cores();
     pgzip::compress(
         io::BufReader::with_capacity(256 * 1024, input),
         &mut writer,

@@ -53,14 +53,6 @@ impl Listing {
         self.places.push((at, pl, wl));
     }
 
-    pub fn len(&self) -> usize {
-        self.places.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.places.is_empty()
-    }
-
     fn entry(&self, &(at, pl, wl): &(usize, u32, u32)) -> FileEntry<'_> {
         let end = at + pl as usize;
         let mut mode = [0u8; 4];
