@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -203,7 +204,11 @@ pub(super) fn reporter(progress: &str) -> Arc<dyn Reporter> {
             std::io::stderr(),
             Tty::<std::io::Stderr>::stderr_width(),
         )),
-        _ => Arc::new(Plain::new(std::io::stderr())),
+        // Lines of a burst (a rebuild's cached steps) are written together, within 50 ms.
+        _ => Arc::new(match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Plain::coalescing(std::io::stderr(), rt, Duration::from_millis(50)),
+            Err(_) => Plain::new(std::io::stderr()),
+        }),
     }
 }
 
