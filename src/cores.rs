@@ -1,7 +1,7 @@
 //! How many threads this process runs at once: `std::thread::available_parallelism`, asked
 //! once per process. std answers from the CPU affinity and the cgroup's CPU quota, reading
 //! `/proc/self/cgroup` and `/proc/self/mountinfo` on every call (~70 µs here), and a build
-//! asks in several places (the runtime, the context's walk, compression).
+//! asks in several places (the context's walk, the export's compression).
 
 use std::sync::OnceLock;
 

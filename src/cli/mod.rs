@@ -76,10 +76,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The async runtime: a worker thread per core, I/O and timers.
+/// The async runtime: one worker thread beside the main one, I/O and timers. A build's tasks
+/// mostly wait: on the registry (a download hashes and writes its bytes as they arrive), on
+/// steps' processes and the helpers that unpack, on blocking threads that walk, copy and
+/// compress with threads per core of their own. A worker per core cost every command ~0.1 ms
+/// per extra thread to start and end, and asked the cgroup's files for the core count up
+/// front.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(crate::cores::cores())
+        .worker_threads(1)
         .enable_all()
         .build()
 }
