@@ -1,21 +1,46 @@
 //! The `envkit` command. The rootless helper (a hidden first argument) is dispatched before
 //! anything else runs, so that it is still single-threaded when it creates its namespace.
+//!
+//! `main` is the C entry point itself (`no_main`). std's start-up before a Rust `main` reads
+//! `/proc/self/maps` to find the main thread's stack guard, installs the handlers that name a
+//! thread whose stack overflowed, and polls the three standard descriptors: ~50 µs of every
+//! command and of every build step's helper on the machines measured (BENCHMARKS.md). What of
+//! it envkit relies on is done here: SIGPIPE ignored (a closed pipe is a write error, not the
+//! end of the process), stdout flushed at the end, and a panic's exit code (101). A stack
+//! overflow is a plain SIGSEGV without std's message.
 
+#![no_main]
 #![deny(unsafe_code)]
 
-use std::process::ExitCode;
+use std::io::Write;
 
-fn main() -> ExitCode {
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any other thread exists; no
+    // handler runs. std's arguments come from its own hook, not from argc/argv.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let code = std::panic::catch_unwind(run).unwrap_or(101);
+    let _ = std::io::stdout().flush();
+    std::ffi::c_int::from(code)
+}
+
+fn run() -> u8 {
     if rootless::is_join() {
         // `envkit exec`: join an environment's namespaces while still single-threaded.
         let code = rootless::join_main();
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        return u8::try_from(code).unwrap_or(1);
     }
     if std::env::args_os().nth(1).as_deref()
         == Some(std::ffi::OsStr::new(envkit::worker::HELPER_ARG))
     {
         let code = rootless::helper_main();
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        return u8::try_from(code).unwrap_or(1);
     }
     envkit::cli::main()
 }

@@ -18,12 +18,11 @@ pub use args_env::*;
 pub use args_store::*;
 
 use std::io::Write;
-use std::process::ExitCode;
 
 use clap::Parser as _;
 
 /// Runs the CLI; returns the process exit code.
-pub fn main() -> ExitCode {
+pub fn main() -> u8 {
     // A rebuild's command line parses in microseconds (`quick.rs`) and the runtime is built
     // next; clap's parse of any other takes ~0.5 ms, and the runtime starts on a thread of its
     // own meanwhile (a thread takes 0.1-0.3 ms to start on this kind of machine).
@@ -43,7 +42,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     // Ctrl-C (or SIGTERM) drops the command's future: running steps are killed with their
@@ -63,15 +62,15 @@ pub fn main() -> ExitCode {
         _ => rt.shutdown_timeout(std::time::Duration::from_secs(10)),
     }
     match outcome {
-        Some(Ok(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Some(Ok(code)) => u8::try_from(code).unwrap_or(1),
         Some(Err(e)) => {
             let _ = std::io::stdout().flush();
             eprintln!("{}", render_error(&e));
-            ExitCode::FAILURE
+            1
         }
         None => {
             eprintln!("interrupted: running steps were stopped; the store is consistent");
-            ExitCode::from(130)
+            130
         }
     }
 }
