@@ -152,6 +152,10 @@ impl Backend for Embedded {
         true
     }
 
+    fn resolves_sources(&self) -> bool {
+        true
+    }
+
     fn run_platforms(&self, jobs: Vec<Job>) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let res = self.build_platforms(jobs).await;

@@ -104,6 +104,12 @@ pub trait Backend {
     fn resolves_ahead(&self) -> bool {
         false
     }
+    /// Whether a Definition's image sources are resolved with [`Backend::registry`] (the
+    /// embedded engine), so that its settings ([`Registry::prefer_local`]) reach them; a
+    /// remote BuildKit resolves them itself, from what the Definition says.
+    fn resolves_sources(&self) -> bool {
+        false
+    }
     /// The host's CA bundle as a local source (its directory and file name), where the
     /// build's steps cannot read the host (`cli_ca` is `--ca-bundle`): `None` for the
     /// embedded engine, whose steps get the file bound in.

@@ -572,6 +572,7 @@ pub(super) async fn build_for(
 /// `envkit solve`: runs an LLB Definition made by any client (`buildctl`-style `--local`
 /// dirs), and stores the result as an image (config from the base image, if any).
 pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let output = parse_output(args.output.as_ref())?;
     let bytes = match args.input.as_ref().or(args.file.as_ref()) {
         Some(f) if f.as_os_str() != "-" => {
@@ -584,7 +585,15 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
             b
         }
     };
+    let backend = open_backend(cli, &args.engine).await?;
+    // `--pull missing`: image sources that name no resolve mode prefer the local image. The
+    // embedded engine's registry is told so; a remote BuildKit gets ops that say so, as
+    // BuildKit's Go client writes them (`image.resolvemode=local`).
     let bytes = match args.pull.as_str() {
+        "missing" if backend.resolves_sources() => {
+            backend.registry().prefer_local(true);
+            bytes
+        }
         "missing" => {
             match crate::llb::Definition::from_bytes(&bytes)?.with_local_images_preferred()? {
                 Some(preferred) => preferred.to_bytes(),
@@ -609,9 +618,8 @@ pub(super) async fn solve(cli: &Cli, args: &SolveArgs) -> anyhow::Result<()> {
         name,
         output,
         image: ImageConfig::Base,
-        started: std::time::Instant::now(),
+        started,
     };
-    let backend = open_backend(cli, &args.engine).await?;
     // The Definition's image tags are resolved ahead, as a build's are.
     resolving_ahead(backend.as_ref(), async || {
         Ok(backend.run(job.clone()).await?)

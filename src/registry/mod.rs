@@ -591,6 +591,9 @@ pub struct Registry {
     /// Whether a default resolve of a tag is answered from the store while the registry is
     /// asked (`ahead.rs`).
     speculating: std::sync::atomic::AtomicBool,
+    /// Whether a default resolve of a tag is answered as `image.resolvemode=local` would be
+    /// (`envkit solve --pull missing` on the embedded engine).
+    preferring_local: std::sync::atomic::AtomicBool,
     /// Tags so resolved, until their answers are awaited.
     ahead: Mutex<ahead::Ahead>,
     /// One wait for those answers at a time.
@@ -607,6 +610,7 @@ impl Registry {
             blobs: None,
             resolved: Mutex::new(HashMap::new()),
             speculating: std::sync::atomic::AtomicBool::new(false),
+            preferring_local: std::sync::atomic::AtomicBool::new(false),
             ahead: Mutex::new(ahead::Ahead::default()),
             confirming: tokio::sync::Mutex::new(()),
         }
@@ -866,12 +870,30 @@ impl Registry {
         Ok(r)
     }
 
+    /// Answers every default resolve of a tag from the store when it has what the tag named
+    /// last time (`on`), as `image.resolvemode=local` does: what `--pull missing` asks of a
+    /// Definition's image sources that name no mode, without rewriting their ops.
+    pub fn prefer_local(&self, on: bool) {
+        self.preferring_local
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn resolve_any(
         &self,
         reference: &str,
         want: &Platform,
         mode: ResolveMode,
     ) -> Result<Resolved, RegistryError> {
+        let mode = match mode {
+            ResolveMode::Default
+                if self
+                    .preferring_local
+                    .load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                ResolveMode::PreferLocal
+            }
+            other => other,
+        };
         let norm = normalize(reference)?;
         let whole = norm.whole();
         let memo = memo_key(&whole, want);
