@@ -157,6 +157,63 @@ pub fn remember(stat: &Path, checksum: &str, entries: &Listing) {
     let _ = crate::fsutil::write_atomic(&cur, &encode(checksum, entries), false);
 }
 
+/// The file of keys by paths kept beside a stat cache (see [`selected_recall`]).
+fn selected(stat: &Path) -> PathBuf {
+    stat.with_extension("selected")
+}
+
+/// At most this many keys by paths are kept per source (a build file's copies of one context).
+const SELECTED_KEPT: usize = 64;
+
+/// A key by paths (`Ctx::selected_key`) of the source whose stat cache is `stat`, computed
+/// earlier for `checksum` and the selection `id`. Such a key is a function of the listing,
+/// which the checksum covers whole, and of the paths: a rebuild of an unchanged context finds
+/// it here instead of hashing every entry under those paths again. The file holds the
+/// checksum on its first line, then one `id key` line per selection.
+pub fn selected_recall(stat: &Path, checksum: &str, id: &str) -> Option<String> {
+    let text = fs::read_to_string(selected(stat)).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != checksum {
+        return None;
+    }
+    lines.find_map(|l| {
+        let (i, key) = l.split_once(' ')?;
+        (i == id && !key.is_empty()).then(|| key.to_string())
+    })
+}
+
+/// Keeps `key` for [`selected_recall`]; the keys of another checksum are dropped. Best
+/// effort: a key not kept is computed again.
+pub fn selected_remember(stat: &Path, checksum: &str, id: &str, key: &str) {
+    if checksum.contains(['\n', ' ']) || id.contains(['\n', ' ']) || key.contains(['\n', ' ']) {
+        return;
+    }
+    let path = selected(stat);
+    let mut kept: Vec<String> = Vec::new();
+    if let Ok(text) = fs::read_to_string(&path) {
+        let mut lines = text.lines();
+        if lines.next() == Some(checksum) {
+            kept = lines
+                .filter(|l| l.split_once(' ').is_some_and(|(i, _)| i != id))
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    kept.push(format!("{id} {key}"));
+    let skip = kept.len().saturating_sub(SELECTED_KEPT);
+    let mut text = format!("{checksum}\n");
+    for l in &kept[skip..] {
+        text.push_str(l);
+        text.push('\n');
+    }
+    if let Some(parent) = path.parent()
+        && fs::create_dir_all(parent).is_err()
+    {
+        return;
+    }
+    let _ = crate::fsutil::write_atomic(&path, text.as_bytes(), false);
+}
+
 /// The manifest of `checksum` for the source whose stat cache is `stat`, if it is one of the
 /// two kept.
 pub fn recall(stat: &Path, checksum: &str) -> Option<Listing> {
@@ -251,6 +308,49 @@ mod tests {
             l.push(path.as_bytes(), *mode, what.as_bytes());
         }
         l
+    }
+
+    #[test]
+    fn keys_by_paths_are_kept_for_the_checksum_they_were_computed_for() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let stat = dir.path().join("abc.stat");
+        assert_eq!(selected_recall(&stat, "sha256:1", "id1"), None);
+        selected_remember(&stat, "sha256:1", "id1", "paths:aa");
+        selected_remember(&stat, "sha256:1", "id2", "paths:bb");
+        selected_remember(&stat, "sha256:1", "id1", "paths:cc");
+        assert_eq!(
+            selected_recall(&stat, "sha256:1", "id1").as_deref(),
+            Some("paths:cc")
+        );
+        assert_eq!(
+            selected_recall(&stat, "sha256:1", "id2").as_deref(),
+            Some("paths:bb")
+        );
+        assert_eq!(selected_recall(&stat, "sha256:1", "id3"), None);
+        // Another checksum (the context changed): the old keys are not answers for it, and
+        // are dropped once it keeps its own.
+        assert_eq!(selected_recall(&stat, "sha256:2", "id1"), None);
+        selected_remember(&stat, "sha256:2", "id1", "paths:dd");
+        assert_eq!(
+            selected_recall(&stat, "sha256:2", "id1").as_deref(),
+            Some("paths:dd")
+        );
+        assert_eq!(selected_recall(&stat, "sha256:1", "id2"), None);
+        // Nothing that would break the file's lines is kept; a damaged file answers nothing.
+        selected_remember(&stat, "sha256:2", "id 4", "paths:ee");
+        assert_eq!(selected_recall(&stat, "sha256:2", "id"), None);
+        std::fs::write(stat.with_extension("selected"), b"\xff\xfe").unwrap();
+        assert_eq!(selected_recall(&stat, "sha256:2", "id1"), None);
+        // A bounded number per checksum, the newest kept.
+        for i in 0..SELECTED_KEPT + 5 {
+            selected_remember(&stat, "sha256:3", &format!("n{i}"), &format!("paths:{i}"));
+        }
+        assert_eq!(selected_recall(&stat, "sha256:3", "n0"), None);
+        let last = SELECTED_KEPT + 4;
+        assert_eq!(
+            selected_recall(&stat, "sha256:3", &format!("n{last}")),
+            Some(format!("paths:{last}"))
+        );
     }
 
     #[test]

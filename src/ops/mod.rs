@@ -394,10 +394,9 @@ impl Ctx {
         if paths.is_empty() {
             return None;
         }
-        let mut h = Sha256::new();
-        h.update(b"envkit-local-paths-v1\0");
         paths.sort();
         paths.dedup();
+        let mut rels = Vec::with_capacity(paths.len());
         for p in &paths {
             let rel = p.trim_start_matches('/').trim_end_matches('/');
             if rel.is_empty()
@@ -407,6 +406,23 @@ impl Ctx {
             {
                 return None;
             }
+            rels.push(rel);
+        }
+        // Computed before for this content (a rebuild): kept beside the stat cache.
+        let mut id = Sha256::new();
+        id.update(b"envkit-local-paths-memo-v1\0");
+        id.update(sum.filter.key().as_bytes());
+        for rel in &rels {
+            id.update(b"\0");
+            id.update(rel.as_bytes());
+        }
+        let id = hex::encode(id.finalize());
+        if let Some(key) = manifest::selected_recall(&sum.stat, &sum.checksum, &id) {
+            return Some(key);
+        }
+        let mut h = Sha256::new();
+        h.update(b"envkit-local-paths-v1\0");
+        for rel in rels {
             let prefix = format!("{rel}/");
             let mut found = false;
             for e in sum.listing.iter() {
@@ -433,7 +449,9 @@ impl Ctx {
         }
         // The source's own selection (its filter) is part of what the paths mean.
         h.update(sum.filter.key().as_bytes());
-        Some(format!("paths:{}", hex::encode(h.finalize())))
+        let key = format!("paths:{}", hex::encode(h.finalize()));
+        manifest::selected_remember(&sum.stat, &sum.checksum, &id, &key);
+        Some(key)
     }
 
     /// This op's results for `keys` (output 0 first): from the cache, or built by `build`
