@@ -3,7 +3,7 @@
 //!
 //! `main` is the C entry point itself (`no_main`). std's start-up before a Rust `main` reads
 //! `/proc/self/maps` to find the main thread's stack guard, installs the handlers that name a
-//! thread whose stack overflowed, and polls the three standard descriptors: ~50 µs of every
+//! thread whose stack overflowed, and polls the three standard descriptors: ~60 µs of every
 //! command and of every build step's helper on the machines measured (BENCHMARKS.md). What of
 //! it envkit relies on is done here: SIGPIPE ignored (a closed pipe is a write error, not the
 //! end of the process), stdout flushed at the end, and a panic's exit code (101). A stack
