@@ -5,9 +5,10 @@
 //! `/proc/self/maps` to find the main thread's stack guard, installs the handlers that name a
 //! thread whose stack overflowed, and polls the three standard descriptors: ~60 µs of every
 //! command and of every build step's helper on the machines measured (BENCHMARKS.md). What of
-//! it envkit relies on is done here: SIGPIPE ignored (a closed pipe is a write error, not the
-//! end of the process), stdout flushed at the end, and a panic's exit code (101). A stack
-//! overflow is a plain SIGSEGV without std's message.
+//! it envkit relies on is done here: descriptors 0, 1 and 2 opened on `/dev/null` where they
+//! are closed, SIGPIPE ignored (a closed pipe is a write error, not the end of the process),
+//! stdout flushed at the end, and a panic's exit code (101). A stack overflow is a plain
+//! SIGSEGV without std's message.
 
 #![no_main]
 #![deny(unsafe_code)]
@@ -20,9 +21,21 @@ extern "C" fn main(
     _argc: std::ffi::c_int,
     _argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
-    // SAFETY: setting a signal's disposition to SIG_IGN, before any other thread exists; no
-    // handler runs. std's arguments come from its own hook, not from argc/argv.
+    // SAFETY: `fcntl(F_GETFD)` and `open` of a constant path only look at and fill the
+    // descriptor table, and setting a signal's disposition to SIG_IGN runs no handler; this
+    // is before any other thread exists. std's arguments come from its own hook, not from
+    // argc/argv.
     unsafe {
+        // 0, 1 and 2 are open, as std's start-up makes sure: were one closed, the runtime's
+        // epoll or a blob of the store would get its number and printing would write there.
+        for fd in 0..3 {
+            if libc::fcntl(fd, libc::F_GETFD) == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) != fd
+            {
+                libc::abort();
+            }
+        }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     let code = std::panic::catch_unwind(run).unwrap_or(101);

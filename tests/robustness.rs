@@ -277,3 +277,26 @@ fn mutated_definitions_give_errors_not_panics() {
     }
     assert!(cases >= 2000, "{cases} cases");
 }
+
+/// envkit started with a standard descriptor closed (`>&-`) prints into `/dev/null`, as a
+/// program through std's own start-up does: the descriptor's number is not handed to the
+/// runtime or to a file of the store that envkit opens next (its `main` is the C entry point).
+#[test]
+fn closed_standard_descriptors_are_not_handed_out_again() {
+    let root = tempfile::tempdir().expect("tmp");
+    for redirect in [">&-", "2>&-", "<&-"] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec \"$0\" --root \"$1\" images ls {redirect}"))
+            .arg(env!("CARGO_BIN_EXE_envkit"))
+            .arg(root.path())
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "envkit images ls {redirect}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
