@@ -310,24 +310,30 @@ impl LogTail {
 mod tests {
     use super::*;
 
+    /// Each write as it was made.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
+    struct Writes(Arc<Mutex<Vec<String>>>);
+    impl Write for Writes {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0
                 .lock()
                 .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(b);
+                .push(String::from_utf8_lossy(b).into_owned());
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
+    impl Writes {
+        fn made(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
 
     #[test]
     fn plain_prefixes_lines_and_joins_partial_writes() {
-        let buf = Buf::default();
+        let buf = Writes::default();
         let p = Plain::new(buf.clone());
         p.event(Event::Started {
             vertex: 0,
@@ -348,7 +354,7 @@ mod tests {
             cached: false,
             elapsed: Duration::from_millis(100),
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.made().concat();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "#1 step");
         assert!(
@@ -357,27 +363,6 @@ mod tests {
         );
         assert!(lines[2].ends_with(" wor"), "{text}");
         assert_eq!(lines[3], "#1 DONE 0.1s");
-    }
-
-    /// Each write as it was made.
-    #[derive(Clone, Default)]
-    struct Writes(Arc<Mutex<Vec<String>>>);
-    impl Write for Writes {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .push(String::from_utf8_lossy(b).into_owned());
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Writes {
-        fn made(&self) -> Vec<String> {
-            self.0.lock().unwrap().clone()
-        }
     }
 
     fn cached_step(p: &dyn Reporter, vertex: usize) {
@@ -447,7 +432,7 @@ mod tests {
 
     #[test]
     fn vertex_names_are_shown_on_one_line() {
-        let buf = Buf::default();
+        let buf = Writes::default();
         let p = Plain::new(buf.clone());
         p.event(Event::Started {
             vertex: 1,
@@ -455,7 +440,7 @@ mod tests {
             inputs: vec![],
             name: "exec: bash -c set -e\necho é\n".into(),
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.made().concat();
         assert_eq!(text, "#2 exec: bash -c set -e\\necho é\\n\n");
     }
 
