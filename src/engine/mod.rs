@@ -204,7 +204,10 @@ impl Engine {
             }
         }
         let ov = Arc::new(ov);
-        let sums = crate::ops::LocalSums::default();
+        // Local sources are hashed once for both passes; images the first pass finds missing
+        // are pulled while it goes on (dropped with the solve, or as soon as the plan does not
+        // need them).
+        let shared = Passes::default();
         // A first pass computes every key; then only what the head needs runs.
         let plan = if self.no_cache {
             if cache.explain {
@@ -214,10 +217,13 @@ impl Engine {
             }
             None
         } else {
-            match self.keys(&sv, root_v, &ov, &locals, &sums).await {
+            match self.keys(&sv, root_v, &ov, &locals, &shared).await {
                 Some(keys) => {
                     let (plan, seen) = self.plan(&graph, &ov, &keys, &cache.imports, &locals).await;
-                    self.remember_graph(&graph, &sv, &keys, &sums, cache, &plan, &ov, &seen);
+                    shared.prefetch.keep_only(|v| {
+                        matches!(plan.roles.get(v), Some(crate::ops::import::Role::Run))
+                    });
+                    self.remember_graph(&graph, &sv, &keys, &shared.sums, cache, &plan, &ov, &seen);
                     Some(Arc::new(plan))
                 }
                 None => {
@@ -240,7 +246,7 @@ impl Engine {
                 self.reporter.clone(),
                 attempt.clone(),
                 results.clone(),
-                &sums,
+                &shared,
             );
             let opts = SolveOptions {
                 parallelism: self.parallelism,
@@ -288,6 +294,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// What the passes of one solve share: local sources' checksums, and the image pulls the
+/// first pass started ([`crate::ops::prefetch`]).
+#[derive(Default)]
+struct Passes {
+    sums: crate::ops::LocalSums,
+    prefetch: Arc<crate::ops::prefetch::Prefetches>,
+}
+
 /// Every vertex's result, as a solve collects them.
 type Results = Arc<std::sync::Mutex<BTreeMap<usize, crate::ops::Res>>>;
 
@@ -300,7 +314,7 @@ impl Engine {
         reporter: Arc<dyn Reporter>,
         import: Option<Arc<crate::ops::import::ImportPlan>>,
         results: Option<Results>,
-        sums: &crate::ops::LocalSums,
+        shared: &Passes,
     ) -> Arc<LlbRunner> {
         Arc::new(LlbRunner {
             worker: self.worker.clone(),
@@ -312,19 +326,21 @@ impl Engine {
             reporter,
             import,
             results,
-            sums: sums.clone(),
+            sums: shared.sums.clone(),
+            prefetch: Some(shared.prefetch.clone()),
         })
     }
 
     /// Every vertex's cache key, computed without building anything (`None` when that fails:
-    /// the real solve then reports why).
+    /// the real solve then reports why); an image source the store lacks starts pulling
+    /// meanwhile ([`crate::ops::prefetch`]).
     async fn keys(
         &self,
         sv: &[solver::Vertex],
         root: usize,
         ov: &Arc<Vec<OpVertex>>,
         locals: &BTreeMap<String, PathBuf>,
-        sums: &crate::ops::LocalSums,
+        shared: &Passes,
     ) -> Option<Vec<String>> {
         let results: Results = Default::default();
         let first_pass = crate::ops::import::ImportPlan {
@@ -337,7 +353,7 @@ impl Engine {
             Arc::new(crate::progress::Silent),
             Some(Arc::new(first_pass)),
             Some(results.clone()),
-            sums,
+            shared,
         );
         let opts = SolveOptions {
             parallelism: self.parallelism,

@@ -59,7 +59,11 @@ pub(super) async fn by_role(ctx: &Ctx, inputs: &[Res]) -> Result<Option<Outcome<
     };
     if plan.keys_only {
         // The first pass: keys only (a source whose key needs the download gets none).
-        let res = key_only(ctx, inputs).await?.unwrap_or_else(|| Res {
+        let res = key_only(ctx, inputs).await?;
+        if let Some(r) = &res {
+            prefetch_image(ctx, &r.key);
+        }
+        let res = res.unwrap_or_else(|| Res {
             snap: SnapRef::scratch(),
             key: format!("unknown-{}", ctx.vertex),
             more: BTreeMap::new(),
@@ -96,6 +100,19 @@ pub(super) async fn by_role(ctx: &Ctx, inputs: &[Res]) -> Result<Option<Outcome<
                 })
         }
         _ => Ok(None),
+    }
+}
+
+/// Starts pulling this vertex's image when it is one the store lacks (see
+/// [`super::prefetch`]).
+fn prefetch_image(ctx: &Ctx, key: &str) {
+    let Some(p) = &ctx.prefetch else {
+        return;
+    };
+    let v = ctx.me();
+    let is_image = matches!(&v.op.op, Some(pb::op::Op::Source(s)) if s.identifier.starts_with("docker-image://"));
+    if is_image && !v.ignore_cache && matches!(ctx.worker.snapshots.lookup_quiet(key), Ok(None)) {
+        p.start(ctx.detached());
     }
 }
 

@@ -14,6 +14,7 @@ mod http;
 pub mod import;
 pub mod manifest;
 mod merge;
+pub mod prefetch;
 mod source;
 mod ssh;
 
@@ -159,6 +160,8 @@ pub struct LlbRunner {
     pub results: Option<Arc<std::sync::Mutex<BTreeMap<usize, Res>>>>,
     /// Local sources' checksums, shared by the passes of one solve.
     pub sums: LocalSums,
+    /// Image pulls the first pass started, which the second takes over.
+    pub prefetch: Option<Arc<prefetch::Prefetches>>,
 }
 
 /// A local source's content checksum as a solve computed it.
@@ -196,6 +199,7 @@ impl OpRunner<Res> for LlbRunner {
             reporter: self.reporter.clone(),
             import: self.import.clone(),
             sums: self.sums.clone(),
+            prefetch: self.prefetch.clone(),
             vertex,
         };
         let results = self.results.clone();
@@ -222,6 +226,7 @@ pub(crate) struct Ctx {
     pub reporter: Arc<dyn Reporter>,
     pub import: Option<Arc<import::ImportPlan>>,
     pub sums: LocalSums,
+    pub prefetch: Option<Arc<prefetch::Prefetches>>,
     pub vertex: usize,
 }
 
@@ -298,6 +303,24 @@ impl Ctx {
         &self.vertices[self.vertex]
     }
 
+    /// This vertex's context for a task of its own that runs the op as the second pass
+    /// would (no plan, no progress, no prefetches of its own).
+    fn detached(&self) -> Ctx {
+        Ctx {
+            worker: self.worker.clone(),
+            vertices: self.vertices.clone(),
+            locals: self.locals.clone(),
+            secrets: self.secrets.clone(),
+            ssh: self.ssh.clone(),
+            entitlements: self.entitlements.clone(),
+            reporter: Arc::new(crate::progress::Silent),
+            import: None,
+            sums: self.sums.clone(),
+            prefetch: None,
+            vertex: self.vertex,
+        }
+    }
+
     async fn run(&self, inputs: Vec<Res>) -> Result<Outcome<Res>, OpsError> {
         let v = self.me();
         // Each input is the output of its op that the Definition names.
@@ -313,6 +336,11 @@ impl Ctx {
         let inputs = picked;
         if let Some(done) = import::by_role(self, &inputs).await? {
             return Ok(done);
+        }
+        if let Some(p) = &self.prefetch
+            && let Some(pulled) = p.take(self.vertex).await
+        {
+            return pulled;
         }
         match &v.op.op {
             Some(pb::op::Op::Source(src)) => source::run(self, src).await,
