@@ -345,6 +345,8 @@ fn unpack_stream(
     // whenever something is removed (it could be that directory or one above it).
     let mut parent_cache: Option<(String, Rc<OwnedFd>)> = None;
     let mut budget = tm.max_bytes.unwrap_or(u64::MAX);
+    // File contents go through one buffer, a write per buffer-full.
+    let mut buf = vec![0u8; COPY_BUF];
     let too_big = |name: &str| {
         bad(
             name,
@@ -484,6 +486,8 @@ fn unpack_stream(
             parent_cache = None;
         }
         use tar::EntryType as T;
+        // A regular file just made: its metadata is set through its descriptor.
+        let mut made: Option<std::fs::File> = None;
         match et {
             T::Directory => {
                 if existing.is_some() && !is_dir {
@@ -508,15 +512,19 @@ fn unpack_stream(
                     target.remove_all().map_err(be)?;
                 }
                 let mut f = target.create(0o600).map_err(be)?;
-                let copied =
-                    std::io::copy(&mut (&mut entry).take(budget.saturating_add(1)), &mut f)
-                        .map_err(|e| bad(&name, e.to_string()))?;
+                let copied = copy_through(
+                    &mut (&mut entry).take(budget.saturating_add(1)),
+                    &mut f,
+                    &mut buf,
+                )
+                .map_err(|e| bad(&name, e.to_string()))?;
                 if copied > budget {
                     drop(f);
                     let _ = target.remove_all();
                     return Err(too_big(&name));
                 }
                 budget -= copied;
+                made = Some(f);
             }
             T::Symlink => {
                 let link = entry
@@ -599,6 +607,11 @@ fn unpack_stream(
         }
         this_layer.insert(rel.clone());
         let (uid, gid) = tm.owner.unwrap_or((uid, gid));
+        let mtime = tm.mtime.unwrap_or((mtime, 0));
+        if let Some(f) = made {
+            file_meta(&f, (uid, gid), &xattrs, mode, mtime, notes, &name).map_err(be)?;
+            continue;
+        }
         target
             .chown(uid, gid)
             .map_err(|e| bad(&name, format!("{e} (id not mapped in the namespace?)")))?;
@@ -610,7 +623,6 @@ fn unpack_stream(
         if et != T::Symlink {
             target.chmod(mode).map_err(be)?;
         }
-        let mtime = tm.mtime.unwrap_or((mtime, 0));
         if et == T::Directory {
             dir_times.push((rel.to_string_lossy().into_owned(), mtime));
         } else {
@@ -622,6 +634,68 @@ fn unpack_stream(
             let _ = e.set_times(t.0, t.1);
         }
     }
+    Ok(())
+}
+
+/// The buffer file contents are unpacked through.
+const COPY_BUF: usize = 256 * 1024;
+
+/// Copies `r` into `f` through `buf`: one write per buffer-full (`std::io::copy` from a
+/// reader that is not a file writes every 8 KiB). Returns the bytes copied.
+fn copy_through(r: &mut impl Read, f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut total = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        f.write_all(&buf[..n])?;
+        total += n as u64;
+        if n < buf.len() {
+            return Ok(total);
+        }
+    }
+}
+
+/// Owner, extended attributes, mode and times of a regular file just unpacked, set through
+/// its descriptor (no path is looked up again), in the order the others get them: the owner
+/// before the mode (a chown clears set-id bits).
+fn file_meta(
+    f: &std::fs::File,
+    (uid, gid): (u32, u32),
+    xattrs: &[(String, Vec<u8>)],
+    mode: u32,
+    (secs, nanos): (i64, i64),
+    notes: &mut Vec<String>,
+    name: &str,
+) -> Result<()> {
+    use xattr::FileExt;
+    nix::unistd::fchown(
+        f,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(|e| {
+        RootlessError::sys(
+            format!("chown {uid}:{gid} (id not mapped in the namespace?)"),
+            e,
+        )
+    })?;
+    for (k, v) in xattrs {
+        if let Err(e) = f.set_xattr(k, v) {
+            notes.push(format!("{name}: xattr {k} not set: {e}"));
+        }
+    }
+    nix::sys::stat::fchmod(f, nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777))
+        .map_err(|e| RootlessError::sys(format!("chmod {:o}", mode & 0o7777), e))?;
+    let t = nix::sys::time::TimeSpec::new(secs, nanos);
+    let _ = nix::sys::stat::futimens(f, &t, &t);
     Ok(())
 }
 
