@@ -40,11 +40,125 @@ pub fn run_actions(
     actions: &[FileAction],
 ) -> Result<()> {
     let mut ov = Overlay::mount(lowers, Some((upper, work)))?;
+    let links = (!ov.is_copy() && Links::fit(actions)).then(Links::default);
     let root = Root::open(&ov.merged)?;
     for (i, a) in actions.iter().enumerate() {
-        run_one(&root, a).map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
+        run_one(&root, a, links.as_ref())
+            .map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
     }
-    ov.finish()
+    ov.finish()?;
+    // The overlay is gone before its upper dir is written to directly.
+    drop(root);
+    drop(ov);
+    match links {
+        Some(l) => l.finish(upper),
+        None => Ok(()),
+    }
+}
+
+/// Large regular files that copies take from a snapshot, which is never written again: each
+/// is created empty through the overlay, with the owner, mode and times the copy would leave
+/// (those of the source: only such files are taken), and once the overlay is unmounted it is
+/// replaced in the upper dir by a hard link to the source. The layer has the same bytes and
+/// the data is neither copied nor written to the disk a second time.
+///
+/// Only for file ops made of copies alone that unpack no archives, so that nothing but a copy
+/// can replace a file on its way: a copy that removes what is at a path forgets the files
+/// kept for it. A source file is linked once per file op (the layer then has no hard links
+/// between its own files that a copy would not have made); a source with extended attributes
+/// is copied (a copy leaves them behind).
+#[derive(Default)]
+struct Links {
+    /// Where each file goes (below the root), and its source.
+    files: std::cell::RefCell<std::collections::BTreeMap<PathBuf, Entry>>,
+    /// Source files already taken, by device and inode.
+    taken: std::cell::RefCell<std::collections::HashSet<(u64, u64)>>,
+}
+
+impl Links {
+    /// Files smaller than this are copied: a link and a rename cost about as much.
+    const MIN_SIZE: i64 = 64 * 1024;
+
+    /// Whether a file op's actions allow links (copies only, no archives unpacked).
+    fn fit(actions: &[FileAction]) -> bool {
+        actions
+            .iter()
+            .all(|a| matches!(a, FileAction::Copy(c) if !c.unpack_archives))
+    }
+
+    /// Takes `src` (whose stat is `md`) for the copy at `dest`, to be linked later, when the
+    /// copy would leave it as it is: its own owner, mode and time.
+    fn take(
+        &self,
+        src: &Entry,
+        md: &nix::sys::stat::FileStat,
+        dest: &Entry,
+        owner: (u32, u32),
+        mode: u32,
+        time: Option<i64>,
+    ) -> bool {
+        let same_time = time.is_none_or(|t| t == md.st_mtime * 1_000_000_000 + md.st_mtime_nsec);
+        if md.st_size < Self::MIN_SIZE
+            || owner != (md.st_uid, md.st_gid)
+            || mode & 0o7777 != md.st_mode & 0o7777
+            || !same_time
+            || src.has_xattrs()
+        {
+            return false;
+        }
+        if !self.taken.borrow_mut().insert((md.st_dev, md.st_ino)) {
+            return false;
+        }
+        self.files
+            .borrow_mut()
+            .insert(dest.rel().to_path_buf(), src.clone());
+        true
+    }
+
+    /// What is at `rel` was removed: files kept for it or below it are not linked.
+    fn forget(&self, rel: &Path) {
+        self.files.borrow_mut().retain(|p, _| !p.starts_with(rel));
+    }
+
+    /// Replaces each kept file in `upper` by a link to its source (a copy of it where the
+    /// file system refuses the link); the directories keep their times.
+    fn finish(self, upper: &Path) -> Result<()> {
+        let files = self.files.into_inner();
+        if files.is_empty() {
+            return Ok(());
+        }
+        let root = Root::open(upper)?;
+        for (rel, src) in files {
+            let path = format!("/{}", rel.to_string_lossy());
+            let dest = root.entry(&path, false, DotDot::Clamp)?;
+            let st = match &dest {
+                Some(d) => d.stat()?,
+                None => None,
+            };
+            let (Some(dest), Some(st)) = (dest, st) else {
+                return Err(RootlessError::Invalid(format!(
+                    "copy: {path} went missing before its content was linked"
+                )));
+            };
+            if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() || st.st_size != 0 {
+                return Err(RootlessError::Invalid(format!(
+                    "copy: {path} changed before its content was linked"
+                )));
+            }
+            dest.keeping_dir_times(|| -> Result<()> {
+                if dest.replace_with_link(&src)? {
+                    return Ok(());
+                }
+                let mut from = src.open_read()?;
+                let mut to = dest.open_truncate()?;
+                std::io::copy(&mut from, &mut to).map_err(|e| RootlessError::io(&rel, e))?;
+                drop(to);
+                dest.chmod(st.st_mode)?;
+                dest.set_times(st.st_mtime, st.st_mtime_nsec)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Performs `actions` in order directly on the directory `dir` (no overlay): what a
@@ -52,7 +166,8 @@ pub fn run_actions(
 pub fn apply_actions(dir: &Path, actions: &[FileAction]) -> Result<()> {
     let root = Root::open(dir)?;
     for (i, a) in actions.iter().enumerate() {
-        run_one(&root, a).map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
+        run_one(&root, a, None)
+            .map_err(|e| RootlessError::Invalid(format!("file action {i}: {e}")))?;
     }
     Ok(())
 }
@@ -202,7 +317,7 @@ fn entry_of(root: &Root, path: &str, follow: bool) -> Result<Entry> {
         .ok_or_else(|| RootlessError::Invalid(format!("{path}: a parent directory does not exist")))
 }
 
-fn run_one(root: &Root, a: &FileAction) -> Result<()> {
+fn run_one(root: &Root, a: &FileAction, links: Option<&Links>) -> Result<()> {
     match a {
         FileAction::Mkdir {
             path,
@@ -279,12 +394,12 @@ fn run_one(root: &Root, a: &FileAction) -> Result<()> {
             chown(&e, owner)?;
             set_time(&e, *timestamp)?;
         }
-        FileAction::Copy(c) => copy(root, c)?,
+        FileAction::Copy(c) => copy(root, c, links)?,
     }
     Ok(())
 }
 
-fn copy(root: &Root, c: &CopyAction) -> Result<()> {
+fn copy(root: &Root, c: &CopyAction, links: Option<&Links>) -> Result<()> {
     let _view;
     let sroot: PathBuf = match &c.src_root {
         CopySource::Dir(d) => d.clone(),
@@ -339,12 +454,16 @@ fn copy(root: &Root, c: &CopyAction) -> Result<()> {
         || root
             .entry(&c.dest, true, DotDot::Clamp)?
             .is_some_and(|e| e.is_dir());
+    // Files of a single snapshot (never written again) may be linked; an overlay view of
+    // several is another file system.
+    let single = matches!(&c.src_root, CopySource::Lowers(l) if l.len() == 1);
     let opts = CopyOpts {
         owner,
         mode,
         filter: Filter::from_lists(&c.include_patterns, &c.exclude_patterns),
         time: c.timestamp,
         replace: c.always_replace_existing,
+        links: links.filter(|_| single),
     };
     for s in srcs {
         let md = s
@@ -479,13 +598,24 @@ impl ModeSpec {
     }
 }
 
-struct CopyOpts {
+struct CopyOpts<'a> {
     owner: Option<(u32, u32)>,
     mode: Option<ModeSpec>,
     /// Include/exclude patterns, matched against paths relative to the copied source.
     filter: Filter,
     time: Option<i64>,
     replace: bool,
+    /// Where large files that keep their metadata are linked instead of copied.
+    links: Option<&'a Links>,
+}
+
+impl CopyOpts<'_> {
+    /// What was at `dest` is gone: no link goes there.
+    fn forget(&self, dest: &Entry) {
+        if let Some(l) = self.links {
+            l.forget(dest.rel());
+        }
+    }
 }
 
 /// Copies the children of the source dir `src` (at `rel` below the copied source) into the
@@ -532,6 +662,7 @@ fn copy_entry(src: &Entry, rel: &Path, dest: &Entry, o: &CopyOpts) -> Result<boo
             Some(SFlag::S_IFDIR) => false,
             Some(_) => {
                 dest.remove_all()?;
+                o.forget(dest);
                 dest.mkdir(0o700)?;
                 true
             }
@@ -545,6 +676,7 @@ fn copy_entry(src: &Entry, rel: &Path, dest: &Entry, o: &CopyOpts) -> Result<boo
             // Only there for what the patterns might have kept below it: nothing was.
             if created {
                 let _ = dest.remove_all();
+                o.forget(dest);
             }
             return Ok(false);
         }
@@ -559,17 +691,42 @@ fn copy_entry(src: &Entry, rel: &Path, dest: &Entry, o: &CopyOpts) -> Result<boo
                 )));
             }
             dest.remove_all()?;
+            o.forget(dest);
         }
         if fmt == SFlag::S_IFLNK {
             dest.symlink(&src.readlink()?)?;
             chown(dest, owner)?;
         } else if fmt == SFlag::S_IFREG {
-            let mut from = src.open_read()?;
+            let (o_uid, o_gid) = owner.unwrap_or((md.st_uid, md.st_gid));
+            let linked = o
+                .links
+                .is_some_and(|l| l.take(src, &md, dest, (o_uid, o_gid), mode, o.time));
             let mut to = dest.create(0o600)?;
-            std::io::copy(&mut from, &mut to).map_err(|e| RootlessError::io(dest.rel(), e))?;
-            drop(to);
-            chown(dest, owner)?;
-            dest.chmod(mode)?;
+            if !linked {
+                let mut from = src.open_read()?;
+                std::io::copy(&mut from, &mut to).map_err(|e| RootlessError::io(dest.rel(), e))?;
+            }
+            // Owner (first: a chown clears set-id bits), mode and times through the new
+            // file's descriptor.
+            let at = |what: String| format!("{what} /{}", dest.rel().display());
+            nix::unistd::fchown(
+                &to,
+                Some(nix::unistd::Uid::from_raw(o_uid)),
+                Some(nix::unistd::Gid::from_raw(o_gid)),
+            )
+            .map_err(|e| RootlessError::sys(at(format!("chown {o_uid}:{o_gid}")), e))?;
+            nix::sys::stat::fchmod(&to, nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777))
+                .map_err(|e| RootlessError::sys(at(format!("chmod {:o}", mode & 0o7777)), e))?;
+            let (secs, nanos) = match o.time {
+                Some(ns) => (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)),
+                None => (md.st_mtime, md.st_mtime_nsec),
+            };
+            let t = nix::sys::time::TimeSpec::new(secs, nanos);
+            let timed = nix::sys::stat::futimens(&to, &t, &t);
+            if o.time.is_some() {
+                timed.map_err(|e| RootlessError::sys(at("setting the time of".into()), e))?;
+            }
+            return Ok(true);
         } else {
             return Err(RootlessError::Invalid(format!(
                 "copy: /{} is not a file, dir or symlink",

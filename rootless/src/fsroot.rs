@@ -620,6 +620,54 @@ impl Entry {
         .map_err(|e| self.err(&format!("link to /{}", src.rel.display()), e))
     }
 
+    /// Puts a hard link to `src` (itself not followed) in this entry's place in one step: the
+    /// link is made beside it under a name nothing has, then renamed over it. `Ok(false)`: the
+    /// file system refused the link (another file system, too many links, not permitted), and
+    /// nothing changed.
+    pub fn replace_with_link(&self, src: &Entry) -> Result<bool> {
+        let mut n = 0u32;
+        let tmp = loop {
+            let tmp = cstr(OsStr::new(&format!(
+                ".envkit-link-{}-{n}",
+                std::process::id()
+            )))?;
+            match nix::unistd::linkat(
+                src.dir(),
+                src.name.as_c_str(),
+                self.dir(),
+                tmp.as_c_str(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => break tmp,
+                Err(Errno::EEXIST) if n < 64 => n += 1,
+                Err(Errno::EXDEV | Errno::EPERM | Errno::EMLINK | Errno::EACCES) => {
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.err(&format!("link to /{}", src.rel.display()), e)),
+            }
+        };
+        nix::fcntl::renameat(self.dir(), tmp.as_c_str(), self.dir(), self.name.as_c_str())
+            .map_err(|e| {
+                let _ = nix::unistd::unlinkat(
+                    self.dir(),
+                    tmp.as_c_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                self.err("renaming a link over", e)
+            })?;
+        Ok(true)
+    }
+
+    /// Whether the entry itself (not a symlink's target) has extended attributes; `true`
+    /// where that cannot be told.
+    pub fn has_xattrs(&self) -> bool {
+        let p = proc_path(self.dir()).join(OsStr::from_bytes(self.name.as_bytes()));
+        match xattr::list(&p) {
+            Ok(mut names) => names.next().is_some(),
+            Err(_) => true,
+        }
+    }
+
     pub fn mkfifo(&self, mode: u32) -> Result<()> {
         nix::sys::stat::mknodat(
             self.dir(),

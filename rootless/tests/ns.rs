@@ -784,6 +784,115 @@ fn long_layer_chains_mount() {
     });
 }
 
+/// Copies out of a single snapshot link its large files instead of copying them, where the
+/// copy would leave them as they are; anything else is copied, and the layer is what a copy
+/// makes: no file of it is a hard link to another.
+#[test]
+fn file_actions_link_large_files_of_a_snapshot() {
+    as_test_user("file_actions_link_large_files_of_a_snapshot", || {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Tmp::new();
+        let src = t.0.join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let ts: i64 = 1_704_164_645_000_000_000;
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ts as u64);
+        for name in ["big", "xbig", "d/big3", "d/big4"] {
+            std::fs::write(src.join(name), &big).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(src.join(name))
+                .unwrap();
+            f.set_modified(at).unwrap();
+        }
+        std::fs::set_permissions(src.join("big"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::write(src.join("small"), b"small").unwrap();
+        xattr::set(src.join("xbig"), "user.envkit-test", b"1").unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let copy = |from: &str, dest: &str, owner: Option<Chown>, time: Option<i64>| {
+            FileAction::Copy(Box::new(CopyAction {
+                src_root: CopySource::Lowers(vec![src.clone()]),
+                src: from.into(),
+                dest: dest.into(),
+                owner,
+                dir_copy_contents: true,
+                create_dest_path: true,
+                timestamp: time,
+                ..CopyAction::default()
+            }))
+        };
+        let actions = vec![
+            copy("/big", "/out/big", None, None),
+            copy("/big", "/out/again", None, None),
+            copy("/small", "/out/small", None, None),
+            copy("/xbig", "/out/xbig", None, None),
+            copy("/d", "/chowned", Some(Chown::ids(1000, 1000)), None),
+            copy("/d", "/timed", None, Some(ts)),
+            copy("/d/big3", "/out/replaced", None, None),
+            copy("/small", "/out/replaced", None, None),
+        ];
+        let upper = t.0.join("fa/upper");
+        ok(&Request::FileActions {
+            lowers: vec![src.clone()],
+            upper: upper.clone(),
+            work: t.0.join("fa/work"),
+            actions,
+        });
+        // Linked: the same inode as the source, its mode and time.
+        assert_eq!(ino(&upper.join("out/big")), ino(&src.join("big")));
+        let md = std::fs::metadata(upper.join("out/big")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o750);
+        assert_eq!(md.mtime(), ts / 1_000_000_000);
+        assert_eq!(ino(&upper.join("timed/big3")), ino(&src.join("d/big3")));
+        assert_eq!(ino(&upper.join("timed/big4")), ino(&src.join("d/big4")));
+        // Copied: a source already linked once, a small file, one with extended attributes,
+        // files given another owner, and a file a later copy replaced.
+        for (dest, from) in [
+            ("out/again", "big"),
+            ("out/small", "small"),
+            ("out/xbig", "xbig"),
+            ("chowned/big3", "d/big3"),
+            ("out/replaced", "small"),
+        ] {
+            assert_ne!(ino(&upper.join(dest)), ino(&src.join(from)), "{dest}");
+            assert_eq!(
+                std::fs::read(upper.join(dest)).unwrap(),
+                std::fs::read(src.join(from)).unwrap(),
+                "{dest}"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(upper.join("chowned/big3")).unwrap().uid(),
+            ids().subuid_start + 999
+        );
+        // The directory the links went into keeps the copy's time.
+        assert_eq!(
+            std::fs::metadata(upper.join("timed")).unwrap().mtime(),
+            ts / 1_000_000_000
+        );
+        // The layer: every file with its content, none a hard link.
+        let out_tar = t.0.join("layer.tar");
+        ok(&Request::DiffTar {
+            upper: upper.clone(),
+            out: out_tar.clone(),
+            mtime_clamp: None,
+        });
+        let mut ar = tar::Archive::new(std::fs::File::open(&out_tar).unwrap());
+        let mut sizes = std::collections::BTreeMap::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            assert_ne!(e.header().entry_type(), tar::EntryType::Link);
+            sizes.insert(
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.header().size().unwrap(),
+            );
+        }
+        for f in ["out/big", "out/again", "timed/big3", "timed/big4"] {
+            assert_eq!(sizes.get(f), Some(&(100 * 1024)), "{f}: {sizes:?}");
+        }
+    });
+}
+
 /// The copy snapshotter (forced with `--snapshotter=copy`) gives the same layers as overlayfs
 /// for a step and for file actions: the same entries, whiteouts included, owned the same.
 #[test]
