@@ -347,6 +347,7 @@ fn unpack_stream(
     let mut budget = tm.max_bytes.unwrap_or(u64::MAX);
     // File contents go through one buffer, a write per buffer-full.
     let mut buf = vec![0u8; COPY_BUF];
+    let flusher = Flusher::spawn();
     let too_big = |name: &str| {
         bad(
             name,
@@ -524,6 +525,9 @@ fn unpack_stream(
                     return Err(too_big(&name));
                 }
                 budget -= copied;
+                if copied >= Flusher::MIN_SIZE {
+                    flusher.push(&f);
+                }
                 made = Some(f);
             }
             T::Symlink => {
@@ -635,6 +639,72 @@ fn unpack_stream(
         }
     }
     Ok(())
+}
+
+/// Starts the writeback of large unpacked files on a thread of its own, while the unpacking
+/// goes on: the snapshot's commit then finds most of its data on the way to the disk already,
+/// instead of waiting for all of it to be written at once (`syncfs`). Only a start: nothing
+/// waits for the writes here, and a file it has no room for is left to the commit.
+struct Flusher {
+    tx: Option<std::sync::mpsc::SyncSender<std::fs::File>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Smaller files are left to the commit: one write each would cost more than it saves.
+    const MIN_SIZE: u64 = 256 * 1024;
+
+    fn spawn() -> Flusher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::fs::File>(64);
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for f in rx {
+                    start_writeback(&f);
+                }
+            });
+        match thread {
+            Ok(t) => Flusher {
+                tx: Some(tx),
+                thread: Some(t),
+            },
+            Err(_) => Flusher {
+                tx: None,
+                thread: None,
+            },
+        }
+    }
+
+    /// Asks for `f`'s writeback to start (never waits).
+    fn push(&self, f: &std::fs::File) {
+        if let (Some(tx), Ok(dup)) = (&self.tx, f.try_clone()) {
+            let _ = tx.try_send(dup);
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts writing `f`'s dirty pages to the disk, without waiting for them (a later `syncfs`
+/// then has less to write). Best effort: a failure only means the sync does it all.
+pub fn start_writeback(f: &std::fs::File) {
+    // SAFETY: sync_file_range reads nothing from memory; `f` is an open descriptor for the
+    // call's duration.
+    unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 /// The buffer file contents are unpacked through.

@@ -769,6 +769,9 @@ pub fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsErro
     copy_tree_reusing(src, dest, filter, None)
 }
 
+/// Copied files from this size on start their writeback as soon as they are copied.
+const WRITEBACK_MIN: u64 = 256 * 1024;
+
 /// Files an earlier copy of a source holds unchanged: `files` (relative paths) under `from`.
 #[derive(Debug)]
 pub struct Reuse {
@@ -806,7 +809,16 @@ pub fn copy_tree_reusing(
                     continue;
                 }
             }
-            fs::copy(&from, &to).map_err(local_err(&to))?;
+            if st.size >= WRITEBACK_MIN {
+                // A large file's writeback starts now, so that the commit's sync finds it
+                // on its way to the disk.
+                let mut src = fs::File::open(&from).map_err(local_err(&from))?;
+                let mut dst = fs::File::create_new(&to).map_err(local_err(&to))?;
+                std::io::copy(&mut src, &mut dst).map_err(local_err(&to))?;
+                rootless::start_writeback(&dst);
+            } else {
+                fs::copy(&from, &to).map_err(local_err(&to))?;
+            }
         } else {
             // Sockets, fifos and devices have no place in a build context.
             continue;
@@ -855,8 +867,15 @@ mod tests {
         fs::write(s.path().join("dir/x"), b"x").unwrap();
         fs::set_permissions(s.path().join("dir/x"), fs::Permissions::from_mode(0o751)).unwrap();
         std::os::unix::fs::symlink("dir/x", s.path().join("link")).unwrap();
+        // A file large enough to start its writeback as it is copied.
+        let big: Vec<u8> = (0..WRITEBACK_MIN + 4097).map(|i| (i % 253) as u8).collect();
+        fs::write(s.path().join("dir/big"), &big).unwrap();
+        fs::set_permissions(s.path().join("dir/big"), fs::Permissions::from_mode(0o640)).unwrap();
         copy_tree(s.path(), d.path(), &Filter::default()).unwrap();
         assert_eq!(fs::read(d.path().join("dir/x")).unwrap(), b"x");
+        assert!(fs::read(d.path().join("dir/big")).unwrap() == big);
+        let mode = fs::metadata(d.path().join("dir/big")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
         let mode = fs::metadata(d.path().join("dir/x")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o751);
         assert_eq!(
