@@ -120,10 +120,10 @@ fn add_xattrs<W: Write>(b: &mut tar::Builder<W>, path: &Path) -> Result<()> {
         .map_err(|e| RootlessError::io(path, e))
 }
 
-fn walk<W: Write>(
+fn walk(
     dir: &Path,
     rel: &Path,
-    b: &mut tar::Builder<W>,
+    b: &mut tar::Builder<crate::hashfile::HashingFile>,
     n: &mut u64,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<()> {
@@ -177,8 +177,14 @@ fn walk<W: Write>(
                     }
                     let mut h = base_header(&md, tar::EntryType::Regular);
                     h.set_size(md.len());
-                    let f = std::fs::File::open(&p).map_err(io)?;
-                    b.append_data(&mut h, &r, f).map_err(io)?;
+                    let mut f = std::fs::File::open(&p).map_err(io)?;
+                    // The header (and a long name's entries) through the builder, then the
+                    // content read straight into the layer's buffer and padded to a block.
+                    b.append_data(&mut h, &r, std::io::empty()).map_err(io)?;
+                    let w = b.get_mut();
+                    w.copy_in(&mut f, md.len()).map_err(io)?;
+                    let pad = (512 - md.len() % 512) % 512;
+                    w.write_all(&[0u8; 512][..pad as usize]).map_err(io)?;
                     *n += 1;
                 } else if ft.is_fifo() {
                     let mut h = base_header(&md, tar::EntryType::Fifo);

@@ -2,7 +2,7 @@
 //! then ready to enter the content store by a rename, without being read again.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -83,6 +83,32 @@ impl HashingFile {
         Ok(())
     }
 
+    /// Copies `len` bytes of `r` in, read straight into the chunk being filled (a writer
+    /// that `std::io::copy` feeds gets 8 KiB at a time, each a read of its own). Fewer bytes
+    /// than `len` is an error: a tar entry's header has already said how many follow.
+    pub(crate) fn copy_in(&mut self, r: &mut impl std::io::Read, len: u64) -> std::io::Result<()> {
+        let mut left = len;
+        while left > 0 {
+            let room = (CHUNK - self.buf.len()) as u64;
+            let want = left.min(room);
+            let got = r.by_ref().take(want).read_to_end(&mut self.buf)? as u64;
+            if got < want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} bytes short of the {len} the entry was to have",
+                        left - got
+                    ),
+                ));
+            }
+            left -= got;
+            if self.buf.len() >= CHUNK {
+                self.flush_chunk()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the rest; returns the file's SHA-256 (lowercase hex) and size.
     pub(crate) fn finish(mut self) -> std::io::Result<(String, u64)> {
         self.flush_chunk()?;
@@ -145,6 +171,33 @@ mod tests {
             .collect();
         assert_eq!(hex, want);
         assert!(all.len() > 2 * CHUNK, "the test crosses chunks");
+    }
+
+    /// Contents copied in between writes land in order, across chunks; a source shorter than
+    /// it was said to be is an error.
+    #[test]
+    fn copied_in_contents_go_between_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut w = HashingFile::new(File::create(&path).unwrap());
+        let big: Vec<u8> = (0..(2 * CHUNK + 777)).map(|i| (i % 241) as u8).collect();
+        w.write_all(b"head").unwrap();
+        w.copy_in(&mut &big[..], big.len() as u64).unwrap();
+        w.write_all(b"tail").unwrap();
+        w.copy_in(&mut &b"only part"[..4], 4).unwrap();
+        let e = w.copy_in(&mut &b"short"[..], 9).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        let (hex, size) = w.finish().unwrap();
+        let mut all = b"head".to_vec();
+        all.extend_from_slice(&big);
+        all.extend_from_slice(b"tailonlyshort");
+        assert!(std::fs::read(&path).unwrap() == all);
+        assert_eq!(size, all.len() as u64);
+        let want: String = Sha256::digest(&all)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, want);
     }
 
     #[test]
