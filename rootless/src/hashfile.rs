@@ -149,6 +149,13 @@ impl Write for HashingFile {
 mod tests {
     use super::*;
 
+    fn sha256_hex(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     #[test]
     fn digest_and_size_are_those_of_the_bytes_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -165,11 +172,7 @@ mod tests {
         let on_disk = std::fs::read(&path).unwrap();
         assert_eq!(on_disk, all);
         assert_eq!(size, all.len() as u64);
-        let want: String = Sha256::digest(&all)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(hex, want);
+        assert_eq!(hex, sha256_hex(&all));
         assert!(all.len() > 2 * CHUNK, "the test crosses chunks");
     }
 
@@ -193,11 +196,7 @@ mod tests {
         all.extend_from_slice(b"tailonlyshort");
         assert!(std::fs::read(&path).unwrap() == all);
         assert_eq!(size, all.len() as u64);
-        let want: String = Sha256::digest(&all)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(hex, want);
+        assert_eq!(hex, sha256_hex(&all));
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl OpRunner<Res> for LlbRunner {
 }
 
 /// Everything one op execution needs.
+#[derive(Clone)]
 pub(crate) struct Ctx {
     pub worker: Arc<Worker>,
     pub vertices: Arc<Vec<OpVertex>>,
@@ -307,17 +308,10 @@ impl Ctx {
     /// would (no plan, no progress, no prefetches of its own).
     fn detached(&self) -> Ctx {
         Ctx {
-            worker: self.worker.clone(),
-            vertices: self.vertices.clone(),
-            locals: self.locals.clone(),
-            secrets: self.secrets.clone(),
-            ssh: self.ssh.clone(),
-            entitlements: self.entitlements.clone(),
             reporter: Arc::new(crate::progress::Silent),
             import: None,
-            sums: self.sums.clone(),
             prefetch: None,
-            vertex: self.vertex,
+            ..self.clone()
         }
     }
 
