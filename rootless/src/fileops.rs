@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::SFlag;
 
 use crate::error::{Result, RootlessError};
-use crate::fsroot::{DotDot, Entry, Root};
+use crate::fsroot::{DotDot, Entry, Root, chmod_and_time_fd, chown_fd};
 use crate::overlay::Overlay;
 use crate::patterns::{Filter, glob};
 use crate::proto::{Chown, CopyAction, CopySource, FileAction, IdSpec, UserDb};
@@ -706,26 +706,14 @@ fn copy_entry(src: &Entry, rel: &Path, dest: &Entry, o: &CopyOpts) -> Result<boo
                 let mut from = src.open_read()?;
                 std::io::copy(&mut from, &mut to).map_err(|e| RootlessError::io(dest.rel(), e))?;
             }
-            // Owner (first: a chown clears set-id bits), mode and times through the new
-            // file's descriptor.
-            let at = |what: String| format!("{what} /{}", dest.rel().display());
-            nix::unistd::fchown(
-                &to,
-                Some(nix::unistd::Uid::from_raw(o_uid)),
-                Some(nix::unistd::Gid::from_raw(o_gid)),
-            )
-            .map_err(|e| RootlessError::sys(at(format!("chown {o_uid}:{o_gid}")), e))?;
-            nix::sys::stat::fchmod(&to, nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777))
-                .map_err(|e| RootlessError::sys(at(format!("chmod {:o}", mode & 0o7777)), e))?;
-            let (secs, nanos) = match o.time {
+            // Owner, mode and times through the new file's descriptor.
+            let at = format!("/{}", dest.rel().display());
+            chown_fd(&to, (o_uid, o_gid), &at)?;
+            let times = match o.time {
                 Some(ns) => (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000)),
                 None => (md.st_mtime, md.st_mtime_nsec),
             };
-            let t = nix::sys::time::TimeSpec::new(secs, nanos);
-            let timed = nix::sys::stat::futimens(&to, &t, &t);
-            if o.time.is_some() {
-                timed.map_err(|e| RootlessError::sys(at("setting the time of".into()), e))?;
-            }
+            chmod_and_time_fd(&to, mode, times, o.time.is_some(), &at)?;
             return Ok(true);
         } else {
             return Err(RootlessError::Invalid(format!(
@@ -791,12 +779,15 @@ fn unpack_archive(src: &Entry, root: &Root, dest: &str, o: &CopyOpts) -> Result<
     Ok(true)
 }
 
-fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the reader ends; returns how much was read.
+pub(crate) fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(n)

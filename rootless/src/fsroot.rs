@@ -73,6 +73,36 @@ fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
+/// Owner of a file just made, through its descriptor (`at` names it in an error). Before its
+/// mode: a chown clears set-id bits.
+pub(crate) fn chown_fd(f: &std::fs::File, (uid, gid): (u32, u32), at: &str) -> Result<()> {
+    nix::unistd::fchown(f, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| {
+        sys(
+            format!("chown {uid}:{gid} {at} (id not mapped in the namespace?)"),
+            e,
+        )
+    })
+}
+
+/// Mode, then access and modification times, of a file just made, through its descriptor
+/// (`at` names it in an error); a failure to set the times is an error only where
+/// `times_matter`.
+pub(crate) fn chmod_and_time_fd(
+    f: &std::fs::File,
+    mode: u32,
+    (secs, nanos): (i64, i64),
+    times_matter: bool,
+    at: &str,
+) -> Result<()> {
+    nix::sys::stat::fchmod(f, Mode::from_bits_truncate(mode & 0o7777))
+        .map_err(|e| sys(format!("chmod {:o} {at}", mode & 0o7777), e))?;
+    let t = nix::sys::time::TimeSpec::new(secs, nanos);
+    match nix::sys::stat::futimens(f, &t, &t) {
+        Err(e) if times_matter => Err(sys(format!("setting the time of {at}"), e)),
+        _ => Ok(()),
+    }
+}
+
 /// `/proc/self/fd/N`: a path naming exactly the file `fd` refers to.
 pub fn proc_path(fd: BorrowedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))

@@ -716,15 +716,7 @@ fn copy_through(r: &mut impl Read, f: &mut std::fs::File, buf: &mut [u8]) -> std
     use std::io::Write;
     let mut total = 0u64;
     loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let n = crate::fileops::read_full(r, buf)?;
         f.write_all(&buf[..n])?;
         total += n as u64;
         if n < buf.len() {
@@ -734,39 +726,24 @@ fn copy_through(r: &mut impl Read, f: &mut std::fs::File, buf: &mut [u8]) -> std
 }
 
 /// Owner, extended attributes, mode and times of a regular file just unpacked, set through
-/// its descriptor (no path is looked up again), in the order the others get them: the owner
-/// before the mode (a chown clears set-id bits).
+/// its descriptor (no path is looked up again), in the order the others get them.
 fn file_meta(
     f: &std::fs::File,
-    (uid, gid): (u32, u32),
+    owner: (u32, u32),
     xattrs: &[(String, Vec<u8>)],
     mode: u32,
-    (secs, nanos): (i64, i64),
+    times: (i64, i64),
     notes: &mut Vec<String>,
     name: &str,
 ) -> Result<()> {
     use xattr::FileExt;
-    nix::unistd::fchown(
-        f,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(|e| {
-        RootlessError::sys(
-            format!("chown {uid}:{gid} (id not mapped in the namespace?)"),
-            e,
-        )
-    })?;
+    crate::fsroot::chown_fd(f, owner, name)?;
     for (k, v) in xattrs {
         if let Err(e) = f.set_xattr(k, v) {
             notes.push(format!("{name}: xattr {k} not set: {e}"));
         }
     }
-    nix::sys::stat::fchmod(f, nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777))
-        .map_err(|e| RootlessError::sys(format!("chmod {:o}", mode & 0o7777), e))?;
-    let t = nix::sys::time::TimeSpec::new(secs, nanos);
-    let _ = nix::sys::stat::futimens(f, &t, &t);
-    Ok(())
+    crate::fsroot::chmod_and_time_fd(f, mode, times, false, name)
 }
 
 /// Remove whatever is at `p` (not following symlinks); missing is fine. For trees the
