@@ -242,14 +242,14 @@ pub(crate) fn loopback_up() -> Result<()> {
         for (i, b) in b"lo".iter().enumerate() {
             req.ifr_name[i] = *b as libc::c_char;
         }
-        let res = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        let res = if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             Err(RootlessError::sys(
                 "SIOCGIFFLAGS lo",
                 nix::errno::Errno::last(),
             ))
         } else {
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
                 Err(RootlessError::sys(
                     "SIOCSIFFLAGS lo",
                     nix::errno::Errno::last(),
@@ -724,7 +724,7 @@ pub(crate) struct Step {
     env: Vec<CString>,
     cwd: CString,
     user: ExecUser,
-    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit, String)>,
+    rlimits: Vec<(RlimitResource, libc::rlimit, String)>,
     /// Replace stdin by /dev/null (build steps); else it is inherited (a terminal).
     pub(crate) stdin_null: bool,
     /// Keep only Docker's default capabilities and install the seccomp filter (steps and
@@ -734,8 +734,14 @@ pub(crate) struct Step {
     pub(crate) no_new_privs: bool,
 }
 
+/// `setrlimit`'s resource argument: glibc gives it a type of its own, musl an int.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
 /// A resource by its `ulimit` name (as BuildKit's `Ulimit.Name` spells them).
-fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+fn rlimit_resource(name: &str) -> Option<RlimitResource> {
     Some(match name {
         "as" => libc::RLIMIT_AS,
         "core" => libc::RLIMIT_CORE,

@@ -259,6 +259,8 @@ pub(crate) fn locked_flags(path: &Path) -> MsFlags {
     let mut f = MsFlags::empty();
     if let Ok(st) = nix::sys::statvfs::statvfs(path) {
         use nix::sys::statvfs::FsFlags;
+        // ST_RELATIME (Linux's statfs flag 4096); nix names it only on glibc.
+        let relatime = FsFlags::from_bits_retain(4096);
         let m = st.flags();
         for (a, b) in [
             (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
@@ -266,7 +268,7 @@ pub(crate) fn locked_flags(path: &Path) -> MsFlags {
             (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
             (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
             (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            (relatime, MsFlags::MS_RELATIME),
         ] {
             if m.contains(a) {
                 f |= b;
