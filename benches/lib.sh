@@ -11,7 +11,7 @@ bench_setup() {
   # The timer (hwm.py) runs as the test user on Debian's python3.
   [ -x /usr/bin/python3 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/envkit-target}
-  # The binary as it is installed (statically linked on Linux with glibc).
+  # The binary as it is installed (scripts/release.sh: static, against musl where it can).
   ENVKIT=$(bash scripts/release.sh build 2>/dev/null || bash scripts/release.sh build)
   chmod 0755 "$CARGO_TARGET_DIR" "$(dirname "$(dirname "$ENVKIT")")" "$(dirname "$ENVKIT")"
 

@@ -35,7 +35,8 @@ say() { printf '[test-env] %s\n' "$*" >&2; }
 # --- packages --------------------------------------------------------------------------------
 packages=(docker-registry debootstrap umoci skopeo busybox-static uidmap podman runc buildah
           jq curl protobuf-compiler fuse-overlayfs slirp4netns ca-certificates git graphviz
-          openssh-client apache2-utils containerd docker.io iproute2 openssl qemu-user-static)
+          openssh-client apache2-utils containerd docker.io iproute2 openssl qemu-user-static
+          musl-tools)
 absent=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || absent+=("$p"); done
 if ((${#absent[@]})); then
@@ -43,6 +44,15 @@ if ((${#absent[@]})); then
   apt-get update -qq >"$LOGS/apt.log" 2>&1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${absent[@]}" \
     >>"$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log" >&2; exit 1; }
+fi
+# The release binary links musl where the toolchain has its standard library
+# (scripts/release.sh); without it (no rustup, or no way to its server) it links glibc.
+if command -v rustup >/dev/null; then
+  musl=$(rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu$/-musl/')
+  case $musl in
+    *-musl) rustup target add "$musl" >>"$LOGS/rustup.log" 2>&1 ||
+      say "rustup could not add $musl (see $LOGS/rustup.log): the release binary links glibc" ;;
+  esac
 fi
 
 # --- /dev/net/tun ----------------------------------------------------------------------------

@@ -9,12 +9,27 @@
 //! are closed, SIGPIPE ignored (a closed pipe is a write error, not the end of the process),
 //! stdout flushed at the end, and a panic's exit code (101). A stack overflow is a plain
 //! SIGSEGV without std's message.
+//!
+//! Only with glibc: std takes the arguments from glibc's `.init_array` call, which other C
+//! libraries (musl) do not make, so there std's own `main` runs, which hands them over.
 
-#![no_main]
+#![cfg_attr(target_env = "gnu", no_main)]
 #![deny(unsafe_code)]
 
 use std::io::Write;
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+#[cfg(not(target_env = "gnu"))]
+fn main() -> std::process::ExitCode {
+    let code = std::panic::catch_unwind(run).unwrap_or(101);
+    let _ = std::io::stdout().flush();
+    std::process::ExitCode::from(code)
+}
+
+#[cfg(target_env = "gnu")]
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 extern "C" fn main(
