@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rootless::patterns::Filter;
@@ -160,14 +160,17 @@ struct Stat {
 }
 
 impl Stat {
-    fn of(md: &fs::Metadata) -> Stat {
+    // The field types are the C library's (`off_t`, `time_t`, ...): 64-bit here, casts on
+    // others.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(st: &nix::sys::stat::FileStat) -> Stat {
         Stat {
-            mode: md.mode(),
-            size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-            ino: md.ino(),
-            dev: md.dev(),
+            mode: st.st_mode as u32,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+            ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
         }
     }
 
@@ -194,19 +197,63 @@ struct Entry {
     st: Stat,
 }
 
-/// The entries of one directory, sorted by name, each stat'ed relative to the open directory
-/// (no walk down the whole path per file).
-fn list_dir(dir: &Path) -> Result<std::vec::IntoIter<(std::ffi::OsString, Stat)>, OpsError> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).map_err(local_err(dir))? {
-        let e = e.map_err(local_err(dir))?;
-        let md = e.metadata().map_err(|source| OpsError::Local {
-            path: e.path(),
-            source,
-        })?;
-        out.push((e.file_name(), Stat::of(&md)));
+/// The entries of the directory `prefix` below `root`, sorted by name, their paths relative
+/// to `root`; each stat'ed relative to the open directory (std's `DirEntry::metadata` takes
+/// the whole path with musl: a warm context build took 8.1 instead of 6.1 ms). The names are
+/// read into one buffer and each entry's path is its one allocation (allocations were a tenth
+/// of a warm walk's samples).
+fn list_dir(root: &Path, prefix: &Path) -> Result<std::vec::IntoIter<Entry>, OpsError> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = root.join(prefix);
+    let err = |e: nix::errno::Errno| local_err(&dir)(e.into());
+    let mut d = nix::dir::Dir::open(
+        &dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err)?;
+    // Each name with its NUL, and where it is in `names`.
+    let mut names = Vec::with_capacity(4096);
+    let mut starts = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(err)?;
+        let name = e.file_name().to_bytes_with_nul();
+        if name != b".\0" && name != b"..\0" {
+            starts.push((names.len(), name.len()));
+            names.extend_from_slice(name);
+        }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let name_at = |(at, len): (usize, usize)| -> &[u8] { &names[at..at + len] };
+    let mut stats = Vec::with_capacity(starts.len());
+    for at in starts {
+        let name = name_at(at);
+        let path = || dir.join(std::ffi::OsStr::from_bytes(&name[..name.len() - 1]));
+        let c = std::ffi::CStr::from_bytes_with_nul(name).map_err(|_| OpsError::Local {
+            path: path(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        })?;
+        let st = nix::sys::stat::fstatat(&d, c, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| {
+            OpsError::Local {
+                path: path(),
+                source: e.into(),
+            }
+        })?;
+        stats.push((at, Stat::of(&st)));
+    }
+    stats.sort_by(|a, b| name_at(a.0).cmp(name_at(b.0)));
+    let pre = prefix.as_os_str().len();
+    let out: Vec<Entry> = stats
+        .into_iter()
+        .map(|(at, st)| {
+            let name = name_at(at);
+            let name = std::ffi::OsStr::from_bytes(&name[..name.len() - 1]);
+            let mut rel = PathBuf::with_capacity(pre + 1 + name.len());
+            rel.push(prefix);
+            rel.push(name);
+            Entry { rel, st }
+        })
+        .collect();
     Ok(out.into_iter())
 }
 
@@ -256,28 +303,20 @@ fn kept(filter: &Filter, rel: &Path, is_dir: bool) -> bool {
 /// relative to `root`.
 fn walk_below(root: &Path, prefix: PathBuf, filter: &Filter) -> Result<Vec<Entry>, OpsError> {
     let mut out = Vec::new();
-    let top = list_dir(&root.join(&prefix))?;
-    let mut stack = vec![(prefix, top)];
-    while let Some((prefix, entries)) = stack.last_mut() {
-        let Some((name, st)) = entries.next() else {
+    let mut stack = vec![list_dir(root, &prefix)?];
+    while let Some(entries) = stack.last_mut() {
+        let Some(e) = entries.next() else {
             stack.pop();
             continue;
         };
-        let rel = prefix.join(name);
-        let is_dir = st.is_dir();
-        if !kept(filter, &rel, is_dir) {
+        let is_dir = e.st.is_dir();
+        if !kept(filter, &e.rel, is_dir) {
             continue;
         }
         if is_dir {
-            let below = list_dir(&root.join(&rel))?;
-            out.push(Entry {
-                rel: rel.clone(),
-                st,
-            });
-            stack.push((rel, below));
-        } else {
-            out.push(Entry { rel, st });
+            stack.push(list_dir(root, &e.rel)?);
         }
+        out.push(e);
     }
     Ok(out)
 }
@@ -297,10 +336,9 @@ fn walk_split(
     depth: usize,
 ) -> Result<Walk, OpsError> {
     let mut here = Vec::new();
-    for (name, st) in list_dir(&root.join(&prefix))? {
-        let rel = prefix.join(name);
-        if kept(filter, &rel, st.is_dir()) {
-            here.push(Entry { rel, st });
+    for e in list_dir(root, &prefix)? {
+        if kept(filter, &e.rel, e.st.is_dir()) {
+            here.push(e);
         }
     }
     let dirs: Vec<usize> = (0..here.len()).filter(|&i| here[i].st.is_dir()).collect();
@@ -832,6 +870,7 @@ pub fn copy_tree_reusing(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn checksum_sees_content_and_modes_but_not_times() {
