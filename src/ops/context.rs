@@ -200,8 +200,8 @@ struct Entry {
 /// The entries of the directory `prefix` below `root`, sorted by name, their paths relative
 /// to `root`; each stat'ed relative to the open directory (std's `DirEntry::metadata` takes
 /// the whole path with musl: a warm context build took 8.1 instead of 6.1 ms). The names are
-/// read into one buffer and each entry's path is its one allocation (allocations were a tenth
-/// of a warm walk's samples).
+/// read into one buffer and each entry's path is its one allocation (a warm context build with
+/// glibc 5.86 -> 5.74 ms, with musl 6.09 -> 6.01).
 fn list_dir(root: &Path, prefix: &Path) -> Result<std::vec::IntoIter<Entry>, OpsError> {
     use nix::fcntl::{AtFlags, OFlag};
     use std::os::unix::ffi::OsStrExt;
