@@ -40,4 +40,6 @@ pub use proto::{
     Mount, MountKind, ProbeResult, Request, Response, SecretBytes, Service, UserDb,
 };
 pub use tty::{IgnoreInterrupts, TtyMode, terminal_size};
-pub use unpack::{TarMode, start_writeback, unpack_layers, unpack_tar, unpack_upper};
+pub use unpack::{
+    TarMode, WRITEBACK_MIN, start_writeback, unpack_layers, unpack_tar, unpack_upper,
+};

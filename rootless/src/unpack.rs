@@ -525,7 +525,7 @@ fn unpack_stream(
                     return Err(too_big(&name));
                 }
                 budget -= copied;
-                if copied >= Flusher::MIN_SIZE {
+                if copied >= WRITEBACK_MIN {
                     flusher.push(&f);
                 }
                 made = Some(f);
@@ -651,9 +651,6 @@ struct Flusher {
 }
 
 impl Flusher {
-    /// Smaller files are left to the commit: one write each would cost more than it saves.
-    const MIN_SIZE: u64 = 256 * 1024;
-
     fn spawn() -> Flusher {
         let (tx, rx) = std::sync::mpsc::sync_channel::<std::fs::File>(64);
         let thread = std::thread::Builder::new()
@@ -691,6 +688,10 @@ impl Drop for Flusher {
         }
     }
 }
+
+/// The size from which a file just written has its writeback started ([`start_writeback`]);
+/// smaller files are left to the commit's sync: one write each would cost more than it saves.
+pub const WRITEBACK_MIN: u64 = 256 * 1024;
 
 /// Starts writing `f`'s dirty pages to the disk, without waiting for them (a later `syncfs`
 /// then has less to write). Best effort: a failure only means the sync does it all.

@@ -807,9 +807,6 @@ pub fn copy_tree(src: &Path, dest: &Path, filter: &Filter) -> Result<(), OpsErro
     copy_tree_reusing(src, dest, filter, None)
 }
 
-/// Copied files from this size on start their writeback as soon as they are copied.
-const WRITEBACK_MIN: u64 = 256 * 1024;
-
 /// Files an earlier copy of a source holds unchanged: `files` (relative paths) under `from`.
 #[derive(Debug)]
 pub struct Reuse {
@@ -847,7 +844,7 @@ pub fn copy_tree_reusing(
                     continue;
                 }
             }
-            if st.size >= WRITEBACK_MIN {
+            if st.size >= rootless::WRITEBACK_MIN {
                 // A large file's writeback starts now, so that the commit's sync finds it
                 // on its way to the disk.
                 let mut src = fs::File::open(&from).map_err(local_err(&from))?;
@@ -907,7 +904,9 @@ mod tests {
         fs::set_permissions(s.path().join("dir/x"), fs::Permissions::from_mode(0o751)).unwrap();
         std::os::unix::fs::symlink("dir/x", s.path().join("link")).unwrap();
         // A file large enough to start its writeback as it is copied.
-        let big: Vec<u8> = (0..WRITEBACK_MIN + 4097).map(|i| (i % 253) as u8).collect();
+        let big: Vec<u8> = (0..rootless::WRITEBACK_MIN + 4097)
+            .map(|i| (i % 253) as u8)
+            .collect();
         fs::write(s.path().join("dir/big"), &big).unwrap();
         fs::set_permissions(s.path().join("dir/big"), fs::Permissions::from_mode(0o640)).unwrap();
         copy_tree(s.path(), d.path(), &Filter::default()).unwrap();
