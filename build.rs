@@ -18,6 +18,22 @@ fn main() {
     {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
+    // A release binary on Linux has the functions a warm rebuild runs placed together before
+    // the rest of its code (link/warm-text.ld, from scripts/warm-text.sh; GNU ld and lld take
+    // it with the default layout kept): spread over 18 MB of code they took 126 page faults
+    // of a warm parallel4, gathered 41 (BENCHMARKS.md). `ENVKIT_WARM_TEXT=0` links without
+    // it (for a linker that takes no linker script).
+    println!("cargo:rerun-if-changed=link/warm-text.ld");
+    println!("cargo:rerun-if-env-changed=ENVKIT_WARM_TEXT");
+    let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+    if linux && release && std::env::var_os("ENVKIT_WARM_TEXT").is_none_or(|v| v != "0") {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+        let script = std::path::Path::new(&dir).join("link/warm-text.ld");
+        // -Xlinker pairs: a path with a comma would be split by -Wl.
+        for arg in ["-Xlinker", "-T", "-Xlinker", &script.to_string_lossy()] {
+            println!("cargo:rustc-link-arg-bins={arg}");
+        }
+    }
     // BTreeMap for every map field: encoding walks maps in key order, which is
     // what BuildKit's deterministic marshal does, so op bytes are stable.
     let mut cfg = prost_build::Config::new();
