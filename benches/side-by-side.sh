@@ -5,6 +5,8 @@
 #
 #   sudo bash benches/side-by-side.sh [RUNS]      (default 3; writes $OUT, default
 #                                                  /var/tmp/envkit-bench/results.md)
+#   RECORD=1 sudo bash benches/side-by-side.sh    also appends the table to BENCHMARKS.md
+#                                                  under a heading with the commit and date
 #
 # Needs the test environment (scripts/test-env.sh: local registry, base images, test user).
 # envkit and buildah run rootless as the test user; buildkitd as root (its OCI worker,
@@ -321,3 +323,14 @@ fi
        "$(buildkitd --version 2>/dev/null | head -1);" \
        "$(buildah --version 2>/dev/null | head -1); medians of $RUNS runs."
 } | tee "$OUT"
+
+if [ "${RECORD:-0}" = 1 ]; then
+  {
+    echo
+    echo "## Side by side at $(git -C "$REPO" rev-parse --short HEAD) ($(date -u +%Y-%m-%d)," \
+         "\`WORKLOADS=\"${WORKLOADS:-chain20 parallel4 context apt python dockerfile}\"" \
+         "bash benches/side-by-side.sh $RUNS\`)"
+    echo
+    cat "$OUT"
+  } >>"$REPO/BENCHMARKS.md"
+fi
