@@ -13,6 +13,10 @@
 # of each symbol name (legacy mangling) and the crates' disambiguators (v0 mangling, std's),
 # which change with the compiler and the dependencies' versions; a name that no longer
 # exists matches nothing and costs nothing but its place in the list.
+#
+# link/warm-text.ld as committed comes from four profiles, in this order: the warm rebuilds
+# with `--pull missing` of benches/side-by-side.sh's parallel4 (`solve` of the Definition),
+# context, dockerfile and python workloads, by the musl release binary of 14afff0.
 set -euo pipefail
 what=${1:-}
 shift || true
