@@ -24,9 +24,7 @@ static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 #[cfg(not(target_env = "gnu"))]
 fn main() -> std::process::ExitCode {
-    let code = std::panic::catch_unwind(run).unwrap_or(101);
-    let _ = std::io::stdout().flush();
-    std::process::ExitCode::from(code)
+    std::process::ExitCode::from(run_to_end())
 }
 
 #[cfg(target_env = "gnu")]
@@ -53,9 +51,14 @@ extern "C" fn main(
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    std::ffi::c_int::from(run_to_end())
+}
+
+/// The command's exit code (101 after a panic), once what it printed is flushed.
+fn run_to_end() -> u8 {
     let code = std::panic::catch_unwind(run).unwrap_or(101);
     let _ = std::io::stdout().flush();
-    std::ffi::c_int::from(code)
+    code
 }
 
 fn run() -> u8 {
